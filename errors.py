@@ -1,0 +1,57 @@
+"""Typed user-facing errors. The CLI prints str(err) on one line and exits with code 2."""
+
+from __future__ import annotations
+
+
+class MMDeployError(Exception):
+    """Base for errors caused by user input or environment; never a bug."""
+
+    exit_code = 2
+
+
+class MissingExtraError(MMDeployError):
+    def __init__(self, module: str, extra: str):
+        super().__init__(
+            f"{module} is not installed: install it with  pip install 'mmdeploy[{extra}]'"
+        )
+        self.module, self.extra = module, extra
+
+
+class CheckpointError(MMDeployError):
+    """Missing, unreadable or unsupported checkpoint."""
+
+
+class UnsupportedModelError(CheckpointError):
+    pass
+
+
+class BundleError(MMDeployError):
+    """Bundle missing, corrupt, tampered or of an unknown schema."""
+
+
+class ExportError(MMDeployError):
+    """Export failed, or the exported graph does not match PyTorch."""
+
+
+class ParityError(ExportError):
+    pass
+
+
+class InputError(MMDeployError):
+    """Bad user input: unreadable image, empty text list, bad flag value."""
+
+
+class BackendError(MMDeployError):
+    """Unknown backend/precision, or a backend that cannot run here."""
+
+
+def require(module: str, extra: str):
+    """Import a heavy optional module or raise MissingExtraError naming the extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        if exc.name and exc.name.split(".")[0] != module.split(".")[0]:
+            raise
+        raise MissingExtraError(module, extra) from exc
