@@ -1,0 +1,92 @@
+"""Bench reports: a rich table on the terminal, JSON (DESIGN.md schema), a PNG plot."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(report: dict[str, Any]):
+    from rich.table import Table
+
+    cpu = report["env"]["cpu"]
+    t = Table(
+        title=f"{report['model']} on {cpu['model']} ({', '.join(cpu['isa']) or 'no AVX-512'}), "
+        f"{report['env']['threads'] or 'all'} threads",
+        caption="* default variant (passed its gate, preferred here)   speedup = PyTorch p50 / variant p50, same run",
+    )
+    for col in ("component", "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s", "speedup", "cosine", "max|diff|"):
+        t.add_column(col, justify="right" if col not in ("component", "backend", "precision") else "left")
+    last = None
+    for r in report["results"]:
+        if last is not None and (r["component"], r["batch"]) != last:
+            t.add_section()
+        last = (r["component"], r["batch"])
+        star = "*" if r.get("default") else ""
+        t.add_row(
+            r["component"],
+            r["backend"] + star,
+            r["precision"],
+            str(r["batch"]),
+            _fmt(r["p50_ms"], ".2f"),
+            _fmt(r["p90_ms"], ".2f"),
+            _fmt(r["p99_ms"], ".2f"),
+            _fmt(r["items_per_s"], ".1f"),
+            _fmt(r["speedup_vs_pytorch"], ".2f") + ("x" if r["speedup_vs_pytorch"] else ""),
+            _fmt(r["cosine_vs_pytorch"], ".6f"),
+            _fmt(r["max_abs_diff"], ".2e"),
+        )
+    return t
+
+
+def write_json(report: dict[str, Any], path: str | os.PathLike) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, path)
+
+
+def plot(report: dict[str, Any], path: str | os.PathLike) -> None:
+    """p50 latency and speedup per variant, one group per component@batch."""
+    from ..errors import require
+
+    matplotlib = require("matplotlib", "export")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["results"]
+    groups = sorted({(r["component"], r["batch"]) for r in rows}, key=lambda g: (g[0], g[1]))
+    variants = list(dict.fromkeys(f"{r['backend']}/{r['precision']}" for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(groups) + 4), 4.5))
+    width = 0.8 / max(1, len(variants))
+    for i, v in enumerate(variants):
+        xs, lat, spd = [], [], []
+        for gi, g in enumerate(groups):
+            r = next((r for r in rows if (r["component"], r["batch"]) == g and f"{r['backend']}/{r['precision']}" == v), None)
+            if r is None:
+                continue
+            xs.append(gi + i * width)
+            lat.append(r["p50_ms"] / r["batch"])
+            spd.append(r["speedup_vs_pytorch"] or 0)
+        axes[0].bar(xs, lat, width, label=v)
+        axes[1].bar(xs, spd, width, label=v)
+    for ax, title in zip(axes, ("p50 latency per item (ms, lower is better)", "speedup vs PyTorch eager (higher is better)")):
+        ax.set_xticks([gi + width * (len(variants) - 1) / 2 for gi in range(len(groups))])
+        ax.set_xticklabels([f"{c}\nbatch {b}" for c, b in groups])
+        ax.set_title(title, fontsize=10)
+    axes[1].axhline(1.0, color="grey", lw=0.8, ls="--")
+    axes[0].legend(fontsize=8)
+    cpu = report["env"]["cpu"]["model"]
+    fig.suptitle(f"{report['model']} — {cpu}, {report['env']['threads'] or 'all'} threads", fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)

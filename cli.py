@@ -1,0 +1,292 @@
+"""mmdeploy command line: one thin function per command; the work lives in the library."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import MMDeployError
+
+app = typer.Typer(
+    name="mmdeploy",
+    help="Deploy CLIP and captioning checkpoints: export to ONNX, build ONNX Runtime / OpenVINO "
+    "variants, benchmark them against PyTorch, run them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+_state = {"debug": False}
+
+
+def _console(stderr: bool = False):
+    """Rich console; wide enough for the tables when output is not a terminal."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 160)
+
+
+def _err_console():
+    return _console(stderr=True)
+
+
+def user_errors(fn):
+    """MMDeployError -> one line on stderr, exit 2 (traceback only with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MMDeployError as exc:
+            if _state["debug"]:
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            print("interrupted: nothing was written", file=sys.stderr)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _log(msg: str) -> None:
+    _err_console().print(f"[dim]·[/dim] {msg}", highlight=False)
+
+
+@app.callback()
+def main_options(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")):
+    _state["debug"] = debug
+
+
+@app.command()
+@user_errors
+def models():
+    """List the models in the registry (models.yaml)."""
+    from rich.table import Table
+
+    from .exporter.registry import registry
+
+    t = Table("name", "family", "source", "description")
+    for name, ent in registry().items():
+        src = ent.get("path") and f"shipped: {ent['path']}" or f"hub: {ent.get('hub')} (or --random-weights)"
+        t.add_row(name, ent["family"], src, ent.get("description", ""))
+    _console().print(t)
+
+
+@app.command()
+@user_errors
+def export(
+    source: str = typer.Argument(..., help="models.yaml name (see `mmdeploy models`) or a local Hugging Face checkpoint folder."),
+    output: Path = typer.Option(..., "-o", "--output", help="Bundle directory to write (replaced atomically if it exists)."),
+    backend: str = typer.Option("onnxruntime,openvino", help="Comma-separated backends: onnxruntime, openvino."),
+    precision: str = typer.Option("fp32", help="Comma-separated precisions: fp32, bf16 (openvino)."),
+    target: str = typer.Option("cpu", help="Where the bundle will run: cpu (gpu/jetson: see TensorRT)."),
+    random_weights: bool = typer.Option(False, "--random-weights", help="Build the model from its models.yaml config with random weights (a shape twin for latency work)."),
+    threads: Optional[int] = typer.Option(None, help="Threads for parity checks (default: all cores)."),
+):
+    """Export a checkpoint to a bundle: ONNX per component + backend variants, each checked against PyTorch."""
+    from .exporter.export import export as run_export
+    from .runtimes.session import BACKENDS, PRECISIONS, parse_list
+
+    bundle = run_export(
+        source,
+        output,
+        backends=parse_list(backend, list(BACKENDS), "backend"),
+        precisions=parse_list(precision, PRECISIONS, "precision"),
+        target=target,
+        random_weights=random_weights,
+        threads=threads,
+        log=_log,
+    )
+    _print_info(bundle)
+
+
+@app.command()
+@user_errors
+def bench(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    backend: Optional[str] = typer.Option(None, help="Only these backends (comma-separated)."),
+    precision: Optional[str] = typer.Option(None, help="Only these precisions (comma-separated)."),
+    batch: str = typer.Option("1", help="Comma-separated batch sizes, e.g. 1,8."),
+    runs: int = typer.Option(20, min=1, help="Timed runs per variant and batch."),
+    warmup: int = typer.Option(3, min=0, help="Untimed warm-up runs."),
+    threads: Optional[int] = typer.Option(None, help="Threads for every backend and PyTorch (default: all cores)."),
+    data: Optional[str] = typer.Option(None, help="Input data: built-in real photos and captions (default)."),
+    no_pytorch: bool = typer.Option(False, "--no-pytorch", help="Skip the PyTorch reference row."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG plot of latency and speedup."),
+):
+    """Benchmark every variant of a bundle against PyTorch: latency, throughput, fidelity."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .benchmarks.bench import BenchConfig
+    from .benchmarks.bench import bench as run_bench
+    from .benchmarks.report import plot as write_plot
+    from .benchmarks.report import table, write_json
+    from .errors import InputError
+    from .runtimes.session import BACKENDS, PRECISIONS, parse_list
+
+    try:
+        batches = [int(b) for b in batch.split(",") if b.strip()]
+    except ValueError:
+        raise InputError(f"--batch {batch!r}: give comma-separated integers, e.g. 1,8") from None
+    cfg = BenchConfig(
+        backends=parse_list(backend, list(BACKENDS), "backend") or None,
+        precisions=parse_list(precision, PRECISIONS, "precision") or None,
+        batches=batches,
+        runs=runs,
+        warmup=warmup,
+        threads=threads,
+        data=data,
+        pytorch=not no_pytorch,
+    )
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=_err_console(), transient=True) as progress:
+        report = run_bench(str(bundle), cfg, log=_log, progress=progress)
+    _console().print(table(report))
+    if json_path:
+        write_json(report, json_path)
+        _log(f"JSON report written to {json_path}")
+    if plot:
+        write_plot(report, plot)
+        _log(f"plot written to {plot}")
+
+
+def _print_info(b) -> None:
+    from rich.table import Table
+
+    from .runtimes.select import select_variant
+
+    m = b.manifest
+    c = _console()
+    src = m.get("source", {})
+    c.print(f"[bold]{m['model']}[/bold] ({m['family']})  bundle {b.root}  schema v{m['schema_version']}")
+    c.print(f"source: {src.get('path') or src.get('hub') or src.get('registry')}"
+            f"{'  (random weights, seed %s)' % src.get('seed') if src.get('random_weights') else ''}"
+            f"  weights sha256 {str(src.get('weights_sha256'))[:12]}")
+    for name, comp in m["components"].items():
+        ins = ", ".join(f"{i['name']}{i['shape']}:{i['dtype']}" for i in comp["inputs"])
+        outs = ", ".join(f"{o['name']}{o['shape']}" for o in comp["outputs"])
+        c.print(f"  {name}: {ins} -> {outs}")
+    t = Table("component", "backend", "precision", "file", "MB", "cosine vs PyTorch", "max|diff|", "gate")
+    for a in b.artifacts:
+        size = sum(m["files"][f]["bytes"] for f in a.files) / 1e6
+        t.add_row(a.component, a.backend, a.precision, a.path, f"{size:.1f}",
+                  f"{a.parity.get('cosine', float('nan')):.6f}", f"{a.parity.get('max_abs_diff', float('nan')):.2e}",
+                  f"{'pass' if a.passed else 'FAIL'} (≥{a.gate.get('min_cosine')})")
+    c.print(t)
+    try:
+        c.print("default variant here: " + "/".join(select_variant(b)))
+    except MMDeployError as exc:
+        c.print(f"default variant here: none ({exc})")
+
+
+@app.command()
+@user_errors
+def info(bundle: Path = typer.Argument(..., help="Bundle directory."),
+         verify: bool = typer.Option(True, help="Check every file against its sha256."),
+         as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON.")):
+    """Show a bundle: source, components, variants with their parity, the default variant."""
+    from .runtimes.bundle import Bundle
+
+    b = Bundle.open(bundle)
+    if verify:
+        b.verify_all()
+    if as_json:
+        print(json.dumps(b.manifest, indent=2))
+    else:
+        _print_info(b)
+
+
+@app.command()
+@user_errors
+def embed(
+    bundle: Path = typer.Argument(..., help="CLIP bundle directory."),
+    image: List[Path] = typer.Option([], "--image", help="Image file to embed (repeatable)."),
+    text: List[str] = typer.Option([], "--text", help="Text to embed (repeatable)."),
+    backend: Optional[str] = typer.Option(None, help="Backend (default: the bundle's default variant)."),
+    precision: Optional[str] = typer.Option(None, help="Precision (default: the bundle's default variant)."),
+    threads: Optional[int] = typer.Option(None),
+    full: bool = typer.Option(False, "--full", help="Print whole vectors as JSON instead of a summary."),
+):
+    """Embed images and/or texts (L2-normalised); with both, print their cosine similarities."""
+    from .errors import InputError
+    from .runtimes import load
+
+    if not image and not text:
+        raise InputError("give --image PATH and/or --text STR")
+    pipe = load(bundle, backend=backend, precision=precision, threads=threads)
+    out = {}
+    if image:
+        out["images"] = dict(zip(map(str, image), pipe.embed_images([str(p) for p in image])))
+    if text:
+        out["texts"] = dict(zip(text, pipe.embed_texts(text)))
+    if full:
+        print(json.dumps({k: {n: v.tolist() for n, v in d.items()} for k, d in out.items()}))
+        return
+    print(f"variant: {pipe.variant}")
+    for kind, d in out.items():
+        for name, v in d.items():
+            print(f"{kind[:-1]} {name!r}: dim {v.shape[0]}, [{', '.join(f'{x:.4f}' for x in v[:4])}, ...]")
+    if image and text:
+        print("cosine similarity (rows: images, columns: texts)")
+        for name, v in out["images"].items():
+            sims = "  ".join(f"{float(v @ t):+.4f}" for t in out["texts"].values())
+            print(f"  {name}: {sims}")
+
+
+@app.command()
+@user_errors
+def classify(
+    bundle: Path = typer.Argument(..., help="CLIP bundle directory."),
+    image: Path = typer.Argument(..., help="Image file."),
+    labels: str = typer.Option(..., "--labels", help='Comma-separated labels, e.g. "a cat,a dog,a car".'),
+    template: str = typer.Option("{}", help='Prompt template, e.g. "a photo of {}".'),
+    backend: Optional[str] = typer.Option(None),
+    precision: Optional[str] = typer.Option(None),
+    threads: Optional[int] = typer.Option(None),
+    top: int = typer.Option(5, min=1, help="How many labels to print."),
+):
+    """Zero-shot classification of one image over the given labels."""
+    from .runtimes import load
+
+    pipe = load(bundle, backend=backend, precision=precision, threads=threads)
+    for label, p in pipe.classify(str(image), labels.split(","), template=template)[:top]:
+        print(f"{p:7.2%}  {label}")
+
+
+@app.command()
+@user_errors
+def doctor():
+    """What this machine can run: CPU, backends and their devices, missing extras."""
+    from .benchmarks.env import cpu_info
+    from .runtimes.session import BACKENDS, backend_module
+
+    cpu = cpu_info()
+    print(f"cpu: {cpu['model']} ({cpu['cores']} cores), ISA: {', '.join(cpu['isa']) or 'none of note'}")
+    for name in BACKENDS:
+        try:
+            mod = backend_module(name)
+        except ImportError as exc:
+            print(f"{name}: not available ({exc})")
+            continue
+        why = mod.available()
+        print(f"{name}: {'ok ' + mod.version() if why is None else 'missing: ' + why}")
+    for module, extra in (("torch", "export"), ("transformers", "export"), ("fastapi", "serve")):
+        try:
+            __import__(module)
+            print(f"{module}: ok")
+        except ImportError:
+            print(f"{module}: missing (pip install 'mmdeploy[{extra}]')")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

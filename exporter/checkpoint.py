@@ -1,0 +1,205 @@
+"""Resolve a SOURCE (models.yaml name or local HF folder) to a loaded PyTorch model.
+
+A checkpoint folder is read by exactly the code that reads a real hub checkpoint:
+config.json -> family -> HF class .from_pretrained (safetensors; torch files only with
+weights_only=True, which transformers enforces).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError, UnsupportedModelError, require
+from .registry import entry, package_path, registry
+
+# architecture (config.json "architectures"[0]) or model_type -> family
+ARCHITECTURES = {
+    "CLIPModel": "clip",
+}
+MODEL_TYPES = {"clip": "clip"}
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+RANDOM_SEED = 0
+
+
+@dataclass
+class Checkpoint:
+    name: str
+    family: str
+    model: Any  # torch.nn.Module in eval mode
+    source: dict[str, Any]  # recorded in the manifest
+    files_dir: Path | None  # folder with tokenizer / preprocessor files
+    preprocessor: dict[str, Any] = field(default_factory=dict)
+    registry_entry: dict[str, Any] = field(default_factory=dict)
+
+
+def family_of(config: dict[str, Any], where: str) -> str:
+    archs = config.get("architectures") or []
+    for arch in archs:
+        if arch in ARCHITECTURES:
+            return ARCHITECTURES[arch]
+    mt = config.get("model_type")
+    if not archs and mt in MODEL_TYPES:
+        return MODEL_TYPES[mt]
+    got = archs[0] if archs else mt
+    raise UnsupportedModelError(
+        f"{where}: unsupported architecture {got!r}; supported: {', '.join(sorted(ARCHITECTURES))}"
+    )
+
+
+def weights_sha256(folder: Path) -> str:
+    for name in WEIGHT_FILES:
+        p = folder / name
+        if p.is_file():
+            from ..runtimes.bundle import sha256_file
+
+            return sha256_file(p)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        from ..runtimes.bundle import sha256_file
+
+        h = hashlib.sha256()
+        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            h.update(sha256_file(folder / shard).encode())
+        return h.hexdigest()
+    raise CheckpointError(f"{folder} has no weights (model.safetensors or pytorch_model.bin)")
+
+
+def state_sha256(model) -> str:
+    """Hash of the parameters themselves, so a random-weights twin can be rebuilt and checked."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _model_class(family: str):
+    transformers = require("transformers", "export")
+    return {"clip": transformers.CLIPModel}[family]
+
+
+def _config_class(family: str):
+    transformers = require("transformers", "export")
+    return {"clip": transformers.CLIPConfig}[family]
+
+
+def load_folder(folder: Path, name: str | None = None) -> Checkpoint:
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{folder} is not a Hugging Face checkpoint folder: config.json is missing")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{cfg_path} is not valid JSON: {exc}") from None
+    family = family_of(config, str(folder))
+    sha = weights_sha256(folder)
+    try:
+        model = _model_class(family).from_pretrained(str(folder), attn_implementation="eager").eval()
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"cannot load {folder}: {str(exc).splitlines()[0]}") from exc
+    pre_path = folder / "preprocessor_config.json"
+    pre = json.loads(pre_path.read_text()) if pre_path.is_file() else {}
+    return Checkpoint(
+        name=name or folder.name,
+        family=family,
+        model=model,
+        source={"path": str(folder.resolve()), "weights_sha256": sha},
+        files_dir=folder,
+        preprocessor=pre,
+    )
+
+
+def _random_twin(name: str, ent: dict[str, Any]) -> Checkpoint:
+    torch = require("torch", "export")
+    config = dict(ent["config"])
+    family = family_of(config, f"models.yaml:{name}")
+    config.pop("architectures", None)
+    cfg = _config_class(family)(**config)
+    cfg.architectures = ent["config"].get("architectures")
+    torch.manual_seed(RANDOM_SEED)
+    model = _model_class(family)(cfg).eval()
+    tok = ent.get("tokenizer")
+    return Checkpoint(
+        name=name,
+        family=family,
+        model=model,
+        source={
+            "registry": name,
+            "hub": ent.get("hub"),
+            "random_weights": True,
+            "seed": RANDOM_SEED,
+            "weights_sha256": state_sha256(model),
+        },
+        files_dir=package_path(tok) if tok else None,
+        preprocessor=dict(ent.get("preprocessor") or {}),
+        registry_entry=ent,
+    )
+
+
+def _from_hub(name: str, ent: dict[str, Any]) -> Checkpoint:
+    hub = ent.get("hub")
+    if not hub:
+        raise CheckpointError(f"{name} has no hub id in models.yaml: pass a local checkpoint folder")
+    try:
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = snapshot_download(hub, local_files_only=True)
+        except Exception:
+            folder = snapshot_download(hub, allow_patterns=["*.json", "*.safetensors", "*.txt"])
+    except Exception:
+        raise CheckpointError(
+            f"cannot download {hub}: pass a local checkpoint folder or --random-weights"
+        ) from None
+    ckpt = load_folder(Path(folder), name)
+    ckpt.source["hub"] = hub
+    ckpt.registry_entry = ent
+    return ckpt
+
+
+def resolve(source: str, random_weights: bool = False) -> Checkpoint:
+    """SOURCE -> Checkpoint. A folder wins over a registry name of the same spelling."""
+    p = Path(source).expanduser()
+    if p.is_dir():
+        if random_weights:
+            raise CheckpointError("--random-weights takes a models.yaml name, not a folder")
+        ckpt = load_folder(p)
+        for name, ent in registry().items():  # pick up the registry profile if it is a shipped fixture
+            if ent.get("path") and package_path(ent["path"]).resolve() == p.resolve():
+                ckpt.name, ckpt.registry_entry = name, ent
+        return ckpt
+    if os.sep in source or source.startswith("."):
+        if not p.exists():
+            raise CheckpointError(f"checkpoint not found: {source}")
+        raise CheckpointError(f"{source} is not a folder: pass a Hugging Face checkpoint folder")
+    ent = entry(source)
+    if random_weights:
+        if "config" not in ent:
+            raise CheckpointError(f"{source} has no inline config in models.yaml: --random-weights cannot build it")
+        return _random_twin(source, ent)
+    if ent.get("path"):
+        folder = package_path(ent["path"])
+        if not folder.is_dir():
+            raise CheckpointError(f"{source}: shipped checkpoint {folder} is missing from this install")
+        ckpt = load_folder(folder, source)
+        ckpt.source["registry"] = source
+        ckpt.registry_entry = ent
+        return ckpt
+    return _from_hub(source, ent)
+
+
+def save_preprocessor(ckpt: Checkpoint, out_dir: Path) -> Path:
+    path = out_dir / "preprocessor_config.json"
+    path.write_text(json.dumps(ckpt.preprocessor, indent=2))
+    return path
+
+
+def scratch_dir(parent: Path) -> tempfile.TemporaryDirectory:
+    parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(dir=parent, prefix=".mmdeploy-")

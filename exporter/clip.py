@@ -1,0 +1,130 @@
+"""CLIP family: the vision and text towers as separate graphs with dynamic batch / sequence."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckpointError, require
+from ..runtimes.preprocess import ImagePreprocessor
+from ..runtimes.tokenize import TextTokenizer
+from .checkpoint import Checkpoint
+
+torch = require("torch", "export")
+
+
+class VisionTower(torch.nn.Module):
+    """pixel_values -> image_embeds (projected, not normalised), as get_image_features."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.vision_model, self.visual_projection = model.vision_model, model.visual_projection
+
+    def forward(self, pixel_values):
+        return self.visual_projection(self.vision_model(pixel_values=pixel_values).pooler_output)
+
+
+class TextTower(torch.nn.Module):
+    """input_ids, attention_mask -> text_embeds (projected, not normalised), as get_text_features."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.text_model, self.text_projection = model.text_model, model.text_projection
+
+    def forward(self, input_ids, attention_mask):
+        out = self.text_model(input_ids=input_ids, attention_mask=attention_mask)
+        return self.text_projection(out.pooler_output)
+
+
+class ClipFamily:
+    family = "clip"
+    components = ("vision", "text")
+    outputs = {"vision": "image_embeds", "text": "text_embeds"}
+
+    def __init__(self, ckpt: Checkpoint):
+        self.ckpt = ckpt
+        self.model = ckpt.model
+        cfg = self.model.config
+        self.image_size = int(cfg.vision_config.image_size)
+        self.max_length = int(cfg.text_config.max_position_embeddings)
+        self.embed_dim = int(cfg.projection_dim)
+        if not ckpt.preprocessor:
+            raise CheckpointError(
+                f"{ckpt.source.get('path', ckpt.name)} has no preprocessor_config.json: save the "
+                "CLIPImageProcessor with the checkpoint"
+            )
+        self.preprocess = ImagePreprocessor.from_config(ckpt.preprocessor)
+        tok = ckpt.files_dir / "tokenizer.json" if ckpt.files_dir else None
+        if tok is None or not tok.is_file():
+            raise CheckpointError(
+                f"{ckpt.files_dir or ckpt.name} has no tokenizer.json: save a fast tokenizer "
+                "(CLIPTokenizerFast.save_pretrained) with the checkpoint"
+            )
+        self.tokenizer_file = tok
+        self.tokenizer = TextTokenizer.from_file(tok, max_length=self.max_length)
+
+    def module(self, component: str):
+        return {"vision": VisionTower, "text": TextTower}[component](self.model).eval()
+
+    def input_names(self, component: str) -> list[str]:
+        return ["pixel_values"] if component == "vision" else ["input_ids", "attention_mask"]
+
+    def dynamic_axes(self, component: str) -> dict[str, dict[int, str]]:
+        if component == "vision":
+            return {"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}}
+        return {
+            "input_ids": {0: "batch", 1: "sequence"},
+            "attention_mask": {0: "batch", 1: "sequence"},
+            "text_embeds": {0: "batch"},
+        }
+
+    def specs(self, component: str) -> dict[str, list[dict[str, Any]]]:
+        s = self.image_size
+        if component == "vision":
+            ins = [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, s, s]}]
+        else:
+            ins = [
+                {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
+                {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "sequence"]},
+            ]
+        out = [{"name": self.outputs[component], "dtype": "float32", "shape": ["batch", self.embed_dim]}]
+        return {"inputs": ins, "outputs": out}
+
+    def export_feeds(self, component: str) -> dict[str, np.ndarray]:
+        """Example inputs for tracing: batch 2, and a text with padding so masks are traced."""
+        if component == "vision":
+            return self.feeds("vision", 2)
+        return self.tokenizer(["a photo of a cat", "a"])
+
+    def feeds(self, component: str, batch: int, data=None) -> dict[str, np.ndarray]:
+        """Real inputs for parity / bench: photos and captions (or a data set's)."""
+        from ..benchmarks.datasets.photos import caption_batch, photo_batch
+
+        if component == "vision":
+            imgs = data.images(batch) if data is not None else photo_batch(batch)
+            return {"pixel_values": self.preprocess(imgs)}
+        texts = data.texts(batch) if data is not None else caption_batch(batch)
+        return self.tokenizer(texts)
+
+    def manifest_extra(self) -> dict[str, Any]:
+        scale = float(self.model.logit_scale.detach().exp())
+        return {
+            "preprocess": {"file": "preprocessor_config.json", "config": self.preprocess.to_config()},
+            "tokenizer": {
+                "file": "tokenizer.json",
+                "max_length": self.max_length,
+                "pad_id": self.tokenizer.pad_id,
+            },
+            "clip": {"logit_scale": scale if math.isfinite(scale) else 100.0, "embed_dim": self.embed_dim},
+        }
+
+    def bundle_files(self) -> list[tuple[Path, str]]:
+        files = [(self.tokenizer_file, "tokenizer.json")]
+        for extra in ("tokenizer_config.json", "special_tokens_map.json"):
+            p = self.tokenizer_file.parent / extra
+            if p.is_file():
+                files.append((p, extra))
+        return files

@@ -1,0 +1,277 @@
+"""The bundle: a directory with manifest.json, every artifact hashed, written atomically.
+
+Layout:
+    manifest.json
+    tokenizer.json, preprocessor_config.json, ...     copied from the checkpoint
+    onnx/<component>.onnx                              fp32 ONNX (the onnxruntime fp32 artifact)
+    openvino/<component>.xml/.bin                      OpenVINO IR (fp32 and bf16 share it)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import BundleError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Artifact:
+    """One runnable variant of one component: (component, backend, precision)."""
+
+    component: str
+    backend: str
+    precision: str
+    path: str  # main file, relative to the bundle
+    files: list[str] = field(default_factory=list)  # every file it needs (incl. path)
+    runtime: dict[str, Any] = field(default_factory=dict)  # options passed to open()
+    built_for: dict[str, Any] = field(default_factory=dict)  # target, library versions
+    parity: dict[str, Any] = field(default_factory=dict)  # cosine, max_abs_diff vs PyTorch
+    gate: dict[str, Any] = field(default_factory=dict)  # {"min_cosine": x, "passed": bool}
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.component, self.backend, self.precision)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.gate.get("passed", False))
+
+
+class Bundle:
+    """A read-only view of a bundle directory. Verifies schema and hashes on demand."""
+
+    def __init__(self, root: str | os.PathLike, manifest: dict[str, Any]):
+        self.root = Path(root)
+        self.manifest = manifest
+        self.artifacts = [Artifact(**a) for a in manifest.get("artifacts", [])]
+        self._verified: set[str] = set()
+
+    # -- reading -------------------------------------------------------------------
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> "Bundle":
+        root = Path(root)
+        if not root.exists():
+            raise BundleError(f"bundle not found: {root}")
+        if not root.is_dir():
+            raise BundleError(f"not a bundle directory: {root}")
+        mpath = root / MANIFEST
+        if not mpath.is_file():
+            raise BundleError(f"{mpath} is missing: {root} is not an mmdeploy bundle")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{mpath} is corrupt: {exc}") from None
+        version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+        if version != SCHEMA_VERSION:
+            raise BundleError(
+                f"{mpath} has schema_version {version!r}; this mmdeploy reads version "
+                f"{SCHEMA_VERSION}: re-export the bundle or use a matching mmdeploy"
+            )
+        return cls(root, manifest)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("model", self.root.name)
+
+    @property
+    def family(self) -> str:
+        return self.manifest["family"]
+
+    @property
+    def components(self) -> dict[str, Any]:
+        return self.manifest.get("components", {})
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def verify(self, rels: Iterable[str]) -> None:
+        """Check that files exist and match the sha256 recorded in the manifest."""
+        table = self.manifest.get("files", {})
+        for rel in rels:
+            if rel in self._verified:
+                continue
+            entry = table.get(rel)
+            p = self.root / rel
+            if entry is None:
+                raise BundleError(f"{p} is not listed in {self.root / MANIFEST}")
+            if not p.is_file():
+                raise BundleError(f"{p} is missing from the bundle: re-export it")
+            if p.stat().st_size != entry["bytes"] or sha256_file(p) != entry["sha256"]:
+                raise BundleError(
+                    f"{p} does not match its sha256 in the manifest (modified or corrupt): re-export it"
+                )
+            self._verified.add(rel)
+
+    def verify_all(self) -> None:
+        self.verify(self.manifest.get("files", {}).keys())
+
+    def find(
+        self,
+        component: str | None = None,
+        backend: str | None = None,
+        precision: str | None = None,
+    ) -> list[Artifact]:
+        return [
+            a
+            for a in self.artifacts
+            if (component is None or a.component == component)
+            and (backend is None or a.backend == backend)
+            and (precision is None or a.precision == precision)
+        ]
+
+
+# -- writing ----------------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BundleWriter:
+    """Stage a bundle next to its target and swap it in only when complete.
+
+    with BundleWriter(out, base=existing_bundle_or_None) as w:
+        w.add_file(...)  / w.stage(rel) -> Path to write, then w.register(rel)
+        w.manifest[...] = ...
+    On any exception the staging directory is removed and the target is untouched.
+    With `base`, the existing bundle's files are hard-linked (or copied) into the stage,
+    so adding a variant never rewrites or endangers what is there.
+    """
+
+    def __init__(self, target: str | os.PathLike, base: Bundle | None = None, overwrite: bool = True):
+        self.target = Path(target).absolute()
+        self.overwrite = overwrite
+        self.stage_dir = self.target.parent / f".{self.target.name}.staging-{uuid.uuid4().hex[:8]}"
+        self.manifest: dict[str, Any] = {}
+        self.files: dict[str, dict[str, Any]] = {}
+        self.artifacts: list[Artifact] = []
+        self._base = base
+
+    def __enter__(self) -> "BundleWriter":
+        if self.target.exists() and not self.overwrite:
+            raise BundleError(f"{self.target} exists: pass --overwrite or choose another -o")
+        if self.target.exists() and not (self.target / MANIFEST).is_file() and any(self.target.iterdir()):
+            raise BundleError(
+                f"{self.target} exists and is not an mmdeploy bundle: refusing to replace it"
+            )
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.stage_dir.mkdir()
+        if self._base is not None:
+            self._link_base(self._base)
+        return self
+
+    def _link_base(self, base: Bundle) -> None:
+        base.verify_all()
+        self.manifest = json.loads(json.dumps(base.manifest))
+        self.files = dict(self.manifest.get("files", {}))
+        self.artifacts = [Artifact(**asdict(a)) for a in base.artifacts]
+        for rel in self.files:
+            dst = self.stage_dir / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(base.root / rel, dst)
+            except OSError:
+                shutil.copy2(base.root / rel, dst)
+
+    def stage(self, rel: str) -> Path:
+        """Path inside the stage to write `rel` to (parents created)."""
+        p = self.stage_dir / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def register(self, rel: str) -> dict[str, Any]:
+        """Hash and fsync a file written into the stage, and list it in the manifest."""
+        p = self.stage_dir / rel
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+        entry = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        self.files[rel] = entry
+        return entry
+
+    def add_file(self, src: str | os.PathLike, rel: str) -> None:
+        shutil.copyfile(src, self.stage(rel))
+        self.register(rel)
+
+    def write_json(self, rel: str, data: Any) -> None:
+        self.stage(rel).write_text(json.dumps(data, indent=2))
+        self.register(rel)
+
+    def add_artifact(self, artifact: Artifact) -> None:
+        for rel in artifact.files or [artifact.path]:
+            if rel not in self.files:
+                raise BundleError(f"artifact file {rel} was not registered in the bundle")
+        if not artifact.files:
+            artifact.files = [artifact.path]
+        self.artifacts = [a for a in self.artifacts if a.key != artifact.key] + [artifact]
+
+    def remove_unreferenced(self, keep: Iterable[str] = ()) -> None:
+        """Drop staged files no artifact uses (e.g. an IR replaced by a rebuild)."""
+        used = set(keep)
+        for a in self.artifacts:
+            used.update(a.files)
+        for rel in list(self.files):
+            if rel.startswith(("onnx/", "openvino/", "tensorrt/")) and rel not in used:
+                (self.stage_dir / rel).unlink(missing_ok=True)
+                del self.files[rel]
+
+    def _commit(self) -> None:
+        self.manifest["schema_version"] = SCHEMA_VERSION
+        self.manifest.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.manifest["files"] = dict(sorted(self.files.items()))
+        self.manifest["artifacts"] = [asdict(a) for a in self.artifacts]
+        mpath = self.stage_dir / MANIFEST
+        mpath.write_text(json.dumps(self.manifest, indent=2))
+        with open(mpath, "rb") as f:
+            os.fsync(f.fileno())
+        _fsync_dir(self.stage_dir)
+        old = None
+        if self.target.exists():
+            old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(self.target, old)
+        try:
+            os.rename(self.stage_dir, self.target)
+        except BaseException:
+            if old is not None:
+                os.rename(old, self.target)
+            raise
+        _fsync_dir(self.target.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            try:
+                self._commit()
+            except BaseException:
+                shutil.rmtree(self.stage_dir, ignore_errors=True)
+                raise
+        else:
+            shutil.rmtree(self.stage_dir, ignore_errors=True)
+        return False

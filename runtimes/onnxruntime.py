@@ -1,0 +1,79 @@
+"""ONNX Runtime backend: the fp32 ONNX file itself; CPU EP here (CUDA/TensorRT EPs with onnxruntime-gpu)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendError, require
+from .session import BuildResult, TensorSpec
+
+NAME = "onnxruntime"
+EXTRA = "core"
+PRECISIONS = ("fp32",)
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(bool)": "bool",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+}
+
+
+def available() -> str | None:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "onnxruntime is not installed (pip install onnxruntime)"
+    return None
+
+
+def version() -> str:
+    return require("onnxruntime", "core").__version__
+
+
+def build(onnx_path: Path, out_dir: Path, precision: str, component: str) -> BuildResult:
+    """The fp32 ONNX in the bundle is already this backend's artifact: nothing to build."""
+    if precision != "fp32":
+        raise BackendError(f"onnxruntime builds fp32 only here, not {precision}")
+    rel = onnx_path.relative_to(out_dir).as_posix()
+    return BuildResult(path=rel, files=[rel], built_for={"onnxruntime": version()})
+
+
+class OrtSession:
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, providers=None):
+        ort = require("onnxruntime", "core")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        try:
+            self._sess = ort.InferenceSession(
+                str(path), sess_options=so, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+            raise BackendError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from exc
+        self.inputs = [
+            TensorSpec(i.name, _ORT_TYPES.get(i.type, i.type), tuple(i.shape)) for i in self._sess.get_inputs()
+        ]
+        self.outputs = [
+            TensorSpec(o.name, _ORT_TYPES.get(o.type, o.type), tuple(o.shape)) for o in self._sess.get_outputs()
+        ]
+        self._out_names = [o.name for o in self.outputs]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self._sess.run(self._out_names, feeds)
+        return dict(zip(self._out_names, outs))
+
+
+def open(path: str | os.PathLike, runtime: dict[str, Any] | None = None, threads: int | None = None):
+    return OrtSession(path, threads=threads)

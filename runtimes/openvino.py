@@ -1,0 +1,106 @@
+"""OpenVINO backend: IR converted from the bundle's ONNX; fp32 and bf16 share one IR.
+
+On CPUs with AVX512-BF16/AMX, OpenVINO silently runs f32 models in bf16 unless told
+INFERENCE_PRECISION_HINT=f32, so fp32 pins f32 and bf16 is its own, explicit variant.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendError, require
+from .session import BuildResult, TensorSpec
+
+NAME = "openvino"
+EXTRA = "openvino"
+PRECISIONS = ("fp32", "bf16")
+_HINT = {"fp32": "f32", "bf16": "bf16"}
+
+_core = None
+
+
+def _ov():
+    return require("openvino", "openvino")
+
+
+def core():
+    global _core
+    if _core is None:
+        _core = _ov().Core()
+    return _core
+
+
+def available() -> str | None:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return "openvino is not installed (pip install 'mmdeploy[openvino]')"
+    return None
+
+
+def version() -> str:
+    return _ov().get_version()
+
+
+def cpu_supports(precision: str) -> bool:
+    if precision == "fp32":
+        return True
+    caps = core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return {"bf16": "BF16", "fp16": "FP16", "int8": "INT8"}[precision] in caps
+
+
+def build(onnx_path: Path, out_dir: Path, precision: str, component: str) -> BuildResult:
+    if precision not in PRECISIONS:
+        raise BackendError(f"openvino builds {', '.join(PRECISIONS)}, not {precision}")
+    if not cpu_supports(precision):
+        raise BackendError(f"this CPU has no native {precision} support for OpenVINO")
+    ov = _ov()
+    xml = out_dir / "openvino" / f"{component}.xml"
+    if not xml.exists():  # fp32 and bf16 share the IR
+        xml.parent.mkdir(parents=True, exist_ok=True)
+        model = ov.convert_model(str(onnx_path))
+        ov.save_model(model, str(xml), compress_to_fp16=False)
+    rel = xml.relative_to(out_dir).as_posix()
+    return BuildResult(
+        path=rel,
+        files=[rel, rel[:-4] + ".bin"],
+        runtime={"INFERENCE_PRECISION_HINT": _HINT[precision]},
+        built_for={"openvino": version(), "device": "CPU"},
+    )
+
+
+_NP = {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32", "boolean": "bool", "u8": "uint8", "i8": "int8", "bf16": "bfloat16"}
+
+
+def _spec(port) -> TensorSpec:
+    shape = tuple(d.get_length() if d.is_static else "?" for d in port.get_partial_shape())
+    return TensorSpec(port.get_any_name(), _NP.get(port.get_element_type().get_type_name(), "?"), shape)
+
+
+class OvSession:
+    def __init__(self, path: str | os.PathLike, runtime: dict[str, Any] | None, threads: int | None):
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        config.update(runtime or {})
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self._compiled = core().compile_model(str(path), "CPU", config)
+        except RuntimeError as exc:
+            raise BackendError(f"openvino cannot load {path}: {str(exc).splitlines()[0]}") from exc
+        self._request = self._compiled.create_infer_request()
+        self.inputs = [_spec(p) for p in self._compiled.inputs]
+        self.outputs = [_spec(p) for p in self._compiled.outputs]
+        self._out_ports = list(self._compiled.outputs)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = self._request.infer(feeds)
+        # copy: the request's output buffers are reused by the next call
+        return {s.name: np.array(result[p], copy=True) for s, p in zip(self.outputs, self._out_ports)}
+
+
+def open(path: str | os.PathLike, runtime: dict[str, Any] | None = None, threads: int | None = None):
+    return OvSession(path, runtime, threads)

@@ -1,0 +1,86 @@
+"""Choosing and opening variants of a bundle."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import BackendError, BundleError
+from .bundle import Artifact, Bundle
+from .session import Session, backend_module
+
+# Without measurements for this machine, prefer in this order (fastest first on the
+# CPUs measured so far: OpenVINO bf16 > OpenVINO f32 ≈ ORT f32 on AVX-512 machines).
+PREFERENCE = [
+    ("openvino", "int8"),
+    ("onnxruntime", "int8"),
+    ("openvino", "bf16"),
+    ("onnxruntime", "fp32"),
+    ("openvino", "fp32"),
+]
+
+
+def _usable(a: Artifact) -> bool:
+    try:
+        mod = backend_module(a.backend)
+    except BackendError:
+        return False
+    if mod.available() is not None:
+        return False
+    check = getattr(mod, "cpu_supports", None)
+    return check is None or check(a.precision)
+
+
+def select_variant(
+    bundle: Bundle, backend: str | None = None, precision: str | None = None
+) -> tuple[str, str]:
+    """(backend, precision) that every component has; the preferred one that passed its gate."""
+    if backend is not None:
+        backend_module(backend)  # unknown name -> clear error
+    comps = list(bundle.components)
+    variants: dict[tuple[str, str], list[Artifact]] = {}
+    for a in bundle.artifacts:
+        variants.setdefault((a.backend, a.precision), []).append(a)
+    complete = {k: v for k, v in variants.items() if {a.component for a in v} >= set(comps)}
+    matching = {
+        k: v
+        for k, v in complete.items()
+        if (backend is None or k[0] == backend) and (precision is None or k[1] == precision)
+    }
+    if not matching:
+        have = ", ".join(f"{b}/{p}" for b, p in sorted(complete)) or "none"
+        want = "/".join(x for x in (backend, precision) if x) or "any variant"
+        raise BundleError(f"{bundle.root} has no {want} for all components (has: {have})")
+    explicit = backend is not None and precision is not None
+    candidates = [k for k, v in matching.items() if explicit or (all(a.passed for a in v) and all(_usable(a) for a in v))]
+    if not candidates:
+        raise BundleError(
+            f"{bundle.root}: no variant matching {backend or 'any'}/{precision or 'any'} passed its "
+            "accuracy gate and runs here; name --backend and --precision to force one"
+        )
+    rank = {k: i for i, k in enumerate(PREFERENCE)}
+    return min(candidates, key=lambda k: rank.get(k, len(rank)))
+
+
+def open_session(bundle: Bundle, artifact: Artifact, threads: int | None = None) -> Session:
+    mod = backend_module(artifact.backend)
+    why = mod.available()
+    if why is not None:
+        raise BackendError(why)
+    bundle.verify(artifact.files)
+    return mod.open(bundle.path(artifact.path), artifact.runtime, threads)
+
+
+def load(
+    bundle: str | os.PathLike | Bundle,
+    backend: str | None = None,
+    precision: str | None = None,
+    threads: int | None = None,
+):
+    """Open a bundle's pipeline on one (backend, precision); default: the preferred passing variant."""
+    b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+    backend, precision = select_variant(b, backend, precision)
+    if b.family == "clip":
+        from .clip import ClipPipeline
+
+        return ClipPipeline(b, backend, precision, threads=threads)
+    raise BundleError(f"{b.root}: family {b.family!r} has no pipeline in this mmdeploy")

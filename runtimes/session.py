@@ -1,0 +1,77 @@
+"""The one interface pipelines talk to, and the registry of backends.
+
+A backend is a module in runtimes/ with:
+    NAME, EXTRA, PRECISIONS
+    available() -> str | None            None when usable, else why not (one line)
+    build(onnx_path, out_dir, precision, component) -> BuildResult
+    open(path, runtime: dict, threads: int | None) -> Session
+Backends import their SDK lazily so `import mmdeploy.runtimes` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import BackendError
+
+BACKENDS = {
+    "onnxruntime": "mmdeploy.runtimes.onnxruntime",
+    "openvino": "mmdeploy.runtimes.openvino",
+}
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple  # ints for fixed axes, str for symbolic ones
+
+
+@dataclass
+class BuildResult:
+    """What a backend produced: files relative to out_dir's bundle root, and open() options."""
+
+    path: str
+    files: list[str]
+    runtime: dict[str, Any] = field(default_factory=dict)
+    built_for: dict[str, Any] = field(default_factory=dict)
+
+
+class Session(Protocol):
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def backend_module(name: str):
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}: choose from {', '.join(BACKENDS)}")
+    return importlib.import_module(BACKENDS[name])
+
+
+def check_precision(backend: str, precision: str) -> None:
+    mod = backend_module(backend)
+    if precision not in PRECISIONS:
+        raise BackendError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    if precision not in mod.PRECISIONS:
+        raise BackendError(
+            f"backend {backend} does not build precision {precision} here "
+            f"(it builds: {', '.join(mod.PRECISIONS)})"
+        )
+
+
+def parse_list(value: str | None, allowed: tuple[str, ...] | list[str], what: str) -> list[str]:
+    """Split 'a,b' and check each item, so a typo is a one-line error."""
+    if value is None or value == "":
+        return []
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    for item in items:
+        if item not in allowed:
+            raise BackendError(f"unknown {what} {item!r}: choose from {', '.join(allowed)}")
+    return items
