@@ -72,7 +72,8 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def read_merges(bpe_gz: Path) -> list[tuple[str, str]]:
-    lines = gzip.open(bpe_gz).read().decode("utf-8").split("\n")
+    with gzip.open(bpe_gz) as f:
+        lines = f.read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : N_MERGES + 1]]
     if len(merges) != N_MERGES or any(len(m) != 2 for m in merges):
         raise SystemExit(f"{bpe_gz}: expected {N_MERGES} merge pairs, got {len(merges)}")

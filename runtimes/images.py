@@ -62,6 +62,10 @@ def load_image(src: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     """
     if isinstance(src, Image.Image):
         _check_pixels(src.size, "image", max_pixels)
+        try:
+            src.load()
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise InputError(f"cannot read image (corrupt or truncated): {_one_line(exc)}") from None
         return to_rgb(_exif_transpose(src), "image")
     if isinstance(src, np.ndarray):
         return _from_array(src, max_pixels)
@@ -181,6 +185,8 @@ def _decode(fp, name: str, max_pixels: int | None) -> Image.Image:
 
 def _exif_transpose(im: Image.Image) -> Image.Image:
     try:
+        if im.getexif().get(0x0112, 1) in (1, None):  # no rotation: skip exif_transpose's copy
+            return im
         return ImageOps.exif_transpose(im)
     except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the picture
         return im

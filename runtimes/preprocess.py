@@ -49,7 +49,12 @@ _SIZE_KEYS = ("height", "width", "shortest_edge", "longest_edge")
 
 @dataclass
 class ImagePreprocessor:
-    """Images -> ``pixel_values`` float32 (N, 3, H, W), as CLIPImageProcessor does it."""
+    """Images -> ``pixel_values`` float32 (N, 3, H, W), as CLIPImageProcessor does it.
+
+    Images are always converted to RGB (the vision graphs take 3 channels);
+    ``do_convert_rgb`` is kept only so the config round-trips. ``max_pixels`` bounds each
+    input image (``InputError`` above it); ``None`` lifts the limit.
+    """
 
     size: dict[str, int] = field(default_factory=lambda: {"shortest_edge": 224})
     crop_size: dict[str, int] = field(default_factory=lambda: {"height": 224, "width": 224})
@@ -67,7 +72,7 @@ class ImagePreprocessor:
     def __post_init__(self) -> None:
         self.size = _size_dict(self.size, default_to_square=False, name="size")
         self.crop_size = _size_dict(self.crop_size, default_to_square=True, name="crop_size")
-        if "height" in self.crop_size and "width" not in self.crop_size:
+        if self.do_center_crop and not {"height", "width"} <= self.crop_size.keys():
             raise ValueError(f"crop_size needs height and width, got {self.crop_size}")
         try:
             self.resample = int(Image.Resampling(int(self.resample)))
@@ -138,7 +143,9 @@ class ImagePreprocessor:
     # -- processing ------------------------------------------------------------------------
 
     def __call__(self, images: Sequence[Any]) -> np.ndarray:
-        """Images (anything ``load_image`` takes) -> float32 array (N, 3, H, W)."""
+        """Images (anything ``load_image`` takes, or an (N, H, W, C) uint8 array) -> float32 (N, 3, H, W)."""
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)
         if isinstance(images, (str, bytes, Image.Image, np.ndarray)) or not isinstance(images, Sequence):
             raise InputError("images must be a list of images (paths, bytes, PIL images or arrays)")
         if len(images) == 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import subprocess
 import sys
 
@@ -287,3 +288,21 @@ def test_runtimes_do_not_import_torch_or_transformers():
         "sys.exit(f'imported {bad}' if bad else 0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_legacy_openai_config_via_auto_image_processor(tmp_path):
+    """openai/clip-vit-base-patch32's preprocessor_config.json (int sizes), loaded both ways."""
+    from transformers import AutoImageProcessor
+
+    cfg = {
+        "crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 224,
+    }
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(cfg))
+    hf = AutoImageProcessor.from_pretrained(str(tmp_path))
+    ours = ImagePreprocessor.from_file(tmp_path / "preprocessor_config.json")
+    assert ours.size == {"shortest_edge": 224} and ours.crop_size == {"height": 224, "width": 224}
+    images = [PHOTOS["rocket"], ODD["rgba"], ODD["p-transparency"]]
+    ref = np.concatenate([hf(im, return_tensors="np")["pixel_values"] for im in images])
+    assert float(np.abs(ours(images) - ref).max()) <= TOL
