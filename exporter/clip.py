@@ -104,9 +104,9 @@ class ClipFamily:
         from ..benchmarks.datasets.photos import caption_batch, photo_batch
 
         if component == "vision":
-            imgs = data.images(batch) if data is not None else photo_batch(batch)
+            imgs = data.image_batch(batch) if data is not None else photo_batch(batch)
             return {"pixel_values": self.preprocess(imgs)}
-        texts = data.texts(batch) if data is not None else caption_batch(batch)
+        texts = data.text_batch(batch) if data is not None else caption_batch(batch)
         return self.tokenizer(texts)
 
     def manifest_extra(self) -> dict[str, Any]:

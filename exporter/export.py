@@ -27,12 +27,20 @@ TARGETS = ("cpu",)
 OPSET = 17
 
 
-def family_exporter(ckpt: Checkpoint):
-    if ckpt.family == "clip":
-        from .clip import ClipFamily
+# family -> "module:class" of its exporter (declarative, one file per family)
+FAMILY_EXPORTERS = {
+    "clip": "mmdeploy.exporter.clip:ClipFamily",
+    "text-embedding": "mmdeploy.exporter.text_embedding:TextEmbeddingFamily",
+}
 
-        return ClipFamily(ckpt)
-    raise ExportError(f"family {ckpt.family!r} has no exporter yet")
+
+def family_exporter(ckpt: Checkpoint):
+    import importlib
+
+    if ckpt.family not in FAMILY_EXPORTERS:
+        raise ExportError(f"family {ckpt.family!r} has no exporter yet")
+    module, cls = FAMILY_EXPORTERS[ckpt.family].split(":")
+    return getattr(importlib.import_module(module), cls)(ckpt)
 
 
 def plan_variants(backends: list[str], precisions: list[str]) -> list[tuple[str, str]]:

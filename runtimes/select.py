@@ -19,6 +19,13 @@ PREFERENCE = [
 ]
 
 
+# family -> "module:class" of its pipeline; each takes (bundle, backend, precision, threads=)
+PIPELINES = {
+    "clip": "mmdeploy.runtimes.clip:ClipPipeline",
+    "text-embedding": "mmdeploy.runtimes.text_embedding:TextEmbeddingPipeline",
+}
+
+
 def _usable(a: Artifact) -> bool:
     try:
         mod = backend_module(a.backend)
@@ -77,10 +84,11 @@ def load(
     threads: int | None = None,
 ):
     """Open a bundle's pipeline on one (backend, precision); default: the preferred passing variant."""
-    b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
-    backend, precision = select_variant(b, backend, precision)
-    if b.family == "clip":
-        from .clip import ClipPipeline
+    import importlib
 
-        return ClipPipeline(b, backend, precision, threads=threads)
-    raise BundleError(f"{b.root}: family {b.family!r} has no pipeline in this mmdeploy")
+    b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+    if b.family not in PIPELINES:
+        raise BundleError(f"{b.root}: family {b.family!r} has no pipeline in this mmdeploy")
+    backend, precision = select_variant(b, backend, precision)
+    module, cls = PIPELINES[b.family].split(":")
+    return getattr(importlib.import_module(module), cls)(b, backend, precision, threads=threads)

@@ -1,0 +1,115 @@
+"""Data sets that `bench --data` and `--calib` accept: a name (`shapes`, `photos`), an image
+folder (optional labels.tsv / captions.tsv beside the images) or a text file (one line each).
+
+No torch here: calibration and benchmarks feed the runtime's own pre-processing.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ...errors import InputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+NAMED = ("shapes", "photos")
+
+
+@dataclass
+class DataSet:
+    """Images and/or texts, with per-image class labels when the set has them."""
+
+    name: str
+    images: list[Any] = field(default_factory=list)  # paths or PIL images
+    texts: list[str] = field(default_factory=list)
+    labels: list[str] | None = None  # class of each image (zero-shot accuracy)
+    class_names: list[str] | None = None
+    template: str = "{}"  # prompt for a class name
+    captions: list[str] | None = None  # reference caption of each image
+
+    def image_batch(self, n: int) -> list[Any]:
+        if not self.images:
+            raise InputError(f"data set {self.name} has no images")
+        return [self.images[i % len(self.images)] for i in range(n)]
+
+    def text_batch(self, n: int) -> list[str]:
+        if not self.texts:
+            raise InputError(f"data set {self.name} has no texts")
+        return [self.texts[i % len(self.texts)] for i in range(n)]
+
+
+def _read_tsv(path: Path) -> dict[str, str]:
+    with open(path, newline="") as f:
+        return {row[0]: row[1] for row in csv.reader(f, delimiter="\t") if len(row) >= 2}
+
+
+def _folder(path: Path, limit: int | None) -> DataSet:
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if limit:
+        files = files[:limit]
+    if not files:
+        raise InputError(f"{path} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    ds = DataSet(name=str(path), images=[str(p) for p in files])
+    if (path / "labels.tsv").is_file():
+        table = _read_tsv(path / "labels.tsv")
+        ds.labels = [table.get(p.name) for p in files]
+        if any(l is None for l in ds.labels):
+            missing = next(p.name for p, l in zip(files, ds.labels) if l is None)
+            raise InputError(f"{path / 'labels.tsv'} has no label for {missing}")
+        ds.class_names = sorted(set(ds.labels))
+        ds.template = "a photo of a {}"
+    if (path / "captions.tsv").is_file():
+        table = _read_tsv(path / "captions.tsv")
+        ds.captions = [table.get(p.name, "") for p in files]
+        ds.texts = [c for c in ds.captions if c]
+    return ds
+
+
+def _text_file(path: Path, limit: int | None) -> DataSet:
+    try:
+        lines = [l.strip() for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a UTF-8 text file (one text per line)") from None
+    if not lines:
+        raise InputError(f"{path} has no lines of text")
+    return DataSet(name=str(path), texts=lines[:limit] if limit else lines)
+
+
+def shapes_set(split: str = "test", n: int | None = None) -> DataSet:
+    from . import shapes
+
+    samples = shapes.generate(split, n)
+    return DataSet(
+        name=f"shapes/{split}",
+        images=[s.image for s in samples],
+        texts=[s.caption for s in samples],
+        labels=[shapes.label_of(s) for s in samples],
+        class_names=shapes.labels(),
+        template="a photo of a {}",
+        captions=[s.caption for s in samples],
+    )
+
+
+def photos_set() -> DataSet:
+    from .photos import CAPTIONS, photos
+
+    return DataSet(name="photos", images=list(photos()), texts=list(CAPTIONS))
+
+
+def open_dataset(spec: str, split: str = "test", limit: int | None = None) -> DataSet:
+    """`shapes` (split: train/val/test), `photos`, an image folder, or a text file."""
+    if spec == "shapes":
+        return shapes_set(split, limit)
+    if spec == "photos":
+        return photos_set()
+    path = Path(os.path.expanduser(spec))
+    if path.is_dir():
+        return _folder(path, limit)
+    if path.is_file():
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            raise InputError(f"{path} is one image: pass the folder that holds the images")
+        return _text_file(path, limit)
+    raise InputError(f"data {spec!r} not found: give {', '.join(NAMED)}, an image folder or a text file")

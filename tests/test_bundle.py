@@ -1,0 +1,125 @@
+"""Bundle integrity: hashes, schema, missing files, atomic replace on interruption."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mmdeploy.errors import BundleError
+from mmdeploy.runtimes import load
+from mmdeploy.runtimes.bundle import MANIFEST, Bundle, BundleWriter
+
+
+@pytest.fixture
+def bundle_copy(clip_bundle, tmp_path) -> Path:
+    dst = tmp_path / "copy"
+    shutil.copytree(clip_bundle, dst)
+    return dst
+
+
+def test_manifest_lists_every_file_with_its_hash(clip_bundle):
+    b = Bundle.open(clip_bundle)
+    on_disk = {p.relative_to(clip_bundle).as_posix() for p in clip_bundle.rglob("*") if p.is_file()} - {MANIFEST}
+    assert set(b.manifest["files"]) == on_disk
+    b.verify_all()
+    for a in b.artifacts:
+        assert set(a.files) <= on_disk
+        assert a.parity["cosine"] > 0.99 and "max_abs_diff" in a.parity
+        assert a.built_for["target"] == "cpu"
+    assert b.manifest["source"]["weights_sha256"]
+    assert {"vision", "text"} == set(b.components)
+
+
+def test_tampered_artifact_is_refused_naming_the_file(bundle_copy):
+    onnx = bundle_copy / "onnx" / "vision.onnx"
+    with open(onnx, "r+b") as f:
+        f.seek(200)
+        byte = f.read(1)
+        f.seek(200)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(BundleError, match="vision.onnx.*sha256"):
+        load(bundle_copy, backend="onnxruntime", precision="fp32")
+
+
+def test_missing_file_is_named(bundle_copy):
+    (bundle_copy / "tokenizer.json").unlink()
+    with pytest.raises(BundleError, match="tokenizer.json is missing"):
+        load(bundle_copy, backend="onnxruntime")
+
+
+def test_unknown_schema_version(bundle_copy):
+    m = json.loads((bundle_copy / MANIFEST).read_text())
+    m["schema_version"] = 99
+    (bundle_copy / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="schema_version 99"):
+        Bundle.open(bundle_copy)
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(BundleError, match="not found"):
+        Bundle.open(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match="manifest.json is missing"):
+        Bundle.open(tmp_path / "empty")
+    (tmp_path / "empty" / MANIFEST).write_text("{not json")
+    with pytest.raises(BundleError, match="corrupt"):
+        Bundle.open(tmp_path / "empty")
+
+
+def test_unknown_variant_is_a_clear_error(clip_bundle):
+    with pytest.raises(BundleError, match="has no onnxruntime/int8"):
+        load(clip_bundle, backend="onnxruntime", precision="int8")
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return [p.name for p in parent.iterdir() if p.name.startswith(".")]
+
+
+def test_interrupted_export_leaves_nothing_and_keeps_existing(bundle_copy, monkeypatch):
+    from mmdeploy.exporter.export import export
+    from mmdeploy.runtimes import openvino
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(openvino, "build", boom)
+    before = {p: p.read_bytes() for p in [bundle_copy / MANIFEST, bundle_copy / "onnx" / "vision.onnx"]}
+    # over an existing bundle: it stays byte-identical
+    with pytest.raises(KeyboardInterrupt):
+        export("clip-shapes", bundle_copy, backends=["onnxruntime", "openvino"])
+    assert all(p.read_bytes() == b for p, b in before.items())
+    Bundle.open(bundle_copy).verify_all()
+    # into a new place: nothing is left behind
+    fresh = bundle_copy.parent / "fresh"
+    with pytest.raises(KeyboardInterrupt):
+        export("clip-shapes", fresh, backends=["onnxruntime", "openvino"])
+    assert not fresh.exists()
+    assert _leftovers(bundle_copy.parent) == []
+
+
+def test_writer_with_base_adds_without_touching_the_original(bundle_copy):
+    original = (bundle_copy / MANIFEST).read_text()
+    with pytest.raises(RuntimeError):
+        with BundleWriter(bundle_copy, base=Bundle.open(bundle_copy)) as w:
+            w.write_json("extra.json", {"a": 1})
+            raise RuntimeError("stop")
+    assert (bundle_copy / MANIFEST).read_text() == original
+    with BundleWriter(bundle_copy, base=Bundle.open(bundle_copy)) as w:
+        w.write_json("extra.json", {"a": 1})
+    b = Bundle.open(bundle_copy)
+    assert "extra.json" in b.manifest["files"]
+    b.verify_all()
+    assert _leftovers(bundle_copy.parent) == []
+
+
+def test_writer_refuses_to_replace_a_foreign_directory(tmp_path):
+    foreign = tmp_path / "docs"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(BundleError, match="not an mmdeploy bundle"):
+        with BundleWriter(foreign):
+            pass
+    assert (foreign / "notes.txt").read_text() == "mine"

@@ -1,0 +1,62 @@
+"""Resolving SOURCE: registry names, folders, twins, and the errors for each way it goes wrong."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmdeploy.errors import CheckpointError, UnsupportedModelError
+from mmdeploy.exporter.checkpoint import family_of, resolve, state_sha256
+from mmdeploy.exporter.registry import registry
+
+
+def test_registry_entries_are_complete():
+    for name, ent in registry().items():
+        assert ent["family"] == "clip"
+        assert ent.get("path") or (ent.get("hub") and ent.get("config") and ent.get("preprocessor")), name
+
+
+def test_hub_model_without_network_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="cannot download openai/clip-vit-base-patch32: pass a local checkpoint folder or --random-weights"):
+        resolve("clip-vit-b32")
+
+
+def test_unsupported_architecture_names_the_supported_ones():
+    with pytest.raises(UnsupportedModelError, match="'GPT2LMHeadModel'.*CLIPModel"):
+        family_of({"architectures": ["GPT2LMHeadModel"]}, "x")
+
+
+def test_shipped_fixture_resolves_by_name_and_by_folder():
+    by_name = resolve("clip-shapes")
+    by_path = resolve(by_name.source["path"])
+    assert by_path.name == "clip-shapes" and by_name.family == "clip"
+    assert by_name.source["weights_sha256"] == by_path.source["weights_sha256"]
+
+
+def test_random_weights_rejects_a_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="--random-weights takes a models.yaml name"):
+        resolve(str(tmp_path), random_weights=True)
+
+
+def test_corrupt_config(tmp_path):
+    (tmp_path / "config.json").write_text("{oops")
+    with pytest.raises(CheckpointError, match="config.json is not valid JSON"):
+        resolve(str(tmp_path))
+
+
+def test_missing_weights(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["CLIPModel"], "model_type": "clip"}))
+    with pytest.raises(CheckpointError, match="has no weights"):
+        resolve(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_random_twin_is_deterministic_and_has_the_real_shape():
+    a = resolve("clip-vit-b32", random_weights=True)
+    n_params = sum(p.numel() for p in a.model.parameters())
+    assert 151_000_000 < n_params < 152_000_000  # openai/clip-vit-base-patch32: 151.28M
+    assert state_sha256(a.model) == a.source["weights_sha256"]
+    b = resolve("clip-vit-b32", random_weights=True)
+    assert b.source["weights_sha256"] == a.source["weights_sha256"]
