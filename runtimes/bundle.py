@@ -46,6 +46,7 @@ class Artifact:
     built_for: dict[str, Any] = field(default_factory=dict)  # target, library versions
     parity: dict[str, Any] = field(default_factory=dict)  # cosine, max_abs_diff vs PyTorch
     gate: dict[str, Any] = field(default_factory=dict)  # {"min_cosine": x, "passed": bool}
+    recipe: dict[str, Any] = field(default_factory=dict)  # how it was made (quantization settings, kept-float layers)
 
     @property
     def key(self) -> tuple[str, str, str]:

@@ -1,0 +1,387 @@
+"""quantize: add INT8 / FP16 / BF16 variants to a bundle, each with its measured fidelity.
+
+INT8 on ONNX Runtime (CPU): dynamic (weights int8, activations quantized on the fly) or
+static Q/DQ (uint8 asymmetric activations from calibration, int8 per-channel weights) through
+onnxruntime.quantization. INT8 on OpenVINO: NNCF post-training quantization of the IR
+(transformer preset). Accuracy-aware mode keeps the most sensitive layer groups in float
+until a cosine target vs fp32 is met.
+
+Fidelity is measured against the bundle's fp32 ONNX on held-out inputs (never the
+calibration ones); the fp32 graph itself matches PyTorch to cosine >= 0.9999 (export gate).
+No torch is needed here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..benchmarks.datasets import DataSet, open_dataset
+from ..benchmarks.metrics import compare
+from ..errors import BackendError, InputError, require
+from ..runtimes.bundle import Artifact, Bundle, BundleWriter
+from ..runtimes.session import backend_module
+
+GATES = {"int8": 0.99, "fp16": 0.999, "bf16": 0.99}
+METHODS = ("minmax", "entropy", "percentile")
+MODES = ("static", "dynamic")
+# Ops whose weights are quantized. Adds, LayerNorm, Softmax and activation x activation
+# MatMuls (attention scores) stay float: measured to cost accuracy for little speed.
+WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
+HELD_OUT = {"vision": 16, "text": 32}
+
+
+@dataclass
+class QuantConfig:
+    precision: str
+    backend: str = "onnxruntime"
+    mode: str = "static"
+    calib: str | None = None
+    method: str = "minmax"
+    samples: int = 32
+    exclude: list[str] = field(default_factory=list)
+    min_cosine: float | None = None
+    components: list[str] | None = None
+    threads: int | None = None
+
+
+# -- calibration and held-out data -------------------------------------------------------
+
+
+class Feeder:
+    """Turns a DataSet into per-component feeds with the bundle's own pre-processing."""
+
+    def __init__(self, bundle: Bundle):
+        from ..runtimes.preprocess import ImagePreprocessor
+        from ..runtimes.tokenize import TextTokenizer
+
+        m = bundle.manifest
+        self.preprocess = ImagePreprocessor.from_config(m["preprocess"]["config"]) if "preprocess" in m else None
+        self.tokenizer = TextTokenizer.from_file(
+            bundle.path(m["tokenizer"]["file"]), max_length=m["tokenizer"]["max_length"], pad_id=m["tokenizer"].get("pad_id")
+        )
+
+    def samples(self, component: str, data: DataSet, n: int) -> list[dict[str, np.ndarray]]:
+        """n single-item feeds (calibration sees natural lengths, no padding)."""
+        if component == "vision":
+            return [{"pixel_values": self.preprocess([img])} for img in data.images[:n]]
+        return [self.tokenizer([t]) for t in data.texts[:n]]
+
+    def batch(self, component: str, data: DataSet, n: int) -> dict[str, np.ndarray]:
+        if component == "vision":
+            return {"pixel_values": self.preprocess(data.image_batch(n))}
+        return self.tokenizer(data.text_batch(n))
+
+
+def calibration_data(spec: str | None, component: str) -> DataSet:
+    """The calibration set for one component; a folder without texts calibrates the text
+    tower on the built-in real captions rather than failing."""
+    if spec is None:
+        raise InputError("static INT8 needs calibration data: --calib DIR|FILE|shapes (or --mode dynamic)")
+    data = open_dataset(spec, split="train")
+    if component == "vision" and not data.images:
+        raise InputError(f"--calib {spec}: the vision component needs images, and {spec} has only text")
+    if component == "text" and not data.texts:
+        if not data.images:
+            raise InputError(f"--calib {spec} has neither images nor texts")
+        from ..benchmarks.datasets.photos import CAPTIONS
+
+        data = DataSet(name="built-in captions", texts=list(CAPTIONS))
+    return data
+
+
+def held_out_data(calib: str | None) -> DataSet:
+    """Inputs for the fidelity check that the calibration never saw."""
+    from ..errors import MMDeployError
+
+    if calib != "photos":
+        try:
+            return open_dataset("photos")
+        except MMDeployError:
+            pass
+    return open_dataset("shapes", split="test")
+
+
+# -- graph helpers -----------------------------------------------------------------------
+
+
+def weight_nodes(model) -> list[Any]:
+    """MatMul/Gemm/Conv nodes with a constant weight: the ones worth quantizing."""
+    inits = {i.name for i in model.graph.initializer}
+    consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    out = []
+    for n in model.graph.node:
+        if n.op_type in WEIGHT_OPS and len(n.input) > 1 and (n.input[1] in inits or n.input[1] in consts):
+            out.append(n)
+    return out
+
+
+def matches(node, patterns: list[str]) -> bool:
+    """An exclusion pattern is an op type (e.g. Gemm) or a glob / regex on the node name."""
+    for p in patterns:
+        if p == node.op_type or fnmatch.fnmatch(node.name, p):
+            return True
+        try:
+            if re.search(p, node.name):
+                return True
+        except re.error:
+            continue
+    return False
+
+
+def layer_groups(nodes) -> dict[str, list[str]]:
+    """Candidate groups to keep in float: by role across layers (e.g. mlp/fc2) and by layer."""
+    groups: dict[str, list[str]] = {}
+    for n in nodes:
+        role = re.sub(r"layers\.\d+/", "", n.name)
+        groups.setdefault(f"role {role}", []).append(n.name)
+        m = re.search(r"layers\.(\d+)", n.name)
+        if m:
+            groups.setdefault(f"layer {m.group(1)}", []).append(n.name)
+    return {k: v for k, v in groups.items() if len(v) < len(nodes)}
+
+
+# -- builders ----------------------------------------------------------------------------
+
+
+def _ort_session(path: Path, threads: int | None):
+    return backend_module("onnxruntime").open(path, {}, threads)
+
+
+class OrtInt8:
+    """Static Q/DQ or dynamic INT8 through onnxruntime.quantization."""
+
+    def __init__(self, src: Path, cfg: QuantConfig, calib: list[dict[str, np.ndarray]] | None, workdir: Path):
+        self.q = require("onnxruntime.quantization", "core")
+        onnx = require("onnx", "export")
+        self.src, self.cfg, self.calib, self.workdir = src, cfg, calib, workdir
+        model = onnx.load(str(src), load_external_data=False)
+        self.nodes = [n for n in weight_nodes(model) if not matches(n, cfg.exclude)]
+        if not self.nodes:
+            raise InputError("--exclude leaves nothing to quantize")
+        self.cache = workdir / "calibration.cache"
+
+    def build(self, out: Path, keep_float: set[str] = frozenset()) -> dict[str, Any]:
+        q = self.q
+        names = [n.name for n in self.nodes if n.name not in keep_float]
+        if self.cfg.mode == "dynamic":
+            q.quantize_dynamic(
+                str(self.src), str(out), per_channel=True, weight_type=q.QuantType.QInt8,
+                nodes_to_quantize=names, op_types_to_quantize=list(WEIGHT_OPS),
+            )
+            return {"mode": "dynamic", "weights": "int8 per-channel symmetric", "activations": "uint8 dynamic", "quantized_nodes": len(names)}
+        method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy, "percentile": q.CalibrationMethod.Percentile}[self.cfg.method]
+        reader = _Reader(self.calib)
+        q.quantize_static(
+            str(self.src), str(out), reader,
+            quant_format=q.QuantFormat.QDQ, per_channel=True,
+            activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+            nodes_to_quantize=names, op_types_to_quantize=list(WEIGHT_OPS),
+            calibrate_method=method, calibration_cache_path=str(self.cache),
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+        return {
+            "mode": "static", "format": "QDQ", "method": self.cfg.method,
+            # ORT's CPU int8 kernels are fast with uint8 activations; TensorRT needs symmetric int8 (GPU variant)
+            "activations": "uint8 asymmetric", "weights": "int8 per-channel symmetric",
+            "quantized_nodes": len(names),
+        }
+
+
+def _reader_base():
+    return require("onnxruntime.quantization", "core").CalibrationDataReader
+
+
+class _Reader(_reader_base()):
+    def __init__(self, feeds: list[dict[str, np.ndarray]] | None):
+        self.feeds = list(feeds or [])
+        self.i = 0
+
+    def get_next(self):
+        if self.i >= len(self.feeds):
+            return None
+        self.i += 1
+        return self.feeds[self.i - 1]
+
+    def rewind(self):
+        self.i = 0
+
+
+def _nncf_int8(xml: Path, out_xml: Path, calib: list[dict[str, np.ndarray]], cfg: QuantConfig) -> dict[str, Any]:
+    ov = require("openvino", "openvino")
+    nncf = require("nncf", "openvino")
+    model = ov.Core().read_model(str(xml))
+    scope = None
+    if cfg.exclude:
+        types = [p for p in cfg.exclude if re.fullmatch(r"[A-Z][A-Za-z0-9]*", p)]
+        pats = [fnmatch.translate(p) for p in cfg.exclude if p not in types]
+        scope = nncf.IgnoredScope(types=types, patterns=pats, validate=False)
+    qmodel = nncf.quantize(
+        model, nncf.Dataset(calib), model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(calib), **({"ignored_scope": scope} if scope else {}),
+    )
+    ov.save_model(qmodel, str(out_xml), compress_to_fp16=False)
+    return {"mode": "static", "tool": f"nncf {nncf.__version__}", "preset": "transformer (mixed)", "samples": len(calib)}
+
+
+# -- main entry ---------------------------------------------------------------------------
+
+
+def check_config(cfg: QuantConfig) -> None:
+    if cfg.precision not in GATES:
+        raise InputError(f"--precision {cfg.precision!r}: choose from {', '.join(GATES)}")
+    if cfg.mode not in MODES:
+        raise InputError(f"--mode {cfg.mode!r}: choose from {', '.join(MODES)}")
+    if cfg.method not in METHODS:
+        raise InputError(f"--method {cfg.method!r}: choose from {', '.join(METHODS)}")
+    supported = {
+        ("onnxruntime", "int8"), ("openvino", "int8"), ("openvino", "bf16"), ("openvino", "fp16"), ("onnxruntime", "fp16"),
+    }
+    if (cfg.backend, cfg.precision) not in supported:
+        raise BackendError(
+            f"{cfg.backend} {cfg.precision} is not built by quantize; supported: "
+            + ", ".join(f"{b}/{p}" for b, p in sorted(supported))
+        )
+    if cfg.mode == "dynamic" and (cfg.backend != "onnxruntime" or cfg.precision != "int8"):
+        raise InputError("--mode dynamic is for onnxruntime int8 only")
+    if cfg.mode == "dynamic" and cfg.calib:
+        raise InputError("--mode dynamic takes no --calib (it needs no data)")
+    if cfg.min_cosine is not None and not 0 < cfg.min_cosine <= 1:
+        raise InputError(f"--min-cosine {cfg.min_cosine}: give a value in (0, 1]")
+    if cfg.samples < 1:
+        raise InputError("--samples must be >= 1")
+    if cfg.precision == "int8" and cfg.mode == "static" and cfg.calib is None:
+        raise InputError("static INT8 needs calibration data: --calib DIR|FILE|shapes (or --mode dynamic)")
+
+
+def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], None] = lambda s: None) -> Bundle:
+    check_config(cfg)
+    mod = backend_module(cfg.backend)
+    if (why := mod.available()) is not None:
+        raise BackendError(why)
+    bundle = Bundle.open(bundle_path)
+    comps = cfg.components or list(bundle.components)
+    for c in comps:
+        if c not in bundle.components:
+            raise InputError(f"{bundle.root} has no component {c!r} (has: {', '.join(bundle.components)})")
+    feeder = Feeder(bundle)
+    held = held_out_data(cfg.calib)
+    gate = cfg.min_cosine or GATES[cfg.precision]
+    t0 = time.perf_counter()
+    with BundleWriter(bundle.root, base=bundle) as w, tempfile.TemporaryDirectory(prefix="mmdeploy-q-") as tmp:
+        for comp in comps:
+            src = w.stage_dir / bundle.components[comp]["onnx"]
+            out_name = bundle.components[comp]["outputs"][0]["name"]
+            eval_feeds = feeder.batch(comp, held, HELD_OUT[comp])
+            ref = _ort_session(src, cfg.threads).run(eval_feeds)[out_name]
+            calib = None
+            if cfg.precision == "int8" and cfg.mode == "static":
+                cdata = calibration_data(cfg.calib, comp)
+                calib = feeder.samples(comp, cdata, cfg.samples)
+                log(f"{comp}: calibrating on {len(calib)} samples of {cdata.name} ({cfg.method})")
+
+            def fidelity(path: Path, runtime: dict | None = None, backend: str = "onnxruntime") -> dict[str, Any]:
+                sess = backend_module(backend).open(path, runtime or {}, cfg.threads)
+                return compare(ref, sess.run(eval_feeds)[out_name])
+
+            recipe: dict[str, Any]
+            runtime: dict[str, Any] = {}
+            if cfg.backend == "onnxruntime" and cfg.precision == "int8":
+                rel = f"onnxruntime/{comp}.int8.onnx"
+                builder = OrtInt8(src, cfg, calib, Path(tmp) / comp)
+                (Path(tmp) / comp).mkdir()
+                recipe = builder.build(w.stage(rel))
+                par = fidelity(w.stage_dir / rel)
+                log(f"{comp}: int8 {recipe['mode']} cosine {par['cosine']:.5f} vs fp32")
+                kept: list[str] = []
+                if cfg.min_cosine is not None and par["cosine"] < cfg.min_cosine:
+                    kept, par = _accuracy_aware(builder, w.stage(rel), fidelity, cfg.min_cosine, log, comp)
+                recipe["kept_float"] = kept
+                files = [rel]
+            elif cfg.backend == "openvino" and cfg.precision == "int8":
+                base = next((a for a in bundle.find(comp, "openvino") if a.precision in ("fp32", "bf16")), None)
+                xml = w.stage_dir / base.path if base else None
+                if xml is None:
+                    built = mod.build(src, w.stage_dir, "fp32", comp)
+                    for f in built.files:
+                        w.register(f)
+                    xml = w.stage_dir / built.path
+                rel = f"openvino/{comp}.int8.xml"
+                log(f"{comp}: NNCF quantization on {len(calib)} samples")
+                recipe = _nncf_int8(xml, w.stage(rel), calib, cfg)
+                runtime = {"INFERENCE_PRECISION_HINT": "f32"}
+                files = [rel, rel[:-4] + ".bin"]
+                par = fidelity(w.stage_dir / rel, runtime, "openvino")
+                log(f"{comp}: openvino int8 cosine {par['cosine']:.5f} vs fp32")
+            elif cfg.backend == "openvino":  # bf16 (a runtime hint on the shared IR) or fp16 (compressed IR)
+                if cfg.precision == "bf16":
+                    built = mod.build(src, w.stage_dir, "bf16", comp)
+                    rel, files, runtime = built.path, built.files, built.runtime
+                    recipe = {"weights": "f32 IR", "compute": "bf16 (INFERENCE_PRECISION_HINT)"}
+                else:
+                    ov = require("openvino", "openvino")
+                    rel = f"openvino/{comp}.fp16.xml"
+                    ov.save_model(ov.convert_model(str(src)), str(w.stage(rel)), compress_to_fp16=True)
+                    files, runtime = [rel, rel[:-4] + ".bin"], {"INFERENCE_PRECISION_HINT": "f32"}
+                    recipe = {"weights": "fp16 (compressed IR)", "compute": "f32 on CPU, fp16 on GPU"}
+                par = fidelity(w.stage_dir / rel, runtime, "openvino")
+            else:  # onnxruntime fp16 (GPU targets: io stays fp32)
+                onnx = require("onnx", "export")
+                from onnxruntime.transformers.float16 import convert_float_to_float16
+
+                rel = f"onnxruntime/{comp}.fp16.onnx"
+                m16 = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+                onnx.save(m16, str(w.stage(rel)))
+                files = [rel]
+                recipe = {"weights": "fp16", "io": "fp32", "note": "for CUDA / TensorRT EPs; the CPU EP runs fp16 slowly"}
+                par = fidelity(w.stage_dir / rel)
+            for f in files:
+                w.register(f)
+            par["reference"] = f"fp32 ONNX on {HELD_OUT[comp]} held-out items of {held.name}"
+            passed = par["cosine"] >= gate
+            if not passed:
+                log(f"{comp}: {cfg.backend}/{cfg.precision} cosine {par['cosine']:.5f} is below the gate {gate}: kept, never chosen by default")
+            recipe.update({"calibration": {"data": cfg.calib, "samples": len(calib)} if calib else None, "exclude": cfg.exclude})
+            w.add_artifact(
+                Artifact(
+                    component=comp, backend=cfg.backend, precision=cfg.precision, path=rel, files=files,
+                    runtime=runtime,
+                    built_for={"target": bundle.manifest.get("target", "cpu"), cfg.backend: mod.version()},
+                    parity=par, gate={"min_cosine": gate, "passed": passed}, recipe=recipe,
+                )
+            )
+        w.remove_unreferenced(keep=[c["onnx"] for c in bundle.components.values()])
+    log(f"{cfg.backend}/{cfg.precision} added to {bundle.root} in {time.perf_counter() - t0:.1f}s")
+    return Bundle.open(bundle.root)
+
+
+def _accuracy_aware(builder: OrtInt8, out: Path, fidelity, target: float, log, comp: str):
+    """Rank layer groups by how much keeping them float helps, then keep the fewest float
+    (greedily, most helpful first) until the cosine target is met."""
+    groups = layer_groups(builder.nodes)
+    scores = []
+    for name, nodes in groups.items():
+        builder.build(out, keep_float=set(nodes))
+        scores.append((fidelity(out)["cosine"], name))
+    scores.sort(reverse=True)
+    kept: set[str] = set()
+    chosen: list[str] = []
+    par = None
+    for cos, name in scores:
+        kept |= set(groups[name])
+        chosen.append(name)
+        builder.build(out, keep_float=kept)
+        par = fidelity(out)
+        log(f"{comp}: float {', '.join(chosen)} -> cosine {par['cosine']:.5f}")
+        if par["cosine"] >= target:
+            break
+    if par is None or par["cosine"] < target:
+        log(f"{comp}: target {target} not reachable with INT8 layers left; all candidate groups kept float")
+    return sorted(kept), par
