@@ -73,7 +73,12 @@ def models():
 
     t = Table("name", "family", "source", "description")
     for name, ent in registry().items():
-        src = ent.get("path") and f"shipped: {ent['path']}" or f"hub: {ent.get('hub')} (or --random-weights)"
+        if ent.get("path"):
+            src = f"shipped: {ent['path']}"
+        elif ent.get("package"):
+            src = f"package: {ent['package']}/{ent.get('subdir', '')} (mmdeploy[fixtures])"
+        else:
+            src = f"hub: {ent.get('hub')} (or --random-weights)"
         t.add_row(name, ent["family"], src, ent.get("description", ""))
     _console().print(t)
 

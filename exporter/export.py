@@ -134,7 +134,7 @@ def export(
                         w.register(f)
                 sess = mod.open(w.stage_dir / built.path, built.runtime, threads)
                 parity = compare(ref, sess.run(feeds)[output])
-                parity["inputs"] = f"{PARITY_BATCH[comp]} real {'photos' if comp == 'vision' else 'captions'}"
+                parity["inputs"] = f"{PARITY_BATCH[comp]} real {'photos' if comp == 'vision' else 'sentences'}"
                 gate = {"min_cosine": GATES[precision], "passed": parity["cosine"] >= GATES[precision]}
                 log(
                     f"{comp}: {backend}/{precision} cosine {parity['cosine']:.6f} "
@@ -164,7 +164,8 @@ def export(
         for src, rel in fam.bundle_files():
             w.add_file(src, rel)
         extra = fam.manifest_extra()
-        w.write_json(extra["preprocess"]["file"], extra["preprocess"]["config"])
+        if "preprocess" in extra:
+            w.write_json(extra["preprocess"]["file"], extra["preprocess"]["config"])
         w.manifest.update(
             {
                 "model": ckpt.name,

@@ -206,7 +206,26 @@ def build_clip_model(vocab_size: int, bos_id: int, eos_id: int, r=CLIP_SHAPES):
         hidden_act="quick_gelu",
     )
     cfg = CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=r["projection_dim"])
-    return CLIPModel(cfg)
+    model = CLIPModel(cfg)
+    _init_sincos_2d(model, r)
+    return model
+
+
+def _init_sincos_2d(model, r) -> None:
+    """Start the vision position embeddings from a 2-D sin-cos table (ViT/MAE style)."""
+    import torch
+
+    emb = model.vision_model.embeddings.position_embedding.weight  # (1 + g*g, D)
+    g = r["image_size"] // r["patch_size"]
+    d = emb.shape[1]
+    q = d // 4
+    omega = 1.0 / (10000 ** (torch.arange(q, dtype=torch.float32) / q))
+    ys, xs = torch.meshgrid(torch.arange(g, dtype=torch.float32), torch.arange(g, dtype=torch.float32), indexing="ij")
+    oy, ox = ys.reshape(-1, 1) * omega, xs.reshape(-1, 1) * omega
+    table = torch.cat([ox.sin(), ox.cos(), oy.sin(), oy.cos()], dim=1)  # (g*g, 4q)
+    with torch.no_grad():
+        emb.zero_()
+        emb[1:, : 4 * q] = table * 0.5
 
 
 def image_processor_config(image_size: int) -> dict:
@@ -293,7 +312,7 @@ def train_clip_shapes(out: Path, seed: int = 0, threads: int = 2, r=CLIP_SHAPES)
     cap_of = torch.tensor([cap_index[s.caption] for s in train])
     labels = shapes.labels()
     lab_of = torch.tensor([labels.index(shapes.label_of(s)) for s in train])
-    enc = hf_tok(captions, padding="max_length", max_length=r["max_position_embeddings"], return_tensors="pt")
+    enc = hf_tok(captions, padding=True, return_tensors="pt")
     cap_ids, cap_mask = enc["input_ids"], enc["attention_mask"]
     penc = hf_tok([shapes.prompt(lb) for lb in labels], padding=True, return_tensors="pt")
     print(f"[data] {len(train)} train images, {len(captions)} distinct texts, "
@@ -315,6 +334,19 @@ def train_clip_shapes(out: Path, seed: int = 0, threads: int = 2, r=CLIP_SHAPES)
 
     def feats(out_):
         return getattr(out_, "pooler_output", out_)
+
+    val = shapes.generate("val", 300, image_size=r["image_size"])
+    vx = (torch.from_numpy(_to_pixels(val)).float() / 255.0 - mean) / std
+    vy = torch.tensor([labels.index(shapes.label_of(s)) for s in val])
+
+    def val_acc() -> float:
+        model.eval()
+        with torch.no_grad():
+            ie = F.normalize(feats(model.get_image_features(pixel_values=vx)), dim=-1)
+            pe = F.normalize(feats(model.get_text_features(**penc)), dim=-1)
+            a = ((ie @ pe.T).argmax(-1) == vy).float().mean().item()
+        model.train()
+        return a
 
     model.train()
     bs = r["batch_size"]
@@ -365,6 +397,8 @@ def train_clip_shapes(out: Path, seed: int = 0, threads: int = 2, r=CLIP_SHAPES)
                   f"prompt {loss_p.item():.3f}) batch-acc {acc:.3f} scale {scale.item():.1f} "
                   f"lr {sched.get_last_lr()[0]:.2e} {el:.0f}s (eta {el / (step + 1) * (steps - step - 1):.0f}s)",
                   flush=True)
+        if (step + 1) % 250 == 0 and step + 1 < steps:
+            print(f"[val] step {step + 1}: zero-shot top-1 on 300 val images {val_acc():.3f}", flush=True)
     train_s = time.time() - t_train
 
     model.eval()
@@ -460,11 +494,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=None, help="override the recipe's step count (experiments)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a recipe value (experiments only; the card records the recipe used)")
     a = ap.parse_args(argv)
     r = dict(CLIP_SHAPES)
-    if a.steps:
-        r["steps"] = a.steps
+    for kv in a.set:
+        k, v = kv.split("=", 1)
+        if k not in r:
+            ap.error(f"unknown recipe key {k!r}; known: {', '.join(r)}")
+        r[k] = type(r[k])(float(v)) if isinstance(r[k], int) else type(r[k])(v)
     info = train_clip_shapes(a.out, a.seed, a.threads, r)
     return 0 if info["accuracy"] >= 0.95 else 1
 

@@ -13,8 +13,8 @@ from mmdeploy.exporter.registry import registry
 
 def test_registry_entries_are_complete():
     for name, ent in registry().items():
-        assert ent["family"] == "clip"
-        assert ent.get("path") or (ent.get("hub") and ent.get("config") and ent.get("preprocessor")), name
+        assert ent["family"] in ("clip", "text-embedding")
+        assert ent.get("path") or ent.get("package") or (ent.get("hub") and ent.get("config") and ent.get("preprocessor")), name
 
 
 def test_hub_model_without_network_is_a_clear_error(monkeypatch):
