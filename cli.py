@@ -89,8 +89,11 @@ def export(
     source: str = typer.Argument(..., help="models.yaml name (see `mmdeploy models`) or a local Hugging Face checkpoint folder."),
     output: Path = typer.Option(..., "-o", "--output", help="Bundle directory to write (replaced atomically if it exists)."),
     backend: str = typer.Option("onnxruntime,openvino", help="Comma-separated backends: onnxruntime, openvino."),
-    precision: str = typer.Option("fp32", help="Comma-separated precisions: fp32, bf16 (openvino)."),
+    precision: str = typer.Option("fp32", help="Comma-separated precisions: fp32, bf16 (openvino), int8, fp16 (int8/fp16 run `quantize` in the same atomic step)."),
     target: str = typer.Option("cpu", help="Where the bundle will run: cpu (gpu/jetson: see TensorRT)."),
+    calib: Optional[str] = typer.Option(None, help="INT8 calibration data (image folder, text file, 'shapes', 'photos'); without it ORT INT8 is dynamic."),
+    method: str = typer.Option("minmax", help="INT8 calibration method: minmax, entropy, percentile."),
+    min_cosine: Optional[float] = typer.Option(None, help="INT8 accuracy-aware target (cosine vs fp32)."),
     random_weights: bool = typer.Option(False, "--random-weights", help="Build the model from its models.yaml config with random weights (a shape twin for latency work)."),
     threads: Optional[int] = typer.Option(None, help="Threads for parity checks (default: all cores)."),
 ):
@@ -107,6 +110,9 @@ def export(
         random_weights=random_weights,
         threads=threads,
         log=_log,
+        calib=calib,
+        method=method,
+        min_cosine=min_cosine,
     )
     _print_info(bundle)
 

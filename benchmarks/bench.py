@@ -85,8 +85,10 @@ class Inputs:
         return self._cache[key]
 
 
-def default_data() -> DataSet:
-    """Real photos when scikit-image is installed, else the procedural shapes."""
+def default_data(bundle: Bundle) -> DataSet:
+    """Real sentences for text-only bundles; real photos when scikit-image is installed, else shapes."""
+    if "vision" not in bundle.components:
+        return open_dataset("sentences")
     try:
         return open_dataset("photos")
     except MMDeployError:
@@ -133,7 +135,7 @@ def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progr
         default = select_variant(bundle)
     except MMDeployError:
         default = None
-    data = open_dataset(cfg.data) if cfg.data else default_data()
+    data = open_dataset(cfg.data) if cfg.data else default_data(bundle)
     inputs = Inputs(bundle, data)
     ref = pytorch_reference(bundle, log) if cfg.pytorch else None
 

@@ -43,6 +43,10 @@ def family_exporter(ckpt: Checkpoint):
     return getattr(importlib.import_module(module), cls)(ckpt)
 
 
+# precisions that `quantize` adds after the fp32 graph exists (export runs it in the same go)
+POST_EXPORT = ("int8", "fp16")
+
+
 def plan_variants(backends: list[str], precisions: list[str]) -> list[tuple[str, str]]:
     """Every (backend, precision) pair the backend builds; each precision needs one backend."""
     pairs = []
@@ -94,11 +98,20 @@ def export(
     random_weights: bool = False,
     threads: int | None = None,
     log: Callable[[str], None] = lambda s: None,
+    calib: str | None = None,
+    method: str = "minmax",
+    min_cosine: float | None = None,
 ) -> Bundle:
     backends = backends or ["onnxruntime"]
     precisions = precisions or ["fp32"]
     if target not in TARGETS:
         raise BackendError(f"target {target!r} is not supported yet; supported: {', '.join(TARGETS)}")
+    post = [p for p in precisions if p in POST_EXPORT]
+    if post:
+        return _export_then_quantize(
+            source, Path(out), backends, [p for p in precisions if p not in POST_EXPORT] or ["fp32"], post,
+            dict(target=target, random_weights=random_weights, threads=threads, log=log), calib, method, min_cosine,
+        )
     variants = plan_variants(backends, precisions)
     if threads:
         torch.set_num_threads(threads)
@@ -179,4 +192,34 @@ def export(
         )
         w.manifest["exporter"]["seconds"] = round(time.perf_counter() - t0, 1)
     log(f"bundle written to {out} in {time.perf_counter() - t0:.1f}s")
+    return Bundle.open(out)
+
+
+def _export_then_quantize(source, out: Path, backends, precisions, post, kw, calib, method, min_cosine) -> Bundle:
+    """export + quantize as one atomic step: built beside `out`, swapped in only when all passed."""
+    import shutil
+    import uuid
+
+    from ..runtimes.bundle import swap_into_place
+    from .quantize import QuantConfig, check_config, quantize
+
+    jobs = []
+    for precision in post:
+        for backend in backends:
+            cfg = QuantConfig(
+                precision=precision, backend=backend, calib=calib, method=method, min_cosine=min_cosine,
+                mode="static" if calib or precision != "int8" or backend != "onnxruntime" else "dynamic",
+                threads=kw["threads"],
+            )
+            check_config(cfg)  # bad flags fail before any work
+            jobs.append(cfg)
+    tmp = out.absolute().parent / f".{out.name}.export-{uuid.uuid4().hex[:8]}"
+    try:
+        export(source, tmp, backends, precisions, **kw)
+        for cfg in jobs:
+            quantize(tmp, cfg, log=kw["log"])
+        swap_into_place(tmp, out.absolute())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return Bundle.open(out)

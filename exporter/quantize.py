@@ -97,10 +97,12 @@ def calibration_data(spec: str | None, component: str) -> DataSet:
     return data
 
 
-def held_out_data(calib: str | None) -> DataSet:
+def held_out_data(calib: str | None, components) -> DataSet:
     """Inputs for the fidelity check that the calibration never saw."""
     from ..errors import MMDeployError
 
+    if "vision" not in components and calib != "sentences":
+        return open_dataset("sentences")
     if calib != "photos":
         try:
             return open_dataset("photos")
@@ -272,7 +274,7 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
         if c not in bundle.components:
             raise InputError(f"{bundle.root} has no component {c!r} (has: {', '.join(bundle.components)})")
     feeder = Feeder(bundle)
-    held = held_out_data(cfg.calib)
+    held = held_out_data(cfg.calib, bundle.components)
     gate = cfg.min_cosine or GATES[cfg.precision]
     t0 = time.perf_counter()
     with BundleWriter(bundle.root, base=bundle) as w, tempfile.TemporaryDirectory(prefix="mmdeploy-q-") as tmp:

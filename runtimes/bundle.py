@@ -154,6 +154,24 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def swap_into_place(src: Path, target: Path) -> None:
+    """Rename a finished directory onto `target`; an existing target is replaced only once
+    the new one is in place (restored if the rename fails)."""
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+    try:
+        os.rename(src, target)
+    except BaseException:
+        if old is not None:
+            os.rename(old, target)
+        raise
+    _fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 class BundleWriter:
     """Stage a bundle next to its target and swap it in only when complete.
 
@@ -252,19 +270,7 @@ class BundleWriter:
         with open(mpath, "rb") as f:
             os.fsync(f.fileno())
         _fsync_dir(self.stage_dir)
-        old = None
-        if self.target.exists():
-            old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(self.target, old)
-        try:
-            os.rename(self.stage_dir, self.target)
-        except BaseException:
-            if old is not None:
-                os.rename(old, self.target)
-            raise
-        _fsync_dir(self.target.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_into_place(self.stage_dir, self.target)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:

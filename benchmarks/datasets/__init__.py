@@ -15,7 +15,7 @@ from typing import Any
 from ...errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
-NAMED = ("shapes", "photos")
+NAMED = ("shapes", "photos", "sentences")
 
 
 @dataclass
@@ -99,12 +99,20 @@ def photos_set() -> DataSet:
     return DataSet(name="photos", images=list(photos()), texts=list(CAPTIONS))
 
 
+def sentences_set() -> DataSet:
+    from .sentences import all_sentences
+
+    return DataSet(name="sentences", texts=all_sentences())
+
+
 def open_dataset(spec: str, split: str = "test", limit: int | None = None) -> DataSet:
-    """`shapes` (split: train/val/test), `photos`, an image folder, or a text file."""
+    """`shapes` (split: train/val/test), `photos`, `sentences`, an image folder, or a text file."""
     if spec == "shapes":
         return shapes_set(split, limit)
     if spec == "photos":
         return photos_set()
+    if spec == "sentences":
+        return sentences_set()
     path = Path(os.path.expanduser(spec))
     if path.is_dir():
         return _folder(path, limit)

@@ -1,0 +1,163 @@
+"""Quantization: real Q/DQ graphs that run in ORT and OpenVINO, gates, accuracy-aware fallback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+from mmdeploy.benchmarks.accuracy import zero_shot_top1
+from mmdeploy.benchmarks.bench import Inputs
+from mmdeploy.benchmarks.datasets import open_dataset
+from mmdeploy.errors import BackendError, InputError
+from mmdeploy.exporter.quantize import QuantConfig, quantize
+from mmdeploy.runtimes import load
+from mmdeploy.runtimes.bundle import MANIFEST, Bundle
+from mmdeploy.runtimes.select import open_session
+from mmdeploy.runtimes.session import backend_module
+
+
+@pytest.fixture(scope="module")
+def qbundle(clip_bundle, tmp_path_factory):
+    """The fixture bundle plus static Q/DQ INT8 (ORT) and NNCF INT8 (OpenVINO)."""
+    dst = tmp_path_factory.mktemp("q") / "clip-shapes"
+    shutil.copytree(clip_bundle, dst)
+    quantize(dst, QuantConfig(precision="int8", calib="shapes", samples=32, threads=2))
+    quantize(dst, QuantConfig(precision="int8", backend="openvino", calib="shapes", samples=32, threads=2))
+    return dst
+
+
+def _cos(a, b):
+    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+    return (a * b).sum(-1)
+
+
+def test_static_int8_is_qdq_and_runs_in_ort_and_openvino(qbundle):
+    b = Bundle.open(qbundle)
+    art = b.find("vision", "onnxruntime", "int8")[0]
+    model = onnx.load(str(b.path(art.path)))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert art.recipe["mode"] == "static" and art.recipe["activations"] == "uint8 asymmetric"
+    # the same Q/DQ file in both runtimes, within the INT8 gate of fp32
+    inputs = Inputs(b, open_dataset("shapes"))
+    feeds = inputs.feeds("vision", 8)
+    fp32 = open_session(b, b.find("vision", "onnxruntime", "fp32")[0]).run(feeds)["image_embeds"]
+    ort = backend_module("onnxruntime").open(b.path(art.path), {}, 2).run(feeds)["image_embeds"]
+    ov = backend_module("openvino").open(b.path(art.path), {"INFERENCE_PRECISION_HINT": "f32"}, 2).run(feeds)["image_embeds"]
+    assert _cos(ort, fp32).min() >= 0.99
+    assert _cos(ov, fp32).min() >= 0.99
+
+
+def test_every_variant_records_fidelity_and_recipe(qbundle):
+    for a in Bundle.open(qbundle).find(precision="int8"):
+        assert "held-out" in a.parity["reference"]
+        assert a.gate["min_cosine"] == 0.99 and a.gate["passed"] == (a.parity["cosine"] >= 0.99)
+        assert a.recipe["calibration"] == {"data": "shapes", "samples": 32}
+
+
+def test_int8_keeps_zero_shot_accuracy_on_the_fixture(qbundle):
+    """INT8 top-1 within 0.5 points of fp32 on the shapes test split."""
+    b = Bundle.open(qbundle)
+    data = open_dataset("shapes", split="test", limit=300)
+    inputs = Inputs(b, data)
+
+    def top1(backend, precision):
+        v = open_session(b, b.find("vision", backend, precision)[0], 2)
+        t = open_session(b, b.find("text", backend, precision)[0], 2)
+        return zero_shot_top1(lambda f: v.run(f)["image_embeds"], lambda f: t.run(f)["text_embeds"], inputs, data)["value"]
+
+    fp32 = top1("onnxruntime", "fp32")
+    assert fp32 >= 0.9
+    assert top1("onnxruntime", "int8") >= fp32 - 0.005
+
+
+def test_dynamic_int8(clip_bundle, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(clip_bundle, dst)
+    quantize(dst, QuantConfig(precision="int8", mode="dynamic"))
+    arts = Bundle.open(dst).find(backend="onnxruntime", precision="int8")
+    assert {a.component for a in arts} == {"vision", "text"}
+    assert all(a.recipe["mode"] == "dynamic" and a.passed for a in arts)
+    clip = load(dst, backend="onnxruntime", precision="int8")
+    assert clip.embed_texts(["a photo of a red circle"]).shape[0] == 1
+
+
+def test_accuracy_aware_meets_a_stricter_target_and_records_float_layers(clip_bundle, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(clip_bundle, dst)
+    plain = quantize(dst, QuantConfig(precision="int8", calib="shapes", samples=16, method="minmax", components=["vision"]))
+    c0 = plain.find("vision", "onnxruntime", "int8")[0].parity["cosine"]
+    assert c0 < 1.0
+    target = c0 + (1 - c0) * 0.5  # halve the error
+    strict = quantize(dst, QuantConfig(precision="int8", calib="shapes", samples=16, min_cosine=target, components=["vision"]))
+    art = strict.find("vision", "onnxruntime", "int8")[0]
+    assert art.parity["cosine"] >= target > c0
+    assert art.recipe["kept_float"], "accuracy-aware mode must name the layers it kept in float"
+    assert art.recipe["quantized_nodes"] > 0 or len(art.recipe["kept_float"]) > 0
+    assert art.gate == {"min_cosine": target, "passed": True}
+
+
+def test_fp16_and_bf16_variants(clip_bundle, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(clip_bundle, dst)
+    b = quantize(dst, QuantConfig(precision="fp16", backend="openvino"))
+    assert all(a.parity["cosine"] >= 0.999 for a in b.find(backend="openvino", precision="fp16"))
+    b = quantize(dst, QuantConfig(precision="fp16", backend="onnxruntime", components=["text"]))
+    art = b.find("text", "onnxruntime", "fp16")[0]
+    m = onnx.load(str(b.path(art.path)))
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64  # io stays as it was
+    assert m.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert art.parity["cosine"] >= 0.999
+
+
+@pytest.mark.parametrize(
+    "cfg, err, needle",
+    [
+        (dict(precision="int8"), InputError, "needs calibration data"),
+        (dict(precision="int8", method="magic", calib="shapes"), InputError, "--method 'magic'"),
+        (dict(precision="int8", mode="dynamic", calib="shapes"), InputError, "takes no --calib"),
+        (dict(precision="int4"), InputError, "--precision 'int4'"),
+        (dict(precision="bf16", backend="onnxruntime"), BackendError, "onnxruntime bf16"),
+        (dict(precision="int8", calib="shapes", min_cosine=1.5), InputError, "--min-cosine"),
+        (dict(precision="int8", calib="shapes", components=["audio"]), InputError, "no component 'audio'"),
+    ],
+)
+def test_bad_flags_are_clear_errors(clip_bundle, cfg, err, needle):
+    before = (clip_bundle / MANIFEST).read_bytes()
+    with pytest.raises(err, match=needle.replace("(", r"\(")):
+        quantize(clip_bundle, QuantConfig(**cfg))
+    assert (clip_bundle / MANIFEST).read_bytes() == before
+
+
+def test_bad_calibration_data(clip_bundle, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="has no images"):
+        quantize(clip_bundle, QuantConfig(precision="int8", calib=str(tmp_path / "empty")))
+    texts = tmp_path / "captions.txt"
+    texts.write_text("a red circle\na blue star\n")
+    with pytest.raises(InputError, match="needs images"):
+        quantize(clip_bundle, QuantConfig(precision="int8", calib=str(texts), components=["vision"]))
+    with pytest.raises(InputError, match="not found"):
+        quantize(clip_bundle, QuantConfig(precision="int8", calib=str(tmp_path / "nope")))
+
+
+def test_failed_quantization_leaves_the_bundle_as_it_was(clip_bundle, tmp_path, monkeypatch):
+    dst = tmp_path / "b"
+    shutil.copytree(clip_bundle, dst)
+    before = json.loads((dst / MANIFEST).read_text())
+    import onnxruntime.quantization as q
+
+    def boom(*a, **k):
+        raise RuntimeError("calibration crashed")
+
+    monkeypatch.setattr(q, "quantize_static", boom)
+    with pytest.raises(RuntimeError):
+        quantize(dst, QuantConfig(precision="int8", calib="shapes", samples=4))
+    assert json.loads((dst / MANIFEST).read_text()) == before
+    Bundle.open(dst).verify_all()
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
