@@ -301,27 +301,29 @@ def classify(
 
 @app.command()
 @user_errors
-def doctor():
-    """What this machine can run: CPU, backends and their devices, missing extras."""
-    from .benchmarks.env import cpu_info
-    from .runtimes.session import BACKENDS, backend_module
+def build(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    backend: str = typer.Option(..., help="tensorrt (plans for this GPU, from the bundle's ONNX and build settings) or openvino."),
+    precision: Optional[str] = typer.Option(None, help="Comma-separated precisions (default: the bundle's TensorRT settings, or fp32)."),
+    dla_core: Optional[int] = typer.Option(None, help="Jetson Orin: build for this DLA core (GPU fallback on)."),
+    threads: Optional[int] = typer.Option(None),
+):
+    """Build engines on the machine that runs them (TensorRT plans are GPU- and version-specific)."""
+    from .runtimes.build import build as run_build
+    from .runtimes.session import PRECISIONS, parse_list
 
-    cpu = cpu_info()
-    print(f"cpu: {cpu['model']} ({cpu['cores']} cores), ISA: {', '.join(cpu['isa']) or 'none of note'}")
-    for name in BACKENDS:
-        try:
-            mod = backend_module(name)
-        except ImportError as exc:
-            print(f"{name}: not available ({exc})")
-            continue
-        why = mod.available()
-        print(f"{name}: {'ok ' + mod.version() if why is None else 'missing: ' + why}")
-    for module, extra in (("torch", "export"), ("transformers", "export"), ("fastapi", "serve")):
-        try:
-            __import__(module)
-            print(f"{module}: ok")
-        except ImportError:
-            print(f"{module}: missing (pip install 'mmdeploy[{extra}]')")
+    b = run_build(bundle, backend, parse_list(precision, PRECISIONS, "precision") or None, dla_core, threads, log=_log)
+    _print_info(b)
+
+
+@app.command()
+@user_errors
+def doctor():
+    """What this machine can run: CPU, GPU, backends and their devices, missing extras."""
+    from .benchmarks.doctor import report
+
+    for line in report():
+        print(line)
 
 
 def main() -> None:

@@ -23,7 +23,8 @@ torch = require("torch", "export")
 # min cosine vs PyTorch for a variant to be eligible as a default
 GATES = {"fp32": 0.9999, "fp16": 0.999, "bf16": 0.99, "int8": 0.99}
 PARITY_BATCH = {"vision": 5, "text": 12}
-TARGETS = ("cpu",)
+TARGETS = ("cpu", "gpu", "jetson-orin", "jetson-xavier")
+DEFAULT_PROFILE = {"batch": [1, 8, 32], "sequence": [1, 77, 77]}
 OPSET = 17
 
 
@@ -101,16 +102,27 @@ def export(
     calib: str | None = None,
     method: str = "minmax",
     min_cosine: float | None = None,
+    tensorrt_precisions: list[str] | None = None,
 ) -> Bundle:
     backends = backends or ["onnxruntime"]
     precisions = precisions or ["fp32"]
     if target not in TARGETS:
         raise BackendError(f"target {target!r} is not supported yet; supported: {', '.join(TARGETS)}")
+    gpu_precisions: list[str] = tensorrt_precisions or []
+    if target != "cpu" and not gpu_precisions:
+        # TensorRT plans are built on the GPU that runs them (`mmdeploy build`); the bundle
+        # carries the ONNX, the build settings and, for int8, a symmetric Q/DQ ONNX.
+        gpu_precisions = [p for p in precisions if p in ("fp32", "fp16", "int8")] or ["fp16"]
+        backends = [b for b in backends if b != "tensorrt"] or ["onnxruntime"]
+        precisions = ["fp32"] + [p for p in precisions if p == "int8"]
+    elif "tensorrt" in backends:
+        raise BackendError("--backend tensorrt needs --target gpu, jetson-orin or jetson-xavier")
     post = [p for p in precisions if p in POST_EXPORT]
     if post:
         return _export_then_quantize(
             source, Path(out), backends, [p for p in precisions if p not in POST_EXPORT] or ["fp32"], post,
-            dict(target=target, random_weights=random_weights, threads=threads, log=log), calib, method, min_cosine,
+            dict(target=target, random_weights=random_weights, threads=threads, log=log, tensorrt_precisions=gpu_precisions),
+            calib, method, min_cosine,
         )
     variants = plan_variants(backends, precisions)
     if threads:
@@ -190,9 +202,27 @@ def export(
                 **extra,
             }
         )
+        if gpu_precisions:
+            w.manifest["tensorrt"] = tensorrt_settings(ckpt, components, target, gpu_precisions)
         w.manifest["exporter"]["seconds"] = round(time.perf_counter() - t0, 1)
     log(f"bundle written to {out} in {time.perf_counter() - t0:.1f}s")
     return Bundle.open(out)
+
+
+def tensorrt_settings(ckpt: Checkpoint, components: dict, target: str, precisions: list[str]) -> dict:
+    """What `mmdeploy build --backend tensorrt` needs on the device: profiles, precisions."""
+    from ..runtimes.tensorrt import WORKSPACE_MB, derive_profile
+
+    axes = dict(DEFAULT_PROFILE)
+    axes.update((ckpt.registry_entry or {}).get("profile") or {})
+    return {
+        "target": target,
+        "precisions": [p for p in precisions if p != "int8"],  # int8 joins once its Q/DQ ONNX exists
+        "profiles": {c: {k: [list(x) for x in v] for k, v in derive_profile(spec["inputs"], axes).items()} for c, spec in components.items()},
+        "workspace_mb": WORKSPACE_MB[target],
+        "dla_core": None,
+        "int8_onnx": {},
+    }
 
 
 def _export_then_quantize(source, out: Path, backends, precisions, post, kw, calib, method, min_cosine) -> Bundle:
@@ -204,6 +234,10 @@ def _export_then_quantize(source, out: Path, backends, precisions, post, kw, cal
     from .quantize import QuantConfig, check_config, quantize
 
     jobs = []
+    if kw["target"] != "cpu" and "int8" in post:
+        jobs.append(QuantConfig(precision="int8", backend="tensorrt", calib=calib, method=method, min_cosine=min_cosine, threads=kw["threads"]))
+        check_config(jobs[-1])
+        post = [p for p in post if p != "int8"]
     for precision in post:
         for backend in backends:
             cfg = QuantConfig(

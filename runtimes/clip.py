@@ -25,7 +25,7 @@ def softmax(x: np.ndarray) -> np.ndarray:
 class ClipPipeline:
     """Both towers of one CLIP bundle on one (backend, precision)."""
 
-    def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None):
+    def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None):
         from .select import open_session
 
         self.bundle, self.backend, self.precision = bundle, backend, precision
@@ -37,7 +37,7 @@ class ClipPipeline:
         )
         self.logit_scale = float(m["clip"]["logit_scale"])
         self.sessions = {
-            comp: open_session(bundle, bundle.find(comp, backend, precision)[0], threads)
+            comp: open_session(bundle, bundle.find(comp, backend, precision)[0], threads, device)
             for comp in ("vision", "text")
         }
 

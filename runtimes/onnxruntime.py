@@ -47,6 +47,29 @@ def build(onnx_path: Path, out_dir: Path, precision: str, component: str) -> Bui
     return BuildResult(path=rel, files=[rel], built_for={"onnxruntime": version()})
 
 
+# --device -> execution providers. A requested GPU provider that is missing is an error,
+# never a silent fall back to CPU; CPU stays last in the list for ops the GPU EP lacks.
+DEVICES = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def providers_for(device: str) -> list[str]:
+    ort = require("onnxruntime", "core")
+    if device not in DEVICES:
+        raise BackendError(f"unknown onnxruntime device {device!r}: choose from {', '.join(DEVICES)}")
+    wanted = DEVICES[device]
+    have = set(ort.get_available_providers())
+    if wanted[0] not in have:
+        raise BackendError(
+            f"{wanted[0]} is not available (have: {', '.join(sorted(have))}); for NVIDIA GPUs replace the "
+            "CPU package:  pip uninstall -y onnxruntime && pip install onnxruntime-gpu"
+        )
+    return [p for p in wanted if p in have]
+
+
 class OrtSession:
     def __init__(self, path: str | os.PathLike, threads: int | None = None, providers=None):
         ort = require("onnxruntime", "core")
@@ -76,4 +99,5 @@ class OrtSession:
 
 
 def open(path: str | os.PathLike, runtime: dict[str, Any] | None = None, threads: int | None = None):
-    return OrtSession(path, threads=threads)
+    device = (runtime or {}).get("device", "cpu")
+    return OrtSession(path, threads=threads, providers=providers_for(device))

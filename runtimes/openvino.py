@@ -85,10 +85,13 @@ class OvSession:
     def __init__(self, path: str | os.PathLike, runtime: dict[str, Any] | None, threads: int | None):
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         config.update(runtime or {})
+        device = str(config.pop("device", "cpu")).upper()
+        if device not in core().available_devices:
+            raise BackendError(f"OpenVINO device {device} is not available here (have: {', '.join(core().available_devices)})")
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
-            self._compiled = core().compile_model(str(path), "CPU", config)
+            self._compiled = core().compile_model(str(path), device, config)
         except RuntimeError as exc:
             raise BackendError(f"openvino cannot load {path}: {str(exc).splitlines()[0]}") from exc
         self._request = self._compiled.create_infer_request()

@@ -11,6 +11,8 @@ from .session import Session, backend_module
 # Without measurements for this machine, prefer in this order (fastest first on the
 # CPUs measured so far: OpenVINO bf16 > OpenVINO f32 ≈ ORT f32 on AVX-512 machines).
 PREFERENCE = [
+    ("tensorrt", "int8"),
+    ("tensorrt", "fp16"),
     ("openvino", "int8"),
     ("onnxruntime", "int8"),
     ("openvino", "bf16"),
@@ -34,7 +36,8 @@ def _usable(a: Artifact) -> bool:
     if mod.available() is not None:
         return False
     check = getattr(mod, "cpu_supports", None)
-    return check is None or check(a.precision)
+    fits = getattr(mod, "fits", None)
+    return (check is None or check(a.precision)) and (fits is None or fits(a))
 
 
 def select_variant(
@@ -68,13 +71,16 @@ def select_variant(
     return min(candidates, key=lambda k: rank.get(k, len(rank)))
 
 
-def open_session(bundle: Bundle, artifact: Artifact, threads: int | None = None) -> Session:
+def open_session(bundle: Bundle, artifact: Artifact, threads: int | None = None, device: str | None = None) -> Session:
+    """Open one artifact; `device` picks ORT's execution providers (cpu, cuda, tensorrt) or
+    OpenVINO's device (cpu, gpu)."""
     mod = backend_module(artifact.backend)
     why = mod.available()
     if why is not None:
         raise BackendError(why)
     bundle.verify(artifact.files)
-    return mod.open(bundle.path(artifact.path), artifact.runtime, threads)
+    runtime = dict(artifact.runtime, **({"device": device} if device else {}))
+    return mod.open(bundle.path(artifact.path), runtime, threads)
 
 
 def load(
@@ -82,8 +88,10 @@ def load(
     backend: str | None = None,
     precision: str | None = None,
     threads: int | None = None,
+    device: str | None = None,
 ):
-    """Open a bundle's pipeline on one (backend, precision); default: the preferred passing variant."""
+    """Open a bundle's pipeline on one (backend, precision); default: the preferred passing variant.
+    `device`: cpu (default), cuda / tensorrt (onnxruntime-gpu execution providers), gpu (OpenVINO)."""
     import importlib
 
     b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
@@ -91,4 +99,5 @@ def load(
         raise BundleError(f"{b.root}: family {b.family!r} has no pipeline in this mmdeploy")
     backend, precision = select_variant(b, backend, precision)
     module, cls = PIPELINES[b.family].split(":")
-    return getattr(importlib.import_module(module), cls)(b, backend, precision, threads=threads)
+    pipeline = getattr(importlib.import_module(module), cls)
+    return pipeline(b, backend, precision, threads=threads, **({"device": device} if device else {}))

@@ -21,6 +21,7 @@ from ..errors import BackendError
 BACKENDS = {
     "onnxruntime": "mmdeploy.runtimes.onnxruntime",
     "openvino": "mmdeploy.runtimes.openvino",
+    "tensorrt": "mmdeploy.runtimes.tensorrt",
 }
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 

@@ -22,7 +22,7 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 class TextEmbeddingPipeline:
     """One text-embedding bundle on one (backend, precision)."""
 
-    def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None):
+    def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None):
         from .select import open_session
 
         self.bundle, self.backend, self.precision = bundle, backend, precision
@@ -35,7 +35,7 @@ class TextEmbeddingPipeline:
         self.pooling = info.get("pooling", "mean")
         self.normalized = bool(info.get("normalized", False))
         self.embed_dim = info.get("embed_dim")
-        self.session = open_session(bundle, bundle.find("text", backend, precision)[0], threads)
+        self.session = open_session(bundle, bundle.find("text", backend, precision)[0], threads, device)
         self.sessions = {"text": self.session}
 
     @property

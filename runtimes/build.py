@@ -1,0 +1,90 @@
+"""`mmdeploy build`: engines built on the machine that runs them (no torch needed).
+
+TensorRT plans are only valid for the GPU architecture and TensorRT version that built
+them, so a GPU / Jetson bundle carries ONNX + build settings and the device builds its own
+plans here. Each new engine is checked against the bundle's fp32 ONNX in ONNX Runtime on the
+device before it is added.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..errors import BackendError, InputError
+from .bundle import Artifact, Bundle, BundleWriter
+from .session import backend_module
+
+GATES = {"fp32": 0.9999, "fp16": 0.999, "bf16": 0.99, "int8": 0.99}
+
+
+def _fidelity(bundle: Bundle, component: str, session, threads: int | None) -> dict:
+    """Cosine vs the fp32 ONNX in ONNX Runtime on a few procedural images / captions."""
+    from ..benchmarks.bench import Inputs
+    from ..benchmarks.datasets import open_dataset
+    from ..benchmarks.metrics import compare
+
+    data = open_dataset("sentences") if "vision" not in bundle.components else open_dataset("shapes", limit=16)
+    feeds = Inputs(bundle, data).feeds(component, 8)
+    out = bundle.components[component]["outputs"][0]["name"]
+    ref = backend_module("onnxruntime").open(bundle.path(bundle.components[component]["onnx"]), {}, threads).run(feeds)[out]
+    par = compare(ref, session.run(feeds)[out])
+    par["reference"] = f"fp32 ONNX in ONNX Runtime on 8 items of {data.name}"
+    return par
+
+
+def build(
+    bundle_path: str | Path,
+    backend: str,
+    precisions: list[str] | None = None,
+    dla_core: int | None = None,
+    threads: int | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> Bundle:
+    bundle = Bundle.open(bundle_path)
+    mod = backend_module(backend)
+    if (why := mod.available()) is not None:
+        raise BackendError(why)
+    if backend == "tensorrt":
+        settings = bundle.manifest.get("tensorrt")
+        if not settings:
+            raise InputError(f"{bundle.root} has no TensorRT build settings: export it with --target gpu (or jetson-orin / jetson-xavier)")
+        todo = precisions or settings["precisions"]
+    elif backend == "openvino":
+        todo = precisions or ["fp32"]
+    else:
+        raise BackendError(f"`build` makes engines for tensorrt and openvino; {backend} runs the ONNX as it is")
+    for p in todo:
+        if p not in mod.PRECISIONS:
+            raise BackendError(f"{backend} builds {', '.join(mod.PRECISIONS)}, not {p}")
+    with BundleWriter(bundle.root, base=bundle) as w:
+        for comp, spec in bundle.components.items():
+            for precision in todo:
+                src = w.stage_dir / spec["onnx"]
+                kwargs = {}
+                if backend == "tensorrt":
+                    if precision == "int8":
+                        entry = settings["int8_onnx"].get(comp)
+                        if entry is None:
+                            raise InputError(f"{bundle.root} has no int8 Q/DQ ONNX for {comp}: run `mmdeploy quantize BUNDLE --backend tensorrt --precision int8 --calib DATA` first")
+                        src = w.stage_dir / entry["path"]
+                    kwargs = {"shapes": {k: tuple(tuple(x) for x in v) for k, v in settings["profiles"][comp].items()},
+                              "target": settings["target"], "dla_core": dla_core}
+                log(f"{comp}: building {backend}/{precision}")
+                built = mod.build(src, w.stage_dir, precision, comp, **kwargs)
+                for f in built.files:
+                    w.register(f)
+                # the timing cache is reused by the next build; keep it with the bundle
+                cache = "tensorrt/timing.cache"
+                if backend == "tensorrt" and (w.stage_dir / cache).is_file():
+                    w.register(cache)
+                session = mod.open(w.stage_dir / built.path, built.runtime, threads)
+                par = _fidelity(bundle, comp, session, threads)
+                gate = GATES[precision]
+                log(f"{comp}: {backend}/{precision} cosine {par['cosine']:.5f} vs fp32")
+                w.add_artifact(Artifact(
+                    component=comp, backend=backend, precision=precision, path=built.path, files=built.files,
+                    runtime=built.runtime, built_for={"target": bundle.manifest.get("target", "cpu"), **built.built_for},
+                    parity=par, gate={"min_cosine": gate, "passed": par["cosine"] >= gate},
+                ))
+    return Bundle.open(bundle.root)
