@@ -129,6 +129,7 @@ def bench(
     threads: Optional[int] = typer.Option(None, help="Threads for every backend and PyTorch (default: all cores)."),
     data: Optional[str] = typer.Option(None, help="Inputs: 'photos' (real photos, default), 'shapes' (labelled test split: adds zero-shot accuracy), an image folder (labels.tsv adds accuracy) or a text file."),
     no_pytorch: bool = typer.Option(False, "--no-pytorch", help="Skip the PyTorch reference row."),
+    record: bool = typer.Option(True, help="Record batch-1 latencies in the bundle so load() defaults to the fastest passing variant on this CPU."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG plot of latency and speedup."),
 ):
@@ -155,6 +156,7 @@ def bench(
         threads=threads,
         data=data,
         pytorch=not no_pytorch,
+        record=record,
     )
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=_err_console(), transient=True) as progress:
         report = run_bench(str(bundle), cfg, log=_log, progress=progress)

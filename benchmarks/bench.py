@@ -27,6 +27,7 @@ class BenchConfig:
     threads: int | None = None
     data: str | None = None  # None = real photos/captions; "shapes" or a folder later
     pytorch: bool = True
+    record: bool = True  # write batch-1 latencies into the manifest so load() picks the fastest here
 
 
 def percentiles(times_ms: list[float]) -> dict[str, float]:
@@ -182,6 +183,17 @@ def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progr
                 row["gate_passed"] = a.passed
                 rows.append(row)
             del sess
+    if cfg.record:
+        record_latency(bundle, rows, log)
+        bundle = Bundle.open(bundle.root)
+    try:
+        default = select_variant(bundle)
+    except MMDeployError:
+        default = None
+    for r in rows:
+        r.pop("default", None)
+        if default == (r["backend"], r["precision"]):
+            r["default"] = True
     accuracy = task_accuracy(bundle, arts, inputs, data, ref, cfg.threads, log) if data.labels else []
     order = {c: i for i, c in enumerate(comps)}
     rows.sort(key=lambda r: (order[r["component"]], r["batch"], r["backend"] != "pytorch"))
@@ -195,6 +207,26 @@ def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progr
         "results": rows,
         "accuracy": accuracy,
     }
+
+
+def record_latency(bundle: Bundle, rows: list[dict[str, Any]], log) -> None:
+    """Store summed batch-1 p50 per complete variant under this machine's key in the manifest."""
+    from ..runtimes.bundle import BundleWriter
+    from ..runtimes.select import machine_key
+
+    comps = set(bundle.components)
+    per: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r["batch"] == 1 and r["backend"] != "pytorch":
+            per.setdefault(f"{r['backend']}/{r['precision']}", {})[r["component"]] = r["p50_ms"]
+    table = {k: round(sum(v.values()), 3) for k, v in per.items() if set(v) == comps}
+    if not table:
+        return
+    try:
+        with BundleWriter(bundle.root, base=bundle) as w:
+            w.manifest.setdefault("measured", {}).setdefault(machine_key(), {}).update(table)
+    except OSError as exc:
+        log(f"could not record measurements in {bundle.root} ({exc}); load() keeps its static preference")
 
 
 def task_accuracy(bundle, arts, inputs: Inputs, data: DataSet, ref, threads, log) -> list[dict[str, Any]]:

@@ -67,8 +67,24 @@ def select_variant(
             f"{bundle.root}: no variant matching {backend or 'any'}/{precision or 'any'} passed its "
             "accuracy gate and runs here; name --backend and --precision to force one"
         )
+    measured = measured_latency(bundle)
     rank = {k: i for i, k in enumerate(PREFERENCE)}
-    return min(candidates, key=lambda k: rank.get(k, len(rank)))
+    # fastest measured on this machine first (bench records it), then the static preference
+    return min(candidates, key=lambda k: (measured.get(k, float("inf")), rank.get(k, len(rank))))
+
+
+def machine_key() -> str:
+    """CPU model + ISA flags: measurements only transfer between identical CPU kinds."""
+    from ..benchmarks.env import cpu_info
+
+    cpu = cpu_info()
+    return f"{cpu['model']} [{' '.join(cpu['isa'])}]"
+
+
+def measured_latency(bundle: Bundle) -> dict[tuple[str, str], float]:
+    """(backend, precision) -> summed batch-1 p50 over components, as `bench` recorded here."""
+    table = bundle.manifest.get("measured", {}).get(machine_key(), {})
+    return {tuple(k.split("/", 1)): v for k, v in table.items()}
 
 
 def open_session(bundle: Bundle, artifact: Artifact, threads: int | None = None, device: str | None = None) -> Session:
