@@ -22,12 +22,22 @@ from .registry import entry, package_path, registry
 ARCHITECTURES = {
     "CLIPModel": "clip",
     "BertModel": "text-embedding",
+    "VisionEncoderDecoderModel": "caption",
+    "BlipForConditionalGeneration": "caption",
+    "GitForCausalLM": "caption",
 }
 MODEL_TYPES = {"clip": "clip", "bert": "text-embedding"}
 # family -> (transformers model class, config class)
 HF_CLASSES = {
     "clip": ("CLIPModel", "CLIPConfig"),
     "text-embedding": ("AutoModel", "AutoConfig"),
+    "caption": ("AutoModelForImageTextToText", "AutoConfig"),
+}
+# architecture -> (model class, config class) where a family spans several architectures
+ARCH_CLASSES = {
+    "VisionEncoderDecoderModel": ("VisionEncoderDecoderModel", "VisionEncoderDecoderConfig"),
+    "BlipForConditionalGeneration": ("BlipForConditionalGeneration", "BlipConfig"),
+    "GitForCausalLM": ("GitForCausalLM", "GitConfig"),
 }
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 RANDOM_SEED = 0
@@ -85,12 +95,16 @@ def state_sha256(model) -> str:
     return h.hexdigest()
 
 
-def _model_class(family: str):
-    return getattr(require("transformers", "export"), HF_CLASSES[family][0])
+def _arch(config: dict[str, Any]) -> str | None:
+    return next((a for a in config.get("architectures") or [] if a in ARCH_CLASSES), None)
 
 
-def _config_class(family: str):
-    return getattr(require("transformers", "export"), HF_CLASSES[family][1])
+def _model_class(family: str, arch: str | None = None):
+    return getattr(require("transformers", "export"), (ARCH_CLASSES.get(arch) or HF_CLASSES[family])[0])
+
+
+def _config_class(family: str, arch: str | None = None):
+    return getattr(require("transformers", "export"), (ARCH_CLASSES.get(arch) or HF_CLASSES[family])[1])
 
 
 def load_folder(folder: Path, name: str | None = None) -> Checkpoint:
@@ -104,7 +118,7 @@ def load_folder(folder: Path, name: str | None = None) -> Checkpoint:
     family = family_of(config, str(folder))
     sha = weights_sha256(folder)
     try:
-        model = _model_class(family).from_pretrained(str(folder), attn_implementation="eager").eval()
+        model = _model_class(family, _arch(config)).from_pretrained(str(folder), attn_implementation="eager").eval()
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise CheckpointError(f"cannot load {folder}: {str(exc).splitlines()[0]}") from exc
     pre_path = folder / "preprocessor_config.json"
@@ -124,10 +138,10 @@ def _random_twin(name: str, ent: dict[str, Any]) -> Checkpoint:
     config = dict(ent["config"])
     family = family_of(config, f"models.yaml:{name}")
     config.pop("architectures", None)
-    cfg = _config_class(family)(**config)
+    cfg = _config_class(family, _arch(ent["config"]))(**config)
     cfg.architectures = ent["config"].get("architectures")
     torch.manual_seed(RANDOM_SEED)
-    model = _model_class(family)(cfg).eval()
+    model = _model_class(family, _arch(ent["config"]))(cfg).eval()
     tok = ent.get("tokenizer")
     return Checkpoint(
         name=name,

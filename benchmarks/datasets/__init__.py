@@ -99,10 +99,15 @@ def photos_set() -> DataSet:
     return DataSet(name="photos", images=list(photos()), texts=list(CAPTIONS))
 
 
-def sentences_set() -> DataSet:
+def sentences_set(split: str = "test") -> DataSet:
+    """Real sentences; calibration (train) and evaluation (test) take alternate ones, so a
+    quantized model is never judged on the sentences it was calibrated on."""
     from .sentences import all_sentences
 
-    return DataSet(name="sentences", texts=all_sentences())
+    texts = all_sentences()
+    if split in ("train", "test"):
+        texts = texts[0::2] if split == "train" else texts[1::2]
+    return DataSet(name=f"sentences/{split}", texts=texts)
 
 
 def open_dataset(spec: str, split: str = "test", limit: int | None = None) -> DataSet:
@@ -112,7 +117,7 @@ def open_dataset(spec: str, split: str = "test", limit: int | None = None) -> Da
     if spec == "photos":
         return photos_set()
     if spec == "sentences":
-        return sentences_set()
+        return sentences_set(split)
     path = Path(os.path.expanduser(spec))
     if path.is_dir():
         return _folder(path, limit)
