@@ -130,6 +130,8 @@ def bench(
     data: Optional[str] = typer.Option(None, help="Inputs: 'photos' (real photos, default), 'shapes' (labelled test split: adds zero-shot accuracy), an image folder (labels.tsv adds accuracy) or a text file."),
     no_pytorch: bool = typer.Option(False, "--no-pytorch", help="Skip the PyTorch reference row."),
     record: bool = typer.Option(True, help="Record batch-1 latencies in the bundle so load() defaults to the fastest passing variant on this CPU."),
+    max_new_tokens: int = typer.Option(20, min=1, help="Caption bundles: new tokens per caption in the generate rows."),
+    num_beams: int = typer.Option(1, min=1, help="Caption bundles: beam width in the generate rows (1 = greedy)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG plot of latency and speedup."),
 ):
@@ -157,10 +159,16 @@ def bench(
         data=data,
         pytorch=not no_pytorch,
         record=record,
+        max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
     )
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=_err_console(), transient=True) as progress:
         report = run_bench(str(bundle), cfg, log=_log, progress=progress)
     _console().print(table(report))
+    if report.get("family") == "caption":
+        from .benchmarks.bench import caption_table
+
+        _console().print(caption_table(report))
     if (acc := accuracy_table(report)) is not None:
         _console().print(acc)
     if json_path:
@@ -359,6 +367,30 @@ def classify(
     pipe = load(bundle, backend=backend, precision=precision, threads=threads)
     for label, p in pipe.classify(str(image), labels.split(","), template=template)[:top]:
         print(f"{p:7.2%}  {label}")
+
+
+@app.command()
+@user_errors
+def caption(
+    bundle: Path = typer.Argument(..., help="Caption bundle directory."),
+    image: List[Path] = typer.Argument(..., help="Image files to caption."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="New tokens per caption (default: the checkpoint's generation config)."),
+    num_beams: Optional[int] = typer.Option(None, help="Beam search width; 1 = greedy (default: the checkpoint's)."),
+    prompt: Optional[str] = typer.Option(None, help='Text the caption continues, e.g. "a picture of" (BLIP, GIT).'),
+    backend: Optional[str] = typer.Option(None, help="Backend (default: the bundle's default variant)."),
+    precision: Optional[str] = typer.Option(None, help="Precision (default: the bundle's default variant)."),
+    threads: Optional[int] = typer.Option(None),
+):
+    """Caption images with a captioning bundle (greedy or beam search), one line per image."""
+    from .errors import InputError
+    from .runtimes import load
+
+    pipe = load(bundle, backend=backend, precision=precision, threads=threads)
+    if not hasattr(pipe, "caption"):
+        raise InputError(f"{bundle} is a {pipe.bundle.family} bundle: caption needs a captioning bundle")
+    caps = pipe.caption([str(p) for p in image], max_new_tokens=max_new_tokens, num_beams=num_beams, prompt=prompt)
+    for path, text in zip(image, caps):
+        print(f"{path}\t{text}")
 
 
 @app.command()
