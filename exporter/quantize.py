@@ -109,18 +109,16 @@ def calibration_data(spec: str | None, component: str) -> DataSet:
     return data
 
 
-def held_out_data(calib: str | None, components) -> DataSet:
+def held_out_data(components) -> DataSet:
     """Inputs for the fidelity check that the calibration never saw."""
     from ..errors import MMDeployError
 
     if "vision" not in components:
         return open_dataset("sentences", split="test")  # calibration uses the train half
-    if calib != "photos":
-        try:
-            return open_dataset("photos")
-        except MMDeployError:
-            pass
-    return open_dataset("shapes", split="test")
+    try:  # calibration reads the train splits (photos/train, shapes/train), never these
+        return open_dataset("photos", split="test")
+    except MMDeployError:
+        return open_dataset("shapes", split="test")
 
 
 # -- graph helpers -----------------------------------------------------------------------
@@ -308,7 +306,7 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
         if c not in bundle.components:
             raise InputError(f"{bundle.root} has no component {c!r} (has: {', '.join(bundle.components)})")
     feeder = Feeder(bundle)
-    held = held_out_data(cfg.calib, bundle.components)
+    held = held_out_data(bundle.components)
     gate = cfg.min_cosine or GATES[cfg.precision]
     t0 = time.perf_counter()
     with BundleWriter(bundle.root, base=bundle) as w, tempfile.TemporaryDirectory(prefix="mmdeploy-q-") as tmp:

@@ -93,10 +93,12 @@ def shapes_set(split: str = "test", n: int | None = None) -> DataSet:
     )
 
 
-def photos_set() -> DataSet:
+def photos_set(split: str = "test") -> DataSet:
+    """Real photos: `test` (the 8 evaluation photos) or `train` (12 other real images, for calibration)."""
     from .photos import CAPTIONS, photos
 
-    return DataSet(name="photos", images=list(photos()), texts=list(CAPTIONS))
+    split = "train" if split == "train" else "test"
+    return DataSet(name=f"photos/{split}", images=list(photos(split)), texts=list(CAPTIONS))
 
 
 def sentences_set(split: str = "test") -> DataSet:
@@ -115,7 +117,7 @@ def open_dataset(spec: str, split: str = "test", limit: int | None = None) -> Da
     if spec == "shapes":
         return shapes_set(split, limit)
     if spec == "photos":
-        return photos_set()
+        return photos_set(split)
     if spec == "sentences":
         return sentences_set(split)
     path = Path(os.path.expanduser(spec))
