@@ -262,6 +262,26 @@ def bench_serve(
         _log(f"JSON report written to {json_path}")
 
 
+def _fold_layers(specs: list[dict]) -> list[dict]:
+    """past.0.key ... past.11.value (same shape) -> one entry past.{0..11}.key|value."""
+    import re
+
+    out, groups = [], {}
+    for sp in specs:
+        m = re.fullmatch(r"(\w+)\.(\d+)\.(key|value)", sp["name"])
+        if not m:
+            out.append(sp)
+            continue
+        key = (m.group(1), str(sp["shape"]))
+        if key not in groups:
+            groups[key] = {**sp, "layers": []}
+            out.append(groups[key])
+        groups[key]["layers"].append(int(m.group(2)))
+    for (prefix, _), g in groups.items():
+        g["name"] = f"{prefix}.{{{min(g['layers'])}..{max(g['layers'])}}}.key|value"
+    return out
+
+
 def _print_info(b) -> None:
     from rich.table import Table
 
@@ -275,8 +295,8 @@ def _print_info(b) -> None:
             f"{'  (random weights, seed %s)' % src.get('seed') if src.get('random_weights') else ''}"
             f"  weights sha256 {str(src.get('weights_sha256'))[:12]}")
     for name, comp in m["components"].items():
-        ins = ", ".join(f"{i['name']}{i['shape']}:{i['dtype']}" for i in comp["inputs"])
-        outs = ", ".join(f"{o['name']}{o['shape']}" for o in comp["outputs"])
+        ins = ", ".join(f"{i['name']}{i['shape']}:{i['dtype']}" for i in _fold_layers(comp["inputs"]))
+        outs = ", ".join(f"{o['name']}{o['shape']}" for o in _fold_layers(comp["outputs"]))
         c.print(f"  {name}: {ins} -> {outs}")
     t = Table("component", "backend", "precision", "file", "MB", "cosine min", "cosine mean", "max|diff|", "gate",
               caption="fp32/bf16: vs PyTorch at export; quantized: vs fp32 on held-out inputs. INT8 is gated on the mean cosine.")

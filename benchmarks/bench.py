@@ -28,6 +28,8 @@ class BenchConfig:
     data: str | None = None  # None = real photos/captions; "shapes" or a folder later
     pytorch: bool = True
     record: bool = True  # write batch-1 latencies into the manifest so load() picks the fastest here
+    max_new_tokens: int = 20  # caption bundles: the `generate` rows
+    num_beams: int = 1
 
 
 def percentiles(times_ms: list[float]) -> dict[str, float]:
@@ -137,6 +139,13 @@ def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progr
     except MMDeployError:
         default = None
     data = open_dataset(cfg.data) if cfg.data else default_data(bundle)
+    if bundle.family == "caption":  # encoder, decoder step and whole-generation rows
+        if not cfg.data:  # captioners take images: real photos, else shapes
+            try:
+                data = open_dataset("photos")
+            except MMDeployError:
+                data = open_dataset("shapes")
+        return caption_bench(bundle, arts, cfg, data, default, log, progress)
     inputs = Inputs(bundle, data)
     ref = pytorch_reference(bundle, log) if cfg.pytorch else None
 
@@ -271,3 +280,273 @@ def _row(comp, backend, precision, batch, stats, ref_p50, fid, is_default) -> di
     if is_default:
         row["default"] = True
     return row
+
+
+# -- captioning bundles ---------------------------------------------------------------------
+
+
+def corpus_bleu(hyps: list[str], refs: list[str], n: int = 4) -> float:
+    """Corpus BLEU-n (uniform weights, brevity penalty, whitespace tokens, one reference each)."""
+    import math
+    from collections import Counter
+
+    match, total = [0] * n, [0] * n
+    hl = rl = 0
+    for h, r in zip(hyps, refs):
+        h, r = h.split(), r.split()
+        hl, rl = hl + len(h), rl + len(r)
+        for k in range(1, n + 1):
+            hc = Counter(tuple(h[i : i + k]) for i in range(len(h) - k + 1))
+            rc = Counter(tuple(r[i : i + k]) for i in range(len(r) - k + 1))
+            match[k - 1] += sum(min(c, rc[g]) for g, c in hc.items())
+            total[k - 1] += max(len(h) - k + 1, 0)
+    if min(match) == 0 or hl == 0:
+        return 0.0
+    logp = sum(math.log(m / t) for m, t in zip(match, total)) / n
+    bp = 1.0 if hl > rl else math.exp(1 - rl / hl)
+    return bp * math.exp(logp)
+
+
+def _decoder_step_feeds(pipe, pixels: np.ndarray, steps: int = 8) -> dict[str, np.ndarray]:
+    """Decoder inputs of a mid-caption step on real images: the prompt, then `steps` greedy
+    tokens through the variant's own graphs (plain Session.run), returning the next step's feeds."""
+    info = pipe.info
+    b = len(pixels)
+    kv = pipe.encode(pixels)
+    names = [f"past.{i}.{x}" for i in range(int(info["num_layers"])) for x in ("key", "value")]
+    if info["cross_attention"]:
+        cross, past = kv, {n: np.zeros((b, info["num_heads"], 0, info["head_dim"]), np.float32) for n in names}
+    else:
+        cross, past = {}, dict(kv)
+    start = list(pipe.generation.start_ids)
+    ids = np.tile(np.asarray(start, np.int64), (b, 1))
+    pos = np.tile(np.arange(len(start), dtype=np.int64), (b, 1))
+    dec = pipe.sessions["decoder"]
+    for _ in range(steps):
+        out = dec.run({"input_ids": ids, "position_ids": pos, **past, **cross})
+        past = {n: out[n.replace("past", "present")] for n in names}
+        ids = out["logits"].argmax(-1)[:, None].astype(np.int64)
+        pos = pos[:, -1:] + 1
+    return {"input_ids": ids, "position_ids": pos, **past, **cross}
+
+
+def _new_tokens(ids_list, prompt_len: int, eos: list[int]) -> int:
+    n = 0
+    for ids in ids_list:
+        gen = list(ids[prompt_len:])
+        for k, t in enumerate(gen):
+            if t in eos:
+                gen = gen[: k + 1]
+                break
+        n += len(gen)
+    return n
+
+
+def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default, log, progress) -> dict[str, Any]:
+    """Rows per variant and batch: `encoder` (pixels -> cross / image K/V), `decoder` (one
+    mid-caption step: the one that takes the 8th generated token; with the bytes it reads and
+    the GB/s that achieves), `generate` (whole captions: ms per caption, tokens/s, speedup vs PyTorch
+    ``generate`` with the same settings, tokens_match_pytorch). With labelled captions
+    (``--data shapes``): exact match and BLEU-4 per variant and for PyTorch."""
+    from ..runtimes.caption import CaptionPipeline
+
+    ref = pytorch_reference(bundle, log) if cfg.pytorch else None
+    variants = sorted({(a.backend, a.precision) for a in arts
+                       if len(bundle.find(backend=a.backend, precision=a.precision)) >= len(bundle.components)})
+    variants = [v for v in variants if backend_module(v[0]).available() is None]
+    gen_runs, gen_warm = max(1, min(cfg.runs, 10)), min(cfg.warmup, 1)
+    steps_total = (len(variants) + (ref is not None)) * len(cfg.batches) * (2 * cfg.runs + gen_runs)
+    task = progress.add_task("bench", total=steps_total) if progress else None
+    tick = (lambda: progress.advance(task)) if progress else (lambda: None)
+    pixels_cache: dict[int, np.ndarray] = {}
+    rows: list[dict[str, Any]] = []
+    ref_p50: dict[tuple[str, int], float] = {}
+    ref_out: dict[tuple[str, int], Any] = {}
+    n_new = cfg.max_new_tokens
+
+    pipes = {}
+    for v in variants:
+        t = time.perf_counter()
+        pipes[v] = CaptionPipeline(bundle, v[0], v[1], threads=cfg.threads)
+        pipes[v].load_ms = (time.perf_counter() - t) * 1000
+    base = pipes[variants[0]] if variants else None
+    if base is None:
+        raise InputError(f"{bundle.root}: no complete caption variant runs here")
+
+    def pixels(b: int) -> np.ndarray:
+        if b not in pixels_cache:
+            pixels_cache[b] = base.pixel_values(data.image_batch(b))
+        return pixels_cache[b]
+
+    def weights_bytes(backend: str, precision: str, comp: str) -> int:
+        a = bundle.find(comp, backend, precision)[0]
+        return sum(bundle.manifest["files"][f]["bytes"] for f in a.files if not f.endswith(".xml"))
+
+    step_feeds = {b: _decoder_step_feeds(base, pixels(b)) for b in cfg.batches}
+    if ref is not None:
+        from ..exporter.reference import TorchSession
+
+        if cfg.threads:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
+        enc = TorchSession(ref.module("encoder"), ref.input_names("encoder"), ref.output_names("encoder"), cfg.threads)
+        dec = TorchSession(ref.module("decoder"), ref.input_names("decoder"), ref.output_names("decoder"), cfg.threads)
+        for b in cfg.batches:
+            px = {"pixel_values": pixels(b)}
+            ref_out[("encoder", b)] = enc.run(px)
+            st = percentiles(time_session(lambda: enc.run(px), cfg.runs, cfg.warmup, tick))
+            ref_p50[("encoder", b)] = st["p50_ms"]
+            rows.append(_row("encoder", "pytorch", "fp32", b, st, st["p50_ms"], None, False))
+            ref_out[("decoder", b)] = dec.run(step_feeds[b])
+            st = percentiles(time_session(lambda: dec.run(step_feeds[b]), cfg.runs, cfg.warmup, tick))
+            ref_p50[("decoder", b)] = st["p50_ms"]
+            rows.append(_row("decoder", "pytorch", "fp32", b, st, st["p50_ms"], None, False))
+            kw = {"max_new_tokens": n_new, "num_beams": cfg.num_beams}
+            ids = ref.torch_generate(pixels(b), **kw)
+            ref_out[("generate", b)] = ids
+            st = percentiles(time_session(lambda: ref.torch_generate(pixels(b), **kw), gen_runs, gen_warm, tick))
+            ref_p50[("generate", b)] = st["p50_ms"]
+            rows.append(_gen_row("pytorch", "fp32", b, st, st["p50_ms"], ids, base, None))
+    for v, pipe in pipes.items():
+        backend, precision = v
+        if progress:
+            progress.update(task, description=f"caption {backend}/{precision}")
+        for b in cfg.batches:
+            px = {"pixel_values": pixels(b)}
+            enc_s = pipe.sessions["encoder"]
+            out = enc_s.run(px)
+            fid = _worst(ref_out.get(("encoder", b)), out)
+            st = percentiles(time_session(lambda: enc_s.run(px), cfg.runs, cfg.warmup, tick))
+            row = _row("encoder", backend, precision, b, st, ref_p50.get(("encoder", b)), fid, default == v)
+            row["load_ms"] = round(pipe.load_ms, 1)
+            rows.append(row)
+            dec_s = pipe.sessions["decoder"]
+            feeds = step_feeds[b]
+            out = dec_s.run(feeds)
+            fid = _worst(ref_out.get(("decoder", b)), out)
+            st = percentiles(time_session(lambda: dec_s.run(feeds), cfg.runs, cfg.warmup, tick))
+            row = _row("decoder", backend, precision, b, st, ref_p50.get(("decoder", b)), fid, default == v)
+            kv_bytes = sum(a.nbytes for k, a in feeds.items() if k.startswith(("past.", "cross.")))
+            moved = weights_bytes(backend, precision, "decoder") + kv_bytes
+            row.update(past_length=int(feeds["past.0.key"].shape[2]), bytes_per_step=int(moved),
+                       GB_per_s=round(moved / (st["p50_ms"] / 1000) / 1e9, 2))
+            rows.append(row)
+            ids = pipe.generate_ids(pixels(b), max_new_tokens=n_new, num_beams=cfg.num_beams)
+            st = percentiles(time_session(lambda: pipe.generate_ids(pixels(b), max_new_tokens=n_new, num_beams=cfg.num_beams),
+                                          gen_runs, gen_warm, tick))
+            rows.append(_gen_row(backend, precision, b, st, ref_p50.get(("generate", b)), ids, pipe,
+                                 ref_out.get(("generate", b)), default == v))
+    accuracy = caption_accuracy(pipes, ref, data, cfg, log) if data.captions else []
+    if cfg.record:
+        _record_generate(bundle, rows, log)
+    order = {"encoder": 0, "decoder": 1, "generate": 2}
+    rows.sort(key=lambda r: (order[r["component"]], r["batch"], r["backend"] != "pytorch"))
+    return {
+        "model": bundle.name,
+        "bundle": str(bundle.root),
+        "family": bundle.family,
+        "env": environment(cfg.threads),
+        "config": {"runs": cfg.runs, "warmup": cfg.warmup, "batches": cfg.batches, "data": data.name,
+                   "generate": {"max_new_tokens": n_new, "num_beams": cfg.num_beams, "runs": gen_runs}},
+        "default_variant": "/".join(default) if default else None,
+        "results": rows,
+        "accuracy": accuracy,
+    }
+
+
+def _worst(ref: dict | None, out: dict) -> dict | None:
+    if ref is None:
+        return None
+    from .metrics import compare
+
+    worst = None
+    for k, r in ref.items():
+        c = compare(r, out[k])
+        if worst is None or c["cosine"] < worst["cosine"]:
+            worst = {"cosine": c["cosine"], "max_abs_diff": max(c["max_abs_diff"], (worst or {}).get("max_abs_diff", 0.0))}
+        else:
+            worst["max_abs_diff"] = max(worst["max_abs_diff"], c["max_abs_diff"])
+    return worst
+
+
+def _gen_row(backend, precision, b, stats, ref_p50, ids, pipe, ref_ids, is_default=False) -> dict[str, Any]:
+    prompt = len(pipe.generation.start_ids)
+    tokens = _new_tokens(ids, prompt, list(pipe.generation.eos_token_id))
+    row = _row("generate", backend, precision, b, stats, ref_p50, None, is_default)
+    row.update(
+        ms_per_caption=round(stats["p50_ms"] / b, 2),
+        new_tokens=tokens,
+        tokens_per_s=round(tokens / (stats["p50_ms"] / 1000), 1),
+    )
+    if backend == "pytorch":
+        row["tokens_match_pytorch"] = True
+    elif ref_ids is not None:
+        row["tokens_match_pytorch"] = bool(len(ids) == len(ref_ids) and all(
+            len(a) == len(r) and (np.asarray(a) == r).all() for a, r in zip(ids, ref_ids)))
+    row["cosine_vs_pytorch"] = row["max_abs_diff"] = None  # tokens_match_pytorch says it for whole captions
+    return row
+
+
+def caption_accuracy(pipes, ref, data: DataSet, cfg: BenchConfig, log, limit: int = 200) -> list[dict[str, Any]]:
+    """Exact match and corpus BLEU-4 of the captions vs the data set's reference captions."""
+    images, refs = data.images[:limit], (data.captions or [])[:limit]
+    out = []
+    todo: list[tuple[str, str, Any]] = []
+    if ref is not None:
+        todo.append(("pytorch", "fp32", None))
+    todo += [(b, p, pipe) for (b, p), pipe in pipes.items()]
+    base = next(iter(pipes.values()))
+    for backend, precision, pipe in todo:
+        caps: list[str] = []
+        for i in range(0, len(images), 50):
+            px = base.pixel_values(images[i : i + 50])
+            if pipe is None:
+                ids = ref.torch_generate(px, max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams)
+            else:
+                ids = pipe.generate_ids(px, max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams)
+            caps += [base.decode(x) for x in ids]
+        exact = float(np.mean([c == r for c, r in zip(caps, refs)]))
+        bleu = corpus_bleu(caps, refs)
+        for task, value in (("caption exact match", exact), ("caption BLEU-4", bleu)):
+            out.append({"backend": backend, "precision": precision, "task": task, "n": len(refs), "value": value})
+        log(f"captions {backend}/{precision}: exact match {exact:.2%}, BLEU-4 {bleu:.3f} on {len(refs)}")
+    return out
+
+
+def _record_generate(bundle: Bundle, rows: list[dict[str, Any]], log) -> None:
+    """Batch-1 generate p50 per variant under this machine's key: load() defaults to the fastest."""
+    from ..runtimes.bundle import BundleWriter
+    from ..runtimes.select import machine_key
+
+    table = {f"{r['backend']}/{r['precision']}": r["p50_ms"] for r in rows
+             if r["component"] == "generate" and r["batch"] == 1 and r["backend"] != "pytorch"}
+    if not table:
+        return
+    try:
+        with BundleWriter(bundle.root, base=bundle) as w:
+            w.manifest.setdefault("measured", {}).setdefault(machine_key(), {}).update(table)
+    except OSError as exc:
+        log(f"could not record measurements in {bundle.root} ({exc}); load() keeps its static preference")
+
+
+def caption_table(report: dict[str, Any]):
+    """The caption-specific columns: decoder-step bandwidth and whole-caption generation."""
+    from rich.table import Table
+
+    g = report["config"].get("generate", {})
+    t = Table(title=f"generation: {g.get('max_new_tokens')} new tokens, num_beams {g.get('num_beams')}",
+              caption="decoder GB/s = (decoder weights + KV read) / step p50; speedup = PyTorch generate p50 / ours")
+    for col in ("backend", "precision", "batch", "step ms", "step GB/s", "ms/caption", "tokens/s", "speedup", "tokens match"):
+        t.add_column(col, justify="left" if col in ("backend", "precision") else "right")
+    steps = {(r["backend"], r["precision"], r["batch"]): r for r in report["results"] if r["component"] == "decoder"}
+    for r in report["results"]:
+        if r["component"] != "generate":
+            continue
+        s = steps.get((r["backend"], r["precision"], r["batch"]), {})
+        sp = r.get("speedup_vs_pytorch")
+        match = r.get("tokens_match_pytorch")
+        t.add_row(r["backend"], r["precision"], str(r["batch"]), f"{s.get('p50_ms', float('nan')):.2f}",
+                  str(s.get("GB_per_s", "-")), f"{r['ms_per_caption']:.1f}", f"{r['tokens_per_s']:.1f}",
+                  f"{sp:.2f}x" if sp else "-", "-" if match is None else ("yes" if match else "NO"))
+    return t

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import time
 import warnings
 from pathlib import Path
@@ -386,6 +385,12 @@ class CaptionFamily:
             except (ValueError, AttributeError):
                 pass
         self.model.eval()
+        gen = (ckpt.registry_entry or {}).get("generation")
+        if gen and ckpt.source.get("random_weights"):  # a twin has no generation_config.json: the registry's
+            for target in (self.model.generation_config, getattr(getattr(self.model, "text_decoder", None), "generation_config", None)):
+                if target is not None:
+                    for k, v in gen.items():
+                        setattr(target, k, v)
         if not ckpt.preprocessor:
             raise CheckpointError(
                 f"{ckpt.source.get('path', ckpt.name)} has no preprocessor_config.json: save the image processor "
@@ -599,7 +604,11 @@ class CaptionFamily:
         return {"greedy_tokens_match_pytorch": results, "images": f"{PARITY_IMAGES} real photos", "max_new_tokens": n}
 
 
-def _gen_dict(gc, start_ids: list[int], eos, pad, **extra) -> dict[str, Any]:
+def _gen_dict(gc, start_ids: list[int], eos, pad, max_positions: int | None = None, **extra) -> dict[str, Any]:
+    """The generation settings transformers 5's generate() ends up with for this checkpoint.
+
+    Without a max_length anywhere, transformers generates 20 new tokens (capped by the model
+    config's max_position_embeddings): recorded as default_new_tokens / max_positions."""
     eos = [eos] if isinstance(eos, int) else list(eos or [])
     if pad is None:
         pad = eos[0] if eos else 0
@@ -608,7 +617,10 @@ def _gen_dict(gc, start_ids: list[int], eos, pad, **extra) -> dict[str, Any]:
         v = getattr(gc, k, None)
         if v is not None:
             d[k] = v
-    d.setdefault("max_length", 20)
+    if d.get("max_length") is None:
+        d["default_new_tokens"] = 20
+        if max_positions:
+            d["max_positions"] = int(max_positions)
     d.setdefault("num_beams", 1)
     d.setdefault("length_penalty", 1.0)
     d.setdefault("early_stopping", False)
@@ -654,7 +666,8 @@ class VitGpt2Family(CaptionFamily):
         start = gc.decoder_start_token_id if gc.decoder_start_token_id is not None else cfg.decoder_start_token_id
         if start is None:
             raise CheckpointError("the checkpoint sets no decoder_start_token_id: generation cannot start")
-        return _gen_dict(gc, [start], gc.eos_token_id, gc.pad_token_id)
+        return _gen_dict(gc, [start], gc.eos_token_id, gc.pad_token_id,
+                         getattr(cfg, "max_position_embeddings", None))
 
     def torch_generate(self, pixel_values, prompt_ids=None, **kw):
         args = {"pixel_values": torch.from_numpy(pixel_values)}
@@ -686,7 +699,8 @@ class BlipFamily(CaptionFamily):
         # text decoder's own generation config for everything else
         tc = self.model.config.text_config
         gc = self.model.text_decoder.generation_config
-        return _gen_dict(gc, [tc.bos_token_id], tc.sep_token_id, tc.pad_token_id)
+        return _gen_dict(gc, [tc.bos_token_id], tc.sep_token_id, tc.pad_token_id,
+                         getattr(self.model.text_decoder.config, "max_position_embeddings", None))
 
     def torch_generate(self, pixel_values, prompt_ids=None, **kw):
         b = pixel_values.shape[0]
@@ -717,10 +731,139 @@ class GitFamily(CaptionFamily):
         gc, c = self.model.generation_config, self.model.config
         bos = gc.bos_token_id if gc.bos_token_id is not None else c.bos_token_id
         return _gen_dict(gc, [bos], gc.eos_token_id if gc.eos_token_id is not None else c.eos_token_id,
-                         gc.pad_token_id if gc.pad_token_id is not None else c.pad_token_id)
+                         gc.pad_token_id if gc.pad_token_id is not None else c.pad_token_id,
+                         getattr(c, "max_position_embeddings", None))
 
     def torch_generate(self, pixel_values, prompt_ids=None, **kw):
         b = pixel_values.shape[0]
         ids = torch.tensor([list(prompt_ids or self.prompt_ids(None))] * b)
         with torch.inference_mode():
             return self.model.generate(pixel_values=torch.from_numpy(pixel_values), input_ids=ids, do_sample=False, **kw).numpy()
+
+
+# -- INT8 (weight-only / dynamic) for caption bundles -----------------------------------------
+#
+# The decoder step at batch 1 is memory-bound (every weight is read once per token), so INT8
+# weights are where generation gets fast: ONNX Runtime dynamic INT8 (int8 per-channel weights,
+# activations quantized on the fly) and OpenVINO weight-only INT8 (NNCF compress_weights,
+# f32 compute). No calibration data. `exporter/quantize.py` feeds components named vision /
+# text; until it asks the family for feeds, caption bundles get their INT8 variants here.
+
+
+def _gemm_to_matmul(model) -> int:
+    """Gemm(A, W[, C]) with a constant W -> MatMul(A, W or W^T) [+ Add C], so ONNX Runtime's
+    dynamic quantizer (MatMul only) covers the projections the dynamo exporter emits as Gemm."""
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    out, n = [], 0
+    for node in g.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            out.append(node)
+            continue
+        w = node.input[1]
+        if attrs.get("transB", 0):
+            t_name = f"{w}__T"
+            if t_name not in inits:
+                arr = np.ascontiguousarray(numpy_helper.to_array(inits[w]).T)
+                inits[t_name] = numpy_helper.from_array(arr, t_name)
+                g.initializer.append(inits[t_name])
+            w = t_name
+        if len(node.input) > 2 and node.input[2]:
+            mm = f"{node.output[0]}__mm"
+            out.append(helper.make_node("MatMul", [node.input[0], w], [mm], name=f"{node.name}_matmul"))
+            out.append(helper.make_node("Add", [mm, node.input[2]], list(node.output), name=f"{node.name}_bias"))
+        else:
+            out.append(helper.make_node("MatMul", [node.input[0], w], list(node.output), name=f"{node.name}_matmul"))
+        n += 1
+    del g.node[:]
+    g.node.extend(out)
+    used = {i for node in g.node for i in node.input}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return n
+
+
+def _int8_eval_feeds(bundle, threads) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Held-out inputs for the fidelity of an INT8 component: real photos through the fp32 graphs
+    (encoder pixels; decoder first step and a mid-caption step)."""
+    from ..benchmarks.bench import _decoder_step_feeds
+    from ..benchmarks.datasets.photos import photo_batch
+    from ..runtimes.caption import CaptionPipeline
+
+    pipe = CaptionPipeline(bundle, "onnxruntime", "fp32", threads=threads)
+    px = pipe.pixel_values(photo_batch(4))
+    return {"encoder": [{"pixel_values": px}],
+            "decoder": [_decoder_step_feeds(pipe, px, steps=0), _decoder_step_feeds(pipe, px, steps=6)]}
+
+
+def add_int8(bundle_path, backends=("onnxruntime", "openvino"), components=("encoder", "decoder"),
+             threads: int | None = None, log: Callable[[str], None] = lambda s: None):
+    """Add INT8 variants (ORT dynamic INT8, OpenVINO weight-only INT8) of a caption bundle, each with
+    its fidelity (worst cosine over every output) vs the fp32 graph on held-out real photos."""
+    onnx = require("onnx", "export")
+    from ..runtimes.bundle import Artifact, Bundle, BundleWriter
+    from ..runtimes.session import backend_module
+    from .export import compare_all
+
+    bundle = Bundle.open(bundle_path)
+    if bundle.family != "caption":
+        raise CheckpointError(f"{bundle.root} is a {bundle.family} bundle: add_int8 is for caption bundles")
+    feeds = _int8_eval_feeds(bundle, threads)
+    ort_mod = backend_module("onnxruntime")
+    with BundleWriter(bundle.root, base=bundle) as w:
+        for comp in components:
+            src = w.stage_dir / bundle.components[comp]["onnx"]
+            names = [o["name"] for o in bundle.components[comp]["outputs"]]
+            ref = ort_mod.open(src, {}, threads)
+            refs = [ref.run(f) for f in feeds[comp]]
+            for backend in backends:
+                mod = backend_module(backend)
+                if mod.available() is not None:
+                    continue
+                t = time.perf_counter()
+                if backend == "onnxruntime":
+                    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                    model = onnx.load(str(src))
+                    n_gemm = _gemm_to_matmul(model)
+                    tmp = w.stage(f"onnxruntime/{comp}.prep.onnx")
+                    onnx.save(model, str(tmp))
+                    rel = f"onnxruntime/{comp}.int8.onnx"
+                    with _quiet():
+                        quantize_dynamic(str(tmp), str(w.stage(rel)), per_channel=True, weight_type=QuantType.QInt8,
+                                         op_types_to_quantize=["MatMul"])
+                    tmp.unlink()
+                    files, runtime = [rel], {}
+                    recipe = {"mode": "dynamic", "weights": "int8 per-channel symmetric", "activations": "uint8 dynamic",
+                              "ops": "MatMul (Gemm rewritten to MatMul: %d)" % n_gemm, "tool": "onnxruntime.quantization"}
+                else:
+                    ov = require("openvino", "openvino")
+                    nncf = require("nncf", "openvino")
+                    import logging
+
+                    logging.getLogger("nncf").setLevel(logging.WARNING)  # after import: nncf sets its own level
+                    rel = f"openvino/{comp}.int8.xml"
+                    with _quiet():
+                        qm = nncf.compress_weights(ov.convert_model(str(src)), mode=nncf.CompressWeightsMode.INT8_ASYM)
+                    ov.save_model(qm, str(w.stage(rel)), compress_to_fp16=False)
+                    files, runtime = [rel, rel[:-4] + ".bin"], {"INFERENCE_PRECISION_HINT": "f32"}
+                    recipe = {"mode": "weight-only", "weights": "int8 asymmetric per-channel", "compute": "f32",
+                              "tool": f"nncf {nncf.__version__} compress_weights"}
+                for f in files:
+                    w.register(f)
+                sess = mod.open(w.stage_dir / rel, runtime, threads)
+                par = compare_all(refs, [sess.run(f) for f in feeds[comp]], names)
+                par["reference"] = "fp32 ONNX on 4 held-out real photos (decoder: first and 7th step)"
+                gate = {"min_cosine": 0.99, "passed": par["cosine"] >= 0.99}
+                log(f"{comp}: {backend}/int8 cosine {par['cosine']:.5f} vs fp32 in {time.perf_counter() - t:.1f}s")
+                w.add_artifact(Artifact(
+                    component=comp, backend=backend, precision="int8", path=rel, files=files, runtime=runtime,
+                    built_for={"target": bundle.manifest.get("target", "cpu"), backend: mod.version()},
+                    parity=par, gate=gate, recipe=recipe,
+                ))
+    return Bundle.open(bundle.root)

@@ -25,6 +25,7 @@ PREFERENCE = [
 PIPELINES = {
     "clip": "mmdeploy.runtimes.clip:ClipPipeline",
     "text-embedding": "mmdeploy.runtimes.text_embedding:TextEmbeddingPipeline",
+    "caption": "mmdeploy.runtimes.caption:CaptionPipeline",
 }
 
 

@@ -66,7 +66,7 @@ SIZES: list[str] = ["small", "large"]
 BACKGROUNDS: list[str] = list(_BACKGROUND_RGB)
 
 SPLITS: dict[str, int] = {"train": 1_000_003, "val": 2_000_003, "test": 3_000_003}
-DEFAULT_N: dict[str, int] = {"train": 6000, "val": 500, "test": 500}
+DEFAULT_N: dict[str, int] = {"train": 24000, "val": 500, "test": 500}
 
 _SUPERSAMPLE = 4  # draw at 4x and downsample (anti-aliased edges)
 _NOISE_STD = 6.0  # pixel noise, in 0..255 units
@@ -143,9 +143,9 @@ def _render(color: str, shape: str, size: str, background: str, image_size: int,
             rng: np.random.Generator) -> Image.Image:
     s = image_size
     if size == "small":
-        r = rng.uniform(0.17, 0.22) * s
+        r = rng.uniform(0.21, 0.26) * s
     else:
-        r = rng.uniform(0.30, 0.40) * s
+        r = rng.uniform(0.33, 0.41) * s
     margin = r + 0.04 * s
     cx = rng.uniform(margin, s - margin)
     cy = rng.uniform(margin, s - margin)

