@@ -9,6 +9,10 @@ import pytest
 from mmdeploy.runtimes.openvino import cpu_supports
 
 VARIANTS = [("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]
+# Zero-shot top-1 the shipped clip-shapes fixture must keep on the shapes test split (its
+# card states the measured figure). Issue 4's target is 0.95; the fixture shipped now reaches
+# less, so this asserts what it does reach, not the target.
+FIXTURE_MIN_TOP1 = 0.85
 
 
 @pytest.fixture(scope="session")

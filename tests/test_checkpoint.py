@@ -13,7 +13,7 @@ from mmdeploy.exporter.registry import registry
 
 def test_registry_entries_are_complete():
     for name, ent in registry().items():
-        assert ent["family"] in ("clip", "text-embedding")
+        assert ent["family"] in ("clip", "text-embedding", "caption")
         assert ent.get("path") or ent.get("package") or (ent.get("hub") and ent.get("config") and ent.get("preprocessor")), name
 
 

@@ -62,11 +62,23 @@ def test_texts_of_different_lengths_match_pytorch(pipeline, clip_reference):
     np.testing.assert_allclose(alone[0], pipeline.embed_texts(TEXTS)[0], atol=2e-2 if pipeline.precision == "bf16" else 1e-5)
 
 
-def test_zero_shot_classify_is_right_on_the_fixture(pipeline):
-    samples = shapes.generate("test", 40)
+def test_zero_shot_predictions_match_pytorch(pipeline, clip_reference):
+    """Exported variants lose no accuracy: top-1 identical to PyTorch on the test split within
+    one image (two for bf16), and the fixture's accuracy holds."""
+    from .conftest import FIXTURE_MIN_TOP1
+
+    samples = shapes.generate("test", 100)
     labels = shapes.labels()
     results = pipeline.classify_batch([s.image for s in samples], labels, template="a photo of a {}")
-    correct = sum(r[0][0] == shapes.label_of(s) for r, s in zip(results, samples))
-    assert correct / len(samples) >= 0.9
+    ours = [r[0][0] for r in results]
+    with torch.no_grad():
+        txt = pipeline.text_inputs([f"a photo of a {l}" for l in labels])
+        t = clip_reference.get_text_features(input_ids=torch.from_numpy(txt["input_ids"]), attention_mask=torch.from_numpy(txt["attention_mask"]))
+        v = clip_reference.get_image_features(pixel_values=torch.from_numpy(pipeline.preprocess([s.image for s in samples])))
+    t, v = (getattr(x, "pooler_output", x).numpy() for x in (t, v))
+    theirs = [labels[i] for i in (v / np.linalg.norm(v, axis=-1, keepdims=True) @ (t / np.linalg.norm(t, axis=-1, keepdims=True)).T).argmax(-1)]
+    assert sum(a != b for a, b in zip(ours, theirs)) <= (2 if pipeline.precision == "bf16" else 1)
+    correct = sum(p == shapes.label_of(s) for p, s in zip(ours, samples))
+    assert correct / len(samples) >= FIXTURE_MIN_TOP1 - 0.05  # 100 images: allow sampling noise
     probs = [p for _, p in results[0]]
     assert abs(sum(probs) - 1) < 1e-4 and probs == sorted(probs, reverse=True)
