@@ -25,8 +25,8 @@ def qbundle(clip_bundle, tmp_path_factory):
     """The fixture bundle plus static Q/DQ INT8 (ORT) and NNCF INT8 (OpenVINO)."""
     dst = tmp_path_factory.mktemp("q") / "clip-shapes"
     shutil.copytree(clip_bundle, dst)
-    quantize(dst, QuantConfig(precision="int8", calib="shapes", samples=32, threads=2))
-    quantize(dst, QuantConfig(precision="int8", backend="openvino", calib="shapes", samples=32, threads=2))
+    quantize(dst, QuantConfig(precision="int8", calib="shapes", samples=64, method="entropy", threads=2))
+    quantize(dst, QuantConfig(precision="int8", backend="openvino", calib="shapes", samples=64, threads=2))
     return dst
 
 
@@ -58,7 +58,7 @@ def test_every_variant_records_fidelity_and_recipe(qbundle):
         assert "held-out" in a.parity["reference"]
         assert a.gate["min_cosine"] == 0.99 and a.gate["metric"] == "cosine_mean"
         assert a.gate["passed"] == (a.parity["cosine_mean"] >= 0.99) and a.parity["cosine"] <= a.parity["cosine_mean"]
-        assert a.recipe["calibration"] == {"data": "shapes", "samples": 32}
+        assert a.recipe["calibration"] == {"data": "shapes", "samples": 64}
 
 
 def test_int8_keeps_zero_shot_accuracy_on_the_fixture(qbundle):
