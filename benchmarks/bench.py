@@ -218,17 +218,11 @@ def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progr
     }
 
 
-def record_latency(bundle: Bundle, rows: list[dict[str, Any]], log) -> None:
-    """Store summed batch-1 p50 per complete variant under this machine's key in the manifest."""
+def write_measured(bundle: Bundle, table: dict[str, float], log) -> None:
+    """Merge {variant: ms} into the manifest under this machine's key (load() ranks by it)."""
     from ..runtimes.bundle import BundleWriter
     from ..runtimes.select import machine_key
 
-    comps = set(bundle.components)
-    per: dict[str, dict[str, float]] = {}
-    for r in rows:
-        if r["batch"] == 1 and r["backend"] != "pytorch":
-            per.setdefault(f"{r['backend']}/{r['precision']}", {})[r["component"]] = r["p50_ms"]
-    table = {k: round(sum(v.values()), 3) for k, v in per.items() if set(v) == comps}
     if not table:
         return
     try:
@@ -236,6 +230,17 @@ def record_latency(bundle: Bundle, rows: list[dict[str, Any]], log) -> None:
             w.manifest.setdefault("measured", {}).setdefault(machine_key(), {}).update(table)
     except OSError as exc:
         log(f"could not record measurements in {bundle.root} ({exc}); load() keeps its static preference")
+
+
+def record_latency(bundle: Bundle, rows: list[dict[str, Any]], log) -> None:
+    """Store summed batch-1 p50 per complete variant under this machine's key in the manifest."""
+    comps = set(bundle.components)
+    per: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r["batch"] == 1 and r["backend"] != "pytorch":
+            per.setdefault(f"{r['backend']}/{r['precision']}", {})[r["component"]] = r["p50_ms"]
+    table = {k: round(sum(v.values()), 3) for k, v in per.items() if set(v) == comps}
+    write_measured(bundle, table, log)
 
 
 def task_accuracy(bundle, arts, inputs: Inputs, data: DataSet, ref, threads, log) -> list[dict[str, Any]]:
@@ -516,18 +521,10 @@ def caption_accuracy(pipes, ref, data: DataSet, cfg: BenchConfig, log, limit: in
 
 def _record_generate(bundle: Bundle, rows: list[dict[str, Any]], log) -> None:
     """Batch-1 generate p50 per variant under this machine's key: load() defaults to the fastest."""
-    from ..runtimes.bundle import BundleWriter
-    from ..runtimes.select import machine_key
 
     table = {f"{r['backend']}/{r['precision']}": r["p50_ms"] for r in rows
              if r["component"] == "generate" and r["batch"] == 1 and r["backend"] != "pytorch"}
-    if not table:
-        return
-    try:
-        with BundleWriter(bundle.root, base=bundle) as w:
-            w.manifest.setdefault("measured", {}).setdefault(machine_key(), {}).update(table)
-    except OSError as exc:
-        log(f"could not record measurements in {bundle.root} ({exc}); load() keeps its static preference")
+    write_measured(bundle, table, log)
 
 
 def caption_table(report: dict[str, Any]):
