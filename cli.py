@@ -432,6 +432,51 @@ def build(
 
 @app.command()
 @user_errors
+def distill(
+    teacher: str = typer.Argument(..., help="Teacher: models.yaml name or a local Hugging Face checkpoint folder (CLIP, ViT-GPT2)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Student checkpoint folder to write (appears only when complete)."),
+    vision_layers: Optional[int] = typer.Option(None, help="Student vision-tower / image-encoder layers (default: the teacher's)."),
+    text_layers: Optional[int] = typer.Option(None, help="Student text-tower (CLIP) or decoder (captioner) layers (default: the teacher's)."),
+    mlp_ratio: Optional[float] = typer.Option(None, help="Student MLP width as a fraction of the teacher's, e.g. 0.5."),
+    data: str = typer.Option("shapes", help="Unlabelled training images: 'shapes', 'photos' or an image folder (captions.tsv pairs texts with images)."),
+    texts: Optional[str] = typer.Option(None, help="Extra texts for the text tower: a text file, one per line."),
+    samples: Optional[int] = typer.Option(None, min=2, help="Training images per epoch (default: 24576 of shapes, all of a folder)."),
+    epochs: int = typer.Option(3, min=0, help="Passes over the images (0 writes the initialised student)."),
+    batch_size: int = typer.Option(64, min=2),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (warm-up, then cosine decay)."),
+    seed: int = typer.Option(0),
+    threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: all cores)."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+    train_all: bool = typer.Option(False, "--train-all", help="Also train towers the student keeps whole (frozen copies by default)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last finished epoch."),
+    random_weights: bool = typer.Option(False, "--random-weights", help="Teacher = the models.yaml shape twin (speed work)."),
+):
+    """Distil a teacher into a smaller student of the same HF class (fewer layers), ready for `export`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .exporter.distill import DistillConfig
+    from .exporter.distill import distill as run_distill
+
+    cfg = DistillConfig(vision_layers=vision_layers, text_layers=text_layers, mlp_ratio=mlp_ratio, data=data,
+                        texts=texts, samples=samples, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                        threads=threads, device=device, train_all=train_all)
+    state = output.parent / f"{output.name}.distill-state"
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), console=_err_console(), transient=True) as progress:
+            report = run_distill(teacher, output, cfg, random_weights=random_weights, resume=resume, log=_log, progress=progress)
+    except KeyboardInterrupt:
+        where = f"state of the last finished epoch is in {state}: rerun with --resume" if state.is_dir() else "no epoch had finished"
+        print(f"interrupted: {output} was not written; {where}", file=sys.stderr)
+        raise typer.Exit(130) from None
+    s, f = report["student"], report["fidelity"]
+    print(f"{output}: {s['parameters'] / 1e6:.2f}M parameters ({s['ratio']:.0%} of the teacher)")
+    for k, v in {**f, **report["speed"]}.items():
+        print(f"  {k}: {v}")
+
+
+@app.command()
+@user_errors
 def doctor():
     """What this machine can run: CPU, GPU, backends and their devices, missing extras."""
     from .benchmarks.doctor import report

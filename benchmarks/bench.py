@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -100,21 +101,36 @@ def default_data(bundle: Bundle) -> DataSet:
 
 def pytorch_reference(bundle: Bundle, log: Callable[[str], None]):
     """The source checkpoint's family exporter (holds the torch modules), or None with a reason."""
+    return _reference_from_source(bundle.manifest.get("source", {}), log)
+
+
+def teacher_reference(bundle: Bundle, log: Callable[[str], None]):
+    """For a distilled student's bundle: the teacher's family exporter, or None."""
+    teacher = bundle.manifest.get("source", {}).get("distilled_from")
+    if not teacher:
+        return None
+    ref = _reference_from_source(teacher, lambda m: log(m.replace("PyTorch reference", "teacher reference")))
+    if ref is not None:
+        log(f"teacher: {teacher.get('registry') or teacher.get('path')} (PyTorch rows marked 'teacher')")
+    return ref
+
+
+def _reference_from_source(src: dict, log: Callable[[str], None]):
     try:
         from ..exporter.checkpoint import resolve, state_sha256
         from ..exporter.export import family_exporter
     except MMDeployError as exc:  # torch / transformers not installed
         log(f"no PyTorch reference: {exc}")
         return None
-    src = bundle.manifest.get("source", {})
     try:
         if src.get("random_weights"):
             ckpt = resolve(src["registry"], random_weights=True)
             if state_sha256(ckpt.model) != src.get("weights_sha256"):
                 log("no PyTorch reference: the random-weights twin rebuilt here differs from the exported one")
                 return None
-        else:
-            ckpt = resolve(src.get("path") or src.get("registry"))
+        else:  # the recorded folder, else the registry name (a bundle copied to another machine)
+            path = src.get("path")
+            ckpt = resolve(path if path and Path(path).is_dir() else (src.get("registry") or path))
         return family_exporter(ckpt)
     except MMDeployError as exc:
         log(f"no PyTorch reference: {exc}")
@@ -148,9 +164,10 @@ def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progr
         return caption_bench(bundle, arts, cfg, data, default, log, progress)
     inputs = Inputs(bundle, data)
     ref = pytorch_reference(bundle, log) if cfg.pytorch else None
+    teacher = teacher_reference(bundle, log) if cfg.pytorch else None
 
     comps = list(bundle.components)
-    n_sessions = len(arts) + (len(comps) if ref is not None else 0)
+    n_sessions = len(arts) + len(comps) * ((ref is not None) + (teacher is not None))
     task = progress.add_task("bench", total=n_sessions * len(cfg.batches) * cfg.runs) if progress else None
     tick = (lambda: progress.advance(task)) if progress else (lambda: None)
 
@@ -173,6 +190,28 @@ def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progr
                 ref_p50[b] = stats["p50_ms"]
                 rows.append(_row(comp, "pytorch", "fp32", b, stats, ref_p50[b], None, False))
             del tsess
+        teacher_out: dict[int, np.ndarray] = {}
+        teacher_p50: dict[int, float] = {}
+        if teacher is not None:
+            from ..exporter.reference import TorchSession
+
+            tsess = TorchSession(teacher.module(comp), teacher.input_names(comp), [out_name], cfg.threads)
+            for b in cfg.batches:
+                feeds = inputs.feeds(comp, b)
+                teacher_out[b] = tsess.run(feeds)[out_name]
+                if progress:
+                    progress.update(task, description=f"{comp} teacher b{b}")
+                stats = percentiles(time_session(lambda: tsess.run(feeds), cfg.runs, cfg.warmup, tick))
+                teacher_p50[b] = stats["p50_ms"]
+                row = _row(comp, "teacher", "fp32", b, stats, ref_p50.get(b), None, False)
+                row["cosine_vs_pytorch"] = row["max_abs_diff"] = None
+                rows.append(row)
+            del tsess
+            for r in rows:
+                if r["component"] == comp and r["batch"] in teacher_p50:
+                    r["speedup_vs_teacher"] = round(teacher_p50[r["batch"]] / r["p50_ms"], 3)
+                    if r["backend"] == "pytorch":
+                        r["cosine_vs_teacher"] = round(compare(teacher_out[r["batch"]], ref_out[r["batch"]])["cosine"], 6)
         for a in [a for a in arts if a.component == comp]:
             if backend_module(a.backend).available() is not None:
                 log(f"skipping {a.backend}: {backend_module(a.backend).available()}")
@@ -190,6 +229,9 @@ def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progr
                 row = _row(comp, a.backend, a.precision, b, percentiles(times), ref_p50.get(b), fid, default == (a.backend, a.precision))
                 row["load_ms"] = round(load_ms, 1)
                 row["gate_passed"] = a.passed
+                if b in teacher_p50:
+                    row["speedup_vs_teacher"] = round(teacher_p50[b] / row["p50_ms"], 3)
+                    row["cosine_vs_teacher"] = round(compare(teacher_out[b], out)["cosine"], 6)
                 rows.append(row)
             del sess
     if cfg.record:
@@ -203,9 +245,10 @@ def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progr
         r.pop("default", None)
         if default == (r["backend"], r["precision"]):
             r["default"] = True
-    accuracy = task_accuracy(bundle, arts, inputs, data, ref, cfg.threads, log) if data.labels else []
+    accuracy = task_accuracy(bundle, arts, inputs, data, ref, cfg.threads, log, teacher) if data.labels else []
     order = {c: i for i, c in enumerate(comps)}
-    rows.sort(key=lambda r: (order[r["component"]], r["batch"], r["backend"] != "pytorch"))
+    rows.sort(key=lambda r: (order[r["component"]], r["batch"], r["backend"] not in ("teacher", "pytorch"),
+                             r["backend"] != "teacher"))
     return {
         "model": bundle.name,
         "bundle": str(bundle.root),
@@ -243,20 +286,22 @@ def record_latency(bundle: Bundle, rows: list[dict[str, Any]], log) -> None:
     write_measured(bundle, table, log)
 
 
-def task_accuracy(bundle, arts, inputs: Inputs, data: DataSet, ref, threads, log) -> list[dict[str, Any]]:
-    """Zero-shot top-1 per (backend, precision) that has both CLIP towers, and for PyTorch."""
+def task_accuracy(bundle, arts, inputs: Inputs, data: DataSet, ref, threads, log, teacher=None) -> list[dict[str, Any]]:
+    """Zero-shot top-1 per (backend, precision) that has both CLIP towers, for PyTorch, and for the teacher."""
     if bundle.family != "clip" or not data.class_names:
         return []
     from .accuracy import zero_shot_top1
 
     out = []
-    if ref is not None:
+    for name, r in (("teacher", teacher), ("pytorch", ref)):
+        if r is None:
+            continue
         from ..exporter.reference import TorchSession
 
-        v = TorchSession(ref.module("vision"), ref.input_names("vision"), ["image_embeds"], threads)
-        t = TorchSession(ref.module("text"), ref.input_names("text"), ["text_embeds"], threads)
+        v = TorchSession(r.module("vision"), r.input_names("vision"), ["image_embeds"], threads)
+        t = TorchSession(r.module("text"), r.input_names("text"), ["text_embeds"], threads)
         acc = zero_shot_top1(lambda f: v.run(f)["image_embeds"], lambda f: t.run(f)["text_embeds"], inputs, data)
-        out.append({"backend": "pytorch", "precision": "fp32", **acc})
+        out.append({"backend": name, "precision": "fp32", **acc})
     for backend, precision in sorted({(a.backend, a.precision) for a in arts}):
         pair = {a.component: a for a in bundle.find(backend=backend, precision=precision)}
         if set(pair) != {"vision", "text"} or backend_module(backend).available() is not None:

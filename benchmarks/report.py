@@ -21,7 +21,11 @@ def table(report: dict[str, Any]):
         f"{report['env']['threads'] or 'all'} threads",
         caption="* default variant (passed its gate, preferred here)   speedup = PyTorch p50 / variant p50, same run",
     )
-    for col in ("component", "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s", "speedup", "cosine", "max|diff|"):
+    distilled = any("speedup_vs_teacher" in r for r in report["results"])
+    cols = ["component", "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s", "speedup", "cosine", "max|diff|"]
+    if distilled:  # a student's bundle: its teacher's PyTorch speed and embedding agreement too
+        cols += ["vs teacher", "cos teacher"]
+    for col in cols:
         t.add_column(col, justify="right" if col not in ("component", "backend", "precision") else "left")
     last = None
     for r in report["results"]:
@@ -29,7 +33,7 @@ def table(report: dict[str, Any]):
             t.add_section()
         last = (r["component"], r["batch"])
         star = "*" if r.get("default") else ""
-        t.add_row(
+        cells = [
             r["component"],
             r["backend"] + star,
             r["precision"],
@@ -41,7 +45,11 @@ def table(report: dict[str, Any]):
             _fmt(r["speedup_vs_pytorch"], ".2f") + ("x" if r["speedup_vs_pytorch"] else ""),
             _fmt(r["cosine_vs_pytorch"], ".6f"),
             _fmt(r["max_abs_diff"], ".2e"),
-        )
+        ]
+        if distilled:
+            vt = r.get("speedup_vs_teacher")
+            cells += [_fmt(vt, ".2f") + ("x" if vt else ""), _fmt(r.get("cosine_vs_teacher"), ".4f")]
+        t.add_row(*cells)
     return t
 
 
@@ -52,12 +60,17 @@ def accuracy_table(report: dict[str, Any]):
     if not acc:
         return None
     ref = next((a["value"] for a in acc if a["backend"] == "pytorch"), None)
+    teacher = next((a["value"] for a in acc if a["backend"] == "teacher"), None)
     t = Table(title=f"task accuracy on {report['config']['data']}")
-    for col in ("backend", "precision", "task", "n", "value", "vs PyTorch"):
-        t.add_column(col, justify="right" if col in ("n", "value", "vs PyTorch") else "left")
+    cols = ("backend", "precision", "task", "n", "value", "vs PyTorch") + (("kept of teacher",) if teacher else ())
+    for col in cols:
+        t.add_column(col, justify="right" if col in ("n", "value", "vs PyTorch", "kept of teacher") else "left")
     for a in acc:
-        delta = "-" if ref is None or a["backend"] == "pytorch" else f"{(a['value'] - ref) * 100:+.1f} pt"
-        t.add_row(a["backend"], a["precision"], a["task"], str(a["n"]), f"{a['value']:.2%}", delta)
+        delta = "-" if ref is None or a["backend"] in ("pytorch", "teacher") else f"{(a['value'] - ref) * 100:+.1f} pt"
+        cells = [a["backend"], a["precision"], a["task"], str(a["n"]), f"{a['value']:.2%}", delta]
+        if teacher:
+            cells.append("-" if a["backend"] == "teacher" else f"{a['value'] / teacher:.1%}")
+        t.add_row(*cells)
     return t
 
 

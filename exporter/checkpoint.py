@@ -123,11 +123,16 @@ def load_folder(folder: Path, name: str | None = None) -> Checkpoint:
         raise CheckpointError(f"cannot load {folder}: {str(exc).splitlines()[0]}") from exc
     pre_path = folder / "preprocessor_config.json"
     pre = json.loads(pre_path.read_text()) if pre_path.is_file() else {}
+    source: dict[str, Any] = {"path": str(folder.resolve()), "weights_sha256": sha}
+    try:  # a student from `mmdeploy distill`: bench shows its teacher beside it
+        source["distilled_from"] = json.loads((folder / "distill.json").read_text())["teacher"]["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     return Checkpoint(
         name=name or folder.name,
         family=family,
         model=model,
-        source={"path": str(folder.resolve()), "weights_sha256": sha},
+        source=source,
         files_dir=folder,
         preprocessor=pre,
     )
