@@ -318,14 +318,14 @@ def _print_info(b) -> None:
 @app.command()
 @user_errors
 def info(bundle: Path = typer.Argument(..., help="Bundle directory."),
-         verify: bool = typer.Option(True, help="Check every file against its sha256."),
+         verify: bool = typer.Option(True, help="Hash every file and check it against its sha256 (load() skips files unchanged since they last hashed correctly)."),
          as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON.")):
     """Show a bundle: source, components, variants with their parity, the default variant."""
     from .runtimes.bundle import Bundle
 
     b = Bundle.open(bundle)
     if verify:
-        b.verify_all()
+        b.verify_all(full=True)
     if as_json:
         print(json.dumps(b.manifest, indent=2))
     else:

@@ -282,14 +282,6 @@ def _export_then_quantize(source, out: Path, backends, precisions, post, kw, cal
     tmp = out.absolute().parent / f".{out.name}.export-{uuid.uuid4().hex[:8]}"
     try:
         export(source, tmp, backends, precisions, **kw)
-        if Bundle.open(tmp).family == "caption":  # quantize.py feeds vision/text only: the family's own INT8
-            from .caption import add_int8
-
-            if any(c.precision != "int8" or c.backend not in ("onnxruntime", "openvino") for c in jobs):
-                raise BackendError("caption bundles get int8 (onnxruntime dynamic, openvino weight-only) here; "
-                                   "fp16 / tensorrt are not built for them yet")
-            add_int8(tmp, backends=sorted({c.backend for c in jobs}), threads=kw["threads"], log=kw["log"])
-            jobs = []
         for cfg in jobs:
             quantize(tmp, cfg, log=kw["log"])
         swap_into_place(tmp, out.absolute())

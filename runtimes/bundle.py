@@ -23,6 +23,7 @@ from ..errors import BundleError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+VERIFIED = ".verified.json"  # stat stamps of files that hashed correctly (see Bundle.verify)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -104,9 +105,15 @@ class Bundle:
     def path(self, rel: str) -> Path:
         return self.root / rel
 
-    def verify(self, rels: Iterable[str]) -> None:
-        """Check that files exist and match the sha256 recorded in the manifest."""
+    def verify(self, rels: Iterable[str], full: bool = False) -> None:
+        """Check that files exist and match the sha256 recorded in the manifest.
+
+        Hashing a ~1 GB captioner costs seconds on every load, so a file whose size, mtime and
+        inode equal those recorded when it last hashed correctly (``.verified.json`` in the
+        bundle, best effort) is not hashed again; ``full`` re-hashes everything."""
         table = self.manifest.get("files", {})
+        stamps = {} if full else self._stamps()
+        fresh: dict[str, list] = {}
         for rel in rels:
             if rel in self._verified:
                 continue
@@ -116,14 +123,36 @@ class Bundle:
                 raise BundleError(f"{p} is not listed in {self.root / MANIFEST}")
             if not p.is_file():
                 raise BundleError(f"{p} is missing from the bundle: re-export it")
-            if p.stat().st_size != entry["bytes"] or sha256_file(p) != entry["sha256"]:
-                raise BundleError(
-                    f"{p} does not match its sha256 in the manifest (modified or corrupt): re-export it"
-                )
+            st = p.stat()
+            stamp = [st.st_size, st.st_mtime_ns, st.st_ino, entry["sha256"]]
+            if stamps.get(rel) != stamp:
+                if st.st_size != entry["bytes"] or sha256_file(p) != entry["sha256"]:
+                    raise BundleError(
+                        f"{p} does not match its sha256 in the manifest (modified or corrupt): re-export it"
+                    )
+                fresh[rel] = stamp
             self._verified.add(rel)
+        if fresh:
+            self._save_stamps(fresh)
 
-    def verify_all(self) -> None:
-        self.verify(self.manifest.get("files", {}).keys())
+    def _stamps(self) -> dict[str, list]:
+        try:
+            d = json.loads((self.root / VERIFIED).read_text())
+            return d if isinstance(d, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _save_stamps(self, fresh: dict[str, list]) -> None:
+        try:  # read-only bundles (a device image) simply hash again next time
+            d = {**self._stamps(), **fresh}
+            tmp = self.root / f"{VERIFIED}.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps(d))
+            os.replace(tmp, self.root / VERIFIED)
+        except OSError:
+            pass
+
+    def verify_all(self, full: bool = False) -> None:
+        self.verify(self.manifest.get("files", {}).keys(), full=full)
 
     def find(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from mmdeploy.errors import BundleError
 from mmdeploy.runtimes import load
-from mmdeploy.runtimes.bundle import MANIFEST, Bundle, BundleWriter
+from mmdeploy.runtimes.bundle import MANIFEST, VERIFIED, Bundle, BundleWriter
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def bundle_copy(clip_bundle, tmp_path) -> Path:
 
 def test_manifest_lists_every_file_with_its_hash(clip_bundle):
     b = Bundle.open(clip_bundle)
-    on_disk = {p.relative_to(clip_bundle).as_posix() for p in clip_bundle.rglob("*") if p.is_file()} - {MANIFEST}
+    on_disk = {p.relative_to(clip_bundle).as_posix() for p in clip_bundle.rglob("*") if p.is_file()} - {MANIFEST, VERIFIED}
     assert set(b.manifest["files"]) == on_disk
     b.verify_all()
     for a in b.artifacts:
@@ -42,6 +43,32 @@ def test_tampered_artifact_is_refused_naming_the_file(bundle_copy):
         f.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(BundleError, match="vision.onnx.*sha256"):
         load(bundle_copy, backend="onnxruntime", precision="fp32")
+
+
+def test_hash_stamps_skip_rehashing_only_unchanged_files(bundle_copy, monkeypatch):
+    import mmdeploy.runtimes.bundle as bundle_mod
+
+    Bundle.open(bundle_copy).verify_all()  # hashes everything, records stat stamps
+    assert (bundle_copy / ".verified.json").is_file()
+    hashed = []
+    real = bundle_mod.sha256_file
+    monkeypatch.setattr(bundle_mod, "sha256_file", lambda p, *a: hashed.append(Path(p).name) or real(p, *a))
+    Bundle.open(bundle_copy).verify_all()
+    assert hashed == []  # nothing changed: no file hashed again
+    onnx = bundle_copy / "onnx" / "vision.onnx"
+    st = onnx.stat()
+    with open(onnx, "r+b") as f:  # same size, new content
+        f.seek(200)
+        byte = f.read(1)
+        f.seek(200)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(BundleError, match="vision.onnx.*sha256"):
+        Bundle.open(bundle_copy).verify(["onnx/vision.onnx"])
+    assert hashed == ["vision.onnx"]
+    # even with its mtime forged back, `info --verify` (full) re-hashes and catches it
+    os.utime(onnx, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(BundleError, match="vision.onnx.*sha256"):
+        Bundle.open(bundle_copy).verify_all(full=True)
 
 
 def test_missing_file_is_named(bundle_copy):

@@ -386,11 +386,17 @@ def test_caption_shapes_beam_search_like_pytorch(shapes_bundle, backend):
 
 @pytest.fixture(scope="module")
 def shapes_int8(shapes_bundle, tmp_path_factory):
-    from mmdeploy.exporter.caption import add_int8
+    from typer.testing import CliRunner
+
+    from mmdeploy.cli import app
 
     dst = tmp_path_factory.mktemp("q") / "caption-shapes"
     shutil.copytree(shapes_bundle, dst)
-    add_int8(dst, threads=2)
+    for backend in BACKENDS:  # `mmdeploy quantize` routes caption bundles to their own INT8 recipes
+        r = CliRunner().invoke(app, ["quantize", str(dst), "--precision", "int8", "--backend", backend, "--threads", "2"])
+        assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["quantize", str(dst), "--precision", "fp16"])
+    assert r.exit_code == 2 and "caption bundles get int8" in r.output
     return dst
 
 
