@@ -260,6 +260,17 @@ def resolve(source: str, random_weights: bool = False) -> Checkpoint:
     return _from_hub(source, ent)
 
 
+def tokenizer_json(ckpt: Checkpoint, saver: str = "AutoTokenizer") -> Path:
+    """The checkpoint's fast-tokenizer file, or a CheckpointError that says how to save one."""
+    tok = ckpt.files_dir / "tokenizer.json" if ckpt.files_dir else None
+    if tok is None or not tok.is_file():
+        raise CheckpointError(
+            f"{ckpt.files_dir or ckpt.name} has no tokenizer.json: save a fast tokenizer "
+            f"({saver}.save_pretrained) with the checkpoint"
+        )
+    return tok
+
+
 def save_preprocessor(ckpt: Checkpoint, out_dir: Path) -> Path:
     path = out_dir / "preprocessor_config.json"
     path.write_text(json.dumps(ckpt.preprocessor, indent=2))

@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import CheckpointError, require
 from ..runtimes.preprocess import ImagePreprocessor
 from ..runtimes.tokenize import TextTokenizer
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, tokenizer_json
 
 torch = require("torch", "export")
 
@@ -57,13 +57,7 @@ class ClipFamily:
                 "CLIPImageProcessor with the checkpoint"
             )
         self.preprocess = ImagePreprocessor.from_config(ckpt.preprocessor)
-        tok = ckpt.files_dir / "tokenizer.json" if ckpt.files_dir else None
-        if tok is None or not tok.is_file():
-            raise CheckpointError(
-                f"{ckpt.files_dir or ckpt.name} has no tokenizer.json: save a fast tokenizer "
-                "(CLIPTokenizerFast.save_pretrained) with the checkpoint"
-            )
-        self.tokenizer_file = tok
+        tok = self.tokenizer_file = tokenizer_json(ckpt, "CLIPTokenizerFast")
         self.tokenizer = TextTokenizer.from_file(tok, max_length=self.max_length)
 
     def module(self, component: str):

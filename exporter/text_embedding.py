@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import CheckpointError, require
 from ..runtimes.tokenize import TextTokenizer
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, tokenizer_json
 
 torch = require("torch", "export")
 
@@ -112,13 +112,7 @@ class TextEmbeddingFamily:
         self.embed_dim = int(cfg.hidden_size)
         st = sentence_transformers_config(ckpt.files_dir, int(cfg.max_position_embeddings))
         self.pooling, self.normalize, self.max_length = st["pooling"], st["normalize"], st["max_length"]
-        tok = ckpt.files_dir / "tokenizer.json" if ckpt.files_dir else None
-        if tok is None or not tok.is_file():
-            raise CheckpointError(
-                f"{ckpt.files_dir or ckpt.name} has no tokenizer.json: save a fast tokenizer "
-                "(AutoTokenizer.save_pretrained) with the checkpoint"
-            )
-        self.tokenizer_file = tok
+        tok = self.tokenizer_file = tokenizer_json(ckpt)
         self.tokenizer = TextTokenizer.from_file(tok, max_length=self.max_length)
 
     def module(self, component: str):

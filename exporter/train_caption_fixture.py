@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from mmdeploy.benchmarks.datasets import shapes
+from mmdeploy.exporter.train_fixtures import _to_pixels, init_sincos_2d
 
 EOT = "<|endoftext|>"
 VIT_MEAN = [0.5, 0.5, 0.5]
@@ -233,30 +234,13 @@ def build_model(vocab_size: int, eot_id: int, r=CAPTION_SHAPES):
     cfg.eos_token_id = eot_id
     cfg.bos_token_id = eot_id
     model = VisionEncoderDecoderModel(config=cfg)
-    _init_sincos_2d(model.encoder.embeddings.position_embeddings, r)
+    init_sincos_2d(model.encoder.embeddings.position_embeddings, r["image_size"] // r["patch_size"])
     model.generation_config.max_length = r["max_length"]
     model.generation_config.decoder_start_token_id = eot_id
     model.generation_config.eos_token_id = eot_id
     model.generation_config.pad_token_id = eot_id
     model.generation_config.bos_token_id = eot_id
     return model
-
-
-def _init_sincos_2d(emb, r) -> None:
-    """Start the ViT position embeddings (1, 1 + g*g, D) from a 2-D sin-cos table (MAE style):
-    with random ones the tiny encoder learns colours fast but shapes slowly."""
-    import torch
-
-    g = r["image_size"] // r["patch_size"]
-    d = emb.shape[-1]
-    q = d // 4
-    omega = 1.0 / (10000 ** (torch.arange(q, dtype=torch.float32) / q))
-    ys, xs = torch.meshgrid(torch.arange(g, dtype=torch.float32), torch.arange(g, dtype=torch.float32), indexing="ij")
-    oy, ox = ys.reshape(-1, 1) * omega, xs.reshape(-1, 1) * omega
-    table = torch.cat([ox.sin(), ox.cos(), oy.sin(), oy.cos()], dim=1)
-    with torch.no_grad():
-        emb.zero_()
-        emb[0, 1:, : 4 * q] = table * 0.5
 
 
 def image_processor_config(image_size: int) -> dict:
@@ -299,10 +283,6 @@ def exact_match(folder: Path, n: int = 500, split: str = "test", batch: int = 10
 
 
 # --------------------------------------------------------------------------- training
-
-def _to_pixels(samples) -> np.ndarray:
-    return np.stack([np.asarray(s.image, dtype=np.uint8).transpose(2, 0, 1) for s in samples])
-
 
 def train_caption_shapes(out: Path, seed: int = 0, threads: int = 2, r=CAPTION_SHAPES) -> dict:
     import torch

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import shutil
 import sys
@@ -216,20 +215,24 @@ def build_clip_model(vocab_size: int, bos_id: int, eos_id: int, r=CLIP_SHAPES):
 
 
 def _init_sincos_2d(model, r) -> None:
-    """Start the vision position embeddings from a 2-D sin-cos table (ViT/MAE style)."""
+    init_sincos_2d(model.vision_model.embeddings.position_embedding.weight, r["image_size"] // r["patch_size"])
+
+
+def init_sincos_2d(emb, g: int) -> None:
+    """Start ViT position embeddings ((1 +) g*g + CLS rows of D) from a 2-D sin-cos table (MAE
+    style): with random ones a tiny ViT learns colours fast but shapes slowly. Row 0 (CLS) is 0."""
     import torch
 
-    emb = model.vision_model.embeddings.position_embedding.weight  # (1 + g*g, D)
-    g = r["image_size"] // r["patch_size"]
-    d = emb.shape[1]
+    rows = emb.reshape(-1, emb.shape[-1])  # (1 + g*g, D) view of (1 + g*g, D) or (1, 1 + g*g, D)
+    d = rows.shape[1]
     q = d // 4
     omega = 1.0 / (10000 ** (torch.arange(q, dtype=torch.float32) / q))
     ys, xs = torch.meshgrid(torch.arange(g, dtype=torch.float32), torch.arange(g, dtype=torch.float32), indexing="ij")
     oy, ox = ys.reshape(-1, 1) * omega, xs.reshape(-1, 1) * omega
     table = torch.cat([ox.sin(), ox.cos(), oy.sin(), oy.cos()], dim=1)  # (g*g, 4q)
     with torch.no_grad():
-        emb.zero_()
-        emb[1:, : 4 * q] = table * 0.5
+        rows.zero_()
+        rows[1:, : 4 * q] = table * 0.5
 
 
 def image_processor_config(image_size: int) -> dict:
