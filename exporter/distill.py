@@ -237,7 +237,8 @@ def _training_data(cfg: DistillConfig):
             raise InputError(f"--data {cfg.data}: distillation needs images (a folder, 'shapes' or 'photos')")
         idx = list(range(len(full.images)))
         held_idx = idx[9::10] if len(idx) >= 20 else []
-        keep = [i for i in idx if i not in set(held_idx)][: cfg.samples or None]
+        held_set = set(held_idx)
+        keep = [i for i in idx if i not in held_set][: cfg.samples or None]
 
         def pick(ids):
             return DataSet(
@@ -293,6 +294,10 @@ def distill(
     if (state_dir / STATE_FILE).is_file() and not resume:
         raise InputError(f"{state_dir} holds an interrupted run: pass --resume to continue it, or delete it")
 
+    if cfg.device not in ("auto", "cpu") and not cfg.device.split(":")[0] == "cuda":
+        raise InputError(f"--device {cfg.device!r}: choose auto, cpu or cuda[:N]")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {cfg.device}: this torch build sees no CUDA GPU (use auto or cpu)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else

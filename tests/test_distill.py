@@ -125,6 +125,7 @@ def test_resume_continues_from_last_epoch(tmp_path):
         ([], "the student would equal the teacher"),
         (["--vision-layers", 2, "--mlp-ratio", 1.5], "--mlp-ratio 1.5"),
         (["--vision-layers", 2, "--data", "/nonexistent/imgs"], "not found"),
+        (["--vision-layers", 2, "--device", "tpu"], "--device 'tpu'"),
     ],
 )
 def test_bad_arguments_are_clear_errors(tmp_path, args, message):
@@ -133,6 +134,26 @@ def test_bad_arguments_are_clear_errors(tmp_path, args, message):
     assert r.exit_code == 2, r.output
     assert message in r.output
     assert not out.exists()
+
+
+def test_image_folder_with_captions_and_a_text_file(tmp_path):
+    """A user's own data: images + captions.tsv (every 10th image held out) and extra texts."""
+    from mmdeploy.benchmarks.datasets.shapes import generate
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rows = []
+    for i, s in enumerate(generate("val", 40)):
+        s.image.save(folder / f"{i:03d}.png")
+        rows.append(f"{i:03d}.png\t{s.caption}")
+    (folder / "captions.tsv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "texts.txt").write_text("a photo of a red circle\na photo of a blue star\n")
+    cfg = DistillConfig(vision_layers=2, text_layers=1, data=str(folder), texts=str(tmp_path / "texts.txt"),
+                        epochs=1, batch_size=16, threads=2)
+    report = distill("clip-shapes", tmp_path / "s", cfg, log=lambda m: None)
+    assert report["fidelity"]["eval_images"] == 4  # images 9, 19, 29, 39
+    assert report["student"]["towers"]["text"]["trained"] is True
+    assert (tmp_path / "s" / "model.safetensors").is_file()
 
 
 def test_unsupported_teacher_is_named(tmp_path):
