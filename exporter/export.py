@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import time
 import warnings
 from pathlib import Path
@@ -91,6 +92,24 @@ def export_onnx(module, feeds: dict, input_names: list[str], output_names: list[
         raise ExportError(f"exported {path.name} fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
 
 
+# Graphs at least this large keep their weights in "<name>.onnx.data" beside them: ONNX Runtime
+# memory-maps external weights, so a session opens about 2x faster (ViT-GPT2 decoder, 555 MB:
+# 0.4-0.6 s vs 0.8-1.5 s), with the same inference speed. ONNX's own 2 GB limit is lifted too.
+EXTERNAL_DATA_MIN_BYTES = 64 << 20
+
+
+def externalize_weights(path: Path) -> str | None:
+    """Move a large graph's weights into `<file>.data` next to it; returns that file's name or None."""
+    if path.stat().st_size < EXTERNAL_DATA_MIN_BYTES:
+        return None
+    onnx = require("onnx", "export")
+    name = path.name + ".data"
+    onnx.save_model(onnx.load(str(path)), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=name, size_threshold=1024)
+    os.chmod(path.parent / name, path.stat().st_mode & 0o777)  # onnx creates it 0600; match the graph
+    return name
+
+
 def compare_all(refs: list[dict], outs: list[dict], names: list[str]) -> dict:
     """compare() over every (case, output): the worst cosine and the largest difference.
 
@@ -165,7 +184,10 @@ def export(
                 fam.export_component(comp, module, w.stage(rel), log)
             else:
                 export_onnx(module, fam.export_feeds(comp), inputs, [output], fam.dynamic_axes(comp), w.stage(rel))
+            data = externalize_weights(w.stage(rel))
             w.register(rel)
+            if data:
+                w.register(f"onnx/{data}")
             log(f"{comp}: ONNX exported in {time.perf_counter() - t:.1f}s")
             components[comp] = {**fam.specs(comp), "onnx": rel}
 

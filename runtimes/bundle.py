@@ -242,6 +242,9 @@ class BundleWriter:
         for rel in self.files:
             dst = self.stage_dir / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
+            if rel.endswith(".onnx.data"):  # onnx refuses external weights with several hard links
+                shutil.copy2(base.root / rel, dst)
+                continue
             try:
                 os.link(base.root / rel, dst)
             except OSError:

@@ -112,7 +112,7 @@ class CaptionPipeline:
     def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None):
         from tokenizers import Tokenizer
 
-        from .select import open_session
+        from .select import open_sessions
 
         self.bundle, self.backend, self.precision = bundle, backend, precision
         m = bundle.manifest
@@ -124,12 +124,13 @@ class CaptionPipeline:
         self.tokenizer = Tokenizer.from_file(str(bundle.path(m["tokenizer"]["file"])))
         self.info = m["caption"]
         self.generation = GenerationConfig.from_dict(m["generation"])
-        self.sessions = {}
+        arts = {}
         for comp in ("encoder", "decoder"):
-            arts = bundle.find(comp, backend, precision)
-            if not arts:
+            found = bundle.find(comp, backend, precision)
+            if not found:
                 raise BundleError(f"{bundle.root} has no {comp} for {backend}/{precision}")
-            self.sessions[comp] = open_session(bundle, arts[0], threads)
+            arts[comp] = found[0]
+        self.sessions = open_sessions(bundle, arts, threads)
         self.encoder_outputs = list(self.info["encoder_outputs"])
 
     @property

@@ -26,7 +26,7 @@ class ClipPipeline:
     """Both towers of one CLIP bundle on one (backend, precision)."""
 
     def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None):
-        from .select import open_session
+        from .select import open_sessions
 
         self.bundle, self.backend, self.precision = bundle, backend, precision
         m = bundle.manifest
@@ -36,10 +36,9 @@ class ClipPipeline:
             bundle.path(m["tokenizer"]["file"]), max_length=m["tokenizer"]["max_length"], pad_id=m["tokenizer"].get("pad_id")
         )
         self.logit_scale = float(m["clip"]["logit_scale"])
-        self.sessions = {
-            comp: open_session(bundle, bundle.find(comp, backend, precision)[0], threads, device)
-            for comp in ("vision", "text")
-        }
+        self.sessions = open_sessions(
+            bundle, {comp: bundle.find(comp, backend, precision)[0] for comp in ("vision", "text")}, threads, device
+        )
 
     @property
     def variant(self) -> str:

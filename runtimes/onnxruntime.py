@@ -44,7 +44,8 @@ def build(onnx_path: Path, out_dir: Path, precision: str, component: str) -> Bui
     if precision != "fp32":
         raise BackendError(f"onnxruntime builds fp32 only here, not {precision}")
     rel = onnx_path.relative_to(out_dir).as_posix()
-    return BuildResult(path=rel, files=[rel], built_for={"onnxruntime": version()})
+    data = [rel + ".data"] if (out_dir / (rel + ".data")).is_file() else []  # external weights (large graphs)
+    return BuildResult(path=rel, files=[rel, *data], built_for={"onnxruntime": version()})
 
 
 # --device -> execution providers. A requested GPU provider that is missing is an error,

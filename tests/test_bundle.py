@@ -150,3 +150,33 @@ def test_writer_refuses_to_replace_a_foreign_directory(tmp_path):
         with BundleWriter(foreign):
             pass
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_large_graphs_keep_weights_in_external_data(tmp_path, monkeypatch):
+    """Above EXTERNAL_DATA_MIN_BYTES the ONNX weights live in <file>.data (memory-mapped by ORT):
+    hashed, listed with the ORT artifact, read by OpenVINO and the quantizer."""
+    import numpy as np
+
+    import mmdeploy.exporter.export as export_mod
+    from mmdeploy.exporter.quantize import QuantConfig, quantize
+
+    monkeypatch.setattr(export_mod, "EXTERNAL_DATA_MIN_BYTES", 0)  # clip-shapes is small: force it
+    out = tmp_path / "ext"
+    export_mod.export("clip-shapes", out, backends=["onnxruntime", "openvino"], precisions=["fp32"], threads=2)
+    b = Bundle.open(out)
+    assert {"onnx/vision.onnx.data", "onnx/text.onnx.data"} <= set(b.manifest["files"])
+    assert (out / "onnx" / "vision.onnx").stat().st_size < 100_000  # the graph only
+    ort_vision = b.find("vision", "onnxruntime", "fp32")[0]
+    assert ort_vision.files == ["onnx/vision.onnx", "onnx/vision.onnx.data"]
+    quantize(out, QuantConfig(precision="int8", calib="shapes", samples=8, threads=2))
+    b = Bundle.open(out)
+    b.verify_all(full=True)
+    assert b.find("vision", "onnxruntime", "int8")[0].passed
+    img = np.zeros((64, 64, 3), np.uint8)
+    ref = load(out, backend="onnxruntime", precision="fp32").embed_images([img])
+    for backend, precision in [("openvino", "fp32"), ("onnxruntime", "int8")]:
+        e = load(out, backend=backend, precision=precision).embed_images([img])
+        assert float((e * ref).sum()) / float(np.linalg.norm(e) * np.linalg.norm(ref)) > 0.99
+    (out / "onnx" / "vision.onnx.data").unlink()
+    with pytest.raises(BundleError, match="vision.onnx.data.*missing"):
+        load(out, backend="onnxruntime", precision="fp32")
