@@ -130,7 +130,10 @@ class CaptionPipeline:
             if not found:
                 raise BundleError(f"{bundle.root} has no {comp} for {backend}/{precision}")
             arts[comp] = found[0]
-        self.sessions = open_sessions(bundle, arts, threads)
+        # the encoder runs once per batch, then the decoder: spinning encoder threads would steal
+        # the 2 cores from the first decoder steps (measured: int8 caption 349 -> 319 ms)
+        options = {"encoder": {"spin": False}} if backend == "onnxruntime" else None
+        self.sessions = open_sessions(bundle, arts, threads, options=options)
         self.encoder_outputs = list(self.info["encoder_outputs"])
 
     @property

@@ -72,13 +72,15 @@ def providers_for(device: str) -> list[str]:
 
 
 class OrtSession:
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, providers=None):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, providers=None, spin: bool = True):
         ort = require("onnxruntime", "core")
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
+        if not spin:  # idle threads sleep at once instead of spinning on cores another session needs next
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3
         try:
             self._sess = ort.InferenceSession(
@@ -100,5 +102,6 @@ class OrtSession:
 
 
 def open(path: str | os.PathLike, runtime: dict[str, Any] | None = None, threads: int | None = None):
-    device = (runtime or {}).get("device", "cpu")
-    return OrtSession(path, threads=threads, providers=providers_for(device))
+    runtime = runtime or {}
+    return OrtSession(path, threads=threads, providers=providers_for(runtime.get("device", "cpu")),
+                      spin=runtime.get("spin", True))

@@ -88,20 +88,21 @@ def measured_latency(bundle: Bundle) -> dict[tuple[str, str], float]:
     return {tuple(k.split("/", 1)): v for k, v in table.items()}
 
 
-def open_session(bundle: Bundle, artifact: Artifact, threads: int | None = None, device: str | None = None) -> Session:
+def open_session(bundle: Bundle, artifact: Artifact, threads: int | None = None, device: str | None = None,
+                 options: dict | None = None) -> Session:
     """Open one artifact; `device` picks ORT's execution providers (cpu, cuda, tensorrt) or
-    OpenVINO's device (cpu, gpu)."""
+    OpenVINO's device (cpu, gpu); `options` add backend runtime options (e.g. ORT's spin)."""
     mod = backend_module(artifact.backend)
     why = mod.available()
     if why is not None:
         raise BackendError(why)
     bundle.verify(artifact.files)
-    runtime = dict(artifact.runtime, **({"device": device} if device else {}))
+    runtime = dict(artifact.runtime, **({"device": device} if device else {}), **(options or {}))
     return mod.open(bundle.path(artifact.path), runtime, threads)
 
 
 def open_sessions(bundle: Bundle, artifacts: dict[str, Artifact], threads: int | None = None,
-                  device: str | None = None) -> dict[str, Session]:
+                  device: str | None = None, options: dict[str, dict] | None = None) -> dict[str, Session]:
     """Open a pipeline's components together: session creation (weight mapping, prepacking) runs
     in native code without the GIL, so two ~500 MB graphs open in about the time of the larger."""
     from concurrent.futures import ThreadPoolExecutor
@@ -109,9 +110,10 @@ def open_sessions(bundle: Bundle, artifacts: dict[str, Artifact], threads: int |
     for a in artifacts.values():  # hashes / stamps here, in one thread
         bundle.verify(a.files)
     if len(artifacts) < 2:
-        return {c: open_session(bundle, a, threads, device) for c, a in artifacts.items()}
+        return {c: open_session(bundle, a, threads, device, (options or {}).get(c)) for c, a in artifacts.items()}
     with ThreadPoolExecutor(max_workers=len(artifacts)) as pool:
-        futures = {c: pool.submit(open_session, bundle, a, threads, device) for c, a in artifacts.items()}
+        futures = {c: pool.submit(open_session, bundle, a, threads, device, (options or {}).get(c))
+                   for c, a in artifacts.items()}
         return {c: f.result() for c, f in futures.items()}
 
 

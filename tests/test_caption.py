@@ -417,6 +417,24 @@ def test_caption_shapes_int8_within_two_points_of_fp32(shapes_int8, backend):
 
 
 @pytest.mark.slow
+def test_caption_shapes_openvino_bf16_within_two_points_of_fp32(tmp_path):
+    from mmdeploy.exporter.export import export
+    from mmdeploy.runtimes.openvino import cpu_supports
+
+    if not cpu_supports("bf16"):
+        pytest.skip("this CPU has no native bf16")
+    out = tmp_path / "cap-bf16"
+    export("caption-shapes", out, backends=["openvino"], precisions=["fp32", "bf16"], threads=2)
+    samples = shapes.generate("test", 200)
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        caps = load(out, backend="openvino", precision=precision, threads=2).caption([s.image for s in samples], batch_size=50)
+        scores[precision] = np.mean([c == s.caption for c, s in zip(caps, samples)])
+    assert Bundle.open(out).find("decoder", "openvino", "bf16")[0].passed
+    assert scores["bf16"] >= scores["fp32"] - 0.02, scores
+
+
+@pytest.mark.slow
 def test_bench_caption_rows(tiny_bundles, tmp_path):
     from mmdeploy.benchmarks.bench import BenchConfig, bench
 
