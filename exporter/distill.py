@@ -322,7 +322,7 @@ def distill(
     teacher.to(device)
     student.to(device)
     runner = (ClipDistiller if fam.family == "clip" else CaptionDistiller)(fam, teacher, student, towers, cfg, device, log)
-    runner.prepare(train, progress)
+    runner.prepare(train)
 
     params = [p for n, p in student.named_parameters() if runner.trainable(n)]
     for n, p in student.named_parameters():
@@ -421,9 +421,7 @@ def _write_student(student, ckpt: Checkpoint, out: Path, report: dict[str, Any])
         (stage / "preprocessor_config.json").write_text(json.dumps(ckpt.preprocessor, indent=2) + "\n")
         (stage / "distill.json").write_text(json.dumps(report, indent=2) + "\n")
         (stage / "README.md").write_text(student_card(report))
-        swap_into_place(stage, out)
-    for old in out.parent.glob(f".{out.name}.old-*"):
-        shutil.rmtree(old, ignore_errors=True)
+        swap_into_place(stage, out)  # removes the student it replaces
 
 
 def student_card(r: dict[str, Any]) -> str:
@@ -522,7 +520,7 @@ class ClipDistiller:
                 outs.append(self._feats(model.get_text_features(**self._tok(texts[i:i + batch]))))
         return torch.cat(outs)
 
-    def prepare(self, train, progress=None) -> None:
+    def prepare(self, train) -> None:
         """Pre-process every training image and embed images and texts with the teacher, once."""
         self.train = train
         self.log(f"teacher embeddings for {len(train.images)} images and {len(set(train.texts))} texts")
@@ -643,7 +641,7 @@ class CaptionDistiller:
         after = (is_eos.cumsum(1) - is_eos.long()) > 0
         return (~after).long()
 
-    def prepare(self, train, progress=None) -> None:
+    def prepare(self, train) -> None:
         self.log(f"teacher captions for {len(train.images)} training images")
         self.pixels = torch.cat([torch.from_numpy(self.fam.preprocess(train.images[i:i + 256]))
                                  for i in range(0, len(train.images), 256)])

@@ -268,6 +268,15 @@ def check_caption_config(cfg: QuantConfig) -> None:
                            f"INT8); {cfg.backend}/{cfg.precision} is not built for them yet")
 
 
+def selected_components(bundle: Bundle, cfg: QuantConfig) -> list[str]:
+    """--component, checked against the bundle (default: all of its components)."""
+    comps = cfg.components or list(bundle.components)
+    for c in comps:
+        if c not in bundle.components:
+            raise InputError(f"{bundle.root} has no component {c!r} (has: {', '.join(bundle.components)})")
+    return comps
+
+
 def _quantize_caption(bundle: Bundle, cfg: QuantConfig, log: Callable[[str], None]) -> Bundle:
     from .caption import add_int8
 
@@ -276,10 +285,7 @@ def _quantize_caption(bundle: Bundle, cfg: QuantConfig, log: Callable[[str], Non
         raise BackendError(why)
     if cfg.calib or cfg.min_cosine:
         log("caption INT8 is data-free (dynamic / weight-only): --calib and --min-cosine are not used")
-    comps = cfg.components or list(bundle.components)
-    for c in comps:
-        if c not in bundle.components:
-            raise InputError(f"{bundle.root} has no component {c!r} (has: {', '.join(bundle.components)})")
+    comps = selected_components(bundle, cfg)
     return add_int8(bundle.root, backends=[cfg.backend], components=tuple(comps), threads=cfg.threads, log=log)
 
 
@@ -324,10 +330,7 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
         raise BackendError(why)
     if cfg.backend == "tensorrt" and "tensorrt" not in bundle.manifest:
         raise InputError(f"{bundle.root} was exported for cpu: export with --target gpu (or jetson-*) for TensorRT")
-    comps = cfg.components or list(bundle.components)
-    for c in comps:
-        if c not in bundle.components:
-            raise InputError(f"{bundle.root} has no component {c!r} (has: {', '.join(bundle.components)})")
+    comps = selected_components(bundle, cfg)
     feeder = Feeder(bundle)
     held = held_out_data(bundle.components)
     gate = cfg.min_cosine or GATES[cfg.precision]
