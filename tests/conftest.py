@@ -35,3 +35,25 @@ def clip_reference():
 
 def bf16_native() -> bool:
     return cpu_supports("bf16")
+
+
+def run_without_torch(body: str, forbidden: tuple[str, ...] = ("torch", "transformers"), timeout: int = 120) -> None:
+    """Run `body` in a fresh interpreter where importing torch / transformers fails, then check
+    that neither they (nor anything in `forbidden`) nor mmdeploy.exporter got imported."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # any import of torch now fails loudly\n"
+        "sys.modules['transformers'] = None\n"
+        + textwrap.dedent(body)
+        + f"\nbad = [m for m in sys.modules if m.split('.')[0] in {tuple(forbidden)!r} and sys.modules[m] is not None]\n"
+        "bad += [m for m in sys.modules if m.startswith('mmdeploy.exporter')]\n"
+        "assert not bad, bad\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("ok")
