@@ -5,8 +5,9 @@ vectorised ``_beam_search`` (top 2K candidates per item, finished hypotheses kep
 length penalty, the same early-stopping heuristic), with the same defaults, so token ids are
 identical to PyTorch's when the logits are.
 
-The decoder is anything with the ``StepDecoder`` shape: ``start(batch_index)`` selects the
-images (with repeats, for beams) and empties the self-attention cache; ``step(ids, positions)``
+The decoder is anything with the ``StepDecoder`` shape: ``start(batch_index, max_length)`` selects
+the images (with repeats, for beams), empties the self-attention cache and may preallocate it for
+``max_length`` positions; ``step(ids, positions)``
 runs one forward over the new ids and returns the last position's logits; ``reorder(rows)``
 gathers the cache rows (beam search). ``runtimes/caption.py`` implements it on a Session.
 """
@@ -24,7 +25,7 @@ NEG = np.float32(-1.0e9)
 
 
 class StepDecoder(Protocol):
-    def start(self, rows: np.ndarray) -> None: ...
+    def start(self, rows: np.ndarray, max_length: int) -> None: ...
     def step(self, input_ids: np.ndarray, position_ids: np.ndarray) -> np.ndarray: ...
     def reorder(self, rows: np.ndarray) -> None: ...
 
@@ -143,7 +144,7 @@ def greedy(decoder: StepDecoder, batch: int, cfg: GenerationConfig) -> np.ndarra
     max_len = _check_length(cfg, p)
     seqs = np.full((batch, max_len), cfg.pad_token_id, dtype=np.int64)
     seqs[:, :p] = prompt
-    decoder.start(np.arange(batch))
+    decoder.start(np.arange(batch), max_len)
     eos = np.asarray(cfg.eos_token_id, dtype=np.int64)
     unfinished = np.ones(batch, dtype=bool)
     cur = p
@@ -193,7 +194,7 @@ def beam_search(decoder: StepDecoder, batch: int, cfg: GenerationConfig) -> np.n
     hits = np.zeros((batch, K), dtype=bool)
     running_idx = np.full((batch, K, max_length - p), -1, dtype=np.int64)
     beam_idx = running_idx.copy()
-    decoder.start(np.repeat(np.arange(batch), K))
+    decoder.start(np.repeat(np.arange(batch), K), max_length)
     cur = p
     ids = running[:, :, :p].reshape(batch * K, p)
     pos = np.tile(np.arange(p, dtype=np.int64), (batch * K, 1))

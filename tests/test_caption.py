@@ -175,6 +175,42 @@ def test_tokens_match_pytorch(tiny_bundles, models, fam, batch, backend, num_bea
     assert _same(ours, ref), (ours, ref)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kv_cache_is_written_into_preallocated_buffers(tiny_bundles, backend):
+    """Each step's present K/V equal a plain session run's, with plain runs in between. On ONNX
+    Runtime they (and the logits) are written into buffers allocated once per batch, and running
+    past the room given is an error."""
+    from mmdeploy.errors import InputError
+    from mmdeploy.runtimes.caption import SessionDecoder
+
+    pipe = load(tiny_bundles["vit-gpt2"][1], backend=backend, precision="fp32", threads=2)
+    px = _pixels(pipe, 2)
+    kv = pipe.encode(px)
+    sess = pipe.sessions["decoder"]
+    dec = SessionDecoder(sess, pipe.info, kv)
+    dec.start(np.arange(2), 3)
+    buffers = [b.ctypes.data for side in getattr(dec, "buffers", []) for b in side]
+    heads, dim, n = dec.heads, dec.head_dim, int(pipe.info["num_layers"])
+    past = {f"past.{i}.{k}": np.zeros((2, heads, 0, dim), np.float32) for i in range(n) for k in ("key", "value")}
+    ids = np.full((2, 1), pipe.generation.start_ids[0], np.int64)
+    for step in range(3):
+        pos = np.full((2, 1), step, np.int64)
+        plain = sess.run({"input_ids": ids, "position_ids": pos, **past, **kv})
+        logits = dec.step(ids, pos)  # a plain run of the same session came in between: no effect
+        assert backend != "onnxruntime" or logits.ctypes.data == dec.logits.ctypes.data
+        np.testing.assert_allclose(logits, plain["logits"], rtol=1e-5, atol=1e-5)
+        for i, name in enumerate(dec.present_names):
+            np.testing.assert_allclose(dec.present(name), plain[name], rtol=1e-5, atol=1e-6)
+            if backend == "onnxruntime":
+                assert dec.present(name).ctypes.data == dec.buffers[dec.side][i].ctypes.data
+        past = {p: plain[q] for p, q in zip(dec.past_names, dec.present_names)}
+        ids = logits.argmax(-1)[:, None].astype(np.int64)
+    if backend == "onnxruntime":  # the same buffers all along, and no room past max_length
+        assert [b.ctypes.data for side in dec.buffers for b in side] == buffers
+        with pytest.raises(InputError, match="ran past"):
+            dec.step(ids, np.full((2, 1), 3, np.int64))
+
+
 @pytest.mark.parametrize("fam", ["blip", "git"])
 def test_text_prompt_prefix_matches_pytorch(tiny_bundles, models, fam):
     """BLIP / GIT conditional captioning: "a picture of" continues after the start token."""
