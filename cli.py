@@ -194,7 +194,10 @@ def quantize(
     component: Optional[str] = typer.Option(None, help="Only these components (comma-separated); default all."),
     threads: Optional[int] = typer.Option(None),
 ):
-    """Add a quantized variant to a bundle, with its fidelity vs fp32 on held-out inputs."""
+    """Add a quantized variant to a bundle, with its fidelity vs fp32 on held-out inputs.
+
+    Caption bundles need no data: INT8 is dynamic (onnxruntime) or weight-only (openvino); fp16 and
+    openvino bf16 convert the fp32 graphs."""
     from .exporter.quantize import QuantConfig
     from .exporter.quantize import quantize as run_quantize
 

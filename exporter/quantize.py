@@ -263,9 +263,9 @@ def _nncf_int8(xml: Path, out_xml: Path, calib: list[dict[str, np.ndarray]], cfg
 
 
 def check_caption_config(cfg: QuantConfig) -> None:
-    if cfg.precision != "int8" or cfg.backend not in ("onnxruntime", "openvino"):
-        raise BackendError("caption bundles get int8 here (onnxruntime: dynamic INT8; openvino: weight-only "
-                           f"INT8); {cfg.backend}/{cfg.precision} is not built for them yet")
+    from .caption import check_caption_variant
+
+    check_caption_variant(cfg.backend, cfg.precision)
 
 
 def selected_components(bundle: Bundle, cfg: QuantConfig) -> list[str]:
@@ -278,15 +278,16 @@ def selected_components(bundle: Bundle, cfg: QuantConfig) -> list[str]:
 
 
 def _quantize_caption(bundle: Bundle, cfg: QuantConfig, log: Callable[[str], None]) -> Bundle:
-    from .caption import add_int8
+    from .caption import add_variants
 
     check_caption_config(cfg)
     if (why := backend_module(cfg.backend).available()) is not None:
         raise BackendError(why)
     if cfg.calib or cfg.min_cosine:
-        log("caption INT8 is data-free (dynamic / weight-only): --calib and --min-cosine are not used")
+        log("caption variants are data-free (dynamic / weight-only INT8, fp16, bf16): --calib and --min-cosine are not used")
     comps = selected_components(bundle, cfg)
-    return add_int8(bundle.root, backends=[cfg.backend], components=tuple(comps), threads=cfg.threads, log=log)
+    return add_variants(bundle.root, cfg.precision, backends=[cfg.backend], components=tuple(comps),
+                        threads=cfg.threads, log=log)
 
 
 def check_config(cfg: QuantConfig) -> None:

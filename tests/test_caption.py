@@ -404,36 +404,40 @@ def test_caption_shapes_beam_search_like_pytorch(shapes_bundle, backend):
         assert _same(pipe.generate_ids(px, num_beams=kw["num_beams"], **extra), ref), kw
 
 
+QUANTIZED = [("onnxruntime", "int8"), ("openvino", "int8"), ("onnxruntime", "fp16"), ("openvino", "fp16")]
+
+
 @pytest.fixture(scope="module")
-def shapes_int8(shapes_bundle, tmp_path_factory):
+def shapes_quantized(shapes_bundle, tmp_path_factory):
     from typer.testing import CliRunner
 
     from mmdeploy.cli import app
 
     dst = tmp_path_factory.mktemp("q") / "caption-shapes"
     shutil.copytree(shapes_bundle, dst)
-    for backend in BACKENDS:  # `mmdeploy quantize` routes caption bundles to their own INT8 recipes
-        r = CliRunner().invoke(app, ["quantize", str(dst), "--precision", "int8", "--backend", backend, "--threads", "2"])
+    for backend, precision in QUANTIZED:  # `mmdeploy quantize` routes caption bundles to their own recipes
+        r = CliRunner().invoke(app, ["quantize", str(dst), "--precision", precision, "--backend", backend, "--threads", "2"])
         assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(app, ["quantize", str(dst), "--precision", "fp16"])
-    assert r.exit_code == 2 and "caption bundles get int8" in r.output
+    r = CliRunner().invoke(app, ["quantize", str(dst), "--precision", "bf16", "--backend", "onnxruntime"])
+    assert r.exit_code == 2 and "onnxruntime/bf16 is not built for them" in r.output
     return dst
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_caption_shapes_int8_within_two_points_of_fp32(shapes_int8, backend):
+@pytest.mark.parametrize("backend,precision", QUANTIZED)
+def test_caption_shapes_quantized_within_two_points_of_fp32(shapes_quantized, backend, precision):
+    """INT8 (dynamic / weight-only) and fp16: exact-match captions within 2 points of fp32."""
     samples = shapes.generate("test", SHAPES_N)
     images = [s.image for s in samples]
     scores = {}
-    for precision in ("fp32", "int8"):
-        pipe = load(shapes_int8, backend=backend, precision=precision, threads=2)
+    for p in ("fp32", precision):
+        pipe = load(shapes_quantized, backend=backend, precision=p, threads=2)
         caps = pipe.caption(images, batch_size=50)
-        scores[precision] = np.mean([c == s.caption for c, s in zip(caps, samples)])
-    b = Bundle.open(shapes_int8)
-    for a in b.find(backend=backend, precision="int8"):
-        assert a.gate["passed"] and a.recipe["weights"].startswith("int8"), a
-    assert scores["int8"] >= scores["fp32"] - 0.02, scores
+        scores[p] = np.mean([c == s.caption for c, s in zip(caps, samples)])
+    b = Bundle.open(shapes_quantized)
+    for a in b.find(backend=backend, precision=precision):
+        assert a.gate["passed"] and a.recipe["weights"].startswith(precision), a
+    assert scores[precision] >= scores["fp32"] - 0.02, scores
 
 
 @pytest.mark.slow

@@ -60,3 +60,31 @@ def test_random_twin_is_deterministic_and_has_the_real_shape():
     assert state_sha256(a.model) == a.source["weights_sha256"]
     b = resolve("clip-vit-b32", random_weights=True)
     assert b.source["weights_sha256"] == a.source["weights_sha256"]
+
+
+# transformers documents each default config as one hub checkpoint's architecture (GitConfig():
+# microsoft/git-base; ViTConfig(): google/vit-base-patch16-224; GPT2Config(): gpt2; Blip*Config():
+# Salesforce/blip-*-base): an offline cross-check of the shape keys of the inline twin configs
+SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+              "max_position_embeddings", "image_size", "patch_size", "num_channels", "encoder_hidden_size",
+              "n_embd", "n_layer", "n_head", "n_positions", "hidden_act", "activation_function", "qkv_bias",
+              "layer_norm_eps", "layer_norm_epsilon")
+# BLIP's text decoder is BERT-base (12 heads of 64); BlipTextConfig's default of 8 heads is not the checkpoint's
+KNOWN_DEVIATIONS = {("blip-base", "text_config", "num_attention_heads"): 12}
+
+
+@pytest.mark.parametrize("name,sub,cls", [
+    ("vit-gpt2", "encoder", "ViTConfig"), ("vit-gpt2", "decoder", "GPT2Config"),
+    ("blip-base", "text_config", "BlipTextConfig"), ("blip-base", "vision_config", "BlipVisionConfig"),
+    ("git-base", None, "GitConfig"), ("git-base", "vision_config", "GitVisionConfig"),
+])
+def test_caption_twin_configs_have_the_hub_architectures(name, sub, cls):
+    transformers = pytest.importorskip("transformers")
+    cfg = registry()[name]["config"]
+    cfg = cfg if sub is None else cfg[sub]
+    ref = getattr(transformers, cls)()
+    checked = [k for k in SHAPE_KEYS if k in cfg and hasattr(ref, k)]
+    assert len(checked) >= 6, checked
+    for k in checked:
+        want = KNOWN_DEVIATIONS.get((name, sub, k), getattr(ref, k))
+        assert cfg[k] == want, (name, sub, k, cfg[k], want)
