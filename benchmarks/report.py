@@ -59,8 +59,9 @@ def accuracy_table(report: dict[str, Any]):
     acc = report.get("accuracy") or []
     if not acc:
         return None
-    ref = next((a["value"] for a in acc if a["backend"] == "pytorch"), None)
-    teacher = next((a["value"] for a in acc if a["backend"] == "teacher"), None)
+    # references per task: a bundle can report several (caption exact match and BLEU-4)
+    ref = {a["task"]: a["value"] for a in acc if a["backend"] == "pytorch"}
+    teacher = {a["task"]: a["value"] for a in acc if a["backend"] == "teacher"}
     t = Table(title=f"task accuracy on {report['config']['data']}")
     cols = ("backend", "precision", "task", "n", "value", "vs PyTorch") + (("kept of teacher",) if teacher else ())
     for col in cols:
@@ -70,10 +71,12 @@ def accuracy_table(report: dict[str, Any]):
             value, delta = f"{a['value']:.4f} (vs grades {a['vs_grades']:.3f})", "-"
         else:
             value = f"{a['value']:.2%}"
-            delta = "-" if ref is None or a["backend"] in ("pytorch", "teacher") else f"{(a['value'] - ref) * 100:+.1f} pt"
+            r = ref.get(a["task"])
+            delta = "-" if r is None or a["backend"] in ("pytorch", "teacher") else f"{(a['value'] - r) * 100:+.1f} pt"
         cells = [a["backend"], a["precision"], a["task"], str(a["n"]), value, delta]
         if teacher:
-            cells.append("-" if a["backend"] == "teacher" else f"{a['value'] / teacher:.1%}")
+            tv = teacher.get(a["task"])
+            cells.append("-" if a["backend"] == "teacher" or not tv else f"{a['value'] / tv:.1%}")
         t.add_row(*cells)
     return t
 

@@ -150,3 +150,20 @@ def test_odd_image_modes_work_end_to_end(tmp_path, clip_bundle):
 def test_debug_shows_traceback(tmp_path):
     r = runner.invoke(app, ["--debug", "export", str(tmp_path / "nope"), "-o", str(tmp_path / "o")])
     assert r.exit_code != 0 and r.exception is not None
+
+
+def test_accuracy_table_compares_each_task_with_its_own_reference():
+    """Caption bundles report two tasks: each row's delta is against PyTorch on the same task."""
+    from rich.console import Console
+
+    from mmdeploy.benchmarks.report import accuracy_table
+
+    rows = [("pytorch", "caption exact match", 0.825), ("pytorch", "caption BLEU-4", 0.9213),
+            ("onnxruntime", "caption exact match", 0.82), ("onnxruntime", "caption BLEU-4", 0.9191)]
+    report = {"config": {"data": "shapes/test"},
+              "accuracy": [{"backend": b, "precision": "fp32" if b == "pytorch" else "int8", "task": t, "n": 200, "value": v}
+                           for b, t, v in rows]}
+    console = Console(width=120, record=True)
+    console.print(accuracy_table(report))
+    text = console.export_text()
+    assert "-0.5 pt" in text and "-0.2 pt" in text and "+9" not in text, text
