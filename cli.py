@@ -89,7 +89,7 @@ def export(
     source: str = typer.Argument(..., help="models.yaml name (see `mmdeploy models`) or a local Hugging Face checkpoint folder."),
     output: Path = typer.Option(..., "-o", "--output", help="Bundle directory to write (replaced atomically if it exists)."),
     backend: str = typer.Option("onnxruntime,openvino", help="Comma-separated backends: onnxruntime, openvino."),
-    precision: str = typer.Option("fp32", help="Comma-separated precisions: fp32, bf16 (openvino), int8, fp16 (int8/fp16 run `quantize` in the same atomic step)."),
+    precision: str = typer.Option("fp32", help="Comma-separated precisions: fp32, bf16 (openvino), int8, fp16, int4 (captioners, onnxruntime) (int8/fp16/int4 run `quantize` in the same atomic step)."),
     target: str = typer.Option("cpu", help="Where the bundle will run: cpu (gpu/jetson: see TensorRT)."),
     calib: Optional[str] = typer.Option(None, help="INT8 calibration data (image folder, text file, 'shapes', 'photos'); without it ORT INT8 is dynamic."),
     method: str = typer.Option("minmax", help="INT8 calibration method: minmax, entropy, percentile."),
@@ -183,7 +183,7 @@ def bench(
 @user_errors
 def quantize(
     bundle: Path = typer.Argument(..., help="Bundle directory (gets the new variant; the rest is kept)."),
-    precision: str = typer.Option(..., help="int8, fp16 or bf16."),
+    precision: str = typer.Option(..., help="int8, fp16 or bf16; int4 for caption bundles (onnxruntime: int4 decoder, int8 encoder)."),
     backend: str = typer.Option("onnxruntime", help="onnxruntime (Q/DQ or dynamic INT8, fp16) or openvino (NNCF INT8, bf16, fp16)."),
     mode: str = typer.Option("static", help="INT8 on onnxruntime: static (calibrated Q/DQ) or dynamic (no data)."),
     calib: Optional[str] = typer.Option(None, help="Calibration data: an image folder, a text file (one caption a line), 'shapes' or 'photos'."),
@@ -196,8 +196,8 @@ def quantize(
 ):
     """Add a quantized variant to a bundle, with its fidelity vs fp32 on held-out inputs.
 
-    Caption bundles need no data: INT8 is dynamic (onnxruntime) or weight-only (openvino); fp16 and
-    openvino bf16 convert the fp32 graphs."""
+    Caption bundles need no data: INT8 is dynamic (onnxruntime) or weight-only (openvino), int4 is
+    weight-only for the decoder (onnxruntime); fp16 and openvino bf16 convert the fp32 graphs."""
     from .exporter.quantize import QuantConfig
     from .exporter.quantize import quantize as run_quantize
 

@@ -47,7 +47,7 @@ def family_exporter(ckpt: Checkpoint):
 
 
 # precisions that `quantize` adds after the fp32 graph exists (export runs it in the same go)
-POST_EXPORT = ("int8", "fp16")
+POST_EXPORT = ("int8", "fp16", "int4")
 
 
 def plan_variants(backends: list[str], precisions: list[str]) -> list[tuple[str, str]]:
@@ -296,14 +296,23 @@ def _export_then_quantize(source, out: Path, backends, precisions, post, kw, cal
         check_config(jobs[-1])
         post = [p for p in post if p != "int8"]
     for precision in post:
+        fits, refused = [], []
         for backend in backends:
             cfg = QuantConfig(
                 precision=precision, backend=backend, calib=calib, method=method, min_cosine=min_cosine,
                 mode="static" if calib or precision != "int8" or backend != "onnxruntime" else "dynamic",
                 threads=kw["threads"],
             )
-            check(cfg)  # bad flags fail before any work
-            jobs.append(cfg)
+            try:
+                check(cfg)  # bad flags fail before any work
+                fits.append(cfg)
+            except BackendError as exc:  # e.g. int4 on openvino: the backends that build it get it
+                refused.append(exc)
+        if not fits:
+            raise refused[0]
+        for exc in refused:
+            kw["log"](f"{precision}: {exc}; skipped for that backend")
+        jobs += fits
     tmp = out.absolute().parent / f".{out.name}.export-{uuid.uuid4().hex[:8]}"
     try:
         export(source, tmp, backends, precisions, **kw)

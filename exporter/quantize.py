@@ -294,7 +294,7 @@ def check_config(cfg: QuantConfig) -> None:
     if cfg.exclude is None:
         cfg.exclude = list(DEFAULT_EXCLUDE) if cfg.precision == "int8" and cfg.mode == "static" else []
     if cfg.precision not in GATES:
-        raise InputError(f"--precision {cfg.precision!r}: choose from {', '.join(GATES)}")
+        raise InputError(f"--precision {cfg.precision!r}: choose from {', '.join(GATES)} (int4: caption bundles only)")
     if cfg.mode not in MODES:
         raise InputError(f"--mode {cfg.mode!r}: choose from {', '.join(MODES)}")
     if cfg.method not in METHODS:

@@ -13,6 +13,7 @@ from .session import Session, backend_module
 PREFERENCE = [
     ("tensorrt", "int8"),
     ("tensorrt", "fp16"),
+    ("onnxruntime", "int4"),  # captioners only: int4 decoder, int8 encoder
     ("openvino", "int8"),
     ("onnxruntime", "int8"),
     ("openvino", "bf16"),

@@ -23,7 +23,7 @@ BACKENDS = {
     "openvino": "mmdeploy.runtimes.openvino",
     "tensorrt": "mmdeploy.runtimes.tensorrt",
 }
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")  # int4: captioners' decoders (weight-only)
 
 
 @dataclass(frozen=True)

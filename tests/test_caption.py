@@ -404,7 +404,7 @@ def test_caption_shapes_beam_search_like_pytorch(shapes_bundle, backend):
         assert _same(pipe.generate_ids(px, num_beams=kw["num_beams"], **extra), ref), kw
 
 
-QUANTIZED = [("onnxruntime", "int8"), ("openvino", "int8"), ("onnxruntime", "fp16"), ("openvino", "fp16")]
+QUANTIZED = [("onnxruntime", "int8"), ("openvino", "int8"), ("onnxruntime", "int4"), ("onnxruntime", "fp16"), ("openvino", "fp16")]
 
 
 @pytest.fixture(scope="module")
@@ -420,13 +420,31 @@ def shapes_quantized(shapes_bundle, tmp_path_factory):
         assert r.exit_code == 0, r.output
     r = CliRunner().invoke(app, ["quantize", str(dst), "--precision", "bf16", "--backend", "onnxruntime"])
     assert r.exit_code == 2 and "onnxruntime/bf16 is not built for them" in r.output
+    r = CliRunner().invoke(app, ["quantize", str(dst), "--precision", "int4", "--backend", "openvino"])
+    assert r.exit_code == 2 and "openvino/int4 is not built for them" in r.output
     return dst
+
+
+def test_export_int4_goes_to_the_backends_that_build_it(tiny_bundles, tmp_path):
+    """`export --precision fp32,int4` on both backends: int4 for onnxruntime (decoder int4, encoder
+    INT8), skipped with a message for openvino; the int4 variant generates."""
+    from mmdeploy.exporter.export import export
+
+    logs: list[str] = []
+    out = export(str(tiny_bundles["vit-gpt2"][0]), tmp_path / "b", backends=BACKENDS, precisions=["fp32", "int4"],
+                 threads=2, log=logs.append)
+    assert {(a.component, a.backend) for a in out.find(precision="int4")} == {("encoder", "onnxruntime"), ("decoder", "onnxruntime")}
+    assert any("openvino/int4 is not built" in line for line in logs), logs
+    dec = out.find("decoder", "onnxruntime", "int4")[0]
+    assert dec.recipe["weights"].startswith("int4") and dec.path.endswith("decoder.int4.onnx")
+    pipe = load(out, backend="onnxruntime", precision="int4", threads=2)
+    assert len(pipe.generate_ids(_pixels(pipe, 2), max_new_tokens=4)) == 2
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend,precision", QUANTIZED)
 def test_caption_shapes_quantized_within_two_points_of_fp32(shapes_quantized, backend, precision):
-    """INT8 (dynamic / weight-only) and fp16: exact-match captions within 2 points of fp32."""
+    """INT8 (dynamic / weight-only), int4 (decoder) and fp16: exact-match captions within 2 points of fp32."""
     samples = shapes.generate("test", SHAPES_N)
     images = [s.image for s in samples]
     scores = {}
@@ -436,7 +454,8 @@ def test_caption_shapes_quantized_within_two_points_of_fp32(shapes_quantized, ba
         scores[p] = np.mean([c == s.caption for c, s in zip(caps, samples)])
     b = Bundle.open(shapes_quantized)
     for a in b.find(backend=backend, precision=precision):
-        assert a.gate["passed"] and a.recipe["weights"].startswith(precision), a
+        weights = "int8" if precision == "int4" and a.component == "encoder" else precision  # int4: decoder only
+        assert a.gate["passed"] and a.recipe["weights"].startswith(weights), a
     assert scores[precision] >= scores["fp32"] - 0.02, scores
 
 
