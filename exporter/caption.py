@@ -788,8 +788,8 @@ def _gemm_to_matmul(model) -> int:
     return n
 
 
-def _int8_eval_feeds(bundle, threads) -> dict[str, list[dict[str, np.ndarray]]]:
-    """Held-out inputs for the fidelity of an INT8 component: real photos through the fp32 graphs
+def _variant_eval_feeds(bundle, threads) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Held-out inputs for the fidelity of a quantized or converted component: real photos through the fp32 graphs
     (encoder pixels; decoder first step and a mid-caption step)."""
     from ..benchmarks.bench import _decoder_step_feeds
     from ..benchmarks.datasets.photos import photo_batch
@@ -920,7 +920,7 @@ def add_variants(bundle_path, precision: str = "int8", backends=("onnxruntime", 
         raise CheckpointError(f"{bundle.root} is a {bundle.family} bundle: add_variants is for caption bundles")
     for backend in backends:
         check_caption_variant(backend, precision)
-    feeds = _int8_eval_feeds(bundle, threads)
+    feeds = _variant_eval_feeds(bundle, threads)
     ort_mod = backend_module("onnxruntime")
     with BundleWriter(bundle.root, base=bundle) as w:
         for comp in components:
