@@ -460,6 +460,19 @@ def test_caption_shapes_quantized_within_two_points_of_fp32(shapes_quantized, ba
 
 
 @pytest.mark.slow
+def test_step_bandwidth_counts_a_lookup_table_once(shapes_quantized):
+    """The fp32 decoder's tied embedding is read by the LM head every step (counted); the INT8
+    graph's fp32 copy kept only for the lookup is not (one row a step)."""
+    from mmdeploy.benchmarks.bench import gather_only_bytes
+
+    b = Bundle.open(shapes_quantized)
+    fp32 = gather_only_bytes(b.path(b.components["decoder"]["onnx"]))
+    int8 = gather_only_bytes(b.path(b.find("decoder", "onnxruntime", "int8")[0].path))
+    table = 344 * 96 * 4  # caption-shapes: vocabulary x width, fp32
+    assert int8 >= fp32 + table, (fp32, int8)
+
+
+@pytest.mark.slow
 def test_caption_shapes_openvino_bf16_within_two_points_of_fp32(tmp_path):
     from mmdeploy.exporter.export import export
     from mmdeploy.runtimes.openvino import cpu_supports
