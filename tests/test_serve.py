@@ -26,6 +26,7 @@ from PIL import Image
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
+pytest.importorskip("orjson")
 httpx = pytest.importorskip("httpx")
 
 from mmdeploy.benchmarks.datasets import shapes  # noqa: E402
@@ -156,17 +157,22 @@ def test_openai_client_embeddings_match_runtime(served, clip_ref, images):
     inputs = [texts[0], urls[0], texts[1], urls[1], bare_b64]
     want = [clip_ref.embed_texts([texts[0]])[0], clip_ref.embed_images([urls[0]])[0], clip_ref.embed_texts([texts[1]])[0],
             clip_ref.embed_images([urls[1]])[0], clip_ref.embed_images([png(images[2])])[0]]
+    got = {}
     for fmt in ("float", "base64", None):
         kw = {} if fmt is None else {"encoding_format": fmt}
         r = oai.embeddings.create(model="clip", input=inputs, **kw)
         assert [d.index for d in r.data] == list(range(len(inputs)))
+        got[fmt] = []
         for d, w in zip(r.data, want):
             e = d.embedding
             v = np.frombuffer(base64.b64decode(e), "<f4") if isinstance(e, str) else np.asarray(e, np.float32)
             assert v.shape == w.shape and cos(v, w) >= 0.9999, fmt
+            got[fmt].append(v)
         n_tokens = sum(min(n, clip_ref.tokenizer.max_length) for n in clip_ref.tokenizer.count_tokens(texts))
         assert r.usage.prompt_tokens == r.usage.total_tokens == n_tokens
         assert r.model == "clip"
+    # float JSON carries float32's shortest repr: parsed back, bit-identical to the base64 bytes
+    assert all((a == b).all() for a, b in zip(got["float"], got["base64"]))
     one = oai.embeddings.create(model="clip", input="a red circle", encoding_format="float")
     assert len(one.data) == 1 and cos(one.data[0].embedding, want[0]) >= 0.9999
     # dimensions: truncated and renormalised
