@@ -302,7 +302,7 @@ def _print_info(b) -> None:
         outs = ", ".join(f"{o['name']}{o['shape']}" for o in _fold_layers(comp["outputs"]))
         c.print(f"  {name}: {ins} -> {outs}")
     t = Table("component", "backend", "precision", "file", "MB", "cosine min", "cosine mean", "max|diff|", "gate",
-              caption="fp32/bf16: vs PyTorch at export; quantized: vs fp32 on held-out inputs. INT8 is gated on the mean cosine.")
+              caption="fp32/bf16: vs PyTorch at export; quantized: vs fp32 on held-out inputs. gate: on the min (worst) or mean cosine, as named.")
     nan = float("nan")
     for a in b.artifacts:
         size = sum(m["files"][f]["bytes"] for f in a.files) / 1e6
