@@ -447,8 +447,9 @@ def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default
             pixels_cache[b] = base.pixel_values(data.image_batch(b))
         return pixels_cache[b]
 
-    def weights_bytes(backend: str, precision: str, comp: str) -> int:
-        a = bundle.find(comp, backend, precision)[0]
+    def decoder_weight_bytes(backend: str, precision: str) -> int:
+        """Weight bytes a decoder step reads (parses the graph: once per variant)."""
+        a = bundle.find("decoder", backend, precision)[0]
         total = sum(bundle.manifest["files"][f]["bytes"] for f in a.files if not f.endswith(".xml"))
         return total - gather_only_bytes(bundle.path(a.path)) if a.path.endswith(".onnx") else total
 
@@ -482,6 +483,7 @@ def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default
         backend, precision = v
         if progress:
             progress.update(task, description=f"caption {backend}/{precision}")
+        weight_bytes = decoder_weight_bytes(backend, precision)
         for b in cfg.batches:
             px = {"pixel_values": pixels(b)}
             enc_s = pipe.sessions["encoder"]
@@ -498,7 +500,7 @@ def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default
             st = percentiles(time_session(lambda: dec_s.run(feeds), cfg.runs, cfg.warmup, tick))
             row = _row("decoder", backend, precision, b, st, ref_p50.get(("decoder", b)), fid, default == v)
             kv_bytes = sum(a.nbytes for k, a in feeds.items() if k.startswith(("past.", "cross.")))
-            moved = weights_bytes(backend, precision, "decoder") + kv_bytes
+            moved = weight_bytes + kv_bytes
             row.update(past_length=int(feeds["past.0.key"].shape[2]), bytes_per_step=int(moved),
                        GB_per_s=round(moved / (st["p50_ms"] / 1000) / 1e9, 2))
             rows.append(row)

@@ -845,12 +845,12 @@ INT4_BLOCK = 32
 
 def _ort_int4(onnx, src: Path, w, comp: str) -> tuple[list[str], dict, dict]:
     if comp != "decoder":
+        why = "int4 MatMulNBits measured 2.7x slower than dynamic INT8 on encoder GEMMs"
         rel = f"onnxruntime/{comp}.int8.onnx"
         if rel in w.files:  # the int8 variant's graph: the same recipe, stored once
-            return [rel], {}, {"weights": "int8 (the int8 variant's dynamic INT8 graph)",
-                               "note": "int4 MatMulNBits measured 2.7x slower than dynamic INT8 on encoder GEMMs"}
+            return [rel], {}, {"weights": "int8 (the int8 variant's dynamic INT8 graph)", "note": why}
         files, runtime, recipe = _ort_int8(onnx, src, w, comp)
-        return files, runtime, dict(recipe, note="int4 MatMulNBits measured 2.7x slower than dynamic INT8 on encoder GEMMs")
+        return files, runtime, dict(recipe, note=why)
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = onnx.load(str(src))

@@ -284,7 +284,7 @@ def _quantize_caption(bundle: Bundle, cfg: QuantConfig, log: Callable[[str], Non
     if (why := backend_module(cfg.backend).available()) is not None:
         raise BackendError(why)
     if cfg.calib or cfg.min_cosine:
-        log("caption variants are data-free (dynamic / weight-only INT8, fp16, bf16): --calib and --min-cosine are not used")
+        log("caption variants are data-free (dynamic / weight-only INT8, int4, fp16, bf16): --calib and --min-cosine are not used")
     comps = selected_components(bundle, cfg)
     return add_variants(bundle.root, cfg.precision, backends=[cfg.backend], components=tuple(comps),
                         threads=cfg.threads, log=log)
