@@ -29,6 +29,10 @@ class BundleError(MMDeployError):
     """Bundle missing, corrupt, tampered or of an unknown schema."""
 
 
+class BundleConfigError(BundleError, ValueError):
+    """A bundle's preprocess / tokenizer settings are invalid (a ValueError too, for callers of the classes)."""
+
+
 class ExportError(MMDeployError):
     """Export failed, or the exported graph does not match PyTorch."""
 

@@ -44,7 +44,7 @@ def spearman(a, b) -> float:
 
 def pair_cosines(run_text: Run, inputs) -> np.ndarray:
     """Cosine of every graded sentence pair (benchmarks/datasets/sentences.PAIRS)."""
-    from .datasets.sentences import PAIRS, pair_sentences
+    from ..common.datasets.sentences import PAIRS, pair_sentences
 
     texts = pair_sentences()
     emb = _normalize(np.concatenate([run_text(inputs.texts(texts[i : i + 32])) for i in range(0, len(texts), 32)]))
@@ -54,7 +54,7 @@ def pair_cosines(run_text: Run, inputs) -> np.ndarray:
 
 def pair_ranking(cosines: np.ndarray, reference: np.ndarray | None) -> dict:
     """Spearman of pair cosines vs the PyTorch reference's (None: vs the hand grades)."""
-    from .datasets.sentences import PAIRS
+    from ..common.datasets.sentences import PAIRS
 
     grades = np.array([g for *_, g in PAIRS])
     vs = reference if reference is not None else grades

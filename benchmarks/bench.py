@@ -11,11 +11,12 @@ import numpy as np
 
 from ..errors import InputError, MMDeployError
 from ..runtimes.bundle import Bundle
+from ..runtimes.feeds import BundleFeeds
 from ..runtimes.select import open_session, select_variant
 from ..runtimes.session import backend_module
-from .env import environment
-from .datasets import DataSet, open_dataset
-from .metrics import compare
+from ..common.env import environment
+from ..common.datasets import DataSet, open_dataset
+from ..common.fidelity import compare
 
 
 @dataclass
@@ -52,41 +53,6 @@ def time_session(run: Callable[[], Any], runs: int, warmup: int, tick: Callable[
         times.append((time.perf_counter() - t) * 1000)
         tick()
     return times
-
-
-class Inputs:
-    """Real inputs per component and batch, built with the runtime's own pre-processing."""
-
-    def __init__(self, bundle: Bundle, data: DataSet):
-        from ..runtimes.preprocess import ImagePreprocessor
-        from ..runtimes.tokenize import TextTokenizer
-
-        self.bundle, self.data = bundle, data
-        m = bundle.manifest
-        # components named "vision" take images; "text" take token ids (every family so far)
-        unknown = set(bundle.components) - {"vision", "text"}
-        if unknown:
-            raise InputError(f"bench does not know how to feed components {sorted(unknown)} yet")
-        self.preprocess = ImagePreprocessor.from_config(m["preprocess"]["config"]) if "preprocess" in m else None
-        self.tokenizer = TextTokenizer.from_file(
-            bundle.path(m["tokenizer"]["file"]), max_length=m["tokenizer"]["max_length"], pad_id=m["tokenizer"].get("pad_id")
-        )
-        self._cache: dict[tuple[str, int], dict[str, np.ndarray]] = {}
-
-    def images(self, images: list) -> dict[str, np.ndarray]:
-        return {"pixel_values": self.preprocess(images)}
-
-    def texts(self, texts: list[str]) -> dict[str, np.ndarray]:
-        return self.tokenizer(texts)
-
-    def feeds(self, component: str, batch: int) -> dict[str, np.ndarray]:
-        key = (component, batch)
-        if key not in self._cache:
-            if component == "vision":
-                self._cache[key] = self.images(self.data.image_batch(batch))
-            else:
-                self._cache[key] = self.texts(self.data.text_batch(batch))
-        return self._cache[key]
 
 
 def default_data(bundle: Bundle) -> DataSet:
@@ -162,7 +128,7 @@ def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progr
             except MMDeployError:
                 data = open_dataset("shapes")
         return caption_bench(bundle, arts, cfg, data, default, log, progress)
-    inputs = Inputs(bundle, data)
+    inputs = BundleFeeds(bundle, data)
     ref = pytorch_reference(bundle, log) if cfg.pytorch else None
     teacher = teacher_reference(bundle, log) if cfg.pytorch else None
 
@@ -240,7 +206,7 @@ def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progr
     }
 
 
-def _time_torch(fam, name: str, comp: str, out_name: str, inputs: Inputs, cfg: BenchConfig, progress, task, tick):
+def _time_torch(fam, name: str, comp: str, out_name: str, inputs: BundleFeeds, cfg: BenchConfig, progress, task, tick):
     """A PyTorch reference (`fam`, or None) on every batch: ({batch: output}, {batch: latency stats})."""
     outs: dict[int, np.ndarray] = {}
     stats: dict[int, dict[str, float]] = {}
@@ -283,7 +249,7 @@ def record_latency(bundle: Bundle, rows: list[dict[str, Any]], log) -> None:
     write_measured(bundle, table, log)
 
 
-def task_accuracy(bundle, arts, inputs: Inputs, data: DataSet, ref, threads, log, teacher=None) -> list[dict[str, Any]]:
+def task_accuracy(bundle, arts, inputs: BundleFeeds, data: DataSet, ref, threads, log, teacher=None) -> list[dict[str, Any]]:
     """Zero-shot top-1 per (backend, precision) that has both CLIP towers, for PyTorch, and for the teacher."""
     if bundle.family != "clip" or not data.class_names:
         return []
@@ -312,7 +278,7 @@ def task_accuracy(bundle, arts, inputs: Inputs, data: DataSet, ref, threads, log
     return out
 
 
-def pair_accuracy(bundle, arts, inputs: Inputs, ref, threads, log) -> list[dict[str, Any]]:
+def pair_accuracy(bundle, arts, inputs: BundleFeeds, ref, threads, log) -> list[dict[str, Any]]:
     """Text embeddings: how each variant ranks the graded sentence pairs, vs PyTorch (and the grades)."""
     from .accuracy import pair_cosines, pair_ranking
 
@@ -376,29 +342,6 @@ def corpus_bleu(hyps: list[str], refs: list[str], n: int = 4) -> float:
     return bp * math.exp(logp)
 
 
-def _decoder_step_feeds(pipe, pixels: np.ndarray, steps: int = 8) -> dict[str, np.ndarray]:
-    """Decoder inputs of a mid-caption step on real images: the prompt, then `steps` greedy
-    tokens through the variant's own graphs (plain Session.run), returning the next step's feeds."""
-    info = pipe.info
-    b = len(pixels)
-    kv = pipe.encode(pixels)
-    names = [f"past.{i}.{x}" for i in range(int(info["num_layers"])) for x in ("key", "value")]
-    if info["cross_attention"]:
-        cross, past = kv, {n: np.zeros((b, info["num_heads"], 0, info["head_dim"]), np.float32) for n in names}
-    else:
-        cross, past = {}, dict(kv)
-    start = list(pipe.generation.start_ids)
-    ids = np.tile(np.asarray(start, np.int64), (b, 1))
-    pos = np.tile(np.arange(len(start), dtype=np.int64), (b, 1))
-    dec = pipe.sessions["decoder"]
-    for _ in range(steps):
-        out = dec.run({"input_ids": ids, "position_ids": pos, **past, **cross})
-        past = {n: out[n.replace("past", "present")] for n in names}
-        ids = out["logits"].argmax(-1)[:, None].astype(np.int64)
-        pos = pos[:, -1:] + 1
-    return {"input_ids": ids, "position_ids": pos, **past, **cross}
-
-
 def _new_tokens(ids_list, prompt_len: int, eos: list[int]) -> int:
     n = 0
     for ids in ids_list:
@@ -417,7 +360,7 @@ def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default
     the GB/s that achieves), `generate` (whole captions: ms per caption, tokens/s, speedup vs PyTorch
     ``generate`` with the same settings, tokens_match_pytorch). With labelled captions
     (``--data shapes``): exact match and BLEU-4 per variant and for PyTorch."""
-    from ..runtimes.caption import CaptionPipeline
+    from ..runtimes.caption import CaptionPipeline, decoder_step_feeds
 
     ref = pytorch_reference(bundle, log) if cfg.pytorch else None
     variants = sorted({(a.backend, a.precision) for a in arts
@@ -453,7 +396,7 @@ def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default
         total = sum(bundle.manifest["files"][f]["bytes"] for f in a.files if not f.endswith(".xml"))
         return total - gather_only_bytes(bundle.path(a.path)) if a.path.endswith(".onnx") else total
 
-    step_feeds = {b: _decoder_step_feeds(base, pixels(b)) for b in cfg.batches}
+    step_feeds = {b: decoder_step_feeds(base, pixels(b)) for b in cfg.batches}
     if ref is not None:
         from ..exporter.reference import TorchSession
 
@@ -530,7 +473,7 @@ def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default
 def _worst(ref: dict | None, out: dict) -> dict | None:
     if ref is None:
         return None
-    from .metrics import compare
+    from ..common.fidelity import compare
 
     worst = None
     for k, r in ref.items():

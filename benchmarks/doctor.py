@@ -6,7 +6,7 @@ import importlib
 import shutil
 import subprocess
 
-from .env import cpu_info
+from ..common.env import cpu_info
 
 EXTRAS = (("torch", "export"), ("transformers", "export"), ("onnx", "export"), ("nncf", "openvino"),
           ("fastapi", "serve"), ("uvicorn", "serve"), ("prometheus_client", "serve"), ("orjson", "serve"))

@@ -94,7 +94,7 @@ class LoadReport:
 
 
 def image_payloads(n: int, image_size: int = 64) -> list[str]:
-    from .datasets import shapes
+    from ..common.datasets import shapes
 
     out = []
     for s in shapes.generate("test", n, image_size=image_size):
@@ -105,7 +105,7 @@ def image_payloads(n: int, image_size: int = 64) -> list[str]:
 
 
 def text_payloads(n: int) -> list[str]:
-    from .datasets import sentences
+    from ..common.datasets import sentences
 
     return sentences.sentence_batch(n)
 

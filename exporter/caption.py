@@ -25,10 +25,7 @@ from it) and flattened on the way out. Tied input / output embeddings are stored
 
 from __future__ import annotations
 
-import contextlib
-import io
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,6 +34,7 @@ import numpy as np
 from ..errors import BackendError, CheckpointError, ExportError, UnsupportedModelError, require
 from ..runtimes.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocessor
 from .checkpoint import Checkpoint
+from .graph import dedupe_initializers, export_dynamo, export_onnx, externalize_weights, gemm_to_matmul, quiet
 
 torch = require("torch", "export")
 
@@ -139,82 +137,6 @@ def load_tokenizer(ckpt: Checkpoint, add_special: list[str] = ()):
     if missing:
         tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
     return tok, path
-
-
-# -- graph helpers -------------------------------------------------------------------------
-
-
-def dedupe_initializers(path: Path) -> dict[str, int]:
-    """Store each weight once: identical initializers are merged, and an initializer that is
-    the transpose of another (a tied lm_head folded to (hidden, vocab) next to the (vocab,
-    hidden) embedding table) becomes a Transpose node of it (backends fold it at load)."""
-    onnx = require("onnx", "export")
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path))
-    g = model.graph
-    inits = list(g.initializer)
-    arrays = {i.name: numpy_helper.to_array(i) for i in inits if int(np.prod(i.dims)) >= 4096}
-    by_key: dict[tuple, str] = {}
-    rename: dict[str, str] = {}
-    transposed: dict[str, str] = {}
-    import hashlib
-
-    digests = {}
-    for name, a in arrays.items():
-        key = (a.dtype.str, a.shape, hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest())
-        digests[name] = key
-        if key in by_key:
-            rename[name] = by_key[key]
-        else:
-            by_key[key] = name
-    for name, a in arrays.items():
-        if name in rename or a.ndim != 2:
-            continue
-        t = np.ascontiguousarray(a.T)
-        key = (t.dtype.str, t.shape, hashlib.sha1(t.tobytes()).hexdigest())
-        other = by_key.get(key)
-        if other is not None and other != name and other not in transposed and name not in transposed.values():
-            transposed[name] = other
-    if not rename and not transposed:
-        return {"merged": 0, "transposed": 0}
-    keep = [i for i in inits if i.name not in rename and i.name not in transposed]
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    for n in g.node:
-        for k, inp in enumerate(n.input):
-            if inp in rename:
-                n.input[k] = rename[inp]
-    new_nodes = [
-        onnx.helper.make_node("Transpose", [src], [name], name=f"tied_transpose_{i}", perm=[1, 0])
-        for i, (name, src) in enumerate(transposed.items())
-    ]
-    for node in reversed(new_nodes):
-        g.node.insert(0, node)
-    onnx.save(model, str(path))
-    return {"merged": len(rename), "transposed": len(transposed)}
-
-
-def _quiet():
-    stack = contextlib.ExitStack()
-    stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
-    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
-    return stack
-
-
-def export_dynamo(module, args: tuple, input_names, output_names, dynamic_shapes, path: Path) -> None:
-    with _quiet(), torch.inference_mode(False), torch.no_grad():
-        try:
-            torch.onnx.export(
-                module, args, str(path), dynamo=True, dynamic_shapes=dynamic_shapes, input_names=input_names,
-                output_names=output_names, optimize=True, external_data=False,
-            )
-        except Exception as exc:  # torch.export raises many kinds
-            lines = [l.strip() for l in str(exc).splitlines() if l.strip()]
-            why = next((l for l in lines if l.startswith("<class")), lines[0] if lines else type(exc).__name__)
-            raise ExportError(f"exporting {path.stem} failed: {why}") from exc
 
 
 def _pairs(flat):
@@ -459,7 +381,6 @@ class CaptionFamily:
 
     def export_component(self, component: str, module, path: Path, log: Callable[[str], None] = lambda s: None) -> None:
         if component == "encoder":
-            from .export import export_onnx
 
             feeds = self.feeds("encoder", 2)
             axes = {"pixel_values": {0: "batch"}}
@@ -494,7 +415,7 @@ class CaptionFamily:
 
     def feeds(self, component: str, batch: int, data=None) -> dict[str, np.ndarray]:
         """Encoder: real photos (or a data set's images). Decoder: see parity_cases."""
-        from ..benchmarks.datasets.photos import photo_batch
+        from ..common.datasets.photos import photo_batch
 
         if component != "encoder":
             return self.parity_cases("decoder", batch)[0][1]
@@ -533,7 +454,7 @@ class CaptionFamily:
         return cases
 
     def parity_cases(self, component: str, batch: int = PARITY_IMAGES) -> list[tuple[str, dict[str, np.ndarray]]]:
-        from ..benchmarks.datasets.photos import photo_batch
+        from ..common.datasets.photos import photo_batch
 
         pixels = self.preprocess(photo_batch(batch))
         if component == "encoder":
@@ -582,7 +503,7 @@ class CaptionFamily:
         """Greedy captions of every complete (backend, precision) vs PyTorch generate, on real photos."""
         from dataclasses import asdict
 
-        from ..benchmarks.datasets.photos import photo_batch
+        from ..common.datasets.photos import photo_batch
         from ..runtimes.bundle import Bundle
         from ..runtimes.caption import CaptionPipeline
 
@@ -750,55 +671,17 @@ class GitFamily(CaptionFamily):
 # text; until it asks the family for feeds, caption bundles get their INT8 variants here.
 
 
-def _gemm_to_matmul(model) -> int:
-    """Gemm(A, W[, C]) with a constant W -> MatMul(A, W or W^T) [+ Add C], so ONNX Runtime's
-    dynamic quantizer (MatMul only) covers the projections the dynamo exporter emits as Gemm."""
-    from onnx import helper, numpy_helper
-
-    g = model.graph
-    inits = {i.name: i for i in g.initializer}
-    out, n = [], 0
-    for node in g.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
-                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
-            out.append(node)
-            continue
-        w = node.input[1]
-        if attrs.get("transB", 0):
-            t_name = f"{w}__T"
-            if t_name not in inits:
-                arr = np.ascontiguousarray(numpy_helper.to_array(inits[w]).T)
-                inits[t_name] = numpy_helper.from_array(arr, t_name)
-                g.initializer.append(inits[t_name])
-            w = t_name
-        if len(node.input) > 2 and node.input[2]:
-            mm = f"{node.output[0]}__mm"
-            out.append(helper.make_node("MatMul", [node.input[0], w], [mm], name=f"{node.name}_matmul"))
-            out.append(helper.make_node("Add", [mm, node.input[2]], list(node.output), name=f"{node.name}_bias"))
-        else:
-            out.append(helper.make_node("MatMul", [node.input[0], w], list(node.output), name=f"{node.name}_matmul"))
-        n += 1
-    del g.node[:]
-    g.node.extend(out)
-    used = {i for node in g.node for i in node.input}
-    keep = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    return n
-
-
 def _variant_eval_feeds(bundle, threads) -> dict[str, list[dict[str, np.ndarray]]]:
     """Held-out inputs for the fidelity of a quantized or converted component: real photos through the fp32 graphs
     (encoder pixels; decoder first step and a mid-caption step)."""
-    from ..benchmarks.bench import _decoder_step_feeds
-    from ..benchmarks.datasets.photos import photo_batch
+    from ..runtimes.caption import decoder_step_feeds
+    from ..common.datasets.photos import photo_batch
     from ..runtimes.caption import CaptionPipeline
 
     pipe = CaptionPipeline(bundle, "onnxruntime", "fp32", threads=threads)
     px = pipe.pixel_values(photo_batch(4))
     return {"encoder": [{"pixel_values": px}],
-            "decoder": [_decoder_step_feeds(pipe, px, steps=0), _decoder_step_feeds(pipe, px, steps=6)]}
+            "decoder": [decoder_step_feeds(pipe, px, steps=0), decoder_step_feeds(pipe, px, steps=6)]}
 
 
 # (backend, precision) -> what add_variants builds for a caption bundle, and its gate on the worst
@@ -825,11 +708,11 @@ def _ort_int8(onnx, src: Path, w, comp: str) -> tuple[list[str], dict, dict]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(src))
-    n_gemm = _gemm_to_matmul(model)
+    n_gemm = gemm_to_matmul(model)
     tmp = w.stage(f"onnxruntime/{comp}.prep.onnx")
     onnx.save(model, str(tmp))
     rel = f"onnxruntime/{comp}.int8.onnx"
-    with _quiet():
+    with quiet():
         quantize_dynamic(str(tmp), str(w.stage(rel)), per_channel=True, weight_type=QuantType.QInt8,
                          op_types_to_quantize=["MatMul"])
     tmp.unlink()
@@ -854,8 +737,8 @@ def _ort_int4(onnx, src: Path, w, comp: str) -> tuple[list[str], dict, dict]:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = onnx.load(str(src))
-    n_gemm = _gemm_to_matmul(model)
-    with _quiet():
+    n_gemm = gemm_to_matmul(model)
+    with quiet():
         q = MatMulNBitsQuantizer(model, bits=4, block_size=INT4_BLOCK, is_symmetric=True, accuracy_level=4)
         q.process()
     rel = f"onnxruntime/{comp}.int4.onnx"
@@ -869,10 +752,8 @@ def _ort_int4(onnx, src: Path, w, comp: str) -> tuple[list[str], dict, dict]:
 def _ort_fp16(onnx, src: Path, w, comp: str) -> tuple[list[str], dict, dict]:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from .export import externalize_weights
-
     rel = f"onnxruntime/{comp}.fp16.onnx"
-    with _quiet():
+    with quiet():
         m16 = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     onnx.save(m16, str(w.stage(rel)))
     data = externalize_weights(w.stage(rel))
@@ -897,7 +778,7 @@ def _ov_variant(src: Path, w, comp: str, precision: str) -> tuple[list[str], dic
     import logging
 
     logging.getLogger("nncf").setLevel(logging.WARNING)  # after import: nncf sets its own level
-    with _quiet():
+    with quiet():
         qm = nncf.compress_weights(ov.convert_model(str(src)), mode=nncf.CompressWeightsMode.INT8_ASYM)
     ov.save_model(qm, str(w.stage(rel)), compress_to_fp16=False)
     return [rel, rel[:-4] + ".bin"], {"INFERENCE_PRECISION_HINT": "f32"}, {
@@ -913,7 +794,7 @@ def add_variants(bundle_path, precision: str = "int8", backends=("onnxruntime", 
     onnx = require("onnx", "export")
     from ..runtimes.bundle import Artifact, Bundle, BundleWriter
     from ..runtimes.session import backend_module
-    from .export import compare_all
+    from ..common.fidelity import compare_all
 
     bundle = Bundle.open(bundle_path)
     if bundle.family != "caption":

@@ -95,7 +95,7 @@ class ClipFamily:
 
     def feeds(self, component: str, batch: int, data=None) -> dict[str, np.ndarray]:
         """Real inputs for parity / bench: photos and captions (or a data set's)."""
-        from ..benchmarks.datasets.photos import caption_batch, photo_batch
+        from ..common.datasets.photos import caption_batch, photo_batch
 
         if component == "vision":
             imgs = data.image_batch(batch) if data is not None else photo_batch(batch)

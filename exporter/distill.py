@@ -224,7 +224,7 @@ def _narrow(rest: str, value, t: Tower, j: int, mlp, sd, layer_prefix: str):
 
 def _training_data(cfg: DistillConfig):
     """(train DataSet, eval DataSet or None). shapes: train / test splits; a folder: every 10th image held out."""
-    from ..benchmarks.datasets import DataSet, open_dataset
+    from ..common.datasets import DataSet, open_dataset
 
     if cfg.data == "shapes":
         train = open_dataset("shapes", split="train", limit=cfg.samples or 24576)

@@ -3,30 +3,24 @@ each checked against PyTorch on real inputs before the bundle is swapped in."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
-from ..benchmarks.env import library_versions
-from ..benchmarks.metrics import compare
+from ..common.env import library_versions
+from ..common.fidelity import GATES, compare_all
 from ..errors import BackendError, ExportError, ParityError, require
 from ..runtimes.bundle import Artifact, Bundle, BundleWriter
 from ..runtimes.session import backend_module
 from .checkpoint import Checkpoint, resolve
+from .graph import OPSET, export_onnx, externalize_weights
 from .reference import TorchSession
 
 torch = require("torch", "export")
 
-# min cosine vs PyTorch for a variant to be eligible as a default
-GATES = {"fp32": 0.9999, "fp16": 0.999, "bf16": 0.99, "int8": 0.99}
 PARITY_BATCH = {"vision": 5, "text": 12}
 TARGETS = ("cpu", "gpu", "jetson-orin", "jetson-xavier")
 DEFAULT_PROFILE = {"batch": [1, 8, 32], "sequence": [1, 77, 77]}
-OPSET = 17
 
 
 # family -> "module:class" of its exporter (declarative, one file per family)
@@ -66,66 +60,6 @@ def plan_variants(backends: list[str], precisions: list[str]) -> list[tuple[str,
         if why:
             raise BackendError(why)
     return pairs
-
-
-def export_onnx(module, feeds: dict, input_names: list[str], output_names: list[str], dynamic_axes, path: Path) -> None:
-    args = tuple(torch.from_numpy(feeds[n]) for n in input_names)
-    # The legacy TorchScript exporter: 2-3x faster than dynamo for these encoders, same parity.
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        with torch.inference_mode(False), torch.no_grad():
-            torch.onnx.export(
-                module,
-                args,
-                str(path),
-                input_names=input_names,
-                output_names=output_names,
-                dynamic_axes=dynamic_axes,
-                opset_version=OPSET,
-                dynamo=False,
-                do_constant_folding=True,
-            )
-    onnx = require("onnx", "export")
-    try:
-        onnx.checker.check_model(str(path))
-    except onnx.checker.ValidationError as exc:
-        raise ExportError(f"exported {path.name} fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
-
-
-# Graphs at least this large keep their weights in "<name>.onnx.data" beside them: ONNX Runtime
-# memory-maps external weights, so a session opens about 2x faster (ViT-GPT2 decoder, 555 MB:
-# 0.4-0.6 s vs 0.8-1.5 s), with the same inference speed. ONNX's own 2 GB limit is lifted too.
-EXTERNAL_DATA_MIN_BYTES = 64 << 20
-
-
-def externalize_weights(path: Path) -> str | None:
-    """Move a large graph's weights into `<file>.data` next to it; returns that file's name or None."""
-    if path.stat().st_size < EXTERNAL_DATA_MIN_BYTES:
-        return None
-    onnx = require("onnx", "export")
-    name = path.name + ".data"
-    onnx.save_model(onnx.load(str(path)), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=name, size_threshold=1024)
-    os.chmod(path.parent / name, path.stat().st_mode & 0o777)  # onnx creates it 0600; match the graph
-    return name
-
-
-def compare_all(refs: list[dict], outs: list[dict], names: list[str]) -> dict:
-    """compare() over every (case, output): the worst cosine and the largest difference.
-
-    One case and one output gives exactly compare()'s numbers."""
-    worst, mean, diff, where = None, [], 0.0, None
-    for ref, out in zip(refs, outs):
-        for n in names:
-            c = compare(ref[n], out[n])
-            mean.append(c["cosine_mean"])
-            diff = max(diff, c["max_abs_diff"])
-            if worst is None or c["cosine"] < worst:
-                worst, where = c["cosine"], n
-    res = {"cosine": worst, "cosine_mean": float(sum(mean) / len(mean)), "max_abs_diff": diff}
-    if len(names) > 1:
-        res["worst_output"] = where
-    return res
 
 
 def export(

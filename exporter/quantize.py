@@ -23,10 +23,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..benchmarks.datasets import DataSet, open_dataset
-from ..benchmarks.metrics import compare
+from ..common.datasets import DataSet, open_dataset
+from ..common.fidelity import compare
 from ..errors import BackendError, InputError, require
 from ..runtimes.bundle import Artifact, Bundle, BundleWriter
+from ..runtimes.feeds import BundleFeeds
 from ..runtimes.session import backend_module
 
 GATES = {"int8": 0.99, "fp16": 0.999, "bf16": 0.99}
@@ -38,7 +39,7 @@ MODES = ("static", "dynamic")
 # Ops whose weights are quantized. Adds, LayerNorm, Softmax and activation x activation
 # MatMuls (attention scores) stay float: measured to cost accuracy for little speed.
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
-HELD_OUT = {"vision": 16, "text": 32}
+HELD_OUT = {"images": 16, "texts": 32}  # held-out items per component kind
 # Static INT8 keeps each transformer block's MLP down-projection in float by default: its input
 # (after GELU) carries the activation outliers. Measured on all-MiniLM-L6-v2, 64 calibration
 # sentences, held-out mean cosine vs fp32: whole graph 0.941 (minmax; entropy 0.939,
@@ -63,57 +64,28 @@ class QuantConfig:
 # -- calibration and held-out data -------------------------------------------------------
 
 
-class Feeder:
-    """Turns a DataSet into per-component feeds with the bundle's own pre-processing."""
-
-    def __init__(self, bundle: Bundle):
-        from ..runtimes.preprocess import ImagePreprocessor
-        from ..runtimes.tokenize import TextTokenizer
-
-        m = bundle.manifest
-        self.preprocess = ImagePreprocessor.from_config(m["preprocess"]["config"]) if "preprocess" in m else None
-        self.tokenizer = TextTokenizer.from_file(
-            bundle.path(m["tokenizer"]["file"]), max_length=m["tokenizer"]["max_length"], pad_id=m["tokenizer"].get("pad_id")
-        )
-
-    def samples(self, component: str, data: DataSet, n: int, same_shape: bool = False) -> list[dict[str, np.ndarray]]:
-        """n single-item feeds. Texts keep their natural length, except for histogram
-        calibration (entropy, percentile), which needs every sample padded to one length."""
-        if component == "vision":
-            return [{"pixel_values": self.preprocess([img])} for img in data.images[:n]]
-        if same_shape:
-            batch = self.tokenizer(list(data.texts[:n]))
-            return [{k: v[i : i + 1] for k, v in batch.items()} for i in range(len(data.texts[:n]))]
-        return [self.tokenizer([t]) for t in data.texts[:n]]
-
-    def batch(self, component: str, data: DataSet, n: int) -> dict[str, np.ndarray]:
-        if component == "vision":
-            return {"pixel_values": self.preprocess(data.image_batch(n))}
-        return self.tokenizer(data.text_batch(n))
-
-
-def calibration_data(spec: str | None, component: str) -> DataSet:
-    """The calibration set for one component; a folder without texts calibrates the text
-    tower on the built-in real captions rather than failing."""
+def calibration_data(spec: str | None, component: str, kind: str) -> DataSet:
+    """The calibration set for one component (kind: images / texts); a folder without texts
+    calibrates the text tower on the built-in real captions rather than failing."""
     if spec is None:
         raise InputError("static INT8 needs calibration data: --calib DIR|FILE|shapes (or --mode dynamic)")
     data = open_dataset(spec, split="train")
-    if component == "vision" and not data.images:
-        raise InputError(f"--calib {spec}: the vision component needs images, and {spec} has only text")
-    if component == "text" and not data.texts:
+    if kind == "images" and not data.images:
+        raise InputError(f"--calib {spec}: the {component} component needs images, and {spec} has only text")
+    if kind == "texts" and not data.texts:
         if not data.images:
             raise InputError(f"--calib {spec} has neither images nor texts")
-        from ..benchmarks.datasets.photos import CAPTIONS
+        from ..common.datasets.photos import CAPTIONS
 
         data = DataSet(name="built-in captions", texts=list(CAPTIONS))
     return data
 
 
-def held_out_data(components) -> DataSet:
-    """Inputs for the fidelity check that the calibration never saw."""
+def held_out_data(kinds) -> DataSet:
+    """Inputs for the fidelity check that the calibration never saw (kinds: the components' input kinds)."""
     from ..errors import MMDeployError
 
-    if "vision" not in components:
+    if "images" not in kinds:
         return open_dataset("sentences", split="test")  # calibration uses the train half
     try:  # calibration reads the train splits (photos/train, shapes/train), never these
         return open_dataset("photos", split="test")
@@ -332,19 +304,19 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
     if cfg.backend == "tensorrt" and "tensorrt" not in bundle.manifest:
         raise InputError(f"{bundle.root} was exported for cpu: export with --target gpu (or jetson-*) for TensorRT")
     comps = selected_components(bundle, cfg)
-    feeder = Feeder(bundle)
-    held = held_out_data(bundle.components)
+    feeder = BundleFeeds(bundle)
+    held = held_out_data(set(feeder.kinds.values()))
     gate = cfg.min_cosine or GATES[cfg.precision]
     t0 = time.perf_counter()
     with BundleWriter(bundle.root, base=bundle) as w, tempfile.TemporaryDirectory(prefix="mmdeploy-q-") as tmp:
         for comp in comps:
             src = w.stage_dir / bundle.components[comp]["onnx"]
             out_name = bundle.components[comp]["outputs"][0]["name"]
-            eval_feeds = feeder.batch(comp, held, HELD_OUT[comp])
+            eval_feeds = feeder.feeds(comp, HELD_OUT[feeder.kinds[comp]], held)
             ref = _ort_session(src, cfg.threads).run(eval_feeds)[out_name]
             calib = None
             if cfg.precision == "int8" and cfg.mode == "static":
-                cdata = calibration_data(cfg.calib, comp)
+                cdata = calibration_data(cfg.calib, comp, feeder.kinds[comp])
                 calib = feeder.samples(comp, cdata, cfg.samples, same_shape=cfg.method != "minmax")
                 log(f"{comp}: calibrating on {len(calib)} samples of {cdata.name} ({cfg.method})")
 
@@ -359,7 +331,7 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
                 recipe = symmetric_qdq(src, w.stage(rel), calib, cfg)
                 w.register(rel)
                 par = fidelity(w.stage_dir / rel)
-                par["reference"] = f"fp32 ONNX on {HELD_OUT[comp]} held-out items of {held.name} (run in ONNX Runtime)"
+                par["reference"] = f"fp32 ONNX on {HELD_OUT[feeder.kinds[comp]]} held-out items of {held.name} (run in ONNX Runtime)"
                 trt = w.manifest["tensorrt"]
                 trt["int8_onnx"][comp] = {"path": rel, "parity": par, "gate": {"min_cosine": gate, "metric": "cosine_mean", "passed": par["cosine_mean"] >= gate}, "recipe": recipe}
                 if "int8" not in trt["precisions"]:
@@ -417,7 +389,7 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
                 par = fidelity(w.stage_dir / rel)
             for f in files:
                 w.register(f)
-            par["reference"] = f"fp32 ONNX on {HELD_OUT[comp]} held-out items of {held.name}"
+            par["reference"] = f"fp32 ONNX on {HELD_OUT[feeder.kinds[comp]]} held-out items of {held.name}"
             metric = GATE_METRIC.get(cfg.precision, "cosine")
             passed = par[metric] >= gate
             if not passed:

@@ -144,7 +144,7 @@ class TextEmbeddingFamily:
 
     def feeds(self, component: str, batch: int, data=None) -> dict[str, np.ndarray]:
         """Real sentences for parity / bench (or a data set's texts)."""
-        from ..benchmarks.datasets.sentences import sentence_batch
+        from ..common.datasets.sentences import sentence_batch
 
         texts = data.text_batch(batch) if data is not None else sentence_batch(batch)
         return self.tokenizer(texts)

@@ -8,7 +8,7 @@
 decoder with cross-attention, the architecture of nlpconnect/vit-gpt2-image-captioning)
 with its own GPT-2 style byte-level BPE tokenizer and a ``ViTImageProcessor`` config,
 trained from scratch on CPU with teacher forcing on the procedural coloured-shapes captions
-(:mod:`mmdeploy.benchmarks.datasets.shapes`). The folder is an ordinary HF checkpoint:
+(:mod:`mmdeploy.common.datasets.shapes`). The folder is an ordinary HF checkpoint:
 ``VisionEncoderDecoderModel.from_pretrained`` / ``AutoTokenizer`` / ``ViTImageProcessor`` load it.
 
 ``gpt2-tokenizer``: OpenAI's GPT-2 byte-level BPE (50,257 tokens) rebuilt from
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmdeploy.benchmarks.datasets import shapes
+from mmdeploy.common.datasets import shapes
 from mmdeploy.exporter.train_fixtures import _to_pixels, init_sincos_2d
 
 EOT = "<|endoftext|>"
@@ -176,8 +176,8 @@ def build_gpt2_tokenizer(tiktoken_file: Path, out: Path) -> dict:
     # and the rank file's own BPE (tiktoken's algorithm, in Python) on varied text
     import regex
 
-    from mmdeploy.benchmarks.datasets.photos import CAPTIONS
-    from mmdeploy.benchmarks.datasets.sentences import all_sentences
+    from mmdeploy.common.datasets.photos import CAPTIONS
+    from mmdeploy.common.datasets.sentences import all_sentences
 
     texts = list(CAPTIONS) + all_sentences()[:200] + ["Ünïcödé — 東京 🚀 it's   spaced\n\tout", "x" * 40]
     for text in texts:
@@ -384,7 +384,7 @@ to check that exported captioners (and their INT8 variants) caption like PyTorch
 
 ## Data
 
-`mmdeploy.benchmarks.datasets.shapes` (numpy + PIL, deterministic, fixed seed per split):
+`mmdeploy.common.datasets.shapes` (numpy + PIL, deterministic, fixed seed per split):
 {r['image_size']}x{r['image_size']} RGB images of one shape, colours {', '.join(shapes.COLORS)}; shapes
 {', '.join(shapes.SHAPES)}; sizes {', '.join(shapes.SIZES)}; backgrounds {', '.join(shapes.BACKGROUNDS)}
 (never the shape's colour); random position, small rotation, colour jitter, pixel noise.

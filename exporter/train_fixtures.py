@@ -6,7 +6,7 @@
 ``clip-shapes``: a tiny ``transformers.CLIPModel`` with its own byte-level BPE
 tokenizer (CLIP-style, saved as ``tokenizer.json``) and a ``CLIPImageProcessor``
 config, trained on CPU with a contrastive loss on the procedural coloured-shapes
-data set (:mod:`mmdeploy.benchmarks.datasets.shapes`).  The folder is an ordinary
+data set (:mod:`mmdeploy.common.datasets.shapes`).  The folder is an ordinary
 HF checkpoint folder: ``CLIPModel.from_pretrained`` / ``CLIPProcessor.from_pretrained``
 load it like any real checkpoint.
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmdeploy.benchmarks.datasets import shapes
+from mmdeploy.common.datasets import shapes
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -455,7 +455,7 @@ Not a general-purpose model: it only knows the shapes world.
 
 ## Data
 
-`mmdeploy.benchmarks.datasets.shapes` (numpy + PIL, deterministic, fixed seed per split):
+`mmdeploy.common.datasets.shapes` (numpy + PIL, deterministic, fixed seed per split):
 {r['image_size']}x{r['image_size']} RGB images of one shape, colours {', '.join(shapes.COLORS)};
 shapes {', '.join(shapes.SHAPES)}; sizes {', '.join(shapes.SIZES)}; backgrounds
 {', '.join(shapes.BACKGROUNDS)} (never equal to the shape colour); random position, small rotation,

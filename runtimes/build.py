@@ -11,21 +11,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from ..common.datasets import open_dataset
+from ..common.fidelity import GATES, compare
 from ..errors import BackendError, InputError
 from .bundle import Artifact, Bundle, BundleWriter
+from .feeds import BundleFeeds, component_kind
 from .session import backend_module
-
-GATES = {"fp32": 0.9999, "fp16": 0.999, "bf16": 0.99, "int8": 0.99}
 
 
 def _fidelity(bundle: Bundle, component: str, session, threads: int | None) -> dict:
     """Cosine vs the fp32 ONNX in ONNX Runtime on a few procedural images / captions."""
-    from ..benchmarks.bench import Inputs
-    from ..benchmarks.datasets import open_dataset
-    from ..benchmarks.metrics import compare
-
-    data = open_dataset("sentences") if "vision" not in bundle.components else open_dataset("shapes", limit=16)
-    feeds = Inputs(bundle, data).feeds(component, 8)
+    images = any(component_kind(bundle, c) == "images" for c in bundle.components)
+    data = open_dataset("shapes", limit=16) if images else open_dataset("sentences")
+    feeds = BundleFeeds(bundle, data).feeds(component, 8)
     out = bundle.components[component]["outputs"][0]["name"]
     ref = backend_module("onnxruntime").open(bundle.path(bundle.components[component]["onnx"]), {}, threads).run(feeds)[out]
     par = compare(ref, session.run(feeds)[out])

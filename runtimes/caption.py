@@ -234,3 +234,26 @@ class CaptionPipeline:
             px = self.pixel_values(images[i : i + batch_size])
             out += [self.decode(ids) for ids in self.generate_ids(px, max_new_tokens, num_beams, prompt)]
         return out
+
+
+def decoder_step_feeds(pipe, pixels: np.ndarray, steps: int = 8) -> dict[str, np.ndarray]:
+    """Decoder inputs of a mid-caption step on real images: the prompt, then `steps` greedy
+    tokens through the variant's own graphs (plain Session.run), returning the next step's feeds."""
+    info = pipe.info
+    b = len(pixels)
+    kv = pipe.encode(pixels)
+    names = [f"past.{i}.{x}" for i in range(int(info["num_layers"])) for x in ("key", "value")]
+    if info["cross_attention"]:
+        cross, past = kv, {n: np.zeros((b, info["num_heads"], 0, info["head_dim"]), np.float32) for n in names}
+    else:
+        cross, past = {}, dict(kv)
+    start = list(pipe.generation.start_ids)
+    ids = np.tile(np.asarray(start, np.int64), (b, 1))
+    pos = np.tile(np.arange(len(start), dtype=np.int64), (b, 1))
+    dec = pipe.sessions["decoder"]
+    for _ in range(steps):
+        out = dec.run({"input_ids": ids, "position_ids": pos, **past, **cross})
+        past = {n: out[n.replace("past", "present")] for n in names}
+        ids = out["logits"].argmax(-1)[:, None].astype(np.int64)
+        pos = pos[:, -1:] + 1
+    return {"input_ids": ids, "position_ids": pos, **past, **cross}

@@ -77,7 +77,7 @@ def select_variant(
 
 def machine_key() -> str:
     """CPU model + ISA flags: measurements only transfer between identical CPU kinds."""
-    from ..benchmarks.env import cpu_info
+    from ..common.env import cpu_info
 
     cpu = cpu_info()
     return f"{cpu['model']} [{' '.join(cpu['isa'])}]"

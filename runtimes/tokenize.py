@@ -18,17 +18,20 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from mmdeploy.errors import BundleError, InputError
+from mmdeploy.errors import BundleConfigError, BundleError, InputError
 
 __all__ = ["TextTokenizer"]
 
+PADDING = ("longest", "max_length")
 _PAD_FALLBACKS = ("<|endoftext|>", "<pad>", "[PAD]", "</s>")
 
 
 class TextTokenizer:
     """Batches of strings -> ``input_ids`` / ``attention_mask`` int64 arrays (N, L)."""
 
-    def __init__(self, tokenizer: Tokenizer, max_length: int, pad_id: int):
+    def __init__(self, tokenizer: Tokenizer, max_length: int, pad_id: int, padding: str = "longest"):
+        if padding not in PADDING:
+            raise ValueError(f"padding must be one of {', '.join(PADDING)}, got {padding!r}")
         if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
             raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
         pad_token = tokenizer.id_to_token(pad_id)
@@ -43,10 +46,14 @@ class TextTokenizer:
         self._raw.no_padding()
         self._tok = tokenizer
         self._tok.enable_truncation(max_length, stride=0, strategy="longest_first", direction="right")
-        self._tok.enable_padding(direction="right", pad_id=self.pad_id, pad_token=pad_token)
+        # "max_length": every row padded to max_length (SigLIP's text tower was trained so and takes no mask)
+        self.padding = padding
+        self._tok.enable_padding(direction="right", pad_id=self.pad_id, pad_token=pad_token,
+                                 length=max_length if padding == "max_length" else None)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, max_length: int, pad_id: int | None = None) -> "TextTokenizer":
+    def from_file(cls, path: str | os.PathLike, max_length: int, pad_id: int | None = None,
+                  padding: str = "longest") -> "TextTokenizer":
         """Load a ``tokenizer.json`` (as saved by a fast HF tokenizer).
 
         ``pad_id`` defaults to the pad token named in ``tokenizer_config.json`` or
@@ -66,7 +73,10 @@ class TextTokenizer:
             pad_id = _find_pad_id(tok, path)
             if pad_id is None:
                 raise BundleError(f"tokenizer {path} names no pad token: pass pad_id")
-        return cls(tok, max_length=max_length, pad_id=pad_id)
+        try:
+            return cls(tok, max_length=max_length, pad_id=pad_id, padding=padding)
+        except ValueError as exc:
+            raise BundleConfigError(f"tokenizer {path}: {exc}") from None
 
     @property
     def vocab_size(self) -> int:

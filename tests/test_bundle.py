@@ -158,9 +158,10 @@ def test_large_graphs_keep_weights_in_external_data(tmp_path, monkeypatch):
     import numpy as np
 
     import mmdeploy.exporter.export as export_mod
+    import mmdeploy.exporter.graph as graph_mod
     from mmdeploy.exporter.quantize import QuantConfig, quantize
 
-    monkeypatch.setattr(export_mod, "EXTERNAL_DATA_MIN_BYTES", 0)  # clip-shapes is small: force it
+    monkeypatch.setattr(graph_mod, "EXTERNAL_DATA_MIN_BYTES", 0)  # clip-shapes is small: force it
     out = tmp_path / "ext"
     export_mod.export("clip-shapes", out, backends=["onnxruntime", "openvino"], precisions=["fp32"], threads=2)
     b = Bundle.open(out)

@@ -17,8 +17,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from mmdeploy.benchmarks.datasets import shapes  # noqa: E402
-from mmdeploy.benchmarks.datasets.photos import photo_batch  # noqa: E402
+from mmdeploy.common.datasets import shapes  # noqa: E402
+from mmdeploy.common.datasets.photos import photo_batch  # noqa: E402
 from mmdeploy.errors import CheckpointError, UnsupportedModelError  # noqa: E402
 from mmdeploy.exporter.registry import package_path  # noqa: E402
 from mmdeploy.runtimes import load  # noqa: E402

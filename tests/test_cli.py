@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from mmdeploy.benchmarks.datasets import shapes
+from mmdeploy.common.datasets import shapes
 from mmdeploy.cli import app
 
 runner = CliRunner()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmdeploy.benchmarks.datasets import shapes
+from mmdeploy.common.datasets import shapes
 from mmdeploy.runtimes import load
 from mmdeploy.runtimes.bundle import Bundle
 

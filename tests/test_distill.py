@@ -59,7 +59,7 @@ def test_half_depth_student_keeps_zero_shot_accuracy(clip_student):
 
 def test_student_exports_runs_and_benches_against_teacher(clip_student, tmp_path):
     from mmdeploy.benchmarks.bench import BenchConfig, bench
-    from mmdeploy.benchmarks.datasets.shapes import generate, label_of, labels
+    from mmdeploy.common.datasets.shapes import generate, label_of, labels
     from mmdeploy.runtimes import load
 
     out = tmp_path / "bundle"
@@ -138,7 +138,7 @@ def test_bad_arguments_are_clear_errors(tmp_path, args, message):
 
 def test_image_folder_with_captions_and_a_text_file(tmp_path):
     """A user's own data: images + captions.tsv (every 10th image held out) and extra texts."""
-    from mmdeploy.benchmarks.datasets.shapes import generate
+    from mmdeploy.common.datasets.shapes import generate
 
     folder = tmp_path / "imgs"
     folder.mkdir()

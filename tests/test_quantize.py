@@ -10,8 +10,8 @@ import onnx
 import pytest
 
 from mmdeploy.benchmarks.accuracy import zero_shot_top1
-from mmdeploy.benchmarks.bench import Inputs
-from mmdeploy.benchmarks.datasets import open_dataset
+from mmdeploy.runtimes.feeds import BundleFeeds
+from mmdeploy.common.datasets import open_dataset
 from mmdeploy.errors import BackendError, InputError
 from mmdeploy.exporter.quantize import QuantConfig, quantize
 from mmdeploy.runtimes import load
@@ -44,7 +44,7 @@ def test_static_int8_is_qdq_and_runs_in_ort_and_openvino(qbundle):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert art.recipe["mode"] == "static" and art.recipe["activations"] == "uint8 asymmetric"
     # the same Q/DQ file in both runtimes, within the INT8 gate of fp32
-    inputs = Inputs(b, open_dataset("shapes"))
+    inputs = BundleFeeds(b, open_dataset("shapes"))
     feeds = inputs.feeds("vision", 8)
     fp32 = open_session(b, b.find("vision", "onnxruntime", "fp32")[0]).run(feeds)["image_embeds"]
     ort = backend_module("onnxruntime").open(b.path(art.path), {}, 2).run(feeds)["image_embeds"]
@@ -65,7 +65,7 @@ def test_int8_keeps_zero_shot_accuracy_on_the_fixture(qbundle):
     """INT8 top-1 within 0.5 points of fp32 on the shapes test split."""
     b = Bundle.open(qbundle)
     data = open_dataset("shapes", split="test", limit=300)
-    inputs = Inputs(b, data)
+    inputs = BundleFeeds(b, data)
 
     def top1(backend, precision):
         v = open_session(b, b.find("vision", backend, precision)[0], 2)

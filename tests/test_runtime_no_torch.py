@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmdeploy.benchmarks.datasets import shapes
+from mmdeploy.common.datasets import shapes
 
 from .conftest import run_without_torch
 

@@ -29,7 +29,7 @@ pytest.importorskip("prometheus_client")
 pytest.importorskip("orjson")
 httpx = pytest.importorskip("httpx")
 
-from mmdeploy.benchmarks.datasets import shapes  # noqa: E402
+from mmdeploy.common.datasets import shapes  # noqa: E402
 from mmdeploy.errors import InputError  # noqa: E402
 from mmdeploy.runtimes import load  # noqa: E402
 from mmdeploy.runtimes.server import create_app, looks_like_base64_image, parse_bundle_args  # noqa: E402

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmdeploy.benchmarks.datasets import shapes
+from mmdeploy.common.datasets import shapes
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "clip-shapes"
 

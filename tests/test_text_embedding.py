@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mmdeploy.benchmarks.accuracy import spearman
-from mmdeploy.benchmarks.datasets import sentences
+from mmdeploy.common.datasets import sentences
 from mmdeploy.errors import CheckpointError
 from mmdeploy.runtimes import load
 from mmdeploy.runtimes.bundle import Bundle

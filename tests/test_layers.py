@@ -1,0 +1,82 @@
+"""The package's layering, checked from the source (no imports run): arrows only run downward.
+
+    cli ─▶ exporter/ ─▶ runtimes/ ◀─ benchmarks/ ; every layer may use common/ and errors.py
+
+runtimes/ is what a device installs: it never imports exporter/, benchmarks/ or cli.
+exporter/ never imports the bench harness. common/ imports no other layer. benchmarks/ may
+reach exporter/ only for the PyTorch reference (lazily, where torch is installed).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# layer -> layers it must never import
+FORBIDDEN = {
+    "common": {"runtimes", "exporter", "benchmarks", "cli"},
+    "runtimes": {"exporter", "benchmarks", "cli"},
+    "exporter": {"benchmarks", "cli"},
+    "benchmarks": {"cli"},
+}
+# modules a layer may not import at all (the device runtime and the shared base stay torch-free)
+FORBIDDEN_THIRD_PARTY = {"common": {"torch", "transformers"}, "runtimes": {"torch", "transformers"}}
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, absolute module) for every import in a file, relative ones resolved."""
+    rel = path.relative_to(ROOT).with_suffix("")
+    pkg = ["mmdeploy", *rel.parts[:-1]] if rel.name != "__init__" else ["mmdeploy", *rel.parts[:-1]]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg[: len(pkg) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            out.append((node.lineno, mod))
+            if node.module is None or node.level:  # `from .. import x`: x may be a module
+                out += [(node.lineno, f"{mod}.{a.name}") for a in node.names]
+    return out
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "mmdeploy" or len(parts) < 2:
+        return None
+    return parts[1]
+
+
+def _sources(layer: str) -> list[Path]:
+    return sorted((ROOT / layer).rglob("*.py"))
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_no_import_runs_up_the_layers(layer):
+    bad = []
+    for path in _sources(layer):
+        for line, mod in _imports(path):
+            if _layer(mod) in FORBIDDEN[layer]:
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {mod}")
+            if mod.split(".")[0] in FORBIDDEN_THIRD_PARTY.get(layer, ()):
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {mod}")
+    assert not bad, "imports against the layering:\n" + "\n".join(bad)
+
+
+def test_the_check_sees_a_wrong_arrow(tmp_path, monkeypatch):
+    """The checker itself: a runtimes file importing the bench harness is caught."""
+    fake = ROOT / "runtimes" / "_layer_probe.py"
+    fake.write_text("from ..benchmarks.bench import bench\nimport torch\n")
+    try:
+        mods = {m for _, m in _imports(fake)}
+        assert "mmdeploy.benchmarks.bench" in mods and "torch" in mods
+        with pytest.raises(AssertionError, match="_layer_probe.py:1 imports mmdeploy.benchmarks.bench"):
+            test_no_import_runs_up_the_layers("runtimes")
+    finally:
+        fake.unlink()
