@@ -165,7 +165,7 @@ def bench(
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=_err_console(), transient=True) as progress:
         report = run_bench(str(bundle), cfg, log=_log, progress=progress)
     _console().print(table(report))
-    if report.get("family") == "caption":
+    if any(r["component"] == "generate" for r in report["results"]):  # a generative bundle's rows
         from .benchmarks.bench import caption_table
 
         _console().print(caption_table(report))

@@ -11,7 +11,8 @@ import numpy as np
 
 from ..errors import InputError, MMDeployError
 from ..runtimes.bundle import Bundle
-from ..runtimes.feeds import BundleFeeds
+from ..runtimes.feeds import BundleFeeds, component_kind
+from ..runtimes.pipelines import pipeline_class
 from ..runtimes.select import open_session, select_variant
 from ..runtimes.session import backend_module
 from ..common.env import environment
@@ -57,7 +58,7 @@ def time_session(run: Callable[[], Any], runs: int, warmup: int, tick: Callable[
 
 def default_data(bundle: Bundle) -> DataSet:
     """Real sentences for text-only bundles; real photos when scikit-image is installed, else shapes."""
-    if "vision" not in bundle.components:
+    if "images" not in {component_kind(bundle, c) for c in bundle.components}:
         return open_dataset("sentences")
     try:
         return open_dataset("photos")
@@ -84,7 +85,7 @@ def teacher_reference(bundle: Bundle, log: Callable[[str], None]):
 def _reference_from_source(src: dict, log: Callable[[str], None]):
     try:
         from ..exporter.checkpoint import resolve, state_sha256
-        from ..exporter.export import family_exporter
+        from ..exporter.families import family_exporter
     except MMDeployError as exc:  # torch / transformers not installed
         log(f"no PyTorch reference: {exc}")
         return None
@@ -121,12 +122,8 @@ def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progr
     except MMDeployError:
         default = None
     data = open_dataset(cfg.data) if cfg.data else default_data(bundle)
-    if bundle.family == "caption":  # encoder, decoder step and whole-generation rows
-        if not cfg.data:  # captioners take images: real photos, else shapes
-            try:
-                data = open_dataset("photos")
-            except MMDeployError:
-                data = open_dataset("shapes")
+    pipeline = pipeline_class(bundle.family, str(bundle.root))
+    if pipeline.generative:  # encoder, decoder step and whole-generation rows
         return caption_bench(bundle, arts, cfg, data, default, log, progress)
     inputs = BundleFeeds(bundle, data)
     ref = pytorch_reference(bundle, log) if cfg.pytorch else None
@@ -187,7 +184,7 @@ def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progr
         r.pop("default", None)
         if default == (r["backend"], r["precision"]):
             r["default"] = True
-    if bundle.family == "text-embedding":
+    if pipeline.task == "pair-similarity":
         accuracy = pair_accuracy(bundle, arts, inputs, ref, cfg.threads, log)
     else:
         accuracy = task_accuracy(bundle, arts, inputs, data, ref, cfg.threads, log, teacher) if data.labels else []
@@ -250,9 +247,10 @@ def record_latency(bundle: Bundle, rows: list[dict[str, Any]], log) -> None:
 
 
 def task_accuracy(bundle, arts, inputs: BundleFeeds, data: DataSet, ref, threads, log, teacher=None) -> list[dict[str, Any]]:
-    """Zero-shot top-1 per (backend, precision) that has both CLIP towers, for PyTorch, and for the teacher."""
-    if bundle.family != "clip" or not data.class_names:
+    """Zero-shot top-1 per (backend, precision) that has both towers of a dual encoder, for PyTorch, and for the teacher."""
+    if pipeline_class(bundle.family).task != "zero-shot" or not data.class_names:
         return []
+    img_out, txt_out = (bundle.components[c]["outputs"][0]["name"] for c in ("vision", "text"))
     from .accuracy import zero_shot_top1
 
     out = []
@@ -261,9 +259,9 @@ def task_accuracy(bundle, arts, inputs: BundleFeeds, data: DataSet, ref, threads
             continue
         from ..exporter.reference import TorchSession
 
-        v = TorchSession(r.module("vision"), r.input_names("vision"), ["image_embeds"], threads)
-        t = TorchSession(r.module("text"), r.input_names("text"), ["text_embeds"], threads)
-        acc = zero_shot_top1(lambda f: v.run(f)["image_embeds"], lambda f: t.run(f)["text_embeds"], inputs, data)
+        v = TorchSession(r.module("vision"), r.input_names("vision"), [img_out], threads)
+        t = TorchSession(r.module("text"), r.input_names("text"), [txt_out], threads)
+        acc = zero_shot_top1(lambda f: v.run(f)[img_out], lambda f: t.run(f)[txt_out], inputs, data)
         out.append({"backend": name, "precision": "fp32", **acc})
     for backend, precision in sorted({(a.backend, a.precision) for a in arts}):
         pair = {a.component: a for a in bundle.find(backend=backend, precision=precision)}
@@ -271,7 +269,7 @@ def task_accuracy(bundle, arts, inputs: BundleFeeds, data: DataSet, ref, threads
             continue
         v = open_session(bundle, pair["vision"], threads)
         t = open_session(bundle, pair["text"], threads)
-        acc = zero_shot_top1(lambda f: v.run(f)["image_embeds"], lambda f: t.run(f)["text_embeds"], inputs, data)
+        acc = zero_shot_top1(lambda f: v.run(f)[img_out], lambda f: t.run(f)[txt_out], inputs, data)
         out.append({"backend": backend, "precision": precision, **acc})
     for a in out:
         log(f"{a['task']} {a['backend']}/{a['precision']}: {a['value']:.2%} of {a['n']}")
@@ -360,7 +358,7 @@ def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default
     the GB/s that achieves), `generate` (whole captions: ms per caption, tokens/s, speedup vs PyTorch
     ``generate`` with the same settings, tokens_match_pytorch). With labelled captions
     (``--data shapes``): exact match and BLEU-4 per variant and for PyTorch."""
-    from ..runtimes.caption import CaptionPipeline, decoder_step_feeds
+    from ..runtimes.pipelines.caption import decoder_step_feeds
 
     ref = pytorch_reference(bundle, log) if cfg.pytorch else None
     variants = sorted({(a.backend, a.precision) for a in arts
@@ -379,7 +377,7 @@ def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default
     pipes = {}
     for v in variants:
         t = time.perf_counter()
-        pipes[v] = CaptionPipeline(bundle, v[0], v[1], threads=cfg.threads)
+        pipes[v] = pipeline_class(bundle.family)(bundle, v[0], v[1], threads=cfg.threads)
         pipes[v].load_ms = (time.perf_counter() - t) * 1000
     base = pipes[variants[0]] if variants else None
     if base is None:

@@ -15,30 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError, MMDeployError, UnsupportedModelError, require
+from ..errors import CheckpointError, MMDeployError, require
 from .registry import entry, package_path, registry
 
-# architecture (config.json "architectures"[0]) or model_type -> family
-ARCHITECTURES = {
-    "CLIPModel": "clip",
-    "BertModel": "text-embedding",
-    "VisionEncoderDecoderModel": "caption",
-    "BlipForConditionalGeneration": "caption",
-    "GitForCausalLM": "caption",
-}
-MODEL_TYPES = {"clip": "clip", "bert": "text-embedding"}
-# family -> (transformers model class, config class)
-HF_CLASSES = {
-    "clip": ("CLIPModel", "CLIPConfig"),
-    "text-embedding": ("AutoModel", "AutoConfig"),
-    "caption": ("AutoModelForImageTextToText", "AutoConfig"),
-}
-# architecture -> (model class, config class) where a family spans several architectures
-ARCH_CLASSES = {
-    "VisionEncoderDecoderModel": ("VisionEncoderDecoderModel", "VisionEncoderDecoderConfig"),
-    "BlipForConditionalGeneration": ("BlipForConditionalGeneration", "BlipConfig"),
-    "GitForCausalLM": ("GitForCausalLM", "GitConfig"),
-}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 RANDOM_SEED = 0
 
@@ -55,17 +34,10 @@ class Checkpoint:
 
 
 def family_of(config: dict[str, Any], where: str) -> str:
-    archs = config.get("architectures") or []
-    for arch in archs:
-        if arch in ARCHITECTURES:
-            return ARCHITECTURES[arch]
-    mt = config.get("model_type")
-    if not archs and mt in MODEL_TYPES:
-        return MODEL_TYPES[mt]
-    got = archs[0] if archs else mt
-    raise UnsupportedModelError(
-        f"{where}: unsupported architecture {got!r}; supported: {', '.join(sorted(ARCHITECTURES))}"
-    )
+    """config.json -> family name (the registry of exporter/families/)."""
+    from .families import family_of as registered_family
+
+    return registered_family(config, where)
 
 
 def weights_sha256(folder: Path) -> str:
@@ -95,16 +67,13 @@ def state_sha256(model) -> str:
     return h.hexdigest()
 
 
-def _arch(config: dict[str, Any]) -> str | None:
-    return next((a for a in config.get("architectures") or [] if a in ARCH_CLASSES), None)
+def _classes(config: dict[str, Any], family: str):
+    """The transformers (model class, config class) the family declares for this config."""
+    from .families import hf_classes
 
-
-def _model_class(family: str, arch: str | None = None):
-    return getattr(require("transformers", "export"), (ARCH_CLASSES.get(arch) or HF_CLASSES[family])[0])
-
-
-def _config_class(family: str, arch: str | None = None):
-    return getattr(require("transformers", "export"), (ARCH_CLASSES.get(arch) or HF_CLASSES[family])[1])
+    transformers = require("transformers", "export")
+    model_cls, config_cls = hf_classes(config, family)
+    return getattr(transformers, model_cls), getattr(transformers, config_cls)
 
 
 def load_folder(folder: Path, name: str | None = None) -> Checkpoint:
@@ -118,7 +87,7 @@ def load_folder(folder: Path, name: str | None = None) -> Checkpoint:
     family = family_of(config, str(folder))
     sha = weights_sha256(folder)
     try:
-        model = _model_class(family, _arch(config)).from_pretrained(str(folder), attn_implementation="eager").eval()
+        model = _classes(config, family)[0].from_pretrained(str(folder), attn_implementation="eager").eval()
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise CheckpointError(f"cannot load {folder}: {str(exc).splitlines()[0]}") from exc
     pre_path = folder / "preprocessor_config.json"
@@ -143,10 +112,11 @@ def _random_twin(name: str, ent: dict[str, Any]) -> Checkpoint:
     config = dict(ent["config"])
     family = family_of(config, f"models.yaml:{name}")
     config.pop("architectures", None)
-    cfg = _config_class(family, _arch(ent["config"]))(**config)
+    model_cls, config_cls = _classes(ent["config"], family)
+    cfg = config_cls(**config)
     cfg.architectures = ent["config"].get("architectures")
     torch.manual_seed(RANDOM_SEED)
-    model = _model_class(family, _arch(ent["config"]))(cfg).eval()
+    model = model_cls(cfg).eval()
     tok = ent.get("tokenizer")
     return Checkpoint(
         name=name,

@@ -279,7 +279,7 @@ def distill(
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Distil `teacher_source` into a student folder at `out`; returns the report (also in distill.json)."""
-    from .export import family_exporter
+    from .families import family_exporter
 
     out = Path(out).absolute()
     if cfg.epochs < 0:
@@ -321,7 +321,7 @@ def distill(
     train, held = _training_data(cfg)
     teacher.to(device)
     student.to(device)
-    runner = (ClipDistiller if fam.family == "clip" else CaptionDistiller)(fam, teacher, student, towers, cfg, device, log)
+    runner = DISTILLERS[fam.distiller](fam, teacher, student, towers, cfg, device, log)
     runner.prepare(train)
 
     params = [p for n, p in student.named_parameters() if runner.trainable(n)]
@@ -687,3 +687,7 @@ class CaptionDistiller:
         px = self.pixels[:1].to(self.device)
         return _speed("generate", *(lambda m=m: m.generate(pixel_values=px, do_sample=False) for m in (self.teacher, self.student)),
                       runs=10)
+
+
+# the names family exporters give as `distiller`
+DISTILLERS = {"ClipDistiller": ClipDistiller, "CaptionDistiller": CaptionDistiller}

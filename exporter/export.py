@@ -13,6 +13,7 @@ from ..errors import BackendError, ExportError, ParityError, require
 from ..runtimes.bundle import Artifact, Bundle, BundleWriter
 from ..runtimes.session import backend_module
 from .checkpoint import Checkpoint, resolve
+from .families import family_exporter
 from .graph import OPSET, export_onnx, externalize_weights
 from .reference import TorchSession
 
@@ -21,23 +22,6 @@ torch = require("torch", "export")
 PARITY_BATCH = {"vision": 5, "text": 12}
 TARGETS = ("cpu", "gpu", "jetson-orin", "jetson-xavier")
 DEFAULT_PROFILE = {"batch": [1, 8, 32], "sequence": [1, 77, 77]}
-
-
-# family -> "module:class" of its exporter (declarative, one file per family)
-FAMILY_EXPORTERS = {
-    "clip": "mmdeploy.exporter.clip:ClipFamily",
-    "text-embedding": "mmdeploy.exporter.text_embedding:TextEmbeddingFamily",
-    "caption": "mmdeploy.exporter.caption:caption_family",
-}
-
-
-def family_exporter(ckpt: Checkpoint):
-    import importlib
-
-    if ckpt.family not in FAMILY_EXPORTERS:
-        raise ExportError(f"family {ckpt.family!r} has no exporter yet")
-    module, cls = FAMILY_EXPORTERS[ckpt.family].split(":")
-    return getattr(importlib.import_module(module), cls)(ckpt)
 
 
 # precisions that `quantize` adds after the fp32 graph exists (export runs it in the same go)

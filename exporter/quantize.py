@@ -235,7 +235,7 @@ def _nncf_int8(xml: Path, out_xml: Path, calib: list[dict[str, np.ndarray]], cfg
 
 
 def check_caption_config(cfg: QuantConfig) -> None:
-    from .caption import check_caption_variant
+    from .families.caption import check_caption_variant
 
     check_caption_variant(cfg.backend, cfg.precision)
 
@@ -250,7 +250,7 @@ def selected_components(bundle: Bundle, cfg: QuantConfig) -> list[str]:
 
 
 def _quantize_caption(bundle: Bundle, cfg: QuantConfig, log: Callable[[str], None]) -> Bundle:
-    from .caption import add_variants
+    from .families.caption import add_variants
 
     check_caption_config(cfg)
     if (why := backend_module(cfg.backend).available()) is not None:

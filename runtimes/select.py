@@ -22,14 +22,6 @@ PREFERENCE = [
 ]
 
 
-# family -> "module:class" of its pipeline; each takes (bundle, backend, precision, threads=)
-PIPELINES = {
-    "clip": "mmdeploy.runtimes.clip:ClipPipeline",
-    "text-embedding": "mmdeploy.runtimes.text_embedding:TextEmbeddingPipeline",
-    "caption": "mmdeploy.runtimes.caption:CaptionPipeline",
-}
-
-
 def _usable(a: Artifact) -> bool:
     try:
         mod = backend_module(a.backend)
@@ -127,12 +119,9 @@ def load(
 ):
     """Open a bundle's pipeline on one (backend, precision); default: the preferred passing variant.
     `device`: cpu (default), cuda / tensorrt (onnxruntime-gpu execution providers), gpu (OpenVINO)."""
-    import importlib
+    from .pipelines import pipeline_class
 
     b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
-    if b.family not in PIPELINES:
-        raise BundleError(f"{b.root}: family {b.family!r} has no pipeline in this mmdeploy")
+    pipeline = pipeline_class(b.family, str(b.root))
     backend, precision = select_variant(b, backend, precision)
-    module, cls = PIPELINES[b.family].split(":")
-    pipeline = getattr(importlib.import_module(module), cls)
     return pipeline(b, backend, precision, threads=threads, **({"device": device} if device else {}))

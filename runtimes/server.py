@@ -61,6 +61,7 @@ import numpy as np
 from ..errors import InputError, require
 from .batching import Batcher, ItemError, QueueFullError, ShuttingDownError
 from .images import decode_image_data, load_image
+from .scoring import l2_normalize
 
 __all__ = ["ApiError", "ServeConfig", "create_app", "parse_bundle_args", "run_server", "JsonFormatter"]
 
@@ -122,13 +123,6 @@ class ApiError(Exception):
 # -- input parsing (event loop: cheap checks only; decoding happens in the workers) --------
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 _B64_HEAD = re.compile(r"[A-Za-z0-9+/_\-]{16,}")
@@ -261,7 +255,8 @@ class ServedModel:
         self.has_vision = callable(getattr(pipeline, "run_vision", None)) and getattr(pipeline, "preprocess", None) is not None
         self.has_text = callable(getattr(pipeline, "run_text", None)) and callable(getattr(pipeline, "text_inputs", None))
         self.has_caption = callable(getattr(pipeline, "caption", None))
-        self.can_classify = self.has_vision and self.has_text and getattr(pipeline, "logit_scale", None) is not None
+        # the family's own scoring rule (CLIP softmax, SigLIP sigmoid with bias, ...), never a copy here
+        self.can_classify = self.has_vision and self.has_text and callable(getattr(pipeline, "scores", None))
         self.batchers: dict[str, Batcher] = {}
         for comp, fn, ok in (("vision", self._run_vision, self.has_vision), ("text", self._run_text, self.has_text),
                              ("caption", self._run_caption, self.has_caption)):
@@ -874,7 +869,7 @@ def create_app(bundles: Mapping[str, Any], config: ServeConfig | None = None, *,
         names = ["image"] if body.get("image") is not None else [f"images[{i}]" for i in range(len(refs))]
         text, img = await _gather([_named(m.label_embeddings(prompts, state), ["labels"], "invalid_input"),
                                    _named(m.embed_images(refs, state), names)])
-        probs = softmax(float(m.pipe.logit_scale) * np.stack(img) @ text.T)
+        probs = m.pipe.scores(np.stack(img), text)
         srv.metrics.items.labels(m.name, "image").inc(len(refs))
         data = []
         for i, p in enumerate(probs):

@@ -181,7 +181,7 @@ def test_kv_cache_is_written_into_preallocated_buffers(tiny_bundles, backend):
     Runtime they (and the logits) are written into buffers allocated once per batch, and running
     past the room given is an error."""
     from mmdeploy.errors import InputError
-    from mmdeploy.runtimes.caption import SessionDecoder
+    from mmdeploy.runtimes.pipelines.caption import SessionDecoder
 
     pipe = load(tiny_bundles["vit-gpt2"][1], backend=backend, precision="fp32", threads=2)
     px = _pixels(pipe, 2)

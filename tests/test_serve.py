@@ -473,7 +473,7 @@ def tiny_captioner(out):
 
 @pytest.mark.slow  # ~15 s of it is the exporter's dynamo export of the decoder step
 def test_caption_round_trip_with_a_real_caption_bundle(tmp_path, images):
-    if importlib.util.find_spec("mmdeploy.runtimes.caption") is None:
+    if importlib.util.find_spec("mmdeploy.runtimes.pipelines.caption") is None:
         pytest.skip("runtimes/caption.py (CaptionPipeline) is not in this checkout: caption routes are covered "
                     "by test_caption_route_with_a_duck_typed_pipeline")
     from mmdeploy.exporter.export import export

@@ -6,39 +6,48 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import InputError
-from .bundle import Bundle
-from .images import load_image
-from .preprocess import ImagePreprocessor
-from .tokenize import TextTokenizer
+from ...errors import InputError
+from ..bundle import Bundle
+from ..feeds import image_preprocessor, text_tokenizer
+from ..images import load_image
+from . import register
+from ..scoring import l2_normalize, softmax
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
+@register
 class ClipPipeline:
-    """Both towers of one CLIP bundle on one (backend, precision)."""
+    """Both towers of one dual-encoder bundle on one (backend, precision).
+
+    CLIP's rule is the default; another dual encoder (SigLIP, ALIGN) subclasses this and
+    changes `scores` and what it reads from its manifest block."""
+
+    family = "clip"
+    task = "zero-shot"
+    generative = False
 
     def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None):
-        from .select import open_sessions
+        from ..select import open_sessions
 
         self.bundle, self.backend, self.precision = bundle, backend, precision
         m = bundle.manifest
         bundle.verify([m["preprocess"]["file"], m["tokenizer"]["file"]])
-        self.preprocess = ImagePreprocessor.from_config(m["preprocess"]["config"])
-        self.tokenizer = TextTokenizer.from_file(
-            bundle.path(m["tokenizer"]["file"]), max_length=m["tokenizer"]["max_length"], pad_id=m["tokenizer"].get("pad_id")
-        )
-        self.logit_scale = float(m["clip"]["logit_scale"])
+        self.preprocess = image_preprocessor(bundle)
+        self.tokenizer = text_tokenizer(bundle)
+        self.text_input_names = [i["name"] for i in bundle.components["text"]["inputs"]]
+        self.read_scoring(m)
         self.sessions = open_sessions(
             bundle, {comp: bundle.find(comp, backend, precision)[0] for comp in ("vision", "text")}, threads, device
         )
+
+    def read_scoring(self, manifest: dict) -> None:
+        self.logit_scale = float(manifest["clip"]["logit_scale"])
+
+    def scores(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
+        """Zero-shot probabilities (images x labels) from L2-normalised embeddings: CLIP's
+        softmax over the labels of the scaled cosine."""
+        return softmax(self.logit_scale * image_embeds @ text_embeds.T)
 
     @property
     def variant(self) -> str:
@@ -55,7 +64,8 @@ class ClipPipeline:
     def text_inputs(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         if isinstance(texts, str):
             texts = [texts]
-        return self.tokenizer(list(texts))
+        feeds = self.tokenizer(list(texts))
+        return {k: v for k, v in feeds.items() if k in self.text_input_names}
 
     def run_vision(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self.sessions["vision"].run(feeds)["image_embeds"]
@@ -100,5 +110,5 @@ class ClipPipeline:
             raise InputError(f"template {template!r} must contain '{{}}' where the label goes")
         text = self.embed_texts([template.format(l) for l in labels])
         img = self.embed_images(images)
-        probs = softmax(self.logit_scale * img @ text.T)
+        probs = self.scores(img, text)
         return [sorted(zip(labels, map(float, p)), key=lambda t: -t[1]) for p in probs]

@@ -31,10 +31,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import BackendError, CheckpointError, ExportError, UnsupportedModelError, require
-from ..runtimes.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocessor
-from .checkpoint import Checkpoint
-from .graph import dedupe_initializers, export_dynamo, export_onnx, externalize_weights, gemm_to_matmul, quiet
+from ...errors import BackendError, CheckpointError, ExportError, UnsupportedModelError, require
+from ...runtimes.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocessor
+from ..checkpoint import Checkpoint
+from . import register
+from ..graph import dedupe_initializers, export_dynamo, export_onnx, externalize_weights, gemm_to_matmul, quiet
 
 torch = require("torch", "export")
 
@@ -120,7 +121,7 @@ def load_tokenizer(ckpt: Checkpoint, add_special: list[str] = ()):
     folder = ckpt.files_dir
     spec = (ckpt.registry_entry or {}).get("caption_tokenizer")
     if spec and (folder is None or not (folder / "tokenizer.json").is_file()):
-        from .checkpoint import package_folder
+        from ..checkpoint import package_folder
 
         folder = package_folder(ckpt.name, spec)
         add_special = list(spec.get("add_special_tokens", add_special))
@@ -290,8 +291,21 @@ class GitStep(_StepBase):
 # -- families ------------------------------------------------------------------------------
 
 
+@register
 class CaptionFamily:
     family = "caption"
+    architectures = {
+        "VisionEncoderDecoderModel": ("VisionEncoderDecoderModel", "VisionEncoderDecoderConfig"),
+        "BlipForConditionalGeneration": ("BlipForConditionalGeneration", "BlipConfig"),
+        "GitForCausalLM": ("GitForCausalLM", "GitConfig"),
+    }
+    model_types = ()
+    default_classes = ("AutoModelForImageTextToText", "AutoConfig")
+    distiller = "CaptionDistiller"
+
+    @classmethod
+    def create(cls, ckpt: Checkpoint):
+        return caption_family(ckpt)
     components = ("encoder", "decoder")
     outputs = {"encoder": "encoder_kv", "decoder": "logits"}
     arch = ""
@@ -415,7 +429,7 @@ class CaptionFamily:
 
     def feeds(self, component: str, batch: int, data=None) -> dict[str, np.ndarray]:
         """Encoder: real photos (or a data set's images). Decoder: see parity_cases."""
-        from ..common.datasets.photos import photo_batch
+        from ...common.datasets.photos import photo_batch
 
         if component != "encoder":
             return self.parity_cases("decoder", batch)[0][1]
@@ -423,7 +437,7 @@ class CaptionFamily:
         return {"pixel_values": self.preprocess(imgs)}
 
     def _torch(self, module, names_in, names_out, feeds):
-        from .reference import TorchSession
+        from ..reference import TorchSession
 
         return TorchSession(module, names_in, names_out).run(feeds)
 
@@ -454,7 +468,7 @@ class CaptionFamily:
         return cases
 
     def parity_cases(self, component: str, batch: int = PARITY_IMAGES) -> list[tuple[str, dict[str, np.ndarray]]]:
-        from ..common.datasets.photos import photo_batch
+        from ...common.datasets.photos import photo_batch
 
         pixels = self.preprocess(photo_batch(batch))
         if component == "encoder":
@@ -503,9 +517,9 @@ class CaptionFamily:
         """Greedy captions of every complete (backend, precision) vs PyTorch generate, on real photos."""
         from dataclasses import asdict
 
-        from ..common.datasets.photos import photo_batch
-        from ..runtimes.bundle import Bundle
-        from ..runtimes.caption import CaptionPipeline
+        from ...common.datasets.photos import photo_batch
+        from ...runtimes.bundle import Bundle
+        from ...runtimes.pipelines.caption import CaptionPipeline
 
         manifest = {**w.manifest, "files": dict(w.files), "artifacts": [asdict(a) for a in w.artifacts]}
         bundle = Bundle(w.stage_dir, manifest)
@@ -674,9 +688,9 @@ class GitFamily(CaptionFamily):
 def _variant_eval_feeds(bundle, threads) -> dict[str, list[dict[str, np.ndarray]]]:
     """Held-out inputs for the fidelity of a quantized or converted component: real photos through the fp32 graphs
     (encoder pixels; decoder first step and a mid-caption step)."""
-    from ..runtimes.caption import decoder_step_feeds
-    from ..common.datasets.photos import photo_batch
-    from ..runtimes.caption import CaptionPipeline
+    from ...runtimes.pipelines.caption import decoder_step_feeds
+    from ...common.datasets.photos import photo_batch
+    from ...runtimes.pipelines.caption import CaptionPipeline
 
     pipe = CaptionPipeline(bundle, "onnxruntime", "fp32", threads=threads)
     px = pipe.pixel_values(photo_batch(4))
@@ -765,7 +779,7 @@ def _ort_fp16(onnx, src: Path, w, comp: str) -> tuple[list[str], dict, dict]:
 def _ov_variant(src: Path, w, comp: str, precision: str) -> tuple[list[str], dict, dict]:
     ov = require("openvino", "openvino")
     if precision == "bf16":  # the fp32 IR (shared) with a bf16 compute hint
-        from ..runtimes import openvino as ov_backend
+        from ...runtimes import openvino as ov_backend
 
         built = ov_backend.build(src, w.stage_dir, "bf16", comp)
         return built.files, built.runtime, {"weights": "f32 IR", "compute": "bf16 (INFERENCE_PRECISION_HINT)"}
@@ -792,9 +806,9 @@ def add_variants(bundle_path, precision: str = "int8", backends=("onnxruntime", 
     """Add int8 / int4 / fp16 / bf16 variants of a caption bundle (see CAPTION_VARIANTS), each with its
     fidelity (worst cosine over every output) vs the fp32 graph on held-out real photos. All data-free."""
     onnx = require("onnx", "export")
-    from ..runtimes.bundle import Artifact, Bundle, BundleWriter
-    from ..runtimes.session import backend_module
-    from ..common.fidelity import compare_all
+    from ...runtimes.bundle import Artifact, Bundle, BundleWriter
+    from ...runtimes.session import backend_module
+    from ...common.fidelity import compare_all
 
     bundle = Bundle.open(bundle_path)
     if bundle.family != "caption":

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointError, require
-from ..runtimes.tokenize import TextTokenizer
-from .checkpoint import Checkpoint, tokenizer_json
+from ...errors import CheckpointError, require
+from ...runtimes.tokenize import TextTokenizer
+from ..checkpoint import Checkpoint, tokenizer_json
+from . import register
 
 torch = require("torch", "export")
 
@@ -100,8 +101,17 @@ def sentence_transformers_config(folder: Path | None, default_max_length: int) -
     return cfg
 
 
+@register
 class TextEmbeddingFamily:
     family = "text-embedding"
+    architectures = {"BertModel": ("AutoModel", "AutoConfig")}
+    model_types = ("bert",)
+    default_classes = ("AutoModel", "AutoConfig")
+    distiller = None
+
+    @classmethod
+    def create(cls, ckpt: Checkpoint):
+        return cls(ckpt)
     components = ("text",)
     outputs = {"text": "text_embeds"}
 
@@ -144,7 +154,7 @@ class TextEmbeddingFamily:
 
     def feeds(self, component: str, batch: int, data=None) -> dict[str, np.ndarray]:
         """Real sentences for parity / bench (or a data set's texts)."""
-        from ..common.datasets.sentences import sentence_batch
+        from ...common.datasets.sentences import sentence_batch
 
         texts = data.text_batch(batch) if data is not None else sentence_batch(batch)
         return self.tokenizer(texts)

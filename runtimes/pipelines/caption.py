@@ -18,11 +18,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import BundleError, InputError
-from .bundle import Bundle
-from .generate import GenerationConfig, generate
-from .images import load_image
-from .preprocess import ImagePreprocessor
+from ...errors import BundleError, InputError
+from ..bundle import Bundle
+from ..generate import GenerationConfig, generate
+from ..images import load_image
+from ..preprocess import ImagePreprocessor
+from . import register
 
 
 class SessionDecoder:
@@ -148,13 +149,19 @@ class SessionDecoder:
             self.past = {k: np.ascontiguousarray(v[rows]) for k, v in self.past.items()}
 
 
+@register
 class CaptionPipeline:
     """Encoder + decoder-step graphs of one caption bundle on one (backend, precision)."""
 
-    def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None):
+    family = "caption"
+    task = "caption"
+    generative = True
+
+    def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None,
+                 device: str | None = None):
         from tokenizers import Tokenizer
 
-        from .select import open_sessions
+        from ..select import open_sessions
 
         self.bundle, self.backend, self.precision = bundle, backend, precision
         m = bundle.manifest
@@ -175,7 +182,7 @@ class CaptionPipeline:
         # the encoder runs once per batch, then the decoder: spinning encoder threads would steal
         # the 2 cores from the first decoder steps (measured: int8 caption 349 -> 319 ms)
         options = {"encoder": {"spin": False}} if backend == "onnxruntime" else None
-        self.sessions = open_sessions(bundle, arts, threads, options=options)
+        self.sessions = open_sessions(bundle, arts, threads, device, options=options)
         self.encoder_outputs = list(self.info["encoder_outputs"])
 
     @property

@@ -10,27 +10,29 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import InputError
-from .bundle import Bundle
-from .tokenize import TextTokenizer
+from ...errors import InputError
+from ..bundle import Bundle
+from ..feeds import text_tokenizer
+from . import register
+from ..scoring import l2_normalize
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
-
+@register
 class TextEmbeddingPipeline:
     """One text-embedding bundle on one (backend, precision)."""
 
+    family = "text-embedding"
+    task = "pair-similarity"
+    generative = False
+
     def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None):
-        from .select import open_session
+        from ..select import open_session
 
         self.bundle, self.backend, self.precision = bundle, backend, precision
         m = bundle.manifest
         bundle.verify([m["tokenizer"]["file"]])
-        self.tokenizer = TextTokenizer.from_file(
-            bundle.path(m["tokenizer"]["file"]), max_length=m["tokenizer"]["max_length"], pad_id=m["tokenizer"].get("pad_id")
-        )
+        self.tokenizer = text_tokenizer(bundle)
         info = m.get("text_embedding", {})
         self.pooling = info.get("pooling", "mean")
         self.normalized = bool(info.get("normalized", False))

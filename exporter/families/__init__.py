@@ -1,0 +1,76 @@
+"""Exporter side of the family contract: one file per family, registered by name and architecture
+(the way optimum registers an OnnxConfig per model type).
+
+A family exporter class declares:
+
+    family          name written into the bundle (its runtime pipeline registers the same name)
+    architectures   {config.json architecture: (transformers model class, config class)}
+    model_types     config.json model_type values that mean this family when no architecture is named
+    distiller       name of its distiller class in exporter/distill.py, or None
+    create(ckpt)    classmethod -> the exporter for a loaded checkpoint (default: cls(ckpt))
+
+and per component: module, input_names, output_names, dynamic_axes, specs, export_feeds,
+feeds / parity_cases, manifest_extra, bundle_files (see clip.py for the smallest complete one).
+Checkpoint resolution, export, bench's PyTorch reference and distill ask this registry; no
+code outside a family's files tests a family's name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any
+
+from ...errors import ExportError, UnsupportedModelError
+
+_FAMILIES: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    _FAMILIES[cls.family] = cls
+    return cls
+
+
+def families() -> dict[str, type]:
+    if not _FAMILIES:
+        for info in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{info.name}")
+    return dict(_FAMILIES)
+
+
+def architectures() -> dict[str, tuple[str, tuple[str, str]]]:
+    """architecture -> (family, (model class, config class)) over every registered family."""
+    return {arch: (name, classes) for name, cls in families().items() for arch, classes in cls.architectures.items()}
+
+
+def family_of(config: dict[str, Any], where: str) -> str:
+    """config.json -> family name, or an UnsupportedModelError listing what is supported."""
+    archs = config.get("architectures") or []
+    table = architectures()
+    for arch in archs:
+        if arch in table:
+            return table[arch][0]
+    mt = config.get("model_type")
+    if not archs:
+        for name, cls in families().items():
+            if mt in getattr(cls, "model_types", ()):
+                return name
+    got = archs[0] if archs else mt
+    raise UnsupportedModelError(f"{where}: unsupported architecture {got!r}; supported: {', '.join(sorted(table))}")
+
+
+def hf_classes(config: dict[str, Any], family: str) -> tuple[str, str]:
+    """(model class, config class) names in transformers for this config."""
+    cls = families()[family]
+    for arch in config.get("architectures") or []:
+        if arch in cls.architectures:
+            return cls.architectures[arch]
+    return cls.default_classes
+
+
+def family_exporter(ckpt):
+    """The family exporter instance for a loaded checkpoint."""
+    got = families()
+    if ckpt.family not in got:
+        raise ExportError(f"family {ckpt.family!r} has no exporter yet")
+    return got[ckpt.family].create(ckpt)

@@ -1,0 +1,48 @@
+"""Runtime side of the family contract: one pipeline file per family, registered by name.
+
+A pipeline class declares what the rest of the runtime, bench, quantize and serve ask of a
+family, so none of them tests a family's name:
+
+    family       the manifest's family name this pipeline runs
+    task         the accuracy task bench runs with a labelled data set:
+                 "zero-shot" (dual encoders), "pair-similarity" (text embeddings), "caption"
+    generative   True for encoder + decoder-step bundles (bench times whole generations)
+    scores(image_embeds, text_embeds) -> probabilities (dual encoders: the classify rule,
+                 softmax with a scale or sigmoid with scale and bias)
+
+Pipelines are found by importing every module of this package once; a new family is a new
+file here (plus its exporter file and a models.yaml row).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from ...errors import BundleError
+
+_PIPELINES: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Class decorator: `cls.family` bundles open with this pipeline."""
+    _PIPELINES[cls.family] = cls
+    return cls
+
+
+def _discover() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+def pipelines() -> dict[str, type]:
+    if not _PIPELINES:
+        _discover()
+    return dict(_PIPELINES)
+
+
+def pipeline_class(family: str, where: str = "bundle") -> type:
+    got = pipelines()
+    if family not in got:
+        raise BundleError(f"{where}: family {family!r} has no pipeline in this mmdeploy (has: {', '.join(sorted(got))})")
+    return got[family]
