@@ -90,8 +90,10 @@ def load_folder(folder: Path, name: str | None = None) -> Checkpoint:
         model = _classes(config, family)[0].from_pretrained(str(folder), attn_implementation="eager").eval()
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise CheckpointError(f"cannot load {folder}: {str(exc).splitlines()[0]}") from exc
-    pre_path = folder / "preprocessor_config.json"
-    pre = json.loads(pre_path.read_text()) if pre_path.is_file() else {}
+    from .processor import explicit_image_processor, raw_image_processor
+
+    raw = raw_image_processor(folder)
+    pre = explicit_image_processor(raw, str(folder)) if raw else {}
     source: dict[str, Any] = {"path": str(folder.resolve()), "weights_sha256": sha}
     try:  # a student from `mmdeploy distill`: bench shows its teacher beside it
         source["distilled_from"] = json.loads((folder / "distill.json").read_text())["teacher"]["source"]
@@ -105,6 +107,13 @@ def load_folder(folder: Path, name: str | None = None) -> Checkpoint:
         files_dir=folder,
         preprocessor=pre,
     )
+
+
+def _registry_preprocessor(name: str, ent: dict[str, Any]) -> dict[str, Any]:
+    from .processor import explicit_image_processor
+
+    raw = dict(ent.get("preprocessor") or {})
+    return explicit_image_processor(raw, f"models.yaml:{name}") if raw else {}
 
 
 def _random_twin(name: str, ent: dict[str, Any]) -> Checkpoint:
@@ -130,7 +139,7 @@ def _random_twin(name: str, ent: dict[str, Any]) -> Checkpoint:
             "weights_sha256": state_sha256(model),
         },
         files_dir=package_path(tok) if tok else None,
-        preprocessor=dict(ent.get("preprocessor") or {}),
+        preprocessor=_registry_preprocessor(name, ent),
         registry_entry=ent,
     )
 

@@ -88,3 +88,35 @@ def test_caption_twin_configs_have_the_hub_architectures(name, sub, cls):
     for k in checked:
         want = KNOWN_DEVIATIONS.get((name, sub, k), getattr(ref, k))
         assert cfg[k] == want, (name, sub, k, cfg[k], want)
+
+
+def test_clip_saved_by_a_transformers5_processor_exports(tmp_path):
+    """CLIPProcessor.save_pretrained (transformers 5) writes processor_config.json with the image
+    processor nested, no preprocessor_config.json: it exports, and the bundle matches PyTorch."""
+    import numpy as np
+    import torch
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizerFast
+
+    from mmdeploy.common.datasets.photos import photo_batch
+    from mmdeploy.exporter.export import export
+    from mmdeploy.exporter.registry import package_path
+    from mmdeploy.runtimes import load
+
+    src = str(package_path("fixtures/clip-shapes"))
+    ckpt = tmp_path / "clip-t5"
+    model = CLIPModel.from_pretrained(src).eval()
+    model.save_pretrained(str(ckpt))
+    CLIPProcessor(image_processor=CLIPImageProcessor.from_pretrained(src),
+                  tokenizer=CLIPTokenizerFast.from_pretrained(src)).save_pretrained(str(ckpt))
+    assert (ckpt / "processor_config.json").is_file() and not (ckpt / "preprocessor_config.json").exists()
+    export(str(ckpt), tmp_path / "b", threads=2)
+    pipe = load(tmp_path / "b")
+    imgs = photo_batch(3)
+    proc = CLIPImageProcessor.from_pretrained(str(ckpt))  # transformers reads the nested layout itself
+    px = proc(images=imgs, return_tensors="pt")["pixel_values"]
+    assert np.allclose(pipe.preprocess(imgs), px.numpy(), atol=1e-5)
+    with torch.no_grad():
+        ref = model.get_image_features(pixel_values=px).pooler_output.numpy()
+    got = pipe.embed_images(imgs, normalize=False)
+    cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))
+    assert cos.min() >= 0.9999
