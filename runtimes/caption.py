@@ -151,7 +151,7 @@ class SessionDecoder:
 class CaptionPipeline:
     """Encoder + decoder-step graphs of one caption bundle on one (backend, precision)."""
 
-    def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None):
+    def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None):
         from tokenizers import Tokenizer
 
         from .select import open_sessions
@@ -175,7 +175,7 @@ class CaptionPipeline:
         # the encoder runs once per batch, then the decoder: spinning encoder threads would steal
         # the 2 cores from the first decoder steps (measured: int8 caption 349 -> 319 ms)
         options = {"encoder": {"spin": False}} if backend == "onnxruntime" else None
-        self.sessions = open_sessions(bundle, arts, threads, options=options)
+        self.sessions = open_sessions(bundle, arts, threads, device, options=options)
         self.encoder_outputs = list(self.info["encoder_outputs"])
 
     @property
