@@ -31,7 +31,7 @@ class ClipPipeline:
         self.bundle, self.backend, self.precision = bundle, backend, precision
         m = bundle.manifest
         bundle.verify([m["preprocess"]["file"], m["tokenizer"]["file"]])
-        self.preprocess = ImagePreprocessor.from_config(m["preprocess"]["config"])
+        self.preprocess = ImagePreprocessor.from_config(m["preprocess"]["config"], source=f"{bundle.root}: manifest preprocess.config")
         self.tokenizer = TextTokenizer.from_file(
             bundle.path(m["tokenizer"]["file"]), max_length=m["tokenizer"]["max_length"], pad_id=m["tokenizer"].get("pad_id")
         )

@@ -66,7 +66,10 @@ class TextTokenizer:
             pad_id = _find_pad_id(tok, path)
             if pad_id is None:
                 raise BundleError(f"tokenizer {path} names no pad token: pass pad_id")
-        return cls(tok, max_length=max_length, pad_id=pad_id)
+        try:
+            return cls(tok, max_length=max_length, pad_id=pad_id)
+        except (ValueError, TypeError) as exc:  # max_length / pad_id from the manifest or the file
+            raise BundleError(f"tokenizer {path}: {exc}") from None
 
     @property
     def vocab_size(self) -> int:
