@@ -173,7 +173,8 @@ def export(
             }
         )
         if gpu_precisions:
-            w.manifest["tensorrt"] = tensorrt_settings(ckpt, components, target, gpu_precisions)
+            max_sequence = (extra.get("tokenizer") or {}).get("max_length")
+            w.manifest["tensorrt"] = tensorrt_settings(ckpt, components, target, gpu_precisions, max_sequence)
         if hasattr(fam, "check_variants"):  # end-to-end check on the staged bundle (e.g. generated tokens)
             w.manifest["variant_checks"] = fam.check_variants(w, threads, log)
         w.manifest["exporter"]["seconds"] = round(time.perf_counter() - t0, 1)
@@ -181,16 +182,26 @@ def export(
     return Bundle.open(out)
 
 
-def tensorrt_settings(ckpt: Checkpoint, components: dict, target: str, precisions: list[str]) -> dict:
-    """What `mmdeploy build --backend tensorrt` needs on the device: profiles, precisions."""
+def tensorrt_settings(ckpt: Checkpoint, components: dict, target: str, precisions: list[str],
+                      max_sequence: int | None = None) -> dict:
+    """What `mmdeploy build --backend tensorrt` needs on the device: profiles, precisions.
+
+    `max_sequence` (the tokenizer's max_length, at most the position table) replaces the
+    default profile's sequence 77 and caps a registry profile: no plan for positions the
+    model does not have."""
     from ..runtimes.tensorrt import WORKSPACE_MB, derive_profile
 
     axes = dict(DEFAULT_PROFILE)
+    limits = {}
+    if max_sequence:
+        limits["sequence"] = int(max_sequence)
+        axes["sequence"] = [1, int(max_sequence), int(max_sequence)]
     axes.update((ckpt.registry_entry or {}).get("profile") or {})
     return {
         "target": target,
         "precisions": [p for p in precisions if p != "int8"],  # int8 joins once its Q/DQ ONNX exists
-        "profiles": {c: {k: [list(x) for x in v] for k, v in derive_profile(spec["inputs"], axes).items()} for c, spec in components.items()},
+        "profiles": {c: {k: [list(x) for x in v] for k, v in derive_profile(spec["inputs"], axes, limits=limits).items()}
+                     for c, spec in components.items()},
         "workspace_mb": WORKSPACE_MB[target],
         "dla_core": None,
         "int8_onnx": {},

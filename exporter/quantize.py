@@ -39,6 +39,11 @@ MODES = ("static", "dynamic")
 # Ops whose weights are quantized. Adds, LayerNorm, Softmax and activation x activation
 # MatMuls (attention scores) stay float: measured to cost accuracy for little speed.
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
+# ONNX Runtime's dynamic quantizer (its IntegerOps registry) converts only these; a Gemm stays float.
+# (The TorchScript-exported CLIP / text graphs have no Gemm: Linear layers are MatMul [+ Add].)
+DYNAMIC_OPS = ("MatMul", "Conv")
+# integer-kernel nodes in a quantized graph: what really runs in int8
+INTEGER_OPS = ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearMatMul", "QLinearConv")
 HELD_OUT = {"images": 16, "texts": 32}  # held-out items per component kind
 # Static INT8 keeps each transformer block's MLP down-projection in float by default: its input
 # (after GELU) carries the activation outliers. Measured on all-MiniLM-L6-v2, 64 calibration
@@ -107,6 +112,18 @@ def weight_nodes(model) -> list[Any]:
     return out
 
 
+def quantized_counts(path: Path) -> dict[str, Any]:
+    """What a quantized graph really runs in int8: integer nodes by op type, and the weight
+    MatMul/Gemm/Conv nodes left in float."""
+    onnx = require("onnx", "export")
+    model = onnx.load(str(path), load_external_data=False)
+    ops: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type in INTEGER_OPS:
+            ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return {"quantized_nodes": sum(ops.values()), "quantized_ops": ops, "float_weight_nodes": len(weight_nodes(model))}
+
+
 def matches(node, patterns: list[str]) -> bool:
     """An exclusion pattern is an op type (e.g. Gemm) or a glob / regex on the node name."""
     for p in patterns:
@@ -148,8 +165,11 @@ class OrtInt8:
         self.src, self.cfg, self.calib, self.workdir = src, cfg, calib, workdir
         model = onnx.load(str(src), load_external_data=False)
         self.nodes = [n for n in weight_nodes(model) if not matches(n, cfg.exclude)]
+        if cfg.mode == "dynamic":  # ORT's dynamic quantizer leaves Gemm float: not counted, not offered as a group
+            self.nodes = [n for n in self.nodes if n.op_type in DYNAMIC_OPS]
         if not self.nodes:
-            raise InputError("--exclude leaves nothing to quantize")
+            raise InputError("--exclude leaves nothing to quantize" if cfg.mode == "static" else
+                             f"{src.name}: no {'/'.join(DYNAMIC_OPS)} weights left for dynamic INT8 (Gemm stays float): use static INT8")
         self.cache = workdir / "calibration.cache"
 
     def build(self, out: Path, keep_float: set[str] = frozenset()) -> dict[str, Any]:
@@ -158,9 +178,9 @@ class OrtInt8:
         if self.cfg.mode == "dynamic":
             q.quantize_dynamic(
                 str(self.src), str(out), per_channel=True, weight_type=q.QuantType.QInt8,
-                nodes_to_quantize=names, op_types_to_quantize=list(WEIGHT_OPS),
+                nodes_to_quantize=names, op_types_to_quantize=list(DYNAMIC_OPS),
             )
-            return {"mode": "dynamic", "weights": "int8 per-channel symmetric", "activations": "uint8 dynamic", "quantized_nodes": len(names)}
+            return {"mode": "dynamic", "weights": "int8 per-channel symmetric", "activations": "uint8 dynamic", **quantized_counts(out)}
         method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy, "percentile": q.CalibrationMethod.Percentile}[self.cfg.method]
         reader = _Reader(self.calib)
         q.quantize_static(

@@ -31,7 +31,7 @@ def text_tokenizer(bundle: Bundle) -> TextTokenizer:
 
 def image_preprocessor(bundle: Bundle) -> ImagePreprocessor | None:
     p = bundle.manifest.get("preprocess")
-    return ImagePreprocessor.from_config(p["config"]) if p else None
+    return ImagePreprocessor.from_config(p["config"], source=f"{bundle.root}: manifest preprocess.config") if p else None
 
 
 def component_kind(bundle: Bundle, component: str) -> str:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mmdeploy.errors import InputError
+from mmdeploy.errors import BundleError, InputError
 from mmdeploy.runtimes.images import DEFAULT_MAX_PIXELS, load_image
 
 __all__ = ["ImagePreprocessor", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]
@@ -78,7 +78,10 @@ class ImagePreprocessor:
             self.resample = int(Image.Resampling(int(self.resample)))
         except ValueError:
             raise ValueError(f"unknown PIL resample code {self.resample!r}") from None
-        self.rescale_factor = float(self.rescale_factor)
+        try:
+            self.rescale_factor = float(self.rescale_factor)
+        except (TypeError, ValueError):
+            raise ValueError(f"rescale_factor must be a number, got {self.rescale_factor!r}") from None
         self.image_mean = _triple(self.image_mean, "image_mean")
         self.image_std = _triple(self.image_std, "image_std")
         if any(s == 0 for s in self.image_std):
@@ -90,8 +93,12 @@ class ImagePreprocessor:
     # -- construction ----------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "ImagePreprocessor":
-        """Build from a ``preprocessor_config.json`` dict; missing keys take CLIP's defaults."""
+    def from_config(cls, cfg: dict[str, Any], *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                    source: str = "preprocess config") -> "ImagePreprocessor":
+        """Build from a ``preprocessor_config.json`` dict; missing keys take CLIP's defaults.
+        A bad value is a BundleError that starts with ``source`` (the file or manifest field)."""
+        if not isinstance(cfg, dict):
+            raise BundleError(f"{source}: must be a JSON object, got {type(cfg).__name__}")
         cfg = dict(cfg)
         kwargs: dict[str, Any] = {"max_pixels": max_pixels}
         default_to_square = bool(cfg.get("default_to_square", False))
@@ -106,13 +113,16 @@ class ImagePreprocessor:
                     "rescale_factor", "do_normalize", "image_mean", "image_std", "do_convert_rgb"):
             if cfg.get(key) is not None:
                 kwargs[key] = cfg[key]
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except (ValueError, TypeError) as exc:
+            raise BundleError(f"{source}: {' '.join(str(exc).split())}") from None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **kw: Any) -> "ImagePreprocessor":
         """Build from a ``preprocessor_config.json`` file."""
         with open(path, encoding="utf-8") as f:
-            return cls.from_config(json.load(f), **kw)
+            return cls.from_config(json.load(f), **{"source": str(path), **kw})
 
     def to_config(self) -> dict[str, Any]:
         """The ``preprocessor_config.json`` keys (round-trips through :meth:`from_config`)."""
@@ -236,11 +246,17 @@ def _size_dict(size: Any, *, default_to_square: bool, name: str) -> dict[str, in
     if isinstance(size, bool):
         raise ValueError(f"{name} must be an int, a pair or a dict, got {size!r}")
     if isinstance(size, int):
+        if size <= 0:
+            raise ValueError(f"{name} must be positive, got {size}")
         return {"height": size, "width": size} if default_to_square else {"shortest_edge": size}
-    if isinstance(size, (list, tuple)) and len(size) == 2:
-        return {"height": int(size[0]), "width": int(size[1])}
+    try:
+        if isinstance(size, (list, tuple)) and len(size) == 2:
+            size = {"height": int(size[0]), "width": int(size[1])}
+        if isinstance(size, dict):
+            out = {k: int(v) for k, v in size.items() if k in _SIZE_KEYS and v is not None}
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} values must be integers, got {size!r}") from None
     if isinstance(size, dict):
-        out = {k: int(v) for k, v in size.items() if k in _SIZE_KEYS and v is not None}
         if ("height" in out) != ("width" in out):
             raise ValueError(f"{name} needs both height and width, got {size}")
         if not out or ("longest_edge" in out and "shortest_edge" not in out):
@@ -254,7 +270,10 @@ def _size_dict(size: Any, *, default_to_square: bool, name: str) -> dict[str, in
 def _triple(v: Any, name: str) -> tuple[float, ...]:
     if isinstance(v, (int, float)):
         return (float(v),) * 3
-    vals = tuple(float(x) for x in v)
+    try:
+        vals = tuple(float(x) for x in v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or 3 numbers (RGB), got {v!r}") from None
     if len(vals) != 3:
         raise ValueError(f"{name} must have 3 values (RGB), got {len(vals)}")
     return vals

@@ -75,15 +75,21 @@ def check_plan(plan_key: dict[str, Any] | None, here: PlanKey, path: str) -> Non
 
 
 def derive_profile(
-    inputs: list[dict[str, Any]], profile: dict[str, list[int]] | None, overrides: dict[str, list[int]] | None = None
+    inputs: list[dict[str, Any]], profile: dict[str, list[int]] | None, overrides: dict[str, list[int]] | None = None,
+    limits: dict[str, int] | None = None,
 ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
     """min/opt/max shapes for every input from its symbolic shape and the model's profile.
 
     `profile` maps an axis name (batch, sequence, ...) to [min, opt, max]; fixed axes stay
     fixed. An axis with no entry is an error naming it, so no silent 1x1 profile is built.
+    `limits` caps an axis at what the model takes (sequence: its position table / tokenizer
+    max_length): a profile past it is clipped, an axis with no entry gets [1, limit, limit].
     """
     axes = dict(profile or {})
     axes.update(overrides or {})
+    for dim, cap in (limits or {}).items():
+        cap = int(cap)
+        axes[dim] = [min(int(x), cap) for x in axes[dim]] if dim in axes else [1, cap, cap]
     out = {}
     for spec in inputs:
         lo, opt, hi = [], [], []

@@ -75,7 +75,7 @@ class TextTokenizer:
                 raise BundleError(f"tokenizer {path} names no pad token: pass pad_id")
         try:
             return cls(tok, max_length=max_length, pad_id=pad_id, padding=padding)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:  # max_length / pad_id from the manifest or the file
             raise BundleConfigError(f"tokenizer {path}: {exc}") from None
 
     @property

@@ -77,6 +77,37 @@ def test_missing_file_is_named(bundle_copy):
         load(bundle_copy, backend="onnxruntime")
 
 
+def _edit_manifest(root: Path, edit) -> None:
+    m = json.loads((root / MANIFEST).read_text())
+    edit(m)
+    (root / MANIFEST).write_text(json.dumps(m))
+
+
+def test_bad_preprocess_config_is_a_bundle_error_naming_the_field(bundle_copy):
+    _edit_manifest(bundle_copy, lambda m: m["preprocess"]["config"].update(size={"shortest_edge": -1}))
+    with pytest.raises(BundleError, match=r"manifest preprocess.config: size values must be positive"):
+        load(bundle_copy, backend="onnxruntime", precision="fp32")
+
+
+def test_corrupt_tokenizer_is_a_bundle_error_naming_the_file(bundle_copy):
+    from mmdeploy.runtimes.bundle import sha256_file
+
+    tok = bundle_copy / "tokenizer.json"
+    tok.write_text('{"version": "1.0", "model": {"type": "nope"}}')
+    with pytest.raises(BundleError, match="tokenizer.json does not match its sha256"):
+        load(bundle_copy, backend="onnxruntime", precision="fp32")
+    # even with the manifest's hash matching it (a bundle written from a broken tokenizer)
+    _edit_manifest(bundle_copy, lambda m: m["files"]["tokenizer.json"].update(sha256=sha256_file(tok), bytes=tok.stat().st_size))
+    with pytest.raises(BundleError, match="cannot read tokenizer file .*tokenizer.json"):
+        load(bundle_copy, backend="onnxruntime", precision="fp32")
+
+
+def test_bad_tokenizer_field_is_a_bundle_error(bundle_copy):
+    _edit_manifest(bundle_copy, lambda m: m["tokenizer"].update(max_length=1))
+    with pytest.raises(BundleError, match="tokenizer.json: max_length must be an int >= 2, got 1"):
+        load(bundle_copy, backend="onnxruntime", precision="fp32")
+
+
 def test_unknown_schema_version(bundle_copy):
     m = json.loads((bundle_copy / MANIFEST).read_text())
     m["schema_version"] = 99

@@ -175,6 +175,25 @@ def test_tokens_match_pytorch(tiny_bundles, models, fam, batch, backend, num_bea
     assert _same(ours, ref), (ours, ref)
 
 
+def test_load_takes_a_device_like_clip(tiny_bundles):
+    """load(..., device=) reaches the caption sessions: cpu runs, cuda without onnxruntime-gpu is
+    the one-line BackendError CLIP gives (not a TypeError from the pipeline)."""
+    import onnxruntime
+
+    from mmdeploy.errors import BackendError
+
+    bundle = tiny_bundles["vit-gpt2"][1]
+    pipe = load(bundle, backend="onnxruntime", precision="fp32", threads=2, device="cpu")
+    assert len(pipe.generate_ids(_pixels(pipe, 1), max_new_tokens=2)) == 1
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed")
+    with pytest.raises(BackendError, match="pip install onnxruntime-gpu") as exc:
+        load(bundle, backend="onnxruntime", precision="fp32", device="cuda")
+    assert len(str(exc.value).splitlines()) == 1
+    with pytest.raises(BackendError, match="OpenVINO device GPU is not available"):
+        load(bundle, backend="openvino", precision="fp32", device="gpu")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kv_cache_is_written_into_preallocated_buffers(tiny_bundles, backend):
     """Each step's present K/V equal a plain session run's, with plain runs in between. On ONNX

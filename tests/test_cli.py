@@ -136,6 +136,26 @@ def test_unreadable_image(tmp_path, clip_bundle):
     one_line_error(run("embed", clip_bundle, "--image", tmp_path / "missing.png"), "missing.png")
 
 
+def test_bad_bundle_config_is_one_line_exit_2(tmp_path, clip_bundle):
+    import shutil
+
+    from mmdeploy.runtimes.bundle import sha256_file
+
+    dst = tmp_path / "b"
+    shutil.copytree(clip_bundle, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    size = m["preprocess"]["config"]["size"]
+    m["preprocess"]["config"]["size"] = {"shortest_edge": 0}
+    (dst / "manifest.json").write_text(json.dumps(m))
+    one_line_error(run("embed", dst, "--text", "a"), "manifest preprocess.config", "size values must be positive")
+    m["preprocess"]["config"]["size"] = size
+    tok = dst / "tokenizer.json"
+    tok.write_text("{not json")
+    m["files"]["tokenizer.json"].update(sha256=sha256_file(tok), bytes=tok.stat().st_size)
+    (dst / "manifest.json").write_text(json.dumps(m))
+    one_line_error(run("embed", dst, "--text", "a"), "cannot read tokenizer file", "tokenizer.json")
+
+
 def test_odd_image_modes_work_end_to_end(tmp_path, clip_bundle):
     base = shapes.generate("test", 1)[0].image
     for mode in ("RGBA", "L", "P", "CMYK", "I;16"):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from mmdeploy.errors import InputError
+from mmdeploy.errors import BundleError, InputError
 from mmdeploy.runtimes import preprocess as pp
 from mmdeploy.runtimes.images import decode_image_data, load_image
 from mmdeploy.runtimes.preprocess import ImagePreprocessor
@@ -306,3 +306,24 @@ def test_legacy_openai_config_via_auto_image_processor(tmp_path):
     images = [PHOTOS["rocket"], ODD["rgba"], ODD["p-transparency"]]
     ref = np.concatenate([hf(im, return_tensors="np")["pixel_values"] for im in images])
     assert float(np.abs(ours(images) - ref).max()) <= TOL
+
+
+@pytest.mark.parametrize("cfg,field", [
+    ({"size": {"shortest_edge": 0}}, "size values must be positive"),
+    ({"size": -3}, "size must be positive"),
+    ({"size": "big"}, "size must be"),
+    ({"size": {"height": "a", "width": 3}}, "size values must be integers"),
+    ({"crop_size": {"height": 224}}, "crop_size needs both"),
+    ({"resample": 99}, "resample code 99"),
+    ({"image_mean": [0.5, 0.5]}, "image_mean must have 3"),
+    ({"image_std": [0, 1, 1]}, "image_std must not contain 0"),
+    ({"rescale_factor": [1]}, "rescale_factor must be a number"),
+])
+def test_bad_config_is_a_bundle_error_naming_the_source_and_field(tmp_path, cfg, field):
+    with pytest.raises(BundleError, match=f"^manifest preprocess.config: .*{field}"):
+        ImagePreprocessor.from_config(cfg, source="manifest preprocess.config")
+    path = tmp_path / "preprocessor_config.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(BundleError, match="preprocessor_config.json: ") as exc:
+        ImagePreprocessor.from_file(path)
+    assert len(str(exc.value).splitlines()) == 1

@@ -86,8 +86,41 @@ def test_dynamic_int8(clip_bundle, tmp_path):
     arts = Bundle.open(dst).find(backend="onnxruntime", precision="int8")
     assert {a.component for a in arts} == {"vision", "text"}
     assert all(a.recipe["mode"] == "dynamic" and a.passed for a in arts)
+    for a in arts:  # the recipe counts the integer nodes really in the graph
+        ops = [n.op_type for n in onnx.load(str(Bundle.open(dst).path(a.path))).graph.node]
+        integer = sum(ops.count(t) for t in ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul"))
+        assert a.recipe["quantized_nodes"] == integer > 0, (a.component, a.recipe)
+        assert "Gemm" not in a.recipe["quantized_ops"]
     clip = load(dst, backend="onnxruntime", precision="int8")
     assert clip.embed_texts(["a photo of a red circle"]).shape[0] == 1
+
+
+def test_dynamic_int8_reports_gemm_as_float(tmp_path):
+    """A Gemm is not quantized by dynamic INT8 (ORT's IntegerOps have no Gemm; newer ORT, e.g. 1.32, rewrites it
+    to a MatMul of its own name, which nodes_to_quantize does not list): the recipe counts only the
+    nodes that became integer, and reports the Gemm as float."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mmdeploy.exporter.quantize import OrtInt8
+
+    rng = np.random.default_rng(0)
+    w = lambda name, *shape: numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)  # noqa: E731
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm"),
+         helper.make_node("Gemm", ["h", "w2", "b2"], ["y"], name="gemm", transB=1)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        [w("w1", 16, 32), w("w2", 8, 32), w("b2", 8)],
+    )
+    src = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    builder = OrtInt8(src, QuantConfig(precision="int8", mode="dynamic", exclude=[]), None, tmp_path)
+    assert [n.name for n in builder.nodes] == ["mm"]
+    recipe = builder.build(tmp_path / "q.onnx")
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node]
+    assert ops.count("MatMulInteger") == 1 and ("Gemm" in ops or "MatMul" in ops)  # the Gemm stays float
+    assert recipe["quantized_nodes"] == 1 and recipe["quantized_ops"] == {"MatMulInteger": 1}
+    assert recipe["float_weight_nodes"] == 1  # the Gemm
 
 
 def test_accuracy_aware_meets_a_stricter_target_and_records_float_layers(clip_bundle, tmp_path):

@@ -38,6 +38,29 @@ def test_profile_errors_name_the_axis():
         derive_profile(CLIP_VISION, {"batch": [8, 1, 64]})
 
 
+def test_sequence_profile_is_capped_at_the_models_positions():
+    assert derive_profile(CLIP_TEXT, {"batch": [1, 8, 64]}, limits={"sequence": 16})["input_ids"] == ((1, 1), (8, 16), (64, 16))
+    clipped = derive_profile(CLIP_TEXT, {"batch": [1, 8, 64], "sequence": [1, 77, 77]}, limits={"sequence": 16})
+    assert clipped["attention_mask"] == ((1, 1), (8, 16), (64, 16))
+
+
+def test_tensorrt_settings_take_the_sequence_from_the_tokenizer():
+    from types import SimpleNamespace
+
+    from mmdeploy.exporter.export import tensorrt_settings
+
+    comps = {"text": {"inputs": CLIP_TEXT}, "vision": {"inputs": CLIP_VISION}}
+    no_profile = SimpleNamespace(registry_entry={})  # e.g. an HF folder that is not in models.yaml
+    trt = tensorrt_settings(no_profile, comps, "gpu", ["fp16"], max_sequence=16)
+    assert trt["profiles"]["text"]["input_ids"] == [[1, 1], [8, 16], [32, 16]]  # not DEFAULT_PROFILE's 77
+    assert trt["profiles"]["vision"]["pixel_values"][2] == [32, 3, 224, 224]
+    too_long = SimpleNamespace(registry_entry={"profile": {"batch": [1, 4, 16], "sequence": [1, 64, 128]}})
+    trt = tensorrt_settings(too_long, comps, "gpu", ["fp16"], max_sequence=40)
+    assert trt["profiles"]["text"]["attention_mask"] == [[1, 1], [4, 40], [16, 40]]  # registry wins, clipped
+    shorter = SimpleNamespace(registry_entry={"profile": {"sequence": [1, 8, 24]}})
+    assert tensorrt_settings(shorter, comps, "gpu", ["fp16"], 40)["profiles"]["text"]["input_ids"][2] == [32, 24]
+
+
 def test_foreign_plans_are_refused_never_deserialised():
     here = PlanKey("8.9", "10.3.0", "NVIDIA L4")
     check_plan(PlanKey("8.9", "10.3.0", "NVIDIA L40S").to_dict(), here, "p.plan")  # same arch + TRT: fine
@@ -62,6 +85,8 @@ def test_gpu_bundle_carries_build_settings(gpu_bundle):
     trt = gpu_bundle.manifest["tensorrt"]
     assert trt["target"] == "gpu" and trt["precisions"] == ["fp16", "int8"]
     assert trt["profiles"]["vision"]["pixel_values"][2][0] == 64  # clip-shapes profile: batch max 64
+    seq = gpu_bundle.manifest["tokenizer"]["max_length"]  # 16 positions
+    assert trt["profiles"]["text"]["input_ids"][2] == [64, seq] == trt["profiles"]["text"]["attention_mask"][2]
     assert set(trt["int8_onnx"]) == {"vision", "text"}
     # an ORT fp32 artifact is still there to run on the CPU
     assert gpu_bundle.find("vision", "onnxruntime", "fp32")

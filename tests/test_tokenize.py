@@ -114,5 +114,7 @@ def test_errors(tok, tmp_path):
     bad.write_text("{not json")
     with pytest.raises(BundleError, match="bad.json"):
         TextTokenizer.from_file(bad, max_length=77)
-    with pytest.raises(ValueError):
+    with pytest.raises(BundleError, match="tokenizer.json: max_length must be an int >= 2"):
         TextTokenizer.from_file(FIXTURE, max_length=1)
+    with pytest.raises(BundleError, match="pad id 99999 is not in"):
+        TextTokenizer.from_file(FIXTURE, max_length=77, pad_id=99999)

@@ -169,8 +169,11 @@ class CaptionPipeline:
             if key not in m:
                 raise BundleError(f"{bundle.root}: manifest has no {key!r}: not a caption bundle of this mmdeploy")
         bundle.verify([m["preprocess"]["file"], m["tokenizer"]["file"]])
-        self.preprocess = ImagePreprocessor.from_config(m["preprocess"]["config"])
-        self.tokenizer = Tokenizer.from_file(str(bundle.path(m["tokenizer"]["file"])))
+        self.preprocess = ImagePreprocessor.from_config(m["preprocess"]["config"], source=f"{bundle.root}: manifest preprocess.config")
+        try:
+            self.tokenizer = Tokenizer.from_file(str(bundle.path(m["tokenizer"]["file"])))
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception
+            raise BundleError(f"cannot read tokenizer file {bundle.path(m['tokenizer']['file'])}: {' '.join(str(exc).split())}") from None
         self.info = m["caption"]
         self.generation = GenerationConfig.from_dict(m["generation"])
         arts = {}
