@@ -215,14 +215,15 @@ def _export_then_quantize(source, out: Path, backends, precisions, post, kw, cal
 
     from ..runtimes.bundle import swap_into_place
     from .checkpoint import source_family
-    from .quantize import QuantConfig, check_caption_config, check_config, quantize
+    from .quantize import QuantConfig, check_config, quantize
 
-    # captioners' INT8 is data-free (dynamic / weight-only): their own flag check
-    check = check_caption_config if source_family(source) == "caption" else check_config
+    family = source_family(source)
+    if family is None:
+        resolve(source, random_weights=kw["random_weights"])  # raises the one-line reason
     jobs = []
     if kw["target"] != "cpu" and "int8" in post:
         jobs.append(QuantConfig(precision="int8", backend="tensorrt", calib=calib, method=method, min_cosine=min_cosine, threads=kw["threads"]))
-        check_config(jobs[-1])
+        check_config(jobs[-1], family)
         post = [p for p in post if p != "int8"]
     for precision in post:
         fits, refused = [], []
@@ -233,7 +234,7 @@ def _export_then_quantize(source, out: Path, backends, precisions, post, kw, cal
                 threads=kw["threads"],
             )
             try:
-                check(cfg)  # bad flags fail before any work
+                check_config(cfg, family)  # bad flags fail before any work
                 fits.append(cfg)
             except BackendError as exc:  # e.g. int4 on openvino: the backends that build it get it
                 refused.append(exc)

@@ -156,6 +156,33 @@ class CaptionPipeline:
     family = "caption"
     task = "caption"
     generative = True
+    # data-free variants (the decoder step is memory-bound: weights are what is worth shrinking),
+    # each gated on the worst cosine over every output (logits and present K/V)
+    quantization = {
+        ("onnxruntime", "int8"): "int8-dynamic-matmul",
+        ("onnxruntime", "int4"): "int4-weight-only",
+        ("openvino", "int8"): "int8-weight-only",
+        ("onnxruntime", "fp16"): "fp16-onnxruntime",
+        ("openvino", "fp16"): "fp16-openvino",
+        ("openvino", "bf16"): "bf16-openvino",
+    }
+    gate_metrics: dict[str, str] = {}
+
+    @classmethod
+    def fidelity_feeds(cls, bundle: Bundle, component: str, threads: int | None = None) -> tuple[list[dict[str, np.ndarray]], str]:
+        """Real photos through the fp32 graphs: encoder pixels; decoder first step and a mid-caption step."""
+        from ...common.datasets.photos import photo_batch
+
+        pipe = cls(bundle, "onnxruntime", "fp32", threads=threads)
+        px = pipe.pixel_values(photo_batch(4))
+        if component == "encoder":
+            return [{"pixel_values": px}], "fp32 ONNX on 4 held-out real photos"
+        return ([decoder_step_feeds(pipe, px, steps=0), decoder_step_feeds(pipe, px, steps=6)],
+                "fp32 ONNX on 4 held-out real photos (decoder: first and 7th step)")
+
+    @classmethod
+    def calibration_feeds(cls, *args, **kwargs):
+        raise InputError("caption variants are data-free: no calibration")
 
     def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None,
                  device: str | None = None):

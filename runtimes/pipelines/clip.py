@@ -11,13 +11,14 @@ from ..bundle import Bundle
 from ..feeds import image_preprocessor, text_tokenizer
 from ..images import load_image
 from . import register
+from .base import EncoderPipeline
 from ..scoring import l2_normalize, softmax
 
 
 
 
 @register
-class ClipPipeline:
+class ClipPipeline(EncoderPipeline):
     """Both towers of one dual-encoder bundle on one (backend, precision).
 
     CLIP's rule is the default; another dual encoder (SigLIP, ALIGN) subclasses this and
@@ -25,7 +26,6 @@ class ClipPipeline:
 
     family = "clip"
     task = "zero-shot"
-    generative = False
 
     def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None):
         from ..select import open_sessions

@@ -14,17 +14,17 @@ from ...errors import InputError
 from ..bundle import Bundle
 from ..feeds import text_tokenizer
 from . import register
+from .base import EncoderPipeline
 from ..scoring import l2_normalize
 
 
 
 @register
-class TextEmbeddingPipeline:
+class TextEmbeddingPipeline(EncoderPipeline):
     """One text-embedding bundle on one (backend, precision)."""
 
     family = "text-embedding"
     task = "pair-similarity"
-    generative = False
 
     def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None):
         from ..select import open_session
