@@ -75,12 +75,17 @@ def explicit_image_processor(raw: dict[str, Any], where: str) -> dict[str, Any]:
             v = False  # the class has no crop step
         if v is not None:
             out[key] = _plain(v)
-    if getattr(proc, "rescale_offset", False):
-        # x * f - 1 == (x * f/2 - 1/2) / (1/2): fold the offset into mean / std
-        m = out.get("image_mean", [0.0] * 3) if out.get("do_normalize") else [0.0] * 3
-        s = out.get("image_std", [1.0] * 3) if out.get("do_normalize") else [1.0] * 3
-        out.update(rescale_factor=float(out.get("rescale_factor", 1 / 127.5)) / 2, do_normalize=True,
-                   image_mean=[0.5 + 0.5 * x for x in m], image_std=[0.5 * x for x in s])
-    if getattr(proc, "include_top", False) and out.get("do_normalize"):
-        raise CheckpointError(f"{where}: {name} with include_top=True (a second division by std) is not supported")
+    offset, top = bool(getattr(proc, "rescale_offset", False)), bool(getattr(proc, "include_top", False))
+    if offset or top:
+        # EfficientNet: y = x * f - 1 (offset), then (y - m) / s, then / s again (include_top).
+        # Folded into the runtime's one affine step (x * r - mean) / std, per channel.
+        r = float(out.get("rescale_factor", 1 / 255)) if out.get("do_rescale", True) else 1.0
+        m0, s0 = out.get("image_mean", [0.0] * 3), out.get("image_std", [1.0] * 3)
+        mu, sigma = [1.0 if offset else 0.0] * 3, [1.0] * 3
+        if out.get("do_normalize"):
+            mu = [u + m * g for u, m, g in zip(mu, m0, sigma)]
+            sigma = [g * x for g, x in zip(sigma, s0)]
+        if top:
+            sigma = [g * x for g, x in zip(sigma, s0)]
+        out.update(do_rescale=True, rescale_factor=r, do_normalize=True, image_mean=mu, image_std=sigma)
     return out

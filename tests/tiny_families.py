@@ -66,3 +66,56 @@ def save_siglip(folder: Path, config: dict | None = None, model_cls: str = "Sigl
                                                               "model_max_length": 16}))
     (folder / "preprocessor_config.json").write_text(json.dumps(SIGLIP_PREPROCESSOR))
     return model
+
+
+ALIGN_TINY = {
+    "architectures": ["AlignModel"], "model_type": "align", "projection_dim": 32, "temperature_init_value": 0.7,
+    "text_config": {"model_type": "align_text_model", "vocab_size": 512, "hidden_size": 32, "intermediate_size": 37,
+                    "num_attention_heads": 4, "num_hidden_layers": 2, "max_position_embeddings": 64, "pad_token_id": 0},
+    # 3 EfficientNet stages; the last stage's width (32) is the image embedding, = projection_dim
+    "vision_config": {"model_type": "align_vision_model", "image_size": 32, "width_coefficient": 1.0,
+                      "depth_coefficient": 1.0, "kernel_sizes": [3, 3, 5], "in_channels": [32, 16, 24],
+                      "out_channels": [16, 24, 32], "strides": [1, 2, 2], "num_block_repeats": [1, 1, 2],
+                      "expand_ratios": [1, 6, 6], "depthwise_padding": [], "hidden_dim": 64},
+}
+# kakaobrain/align-base's processor, scaled down: resize, center crop, x / 127.5 - 1 (rescale offset)
+ALIGN_IMAGE_PROCESSOR = {
+    "image_processor_type": "EfficientNetImageProcessor", "do_resize": True, "size": {"height": 38, "width": 38},
+    "resample": 2, "do_center_crop": True, "crop_size": {"height": 32, "width": 32}, "do_rescale": True,
+    "rescale_factor": 1 / 127.5, "rescale_offset": True, "do_normalize": False, "include_top": False,
+    "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+}
+
+
+def align_tokenizer(vocab_size: int = 512):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(CORPUS * 20, trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    return tok
+
+
+def save_align(folder: Path):
+    """A tiny ALIGN checkpoint saved the transformers 5 way: AlignProcessor.save_pretrained writes
+    processor_config.json (image processor nested), no preprocessor_config.json."""
+    import torch
+    import transformers
+
+    cfg = dict(ALIGN_TINY)
+    cfg.pop("architectures")
+    torch.manual_seed(0)
+    model = transformers.AlignModel(transformers.AlignConfig(**cfg)).eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder))
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=align_tokenizer(), pad_token="[PAD]", unk_token="[UNK]",
+                                               cls_token="[CLS]", sep_token="[SEP]")
+    proc = transformers.AlignProcessor(image_processor=transformers.EfficientNetImageProcessor(**{
+        k: v for k, v in ALIGN_IMAGE_PROCESSOR.items() if k != "image_processor_type"}), tokenizer=tok)
+    proc.save_pretrained(str(folder))
+    return model
