@@ -88,8 +88,9 @@ def load_folder(folder: Path, name: str | None = None) -> Checkpoint:
     sha = weights_sha256(folder)
     try:
         model = _classes(config, family)[0].from_pretrained(str(folder), attn_implementation="eager").eval()
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"cannot load {folder}: {str(exc).splitlines()[0]}") from exc
+    except Exception as exc:  # noqa: BLE001 - a corrupt file raises whatever its reader raises (SafetensorError, ...)
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"cannot load {folder}: {first}") from exc
     from .processor import explicit_image_processor, raw_image_processor
 
     raw = raw_image_processor(folder)

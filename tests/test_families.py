@@ -1,0 +1,87 @@
+"""The family contract, checked over the registry (like optimum's check that every registered
+model is tested): each family has both halves, tests of its parity and classification, a clear
+export failure for a broken checkpoint, and no generic code tests a family's name."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from mmdeploy.errors import CheckpointError  # noqa: E402
+from mmdeploy.exporter.families import architectures, families  # noqa: E402
+from mmdeploy.runtimes.pipelines import pipelines  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+# family -> test modules holding its parity tests (PyTorch vs every backend) and, for dual encoders,
+# its classification test
+FAMILY_TESTS = {
+    "clip": ["test_clip_contract.py", "test_shapes_fixture.py"],
+    "siglip": ["test_siglip.py"],
+    "align": ["test_align.py"],
+    "text-embedding": ["test_text_embedding.py"],
+    "caption": ["test_caption.py"],
+}
+
+
+def test_every_family_has_both_halves():
+    assert set(families()) == set(pipelines()), "an exporter without a pipeline (or the reverse)"
+    for name, cls in families().items():
+        assert cls.architectures, name
+        assert pipelines()[name].family == name
+
+
+@pytest.mark.parametrize("family", sorted(families()))
+def test_every_registered_family_is_tested(family):
+    assert family in FAMILY_TESTS, f"family {family!r} is registered but no test module covers it"
+    src = "".join((TESTS / m).read_text() for m in FAMILY_TESTS[family])
+    tests = [n.name for m in FAMILY_TESTS[family] for n in ast.walk(ast.parse((TESTS / m).read_text()))
+             if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
+    assert any(k in t for t in tests for k in ("match", "parity", "tokens")), (family, tests)
+    if pipelines()[family].task == "zero-shot":
+        assert any("classify" in t or "zero_shot" in t for t in tests), (family, tests)
+        assert "1e-4" in src or "top1" in src or "top-1" in src, family
+
+
+@pytest.mark.parametrize("arch", sorted(architectures()))
+def test_every_architecture_fails_export_clearly_without_weights(arch, tmp_path):
+    """config.json naming the architecture, no weights / corrupt weights: one CheckpointError, nothing written."""
+    from mmdeploy.exporter.export import export
+
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({"architectures": [arch]}))
+    with pytest.raises(CheckpointError, match="no weights"):
+        export(str(tmp_path / "ckpt"), tmp_path / "out")
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError) as exc:
+        export(str(tmp_path / "ckpt"), tmp_path / "out")
+    assert "\n" not in str(exc.value) and "ckpt" in str(exc.value)
+    assert not (tmp_path / "out").exists()
+
+
+def _family_names_compared(path: Path, names: set[str]) -> list[str]:
+    bad = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Compare):
+            for c in [node.left, *node.comparators]:
+                if isinstance(c, ast.Constant) and c.value in names:
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno} compares with {c.value!r}")
+    return bad
+
+
+def test_no_generic_code_tests_a_family_name():
+    names = set(families())
+    own = {p.resolve() for p in (ROOT / "exporter" / "families").glob("*.py")}
+    own |= {p.resolve() for p in (ROOT / "runtimes" / "pipelines").glob("*.py")}
+    bad = []
+    for layer in ("exporter", "runtimes", "benchmarks", "common"):
+        for path in (ROOT / layer).rglob("*.py"):
+            if path.resolve() not in own:
+                bad += _family_names_compared(path, names)
+    bad += _family_names_compared(ROOT / "cli.py", names)
+    assert not bad, "family names tested outside the family's files:\n" + "\n".join(bad)
