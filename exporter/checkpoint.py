@@ -117,6 +117,27 @@ def _registry_preprocessor(name: str, ent: dict[str, Any]) -> dict[str, Any]:
     return explicit_image_processor(raw, f"models.yaml:{name}") if raw else {}
 
 
+def _recalibrate_batchnorm(model, torch, ent: dict[str, Any]) -> None:
+    """A random twin with BatchNorm (EfficientNet in ALIGN) has running statistics that fit no
+    activation, so deep towers shrink to ~1e-29 and parity is meaningless. Set them from the
+    twin's own activations on seeded noise images (cumulative average), as BN recalibration does."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    vision = getattr(model, "vision_model", None)
+    size = (ent.get("preprocessor") or {}).get("crop_size", {}).get("height") or getattr(
+        getattr(model.config, "vision_config", None), "image_size", None)
+    if not bns or vision is None or not size:
+        return
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    g = torch.Generator().manual_seed(RANDOM_SEED)
+    vision.train()
+    with torch.no_grad():
+        for _ in range(2):
+            vision(pixel_values=torch.randn(4, 3, int(size), int(size), generator=g))
+    model.eval()
+
+
 def _random_twin(name: str, ent: dict[str, Any]) -> Checkpoint:
     torch = require("torch", "export")
     config = dict(ent["config"])
@@ -127,6 +148,7 @@ def _random_twin(name: str, ent: dict[str, Any]) -> Checkpoint:
     cfg.architectures = ent["config"].get("architectures")
     torch.manual_seed(RANDOM_SEED)
     model = model_cls(cfg).eval()
+    _recalibrate_batchnorm(model, torch, ent)
     tok = ent.get("tokenizer")
     return Checkpoint(
         name=name,
