@@ -9,7 +9,8 @@ import subprocess
 from ..common.env import cpu_info
 
 EXTRAS = (("torch", "export"), ("transformers", "export"), ("onnx", "export"), ("nncf", "openvino"),
-          ("fastapi", "serve"), ("uvicorn", "serve"), ("prometheus_client", "serve"), ("orjson", "serve"))
+          ("fastapi", "serve"), ("uvicorn", "serve"), ("prometheus_client", "serve"), ("orjson", "serve"),
+          ("httpx", "serve"))
 
 
 def _gpu() -> str:

@@ -10,13 +10,13 @@ loopback addresses are accepted: this is a benchmark, not a load-testing tool fo
 people's machines. Every level is bounded by a request count *and* a time limit.
 
 Each client is a keep-alive HTTP/1.1 connection sending one request at a time (a closed
-loop, like ``wrk``), written on raw asyncio streams so that the generator itself costs
-little CPU. Payloads are distinct procedurally generated images (the shapes data set) as
-PNG data URLs, or sentences, one per request, OpenAI embeddings format.
+loop, like ``wrk``): an httpx AsyncClient holding one connection (httpx does the framing,
+chunked bodies included). Payloads are distinct procedurally generated images (the shapes
+data set) as PNG data URLs, or sentences, one per request, OpenAI embeddings format.
 
 Per level: requests, errors, wall time, throughput, p50/p90/p99/max latency, the mean
 batch size the server ran (from its /metrics) and its resident memory before and after.
-Standard library + numpy + pillow only.
+numpy + pillow + httpx (the serve extra; imported only when a level runs).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import InputError, MMDeployError
+from ..errors import InputError, MMDeployError, require
 
 __all__ = ["LevelResult", "LoadReport", "run_loadgen", "main"]
 
@@ -110,61 +110,36 @@ def text_payloads(n: int) -> list[str]:
     return sentences.sentence_batch(n)
 
 
-# -- a minimal keep-alive HTTP/1.1 client -----------------------------------------------------------
+# -- the HTTP client: one keep-alive connection per simulated client ------------------------------
+
+
+def _httpx():
+    return require("httpx", "serve")  # MissingExtraError: install it with  pip install 'mmdeploy[serve]'
 
 
 class _Conn:
-    def __init__(self, host: str, port: int):
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
+    """One keep-alive HTTP/1.1 connection (an httpx AsyncClient limited to one), one request at a time."""
 
-    async def open(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+    def __init__(self, url: str, headers: dict[str, str], timeout: float = 120.0):
+        httpx = _httpx()
+        self.client = httpx.AsyncClient(
+            base_url=url, headers=headers, timeout=timeout, trust_env=False,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        )
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.reader = self.writer = None
+    async def request(self, path: str, body: bytes) -> tuple[int, bytes]:
+        r = await self.client.post(path, content=body)
+        return r.status_code, r.content
 
-    async def request(self, raw: bytes) -> tuple[int, bytes]:
-        if self.writer is None:
-            await self.open()
-        self.writer.write(raw)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split()[1])
-        length, chunked, close = None, False, False
-        for line in lines[1:]:
-            k, _, v = line.partition(b":")
-            k = k.strip().lower()
-            if k == b"content-length":
-                length = int(v)
-            elif k == b"transfer-encoding" and b"chunked" in v.lower():
-                chunked = True
-            elif k == b"connection" and b"close" in v.lower():
-                close = True
-        if chunked:
-            body = b""
-            while True:
-                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                body += await self.reader.readexactly(size + 2)
-                if size == 0:
-                    break
-            body = body[:-2]
-        else:
-            body = await self.reader.readexactly(length or 0)
-        if close:
-            self.close()
-        return status, body
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
 
-def _build_request(host: str, port: int, path: str, body: bytes, api_key: str | None) -> bytes:
-    headers = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json",
-               f"Content-Length: {len(body)}", "Connection: keep-alive"]
+def _headers(api_key: str | None) -> dict[str, str]:
+    h = {"Content-Type": "application/json"}
     if api_key:
-        headers.append(f"Authorization: Bearer {api_key}")
-    return ("\r\n".join(headers) + "\r\n\r\n").encode() + body
+        h["Authorization"] = f"Bearer {api_key}"
+    return h
 
 
 def _get(url: str, api_key: str | None, timeout: float = 5.0) -> bytes:
@@ -197,8 +172,9 @@ def _check_loopback(url: str) -> tuple[str, int]:
 # -- the measurement ----------------------------------------------------------------------------
 
 
-async def _level(host: str, port: int, requests: list[bytes], concurrency: int, total: int, duration_s: float,
-                 check: Callable[[int, bytes], str | None]) -> tuple[list[float], int, list[str], float]:
+async def _level(url: str, headers: dict[str, str], bodies: list[bytes], concurrency: int, total: int, duration_s: float,
+                 check: Callable[[int, bytes], str | None], path: str = "/v1/embeddings") -> tuple[list[float], int, list[str], float]:
+    httpx = _httpx()
     lat: list[float] = []
     errors = 0
     samples: list[str] = []
@@ -207,18 +183,17 @@ async def _level(host: str, port: int, requests: list[bytes], concurrency: int, 
 
     async def client(k: int) -> None:
         nonlocal sent, errors
-        conn = _Conn(host, port)
+        conn = _Conn(url, headers, timeout=max(60.0, duration_s))
         try:
             while sent < total and time.perf_counter() < deadline:
                 i = sent
                 sent += 1
-                raw = requests[(i * 7919 + k) % len(requests)]
+                raw = bodies[(i * 7919 + k) % len(bodies)]
                 t = time.perf_counter()
                 try:
-                    status, body = await conn.request(raw)
+                    status, body = await conn.request(path, raw)
                     why = check(status, body)
-                except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
-                    conn.close()
+                except (httpx.HTTPError, OSError, ValueError, IndexError) as exc:  # httpx reconnects on the next request
                     why = f"{type(exc).__name__}: {exc}"
                 lat.append(time.perf_counter() - t)
                 if why is not None:
@@ -226,7 +201,7 @@ async def _level(host: str, port: int, requests: list[bytes], concurrency: int, 
                     if len(samples) < 5:
                         samples.append(why)
         finally:
-            conn.close()
+            await conn.aclose()
 
     t0 = time.perf_counter()
     await asyncio.gather(*(client(k) for k in range(concurrency)))
@@ -275,6 +250,7 @@ def run_loadgen(
         raise InputError(f"--kind {kind!r}: choose image or text")
     if requests < 1 or duration_s <= 0 or items < 1 or not concurrency or min(concurrency) < 1:
         raise InputError("requests, duration, items and every concurrency level must be positive")
+    _httpx()  # a missing serve extra is one line before any server starts
     api_key = api_key or os.environ.get("MMDEPLOY_API_KEY") or None
     proc = None
     logf = None
@@ -296,7 +272,7 @@ def run_loadgen(
         logf = tempfile.TemporaryFile()
         proc = subprocess.Popen(cmd, stdout=logf, stderr=logf, env=env)
     url = url.rstrip("/")
-    host, port = _check_loopback(url)
+    _check_loopback(url)
     try:
         _wait_ready(url, proc, api_key)
         models = json.loads(_get(url + "/v1/models", api_key))["data"]
@@ -309,7 +285,8 @@ def run_loadgen(
         for i in range(len(payloads)):
             inp = [payloads[(i + j) % len(payloads)] for j in range(items)]
             body = json.dumps({"model": model, "input": inp[0] if items == 1 else inp, "encoding_format": "float"}).encode()
-            reqs.append(_build_request(host, port, "/v1/embeddings", body, api_key))
+            reqs.append(body)
+        headers = _headers(api_key)
         comp = "vision" if kind == "image" else "text"
 
         def check(status: int, body: bytes) -> str | None:
@@ -323,10 +300,10 @@ def run_loadgen(
         levels = []
         for c in concurrency:
             if warmup:
-                asyncio.run(_level(host, port, reqs, c, warmup, duration_s, check))
+                asyncio.run(_level(url, headers, reqs, c, warmup, duration_s, check))
             before = _get(url + "/metrics", api_key).decode()
             cpu0 = time.process_time()
-            lat, errors, samples, secs = asyncio.run(_level(host, port, reqs, c, requests, duration_s, check))
+            lat, errors, samples, secs = asyncio.run(_level(url, headers, reqs, c, requests, duration_s, check))
             client_cpu = time.process_time() - cpu0
             after = _get(url + "/metrics", api_key).decode()
             sel = f'component="{comp}"'

@@ -526,3 +526,96 @@ def test_loadgen_against_a_running_server(served):
     assert "req/s" in format_report(rep)
     with pytest.raises(InputError, match="127.0.0.1"):
         run_loadgen(url="http://example.com:8000", log=lambda m: None)
+
+
+@contextmanager
+def chunked_server(chunk: int = 7):
+    """A stdlib HTTP/1.1 keep-alive server whose JSON answers come in many small chunks
+    (the /v1/embeddings body split every `chunk` bytes, with chunk extensions and a trailer)."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    embedding = [round(0.001 * i, 3) for i in range(64)]
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def _send(self, body: bytes, chunked: bool, ctype: str = "application/json"):
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            if not chunked:
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(body), chunk):
+                part = body[i : i + chunk]
+                self.wfile.write(f"{len(part):x};n={i}\r\n".encode() + part + b"\r\n")
+            self.wfile.write(b"0\r\nX-Trailer: 1\r\n\r\n")
+
+        def do_GET(self):
+            if self.path == "/v1/models":
+                self._send(json.dumps({"data": [{"id": "clip"}]}).encode(), chunked=True)
+            elif self.path == "/metrics":
+                self._send(b"process_cpu_seconds_total 1.0\n", chunked=False, ctype="text/plain")
+            else:
+                self._send(b'{"status": "ok"}', chunked=False)
+
+        def do_POST(self):
+            req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            n = len(req["input"]) if isinstance(req["input"], list) else 1
+            data = [{"object": "embedding", "index": i, "embedding": embedding} for i in range(n)]
+            self._send(json.dumps({"object": "list", "data": data, "model": req["model"]}).encode(), chunked=True)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}", embedding
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_loadgen_reads_multi_chunk_bodies_intact():
+    """Chunked answers (many chunks, extensions, a trailer) are read byte for byte: the old
+    hand-written decoder kept each chunk's CRLF in the body, so every such response was an error."""
+    import asyncio
+    import json
+
+    from mmdeploy.benchmarks.loadgen import _Conn, format_report, run_loadgen
+
+    with chunked_server() as (url, embedding):
+        async def one() -> tuple[int, bytes]:
+            conn = _Conn(url, {"Content-Type": "application/json"})
+            try:
+                first = await conn.request("/v1/embeddings", json.dumps({"model": "clip", "input": ["a", "b"]}).encode())
+                second = await conn.request("/v1/embeddings", json.dumps({"model": "clip", "input": "a"}).encode())
+            finally:
+                await conn.aclose()
+            return first, second
+
+        (s1, b1), (s2, b2) = asyncio.run(one())  # two on one keep-alive connection
+        assert s1 == s2 == 200
+        assert [d["embedding"] for d in json.loads(b1)["data"]] == [embedding, embedding]
+        assert len(json.loads(b2)["data"]) == 1
+        rep = run_loadgen(url=url, kind="text", concurrency=[1, 3], requests=12, duration_s=10, warmup=1, distinct=4,
+                          items=2, log=lambda m: None)
+    assert all(l.errors == 0 and l.requests == 12 for l in rep.levels), [l.error_samples for l in rep.levels]
+    assert rep.model == "clip" and "req/s" in format_report(rep)
+
+
+def test_loadgen_without_httpx_names_the_extra(monkeypatch):
+    import sys
+
+    from mmdeploy.benchmarks.loadgen import run_loadgen
+    from mmdeploy.errors import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "httpx", None)  # importing httpx now fails
+    with pytest.raises(MissingExtraError, match=r"httpx is not installed.*mmdeploy\[serve\]"):
+        run_loadgen(url="http://127.0.0.1:9", log=lambda m: None)
