@@ -273,6 +273,16 @@ def tokenizer_json(ckpt: Checkpoint, saver: str = "AutoTokenizer") -> Path:
     return tok
 
 
+def tokenizer_files(tokenizer_file: Path) -> list[tuple[Path, str]]:
+    """(source, bundle name) of a fast tokenizer and the config files saved beside it."""
+    files = [(tokenizer_file, "tokenizer.json")]
+    for extra in ("tokenizer_config.json", "special_tokens_map.json"):
+        p = tokenizer_file.parent / extra
+        if p.is_file():
+            files.append((p, extra))
+    return files
+
+
 def save_preprocessor(ckpt: Checkpoint, out_dir: Path) -> Path:
     path = out_dir / "preprocessor_config.json"
     path.write_text(json.dumps(ckpt.preprocessor, indent=2))

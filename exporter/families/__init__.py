@@ -7,7 +7,7 @@ A family exporter class declares:
     architectures   {config.json architecture: (transformers model class, config class)}
     model_types     config.json model_type values that mean this family when no architecture is named
     distiller       name of its distiller class in exporter/distill.py, or None
-    create(ckpt)    classmethod -> the exporter for a loaded checkpoint (default: cls(ckpt))
+    create(ckpt)    optional classmethod -> the exporter for a loaded checkpoint (default: cls(ckpt))
 
 and per component: module, input_names, output_names, dynamic_axes, specs, export_feeds,
 feeds / parity_cases, manifest_extra, bundle_files (see clip.py for the smallest complete one).
@@ -73,4 +73,5 @@ def family_exporter(ckpt):
     got = families()
     if ckpt.family not in got:
         raise ExportError(f"family {ckpt.family!r} has no exporter yet")
-    return got[ckpt.family].create(ckpt)
+    cls = got[ckpt.family]
+    return getattr(cls, "create", cls)(ckpt)

@@ -11,7 +11,7 @@ import numpy as np
 from ...errors import CheckpointError, require
 from ...runtimes.preprocess import ImagePreprocessor
 from ...runtimes.tokenize import TextTokenizer
-from ..checkpoint import Checkpoint, tokenizer_json
+from ..checkpoint import Checkpoint, tokenizer_files, tokenizer_json
 from . import register
 
 torch = require("torch", "export")
@@ -47,10 +47,6 @@ class ClipFamily:
     model_types = ("clip",)
     default_classes = ("CLIPModel", "CLIPConfig")
     distiller = "ClipDistiller"
-
-    @classmethod
-    def create(cls, ckpt: Checkpoint):
-        return cls(ckpt)
     components = ("vision", "text")
     outputs = {"vision": "image_embeds", "text": "text_embeds"}
 
@@ -145,9 +141,4 @@ class ClipFamily:
         }
 
     def bundle_files(self) -> list[tuple[Path, str]]:
-        files = [(self.tokenizer_file, "tokenizer.json")]
-        for extra in ("tokenizer_config.json", "special_tokens_map.json"):
-            p = self.tokenizer_file.parent / extra
-            if p.is_file():
-                files.append((p, extra))
-        return files
+        return tokenizer_files(self.tokenizer_file)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ...errors import CheckpointError, require
 from ...runtimes.tokenize import TextTokenizer
-from ..checkpoint import Checkpoint, tokenizer_json
+from ..checkpoint import Checkpoint, tokenizer_files, tokenizer_json
 from . import register
 
 torch = require("torch", "export")
@@ -108,10 +108,6 @@ class TextEmbeddingFamily:
     model_types = ("bert",)
     default_classes = ("AutoModel", "AutoConfig")
     distiller = None
-
-    @classmethod
-    def create(cls, ckpt: Checkpoint):
-        return cls(ckpt)
     components = ("text",)
     outputs = {"text": "text_embeds"}
 
@@ -175,9 +171,4 @@ class TextEmbeddingFamily:
         }
 
     def bundle_files(self) -> list[tuple[Path, str]]:
-        files = [(self.tokenizer_file, "tokenizer.json")]
-        for extra in ("tokenizer_config.json", "special_tokens_map.json"):
-            p = self.tokenizer_file.parent / extra
-            if p.is_file():
-                files.append((p, extra))
-        return files
+        return tokenizer_files(self.tokenizer_file)
