@@ -115,3 +115,33 @@ def test_naflex_siglip2_is_refused_by_name(tmp_path):
     with pytest.raises(UnsupportedModelError, match="Siglip2Model.*NaFlex.*google/siglip2-base-patch16-224"):
         export(str(tmp_path / "ckpt"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_served_classify_uses_the_sigmoid_rule(siglip):
+    """`mmdeploy serve` over HTTP: /v1/classify scores are SigLIP's sigmoids, as the pipeline gives."""
+    pytest.importorskip("fastapi")
+    httpx = pytest.importorskip("httpx")
+    import base64
+    import io
+
+    from PIL import Image
+
+    from mmdeploy.runtimes.server import create_app
+
+    from .test_serve import running
+
+    _, bundle = siglip
+    labels = ["a photo of a cat", "a cup of coffee", "an astronaut"]
+    img = photo_batch(1)[0]
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(img)).save(buf, "PNG")
+    url_img = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    want = dict(load(bundle, backend="onnxruntime", precision="fp32").classify(buf.getvalue(), labels))
+    with running(create_app({"sig": bundle}, backend="onnxruntime", precision="fp32")) as (url, _):
+        r = httpx.post(f"{url}/v1/classify", json={"model": "sig", "image": url_img, "labels": labels}, timeout=60)
+        assert r.status_code == 200, r.text
+        got = {s["label"]: s["score"] for s in r.json()["data"][0]["scores"]}
+        caps = httpx.get(f"{url}/v1/models/sig", timeout=10).json()
+    assert max(abs(got[l] - want[l]) for l in labels) <= 1e-4
+    assert abs(sum(got.values()) - 1.0) > 1e-3  # not a softmax
+    assert caps["family"] == "siglip" and "classify" in caps["capabilities"]
