@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,21 +19,7 @@ from ..errors import BackendError, InputError
 from ..runtimes.bundle import Artifact, Bundle, BundleWriter
 from ..runtimes.pipelines import pipeline_class, pipelines
 from ..runtimes.session import backend_module
-from .recipes import DEFAULT_EXCLUDE, METHODS, MODES, RECIPES, Job, OrtInt8, Recipe  # noqa: F401 - OrtInt8 for callers
-
-
-@dataclass
-class QuantConfig:
-    precision: str
-    backend: str = "onnxruntime"
-    mode: str = "static"
-    calib: str | None = None
-    method: str = "minmax"
-    samples: int = 32
-    exclude: list[str] | None = None  # None: DEFAULT_EXCLUDE for static INT8; [] quantizes everything
-    min_cosine: float | None = None
-    components: list[str] | None = None
-    threads: int | None = None
+from .recipes import DEFAULT_EXCLUDE, METHODS, MODES, RECIPES, Job, OrtInt8, QuantConfig, Recipe  # noqa: F401 - re-exported
 
 
 def _supported(table: dict) -> str:

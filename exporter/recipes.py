@@ -17,15 +17,12 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import InputError, require
 from .graph import externalize_weights, gemm_to_matmul, quiet
-
-if TYPE_CHECKING:
-    from .quantize import QuantConfig
 
 METHODS = ("minmax", "entropy", "percentile")
 MODES = ("static", "dynamic")
@@ -42,6 +39,21 @@ INTEGER_OPS = ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "MatMulI
 # sentences, held-out mean cosine vs fp32: whole graph 0.941 (minmax; entropy 0.939,
 # percentile 0.944) -> with these 6 MatMuls float 0.991. `--exclude none` quantizes them too.
 DEFAULT_EXCLUDE = [r"mlp/fc2/", r"layer\.\d+/output/dense/"]
+
+
+
+@dataclass
+class QuantConfig:
+    precision: str
+    backend: str = "onnxruntime"
+    mode: str = "static"
+    calib: str | None = None
+    method: str = "minmax"
+    samples: int = 32
+    exclude: list[str] | None = None  # None: DEFAULT_EXCLUDE for static INT8; [] quantizes everything
+    min_cosine: float | None = None
+    components: list[str] | None = None
+    threads: int | None = None
 
 
 
