@@ -306,12 +306,12 @@ def distill(
     ckpt = resolve(teacher_source, random_weights=random_weights)
     teacher = ckpt.model.eval()
     fam = family_exporter(ckpt)  # pre-processing, tokenizer, generation settings
-    if fam.distiller is None:
+    student_cfg, towers = plan_student(teacher, cfg.vision_layers, cfg.text_layers, cfg.mlp_ratio, cfg.train_all)
+    if fam.distiller is None:  # a layout without a distiller (plan_student names unsupported architectures first)
         from .families import families
 
         has = sorted(n for n, c in families().items() if c.distiller)
         raise UnsupportedModelError(f"{teacher_source}: the {fam.family} family has no distiller yet (distill takes {', '.join(has)})")
-    student_cfg, towers = plan_student(teacher, cfg.vision_layers, cfg.text_layers, cfg.mlp_ratio, cfg.train_all)
     torch.manual_seed(cfg.seed)
     student = build_student(teacher, student_cfg, towers)
     for t in towers.values():
