@@ -236,6 +236,21 @@ def symmetric_qdq(src: Path, out: Path, calib: list[dict[str, np.ndarray]], cfg:
     return {"mode": "static", "format": "QDQ", "method": cfg.method, "activations": "int8 symmetric", "weights": "int8 per-channel symmetric", "for": "tensorrt", "quantized_nodes": len(nodes), "float_outputs": freed}
 
 
+def nncf_patterns(patterns: list[str]) -> list[str]:
+    """NNCF's ignored-scope patterns with `matches`' meaning (a glob on the whole name, or a regex
+    found anywhere in it): NNCF anchors its patterns at the start of the name (re.match), so the
+    default exclusions (r"mlp/fc2/") matched no OpenVINO node ("/vision_model/.../mlp/fc2/MatMul")."""
+    out = []
+    for p in patterns:
+        out.append(fnmatch.translate(p))
+        try:
+            re.compile(p)
+        except re.error:
+            continue
+        out.append(f"(?s:.*?(?:{p}))")
+    return out
+
+
 def _nncf_int8(xml: Path, out_xml: Path, calib: list[dict[str, np.ndarray]], cfg: QuantConfig) -> dict[str, Any]:
     ov = require("openvino", "openvino")
     nncf = require("nncf", "openvino")
@@ -243,7 +258,7 @@ def _nncf_int8(xml: Path, out_xml: Path, calib: list[dict[str, np.ndarray]], cfg
     scope = None
     if cfg.exclude:
         types = [p for p in cfg.exclude if re.fullmatch(r"[A-Z][A-Za-z0-9]*", p)]
-        pats = [fnmatch.translate(p) for p in cfg.exclude if p not in types]
+        pats = nncf_patterns([p for p in cfg.exclude if p not in types])
         scope = nncf.IgnoredScope(types=types, patterns=pats, validate=False)
     qmodel = nncf.quantize(
         model, nncf.Dataset(calib), model_type=nncf.ModelType.TRANSFORMER,
