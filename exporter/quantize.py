@@ -19,7 +19,7 @@ from ..errors import BackendError, InputError
 from ..runtimes.bundle import Artifact, Bundle, BundleWriter
 from ..runtimes.pipelines import pipeline_class, pipelines
 from ..runtimes.session import backend_module
-from .recipes import DEFAULT_EXCLUDE, METHODS, MODES, RECIPES, Job, OrtInt8, QuantConfig, Recipe  # noqa: F401 - re-exported
+from .recipes import DEFAULT_EXCLUDE, METHODS, MODES, RECIPES, Job, QuantConfig, Recipe  # noqa: F401 - QuantConfig is quantize()'s API
 
 
 def _supported(table: dict) -> str:
@@ -91,10 +91,11 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
     gate_at = cfg.min_cosine if cfg.min_cosine and recipe.calibration else GATES[cfg.precision]
     t0 = time.perf_counter()
     with BundleWriter(bundle.root, base=bundle) as w, tempfile.TemporaryDirectory(prefix="mmdeploy-q-") as tmp:
+        held_out = family.fidelity_feeds(bundle, comps, cfg.threads)
         for comp in comps:
             src = w.stage_dir / bundle.components[comp]["onnx"]
             names = [o["name"] for o in bundle.components[comp]["outputs"]]
-            feeds, reference = family.fidelity_feeds(bundle, comp, cfg.threads)
+            feeds, reference = held_out[comp]
             ref_sess = backend_module("onnxruntime").open(src, {}, cfg.threads)
             refs = [ref_sess.run(f) for f in feeds]
             del ref_sess

@@ -76,15 +76,16 @@ class BundleFeeds:
 
     def feeds(self, component: str, batch: int, data: DataSet | None = None) -> dict[str, np.ndarray]:
         """A batch of the data set's items (cached: the same inputs for every variant)."""
-        data = data or self.data
+        if data is not None and data is not self.data:  # another data set: not cached
+            return self._batch(component, batch, data)
         key = (component, batch)
-        if data is not self.data or key not in self._cache:
-            items = data.image_batch(batch) if self.kinds[component] == "images" else data.text_batch(batch)
-            got = self.of(component, items)
-            if data is not self.data:
-                return got
-            self._cache[key] = got
+        if key not in self._cache:
+            self._cache[key] = self._batch(component, batch, self.data)
         return self._cache[key]
+
+    def _batch(self, component: str, batch: int, data: DataSet) -> dict[str, np.ndarray]:
+        items = data.image_batch(batch) if self.kinds[component] == "images" else data.text_batch(batch)
+        return self.of(component, items)
 
     def samples(self, component: str, data: DataSet, n: int, same_shape: bool = False) -> list[dict[str, np.ndarray]]:
         """n single-item feeds (calibration). Texts keep their natural length, except for histogram

@@ -60,11 +60,16 @@ class EncoderPipeline:
     gate_metrics = {"int8": "cosine_mean"}
 
     @classmethod
-    def fidelity_feeds(cls, bundle: Bundle, component: str, threads: int | None = None) -> tuple[list[dict[str, np.ndarray]], str]:
+    def fidelity_feeds(cls, bundle: Bundle, components: list[str], threads: int | None = None
+                       ) -> dict[str, tuple[list[dict[str, np.ndarray]], str]]:
+        """component -> (held-out feeds, what they are), every component from one BundleFeeds."""
         feeds = BundleFeeds(bundle)
-        kind = feeds.kinds[component]
         held = held_out_data(set(feeds.kinds.values()))
-        return [feeds.feeds(component, HELD_OUT[kind], held)], f"fp32 ONNX on {HELD_OUT[kind]} held-out items of {held.name}"
+        out = {}
+        for comp in components:
+            n = HELD_OUT[feeds.kinds[comp]]
+            out[comp] = [feeds.feeds(comp, n, held)], f"fp32 ONNX on {n} held-out items of {held.name}"
+        return out
 
     @classmethod
     def calibration_feeds(cls, bundle: Bundle, component: str, spec: str | None, samples: int,

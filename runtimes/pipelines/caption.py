@@ -169,16 +169,22 @@ class CaptionPipeline:
     gate_metrics: dict[str, str] = {}
 
     @classmethod
-    def fidelity_feeds(cls, bundle: Bundle, component: str, threads: int | None = None) -> tuple[list[dict[str, np.ndarray]], str]:
-        """Real photos through the fp32 graphs: encoder pixels; decoder first step and a mid-caption step."""
+    def fidelity_feeds(cls, bundle: Bundle, components: list[str], threads: int | None = None
+                       ) -> dict[str, tuple[list[dict[str, np.ndarray]], str]]:
+        """Real photos through the fp32 graphs (one pipeline for every component): encoder
+        pixels; decoder first step and a mid-caption step."""
         from ...common.datasets.photos import photo_batch
 
         pipe = cls(bundle, "onnxruntime", "fp32", threads=threads)
         px = pipe.pixel_values(photo_batch(4))
-        if component == "encoder":
-            return [{"pixel_values": px}], "fp32 ONNX on 4 held-out real photos"
-        return ([decoder_step_feeds(pipe, px, steps=0), decoder_step_feeds(pipe, px, steps=6)],
-                "fp32 ONNX on 4 held-out real photos (decoder: first and 7th step)")
+        out = {}
+        for comp in components:
+            if comp == "encoder":
+                out[comp] = [{"pixel_values": px}], "fp32 ONNX on 4 held-out real photos"
+            else:
+                out[comp] = ([decoder_step_feeds(pipe, px, steps=0), decoder_step_feeds(pipe, px, steps=6)],
+                             "fp32 ONNX on 4 held-out real photos (decoder: first and 7th step)")
+        return out
 
     @classmethod
     def calibration_feeds(cls, *args, **kwargs):
