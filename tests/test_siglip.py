@@ -145,3 +145,25 @@ def test_served_classify_uses_the_sigmoid_rule(siglip):
     assert max(abs(got[l] - want[l]) for l in labels) <= 1e-4
     assert abs(sum(got.values()) - 1.0) > 1e-3  # not a softmax
     assert caps["family"] == "siglip" and "classify" in caps["capabilities"]
+
+
+def test_siglip2_fixed_resolution_pads_with_its_own_pad_id(tmp_path):
+    """SigLIP 2 at fixed resolution is a SiglipModel whose Gemma vocabulary pads with <pad> = 0
+    (not </s> as SigLIP): the bundle pads with the checkpoint's pad id and matches the model."""
+    import json
+
+    from mmdeploy.exporter.export import export
+
+    cfg = {**SIGLIP_TINY, "text_config": {**SIGLIP_TINY["text_config"], "pad_token_id": 0}}
+    model = save_siglip(tmp_path / "ckpt", cfg)
+    (tmp_path / "ckpt" / "tokenizer_config.json").write_text(json.dumps(
+        {"pad_token": "<pad>", "eos_token": "</s>", "model_max_length": 16}))
+    export(str(tmp_path / "ckpt"), tmp_path / "b", backends=["onnxruntime"], precisions=["fp32"], threads=2)
+    pipe = load(tmp_path / "b", threads=2)
+    ids = pipe.text_inputs(["a cat"])["input_ids"]
+    n = int((ids[0] != 0).sum())  # the text's own tokens, </s> last
+    assert ids.shape == (1, 16) and n < 16 and (ids[0, n:] == 0).all() and ids[0, n - 1] == 1
+    assert Bundle.open(tmp_path / "b").manifest["tokenizer"]["pad_id"] == 0
+    with torch.no_grad():
+        ref = model.get_text_features(input_ids=torch.from_numpy(ids)).pooler_output.numpy()
+    assert _cos(pipe.embed_texts(["a cat"], normalize=False), ref).min() >= 0.9999
