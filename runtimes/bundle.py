@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import BundleError
+from .manifest import validate_manifest
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -82,12 +83,15 @@ class Bundle:
             manifest = json.loads(mpath.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"{mpath} is corrupt: {exc}") from None
-        version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+        if not isinstance(manifest, dict):
+            raise BundleError(f"{mpath}: must hold a JSON object, got {type(manifest).__name__}")
+        version = manifest.get("schema_version")
         if version != SCHEMA_VERSION:
             raise BundleError(
                 f"{mpath} has schema_version {version!r}; this mmdeploy reads version "
                 f"{SCHEMA_VERSION}: re-export the bundle or use a matching mmdeploy"
             )
+        validate_manifest(manifest, str(mpath))
         return cls(root, manifest)
 
     @property
@@ -103,37 +107,48 @@ class Bundle:
         return self.manifest.get("components", {})
 
     def path(self, rel: str) -> Path:
-        return self.root / rel
+        """A file of the bundle; never one outside it (the manifest is checked on open, and a
+        symlink inside the bundle that points out is refused here)."""
+        p = self.root / rel
+        root = self.root.resolve()
+        if not p.resolve().is_relative_to(root):
+            raise BundleError(f"{p}: resolves outside the bundle {root}: refusing to open it")
+        return p
 
     def verify(self, rels: Iterable[str], full: bool = False) -> None:
         """Check that files exist and match the sha256 recorded in the manifest.
 
-        Hashing a ~1 GB captioner costs seconds on every load, so a file whose size, mtime and
-        inode equal those recorded when it last hashed correctly (``.verified.json`` in the
-        bundle, best effort) is not hashed again; ``full`` re-hashes everything."""
+        Hashing a ~1 GB captioner costs seconds on every load, so a file whose stat stamp equals
+        the one recorded when it last hashed correctly (``.verified.json`` in the bundle, best
+        effort) is not hashed again. The stamp holds what an in-place edit cannot put back: the
+        ctime (set by the kernel on every write and on every mtime reset) and the inode beside
+        size and mtime. A file that fails loses its stamp; ``full`` re-hashes everything."""
         table = self.manifest.get("files", {})
         stamps = {} if full else self._stamps()
-        fresh: dict[str, list] = {}
-        for rel in rels:
-            if rel in self._verified:
-                continue
-            entry = table.get(rel)
-            p = self.root / rel
-            if entry is None:
-                raise BundleError(f"{p} is not listed in {self.root / MANIFEST}")
-            if not p.is_file():
-                raise BundleError(f"{p} is missing from the bundle: re-export it")
-            st = p.stat()
-            stamp = [st.st_size, st.st_mtime_ns, st.st_ino, entry["sha256"]]
-            if stamps.get(rel) != stamp:
-                if st.st_size != entry["bytes"] or sha256_file(p) != entry["sha256"]:
-                    raise BundleError(
-                        f"{p} does not match its sha256 in the manifest (modified or corrupt): re-export it"
-                    )
-                fresh[rel] = stamp
-            self._verified.add(rel)
-        if fresh:
-            self._save_stamps(fresh)
+        fresh: dict[str, list | None] = {}
+        try:
+            for rel in rels:
+                if rel in self._verified:
+                    continue
+                entry = table.get(rel)
+                if entry is None:
+                    raise BundleError(f"{self.root / rel} is not listed in {self.root / MANIFEST}")
+                p = self.path(rel)
+                if not p.is_file():
+                    raise BundleError(f"{p} is missing from the bundle: re-export it")
+                st = p.stat()
+                stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, entry["sha256"]]
+                if stamps.get(rel) != stamp:
+                    if st.st_size != entry["bytes"] or sha256_file(p) != entry["sha256"]:
+                        fresh[rel] = None
+                        raise BundleError(
+                            f"{p} does not match its sha256 in the manifest (modified or corrupt): re-export it"
+                        )
+                    fresh[rel] = stamp
+                self._verified.add(rel)
+        finally:
+            if fresh:
+                self._save_stamps(fresh)
 
     def _stamps(self) -> dict[str, list]:
         try:
@@ -142,9 +157,10 @@ class Bundle:
         except (OSError, ValueError):
             return {}
 
-    def _save_stamps(self, fresh: dict[str, list]) -> None:
+    def _save_stamps(self, fresh: dict[str, list | None]) -> None:
+        """Merge fresh stamps in; None drops a file's stamp (it failed)."""
         try:  # read-only bundles (a device image) simply hash again next time
-            d = {**self._stamps(), **fresh}
+            d = {k: v for k, v in {**self._stamps(), **fresh}.items() if v is not None}
             tmp = self.root / f"{VERIFIED}.{os.getpid()}.tmp"
             tmp.write_text(json.dumps(d))
             os.replace(tmp, self.root / VERIFIED)

@@ -116,12 +116,17 @@ def load(
     precision: str | None = None,
     threads: int | None = None,
     device: str | None = None,
+    verify: bool = False,
 ):
     """Open a bundle's pipeline on one (backend, precision); default: the preferred passing variant.
-    `device`: cpu (default), cuda / tensorrt (onnxruntime-gpu execution providers), gpu (OpenVINO)."""
+    `device`: cpu (default), cuda / tensorrt (onnxruntime-gpu execution providers), gpu (OpenVINO).
+    `verify`: hash every file of the bundle now (default: the files used, skipping those whose
+    stat stamp is unchanged since they last hashed correctly)."""
     from .pipelines import pipeline_class
 
     b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+    if verify:
+        b.verify_all(full=True)
     pipeline = pipeline_class(b.family, str(b.root))
     backend, precision = select_variant(b, backend, precision)
     return pipeline(b, backend, precision, threads=threads, **({"device": device} if device else {}))

@@ -1,0 +1,165 @@
+"""The manifest schema, checked when a bundle is opened: one BundleError naming the first bad field.
+
+Declared here as data (no pydantic / jsonschema: the device runtime stays small), and checked
+beyond types where a hostile manifest could do harm: every path is relative, normalised and
+inside the bundle; every file an artifact opens is listed in `files` (so it is hashed before
+use); artifacts name components the bundle has. Unknown keys are allowed (a family's own
+blocks, newer optional fields); missing or mistyped known ones are not.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from typing import Any, Callable
+
+from ..errors import BundleError
+
+Check = Callable[[Any, str], None]  # raises _Bad with the field path
+
+
+class _Bad(Exception):
+    def __init__(self, where: str, why: str):
+        super().__init__(f"{where}: {why}")
+
+
+def _type(t, name: str) -> Check:
+    def check(v, where):
+        if not isinstance(v, t) or isinstance(v, bool):
+            raise _Bad(where, f"must be {name}, got {type(v).__name__} {_short(v)}")
+    return check
+
+
+def _short(v) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+STR = _type(str, "a string")
+DICT = _type(dict, "an object")
+LIST = _type(list, "a list")
+
+
+def INT(v, where):
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _Bad(where, f"must be an integer, got {type(v).__name__} {_short(v)}")
+
+
+def _at_least(n: int) -> Check:
+    def check(v, where):
+        INT(v, where)
+        if v < n:
+            raise _Bad(where, f"must be >= {n}, got {v}")
+    return check
+
+
+def SHA256(v, where):
+    STR(v, where)
+    if not re.fullmatch(r"[0-9a-f]{64}", v):
+        raise _Bad(where, f"must be a sha256 hex digest, got {_short(v)}")
+
+
+def REL_PATH(v, where):
+    """A path inside the bundle: relative, '/'-separated, normalised, no '..' or drive."""
+    STR(v, where)
+    bad = (not v or v.startswith(("/", "\\")) or "\\" in v or "\x00" in v or re.match(r"^[A-Za-z]:", v)
+           or posixpath.normpath(v) != v or v.split("/")[0] == ".." or v == ".")
+    if bad:
+        raise _Bad(where, f"must be a relative path inside the bundle, got {_short(v)}")
+
+
+def one_of(*choices) -> Check:
+    def check(v, where):
+        if v not in choices:
+            raise _Bad(where, f"must be one of {', '.join(map(str, choices))}, got {_short(v)}")
+    return check
+
+
+def obj(required: dict[str, Check], optional: dict[str, Check] | None = None) -> Check:
+    def check(v, where):
+        DICT(v, where)
+        for k, c in required.items():
+            if k not in v:
+                raise _Bad(f"{where}.{k}", "is missing")
+            c(v[k], f"{where}.{k}")
+        for k, c in (optional or {}).items():
+            if k in v:
+                c(v[k], f"{where}.{k}")
+    return check
+
+
+def list_of(item: Check, nonempty: bool = False) -> Check:
+    def check(v, where):
+        LIST(v, where)
+        if nonempty and not v:
+            raise _Bad(where, "must not be empty")
+        for i, x in enumerate(v):
+            item(x, f"{where}[{i}]")
+    return check
+
+
+def map_of(key: Check, value: Check, nonempty: bool = False) -> Check:
+    def check(v, where):
+        DICT(v, where)
+        if nonempty and not v:
+            raise _Bad(where, "must not be empty")
+        for k, x in v.items():
+            key(k, f"{where} key {k!r}")
+            value(x, f"{where}[{k!r}]")
+    return check
+
+
+def DIM(v, where):
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise _Bad(where, f"must be a size or a symbolic name, got {_short(v)}")
+
+
+TENSOR = obj({"name": STR, "dtype": STR, "shape": list_of(DIM)})
+ARTIFACT = obj(
+    {"component": STR, "backend": STR, "precision": STR, "path": REL_PATH, "files": list_of(REL_PATH, nonempty=True)},
+    {"runtime": DICT, "built_for": DICT, "parity": DICT, "gate": DICT, "recipe": DICT},
+)
+MANIFEST_SCHEMA = obj(
+    {
+        "schema_version": INT,
+        "family": STR,
+        "files": map_of(REL_PATH, obj({"sha256": SHA256, "bytes": _at_least(0)}), nonempty=True),
+        "components": map_of(STR, obj({"inputs": list_of(TENSOR), "outputs": list_of(TENSOR, nonempty=True)},
+                                      {"onnx": REL_PATH}), nonempty=True),
+        "artifacts": list_of(ARTIFACT),
+    },
+    {
+        "model": STR,
+        "target": STR,
+        "tokenizer": obj({"file": REL_PATH, "max_length": _at_least(1)},
+                         {"pad_id": _at_least(0), "padding": one_of("longest", "max_length")}),
+        "preprocess": obj({"file": REL_PATH, "config": DICT}),
+    },
+)
+
+
+def validate_manifest(manifest: Any, source: str) -> None:
+    """Raise BundleError("<source>: <field>: <why>") for the first field that is wrong."""
+    try:
+        MANIFEST_SCHEMA(manifest, "manifest")
+        _cross_check(manifest)
+    except _Bad as exc:
+        raise BundleError(f"{source}: {exc}") from None
+
+
+def _cross_check(m: dict) -> None:
+    files = m["files"]
+    for i, a in enumerate(m["artifacts"]):
+        where = f"manifest.artifacts[{i}]"
+        if a["component"] not in m["components"]:
+            raise _Bad(f"{where}.component", f"{a['component']!r} is not one of the bundle's components "
+                                             f"({', '.join(m['components'])})")
+        if a["path"] not in a["files"]:
+            raise _Bad(f"{where}.path", f"{a['path']!r} is not in the artifact's own files")
+        for j, rel in enumerate(a["files"]):
+            if rel not in files:
+                raise _Bad(f"{where}.files[{j}]", f"{rel!r} is not listed (with its sha256) in manifest.files")
+    for block in ("tokenizer", "preprocess"):
+        rel = m.get(block, {}).get("file")
+        if rel is not None and rel not in files:
+            raise _Bad(f"manifest.{block}.file", f"{rel!r} is not listed (with its sha256) in manifest.files")
