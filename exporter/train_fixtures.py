@@ -362,9 +362,6 @@ def build_align_model(vocab_size: int, pad_id: int, r=ALIGN_SHAPES):
     return AlignModel(cfg)
 
 
-# the image normalisation each family's processor applies (ALIGN: x / 127.5 - 1 = (x/255 - 0.5) / 0.5)
-NORMALIZE = {"clip": (CLIP_MEAN, CLIP_STD), "siglip": ([0.5] * 3, [0.5] * 3), "align": ([0.5] * 3, [0.5] * 3)}
-
 
 def siglip_image_processor_config(image_size: int) -> dict:
     return {
@@ -385,86 +382,110 @@ def align_image_processor_kwargs(image_size: int) -> dict:
 
 # --------------------------------------------------------------------------- per-family pieces
 
-def make_tokenizer(family: str, out: Path, corpus: list[str], r: dict):
-    """Train and save the fixture's tokenizer; returns (tokenizer, encode kwargs, ids for the card)."""
-    from transformers import PreTrainedTokenizerFast
+class ClipFixture:
+    """What differs between the fixture families; CLIP's way is the default."""
 
-    n = r["max_position_embeddings"]
-    if family == "clip":
+    mean_std = (CLIP_MEAN, CLIP_STD)  # the image normalisation its processor applies
+    text_mask = True  # the text tower takes an attention_mask
+    sigmoid_loss = False  # SigLIP's pairwise sigmoid loss instead of the softmax contrastive one
+
+    def tokenizer(self, out: Path, corpus: list[str], r: dict):
+        """Build and save the tokenizer; returns (tokenizer, encode kwargs, ids for the card)."""
         hf_tok, vocab, merges = build_clip_tokenizer(corpus)
         save_tokenizer(hf_tok, out)
         check_tokenizer(out, corpus)
         ids = dict(vocab_size=len(vocab), bos_id=vocab[BOS], eos_id=vocab[EOS], n_merges=len(merges))
         print(f"[tokenizer] vocab {len(vocab)}, merges {len(merges)}, bos {ids['bos_id']}, eos/pad {ids['eos_id']}", flush=True)
         return hf_tok, dict(padding=True), ids
-    if family == "siglip":
+
+    def model(self, ids: dict, r: dict):
+        return build_clip_model(ids["vocab_size"], ids["bos_id"], ids["eos_id"], r)
+
+    def save_processor(self, out: Path, hf_tok, r: dict) -> None:
+        (out / "preprocessor_config.json").write_text(json.dumps(image_processor_config(r["image_size"]), indent=2) + "\n")
+        # CLIPProcessor.from_pretrained(folder) must work too
+        (out / "processor_config.json").write_text(json.dumps({"processor_class": "CLIPProcessor"}, indent=2) + "\n")
+
+    def scale_bias(self, model):
+        """(scale, bias) of the similarity logits: scale * cos + bias."""
+        return model.logit_scale.exp(), 0.0
+
+    def clamp(self, model) -> None:
+        model.logit_scale.clamp_(0, math.log(100))
+
+    def eval_encoding(self, tok) -> dict:
+        return dict(padding=True)
+
+    def text_kwargs(self, enc) -> dict:
+        if not self.text_mask:
+            return {"input_ids": enc["input_ids"]}
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+class SiglipFixture(ClipFixture):
+    mean_std = ([0.5] * 3, [0.5] * 3)
+    text_mask = False  # it pools the last position of text padded to max_length
+    sigmoid_loss = True
+
+    def tokenizer(self, out, corpus, r):
+        from transformers import PreTrainedTokenizerFast
+
+        n = r["max_position_embeddings"]
         raw = unigram_tokenizer(corpus)
         hf_tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>", pad_token="</s>", unk_token="<unk>",
                                          model_max_length=n)
         hf_tok.save_pretrained(out)
-        enc = dict(padding="max_length", max_length=n, truncation=True, return_attention_mask=False)
         ids = dict(vocab_size=raw.get_vocab_size(), eos_id=raw.token_to_id("</s>"))
-    else:  # align: saved with the image processor by AlignProcessor at the end
+        print(f"[tokenizer] siglip: vocab {ids['vocab_size']}", flush=True)
+        return hf_tok, dict(padding="max_length", max_length=n, truncation=True, return_attention_mask=False), ids
+
+    def model(self, ids, r):
+        return build_siglip_model(ids["vocab_size"], ids["eos_id"], r)
+
+    def save_processor(self, out, hf_tok, r):
+        (out / "preprocessor_config.json").write_text(json.dumps(siglip_image_processor_config(r["image_size"]), indent=2) + "\n")
+
+    def scale_bias(self, model):
+        return model.logit_scale.exp(), model.logit_bias
+
+    def eval_encoding(self, tok) -> dict:
+        return dict(padding="max_length", max_length=tok.model_max_length)
+
+
+class AlignFixture(ClipFixture):
+    mean_std = ([0.5] * 3, [0.5] * 3)  # x / 127.5 - 1 = (x/255 - 0.5) / 0.5
+
+    def tokenizer(self, out, corpus, r):  # saved with the image processor by AlignProcessor
+        from transformers import PreTrainedTokenizerFast
+
         raw = wordpiece_tokenizer(corpus)
         hf_tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                         sep_token="[SEP]", mask_token="[MASK]", model_max_length=n)
-        enc = dict(padding=True, return_token_type_ids=False)
+                                         sep_token="[SEP]", mask_token="[MASK]", model_max_length=r["max_position_embeddings"])
         ids = dict(vocab_size=raw.get_vocab_size(), pad_id=raw.token_to_id("[PAD]"))
-    print(f"[tokenizer] {family}: vocab {ids['vocab_size']}", flush=True)
-    return hf_tok, enc, ids
+        print(f"[tokenizer] align: vocab {ids['vocab_size']}", flush=True)
+        return hf_tok, dict(padding=True, return_token_type_ids=False), ids
 
+    def model(self, ids, r):
+        return build_align_model(ids["vocab_size"], ids["pad_id"], r)
 
-def make_model(family: str, ids: dict, r: dict):
-    if family == "clip":
-        return build_clip_model(ids["vocab_size"], ids["bos_id"], ids["eos_id"], r)
-    if family == "siglip":
-        return build_siglip_model(ids["vocab_size"], ids["eos_id"], r)
-    return build_align_model(ids["vocab_size"], ids["pad_id"], r)
-
-
-def save_processor(family: str, out: Path, hf_tok, r: dict) -> None:
-    if family == "clip":
-        (out / "preprocessor_config.json").write_text(json.dumps(image_processor_config(r["image_size"]), indent=2) + "\n")
-        # CLIPProcessor.from_pretrained(folder) must work too
-        (out / "processor_config.json").write_text(json.dumps({"processor_class": "CLIPProcessor"}, indent=2) + "\n")
-    elif family == "siglip":
-        (out / "preprocessor_config.json").write_text(json.dumps(siglip_image_processor_config(r["image_size"]), indent=2) + "\n")
-    else:  # as transformers 5 saves it: processor_config.json, image processor nested
+    def save_processor(self, out, hf_tok, r):  # as transformers 5 saves it: processor_config.json, nested
         from transformers import AlignProcessor, EfficientNetImageProcessor
 
         AlignProcessor(image_processor=EfficientNetImageProcessor(**align_image_processor_kwargs(r["image_size"])),
                        tokenizer=hf_tok).save_pretrained(out)
 
-
-def logit_scale_bias(model, family: str):
-    """(scale, bias) of the family's similarity logits: scale * cos + bias."""
-    if family == "align":
+    def scale_bias(self, model):
         return 1.0 / model.temperature, 0.0
-    bias = model.logit_bias if family == "siglip" else 0.0
-    return model.logit_scale.exp(), bias
+
+    def clamp(self, model) -> None:
+        model.temperature.clamp_(min=0.01)
 
 
-def clamp_scale(model, family: str) -> None:
-    import torch
-
-    with torch.no_grad():
-        if family == "align":
-            model.temperature.clamp_(min=0.01)
-        else:
-            model.logit_scale.clamp_(0, math.log(100))
-
-
-def _text_kwargs(family: str, enc: dict) -> dict:
-    # SigLIP takes no attention_mask (it pools the last position of text padded to max_length)
-    return {"input_ids": enc["input_ids"]} if family == "siglip" else {
-        "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+# keyed by the recipes' "family" and by the checkpoints' model_type (the same names)
+FIXTURE_FAMILIES = {"clip": ClipFixture(), "siglip": SiglipFixture(), "align": AlignFixture()}
 
 
 # --------------------------------------------------------------------------- eval
-
-def _family_of(model) -> str:
-    return {"clip": "clip", "siglip": "siglip", "align": "align"}[model.config.model_type]
-
 
 def zero_shot_top1(folder: Path, n: int = 500, split: str = "test", batch: int = 250) -> float:
     """Zero-shot top-1 over all colour x shape labels, with the plain HF Auto classes."""
@@ -472,16 +493,15 @@ def zero_shot_top1(folder: Path, n: int = 500, split: str = "test", batch: int =
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
     model = AutoModel.from_pretrained(folder).eval()
-    family = _family_of(model)
+    fam = FIXTURE_FAMILIES[model.config.model_type]
     tok = AutoTokenizer.from_pretrained(folder)
     proc = AutoImageProcessor.from_pretrained(folder)
     size = getattr(proc, "crop_size", None) or proc.size
     labels = shapes.labels()
     samples = shapes.generate(split, n, image_size=size["height"])
-    enc = dict(padding="max_length", max_length=tok.model_max_length) if family == "siglip" else dict(padding=True)
     with torch.no_grad():
-        t = tok([shapes.prompt(lb) for lb in labels], return_tensors="pt", **enc)
-        te = model.get_text_features(**_text_kwargs(family, t))
+        t = tok([shapes.prompt(lb) for lb in labels], return_tensors="pt", **fam.eval_encoding(tok))
+        te = model.get_text_features(**fam.text_kwargs(t))
         te = getattr(te, "pooler_output", te)
         te = te / te.norm(dim=-1, keepdim=True)
         correct = 0
@@ -514,6 +534,7 @@ def train_shapes_fixture(out: Path, seed: int = 0, threads: int = 2, r=CLIP_SHAP
     import torch.nn.functional as F
 
     family = r["family"]
+    fam = FIXTURE_FAMILIES[family]
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -524,12 +545,12 @@ def train_shapes_fixture(out: Path, seed: int = 0, threads: int = 2, r=CLIP_SHAP
     out.mkdir(parents=True)
 
     corpus = shapes_corpus()
-    hf_tok, enc_kw, ids = make_tokenizer(family, out, corpus, r)
+    hf_tok, enc_kw, ids = fam.tokenizer(out, corpus, r)
 
     # data
     train = shapes.generate("train", r["train_images"], image_size=r["image_size"])
     pix = torch.from_numpy(_to_pixels(train))  # N,3,H,W uint8
-    mean_, std_ = NORMALIZE[family]
+    mean_, std_ = fam.mean_std
     mean = torch.tensor(mean_).view(1, 3, 1, 1)
     std = torch.tensor(std_).view(1, 3, 1, 1)
     captions = sorted({s.caption for s in train} | set(corpus))
@@ -540,11 +561,11 @@ def train_shapes_fixture(out: Path, seed: int = 0, threads: int = 2, r=CLIP_SHAP
     enc = hf_tok(captions, return_tensors="pt", **enc_kw)
     cap_ids = enc["input_ids"]
     cap_mask = enc.get("attention_mask")
-    penc = _text_kwargs(family, hf_tok([shapes.prompt(lb) for lb in labels], return_tensors="pt", **enc_kw))
+    penc = fam.text_kwargs(hf_tok([shapes.prompt(lb) for lb in labels], return_tensors="pt", **enc_kw))
     print(f"[data] {len(train)} train images, {len(captions)} distinct texts, "
           f"{time.time() - t0:.1f}s", flush=True)
 
-    model = make_model(family, ids, r)
+    model = fam.model(ids, r)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[model] {family}: {n_params / 1e6:.2f}M parameters", flush=True)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
@@ -562,8 +583,8 @@ def train_shapes_fixture(out: Path, seed: int = 0, threads: int = 2, r=CLIP_SHAP
         return getattr(out_, "pooler_output", out_)
 
     def text_feats(sel):
-        kw = {"input_ids": cap_ids[sel]} if family == "siglip" else {"input_ids": cap_ids[sel], "attention_mask": cap_mask[sel]}
-        return feats(model.get_text_features(**kw))
+        return feats(model.get_text_features(**fam.text_kwargs({"input_ids": cap_ids[sel], "attention_mask":
+                                                                 None if cap_mask is None else cap_mask[sel]})))
 
     val = shapes.generate("val", 300, image_size=r["image_size"])
     vx = (torch.from_numpy(_to_pixels(val)).float() / 255.0 - mean) / std
@@ -601,14 +622,14 @@ def train_shapes_fixture(out: Path, seed: int = 0, threads: int = 2, r=CLIP_SHAP
         ie = F.normalize(feats(model.get_image_features(pixel_values=x)), dim=-1)
         te = F.normalize(text_feats(uniq), dim=-1)
         pe = F.normalize(feats(model.get_text_features(**penc)), dim=-1)
-        scale, bias = logit_scale_bias(model, family)
+        scale, bias = fam.scale_bias(model)
         # image <-> caption, multi-positive: image i matches every in-batch caption that
         # describes it (identical caption = identical fields)
         logits = scale * ie @ te.T + bias  # B x U
         target = F.one_hot(inv, len(uniq)).float()
         y = lab_of[idx]
         plogits = scale * ie @ pe.T + bias  # image vs all class prompts: the zero-shot objective
-        if family == "siglip":
+        if fam.sigmoid_loss:
             loss_cap = sigmoid_pair_loss(logits, target)
             loss_p = sigmoid_pair_loss(plogits, F.one_hot(y, len(labels)).float())
             loss = loss_cap + r["prompt_loss_weight"] * loss_p
@@ -630,7 +651,8 @@ def train_shapes_fixture(out: Path, seed: int = 0, threads: int = 2, r=CLIP_SHAP
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        clamp_scale(model, family)
+        with torch.no_grad():
+            fam.clamp(model)
         if step % 50 == 49:
             now = time.time()
             best_step_s, t_window = min(best_step_s, (now - t_window) / 50), now
@@ -647,7 +669,7 @@ def train_shapes_fixture(out: Path, seed: int = 0, threads: int = 2, r=CLIP_SHAP
 
     model.eval()
     model.save_pretrained(out, safe_serialization=True)
-    save_processor(family, out, hf_tok, r)
+    fam.save_processor(out, hf_tok, r)
     # drop anything save_pretrained may add that the card doesn't describe
     (out / "generation_config.json").unlink(missing_ok=True)
 
@@ -664,18 +686,20 @@ def train_shapes_fixture(out: Path, seed: int = 0, threads: int = 2, r=CLIP_SHAP
     return info
 
 
-def _card_parts(family: str, info: dict, r: dict) -> dict:
-    """The family-specific paragraphs of a fixture card."""
+def _vit_rows(r: dict) -> str:
+    return (f"| hidden / MLP | {r['vision_hidden']} / {4 * r['vision_hidden']} | {r['text_hidden']} / {4 * r['text_hidden']} |\n"
+            f"| layers / heads | {r['vision_layers']} / {r['vision_heads']} | {r['text_layers']} / {r['text_heads']} |\n")
+
+
+def _clip_card(info: dict, r: dict) -> dict:
     grid = (r["image_size"] // r["patch_size"]) ** 2
-    vit_rows = (f"| hidden / MLP | {r['vision_hidden']} / {4 * r['vision_hidden']} | {r['text_hidden']} / {4 * r['text_hidden']} |\n"
-                f"| layers / heads | {r['vision_layers']} / {r['vision_heads']} | {r['text_layers']} / {r['text_heads']} |\n")
-    if family == "clip":
-        return dict(
-            cls="CLIPModel", what="CLIP",
-            arch=vit_rows + f"| input | {r['image_size']}x{r['image_size']}, patch {r['patch_size']} ({grid} patches + CLS) "
-                            f"| max_position_embeddings {r['max_position_embeddings']} |\n\n"
-                            f"projection_dim {r['projection_dim']}, quick_gelu",
-            tokenizer=f"""CLIP-style byte-level BPE (lower-casing, `</w>` end-of-word suffix, CLIP split regex)
+    vit_rows = _vit_rows(r)
+    return dict(
+        cls="CLIPModel", what="CLIP",
+        arch=vit_rows + f"| input | {r['image_size']}x{r['image_size']}, patch {r['patch_size']} ({grid} patches + CLS) "
+                        f"| max_position_embeddings {r['max_position_embeddings']} |\n\n"
+                        f"projection_dim {r['projection_dim']}, quick_gelu",
+        tokenizer=f"""CLIP-style byte-level BPE (lower-casing, `</w>` end-of-word suffix, CLIP split regex)
 trained with `tokenizers` on every possible caption and prompt: vocab {info['vocab_size']} (256 byte
 symbols, 256 byte symbols + `</w>`, {info.get('n_merges')} merges, then specials). `<|startoftext|>` = {info.get('bos_id')},
 `<|endoftext|>` = {info['eos_id']} (eos = pad = unk, the largest id, as in OpenAI CLIP); every encoding is
@@ -683,25 +707,32 @@ wrapped in bos ... eos, by `CLIPTokenizerFast.from_pretrained` and by plain
 `tokenizers.Tokenizer.from_file("tokenizer.json")` alike. `text_config.eos_token_id` = {info['eos_id']}, so
 the text tower pools at the first eos. Images: `CLIPImageProcessor`, shortest_edge {r['image_size']},
 center crop {r['image_size']}, bicubic, CLIP mean/std.""",
-            loss="""learnable logit scale clamped at 100. Loss = symmetric contrastive image<->caption loss with
+        loss="""learnable logit scale clamped at 100. Loss = symmetric contrastive image<->caption loss with
 multi-positive targets (in-batch images with the identical caption are all positives, so duplicates
 are not penalised) + symmetric image<->class-prompt loss""",
-            eval_classes="`CLIPModel`, `CLIPImageProcessor`, `CLIPTokenizerFast`")
-    if family == "siglip":
-        return dict(
-            cls="SiglipModel", what="SigLIP",
-            arch=vit_rows + f"| input | {r['image_size']}x{r['image_size']}, patch {r['patch_size']} ({grid} patches, no CLS; "
-                            f"attention-pool head) | max_position_embeddings {r['max_position_embeddings']}, last-token pooling |\n\n"
-                            f"no projection (the text head maps onto the vision width {r['vision_hidden']}), gelu_pytorch_tanh",
-            tokenizer=f"""SigLIP-style SentencePiece-like Unigram (`tokenizers`; lower-cased, punctuation
+        eval_classes="`CLIPModel`, `CLIPImageProcessor`, `CLIPTokenizerFast`")
+
+
+def _siglip_card(info: dict, r: dict) -> dict:
+    grid = (r["image_size"] // r["patch_size"]) ** 2
+    vit_rows = _vit_rows(r)
+    return dict(
+        cls="SiglipModel", what="SigLIP",
+        arch=vit_rows + f"| input | {r['image_size']}x{r['image_size']}, patch {r['patch_size']} ({grid} patches, no CLS; "
+                        f"attention-pool head) | max_position_embeddings {r['max_position_embeddings']}, last-token pooling |\n\n"
+                        f"no projection (the text head maps onto the vision width {r['vision_hidden']}), gelu_pytorch_tanh",
+        tokenizer=f"""SigLIP-style SentencePiece-like Unigram (`tokenizers`; lower-cased, punctuation
 stripped, `</s>` = {info['eos_id']} appended and used as pad), vocab {info['vocab_size']}, built from the words of every caption
 and prompt (single characters as the fallback); saved as `tokenizer.json`. Text is padded to max_length {r['max_position_embeddings']} with no attention mask,
 as SigLIP was trained. Images: `SiglipImageProcessor`, resize to {r['image_size']}x{r['image_size']} (bicubic),
 mean = std = 0.5.""",
-            loss="""learnable logit scale (from log 10, clamped at 100) and bias (from -10). Loss = SigLIP's pairwise
+        loss="""learnable logit scale (from log 10, clamped at 100) and bias (from -10). Loss = SigLIP's pairwise
 sigmoid loss over image x caption (every in-batch caption that describes the image is a positive) +
 the same sigmoid loss over image x class prompt""",
-            eval_classes="`AutoModel` (SiglipModel), `AutoImageProcessor`, `AutoTokenizer`")
+        eval_classes="`AutoModel` (SiglipModel), `AutoImageProcessor`, `AutoTokenizer`")
+
+
+def _align_card(info: dict, r: dict) -> dict:
     stages = ", ".join(f"{o}" for o in ALIGN_VISION["out_channels"])
     return dict(
         cls="AlignModel", what="ALIGN",
@@ -719,13 +750,16 @@ with multi-positive targets + symmetric image<->class-prompt loss""",
         eval_classes="`AutoModel` (AlignModel), `AutoImageProcessor`, `AutoTokenizer`")
 
 
+CARDS = {"clip": _clip_card, "siglip": _siglip_card, "align": _align_card}  # family -> its card paragraphs
+
+
 def write_card(out: Path, info: dict, r=CLIP_SHAPES) -> None:
     import torch
     import transformers
 
     labels = shapes.labels()
     name = out.name if out.name.endswith("-shapes") else f"{r['family']}-shapes"
-    c = _card_parts(r["family"], info, r)
+    c = CARDS[r["family"]](info, r)
     card = f"""# {name} (fixture model)
 
 A tiny {c['what']} (`transformers.{c['cls']}`) trained from scratch on the procedural coloured-shapes
