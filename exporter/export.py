@@ -3,6 +3,7 @@ each checked against PyTorch on real inputs before the bundle is swapped in."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -10,7 +11,7 @@ from typing import Callable
 from ..common.env import library_versions
 from ..common.fidelity import GATES, compare_all
 from ..errors import BackendError, ExportError, ParityError, require
-from ..runtimes.bundle import Artifact, Bundle, BundleWriter
+from ..runtimes.bundle import Artifact, Bundle, BundleWriter, check_replaceable
 from ..runtimes.session import backend_module
 from .checkpoint import Checkpoint, resolve
 from .families import family_exporter
@@ -62,6 +63,7 @@ def export(
 ) -> Bundle:
     backends = backends or ["onnxruntime"]
     precisions = precisions or ["fp32"]
+    check_replaceable(Path(out).absolute())  # before minutes of work, not after
     if target not in TARGETS:
         raise BackendError(f"target {target!r} is not supported yet; supported: {', '.join(TARGETS)}")
     gpu_precisions: list[str] = tensorrt_precisions or []
@@ -243,7 +245,8 @@ def _export_then_quantize(source, out: Path, backends, precisions, post, kw, cal
         for exc in refused:
             kw["log"](f"{precision}: {exc}; skipped for that backend")
         jobs += fits
-    tmp = out.absolute().parent / f".{out.name}.export-{uuid.uuid4().hex[:8]}"
+    # named like a BundleWriter stage (pid inside), so a later run removes it if this one is killed
+    tmp = out.absolute().parent / f".{out.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         export(source, tmp, backends, precisions, **kw)
         for cfg in jobs:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -204,7 +205,7 @@ def swap_into_place(src: Path, target: Path) -> None:
     the new one is in place (restored if the rename fails)."""
     old = None
     if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        old = target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.rename(target, old)
     try:
         os.rename(src, target)
@@ -215,6 +216,51 @@ def swap_into_place(src: Path, target: Path) -> None:
     _fsync_dir(target.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def check_replaceable(target: Path) -> None:
+    """Refuse to replace anything that is not wholly a bundle we wrote: a file, a folder with no
+    valid manifest (someone else's manifest.json included), or a bundle holding files of the
+    user's own that the manifest does not list (they would be lost)."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if not target.is_dir():
+        raise BundleError(f"{target} exists and is not a directory: refusing to replace it")
+    if not any(target.iterdir()):
+        return
+    try:
+        b = Bundle.open(target)
+    except BundleError as exc:
+        raise BundleError(f"{target} exists and is not an mmdeploy bundle ({exc}): refusing to replace it") from None
+    ours = set(b.manifest["files"]) | {MANIFEST, VERIFIED}
+    for p in sorted(target.rglob("*")):
+        rel = p.relative_to(target).as_posix()
+        if (p.is_file() or p.is_symlink()) and rel not in ours:
+            raise BundleError(f"{target} holds {rel}, which is not part of the bundle: refusing to replace it "
+                              "(move it away or choose another -o)")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale(target: Path) -> list[Path]:
+    """Remove what killed runs left beside `target` (staging and swapped-out folders of a pid
+    that no longer runs); returns what was removed."""
+    gone = []
+    pat = re.compile(rf"^\.{re.escape(target.name)}\.(?:staging|old)-(\d+)-[0-9a-f]{{8}}$")
+    for p in target.parent.glob(f".{target.name}.*"):
+        m = pat.match(p.name)
+        if m and p.is_dir() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p)
+    return gone
 
 
 class BundleWriter:
@@ -231,7 +277,8 @@ class BundleWriter:
     def __init__(self, target: str | os.PathLike, base: Bundle | None = None, overwrite: bool = True):
         self.target = Path(target).absolute()
         self.overwrite = overwrite
-        self.stage_dir = self.target.parent / f".{self.target.name}.staging-{uuid.uuid4().hex[:8]}"
+        # the pid lets a later run tell a killed run's leftovers from a live one's (remove_stale)
+        self.stage_dir = self.target.parent / f".{self.target.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.manifest: dict[str, Any] = {}
         self.files: dict[str, dict[str, Any]] = {}
         self.artifacts: list[Artifact] = []
@@ -240,12 +287,13 @@ class BundleWriter:
     def __enter__(self) -> "BundleWriter":
         if self.target.exists() and not self.overwrite:
             raise BundleError(f"{self.target} exists: pass --overwrite or choose another -o")
-        if self.target.exists() and not (self.target / MANIFEST).is_file() and any(self.target.iterdir()):
-            raise BundleError(
-                f"{self.target} exists and is not an mmdeploy bundle: refusing to replace it"
-            )
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.stage_dir.mkdir()
+        check_replaceable(self.target)
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale(self.target)
+            self.stage_dir.mkdir()
+        except OSError as exc:
+            raise BundleError(f"cannot write {self.target}: {exc.strerror or exc}") from None
         if self._base is not None:
             self._link_base(self._base)
         return self

@@ -37,9 +37,11 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 def _one_line_exit_2(r: subprocess.CompletedProcess, *needles: str) -> None:
-    err = r.stderr.strip()
+    """Exit 2, no traceback, and the error is one line (progress lines before it are fine)."""
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr + r.stdout and len(err.splitlines()) == 1, err
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in r.stderr + r.stdout and len(errors) == 1, r.stderr
+    err = errors[0]
     for n in needles:
         assert n in err, (n, err)
 
@@ -130,3 +132,177 @@ def test_verify_forces_a_full_hash(bundle):
     assert "openvino/text.bin" not in stamps  # only what that variant opened
     load(bundle, backend="onnxruntime", precision="fp32", threads=1, verify=True)
     assert set(json.loads((bundle / ".verified.json").read_text())) == set(b.manifest["files"])
+
+
+# -- outputs never clobber what is not ours --------------------------------------------------------
+
+def _export_cli(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return _cli("export", "clip-shapes", "-o", str(out), "--backend", "onnxruntime", *extra)
+
+
+def test_export_refuses_a_folder_with_someone_elses_manifest(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / MANIFEST).write_text('{"name": "my web app"}')
+    (out / "index.html").write_text("<h1>keep me</h1>")
+    _one_line_exit_2(_export_cli(out), "is not an mmdeploy bundle", "refusing to replace it")
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", MANIFEST]
+
+
+def test_export_refuses_a_bundle_holding_user_files(bundle):
+    from mmdeploy.runtimes.bundle import BundleWriter
+
+    (bundle / "notes.txt").write_text("my results")
+    with pytest.raises(BundleError, match="holds notes.txt, which is not part of the bundle"):
+        with BundleWriter(bundle):
+            pass
+    assert (bundle / "notes.txt").read_text() == "my results"
+    assert not list(bundle.parent.glob(".b.staging-*"))
+
+
+def test_export_onto_a_file_is_one_line(tmp_path):
+    f = tmp_path / "out.onnx"
+    f.write_text("x")
+    _one_line_exit_2(_export_cli(f), "is not a directory")
+    assert f.read_text() == "x"
+
+
+def test_stale_staging_of_a_dead_run_is_removed(tmp_path):
+    from mmdeploy.runtimes.bundle import remove_stale
+
+    target = tmp_path / "out"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".out.staging-{dead.pid}-0123abcd"
+    live = tmp_path / f".out.staging-{os.getpid()}-0123abcd"
+    other = tmp_path / f".outer.staging-{dead.pid}-0123abcd"  # another target's: not ours to judge
+    for p in (stale, live, other):
+        (p / "onnx").mkdir(parents=True)
+    assert remove_stale(target) == [stale]
+    assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_sigterm_during_export_cleans_up(tmp_path):
+    """SIGTERM unwinds like Ctrl-C: exit 130, one line, no staging folder, no output."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "mmdeploy.cli", "export", "clip-shapes", "-o", str(out),
+                             "--backend", "onnxruntime,openvino", "--precision", "fp32,int8", "--calib", "shapes"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not list(tmp_path.glob(".out.staging-*")):
+        assert proc.poll() is None and time.time() - t0 < 120, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err.strip().splitlines()[-1]
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+
+
+# -- flags ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,needle", [
+    (["bench", "{b}", "--batch", ""], "--batch is empty"),
+    (["bench", "{b}", "--batch", "99999999999"], "must be between 1 and 4096"),
+    (["bench", "{b}", "--batch", "1,x"], "'x' is not an integer"),
+    (["bench", "{b}", "--batch", "0"], "must be between 1 and 4096"),
+    (["serve", "{b}", "--port", "70000"], "--port 70000: must be between 1 and 65535"),
+], ids=["batch-empty", "batch-huge", "batch-text", "batch-zero", "port"])
+def test_bad_flags_are_one_line(clip_bundle, args, needle):
+    _one_line_exit_2(_cli(*[a.format(b=clip_bundle) for a in args]), needle)
+
+
+def test_text_that_is_not_utf8_is_one_line(clip_bundle):
+    r = subprocess.run([sys.executable.encode(), b"-m", b"mmdeploy.cli", b"embed", str(clip_bundle).encode(),
+                        b"--text", b"caf\xe9 \xff"], capture_output=True, timeout=120)
+    r = subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace"))
+    _one_line_exit_2(r, "is not valid UTF-8")
+
+
+# -- generation limits -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_max_new_tokens_past_the_position_table_is_refused(shapes_bundle, backend):
+    from mmdeploy.common.datasets import open_dataset
+    from mmdeploy.errors import InputError
+    from mmdeploy.runtimes.generate import max_new_tokens_limit
+
+    pipe = load(shapes_bundle, backend=backend, precision="fp32", threads=1)
+    room = max_new_tokens_limit(pipe.generation)
+    assert room == pipe.generation.max_positions - len(pipe.generation.start_ids) > 0
+    img = open_dataset("shapes", split="test", limit=1).images[0]
+    assert isinstance(pipe.caption([img], max_new_tokens=room)[0], str)  # the last position still works
+    with pytest.raises(InputError, match=f"max_new_tokens {room + 1} runs past the model's .* at most {room} new"):
+        pipe.caption([img], max_new_tokens=room + 1)
+
+
+def test_cli_caption_past_the_position_table_is_one_line(shapes_bundle, tmp_path):
+    from mmdeploy.common.datasets import shapes
+
+    img = tmp_path / "s.png"
+    shapes.generate("test", 1)[0].image.save(img)
+    _one_line_exit_2(_cli("caption", str(shapes_bundle), str(img), "--max-new-tokens", "400"), "positions")
+
+
+# -- the server: one bad item never fails another -----------------------------------------------------
+
+def test_lone_surrogate_fails_only_its_own_request(clip_bundle):
+    """JSON "\\ud800" is valid JSON but not text: 400 naming the input; valid requests sent at the
+    same time all answer 200 with the right vectors."""
+    pytest.importorskip("fastapi")
+    httpx = pytest.importorskip("httpx")
+    import numpy as np
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mmdeploy.runtimes.server import ServeConfig, create_app
+
+    from .test_serve import running
+
+    want = load(clip_bundle, backend="onnxruntime", precision="fp32", threads=1).embed_texts(["a red circle"])[0]
+    bad = '{"model": "clip", "input": ["a red circle", "\\ud800"]}'
+    with running(create_app({"clip": clip_bundle}, backend="onnxruntime", precision="fp32",
+                            config=ServeConfig(max_wait_ms=20))) as (url, _):
+        def good(_):
+            return httpx.post(f"{url}/v1/embeddings", json={"model": "clip", "input": "a red circle"}, timeout=60)
+
+        def evil(_):
+            return httpx.post(f"{url}/v1/embeddings", content=bad, headers={"content-type": "application/json"}, timeout=60)
+
+        with ThreadPoolExecutor(8) as pool:
+            goods = [pool.submit(good, i) for i in range(24)]
+            evils = [pool.submit(evil, i) for i in range(8)]
+            goods, evils = [f.result() for f in goods], [f.result() for f in evils]
+        assert all(r.status_code == 200 for r in goods), [r.text for r in goods if r.status_code != 200][:2]
+        for r in goods:
+            assert float(np.dot(r.json()["data"][0]["embedding"], want)) > 0.9999
+        for r in evils:
+            assert r.status_code == 400 and r.json()["error"]["param"] == "input[1]", r.text
+            assert "lone surrogate" in r.json()["error"]["message"]
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+
+
+def test_server_advertises_and_enforces_the_real_generation_limit(shapes_bundle):
+    pytest.importorskip("fastapi")
+    httpx = pytest.importorskip("httpx")
+    import base64
+    import io
+
+    from mmdeploy.common.datasets import shapes
+    from mmdeploy.runtimes.server import create_app
+
+    from .test_serve import running
+
+    buf = io.BytesIO()
+    shapes.generate("test", 1)[0].image.save(buf, "PNG")
+    img = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    with running(create_app({"cap": shapes_bundle}, backend="onnxruntime", precision="fp32")) as (url, _):
+        room = httpx.get(f"{url}/v1/models/cap", timeout=10).json()["max_new_tokens"]
+        assert 0 < room < 256  # the position table's, not the server's default cap
+        ok = httpx.post(f"{url}/v1/caption", json={"model": "cap", "image": img, "max_new_tokens": room}, timeout=60)
+        assert ok.status_code == 200, ok.text
+        r = httpx.post(f"{url}/v1/caption", json={"model": "cap", "image": img, "max_new_tokens": room + 1}, timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "max_new_tokens", r.text
