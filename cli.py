@@ -142,13 +142,9 @@ def bench(
     from .benchmarks.bench import bench as run_bench
     from .benchmarks.report import plot as write_plot
     from .benchmarks.report import accuracy_table, table, write_json
-    from .errors import InputError
-    from .runtimes.session import BACKENDS, PRECISIONS, parse_list
+    from .runtimes.session import BACKENDS, PRECISIONS, parse_list, parse_sizes
 
-    try:
-        batches = [int(b) for b in batch.split(",") if b.strip()]
-    except ValueError:
-        raise InputError(f"--batch {batch!r}: give comma-separated integers, e.g. 1,8") from None
+    batches = parse_sizes(batch, "--batch")
     cfg = BenchConfig(
         backends=parse_list(backend, list(BACKENDS), "backend") or None,
         precisions=parse_list(precision, PRECISIONS, "precision") or None,
@@ -231,7 +227,11 @@ def serve(
     log_level: str = typer.Option("info", help="debug, info, warning or error (JSON lines on stderr)."),
 ):
     """Serve bundles over HTTP: OpenAI-compatible /v1/embeddings, /v1/classify, /v1/caption, /health, /metrics."""
+    from .errors import InputError
     from .runtimes.server import ServeConfig, run_server
+
+    if not 1 <= port <= 65535:  # uvicorn would bind port % 65536 without a word
+        raise InputError(f"--port {port}: must be between 1 and 65535")
 
     cfg = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, max_items=max_items,
                       max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels, timeout_s=timeout,
@@ -488,7 +488,14 @@ def doctor():
         print(line)
 
 
+def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C: staging folders are removed, exit 130
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)  # `serve` installs uvicorn's own drain handler over it
     app()
 
 

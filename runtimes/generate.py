@@ -65,9 +65,9 @@ class GenerationConfig:
     def total_length(self, prompt_len: int) -> int:
         if self.max_new_tokens is not None:
             return prompt_len + int(self.max_new_tokens)
-        if self.max_length is not None:
-            return int(self.max_length)
-        total = prompt_len + int(self.default_new_tokens)
+        # the checkpoint's own defaults are capped by the position table (as transformers caps its
+        # 20-token default); an explicit max_new_tokens past it is refused by _check_length
+        total = int(self.max_length) if self.max_length is not None else prompt_len + int(self.default_new_tokens)
         return min(total, int(self.max_positions)) if self.max_positions else total
 
     def check(self) -> None:
@@ -130,7 +130,17 @@ def _check_length(cfg: GenerationConfig, prompt_len: int) -> int:
     total = cfg.total_length(prompt_len)
     if total <= prompt_len:
         raise InputError(f"max_length {total} leaves no room after the {prompt_len} prompt ids: raise it or set max_new_tokens")
+    if cfg.max_positions and total > cfg.max_positions:  # past the position table: garbage or a crash
+        room = cfg.max_positions - prompt_len
+        asked = f"max_new_tokens {cfg.max_new_tokens}" if cfg.max_new_tokens is not None else f"max_length {total}"
+        raise InputError(f"{asked} runs past the model's {cfg.max_positions} positions: with the {prompt_len}-token "
+                         f"prompt at most {room} new tokens")
     return total
+
+
+def max_new_tokens_limit(cfg: GenerationConfig) -> int | None:
+    """The most new tokens the position table leaves after the start ids (None: no table known)."""
+    return cfg.max_positions - len(cfg.start_ids) if cfg.max_positions else None
 
 
 # -- greedy --------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ import numpy as np
 
 from ..errors import InputError, require
 from .batching import Batcher, ItemError, QueueFullError, ShuttingDownError
+from .generate import GenerationConfig, max_new_tokens_limit
 from .images import decode_image_data, load_image
 from .scoring import l2_normalize
 
@@ -211,6 +212,15 @@ def _json_type(v: Any) -> str:
             int: "an integer", float: "a number"}.get(type(v), type(v).__name__)
 
 
+def _check_text(s: str, where: str) -> None:
+    """Text the tokenizer can take: JSON allows lone surrogates ("\\ud800"), UTF-8 does not."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ApiError(400, f"{where} is not valid Unicode text (a lone surrogate at character {exc.start})",
+                       code="invalid_text", param=where) from None
+
+
 def _opt_int(body: dict, key: str, lo: int, hi: int) -> int | None:
     v = body.get(key)
     if v is None:
@@ -255,6 +265,10 @@ class ServedModel:
         self.has_vision = callable(getattr(pipeline, "run_vision", None)) and getattr(pipeline, "preprocess", None) is not None
         self.has_text = callable(getattr(pipeline, "run_text", None)) and callable(getattr(pipeline, "text_inputs", None))
         self.has_caption = callable(getattr(pipeline, "caption", None))
+        # the most new tokens a request may ask for: the server's cap, within the position table
+        gen = getattr(pipeline, "generation", None)
+        room = max_new_tokens_limit(gen) if isinstance(gen, GenerationConfig) else None
+        self.max_new_tokens = min(cfg.max_new_tokens, room) if room else cfg.max_new_tokens
         # the family's own scoring rule (CLIP softmax, SigLIP sigmoid with bias, ...), never a copy here
         self.can_classify = self.has_vision and self.has_text and callable(getattr(pipeline, "scores", None))
         self.batchers: dict[str, Batcher] = {}
@@ -282,7 +296,8 @@ class ServedModel:
 
     def card(self) -> dict:
         return {"id": self.name, "object": "model", "created": 0, "owned_by": "mmdeploy",
-                "family": self.family, "variant": self.variant, "capabilities": self.capabilities}
+                "family": self.family, "variant": self.variant, "capabilities": self.capabilities,
+                **({"max_new_tokens": self.max_new_tokens} if self.has_caption else {})}
 
     # -- worker-thread functions (one outcome per item; an exception instance fails that item) --
 
@@ -333,13 +348,24 @@ class ServedModel:
         mb = self.cfg.max_batch
         for k in range(0, len(order), mb):
             idx = order[k : k + mb]
-            feeds = self.pipe.text_inputs([texts[i] for i in idx])
-            emb = l2_normalize(np.asarray(self.pipe.run_text(feeds), dtype=np.float32))
-            mask = feeds.get("attention_mask")
-            for j, (i, v) in enumerate(zip(idx, emb)):
-                n = int(mask[j].sum()) if mask is not None else 0
-                out[i] = (v, n)
+            try:
+                got = self._embed_text_chunk([texts[i] for i in idx])
+            except Exception:  # noqa: BLE001 - one bad item must not fail the others: retry each alone
+                got = []
+                for i in idx:
+                    try:
+                        got += self._embed_text_chunk([texts[i]])
+                    except Exception as exc:  # noqa: BLE001 - fails this item only
+                        got.append(exc)
+            for i, r in zip(idx, got):
+                out[i] = r
         return out
+
+    def _embed_text_chunk(self, texts: list[str]) -> list[tuple[np.ndarray, int]]:
+        feeds = self.pipe.text_inputs(texts)
+        emb = l2_normalize(np.asarray(self.pipe.run_text(feeds), dtype=np.float32))
+        mask = feeds.get("attention_mask")
+        return [(v, int(mask[j].sum()) if mask is not None else 0) for j, v in enumerate(emb)]
 
     def _run_caption(self, items: list[tuple[Any, int | None, int | None]]) -> list:
         out: list[Any] = [None] * len(items)
@@ -788,6 +814,7 @@ def create_app(bundles: Mapping[str, Any], config: ServeConfig | None = None, *,
                 if len(s) > cfg.max_text_chars:
                     raise ApiError(400, f"{where} is {len(s):,} characters long (limit {cfg.max_text_chars:,})",
                                    code="text_too_long", param=where)
+                _check_text(s, where)
                 texts.append(s)
                 t_idx.append(i)
             else:
@@ -852,10 +879,13 @@ def create_app(bundles: Mapping[str, Any], config: ServeConfig | None = None, *,
             raise ApiError(400, "give at least two labels to choose between", code="invalid_value", param="labels")
         if len(labels) > cfg.max_labels:
             raise ApiError(400, f"too many labels: {len(labels)} (limit {cfg.max_labels})", code="too_many_items", param="labels")
+        for i, l in enumerate(labels):
+            _check_text(l, f"labels[{i}]")
         template = body.get("template")
         template = "{}" if template is None else template
         if not isinstance(template, str):
             raise ApiError(400, f"template must be a string, got {_json_type(template)}", code="invalid_type", param="template")
+        _check_text(template, "template")
         if "{}" not in template or len(template) > 1000:
             raise ApiError(400, f"template {template[:100]!r} must contain '{{}}' where the label goes (1000 chars at most)",
                            code="invalid_value", param="template")
@@ -886,7 +916,7 @@ def create_app(bundles: Mapping[str, Any], config: ServeConfig | None = None, *,
         if not m.has_caption:
             raise ApiError(400, f"model {m.name!r} does not caption images", code="unsupported_model", param="model")
         refs = _images_of(body, cfg)
-        mnt = _opt_int(body, "max_new_tokens", 1, cfg.max_new_tokens)
+        mnt = _opt_int(body, "max_new_tokens", 1, m.max_new_tokens)
         beams = _opt_int(body, "num_beams", 1, cfg.max_beams)
         request.state.items = len(refs)
         names = ["image"] if body.get("image") is not None else [f"images[{i}]" for i in range(len(refs))]

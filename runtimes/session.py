@@ -76,3 +76,25 @@ def parse_list(value: str | None, allowed: tuple[str, ...] | list[str], what: st
         if item not in allowed:
             raise BackendError(f"unknown {what} {item!r}: choose from {', '.join(allowed)}")
     return items
+
+
+MAX_BATCH = 4096  # a bench / serve batch beyond this is a typo, not a plan (it runs out of memory)
+
+
+def parse_sizes(value: str, flag: str, lo: int = 1, hi: int = MAX_BATCH) -> list[int]:
+    """'1,8,32' -> [1, 8, 32]; empty, non-integer or out-of-range items are a one-line InputError."""
+    from ..errors import InputError
+
+    items = [v.strip() for v in str(value).split(",")]
+    if not any(items):
+        raise InputError(f"{flag} is empty: give comma-separated integers, e.g. 1,8")
+    out = []
+    for v in items:
+        try:
+            n = int(v)
+        except ValueError:
+            raise InputError(f"{flag} {value!r}: {v!r} is not an integer (give comma-separated integers, e.g. 1,8)") from None
+        if not lo <= n <= hi:
+            raise InputError(f"{flag} {n}: must be between {lo} and {hi}")
+        out.append(n)
+    return out

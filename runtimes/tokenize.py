@@ -105,16 +105,20 @@ class TextTokenizer:
 
 
 def _check_texts(texts: Sequence[str] | str) -> list[str]:
-    if isinstance(texts, str):
-        return [texts]
-    if not isinstance(texts, (list, tuple)):
+    batch = [texts] if isinstance(texts, str) else texts
+    if not isinstance(batch, (list, tuple)):
         raise InputError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
-    if not texts:
+    if not batch:
         raise InputError("no texts given: the list is empty")
-    for i, t in enumerate(texts):
+    for i, t in enumerate(batch):
+        where = "the text" if isinstance(texts, str) else f"texts[{i}]"
         if not isinstance(t, str):
-            raise InputError(f"texts[{i}] is {type(t).__name__}, expected a string")
-    return list(texts)
+            raise InputError(f"{where} is {type(t).__name__}, expected a string")
+        try:  # lone surrogates: JSON "\ud800", or command-line bytes that are not UTF-8
+            t.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError(f"{where} is not valid UTF-8 / Unicode text (at character {exc.start})") from None
+    return list(batch)
 
 
 def _token_content(value) -> str | None:

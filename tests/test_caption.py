@@ -350,15 +350,7 @@ for fam, path in {[(f, str(b)) for f, (_, b) in tiny_bundles.items()]!r}:
 SHAPES_N = 500  # the card's evaluation set
 
 
-@pytest.fixture(scope="session")
-def shapes_bundle(tmp_path_factory):
-    from mmdeploy.exporter.export import export
-
-    if not package_path("fixtures/caption-shapes/model.safetensors").is_file():
-        pytest.skip("caption-shapes fixture is not shipped in this checkout")
-    out = tmp_path_factory.mktemp("bundles") / "caption-shapes"
-    export("caption-shapes", out, backends=BACKENDS, precisions=["fp32"], threads=2)
-    return out
+# shapes_bundle (the exported caption-shapes fixture): conftest.py
 
 
 @pytest.fixture(scope="module")

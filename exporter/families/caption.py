@@ -543,7 +543,8 @@ def _gen_dict(gc, start_ids: list[int], eos, pad, max_positions: int | None = No
     """The generation settings transformers 5's generate() ends up with for this checkpoint.
 
     Without a max_length anywhere, transformers generates 20 new tokens (capped by the model
-    config's max_position_embeddings): recorded as default_new_tokens / max_positions."""
+    config's max_position_embeddings): recorded as default_new_tokens. max_positions (the
+    position table) is recorded whenever the config has one: every length is checked against it."""
     eos = [eos] if isinstance(eos, int) else list(eos or [])
     if pad is None:
         pad = eos[0] if eos else 0
@@ -554,8 +555,8 @@ def _gen_dict(gc, start_ids: list[int], eos, pad, max_positions: int | None = No
             d[k] = v
     if d.get("max_length") is None:
         d["default_new_tokens"] = 20
-        if max_positions:
-            d["max_positions"] = int(max_positions)
+    if max_positions:  # the position table: the runtime never generates past it
+        d["max_positions"] = int(max_positions)
     d.setdefault("num_beams", 1)
     d.setdefault("length_penalty", 1.0)
     d.setdefault("early_stopping", False)
@@ -601,8 +602,9 @@ class VitGpt2Family(CaptionFamily):
         start = gc.decoder_start_token_id if gc.decoder_start_token_id is not None else cfg.decoder_start_token_id
         if start is None:
             raise CheckpointError("the checkpoint sets no decoder_start_token_id: generation cannot start")
+        # the position table is the decoder's (a VisionEncoderDecoderConfig has none of its own)
         return _gen_dict(gc, [start], gc.eos_token_id, gc.pad_token_id,
-                         getattr(cfg, "max_position_embeddings", None))
+                         getattr(cfg, "max_position_embeddings", None) or getattr(cfg.decoder, "max_position_embeddings", None))
 
     def torch_generate(self, pixel_values, prompt_ids=None, **kw):
         args = {"pixel_values": torch.from_numpy(pixel_values)}
