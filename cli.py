@@ -54,6 +54,14 @@ def user_errors(fn):
     return wrapper
 
 
+def _needs(pipe, method: str, command: str, what: str) -> None:
+    """One line, not an AttributeError, when a bundle's pipeline cannot do what was asked."""
+    from .errors import InputError
+
+    if not callable(getattr(pipe, method, None)):
+        raise InputError(f"{pipe.bundle.root} is a {pipe.bundle.family} bundle: {command} needs {what}")
+
+
 def _log(msg: str) -> None:
     _err_console().print(f"[dim]·[/dim] {msg}", highlight=False)
 
@@ -353,6 +361,10 @@ def embed(
     if not image and not text:
         raise InputError("give --image PATH and/or --text STR")
     pipe = load(bundle, backend=backend, precision=precision, threads=threads)
+    if image:
+        _needs(pipe, "embed_images", "embed --image", "a bundle with an image encoder (clip, siglip, align)")
+    if text:
+        _needs(pipe, "embed_texts", "embed --text", "a bundle with a text encoder (clip, siglip, align, text-embedding)")
     out = {}
     if image:
         out["images"] = dict(zip(map(str, image), pipe.embed_images([str(p) for p in image])))
@@ -388,6 +400,7 @@ def classify(
     from .runtimes import load
 
     pipe = load(bundle, backend=backend, precision=precision, threads=threads)
+    _needs(pipe, "classify", "classify", "a dual-encoder bundle (clip, siglip, align)")
     for label, p in pipe.classify(str(image), labels.split(","), template=template)[:top]:
         print(f"{p:7.2%}  {label}")
 
@@ -405,12 +418,10 @@ def caption(
     threads: Optional[int] = typer.Option(None),
 ):
     """Caption images with a captioning bundle (greedy or beam search), one line per image."""
-    from .errors import InputError
     from .runtimes import load
 
     pipe = load(bundle, backend=backend, precision=precision, threads=threads)
-    if not hasattr(pipe, "caption"):
-        raise InputError(f"{bundle} is a {pipe.bundle.family} bundle: caption needs a captioning bundle")
+    _needs(pipe, "caption", "caption", "a captioning bundle")
     caps = pipe.caption([str(p) for p in image], max_new_tokens=max_new_tokens, num_beams=num_beams, prompt=prompt)
     for path, text in zip(image, caps):
         print(f"{path}\t{text}")

@@ -85,3 +85,19 @@ def test_no_generic_code_tests_a_family_name():
                 bad += _family_names_compared(path, names)
     bad += _family_names_compared(ROOT / "cli.py", names)
     assert not bad, "family names tested outside the family's files:\n" + "\n".join(bad)
+
+
+def test_registries_find_every_family_whichever_module_is_imported_first():
+    """Importing one family module first (the server imports the caption pipeline) must not hide
+    the others: the registries discover with a flag, not by checking for an empty table."""
+    import subprocess
+    import sys
+
+    code = ("import mmdeploy.runtimes.pipelines.caption, mmdeploy.exporter.families.siglip\n"
+            "from mmdeploy.runtimes.pipelines import pipelines\n"
+            "from mmdeploy.exporter.families import families\n"
+            "print(sorted(pipelines()), sorted(families()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    want = str(sorted(families()))
+    assert out.stdout.strip() == f"{sorted(pipelines())} {want}" and "'clip'" in want and "'caption'" in want

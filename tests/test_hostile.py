@@ -307,3 +307,110 @@ def test_server_advertises_and_enforces_the_real_generation_limit(shapes_bundle)
         assert ok.status_code == 200, ok.text
         r = httpx.post(f"{url}/v1/caption", json={"model": "cap", "image": img, "max_new_tokens": room + 1}, timeout=60)
         assert r.status_code == 400 and r.json()["error"]["param"] == "max_new_tokens", r.text
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["embed", "{b}", "--text", "hi"], "embed --text needs a bundle with a text encoder"),
+    (["classify", "{b}", "{img}", "--labels", "a,b"], "classify needs a dual-encoder bundle"),
+], ids=["embed", "classify"])
+def test_wrong_command_for_the_bundle_is_one_line(shapes_bundle, tmp_path, args, needle):
+    from mmdeploy.common.datasets import shapes
+
+    img = tmp_path / "s.png"
+    shapes.generate("test", 1)[0].image.save(img)
+    _one_line_exit_2(_cli(*[a.format(b=shapes_bundle, img=img) for a in args]), "is a caption bundle", needle)
+
+
+# -- property-based fuzzing (bounded in time) --------------------------------------------------------
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+                    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+                    max_leaves=12)
+FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def _paths(obj, prefix=()):
+    """Every (path) to a value inside a JSON document."""
+    yield prefix
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _paths(v, prefix + (i,))
+
+
+@pytest.fixture(scope="module")
+def manifest_doc(clip_bundle):
+    return json.loads((clip_bundle / MANIFEST).read_text())
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_manifests_are_refused_cleanly(clip_bundle, manifest_doc, tmp_path_factory, data):
+    """Any manifest, however mangled: Bundle.open and a full verify either work or raise BundleError."""
+    import copy
+
+    doc = copy.deepcopy(manifest_doc)
+    paths = [p for p in _paths(doc) if p]
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        parent = doc
+        try:
+            for k in path[:-1]:
+                parent = parent[k]
+            if data.draw(st.booleans()) and isinstance(parent, dict):
+                parent.pop(path[-1], None)
+            else:
+                parent[path[-1]] = data.draw(JSON)
+        except (KeyError, IndexError, TypeError):
+            continue
+    root = tmp_path_factory.mktemp("fz")
+    for rel in manifest_doc["files"]:  # the real files, linked: a valid bundle before the mangling
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.link(clip_bundle / rel, root / rel)
+    (root / MANIFEST).write_text(json.dumps(doc))
+    try:
+        Bundle.open(root).verify_all(full=True)
+    except BundleError as exc:
+        assert "\n" not in str(exc)
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(clip_bundle, shapes_bundle):
+    pytest.importorskip("fastapi")
+    from mmdeploy.runtimes.server import create_app
+
+    from .test_serve import running
+
+    with running(create_app({"clip": clip_bundle, "cap": shapes_bundle}, backend="onnxruntime", precision="fp32",
+                            threads=1)) as (url, _):
+        yield url
+
+
+BODY = st.fixed_dictionaries({}, optional={
+    "model": st.sampled_from(["clip", "cap", "nope"]) | JSON,
+    "input": JSON | st.lists(st.text(max_size=30), max_size=4) | st.text(max_size=30),
+    "image": JSON | st.sampled_from(["data:image/png;base64,iVBORw0KGgo=", "data:,", "/etc/passwd", "AAAA"]),
+    "images": JSON,
+    "labels": JSON | st.lists(st.text(max_size=10), max_size=5),
+    "template": JSON,
+    "max_new_tokens": JSON | st.integers(-5, 400),
+    "num_beams": JSON | st.integers(-2, 9),
+    "encoding_format": JSON | st.sampled_from(["float", "base64"]),
+    "dimensions": JSON,
+})
+
+
+@FUZZ
+@given(route=st.sampled_from(["/v1/embeddings", "/v1/classify", "/v1/caption"]), body=BODY | JSON)
+def test_fuzzed_request_bodies_never_get_a_5xx(fuzz_server, route, body):
+    httpx = pytest.importorskip("httpx")
+    r = httpx.post(f"{fuzz_server}{route}", json=body, timeout=60)
+    assert r.status_code < 500, (route, body, r.text)
+    if r.status_code >= 400:
+        assert set(r.json()["error"]) >= {"message", "type", "param", "code"}

@@ -17,25 +17,14 @@ code outside a family's files tests a family's name.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Any
 
+from ...common.registry import Registry
 from ...errors import ExportError, UnsupportedModelError
 
-_FAMILIES: dict[str, type] = {}
-
-
-def register(cls: type) -> type:
-    _FAMILIES[cls.family] = cls
-    return cls
-
-
-def families() -> dict[str, type]:
-    if not _FAMILIES:
-        for info in pkgutil.iter_modules(__path__):
-            importlib.import_module(f"{__name__}.{info.name}")
-    return dict(_FAMILIES)
+_REGISTRY = Registry(__name__, __path__)
+register = _REGISTRY.register  # class decorator: the family's exporter, under `cls.family`
+families = _REGISTRY.all
 
 
 def architectures() -> dict[str, tuple[str, tuple[str, str]]]:

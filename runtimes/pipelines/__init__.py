@@ -16,29 +16,12 @@ file here (plus its exporter file and a models.yaml row).
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
+from ...common.registry import Registry
 from ...errors import BundleError
 
-_PIPELINES: dict[str, type] = {}
-
-
-def register(cls: type) -> type:
-    """Class decorator: `cls.family` bundles open with this pipeline."""
-    _PIPELINES[cls.family] = cls
-    return cls
-
-
-def _discover() -> None:
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
-
-
-def pipelines() -> dict[str, type]:
-    if not _PIPELINES:
-        _discover()
-    return dict(_PIPELINES)
+_REGISTRY = Registry(__name__, __path__)
+register = _REGISTRY.register  # class decorator: `cls.family` bundles open with this pipeline
+pipelines = _REGISTRY.all
 
 
 def pipeline_class(family: str, where: str = "bundle") -> type:

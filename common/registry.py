@@ -1,0 +1,28 @@
+"""A registry of classes keyed by their `family`, filled by importing every module of a package
+once (the family files register themselves with a decorator)."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+
+class Registry:
+    def __init__(self, package: str, path):
+        self.package, self.path = package, path
+        self._classes: dict[str, type] = {}
+        self._discovered = False
+
+    def register(self, cls: type) -> type:
+        """Class decorator: registers `cls` under `cls.family`."""
+        self._classes[cls.family] = cls
+        return cls
+
+    def all(self) -> dict[str, type]:
+        # a flag, not "is the table empty": importing one family module directly registers that
+        # family (and what it imports) alone, and the others were then never found
+        if not self._discovered:
+            for info in pkgutil.iter_modules(self.path):
+                importlib.import_module(f"{self.package}.{info.name}")
+            self._discovered = True
+        return dict(self._classes)
