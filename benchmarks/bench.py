@@ -223,6 +223,7 @@ def _time_torch(fam, name: str, comp: str, out_name: str, inputs: BundleFeeds, c
 
 def write_measured(bundle: Bundle, table: dict[str, float], log) -> None:
     """Merge {variant: ms} into the manifest under this machine's key (load() ranks by it)."""
+    from ..errors import BundleError
     from ..runtimes.bundle import BundleWriter
     from ..runtimes.select import machine_key
 
@@ -231,7 +232,7 @@ def write_measured(bundle: Bundle, table: dict[str, float], log) -> None:
     try:
         with BundleWriter(bundle.root, base=bundle) as w:
             w.manifest.setdefault("measured", {}).setdefault(machine_key(), {}).update(table)
-    except OSError as exc:
+    except (OSError, BundleError) as exc:  # read-only, or the folder holds files of the user's own
         log(f"could not record measurements in {bundle.root} ({exc}); load() keeps its static preference")
 
 

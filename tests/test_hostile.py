@@ -414,3 +414,16 @@ def test_fuzzed_request_bodies_never_get_a_5xx(fuzz_server, route, body):
     assert r.status_code < 500, (route, body, r.text)
     if r.status_code >= 400:
         assert set(r.json()["error"]) >= {"message", "type", "param", "code"}
+
+
+def test_bench_does_not_fail_or_clobber_when_the_bundle_holds_user_files(bundle):
+    """bench records latencies by rewriting the manifest; with a user's file in the folder it
+    says why it cannot, after the benchmark, and leaves the file (and the bundle) as they were."""
+    from mmdeploy.benchmarks.bench import write_measured
+
+    (bundle / "report.json").write_text("{}")
+    before = (bundle / MANIFEST).read_text()
+    said = []
+    write_measured(Bundle.open(bundle), {"onnxruntime/fp32": 1.0}, said.append)
+    assert len(said) == 1 and "report.json" in said[0] and "could not record" in said[0]
+    assert (bundle / "report.json").read_text() == "{}" and (bundle / MANIFEST).read_text() == before
