@@ -427,3 +427,74 @@ def test_bench_does_not_fail_or_clobber_when_the_bundle_holds_user_files(bundle)
     write_measured(Bundle.open(bundle), {"onnxruntime/fp32": 1.0}, said.append)
     assert len(said) == 1 and "report.json" in said[0] and "could not record" in said[0]
     assert (bundle / "report.json").read_text() == "{}" and (bundle / MANIFEST).read_text() == before
+
+
+def test_mixed_concurrent_load_with_invalid_items(clip_bundle):
+    """400 requests from 16 threads, a quarter of them hostile (corrupt and truncated images, lone
+    surrogates, wrong types, oversize text, unknown models): no 5xx, every hostile request a 4xx
+    naming its field, every valid answer equal to the pipeline's own vector."""
+    pytest.importorskip("fastapi")
+    httpx = pytest.importorskip("httpx")
+    import base64
+    import io
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from mmdeploy.common.datasets import shapes
+    from mmdeploy.runtimes.server import ServeConfig, create_app
+
+    from .test_serve import running
+
+    pipe = load(clip_bundle, backend="onnxruntime", precision="fp32", threads=1)
+    imgs = [s.image for s in shapes.generate("test", 4)]
+    pngs = []
+    for im in imgs:
+        buf = io.BytesIO()
+        im.save(buf, "PNG")
+        pngs.append("data:image/png;base64," + base64.b64encode(buf.getvalue()).decode())
+    texts = ["a photo of a red circle", "a blue star", "a small green cross on a white background", "hexagon"]
+    want_img = pipe.embed_images(imgs)
+    want_txt = pipe.embed_texts(texts)
+    truncated = pngs[0][: len(pngs[0]) // 2]
+    hostile = [
+        ({"input": [pngs[0], "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n garbage").decode()]}, "input[1]"),
+        ({"input": [truncated]}, "input[0]"),
+        ({"input": ["ok", "\ud800"]}, "input[1]"),
+        ({"input": ["ok", 7]}, "input[1]"),
+        ({"input": ["x" * 70_000]}, "input[0]"),
+        ({"model": "nope", "input": "ok"}, "model"),
+    ]
+    rng = random.Random(0)
+    jobs = []
+    for i in range(400):
+        if i % 4 == 3:
+            body, param = hostile[rng.randrange(len(hostile))]
+            jobs.append(("bad", {"model": "clip", **body}, param))
+        elif i % 2:
+            k = rng.randrange(4)
+            jobs.append(("img", {"model": "clip", "input": pngs[k]}, k))
+        else:
+            k = rng.randrange(4)
+            jobs.append(("txt", {"model": "clip", "input": texts[k]}, k))
+
+    def send(job):
+        kind, body, _ = job
+        # json= would refuse the lone surrogate: send the JSON text as a client could
+        return httpx.post(f"{url}/v1/embeddings", content=json.dumps(body), timeout=120,
+                          headers={"content-type": "application/json"})
+
+    with running(create_app({"clip": clip_bundle}, backend="onnxruntime", precision="fp32", threads=1,
+                            config=ServeConfig(max_wait_ms=10))) as (url, _):
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(send, jobs))
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+    assert max(r.status_code for r in answers) < 500, [r.text for r in answers if r.status_code >= 500][:3]
+    for (kind, body, ref), r in zip(jobs, answers):
+        if kind == "bad":
+            assert 400 <= r.status_code < 500 and r.json()["error"]["param"] == ref, (body, r.text)
+        else:
+            assert r.status_code == 200, r.text
+            want = (want_img if kind == "img" else want_txt)[ref]
+            assert float(np.dot(r.json()["data"][0]["embedding"], want)) > 0.9999, kind
