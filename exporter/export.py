@@ -3,7 +3,6 @@ each checked against PyTorch on real inputs before the bundle is swapped in."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -213,9 +212,8 @@ def tensorrt_settings(ckpt: Checkpoint, components: dict, target: str, precision
 def _export_then_quantize(source, out: Path, backends, precisions, post, kw, calib, method, min_cosine) -> Bundle:
     """export + quantize as one atomic step: built beside `out`, swapped in only when all passed."""
     import shutil
-    import uuid
 
-    from ..runtimes.bundle import swap_into_place
+    from ..runtimes.bundle import sibling_dir, swap_into_place
     from .checkpoint import source_family
     from .quantize import QuantConfig, check_config, quantize
 
@@ -245,8 +243,7 @@ def _export_then_quantize(source, out: Path, backends, precisions, post, kw, cal
         for exc in refused:
             kw["log"](f"{precision}: {exc}; skipped for that backend")
         jobs += fits
-    # named like a BundleWriter stage (pid inside), so a later run removes it if this one is killed
-    tmp = out.absolute().parent / f".{out.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = sibling_dir(out.absolute(), "staging")  # a later run removes it if this one is killed
     try:
         export(source, tmp, backends, precisions, **kw)
         for cfg in jobs:

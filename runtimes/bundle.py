@@ -200,12 +200,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def sibling_dir(target: Path, kind: str) -> Path:
+    """A work folder beside `target` (kind: staging, old) named with this pid, so that
+    remove_stale can tell a killed run's leftovers from a live run's."""
+    return target.parent / f".{target.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def swap_into_place(src: Path, target: Path) -> None:
     """Rename a finished directory onto `target`; an existing target is replaced only once
     the new one is in place (restored if the rename fails)."""
     old = None
     if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        old = sibling_dir(target, "old")
         os.rename(target, old)
     try:
         os.rename(src, target)
@@ -251,8 +257,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale(target: Path) -> list[Path]:
-    """Remove what killed runs left beside `target` (staging and swapped-out folders of a pid
-    that no longer runs); returns what was removed."""
+    """Remove what killed runs left beside `target` (sibling_dir folders of a pid that no
+    longer runs); returns what was removed."""
     gone = []
     pat = re.compile(rf"^\.{re.escape(target.name)}\.(?:staging|old)-(\d+)-[0-9a-f]{{8}}$")
     for p in target.parent.glob(f".{target.name}.*"):
@@ -277,8 +283,7 @@ class BundleWriter:
     def __init__(self, target: str | os.PathLike, base: Bundle | None = None, overwrite: bool = True):
         self.target = Path(target).absolute()
         self.overwrite = overwrite
-        # the pid lets a later run tell a killed run's leftovers from a live one's (remove_stale)
-        self.stage_dir = self.target.parent / f".{self.target.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.stage_dir = sibling_dir(self.target, "staging")
         self.manifest: dict[str, Any] = {}
         self.files: dict[str, dict[str, Any]] = {}
         self.artifacts: list[Artifact] = []

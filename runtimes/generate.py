@@ -130,11 +130,11 @@ def _check_length(cfg: GenerationConfig, prompt_len: int) -> int:
     total = cfg.total_length(prompt_len)
     if total <= prompt_len:
         raise InputError(f"max_length {total} leaves no room after the {prompt_len} prompt ids: raise it or set max_new_tokens")
-    if cfg.max_positions and total > cfg.max_positions:  # past the position table: garbage or a crash
-        room = cfg.max_positions - prompt_len
-        asked = f"max_new_tokens {cfg.max_new_tokens}" if cfg.max_new_tokens is not None else f"max_length {total}"
-        raise InputError(f"{asked} runs past the model's {cfg.max_positions} positions: with the {prompt_len}-token "
-                         f"prompt at most {room} new tokens")
+    # past the position table (garbage or a crash); only an explicit max_new_tokens gets here,
+    # total_length caps the checkpoint's defaults
+    if cfg.max_positions and total > cfg.max_positions:
+        raise InputError(f"max_new_tokens {cfg.max_new_tokens} runs past the model's {cfg.max_positions} positions: "
+                         f"with the {prompt_len}-token prompt at most {cfg.max_positions - prompt_len} new tokens")
     return total
 
 

@@ -63,6 +63,7 @@ from .batching import Batcher, ItemError, QueueFullError, ShuttingDownError
 from .generate import GenerationConfig, max_new_tokens_limit
 from .images import decode_image_data, load_image
 from .scoring import l2_normalize
+from .tokenize import bad_unicode_at
 
 __all__ = ["ApiError", "ServeConfig", "create_app", "parse_bundle_args", "run_server", "JsonFormatter"]
 
@@ -213,12 +214,10 @@ def _json_type(v: Any) -> str:
 
 
 def _check_text(s: str, where: str) -> None:
-    """Text the tokenizer can take: JSON allows lone surrogates ("\\ud800"), UTF-8 does not."""
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ApiError(400, f"{where} is not valid Unicode text (a lone surrogate at character {exc.start})",
-                       code="invalid_text", param=where) from None
+    """Text the tokenizer can take, checked before it joins a batch: JSON allows lone surrogates."""
+    if (at := bad_unicode_at(s)) is not None:
+        raise ApiError(400, f"{where} is not valid Unicode text (a lone surrogate at character {at})",
+                       code="invalid_text", param=where)
 
 
 def _opt_int(body: dict, key: str, lo: int, hi: int) -> int | None:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import BackendError
+from ..errors import BackendError, InputError
 
 BACKENDS = {
     "onnxruntime": "mmdeploy.runtimes.onnxruntime",
@@ -83,8 +83,6 @@ MAX_BATCH = 4096  # a bench / serve batch beyond this is a typo, not a plan (it 
 
 def parse_sizes(value: str, flag: str, lo: int = 1, hi: int = MAX_BATCH) -> list[int]:
     """'1,8,32' -> [1, 8, 32]; empty, non-integer or out-of-range items are a one-line InputError."""
-    from ..errors import InputError
-
     items = [v.strip() for v in str(value).split(",")]
     if not any(items):
         raise InputError(f"{flag} is empty: give comma-separated integers, e.g. 1,8")

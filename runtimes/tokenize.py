@@ -104,6 +104,16 @@ class TextTokenizer:
         return f"TextTokenizer(vocab_size={self.vocab_size}, max_length={self.max_length}, pad_id={self.pad_id})"
 
 
+def bad_unicode_at(text: str) -> int | None:
+    """Index of the first character UTF-8 cannot encode (a lone surrogate: JSON "\\ud800", or
+    command-line bytes that are not UTF-8), None for valid text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
 def _check_texts(texts: Sequence[str] | str) -> list[str]:
     batch = [texts] if isinstance(texts, str) else texts
     if not isinstance(batch, (list, tuple)):
@@ -114,10 +124,8 @@ def _check_texts(texts: Sequence[str] | str) -> list[str]:
         where = "the text" if isinstance(texts, str) else f"texts[{i}]"
         if not isinstance(t, str):
             raise InputError(f"{where} is {type(t).__name__}, expected a string")
-        try:  # lone surrogates: JSON "\ud800", or command-line bytes that are not UTF-8
-            t.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InputError(f"{where} is not valid UTF-8 / Unicode text (at character {exc.start})") from None
+        if (at := bad_unicode_at(t)) is not None:
+            raise InputError(f"{where} is not valid UTF-8 / Unicode text (at character {at})")
     return list(batch)
 
 
