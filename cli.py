@@ -236,7 +236,7 @@ def serve(
 ):
     """Serve bundles over HTTP: OpenAI-compatible /v1/embeddings, /v1/classify, /v1/caption, /health, /metrics."""
     from .errors import InputError
-    from .runtimes.server import ServeConfig, run_server
+    from .runtimes.serve import ServeConfig, run_server
 
     if not 1 <= port <= 65535:  # uvicorn would bind port % 65536 without a word
         raise InputError(f"--port {port}: must be between 1 and 65535")

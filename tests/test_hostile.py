@@ -259,7 +259,7 @@ def test_lone_surrogate_fails_only_its_own_request(clip_bundle):
     import numpy as np
     from concurrent.futures import ThreadPoolExecutor
 
-    from mmdeploy.runtimes.server import ServeConfig, create_app
+    from mmdeploy.runtimes.serve import ServeConfig, create_app
 
     from .test_serve import running
 
@@ -293,7 +293,7 @@ def test_server_advertises_and_enforces_the_real_generation_limit(shapes_bundle)
     import io
 
     from mmdeploy.common.datasets import shapes
-    from mmdeploy.runtimes.server import create_app
+    from mmdeploy.runtimes.serve import create_app
 
     from .test_serve import running
 
@@ -383,7 +383,7 @@ def test_fuzzed_manifests_are_refused_cleanly(clip_bundle, manifest_doc, tmp_pat
 @pytest.fixture(scope="module")
 def fuzz_server(clip_bundle, shapes_bundle):
     pytest.importorskip("fastapi")
-    from mmdeploy.runtimes.server import create_app
+    from mmdeploy.runtimes.serve import create_app
 
     from .test_serve import running
 
@@ -443,7 +443,7 @@ def test_mixed_concurrent_load_with_invalid_items(clip_bundle):
     import numpy as np
 
     from mmdeploy.common.datasets import shapes
-    from mmdeploy.runtimes.server import ServeConfig, create_app
+    from mmdeploy.runtimes.serve import ServeConfig, create_app
 
     from .test_serve import running
 

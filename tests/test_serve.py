@@ -32,7 +32,7 @@ httpx = pytest.importorskip("httpx")
 from mmdeploy.common.datasets import shapes  # noqa: E402
 from mmdeploy.errors import InputError  # noqa: E402
 from mmdeploy.runtimes import load  # noqa: E402
-from mmdeploy.runtimes.server import create_app, looks_like_base64_image, parse_bundle_args  # noqa: E402
+from mmdeploy.runtimes.serve import create_app, looks_like_base64_image, parse_bundle_args  # noqa: E402
 
 
 # -- helpers ----------------------------------------------------------------------------------

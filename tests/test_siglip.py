@@ -126,7 +126,7 @@ def test_served_classify_uses_the_sigmoid_rule(siglip):
 
     from PIL import Image
 
-    from mmdeploy.runtimes.server import create_app
+    from mmdeploy.runtimes.serve import create_app
 
     from .test_serve import running
 

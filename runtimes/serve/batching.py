@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from ..errors import MMDeployError
+from ...errors import MMDeployError
 
 __all__ = ["Batcher", "BatchStats", "ItemError", "QueueFullError", "ShuttingDownError"]
 

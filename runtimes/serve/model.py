@@ -1,0 +1,223 @@
+"""One served model: a loaded pipeline, its batchers (one per component) and its label cache.
+
+Capabilities come from duck typing (``run_vision`` + ``preprocess``, ``run_text`` +
+``text_inputs``, ``caption``, ``scores``), so any pipeline with those methods serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from ...errors import InputError
+from ..generate import GenerationConfig, max_new_tokens_limit
+from ..images import decode_image_data, load_image
+from ..scoring import l2_normalize
+from .batching import Batcher, ItemError
+from .config import ServeConfig
+from .inputs import ImageRef
+
+if TYPE_CHECKING:
+    from .state import ServerState
+
+
+class ServedModel:
+    """A loaded pipeline, its batchers and its label cache. Capabilities by duck typing."""
+
+    def __init__(self, name: str, pipeline: Any, cfg: ServeConfig, server: "ServerState"):
+        self.name, self.pipe, self.cfg, self.server = name, pipeline, cfg, server
+        bundle = getattr(pipeline, "bundle", None)
+        self.family = getattr(bundle, "family", None) or type(pipeline).__name__
+        self.variant = getattr(pipeline, "variant", None)
+        self.has_vision = callable(getattr(pipeline, "run_vision", None)) and getattr(pipeline, "preprocess", None) is not None
+        self.has_text = callable(getattr(pipeline, "run_text", None)) and callable(getattr(pipeline, "text_inputs", None))
+        self.has_caption = callable(getattr(pipeline, "caption", None))
+        # the most new tokens a request may ask for: the server's cap, within the position table
+        gen = getattr(pipeline, "generation", None)
+        room = max_new_tokens_limit(gen) if isinstance(gen, GenerationConfig) else None
+        self.max_new_tokens = min(cfg.max_new_tokens, room) if room else cfg.max_new_tokens
+        # the family's own scoring rule (CLIP softmax, SigLIP sigmoid with bias, ...), never a copy here
+        self.can_classify = self.has_vision and self.has_text and callable(getattr(pipeline, "scores", None))
+        self.batchers: dict[str, Batcher] = {}
+        for comp, fn, ok in (("vision", self._run_vision, self.has_vision), ("text", self._run_text, self.has_text),
+                             ("caption", self._run_caption, self.has_caption)):
+            if ok:
+                self.batchers[comp] = Batcher(
+                    f"{name}/{comp}", fn, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
+                    max_queue=cfg.max_queue, arrivals=server.arrivals, on_batch=server.metrics.batch_hook(name, comp),
+                )
+        self._labels: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    @property
+    def capabilities(self) -> list[str]:
+        caps = []
+        if self.has_text:
+            caps.append("text-embeddings")
+        if self.has_vision:
+            caps.append("image-embeddings")
+        if self.can_classify:
+            caps.append("classify")
+        if self.has_caption:
+            caps.append("caption")
+        return caps
+
+    def card(self) -> dict:
+        return {"id": self.name, "object": "model", "created": 0, "owned_by": "mmdeploy",
+                "family": self.family, "variant": self.variant, "capabilities": self.capabilities,
+                **({"max_new_tokens": self.max_new_tokens} if self.has_caption else {})}
+
+    # -- worker-thread functions (one outcome per item; an exception instance fails that item) --
+
+    def _load(self, ref: ImageRef):
+        try:
+            if ref.kind == "path":
+                return load_image(ref.value, max_pixels=self.cfg.max_pixels)
+            return decode_image_data(ref.value, max_pixels=self.cfg.max_pixels)
+        except InputError:
+            raise
+        except MemoryError:
+            raise InputError("image too large to decode in memory") from None
+        except Exception as exc:  # noqa: BLE001 - any decoder failure on untrusted bytes is bad input
+            raise InputError(f"cannot read image: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
+
+    def _decode_all(self, refs: list[ImageRef], preprocess: bool) -> list:
+        """Decode thread pool: images -> preprocessed arrays (or RGB images); ItemError on the first bad one."""
+        pre = self.pipe.preprocess if preprocess else None
+        out = []
+        for i, ref in enumerate(refs):
+            try:
+                im = self._load(ref)
+                out.append(pre.process_one(im) if pre is not None else im)
+            except InputError as exc:
+                raise ItemError(i, exc) from None
+            except MemoryError:
+                raise ItemError(i, InputError("image too large to process in memory")) from None
+        return out
+
+    def _run_vision(self, arrays: list[np.ndarray]) -> list:
+        out: list[Any] = [None] * len(arrays)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, a in enumerate(arrays):
+            by_shape.setdefault(a.shape, []).append(i)
+        mb = self.cfg.max_batch
+        for idx in by_shape.values():
+            for k in range(0, len(idx), mb):
+                chunk = idx[k : k + mb]
+                x = np.ascontiguousarray(np.stack([arrays[i] for i in chunk]).transpose(0, 3, 1, 2))
+                emb = l2_normalize(np.asarray(self.pipe.run_vision({"pixel_values": x}), dtype=np.float32))
+                for i, v in zip(chunk, emb):
+                    out[i] = v
+        return out
+
+    def _run_text(self, texts: list[str]) -> list:
+        out: list[Any] = [None] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # little padding per chunk
+        mb = self.cfg.max_batch
+        for k in range(0, len(order), mb):
+            idx = order[k : k + mb]
+            try:
+                got = self._embed_text_chunk([texts[i] for i in idx])
+            except Exception:  # noqa: BLE001 - one bad item must not fail the others: retry each alone
+                got = []
+                for i in idx:
+                    try:
+                        got += self._embed_text_chunk([texts[i]])
+                    except Exception as exc:  # noqa: BLE001 - fails this item only
+                        got.append(exc)
+            for i, r in zip(idx, got):
+                out[i] = r
+        return out
+
+    def _embed_text_chunk(self, texts: list[str]) -> list[tuple[np.ndarray, int]]:
+        feeds = self.pipe.text_inputs(texts)
+        emb = l2_normalize(np.asarray(self.pipe.run_text(feeds), dtype=np.float32))
+        mask = feeds.get("attention_mask")
+        return [(v, int(mask[j].sum()) if mask is not None else 0) for j, v in enumerate(emb)]
+
+    def _run_caption(self, items: list[tuple[Any, int | None, int | None]]) -> list:
+        out: list[Any] = [None] * len(items)
+        groups: dict[tuple, list[int]] = {}
+        for i, (_, mnt, beams) in enumerate(items):
+            groups.setdefault((mnt, beams), []).append(i)
+        mb = self.cfg.max_batch
+        for (mnt, beams), idx in groups.items():
+            for k in range(0, len(idx), mb):
+                chunk = idx[k : k + mb]
+                try:
+                    caps = self.pipe.caption([items[i][0] for i in chunk], max_new_tokens=mnt, num_beams=beams)
+                    caps = [caps] if isinstance(caps, str) else list(caps)
+                    if len(caps) != len(chunk):
+                        raise RuntimeError(f"caption returned {len(caps)} captions for {len(chunk)} images")
+                except Exception as exc:  # noqa: BLE001 - fails this group only
+                    caps = [exc] * len(chunk)
+                for i, c in zip(chunk, caps):
+                    out[i] = c if isinstance(c, BaseException) else _caption_text(c)
+        return out
+
+    # -- async API used by the routes ----------------------------------------------------------
+
+    async def _decode(self, refs: list[ImageRef], preprocess: bool) -> list:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.server.decode_pool, self._decode_all, refs, preprocess)
+
+    async def embed_texts(self, texts: list[str], state: dict | None = None) -> list[tuple[np.ndarray, int]]:
+        self.server.arrived(state)
+        return await self.batchers["text"].submit(texts)
+
+    async def embed_images(self, refs: list[ImageRef], state: dict | None = None) -> list[np.ndarray]:
+        arrays = await self._decode(refs, preprocess=True)
+        self.server.arrived(state)
+        return await self.batchers["vision"].submit(arrays)
+
+    async def label_embeddings(self, prompts: list[str], state: dict | None = None) -> np.ndarray:
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._labels))
+        if missing:
+            got = await self.embed_texts(missing, state)
+            for p, (v, _) in zip(missing, got):
+                self._labels[p] = v
+        vecs = []
+        for p in prompts:
+            v = self._labels.get(p)
+            if v is None:  # evicted meanwhile by a concurrent request: recompute
+                v = (await self.embed_texts([p]))[0][0]
+            else:
+                self._labels.move_to_end(p)
+            vecs.append(v)
+        while len(self._labels) > self.cfg.label_cache_size:
+            self._labels.popitem(last=False)
+        return np.stack(vecs)
+
+    async def caption(self, refs: list[ImageRef], mnt: int | None, beams: int | None, state: dict | None = None) -> list[str]:
+        images = await self._decode(refs, preprocess=False)
+        self.server.arrived(state)
+        return await self.batchers["caption"].submit([(im, mnt, beams) for im in images])
+
+    async def warmup(self) -> None:
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32), (128, 128, 128)).save(buf, "PNG")
+        ref = ImageRef("data", base64.b64encode(buf.getvalue()).decode())
+        if self.has_vision:
+            await self.embed_images([ref])
+        if self.has_text:
+            await self.embed_texts(["warm-up"])
+
+    async def close(self, drain: bool = True) -> None:
+        await asyncio.gather(*(b.close(drain=drain) for b in self.batchers.values()))
+
+
+def _caption_text(c: Any) -> str:
+    if isinstance(c, str):
+        return c
+    if isinstance(c, Mapping):
+        for k in ("caption", "text", "generated_text"):
+            if isinstance(c.get(k), str):
+                return c[k]
+    return str(c)

@@ -1,0 +1,58 @@
+"""`mmdeploy serve` from the command line: bundle arguments, JSON logs, uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from ...errors import InputError, require
+from .app import create_app
+from .config import MODEL_NAME, ServeConfig
+from .logs import configure_logging
+
+log = logging.getLogger("mmdeploy.serve")
+
+
+def parse_bundle_args(args: list[str]) -> dict[str, Path]:
+    """``["out/clip", "cap=out/blip"]`` -> ``{"clip": Path("out/clip"), "cap": Path("out/blip")}``."""
+    out: dict[str, Path] = {}
+    for a in args:
+        name, eq, path = a.partition("=")
+        if not eq or os.path.exists(a):
+            path, name = a, Path(a).resolve().name
+        if not MODEL_NAME.fullmatch(name):
+            raise InputError(f"model name {name!r} (from {a!r}): use letters, digits and . _ - : only (or NAME=PATH)")
+        if name in out:
+            raise InputError(f"two bundles are named {name!r}: name them with NAME=PATH")
+        out[name] = Path(path)
+    if not out:
+        raise InputError("give at least one bundle to serve")
+    return out
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_server(bundles: list[str] | Mapping[str, Any], *, host: str = "127.0.0.1", port: int = 8000,
+               config: ServeConfig | None = None, backend: str | None = None, precision: str | None = None,
+               threads: int | None = None, log_level: str = "info", graceful_timeout_s: float = 30.0) -> None:
+    """Load the bundles and serve until SIGINT/SIGTERM (in-flight requests are drained first)."""
+    uvicorn = require("uvicorn", "serve")
+    configure_logging(log_level)
+    named = parse_bundle_args(list(bundles)) if not isinstance(bundles, Mapping) else dict(bundles)
+    cfg = config or ServeConfig()
+    if not _is_loopback(host) and not cfg.api_key:
+        log.warning("serving on a non-loopback address without an API key", extra={"fields": {"event": "insecure", "host": host}})
+    app = create_app(named, cfg, backend=backend, precision=precision, threads=threads)
+    log.info("listening", extra={"fields": {"event": "listen", "url": f"http://{host}:{port}", "api_key": bool(cfg.api_key)}})
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, log_level=log_level,
+                timeout_graceful_shutdown=graceful_timeout_s, lifespan="on")
