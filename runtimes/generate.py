@@ -15,13 +15,16 @@ gathers the cache rows (beam search). ``runtimes/caption.py`` implements it on a
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
 from ..errors import InputError
 
 NEG = np.float32(-1.0e9)
+
+
+OnStep = Callable[[np.ndarray], Optional[np.ndarray]]  # ids so far -> rows to stop (or None)
 
 
 class StepDecoder(Protocol):
@@ -146,8 +149,12 @@ def max_new_tokens_limit(cfg: GenerationConfig) -> int | None:
 # -- greedy --------------------------------------------------------------------------------
 
 
-def greedy(decoder: StepDecoder, batch: int, cfg: GenerationConfig) -> np.ndarray:
-    """(batch, L) token ids incl. the start ids, as transformers' greedy ``_sample``."""
+def greedy(decoder: StepDecoder, batch: int, cfg: GenerationConfig, on_step: OnStep | None = None) -> np.ndarray:
+    """(batch, L) token ids incl. the start ids, as transformers' greedy ``_sample``.
+
+    ``on_step(seqs)`` (streaming) sees the ids so far after every step and may return a
+    boolean mask of rows to stop now (their reader left); they end as if they had met eos.
+    """
     cfg.check()
     prompt = np.asarray(cfg.start_ids, dtype=np.int64)
     p = len(prompt)
@@ -170,6 +177,10 @@ def greedy(decoder: StepDecoder, batch: int, cfg: GenerationConfig) -> np.ndarra
         cur += 1
         if eos.size:
             unfinished &= ~np.isin(nxt, eos)
+        if on_step is not None:
+            stop = on_step(seqs[:, :cur])
+            if stop is not None:
+                unfinished &= ~np.asarray(stop, dtype=bool)
         if not unfinished.any():
             break
         ids = nxt[:, None]
@@ -275,5 +286,12 @@ def beam_search(decoder: StepDecoder, batch: int, cfg: GenerationConfig) -> np.n
     return best[:, : p + gen]
 
 
-def generate(decoder: StepDecoder, batch: int, cfg: GenerationConfig) -> np.ndarray:
-    return beam_search(decoder, batch, cfg) if cfg.num_beams > 1 else greedy(decoder, batch, cfg)
+def generate(decoder: StepDecoder, batch: int, cfg: GenerationConfig, on_step: OnStep | None = None) -> np.ndarray:
+    """Greedy or beam search by ``cfg.num_beams``; ``on_step`` streams greedy only (a beam's
+    best hypothesis is known at the end), and is called once with the result after beam search."""
+    if cfg.num_beams > 1:
+        out = beam_search(decoder, batch, cfg)
+        if on_step is not None:
+            on_step(out)
+        return out
+    return greedy(decoder, batch, cfg, on_step)

@@ -14,16 +14,18 @@ A beam reorder gathers rows (one copy per step, as in PyTorch's cache reorder).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from ...errors import BundleError, InputError
 from ..bundle import Bundle
-from ..generate import GenerationConfig, generate
+from ..generate import GenerationConfig, OnStep, generate
 from ..images import load_image
 from ..preprocess import ImagePreprocessor
 from . import register
+
+OnText = Callable[[int, str], Optional[bool]]  # (image index, text so far) -> False to stop that image
 
 
 class SessionDecoder:
@@ -252,20 +254,45 @@ class CaptionPipeline:
         return cfg
 
     def generate_ids(self, pixel_values: np.ndarray, max_new_tokens: int | None = None, num_beams: int | None = None,
-                     prompt: str | None = None, **overrides) -> list[np.ndarray]:
+                     prompt: str | None = None, on_step: OnStep | None = None, **overrides) -> list[np.ndarray]:
         """Token ids (start ids included, padding after eos kept) per image, like PyTorch generate."""
         cfg = self.config(max_new_tokens, num_beams, prompt, **overrides)
         kv = self.encode(pixel_values)  # cross.{i}.* (ViT-GPT2, BLIP) or GIT's image-token past.{i}.*
         dec = SessionDecoder(self.sessions["decoder"], self.info, kv)
-        return list(generate(dec, len(pixel_values), cfg))
+        return list(generate(dec, len(pixel_values), cfg, on_step))
+
+    def _streamer(self, first: int, n: int, on_text: OnText) -> OnStep:
+        """generate's per-step hook -> ``on_text(image index, text so far)`` for rows whose text changed."""
+        eos = set(np.atleast_1d(np.asarray(self.generation.eos_token_id, dtype=np.int64)).tolist())
+        last = [""] * n
+        done = np.zeros(n, dtype=bool)
+
+        def on_step(seqs: np.ndarray) -> np.ndarray:
+            for r in range(n):
+                if done[r]:
+                    continue
+                text = self.decode(seqs[r])
+                if int(seqs[r, -1]) in eos:
+                    done[r] = True
+                if text != last[r]:
+                    last[r] = text
+                    if on_text(first + r, text) is False:
+                        done[r] = True
+            return done.copy()
+
+        return on_step
 
     def decode(self, ids: np.ndarray) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True).strip()
 
     # -- public API --------------------------------------------------------------------
     def caption(self, images: Sequence[Any], max_new_tokens: int | None = None, num_beams: int | None = None,
-                prompt: str | None = None, batch_size: int = 8) -> list[str]:
-        """Images (paths, bytes, PIL images or HxWx3 uint8 arrays) -> one caption each, in order."""
+                prompt: str | None = None, batch_size: int = 8, on_text: OnText | None = None) -> list[str]:
+        """Images (paths, bytes, PIL images or HxWx3 uint8 arrays) -> one caption each, in order.
+
+        ``on_text(i, text)`` streams: called with image i's text so far each time it grows
+        (greedy: every step; beam search: once, at the end); returning False stops image i.
+        """
         if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
             images = [images]
         if len(images) == 0:
@@ -275,7 +302,8 @@ class CaptionPipeline:
         out: list[str] = []
         for i in range(0, len(images), batch_size):
             px = self.pixel_values(images[i : i + batch_size])
-            out += [self.decode(ids) for ids in self.generate_ids(px, max_new_tokens, num_beams, prompt)]
+            hook = self._streamer(i, len(px), on_text) if on_text is not None else None
+            out += [self.decode(ids) for ids in self.generate_ids(px, max_new_tokens, num_beams, prompt, hook)]
         return out
 
 

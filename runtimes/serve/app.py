@@ -19,11 +19,13 @@ from ...errors import InputError, require
 from ..scoring import l2_normalize
 from .batching import ItemError
 from .config import MODEL_NAME, ServeConfig
-from .errors import ApiError, as_api_error, json_type
-from .inputs import check_text, classify_input, images_of, opt_int
+from .errors import ApiError, FieldError, as_api_error
+from .inputs import classify_input
 from .middleware import Guard
 from .model import ServedModel
+from .page import add_pages
 from .state import ServerState
+from .streaming import TextSink, caption_events
 
 log = logging.getLogger("mmdeploy.serve")
 _timeout = getattr(asyncio, "timeout", None)  # 3.11+: no extra task per request
@@ -40,8 +42,11 @@ def create_app(bundles: Mapping[str, Any], config: ServeConfig | None = None, *,
     fastapi = require("fastapi", "serve")
     orjson = require("orjson", "serve")
     from fastapi import Request
-    from fastapi.responses import Response
+    from fastapi.responses import Response, StreamingResponse
+    from pydantic import ValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from .schemas import RESPONSE_MODELS, request_models, validation_error
 
     class JSONResponse(Response):
         """orjson: a 512-float embedding encodes in 14 us instead of 360 us with json (a fifth of a
@@ -91,7 +96,12 @@ def create_app(bundles: Mapping[str, Any], config: ServeConfig | None = None, *,
             srv.decode_pool.shutdown(wait=False, cancel_futures=True)
             log.info("stopped", extra={"fields": {"event": "shutdown", "drain_ms": round((time.perf_counter() - t) * 1000, 1)}})
 
-    app = fastapi.FastAPI(title="mmdeploy serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    from ... import __version__
+
+    app = fastapi.FastAPI(title="mmdeploy serve", version=__version__, docs_url=None, redoc_url=None,
+                          openapi_url="/openapi.json", lifespan=lifespan,
+                          description="OpenAI-compatible embeddings, zero-shot classification and captions from "
+                                      "mmdeploy bundles. Errors: {\"error\": {message, type, code, param}}.")
     app.state.server = srv
 
     def fail(request: Request, exc: ApiError):
@@ -100,31 +110,45 @@ def create_app(bundles: Mapping[str, Any], config: ServeConfig | None = None, *,
         srv.metrics.errors.labels(st.get("route", "other"), exc.code or "error").inc()
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers or None)
 
-    def api(fn):
-        """Route wrapper: JSON body in, JSON out, every failure an OpenAI-style error, a timeout."""
+    req_models = request_models(cfg)
+    errors_doc = {s: {"model": RESPONSE_MODELS.error, "description": d} for s, d in (
+        (400, "Bad input: the field is named in error.param"), (404, "Unknown model"), (413, "Body too large"),
+        (503, "Overloaded or draining: retry after Retry-After seconds"), (504, "Took longer than the server's timeout"))}
 
-        async def route(request: Request):
-            try:
-                body = await request.body()
+    def api(path: str, schema, response_model):
+        """A POST route: JSON body validated by ``schema``, every failure one JSON error, a timeout."""
+
+        def wrap(fn):
+            async def route(request: Request):
                 try:
-                    data = json.loads(body)
-                except (ValueError, RecursionError) as exc:
-                    raise ApiError(400, f"body is not valid JSON: {' '.join(str(exc).split())[:200]}", code="invalid_json") from None
-                if not isinstance(data, dict):
-                    raise ApiError(400, f"body must be a JSON object, got {json_type(data)}", code="invalid_json")
-                if _timeout is not None:
-                    async with _timeout(cfg.timeout_s):
-                        return await fn(request, data)
-                return await asyncio.wait_for(fn(request, data), cfg.timeout_s)
-            except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
-                return fail(request, as_api_error(exc, cfg.timeout_s))
+                    body = await request.body()
+                    try:
+                        data = json.loads(body)
+                    except (ValueError, RecursionError) as exc:
+                        raise ApiError(400, f"body is not valid JSON: {' '.join(str(exc).split())[:200]}",
+                                       code="invalid_json") from None
+                    try:
+                        req = schema.model_validate(data)
+                    except ValidationError as exc:
+                        raise validation_error(exc) from None
+                    if _timeout is not None:
+                        async with _timeout(cfg.timeout_s):
+                            return await fn(request, req)
+                    return await asyncio.wait_for(fn(request, req), cfg.timeout_s)
+                except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
+                    return fail(request, as_api_error(exc, cfg.timeout_s))
 
-        route.__name__ = fn.__name__
-        # annotations are strings here (postponed evaluation): give FastAPI the real class
-        route.__signature__ = inspect.Signature(
-            [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)]
-        )
-        return route
+            route.__name__ = fn.__name__
+            route.__doc__ = schema.__doc__
+            # annotations are strings here (postponed evaluation): give FastAPI the real class
+            route.__signature__ = inspect.Signature(
+                [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)])
+            body_doc = {"requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{schema.__name__}"}}}}}
+            app.post(path, response_model=response_model, responses=errors_doc, openapi_extra=body_doc)(route)
+            return route
+
+        return wrap
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -136,43 +160,22 @@ def create_app(bundles: Mapping[str, Any], config: ServeConfig | None = None, *,
     async def server_error(request: Request, exc: Exception):  # pragma: no cover - routes catch everything
         return fail(request, as_api_error(exc, cfg.timeout_s))
 
-    @app.post("/v1/embeddings")
-    @api
-    async def embeddings(request: Request, body: dict):
-        m = srv.model(body)
+    @api("/v1/embeddings", req_models.embeddings, RESPONSE_MODELS.embeddings)
+    async def embeddings(request: Request, req):
+        m = srv.model(req.model)
         request.state.model = m.name
-        raw = body.get("input")
-        if isinstance(raw, str):
-            inputs = [raw]
-        elif isinstance(raw, list):
-            inputs = raw
-        else:
-            raise ApiError(400, f"input must be a string or a list of strings, got {json_type(raw)}",
-                           code="invalid_type", param="input")
-        if not inputs:
-            raise ApiError(400, "input is empty", code="empty_input", param="input")
-        if len(inputs) > cfg.max_items:
-            raise ApiError(400, f"too many inputs: {len(inputs)} (this server takes at most {cfg.max_items} per request)",
-                           code="too_many_items", param="input")
-        for i, s in enumerate(inputs):
-            if not isinstance(s, str):
-                what = "token arrays are not supported, send text" if isinstance(s, (int, list)) else f"got {json_type(s)}"
-                raise ApiError(400, f"input[{i}] must be a string (text, or an image as a data URL or base64): {what}",
-                               code="invalid_type", param=f"input[{i}]")
-        fmt = body.get("encoding_format") or "float"
-        if fmt not in ("float", "base64"):
-            raise ApiError(400, f"encoding_format must be 'float' or 'base64', got {fmt!r}", code="invalid_value",
-                           param="encoding_format")
-        dims = opt_int(body, "dimensions", 1, 1 << 16)
+        inputs = [req.input] if isinstance(req.input, str) else req.input
         texts, t_idx, images, i_idx = [], [], [], []
         for i, s in enumerate(inputs):
-            where = f"input[{i}]" if isinstance(raw, list) else "input"
-            ref = classify_input(s, cfg.allow_local_paths, where)
+            where = f"input[{i}]" if isinstance(req.input, list) else "input"
+            try:
+                ref = classify_input(s, cfg.allow_local_paths)
+            except FieldError as exc:
+                raise ApiError(400, f"{where}: {exc}", code=exc.code, param=where) from None
             if ref is None:
-                if len(s) > cfg.max_text_chars:
+                if len(s) > cfg.max_text_chars:  # here, not on the schema: an image's base64 is longer
                     raise ApiError(400, f"{where} is {len(s):,} characters long (limit {cfg.max_text_chars:,})",
                                    code="text_too_long", param=where)
-                check_text(s, where)
                 texts.append(s)
                 t_idx.append(i)
             else:
@@ -205,89 +208,75 @@ def create_app(bundles: Mapping[str, Any], config: ServeConfig | None = None, *,
                 vecs[i] = v
         srv.metrics.items.labels(m.name, "text").inc(len(texts))
         srv.metrics.items.labels(m.name, "image").inc(len(images))
-        if dims is not None:
+        if req.dimensions is not None:
             d = vecs[0].shape[-1]
-            if dims > d:
-                raise ApiError(400, f"dimensions {dims} > the model's {d}", code="invalid_value", param="dimensions")
-            vecs = [l2_normalize(v[:dims]) for v in vecs]
+            if req.dimensions > d:
+                raise ApiError(400, f"dimensions {req.dimensions} > the model's {d}", code="invalid_value", param="dimensions")
+            vecs = [l2_normalize(v[: req.dimensions]) for v in vecs]
+        b64 = req.encoding_format == "base64"
         data = [
             {"object": "embedding", "index": i,
-             "embedding": base64.b64encode(np.asarray(v, "<f4").tobytes()).decode() if fmt == "base64"
+             "embedding": base64.b64encode(np.asarray(v, "<f4").tobytes()).decode() if b64
              else np.ascontiguousarray(v, np.float32)}
             for i, v in enumerate(vecs)
         ]
         return JSONResponse({"object": "list", "data": data, "model": m.name,
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "images": len(images)}})
 
-    @app.post("/v1/classify")
-    @api
-    async def classify(request: Request, body: dict):
-        m = srv.model(body)
+    @api("/v1/classify", req_models.classify, RESPONSE_MODELS.classify)
+    async def classify(request: Request, req):
+        m = srv.model(req.model)
         request.state.model = m.name
         if not m.can_classify:
             raise ApiError(400, f"model {m.name!r} cannot classify (needs a CLIP bundle)", code="unsupported_model", param="model")
-        refs = images_of(body, cfg)
-        labels = body.get("labels")
-        if isinstance(labels, str):
-            labels = labels.split(",")
-        if not isinstance(labels, list) or not all(isinstance(l, str) for l in labels):
-            raise ApiError(400, "labels must be a list of strings", code="invalid_type", param="labels")
-        labels = [l.strip() for l in labels if l and l.strip()]
-        if len(labels) < 2:
-            raise ApiError(400, "give at least two labels to choose between", code="invalid_value", param="labels")
-        if len(labels) > cfg.max_labels:
-            raise ApiError(400, f"too many labels: {len(labels)} (limit {cfg.max_labels})", code="too_many_items", param="labels")
-        for i, l in enumerate(labels):
-            check_text(l, f"labels[{i}]")
-        template = body.get("template")
-        template = "{}" if template is None else template
-        if not isinstance(template, str):
-            raise ApiError(400, f"template must be a string, got {json_type(template)}", code="invalid_type", param="template")
-        check_text(template, "template")
-        if "{}" not in template or len(template) > 1000:
-            raise ApiError(400, f"template {template[:100]!r} must contain '{{}}' where the label goes (1000 chars at most)",
-                           code="invalid_value", param="template")
-        try:
-            prompts = [template.format(l) for l in labels]
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ApiError(400, f"template {template[:100]!r} has braces other than one '{{}}': {exc!r}",
-                           code="invalid_value", param="template") from None
+        refs = req.refs
+        prompts = [req.template.format(label) for label in req.labels]
         request.state.items = len(refs)
         state = request.scope["state"]
-        names = ["image"] if body.get("image") is not None else [f"images[{i}]" for i in range(len(refs))]
         text, img = await _gather([_named(m.label_embeddings(prompts, state), ["labels"], "invalid_input"),
-                                   _named(m.embed_images(refs, state), names)])
+                                   _named(m.embed_images(refs, state), req.names)])
         probs = m.pipe.scores(np.stack(img), text)
         srv.metrics.items.labels(m.name, "image").inc(len(refs))
         data = []
         for i, p in enumerate(probs):
-            ranked = sorted(zip(labels, map(float, p)), key=lambda t: -t[1])
+            ranked = sorted(zip(req.labels, map(float, p)), key=lambda t: -t[1])
             data.append({"index": i, "label": ranked[0][0], "score": ranked[0][1],
-                         "scores": [{"label": l, "score": s} for l, s in ranked]})
+                         "scores": [{"label": label, "score": s} for label, s in ranked]})
         return JSONResponse({"object": "list", "model": m.name, "data": data})
 
-    @app.post("/v1/caption")
-    @api
-    async def caption(request: Request, body: dict):
-        m = srv.model(body)
+    @api("/v1/caption", req_models.caption, RESPONSE_MODELS.caption)
+    async def caption(request: Request, req):
+        m = srv.model(req.model)
         request.state.model = m.name
         if not m.has_caption:
             raise ApiError(400, f"model {m.name!r} does not caption images", code="unsupported_model", param="model")
-        refs = images_of(body, cfg)
-        mnt = opt_int(body, "max_new_tokens", 1, m.max_new_tokens)
-        beams = opt_int(body, "num_beams", 1, cfg.max_beams)
+        if req.max_new_tokens is not None and req.max_new_tokens > m.max_new_tokens:
+            raise ApiError(400, f"max_new_tokens must be between 1 and {m.max_new_tokens} for model {m.name!r}, "
+                           f"got {req.max_new_tokens}", code="invalid_value", param="max_new_tokens")
+        refs = req.refs
         request.state.items = len(refs)
-        names = ["image"] if body.get("image") is not None else [f"images[{i}]" for i in range(len(refs))]
-        (caps,) = await _gather([_named(m.caption(refs, mnt, beams, request.scope["state"]), names)])
+        state = request.scope["state"]
+        if req.stream:
+            # bad images are a 400 before the stream starts; after that, errors are events
+            (images,) = await _gather([_named(m.decode_images(refs), req.names)])
+            queue: asyncio.Queue = asyncio.Queue()
+            loop = asyncio.get_running_loop()
+            sinks = [TextSink(i, queue, loop) for i in range(len(images))]
+            task = asyncio.ensure_future(m.caption_images(images, req.max_new_tokens, req.num_beams, state, sinks))
+            events = caption_events(task, queue, sinks, lambda exc: as_api_error(exc, cfg.timeout_s).body(),
+                                    srv.metrics.items.labels(m.name, "caption").inc)
+            return StreamingResponse(events, media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        (caps,) = await _gather([_named(m.caption(refs, req.max_new_tokens, req.num_beams, state), req.names)])
         srv.metrics.items.labels(m.name, "caption").inc(len(refs))
         return JSONResponse({"object": "list", "model": m.name,
                              "data": [{"index": i, "caption": c} for i, c in enumerate(caps)]})
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=RESPONSE_MODELS.models)
     async def list_models():
         return {"object": "list", "data": [m.card() for m in srv.models.values()]}
 
-    @app.get("/v1/models/{model_id}")
+    @app.get("/v1/models/{model_id}", response_model=RESPONSE_MODELS.model, responses={404: errors_doc[404]})
     async def get_model(model_id: str):
         m = srv.models.get(model_id)
         if m is None:
@@ -312,6 +301,22 @@ def create_app(bundles: Mapping[str, Any], config: ServeConfig | None = None, *,
         pc = srv.metrics.pc
         return Response(pc.generate_latest(srv.metrics.registry), media_type=pc.CONTENT_TYPE_LATEST)
 
+    def openapi() -> dict:
+        """FastAPI's schema plus the request classes (routes read their bodies themselves)."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            comps = doc.setdefault("components", {}).setdefault("schemas", {})
+            for model in vars(req_models).values():
+                s = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                comps.update(s.pop("$defs", {}))
+                comps[model.__name__] = s
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi
+    add_pages(app)
     app.add_middleware(Guard, server=srv)
     return app
 

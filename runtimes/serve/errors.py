@@ -30,6 +30,14 @@ class ApiError(Exception):
 
 
 
+class FieldError(ValueError):
+    """A request field's value is wrong: raised inside validation, ``code`` is the API error code."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
 def json_type(v: Any) -> str:
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
             int: "an integer", float: "a number"}.get(type(v), type(v).__name__)

@@ -8,11 +8,9 @@ import binascii
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
 
-from ..tokenize import bad_unicode_at
-from .config import IMAGE_SUFFIXES, ServeConfig
-from .errors import ApiError, json_type
+from .config import IMAGE_SUFFIXES
+from .errors import FieldError
 
 
 _B64_HEAD = re.compile(r"[A-Za-z0-9+/_\-]{16,}")
@@ -52,31 +50,26 @@ class ImageRef:
     value: str
 
 
-def _local_path(s: str, allow: bool, where: str) -> ImageRef | None:
+def _local_path(s: str, allow: bool) -> ImageRef | None:
     if s[:7].lower() == "file://":
         if not allow:
-            raise ApiError(400, f"{where}: local paths are disabled on this server (start it with --allow-local-paths)",
-                           code="local_paths_disabled", param=where)
+            raise FieldError("local_paths_disabled", "local paths are disabled on this server (start it with --allow-local-paths)")
         return ImageRef("path", s[7:])
     if allow and os.path.isabs(s) and s.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(s):
         return ImageRef("path", s)
     return None
 
 
-def image_field(value: Any, where: str, allow_local_paths: bool) -> ImageRef:
+def image_field(value: str, allow_local_paths: bool) -> ImageRef:
     """A field that must be an image: data URL, base64 or (opt-in) a local path."""
-    if not isinstance(value, str):
-        raise ApiError(400, f"{where} must be a string (a data URL or base64), got {json_type(value)}",
-                       code="invalid_type", param=where)
     s = value.strip()
     if not s:
-        raise ApiError(400, f"{where} is empty", code="invalid_image", param=where)
+        raise FieldError("invalid_image", "is empty")
     if s[:5].lower() == "data:":
         return ImageRef("data", s)
     if s[:7].lower() in ("http://", "https:/"):
-        raise ApiError(400, f"{where}: this server does not fetch URLs; send the image as a data URL or base64",
-                       code="invalid_image", param=where)
-    ref = _local_path(s, allow_local_paths, where)
+        raise FieldError("invalid_image", "this server does not fetch URLs; send the image as a data URL or base64")
+    ref = _local_path(s, allow_local_paths)
     if ref is not None:
         return ref
     if allow_local_paths and not looks_like_base64_image(s) and ("/" in s or os.sep in s or s.lower().endswith(IMAGE_SUFFIXES)):
@@ -84,50 +77,13 @@ def image_field(value: Any, where: str, allow_local_paths: bool) -> ImageRef:
     return ImageRef("data", s)
 
 
-def classify_input(s: str, allow_local_paths: bool, where: str) -> ImageRef | None:
+def classify_input(s: str, allow_local_paths: bool) -> ImageRef | None:
     """An embeddings input: an ImageRef for an image, None for text."""
     if s[:5].lower() == "data:":
         return ImageRef("data", s.strip())
-    ref = _local_path(s, allow_local_paths, where)
+    ref = _local_path(s, allow_local_paths)
     if ref is not None:
         return ref
     if looks_like_base64_image(s):
         return ImageRef("data", s.strip())
     return None
-
-
-def check_text(s: str, where: str) -> None:
-    """Text the tokenizer can take, checked before it joins a batch: JSON allows lone surrogates."""
-    if (at := bad_unicode_at(s)) is not None:
-        raise ApiError(400, f"{where} is not valid Unicode text (a lone surrogate at character {at})",
-                       code="invalid_text", param=where)
-
-
-def opt_int(body: dict, key: str, lo: int, hi: int) -> int | None:
-    v = body.get(key)
-    if v is None:
-        return None
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise ApiError(400, f"{key} must be an integer, got {json_type(v)}", code="invalid_type", param=key)
-    if not lo <= v <= hi:
-        raise ApiError(400, f"{key} must be between {lo} and {hi}, got {v}", code="invalid_value", param=key)
-    return v
-
-
-def images_of(body: dict, cfg: ServeConfig) -> list[ImageRef]:
-    has_one, has_many = body.get("image") is not None, body.get("images") is not None
-    if has_one == has_many:
-        raise ApiError(400, "give either 'image' (one image) or 'images' (a list)", code="missing_image", param="image")
-    if has_one:
-        return [image_field(body["image"], "image", cfg.allow_local_paths)]
-    imgs = body["images"]
-    if isinstance(imgs, str):
-        imgs = [imgs]
-    if not isinstance(imgs, list):
-        raise ApiError(400, f"images must be a list of strings, got {json_type(imgs)}", code="invalid_type", param="images")
-    if not imgs:
-        raise ApiError(400, "images is empty", code="empty_input", param="images")
-    if len(imgs) > cfg.max_items:
-        raise ApiError(400, f"too many images: {len(imgs)} (this server takes at most {cfg.max_items} per request)",
-                       code="too_many_items", param="images")
-    return [image_field(v, f"images[{i}]", cfg.allow_local_paths) for i, v in enumerate(imgs)]

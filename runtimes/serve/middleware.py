@@ -10,7 +10,7 @@ import re
 import time
 import uuid
 
-from .config import INFERENCE_ROUTES, OPEN_ROUTES, ROUTES
+from .config import INFERENCE_ROUTES, OPEN_PREFIXES, OPEN_ROUTES, ROUTES
 from .errors import ApiError
 from .state import ServerState
 
@@ -68,7 +68,7 @@ class Guard:
             await send_json(send_, code, ApiError(code, message, type=type_, code=err_code).body(), extra)
 
         try:
-            if cfg.api_key and path not in OPEN_ROUTES:
+            if cfg.api_key and path not in OPEN_ROUTES and not path.startswith(OPEN_PREFIXES):
                 auth = headers.get(b"authorization", b"")
                 scheme, _, token = auth.partition(b" ")
                 if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), cfg.api_key.encode()):

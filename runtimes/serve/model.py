@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -36,6 +37,8 @@ class ServedModel:
         self.has_vision = callable(getattr(pipeline, "run_vision", None)) and getattr(pipeline, "preprocess", None) is not None
         self.has_text = callable(getattr(pipeline, "run_text", None)) and callable(getattr(pipeline, "text_inputs", None))
         self.has_caption = callable(getattr(pipeline, "caption", None))
+        # streams token by token when the pipeline takes on_text (else the stream is one piece)
+        self.can_stream = self.has_caption and _takes(pipeline.caption, "on_text")
         # the most new tokens a request may ask for: the server's cap, within the position table
         gen = getattr(pipeline, "generation", None)
         room = max_new_tokens_limit(gen) if isinstance(gen, GenerationConfig) else None
@@ -138,17 +141,21 @@ class ServedModel:
         mask = feeds.get("attention_mask")
         return [(v, int(mask[j].sum()) if mask is not None else 0) for j, v in enumerate(emb)]
 
-    def _run_caption(self, items: list[tuple[Any, int | None, int | None]]) -> list:
+    def _run_caption(self, items: list[tuple[Any, int | None, int | None, Any]]) -> list:
         out: list[Any] = [None] * len(items)
         groups: dict[tuple, list[int]] = {}
-        for i, (_, mnt, beams) in enumerate(items):
+        for i, (_, mnt, beams, _sink) in enumerate(items):
             groups.setdefault((mnt, beams), []).append(i)
         mb = self.cfg.max_batch
         for (mnt, beams), idx in groups.items():
             for k in range(0, len(idx), mb):
                 chunk = idx[k : k + mb]
+                sinks = [items[i][3] for i in chunk]
+                kw = {}
+                if self.can_stream and any(s is not None for s in sinks):
+                    kw["on_text"] = lambda j, text, sinks=sinks: sinks[j](text) if sinks[j] is not None else None
                 try:
-                    caps = self.pipe.caption([items[i][0] for i in chunk], max_new_tokens=mnt, num_beams=beams)
+                    caps = self.pipe.caption([items[i][0] for i in chunk], max_new_tokens=mnt, num_beams=beams, **kw)
                     caps = [caps] if isinstance(caps, str) else list(caps)
                     if len(caps) != len(chunk):
                         raise RuntimeError(f"caption returned {len(caps)} captions for {len(chunk)} images")
@@ -192,9 +199,18 @@ class ServedModel:
         return np.stack(vecs)
 
     async def caption(self, refs: list[ImageRef], mnt: int | None, beams: int | None, state: dict | None = None) -> list[str]:
-        images = await self._decode(refs, preprocess=False)
+        return await self.caption_images(await self.decode_images(refs), mnt, beams, state)
+
+    async def decode_images(self, refs: list[ImageRef]) -> list:
+        """RGB images (ItemError naming the first bad one): a stream checks them before it starts."""
+        return await self._decode(refs, preprocess=False)
+
+    async def caption_images(self, images: list, mnt: int | None, beams: int | None, state: dict | None = None,
+                             sinks: list | None = None) -> list[str]:
+        """Captions of decoded images; ``sinks[i](text so far)`` streams image i (False: its reader left)."""
         self.server.arrived(state)
-        return await self.batchers["caption"].submit([(im, mnt, beams) for im in images])
+        sinks = sinks or [None] * len(images)
+        return await self.batchers["caption"].submit([(im, mnt, beams, s) for im, s in zip(images, sinks)])
 
     async def warmup(self) -> None:
         import io
@@ -211,6 +227,13 @@ class ServedModel:
 
     async def close(self, drain: bool = True) -> None:
         await asyncio.gather(*(b.close(drain=drain) for b in self.batchers.values()))
+
+
+def _takes(fn: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _caption_text(c: Any) -> str:

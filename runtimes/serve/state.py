@@ -7,7 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .config import ServeConfig
-from .errors import ApiError, json_type
+from .errors import ApiError
 from .metrics import Metrics
 from .model import ServedModel
 
@@ -38,14 +38,11 @@ class ServerState:
                     for b in m.batchers.values():
                         b.poke()
 
-    def model(self, body: dict) -> ServedModel:
-        name = body.get("model")
+    def model(self, name: str | None) -> ServedModel:
         if name is None:
             if len(self.models) == 1:
                 return next(iter(self.models.values()))
             raise ApiError(400, f"give 'model': one of {', '.join(self.models)}", code="missing_model", param="model")
-        if not isinstance(name, str):
-            raise ApiError(400, f"model must be a string, got {json_type(name)}", code="invalid_type", param="model")
         m = self.models.get(name)
         if m is None:
             raise ApiError(404, f"model {name!r} is not served here (served: {', '.join(self.models)})",

@@ -1,0 +1,266 @@
+"""Typed requests and responses of the HTTP API (pydantic), with this server's limits on them.
+
+:func:`request_models` builds the request classes for one :class:`ServeConfig`, so the
+limits a client reads in ``/docs`` (items per request, labels, beams, new tokens) are the
+ones this server enforces. Validation is strict (``"8"`` is not an integer, ``true`` is
+not one either) and :func:`validation_error` turns pydantic's error into the one API error
+shape, naming the field as a client wrote it (``input[1]``, ``messages[0].content``).
+Unknown fields are allowed: OpenAI clients send ``user`` and friends.
+
+Response classes document the answers; routes render them with orjson directly (a
+512-float embedding through pydantic would cost more than the model call).
+"""
+
+# no `from __future__ import annotations`: the request classes are built inside a function
+# and pydantic resolves their annotations there
+
+from types import SimpleNamespace
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr,
+                      ValidationError, model_validator)
+from pydantic_core import PydanticCustomError
+
+from ..tokenize import bad_unicode_at
+from .config import ServeConfig
+from .errors import ApiError, json_type
+from .inputs import FieldError, image_field
+
+__all__ = ["request_models", "validation_error", "RESPONSE_MODELS"]
+
+
+# -- shared field types -------------------------------------------------------------------
+
+
+def _unicode(s: str) -> str:
+    """JSON allows lone surrogates; the tokenizer does not: refuse them before they join a batch."""
+    if (at := bad_unicode_at(s)) is not None:
+        raise FieldError("invalid_text", f"not valid Unicode text (a lone surrogate at character {at})")
+    return s
+
+
+Text = Annotated[StrictStr, AfterValidator(_unicode)]
+
+
+def _no_token_arrays(v: Any) -> Any:
+    if isinstance(v, list) and v and all(isinstance(x, int) or isinstance(x, list) for x in v):
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in v) or all(isinstance(x, list) for x in v):
+            raise FieldError("invalid_type", "token arrays are not supported: send text, or images as data URLs")
+    return v
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    model: Optional[StrictStr] = Field(None, description="A served model's id (GET /v1/models); optional when one is served.")
+
+
+# -- requests, per server config ----------------------------------------------------------------
+
+
+def request_models(cfg: ServeConfig) -> SimpleNamespace:
+    """The request classes with ``cfg``'s limits: ``.embeddings``, ``.classify``, ``.caption``."""
+    allow = cfg.allow_local_paths
+    Image = Annotated[StrictStr, AfterValidator(lambda s: image_field(s, allow)),
+                      Field(description="An image: a data URL (data:image/png;base64,...) or bare base64"
+                                        + (", or a local path / file:// URL" if allow else "") + ".")]
+    Images = Union[Image, Annotated[list[Image], Field(min_length=1, max_length=cfg.max_items)]]
+
+    class _ImageRequest(_Request):
+        image: Optional[Image] = None
+        images: Optional[Images] = Field(None, description=f"Several images (at most {cfg.max_items}).")
+
+        @model_validator(mode="after")
+        def _one_of(self):
+            if (self.image is None) == (self.images is None):
+                raise PydanticCustomError("missing_image", "give either 'image' (one image) or 'images' (a list)",
+                                          {"param": "image"})
+            return self
+
+        @property
+        def refs(self) -> list:
+            if self.image is not None:
+                return [self.image]
+            return [self.images] if not isinstance(self.images, list) else list(self.images)
+
+        @property
+        def names(self) -> list[str]:
+            """What each image is called in this request (for error messages)."""
+            return ["image"] if self.image is not None else (
+                [f"images[{i}]" for i in range(len(self.images))] if isinstance(self.images, list) else ["images"])
+
+    class EmbeddingsRequest(_Request):
+        """OpenAI embeddings: text, or images as data URLs / base64 (sniffed per input)."""
+
+        input: Annotated[Union[Text, Annotated[list[Text], Field(min_length=1, max_length=cfg.max_items)]],
+                         BeforeValidator(_no_token_arrays),
+                         Field(description=f"A string or a list of at most {cfg.max_items}.")]
+        encoding_format: Optional[Literal["float", "base64"]] = Field(
+            "float", description="base64: little-endian float32 bytes.")
+        dimensions: Optional[Annotated[StrictInt, Field(ge=1, le=1 << 16)]] = Field(
+            None, description="Truncate to this many dimensions and renormalise.")
+
+    def _labels(v: Union[str, list[str]]) -> list[str]:
+        labels = v.split(",") if isinstance(v, str) else v
+        labels = [s.strip() for s in labels if s and s.strip()]
+        if len(labels) < 2:
+            raise FieldError("invalid_value", "give at least two labels to choose between")
+        if len(labels) > cfg.max_labels:
+            raise FieldError("too_many_items", f"too many labels: {len(labels)} (limit {cfg.max_labels})")
+        return labels
+
+    def _template(t: Optional[str]) -> str:
+        t = "{}" if t is None else t
+        if "{}" not in t or len(t) > 1000:
+            raise FieldError("invalid_value", f"{t[:100]!r} must contain '{{}}' where the label goes (1000 chars at most)")
+        try:
+            t.format("x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise FieldError("invalid_value", f"{t[:100]!r} has braces other than one '{{}}': {exc!r}") from None
+        return t
+
+    class ClassifyRequest(_ImageRequest):
+        """Zero-shot classification: each image against the labels, as the pipeline's ``classify``."""
+
+        labels: Annotated[Union[Text, list[Text]], AfterValidator(_labels),
+                          Field(description=f"At least two labels (a list, or one comma-separated string; "
+                                            f"at most {cfg.max_labels}).")]
+        template: Annotated[Optional[Text], AfterValidator(_template)] = Field(
+            None, validate_default=True, description="Prompt template with '{}' where the label goes, e.g. 'a photo of a {}.'")
+
+    class CaptionRequest(_ImageRequest):
+        """Captions, greedy or beam; ``stream`` sends the text as server-sent events while it is generated."""
+
+        max_new_tokens: Optional[Annotated[StrictInt, Field(ge=1, le=cfg.max_new_tokens)]] = Field(
+            None, description="Upper bound of new tokens (each model's own bound is in GET /v1/models).")
+        num_beams: Optional[Annotated[StrictInt, Field(ge=1, le=cfg.max_beams)]] = None
+        stream: StrictBool = Field(False, description="Server-sent events: one 'delta' per new piece of text, then [DONE].")
+
+    return SimpleNamespace(embeddings=EmbeddingsRequest, classify=ClassifyRequest, caption=CaptionRequest)
+
+
+# -- responses (documentation; routes render with orjson) ---------------------------------------
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    code: Optional[str] = None
+    param: Optional[str] = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: Union[list[float], str] = Field(description="Floats, or base64 of little-endian float32.")
+
+
+class EmbeddingsUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+    images: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingsUsage
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class Classification(BaseModel):
+    index: int
+    label: str = Field(description="The best label.")
+    score: float
+    scores: list[LabelScore] = Field(description="Every label, best first.")
+
+
+class ClassifyResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[Classification]
+
+
+class Caption(BaseModel):
+    index: int
+    caption: str
+
+
+class CaptionResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[Caption]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "mmdeploy"
+    family: Optional[str] = None
+    variant: Optional[str] = None
+    capabilities: list[str]
+    max_new_tokens: Optional[int] = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+RESPONSE_MODELS = SimpleNamespace(embeddings=EmbeddingsResponse, classify=ClassifyResponse, caption=CaptionResponse,
+                                  model=ModelCard, models=ModelList, error=ErrorResponse)
+
+
+# -- pydantic's error -> the API's ------------------------------------------------------------
+
+_CODES = {"missing": "missing_field", "too_short": "empty_input", "literal_error": "invalid_value",
+          "less_than_equal": "invalid_value", "greater_than_equal": "invalid_value", "less_than": "invalid_value",
+          "greater_than": "invalid_value", "model_type": "invalid_json"}
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic names the union member it tried in the location: 'str', 'list[function-after[...]]', ...
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "list", "dict", "none"))
+
+
+def _param(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if _is_union_tag(part):
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def validation_error(exc: ValidationError) -> ApiError:
+    """The most specific of pydantic's errors (a union reports every member) as one 400."""
+    errors = exc.errors(include_url=False)
+    # deepest first; at equal depth a member whose type matched (empty list, too long) says more
+    best = max(errors, key=lambda e: (len([p for p in e["loc"] if not _is_union_tag(p)]), not e["type"].endswith("_type")))
+    ctx = best.get("ctx") or {}
+    param = _param(best["loc"]) or ctx.get("param")
+    cause = ctx.get("error")
+    if isinstance(cause, FieldError):
+        code, msg = cause.code, str(cause)
+    else:
+        kind = best["type"]
+        code = _CODES.get(kind) or ("too_many_items" if kind == "too_long" else
+                                    "invalid_type" if kind.endswith("_type") else kind)
+        msg = best["msg"]
+        if kind.endswith("_type") and "input" in best:
+            msg += f", got {json_type(best['input'])}"
+        if kind == "model_type":
+            msg = f"body must be a JSON object, got {json_type(best.get('input'))}"
+    if param and best["loc"]:
+        msg = f"{param}: {msg[0].lower() + msg[1:] if msg[:1].isupper() and msg[1:2].islower() else msg}"
+    return ApiError(400, msg, code=code, param=param)

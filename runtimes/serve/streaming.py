@@ -1,0 +1,91 @@
+"""Server-sent events for generation: text pieces while the batch runs, then the whole answer.
+
+The batch's worker thread hands each image's text-so-far to its :class:`TextSink`, which
+posts it to the event loop. The event stream sends only a stable prefix (up to the last
+space: a later token can still change the last word's bytes), so the pieces of one image
+always join to its final caption. When the client goes away the sinks answer False, the
+generator stops those rows (or the queued request leaves its queue) and the batch slot is
+free again.
+
+    data: {"index": 0, "delta": "a red "}
+    data: {"index": 0, "caption": "a red circle", "finish_reason": "stop"}
+    data: [DONE]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, AsyncIterator, Callable
+
+__all__ = ["TextSink", "stream_delta", "caption_events"]
+
+
+class TextSink:
+    """Called from the worker thread with an image's text so far; False once the reader left."""
+
+    __slots__ = ("index", "queue", "loop", "gone")
+
+    def __init__(self, index: int, queue: asyncio.Queue, loop: asyncio.AbstractEventLoop):
+        self.index, self.queue, self.loop, self.gone = index, queue, loop, False
+
+    def __call__(self, text: str) -> bool:
+        if self.gone:
+            return False
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.index, text))
+        except RuntimeError:  # loop closed: nobody reads
+            self.gone = True
+            return False
+        return True
+
+
+def stream_delta(sent: str, text: str, final: bool = False) -> str:
+    """What may be sent now after ``sent``: up to ``text``'s last space (all of it when final)."""
+    if not text.startswith(sent):
+        return ""
+    rest = text[len(sent):]
+    if final:
+        return rest
+    cut = max(rest.rfind(" "), rest.rfind("\n"))
+    return rest[: cut + 1] if cut >= 0 else ""
+
+
+def sse(data: Any) -> bytes:
+    return b"data: " + (data if isinstance(data, bytes) else json.dumps(data).encode()) + b"\n\n"
+
+
+async def caption_events(task: asyncio.Future, queue: asyncio.Queue, sinks: list[TextSink],
+                         error_body: Callable[[BaseException], dict], on_done: Callable[[int], None]) -> AsyncIterator[bytes]:
+    """The event stream of one caption request: ``task`` resolves to the captions."""
+    n = len(sinks)
+    sent = [""] * n
+    task.add_done_callback(lambda _: queue.put_nowait(None))
+    try:
+        while True:
+            got = await queue.get()
+            if got is None:
+                break
+            i, text = got
+            delta = stream_delta(sent[i], text)
+            if delta:
+                sent[i] += delta
+                yield sse({"index": i, "delta": delta})
+        try:
+            caps = task.result()
+        except Exception as exc:  # noqa: BLE001 - the stream has started: the error is an event
+            yield sse(error_body(exc))
+            yield sse(b"[DONE]")
+            return
+        for i, cap in enumerate(caps):
+            rest = stream_delta(sent[i], cap, final=True)
+            if rest:
+                yield sse({"index": i, "delta": rest})
+            yield sse({"index": i, "caption": cap, "finish_reason": "stop"})
+        on_done(n)
+        yield sse(b"[DONE]")
+    finally:  # finished, or the client went away (the stream is cancelled): free the batch slot
+        for s in sinks:
+            s.gone = True
+        if not task.done():
+            task.cancel()
