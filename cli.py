@@ -228,13 +228,17 @@ def serve(
     max_body_mb: float = typer.Option(32.0, min=0.001, help="Largest request body (MB)."),
     max_pixels: int = typer.Option(20_000_000, min=1, help="Largest image (pixels), checked before decoding."),
     timeout: float = typer.Option(60.0, min=0.001, help="Per-request timeout (seconds)."),
+    header_timeout: float = typer.Option(10.0, min=0.001, help="A client must send its request headers within this (seconds), else 408 and the socket is closed."),
+    body_timeout: float = typer.Option(30.0, min=0.001, help="... and its body within this after them (seconds)."),
+    drain_timeout: float = typer.Option(30.0, min=0.001, help="On SIGTERM: how long in-flight requests may take to finish (seconds); /health says 'draining' meanwhile."),
     threads: Optional[int] = typer.Option(None, help="Inference threads per session (default: all cores)."),
     backend: Optional[str] = typer.Option(None, help="Backend (default: each bundle's default variant)."),
     precision: Optional[str] = typer.Option(None, help="Precision (default: each bundle's default variant)."),
     allow_local_paths: bool = typer.Option(False, "--allow-local-paths", help="Also accept image paths on this machine (trusted clients only)."),
     log_level: str = typer.Option("info", help="debug, info, warning or error (JSON lines on stderr)."),
 ):
-    """Serve bundles over HTTP: OpenAI-compatible /v1/embeddings, /v1/classify, /v1/caption, /health, /metrics."""
+    """Serve bundles over HTTP: a playground page at /, API docs at /docs, OpenAI-compatible /v1/embeddings,
+    /v1/classify, /v1/caption (stream: true for server-sent events), /health, /metrics."""
     from .errors import InputError
     from .runtimes.serve import ServeConfig, run_server
 
@@ -243,7 +247,8 @@ def serve(
 
     cfg = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, max_items=max_items,
                       max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels, timeout_s=timeout,
-                      api_key=api_key or None, allow_local_paths=allow_local_paths)
+                      api_key=api_key or None, allow_local_paths=allow_local_paths, header_timeout_s=header_timeout,
+                      body_timeout_s=body_timeout, drain_timeout_s=drain_timeout)
     run_server(bundles, host=host, port=port, config=cfg, backend=backend, precision=precision, threads=threads,
                log_level=log_level)
 

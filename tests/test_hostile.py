@@ -189,7 +189,8 @@ def test_sigterm_during_export_cleans_up(tmp_path):
     import time
 
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "mmdeploy.cli", "export", "clip-shapes", "-o", str(out),
+    # -X faulthandler: if the child hangs instead of unwinding, SIGABRT prints every thread's stack
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "mmdeploy.cli", "export", "clip-shapes", "-o", str(out),
                              "--backend", "onnxruntime,openvino", "--precision", "fp32,int8", "--calib", "shapes"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t0 = time.time()
@@ -198,7 +199,12 @@ def test_sigterm_during_export_cleans_up(tmp_path):
         time.sleep(0.05)
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=30)
+        pytest.fail("export did not unwind within 120 s of SIGTERM; its threads:\n" + err[-6000:])
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err.strip().splitlines()[-1]
     assert not out.exists() and not list(tmp_path.glob(".out.*"))

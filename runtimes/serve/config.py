@@ -31,6 +31,9 @@ class ServeConfig:
     max_new_tokens: int = 256  # upper bound a caption request may ask for
     max_beams: int = 8
     timeout_s: float = 60.0  # per request, from headers read to response
+    header_timeout_s: float = 10.0  # a connection must finish its request line + headers within this (slowloris)
+    body_timeout_s: float = 30.0  # ... and its body within this after the headers (408 otherwise)
+    drain_timeout_s: float = 30.0  # on SIGTERM: the longest in-flight requests get before the server stops
     api_key: str | None = None
     allow_local_paths: bool = False
     label_cache_size: int = 4096  # cached label embeddings per model
@@ -44,8 +47,9 @@ class ServeConfig:
                 raise InputError(f"{f} must be a positive integer, got {v!r}")
         if self.max_wait_ms < 0:
             raise InputError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
-        if self.timeout_s <= 0:
-            raise InputError(f"timeout_s must be > 0, got {self.timeout_s}")
+        for f in ("timeout_s", "header_timeout_s", "body_timeout_s", "drain_timeout_s"):
+            if getattr(self, f) <= 0:
+                raise InputError(f"{f} must be > 0, got {getattr(self, f)}")
         if self.api_key is not None and not self.api_key.strip():
             raise InputError("api_key is empty")
 

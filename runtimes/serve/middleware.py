@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import itertools
 import json
@@ -52,6 +53,7 @@ class Guard:
         state["arriving"] = counted
         if counted:
             srv.arriving += 1
+            srv.working += 1
         srv.inflight += 1
         srv.metrics.inflight.inc()
         status = [0]
@@ -68,6 +70,9 @@ class Guard:
             await send_json(send_, code, ApiError(code, message, type=type_, code=err_code).body(), extra)
 
         try:
+            if counted and srv.draining:  # SIGTERM: in-flight work finishes, new work goes elsewhere
+                return await reject(503, "server is shutting down; retry on another replica", "draining",
+                                    "server_overloaded", [(b"retry-after", b"1"), (b"connection", b"close")])
             if cfg.api_key and path not in OPEN_ROUTES and not path.startswith(OPEN_PREFIXES):
                 auth = headers.get(b"authorization", b"")
                 scheme, _, token = auth.partition(b" ")
@@ -85,8 +90,13 @@ class Guard:
                     except ValueError:
                         return await reject(400, "bad Content-Length header", "bad_request")
                 chunks, size, more = [], 0, True
+                deadline = time.monotonic() + cfg.body_timeout_s  # a stalled sender is cut off, not waited for
                 while more:
-                    msg = await receive()
+                    try:
+                        msg = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+                    except asyncio.TimeoutError:
+                        return await reject(408, f"request body not received within {cfg.body_timeout_s:g} s",
+                                            "body_timeout", extra=[(b"connection", b"close")])
                     if msg["type"] == "http.disconnect":
                         return
                     chunk = msg.get("body", b"")
@@ -110,6 +120,8 @@ class Guard:
         finally:
             srv.arrived(state)
             srv.inflight -= 1
+            if counted:
+                srv.working -= 1
             m = srv.metrics
             m.inflight.dec()
             elapsed = time.perf_counter() - start

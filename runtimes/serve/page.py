@@ -1,8 +1,8 @@
 """The pages a person opens: the playground at ``/`` and the API reference at ``/docs``.
 
 Both are served by the server itself, with no CDN (edge machines are often offline): the
-playground is one static HTML file with its script inline; ``/docs`` is Swagger UI from
-the ``swagger-ui-bundle`` package's files (part of the serve extra), reading ``/openapi.json``.
+playground is one static HTML file with its script inline; ``/docs`` is Swagger UI 5 from
+the ``fastapi-offline`` package's static files (part of the serve extra), reading ``/openapi.json``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from .errors import ApiError
 __all__ = ["add_pages"]
 
 _HERE = Path(__file__).resolve().parent
-_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon-32x32.png": "image/png"}
+_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon.png": "image/png"}
 
 
 @lru_cache(maxsize=1)
@@ -24,11 +24,12 @@ def playground_html() -> bytes:
 
 
 def _swagger_dir() -> Path | None:
-    try:
-        from swagger_ui_bundle import swagger_ui_path
-    except ImportError:
+    import importlib.util
+
+    spec = importlib.util.find_spec("fastapi_offline")  # only its static files are used
+    if spec is None or spec.origin is None:
         return None
-    return Path(str(swagger_ui_path))
+    return Path(spec.origin).parent / "static"
 
 
 def add_pages(app) -> None:
@@ -44,12 +45,12 @@ def add_pages(app) -> None:
     async def docs():
         if _swagger_dir() is None:
             return HTMLResponse('<!doctype html><title>mmdeploy serve API</title><link rel="icon" href="data:,">'
-                                "<p>Swagger UI is not installed here (<code>pip install swagger-ui-bundle</code>, "
+                                "<p>Swagger UI's files are not installed here (<code>pip install fastapi-offline</code>, "
                                 'part of <code>mmdeploy[serve]</code>). The schema: <a href="/openapi.json">/openapi.json</a>.</p>')
         return get_swagger_ui_html(openapi_url="/openapi.json", title="mmdeploy serve API",
                                    swagger_js_url="/docs/assets/swagger-ui-bundle.js",
                                    swagger_css_url="/docs/assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs/assets/favicon-32x32.png")
+                                   swagger_favicon_url="/docs/assets/favicon.png")
 
     @app.get("/docs/assets/{name}", include_in_schema=False)
     async def docs_asset(name: str):

@@ -12,6 +12,7 @@ from ...errors import InputError, require
 from .app import create_app
 from .config import MODEL_NAME, ServeConfig
 from .logs import configure_logging
+from .protocol import DrainingServer
 
 log = logging.getLogger("mmdeploy.serve")
 
@@ -45,8 +46,9 @@ def _is_loopback(host: str) -> bool:
 def run_server(bundles: list[str] | Mapping[str, Any], *, host: str = "127.0.0.1", port: int = 8000,
                config: ServeConfig | None = None, backend: str | None = None, precision: str | None = None,
                threads: int | None = None, log_level: str = "info", graceful_timeout_s: float = 30.0) -> None:
-    """Load the bundles and serve until SIGINT/SIGTERM (in-flight requests are drained first)."""
-    uvicorn = require("uvicorn", "serve")
+    """Load the bundles and serve until SIGINT/SIGTERM: the first signal drains (health 503, new work
+    503 + Retry-After, in-flight requests finish), then the server stops; a second stops at once."""
+    require("uvicorn", "serve")
     configure_logging(log_level)
     named = parse_bundle_args(list(bundles)) if not isinstance(bundles, Mapping) else dict(bundles)
     cfg = config or ServeConfig()
@@ -54,5 +56,4 @@ def run_server(bundles: list[str] | Mapping[str, Any], *, host: str = "127.0.0.1
         log.warning("serving on a non-loopback address without an API key", extra={"fields": {"event": "insecure", "host": host}})
     app = create_app(named, cfg, backend=backend, precision=precision, threads=threads)
     log.info("listening", extra={"fields": {"event": "listen", "url": f"http://{host}:{port}", "api_key": bool(cfg.api_key)}})
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, log_level=log_level,
-                timeout_graceful_shutdown=graceful_timeout_s, lifespan="on")
+    DrainingServer(app, host=host, port=port, log_level=log_level, graceful_timeout_s=graceful_timeout_s).run()

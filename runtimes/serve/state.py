@@ -19,6 +19,7 @@ class ServerState:
         self.models: dict[str, ServedModel] = {}
         self.arriving = 0  # inference requests read but not yet queued
         self.inflight = 0
+        self.working = 0  # inference requests in flight (what a drain waits for; /health probes are not work)
         self.draining = False
         self.started = time.time()
         # image decoding + preprocessing: off the event loop, beside the inference threads
