@@ -508,10 +508,19 @@ def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C: staging folders a
     raise KeyboardInterrupt
 
 
-def main() -> None:
+def _install_signal_handlers() -> None:
+    import os
     import signal
 
     signal.signal(signal.SIGTERM, _terminate)  # `serve` installs uvicorn's own drain handler over it
+    # A forked helper must die on SIGTERM, not unwind: NNCF's telemetry forks a sender that can sit
+    # in getaddrinfo on an offline machine, and at exit multiprocessing terminates and joins it. With
+    # our handler inherited the SIGTERM was swallowed and `export` hung at exit (seen in a test).
+    os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+
+
+def main() -> None:
+    _install_signal_handlers()
     app()
 
 

@@ -210,6 +210,22 @@ def test_sigterm_during_export_cleans_up(tmp_path):
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
 
 
+def test_forked_helpers_die_on_sigterm():
+    """The CLI's SIGTERM-unwinds handler must not reach forked helpers (NNCF's telemetry sender):
+    multiprocessing terminates them at exit, and one that swallowed the SIGTERM hung the export."""
+    code = ("import multiprocessing as mp, os, signal, time\n"
+            "from mmdeploy.cli import _install_signal_handlers, _terminate\n"
+            "_install_signal_handlers()\n"
+            "assert signal.getsignal(signal.SIGTERM) is _terminate\n"
+            "p = mp.get_context('fork').Process(target=time.sleep, args=(60,), daemon=True)\n"
+            "p.start(); time.sleep(0.3); t = time.time(); p.terminate(); p.join(10)\n"
+            "print(p.exitcode, round(time.time() - t, 1))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    exitcode, waited = r.stdout.split()
+    assert exitcode == "-15" and float(waited) < 5, r.stdout
+
+
 # -- flags ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args,needle", [
