@@ -266,12 +266,16 @@ def bench_serve(
     warmup: int = typer.Option(50, min=0, help="Untimed requests before each level."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="MMDEPLOY_API_KEY", help="API key of the server."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
+    model_ceiling: bool = typer.Option(True, "--model-ceiling/--no-model-ceiling",
+                                       help="With a bundle: after each level run the served variant alone here at the server's mean batch, "
+                                            "to report the fraction of the model's items/s reached and the server's CPU beyond the model's."),
 ):
-    """Load-test `mmdeploy serve` on this machine: throughput and p50/p99 per concurrency level."""
+    """Load-test `mmdeploy serve` on this machine: throughput and p50/p99 per concurrency level, and how
+    close the server comes to the model alone."""
     from .benchmarks.loadgen import format_report, parse_levels, run_loadgen
 
     rep = run_loadgen(bundle, url=url, model=model, kind=kind, concurrency=parse_levels(concurrency), requests=requests,
-                      duration_s=duration, warmup=warmup, api_key=api_key, log=_log)
+                      duration_s=duration, warmup=warmup, api_key=api_key, model_ceiling=model_ceiling, log=_log)
     print(format_report(rep))
     if json_path:
         json_path.write_text(json.dumps(rep.to_dict(), indent=2))

@@ -65,6 +65,13 @@ class LevelResult:
     rss_before_mb: float | None
     rss_after_mb: float | None
     error_samples: list[str] = field(default_factory=list)
+    # the model alone, measured in this process right after the level (server idle), same variant,
+    # same inputs, at the server's mean batch size: the ceiling the server is compared against
+    model_batch: int | None = None
+    model_items_per_s: float | None = None
+    fraction_of_model: float | None = None
+    model_cpu_ms_per_item: float | None = None
+    server_overhead_cpu_ms_per_req: float | None = None  # server CPU beyond the model's own
 
 
 @dataclass
@@ -108,6 +115,45 @@ def text_payloads(n: int) -> list[str]:
     from ..common.datasets import sentences
 
     return sentences.sentence_batch(n)
+
+
+class ModelCeiling:
+    """The served variant run in this process on the load's own inputs: items/s and CPU per item
+    at a given batch size. Loaded once, on first use; only when the bundle is on this machine."""
+
+    def __init__(self, bundle: str, variant: str | None, kind: str, payloads: list[str], min_seconds: float = 3.0):
+        self.bundle, self.variant, self.kind, self.payloads = bundle, variant, kind, payloads
+        self.min_seconds = min_seconds
+        self._pipe = None
+        self._inputs: list | None = None
+
+    def _ready(self):
+        if self._pipe is None:
+            from ..runtimes import load
+
+            backend, _, precision = (self.variant or "").partition("/")
+            self._pipe = load(self.bundle, backend=backend or None, precision=precision or None)
+            if self.kind == "image":
+                from ..runtimes.images import load_image
+
+                self._inputs = [load_image(p) for p in self.payloads]  # decoding is the server's cost
+            else:
+                self._inputs = list(self.payloads)
+        return self._pipe
+
+    def measure(self, batch: int) -> tuple[float, float]:
+        """(items/s, CPU ms per item) at ``batch``: 2 untimed calls, then >= 3 calls and min_seconds."""
+        pipe = self._ready()
+        run = pipe.embed_images if self.kind == "image" else pipe.embed_texts
+        inputs = [self._inputs[i % len(self._inputs)] for i in range(batch)]
+        for _ in range(2):
+            run(inputs, batch_size=batch)
+        calls, cpu0, t0 = 0, time.process_time(), time.perf_counter()
+        while calls < 3 or time.perf_counter() - t0 < self.min_seconds:
+            run(inputs, batch_size=batch)
+            calls += 1
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        return calls * batch / wall, cpu * 1000 / (calls * batch)
 
 
 # -- the HTTP client: one keep-alive connection per simulated client ------------------------------
@@ -241,9 +287,14 @@ def run_loadgen(
     distinct: int = 256,
     api_key: str | None = None,
     server_args: list[str] | tuple[str, ...] = (),
+    model_ceiling: bool = True,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
 ) -> LoadReport:
-    """Measure one server (or one started for ``bundle``) at each concurrency level."""
+    """Measure one server (or one started for ``bundle``) at each concurrency level.
+
+    With ``bundle`` and ``model_ceiling``, each level is followed by the model alone in this
+    process (same variant and inputs, at the level's mean batch size), so the report gives the
+    server's throughput as a fraction of the model's and its CPU per request beyond the model's."""
     if (bundle is None) == (url is None):
         raise InputError("give a bundle to serve or --url of a running server (one of them)")
     if kind not in ("image", "text"):
@@ -288,6 +339,11 @@ def run_loadgen(
             reqs.append(body)
         headers = _headers(api_key)
         comp = "vision" if kind == "image" else "text"
+        ceiling = None
+        if bundle is not None and model_ceiling:
+            health = json.loads(_get(url + "/health", api_key))
+            variant = health.get("models", {}).get(model, {}).get("variant")
+            ceiling = ModelCeiling(str(bundle), variant, kind, payloads)
 
         def check(status: int, body: bytes) -> str | None:
             if status != 200:
@@ -327,8 +383,18 @@ def run_loadgen(
                 rss_after_mb=round(rss[1] / 2**20, 1) if rss[1] else None,
                 error_samples=samples,
             )
+            if ceiling is not None and mean_batch is not None and n:
+                r.model_batch = max(1, round(mean_batch))
+                ips, cpu_item = ceiling.measure(r.model_batch)
+                r.model_items_per_s, r.model_cpu_ms_per_item = round(ips, 1), round(cpu_item, 3)
+                r.fraction_of_model = round(r.items_per_s / ips, 3)
+                if r.server_cpu_ms_per_req is not None:
+                    r.server_overhead_cpu_ms_per_req = round(r.server_cpu_ms_per_req - cpu_item * items, 3)
             log(f"concurrency {c}: {r.throughput_rps} req/s, p50 {r.p50_ms} ms, p99 {r.p99_ms} ms, "
-                f"{r.errors} errors / {r.requests}, mean batch {r.mean_batch}, server CPU {r.server_cpu_ms_per_req} ms/req, RSS {r.rss_before_mb} -> {r.rss_after_mb} MB")
+                f"{r.errors} errors / {r.requests}, mean batch {r.mean_batch}, server CPU {r.server_cpu_ms_per_req} ms/req, RSS {r.rss_before_mb} -> {r.rss_after_mb} MB"
+                + ("" if r.model_items_per_s is None else
+                   f"; the model alone at batch {r.model_batch}: {r.model_items_per_s} items/s "
+                   f"({r.fraction_of_model:.0%} reached), {r.model_cpu_ms_per_item} ms CPU/item"))
             levels.append(r)
         return LoadReport(url=url, model=model, kind=kind, items_per_request=items, levels=levels)
     finally:
@@ -348,17 +414,24 @@ def run_loadgen(
 
 
 def format_report(rep: LoadReport) -> str:
-    cols = ["conc", "requests", "errors", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean batch", "srv CPU ms/req", "RSS MB before→after"]
+    cols = ["conc", "requests", "errors", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean batch", "srv CPU ms/req",
+            "model items/s", "reached", "overhead CPU ms/req", "RSS MB before→after"]
+    dash = lambda v, f: "-" if v is None else f.format(v)  # noqa: E731
     rows = [[str(l.concurrency), str(l.requests), str(l.errors), f"{l.throughput_rps:.1f}", f"{l.p50_ms:.2f}",
-             f"{l.p90_ms:.2f}", f"{l.p99_ms:.2f}", f"{l.max_ms:.2f}",
-             "-" if l.mean_batch is None else f"{l.mean_batch:.2f}",
-             "-" if l.server_cpu_ms_per_req is None else f"{l.server_cpu_ms_per_req:.2f}", f"{l.rss_before_mb}→{l.rss_after_mb}"] for l in rep.levels]
+             f"{l.p90_ms:.2f}", f"{l.p99_ms:.2f}", f"{l.max_ms:.2f}", dash(l.mean_batch, "{:.2f}"),
+             dash(l.server_cpu_ms_per_req, "{:.2f}"),
+             "-" if l.model_items_per_s is None else f"{l.model_items_per_s:.1f} @{l.model_batch}",
+             dash(l.fraction_of_model, "{:.0%}"), dash(l.server_overhead_cpu_ms_per_req, "{:.2f}"),
+             f"{l.rss_before_mb}→{l.rss_after_mb}"] for l in rep.levels]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     out = [f"{rep.url}  model {rep.model}  {rep.kind} embeddings, {rep.items_per_request} per request",
            line(cols), *map(line, rows)]
     if rep.speedup is not None:
         out.append(f"throughput, highest vs lowest concurrency: {rep.speedup:.2f}x")
+    if any(l.model_items_per_s is not None for l in rep.levels):
+        out.append("model items/s: the served variant alone in the load generator right after the level, same inputs, "
+                   "at the server's mean batch; overhead CPU: the server's CPU per request beyond the model's")
     for l in rep.levels:
         for s in l.error_samples:
             out.append(f"error at concurrency {l.concurrency}: {s}")
@@ -389,11 +462,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--api-key", default=None, help="or env MMDEPLOY_API_KEY")
     p.add_argument("--json", dest="json_path", help="write the report as JSON")
     p.add_argument("--server-arg", action="append", default=[], help="extra `mmdeploy serve` argument (repeatable)")
+    p.add_argument("--no-model-ceiling", action="store_true", help="skip running the model alone after each level")
     a = p.parse_args(argv)
     try:
         rep = run_loadgen(a.bundle, url=a.url, model=a.model, kind=a.kind, concurrency=parse_levels(a.concurrency),
                           requests=a.requests, duration_s=a.duration, warmup=a.warmup, items=a.items,
-                          api_key=a.api_key, server_args=a.server_arg)
+                          api_key=a.api_key, server_args=a.server_arg,
+                          model_ceiling=not a.no_model_ceiling)
     except MMDeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -582,6 +582,21 @@ def chunked_server(chunk: int = 7):
         srv.server_close()
 
 
+def test_bench_serve_compares_the_server_with_the_model_alone(clip_bundle):
+    """A bundle given: bench-serve starts its own server, and after each level runs the served
+    variant alone at the server's mean batch (fraction reached, server CPU beyond the model)."""
+    from mmdeploy.benchmarks.loadgen import format_report, run_loadgen
+
+    rep = run_loadgen(str(clip_bundle), concurrency=[3], requests=30, duration_s=20, warmup=3, distinct=8,
+                      log=lambda m: None)
+    (lvl,) = rep.levels
+    assert lvl.errors == 0 and lvl.requests == 30 and lvl.mean_batch >= 1
+    assert lvl.model_batch == max(1, round(lvl.mean_batch)) and lvl.model_items_per_s > 0
+    assert lvl.fraction_of_model == pytest.approx(lvl.items_per_s / lvl.model_items_per_s, rel=0.01)
+    assert lvl.model_cpu_ms_per_item > 0 and lvl.server_overhead_cpu_ms_per_req is not None
+    assert "reached" in format_report(rep) and "model items/s" in format_report(rep)
+
+
 def test_loadgen_reads_multi_chunk_bodies_intact():
     """Chunked answers (many chunks, extensions, a trailer) are read byte for byte: the old
     hand-written decoder kept each chunk's CRLF in the body, so every such response was an error."""
