@@ -39,16 +39,12 @@ from mmdeploy.runtimes.serve import create_app, looks_like_base64_image, parse_b
 
 
 @contextmanager
-def running(app, graceful_s: float = 10.0):
-    """Serve ``app`` with uvicorn in a thread on a free loopback port; yield (base URL, server)."""
-    import uvicorn
-
+def in_thread(server):
+    """Run a uvicorn ``server`` in a thread on a free loopback port; yield (base URL, server, thread)."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False,
-                                           timeout_graceful_shutdown=graceful_s))
     th = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     th.start()
     t = time.time()
@@ -56,11 +52,22 @@ def running(app, graceful_s: float = 10.0):
         assert th.is_alive() and time.time() - t < 60, "server did not start"
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}", server
+        yield f"http://127.0.0.1:{port}", server, th
     finally:
         server.should_exit = True
         th.join(30)
         sock.close()
+
+
+@contextmanager
+def running(app, graceful_s: float = 10.0):
+    """Serve ``app`` with plain uvicorn in a thread on a free loopback port; yield (base URL, server)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False,
+                                           timeout_graceful_shutdown=graceful_s))
+    with in_thread(server) as (url, server, _):
+        yield url, server
 
 
 class FakeCaptioner:

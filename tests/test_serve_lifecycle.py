@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 
 import pytest
 
@@ -29,29 +28,12 @@ from mmdeploy.runtimes import load  # noqa: E402
 from mmdeploy.runtimes.serve import create_app  # noqa: E402
 from mmdeploy.runtimes.serve.protocol import DrainingServer  # noqa: E402
 
-from .test_serve import FakeCaptioner, assert_error, data_url, png  # noqa: E402
+from .test_serve import FakeCaptioner, assert_error, data_url, in_thread, png  # noqa: E402
 
 
-@contextmanager
 def guarded(app):
     """`mmdeploy serve`'s own server (guarded protocol + drain) in a thread on a free port."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = DrainingServer(app, log_level="warning", graceful_timeout_s=10)
-    th = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    th.start()
-    t = time.time()
-    while not server.started:
-        assert th.is_alive() and time.time() - t < 60, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}", server, th
-    finally:
-        server.should_exit = True
-        th.join(30)
-        sock.close()
+    return in_thread(DrainingServer(app, log_level="warning", graceful_timeout_s=10))
 
 
 def events(lines) -> list:
