@@ -438,6 +438,30 @@ def caption(
 
 @app.command()
 @user_errors
+def vqa(
+    bundle: Path = typer.Argument(..., help="VQA bundle directory (e.g. from `mmdeploy export blip-vqa-base`)."),
+    image: List[Path] = typer.Argument(..., help="Image files; one question is asked of each."),
+    question: List[str] = typer.Option(..., "--question", "-q", help="The question (repeat for several questions about one image)."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="New tokens per answer (default: the checkpoint's generation config)."),
+    num_beams: Optional[int] = typer.Option(None, help="Beam search width; 1 = greedy (default: the checkpoint's)."),
+    backend: Optional[str] = typer.Option(None, help="Backend (default: the bundle's default variant)."),
+    precision: Optional[str] = typer.Option(None, help="Precision (default: the bundle's default variant)."),
+    threads: Optional[int] = typer.Option(None),
+):
+    """Answer questions about images with a VQA bundle: one line per (image, question), tab-separated."""
+    from .runtimes import load
+
+    pipe = load(bundle, backend=backend, precision=precision, threads=threads)
+    _needs(pipe, "answer", "vqa", "a VQA bundle (blip-vqa-base, vqa-shapes)")
+    paths = [str(p) for p in image]
+    answers = pipe.answer(paths, list(question), max_new_tokens=max_new_tokens, num_beams=num_beams)
+    pairs = zip(paths * len(question) if len(paths) == 1 else paths, question * len(paths) if len(question) == 1 else question)
+    for (path, q), text in zip(pairs, answers):
+        print(f"{path}\t{q}\t{text}")
+
+
+@app.command()
+@user_errors
 def build(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
     backend: str = typer.Option(..., help="tensorrt (plans for this GPU, from the bundle's ONNX and build settings) or openvino."),

@@ -359,17 +359,12 @@ def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default
     the GB/s that achieves), `generate` (whole captions: ms per caption, tokens/s, speedup vs PyTorch
     ``generate`` with the same settings, tokens_match_pytorch). With labelled captions
     (``--data shapes``): exact match and BLEU-4 per variant and for PyTorch."""
-    from ..runtimes.pipelines.caption import decoder_step_feeds
-
     ref = pytorch_reference(bundle, log) if cfg.pytorch else None
     variants = sorted({(a.backend, a.precision) for a in arts
                        if len(bundle.find(backend=a.backend, precision=a.precision)) >= len(bundle.components)})
     variants = [v for v in variants if backend_module(v[0]).available() is None]
     gen_runs, gen_warm = max(1, min(cfg.runs, 10)), min(cfg.warmup, 1)
-    steps_total = (len(variants) + (ref is not None)) * len(cfg.batches) * (2 * cfg.runs + gen_runs)
-    task = progress.add_task("bench", total=steps_total) if progress else None
-    tick = (lambda: progress.advance(task)) if progress else (lambda: None)
-    pixels_cache: dict[int, np.ndarray] = {}
+    requests: dict[int, Any] = {}
     rows: list[dict[str, Any]] = []
     ref_p50: dict[tuple[str, int], float] = {}
     ref_out: dict[tuple[str, int], Any] = {}
@@ -384,10 +379,10 @@ def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default
     if base is None:
         raise InputError(f"{bundle.root}: no complete caption variant runs here")
 
-    def pixels(b: int) -> np.ndarray:
-        if b not in pixels_cache:
-            pixels_cache[b] = base.pixel_values(data.image_batch(b))
-        return pixels_cache[b]
+    def request(b: int):  # the pipeline's own bench input (pixels; VQA: pixels and a question)
+        if b not in requests:
+            requests[b] = base.bench_request(data, b)
+        return requests[b]
 
     def decoder_weight_bytes(backend: str, precision: str) -> int:
         """Weight bytes a decoder step reads (parses the graph: once per variant)."""
@@ -395,7 +390,12 @@ def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default
         total = sum(bundle.manifest["files"][f]["bytes"] for f in a.files if not f.endswith(".xml"))
         return total - gather_only_bytes(bundle.path(a.path)) if a.path.endswith(".onnx") else total
 
-    step_feeds = {b: decoder_step_feeds(base, pixels(b)) for b in cfg.batches}
+    feeds_of = {b: base.bench_feeds(request(b)) for b in cfg.batches}  # graph -> feeds; the decoder step last
+    graphs = list(feeds_of[cfg.batches[0]])
+    steps_total = (len(variants) + (ref is not None)) * len(cfg.batches) * (len(graphs) * cfg.runs + gen_runs)
+    task = progress.add_task("bench", total=steps_total) if progress else None
+    tick = (lambda: progress.advance(task)) if progress else (lambda: None)
+    kw = {"max_new_tokens": n_new, "num_beams": cfg.num_beams}
     if ref is not None:
         from ..exporter.reference import TorchSession
 
@@ -403,58 +403,51 @@ def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default
             import torch
 
             torch.set_num_threads(cfg.threads)
-        enc = TorchSession(ref.module("encoder"), ref.input_names("encoder"), ref.output_names("encoder"), cfg.threads)
-        dec = TorchSession(ref.module("decoder"), ref.input_names("decoder"), ref.output_names("decoder"), cfg.threads)
+        sessions = {c: TorchSession(ref.module(c), ref.input_names(c), ref.output_names(c), cfg.threads) for c in graphs}
         for b in cfg.batches:
-            px = {"pixel_values": pixels(b)}
-            ref_out[("encoder", b)] = enc.run(px)
-            st = percentiles(time_session(lambda: enc.run(px), cfg.runs, cfg.warmup, tick))
-            ref_p50[("encoder", b)] = st["p50_ms"]
-            rows.append(_row("encoder", "pytorch", "fp32", b, st, st["p50_ms"], None, False))
-            ref_out[("decoder", b)] = dec.run(step_feeds[b])
-            st = percentiles(time_session(lambda: dec.run(step_feeds[b]), cfg.runs, cfg.warmup, tick))
-            ref_p50[("decoder", b)] = st["p50_ms"]
-            rows.append(_row("decoder", "pytorch", "fp32", b, st, st["p50_ms"], None, False))
-            kw = {"max_new_tokens": n_new, "num_beams": cfg.num_beams}
-            ids = ref.torch_generate(pixels(b), **kw)
+            for c in graphs:
+                feeds = feeds_of[b][c]
+                ref_out[(c, b)] = sessions[c].run(feeds)
+                st = percentiles(time_session(lambda: sessions[c].run(feeds), cfg.runs, cfg.warmup, tick))
+                ref_p50[(c, b)] = st["p50_ms"]
+                rows.append(_row(c, "pytorch", "fp32", b, st, st["p50_ms"], None, False))
+            ids = ref.bench_generate(request(b), **kw)
             ref_out[("generate", b)] = ids
-            st = percentiles(time_session(lambda: ref.torch_generate(pixels(b), **kw), gen_runs, gen_warm, tick))
+            st = percentiles(time_session(lambda: ref.bench_generate(request(b), **kw), gen_runs, gen_warm, tick))
             ref_p50[("generate", b)] = st["p50_ms"]
             rows.append(_gen_row("pytorch", "fp32", b, st, st["p50_ms"], ids, base, None))
     for v, pipe in pipes.items():
         backend, precision = v
         if progress:
-            progress.update(task, description=f"caption {backend}/{precision}")
+            progress.update(task, description=f"{bundle.family} {backend}/{precision}")
         weight_bytes = decoder_weight_bytes(backend, precision)
         for b in cfg.batches:
-            px = {"pixel_values": pixels(b)}
-            enc_s = pipe.sessions["encoder"]
-            out = enc_s.run(px)
-            fid = _worst(ref_out.get(("encoder", b)), out)
-            st = percentiles(time_session(lambda: enc_s.run(px), cfg.runs, cfg.warmup, tick))
-            row = _row("encoder", backend, precision, b, st, ref_p50.get(("encoder", b)), fid, default == v)
-            row["load_ms"] = round(pipe.load_ms, 1)
-            rows.append(row)
-            dec_s = pipe.sessions["decoder"]
-            feeds = step_feeds[b]
-            out = dec_s.run(feeds)
-            fid = _worst(ref_out.get(("decoder", b)), out)
-            st = percentiles(time_session(lambda: dec_s.run(feeds), cfg.runs, cfg.warmup, tick))
-            row = _row("decoder", backend, precision, b, st, ref_p50.get(("decoder", b)), fid, default == v)
-            kv_bytes = sum(a.nbytes for k, a in feeds.items() if k.startswith(("past.", "cross.")))
-            moved = weight_bytes + kv_bytes
-            row.update(past_length=int(feeds["past.0.key"].shape[2]), bytes_per_step=int(moved),
-                       GB_per_s=round(moved / (st["p50_ms"] / 1000) / 1e9, 2))
-            rows.append(row)
-            ids = pipe.generate_ids(pixels(b), max_new_tokens=n_new, num_beams=cfg.num_beams)
-            st = percentiles(time_session(lambda: pipe.generate_ids(pixels(b), max_new_tokens=n_new, num_beams=cfg.num_beams),
-                                          gen_runs, gen_warm, tick))
+            for c in graphs:
+                sess, feeds = pipe.sessions[c], feeds_of[b][c]
+                out = sess.run(feeds)
+                fid = _worst(ref_out.get((c, b)), out)
+                st = percentiles(time_session(lambda: sess.run(feeds), cfg.runs, cfg.warmup, tick))
+                row = _row(c, backend, precision, b, st, ref_p50.get((c, b)), fid, default == v)
+                if c == graphs[0]:
+                    row["load_ms"] = round(pipe.load_ms, 1)
+                if c == "decoder":
+                    kv_bytes = sum(a.nbytes for k, a in feeds.items() if k.startswith(("past.", "cross.")))
+                    moved = weight_bytes + kv_bytes
+                    row.update(past_length=int(feeds["past.0.key"].shape[2]), bytes_per_step=int(moved),
+                               GB_per_s=round(moved / (st["p50_ms"] / 1000) / 1e9, 2))
+                rows.append(row)
+            ids = pipe.bench_generate(request(b), **kw)
+            st = percentiles(time_session(lambda: pipe.bench_generate(request(b), **kw), gen_runs, gen_warm, tick))
             rows.append(_gen_row(backend, precision, b, st, ref_p50.get(("generate", b)), ids, pipe,
                                  ref_out.get(("generate", b)), default == v))
-    accuracy = caption_accuracy(pipes, ref, data, cfg, log) if data.captions else []
+    task_name = getattr(type(base), "task", "caption")
+    if task_name == "vqa":
+        accuracy = vqa_accuracy(pipes, ref, data, cfg, log) if data.qa else []
+    else:
+        accuracy = caption_accuracy(pipes, ref, data, cfg, log) if data.captions else []
     if cfg.record:
         _record_generate(bundle, rows, log)
-    order = {"encoder": 0, "decoder": 1, "generate": 2}
+    order = {c: i for i, c in enumerate(graphs + ["generate"])}
     rows.sort(key=lambda r: (order[r["component"]], r["batch"], r["backend"] != "pytorch"))
     return {
         "model": bundle.name,
@@ -546,6 +539,31 @@ def caption_accuracy(pipes, ref, data: DataSet, cfg: BenchConfig, log, limit: in
         for task, value in (("caption exact match", exact), ("caption BLEU-4", bleu)):
             out.append({"backend": backend, "precision": precision, "task": task, "n": len(refs), "value": value})
         log(f"captions {backend}/{precision}: exact match {exact:.2%}, BLEU-4 {bleu:.3f} on {len(refs)}")
+    return out
+
+
+def vqa_accuracy(pipes, ref, data: DataSet, cfg: BenchConfig, log, limit: int = 600) -> list[dict[str, Any]]:
+    """Exact answers (greedy or beam, as benched) vs the data set's reference answers."""
+    qa = (data.qa or [])[:limit]
+    out = []
+    base = next(iter(pipes.values()))
+    todo: list[tuple[str, str, Any]] = [("pytorch", "fp32", None)] if ref is not None else []
+    todo += [(b, p, pipe) for (b, p), pipe in pipes.items()]
+    images = [im for im, _, _ in qa]
+    ids = [base.question_ids(q) for _, q, _ in qa]
+    for backend, precision, pipe in todo:
+        answers: list[str] = []
+        for i in range(0, len(qa), 60):
+            if pipe is None:
+                px = base.pixel_values(images[i:i + 60])
+                got = ref.torch_generate(px, ids[i:i + 60], max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams)
+            else:
+                got = pipe.answer_ids(images[i:i + 60], [q for _, q, _ in qa[i:i + 60]],
+                                      max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams, batch_size=60)
+            answers += [base.decode(x) for x in got]
+        exact = float(np.mean([a == r for a, (_, _, r) in zip(answers, qa)]))
+        out.append({"backend": backend, "precision": precision, "task": "vqa exact answer", "n": len(qa), "value": exact})
+        log(f"answers {backend}/{precision}: exact {exact:.2%} on {len(qa)} questions")
     return out
 
 

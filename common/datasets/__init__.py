@@ -29,6 +29,7 @@ class DataSet:
     class_names: list[str] | None = None
     template: str = "{}"  # prompt for a class name
     captions: list[str] | None = None  # reference caption of each image
+    qa: list[tuple[Any, str, str]] | None = None  # (image, question, reference answer): VQA accuracy
 
     def image_batch(self, n: int) -> list[Any]:
         if not self.images:
@@ -61,6 +62,14 @@ def _folder(path: Path, limit: int | None) -> DataSet:
             raise InputError(f"{path / 'labels.tsv'} has no label for {missing}")
         ds.class_names = sorted(set(ds.labels))
         ds.template = "a photo of a {}"
+    if (path / "questions.tsv").is_file():  # filename <TAB> question <TAB> answer, any number per image
+        with open(path / "questions.tsv", newline="") as f:
+            rows = [r for r in csv.reader(f, delimiter="\t") if len(r) >= 3]
+        by_name = {p.name: str(p) for p in files}
+        missing = next((r[0] for r in rows if r[0] not in by_name), None)
+        if missing is not None:
+            raise InputError(f"{path / 'questions.tsv'} names {missing}, which is not an image in {path}")
+        ds.qa = [(by_name[r[0]], r[1], r[2]) for r in rows]
     if (path / "captions.tsv").is_file():
         table = _read_tsv(path / "captions.tsv")
         ds.captions = [table.get(p.name, "") for p in files]
@@ -90,7 +99,18 @@ def shapes_set(split: str = "test", n: int | None = None) -> DataSet:
         class_names=shapes.labels(),
         template="a photo of a {}",
         captions=[s.caption for s in samples],
+        qa=shapes_questions(samples),
     )
+
+
+def shapes_questions(samples) -> list[tuple[Any, str, str]]:
+    """Every vqa-shapes question of each sample (a fixed seed picks the yes/no near misses)."""
+    import numpy as np
+
+    from . import shapes
+
+    rng = np.random.default_rng(7)
+    return [(s.image, q, a) for s in samples for q, a in shapes.questions(s, rng)]
 
 
 def photos_set(split: str = "test") -> DataSet:

@@ -38,6 +38,7 @@ __all__ = [
     "label_of",
     "caption_of",
     "write_split",
+    "questions",
 ]
 
 # Shape colours (RGB centre values; each sample jitters them slightly).
@@ -99,6 +100,26 @@ def label_of(sample: Sample) -> str:
 
 def caption_of(color: str, shape: str, size: str, background: str) -> str:
     return f"a {size} {color} {shape} on a {background} background"
+
+
+def questions(s: Sample, rng: np.random.Generator) -> list[tuple[str, str]]:
+    """The (question, one-word answer) pairs the vqa-shapes fixture answers about one sample: its
+    colour, shape, size, background, and two yes/no questions (the second names a near miss half of
+    the time: the sample's colour with another shape, or its shape in another colour)."""
+    other = [(c, sh) for c in COLORS for sh in SHAPES if (c, sh) != (s.color, s.shape)]
+    c, sh = other[int(rng.integers(len(other)))]
+    if rng.random() < 0.5:
+        c, sh = (s.color, sh) if rng.random() < 0.5 else (c, s.shape)
+        if (c, sh) == (s.color, s.shape):
+            c = next(x for x in COLORS if x != s.color)
+    return [
+        ("what color is the shape?", s.color),
+        ("which shape is in the picture?", s.shape),
+        ("is the shape small or large?", s.size),
+        ("what color is the background?", s.background),
+        (f"is there a {s.color} {s.shape}?", "yes"),
+        (f"is there a {c} {sh}?", "no"),
+    ]
 
 
 def _polygon(cx: float, cy: float, r: float, n: int, rot: float) -> list[tuple[float, float]]:
@@ -197,19 +218,22 @@ def write_split(out_dir: str | Path, split: str, n: int | None = None, image_siz
 
     ``out_dir/{split}_{i:05d}.png`` plus ``captions.tsv`` (filename <TAB> caption) and
     ``labels.tsv`` (filename <TAB> class name such as "red circle"), one line per image
-    in sample order.
+    in sample order, and ``questions.tsv`` (filename <TAB> question <TAB> answer, six per image).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     samples = generate(split, n, image_size)
-    cap_lines, lab_lines = [], []
+    cap_lines, lab_lines, qa_lines = [], [], []
+    rng = np.random.default_rng(7)  # the same questions as the in-memory set
     for i, smp in enumerate(samples):
         name = f"{split}_{i:05d}.png"
         smp.image.save(out / name, format="PNG")
         cap_lines.append(f"{name}\t{smp.caption}\n")
         lab_lines.append(f"{name}\t{label_of(smp)}\n")
+        qa_lines += [f"{name}\t{q}\t{a}\n" for q, a in questions(smp, rng)]
     (out / "captions.tsv").write_text("".join(cap_lines), encoding="utf-8")
     (out / "labels.tsv").write_text("".join(lab_lines), encoding="utf-8")
+    (out / "questions.tsv").write_text("".join(qa_lines), encoding="utf-8")
     return out
 
 

@@ -311,6 +311,7 @@ class CaptionFamily:
     arch = ""
     processor_type = "ViTImageProcessor"
     cross = True  # decoder takes cross K/V from the encoder (else: the encoder gives the first past)
+    cross_axis = "image_tokens"  # what the decoder cross-attends to (VQA: the encoded question's tokens)
     add_special: tuple[str, ...] = ()
 
     def __init__(self, ckpt: Checkpoint):
@@ -354,6 +355,10 @@ class CaptionFamily:
         """PyTorch reference: the model's own generate, token ids (N, L) incl. the start ids."""
         raise NotImplementedError
 
+    def bench_generate(self, request, **kw):
+        """PyTorch generate on a pipeline's bench_request (here: pixels)."""
+        return self.torch_generate(request, **kw)
+
     def prompt_ids(self, prompt: str | None) -> list[int]:
         ids = list(self.generation["start_ids"])
         if prompt:
@@ -379,7 +384,7 @@ class CaptionFamily:
 
     def specs(self, component: str) -> dict[str, list[dict[str, Any]]]:
         kv = lambda n, seq: {"name": n, "dtype": "float32", "shape": ["batch", self.heads, seq, self.head_dim]}  # noqa: E731
-        img = "image_tokens"
+        img = self.cross_axis
         if component == "encoder":
             h, w = self.preprocess.output_size or ("height", "width")
             ins = [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, h, w]}]
@@ -404,7 +409,7 @@ class CaptionFamily:
             return
         Dim = torch.export.Dim
         b, s, p = Dim("batch", min=1, max=4096), Dim("sequence", min=1, max=4096), Dim("past", min=0, max=8192)
-        e = Dim("image_tokens", min=1, max=8192)
+        e = Dim(self.cross_axis, min=1, max=8192)
         g = torch.Generator().manual_seed(0)
         n = self.n_layers
         shape = lambda t: (EXPORT_BATCH, self.heads, t, self.head_dim)  # noqa: E731
@@ -444,7 +449,7 @@ class CaptionFamily:
     def step_feeds(self, pixel_values: np.ndarray, prompt: list[int] | None = None, steps: int = 2):
         """Real decoder inputs on real images: the first step (past 0, the prompt ids) and then
         ``steps`` single-token steps fed with PyTorch's own presents and greedy tokens."""
-        enc = self._torch(self.module("encoder"), ["pixel_values"], self.output_names("encoder"), {"pixel_values": pixel_values})
+        enc = self.encoder_kv(pixel_values)
         dec = self.module("decoder")
         b = pixel_values.shape[0]
         prompt = prompt or self.prompt_ids(None)
@@ -466,6 +471,10 @@ class CaptionFamily:
             past = {p: out[q] for p, q in zip(self.kv_names("past"), self.kv_names("present"))}
             ids, pos = nxt, pos[:, -1:] + 1
         return cases
+
+    def encoder_kv(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+        """PyTorch's per-image K/V for the decoder (cross K/V, or GIT's image-token past)."""
+        return self._torch(self.module("encoder"), ["pixel_values"], self.output_names("encoder"), {"pixel_values": pixel_values})
 
     def parity_cases(self, component: str, batch: int = PARITY_IMAGES) -> list[tuple[str, dict[str, np.ndarray]]]:
         from ...common.datasets.photos import photo_batch
