@@ -440,11 +440,9 @@ def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default
             st = percentiles(time_session(lambda: pipe.bench_generate(request(b), **kw), gen_runs, gen_warm, tick))
             rows.append(_gen_row(backend, precision, b, st, ref_p50.get(("generate", b)), ids, pipe,
                                  ref_out.get(("generate", b)), default == v))
-    task_name = getattr(type(base), "task", "caption")
-    if task_name == "vqa":
-        accuracy = vqa_accuracy(pipes, ref, data, cfg, log) if data.qa else []
-    else:
-        accuracy = caption_accuracy(pipes, ref, data, cfg, log) if data.captions else []
+    # the pipeline's task picks the score and the labels it needs (reference captions / answers)
+    score, labels = {"question-answering": (vqa_accuracy, data.qa)}.get(base.task, (caption_accuracy, data.captions))
+    accuracy = score(pipes, ref, data, cfg, log) if labels else []
     if cfg.record:
         _record_generate(bundle, rows, log)
     order = {c: i for i, c in enumerate(graphs + ["generate"])}

@@ -26,6 +26,7 @@ FAMILY_TESTS = {
     "align": ["test_align.py"],
     "text-embedding": ["test_text_embedding.py"],
     "caption": ["test_caption.py"],
+    "vqa": ["test_vqa.py"],
 }
 
 

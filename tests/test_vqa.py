@@ -225,3 +225,98 @@ def test_bench_vqa_rows_and_accuracy(vqa_tiny, tmp_path):
     assert ref["n"] > 100
     for backend in BACKENDS:
         assert acc[(backend, "vqa exact answer")]["value"] == pytest.approx(ref["value"], abs=0.01)
+
+
+# -- POST /v1/chat/completions (OpenAI), a VQA bundle answering the last user turn ------------------
+
+
+@pytest.fixture(scope="module")
+def chat_server(vqa_tiny):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("openai")
+    from mmdeploy.runtimes.serve import create_app
+
+    from .test_serve import running
+
+    app = create_app({"vqa": vqa_tiny[1]}, backend="onnxruntime", precision="fp32", threads=2, max_text_chars=2000)
+    with running(app) as (url, _):
+        yield url
+
+
+def _image_message(img, question: str) -> dict:
+    from .test_serve import data_url, png
+
+    return {"role": "user", "content": [{"type": "text", "text": question},
+                                        {"type": "image_url", "image_url": {"url": data_url(png(img))}}]}
+
+
+def test_openai_client_chat_answers_like_the_pipeline(chat_server, vqa_tiny):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=chat_server + "/v1", api_key="none")
+    img = _images(1)[0]
+    pipe = load(vqa_tiny[1], backend="onnxruntime", precision="fp32", threads=2)
+    for q in QUESTIONS[:2]:
+        want = pipe.answer(img, q, max_new_tokens=4)[0]
+        r = client.chat.completions.create(model="vqa", messages=[_image_message(img, q)], max_tokens=4)
+        assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
+        assert r.choices[0].message.content == want
+        assert r.choices[0].finish_reason in ("stop", "length")
+        assert r.usage.prompt_tokens == len(pipe.question_ids(q))
+        assert 1 <= r.usage.completion_tokens <= 4
+    # a follow-up turn: the image comes from the first turn, the question from the last
+    convo = [_image_message(img, QUESTIONS[0]), {"role": "assistant", "content": "x"},
+             {"role": "user", "content": QUESTIONS[3]}]
+    r = client.chat.completions.create(model="vqa", messages=convo, max_completion_tokens=4)
+    assert r.choices[0].message.content == pipe.answer(img, QUESTIONS[3], max_new_tokens=4)[0]
+    models = {m.id: m for m in client.models.list().data}
+    assert "chat" in models["vqa"].capabilities
+
+
+def test_openai_client_chat_stream_joins_to_the_plain_answer(chat_server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=chat_server + "/v1", api_key="none")
+    img = _images(2)[1]
+    msgs = [_image_message(img, QUESTIONS[1])]
+    plain = client.chat.completions.create(model="vqa", messages=msgs, max_tokens=5).choices[0].message.content
+    chunks = list(client.chat.completions.create(model="vqa", messages=msgs, max_tokens=5, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finish) == 1 and finish[0] in ("stop", "length")
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_bad_chat_messages_are_4xx(chat_server):
+    import httpx
+
+    from .test_serve import assert_error
+
+    img = _images(1)[0]
+    good = _image_message(img, "what color is the shape?")
+    url = chat_server + "/v1/chat/completions"
+    cases = [
+        ({"messages": [{"role": "system", "content": "be brief"}]}, "no user turn"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "image_url.url"),
+        ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]}, "input_audio"),
+        ({"messages": [{"role": "user", "content": "what color is it?"}]}, "no image"),
+        ({"messages": [good, {"role": "user", "content": "x" * 3000}]}, "characters"),
+        ({"messages": [{"role": "user", "content": [good["content"][1]]}]}, "no text"),
+        ({"messages": [good], "max_tokens": 0}, "max_tokens"),
+        ({"messages": [good], "n": 2}, "n"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "q"},
+                                                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
+         "image_url"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "what " * 40}, good["content"][1]]}]}, "tokens"),
+    ]
+    for body, needle in cases:
+        r = httpx.post(url, json=body, timeout=30)
+        assert_error(r, 400)
+        assert needle in r.json()["error"]["message"], (needle, r.json())
+    r = httpx.post(chat_server + "/v1/caption", json={"image": good["content"][1]["image_url"]["url"]}, timeout=30)
+    assert_error(r, 400)
+    assert httpx.get(chat_server + "/health", timeout=10).status_code == 200

@@ -5,7 +5,8 @@ family, so none of them tests a family's name:
 
     family       the manifest's family name this pipeline runs
     task         the accuracy task bench runs with a labelled data set:
-                 "zero-shot" (dual encoders), "pair-similarity" (text embeddings), "caption"
+                 "zero-shot" (dual encoders), "pair-similarity" (text embeddings), "caption",
+                 "question-answering" (VQA: exact answers on a data set's questions)
     generative   True for encoder + decoder-step bundles (bench times whole generations)
     scores(image_embeds, text_embeds) -> probabilities (dual encoders: the classify rule,
                  softmax with a scale or sigmoid with scale and bias)

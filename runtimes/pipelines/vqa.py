@@ -31,7 +31,7 @@ class VqaPipeline(CaptionPipeline):
     """``vision`` + ``question`` + ``decoder`` graphs of one VQA bundle on one (backend, precision)."""
 
     family = "vqa"
-    task = "vqa"
+    task = "question-answering"
     components = ("vision", "question", "decoder")
     info_key = "vqa"
 

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from contextlib import asynccontextmanager
 from dataclasses import fields, replace
 from typing import Any, Mapping
@@ -25,7 +26,7 @@ from .middleware import Guard
 from .model import ServedModel
 from .page import add_pages
 from .state import ServerState
-from .streaming import TextSink, caption_events
+from .streaming import TextSink, caption_events, chat_events
 
 log = logging.getLogger("mmdeploy.serve")
 _timeout = getattr(asyncio, "timeout", None)  # 3.11+: no extra task per request
@@ -271,6 +272,53 @@ def create_app(bundles: Mapping[str, Any], config: ServeConfig | None = None, *,
         srv.metrics.items.labels(m.name, "caption").inc(len(refs))
         return JSONResponse({"object": "list", "model": m.name,
                              "data": [{"index": i, "caption": c} for i, c in enumerate(caps)]})
+
+    @api("/v1/chat/completions", req_models.chat, RESPONSE_MODELS.chat)
+    async def chat_completions(request: Request, req):
+        m = srv.model(req.model)
+        request.state.model = m.name
+        if not m.has_answer:
+            raise ApiError(400, f"model {m.name!r} does not answer about images (serve a VQA bundle)",
+                           code="unsupported_model", param="model")
+        mnt = req.new_tokens
+        if mnt is not None and mnt > m.max_new_tokens:
+            which = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+            raise ApiError(400, f"{which} must be between 1 and {m.max_new_tokens} for model {m.name!r}, got {mnt}",
+                           code="invalid_value", param=which)
+        question, q_where, ref, img_where = req.turn()
+        try:
+            prompt_tokens = len(m.pipe.question_ids(question))  # a bad question is a 400 before any stream starts
+        except InputError as exc:
+            raise ApiError(400, f"{q_where}: {exc}", code="invalid_value", param=q_where) from None
+        request.state.items = 1
+        state = request.scope["state"]
+        (images,) = await _gather([_named(m.decode_images([ref]), [img_where])])
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": m.name}
+
+        def usage(a) -> dict:
+            return {"prompt_tokens": prompt_tokens, "completion_tokens": a.completion_tokens,
+                    "total_tokens": prompt_tokens + a.completion_tokens}
+
+        if req.stream:
+            queue: asyncio.Queue = asyncio.Queue()
+            sink = TextSink(0, queue, asyncio.get_running_loop())
+            task = asyncio.ensure_future(m.answer_images(images, [question], mnt, state, [sink]))
+            include = bool((req.stream_options or {}).get("include_usage"))
+
+            def done(a):
+                srv.metrics.items.labels(m.name, "answer").inc()
+                return usage(a) if include else None
+
+            events = chat_events(task, queue, sink, head, lambda exc: as_api_error(exc, cfg.timeout_s).body(), done)
+            return StreamingResponse(events, media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        (answers,) = await _gather([_named(m.answer_images(images, [question], mnt, state), [q_where], "invalid_value")])
+        a = answers[0]
+        srv.metrics.items.labels(m.name, "answer").inc()
+        return JSONResponse({**head, "object": "chat.completion",
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": a.text},
+                                          "logprobs": None, "finish_reason": a.finish_reason}],
+                             "usage": usage(a)})
 
     @app.get("/v1/models", response_model=RESPONSE_MODELS.models)
     async def list_models():

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from ...errors import InputError
 
 
-ROUTES = ("/v1/embeddings", "/v1/classify", "/v1/caption", "/v1/models", "/health", "/metrics", "/", "/docs", "/openapi.json")
-INFERENCE_ROUTES = frozenset({"/v1/embeddings", "/v1/classify", "/v1/caption"})
+ROUTES = ("/v1/embeddings", "/v1/classify", "/v1/caption", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/", "/docs", "/openapi.json")
+INFERENCE_ROUTES = frozenset({"/v1/embeddings", "/v1/classify", "/v1/caption", "/v1/chat/completions"})
 # answered without the API key: liveness probes, and the static pages (their API calls carry the key)
 OPEN_ROUTES = frozenset({"/health", "/", "/docs", "/openapi.json", "/favicon.ico"})
 OPEN_PREFIXES = ("/docs/assets/",)

@@ -10,7 +10,7 @@ import asyncio
 import base64
 import inspect
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
 import numpy as np
 
@@ -37,6 +37,8 @@ class ServedModel:
         self.has_vision = callable(getattr(pipeline, "run_vision", None)) and getattr(pipeline, "preprocess", None) is not None
         self.has_text = callable(getattr(pipeline, "run_text", None)) and callable(getattr(pipeline, "text_inputs", None))
         self.has_caption = callable(getattr(pipeline, "caption", None))
+        # visual question answering (chat completions answer the last user turn with it)
+        self.has_answer = callable(getattr(pipeline, "answer_ids", None)) and callable(getattr(pipeline, "question_ids", None))
         # streams token by token when the pipeline takes on_text (else the stream is one piece)
         self.can_stream = self.has_caption and _takes(pipeline.caption, "on_text")
         # the most new tokens a request may ask for: the server's cap, within the position table
@@ -47,7 +49,8 @@ class ServedModel:
         self.can_classify = self.has_vision and self.has_text and callable(getattr(pipeline, "scores", None))
         self.batchers: dict[str, Batcher] = {}
         for comp, fn, ok in (("vision", self._run_vision, self.has_vision), ("text", self._run_text, self.has_text),
-                             ("caption", self._run_caption, self.has_caption)):
+                             ("caption", self._run_caption, self.has_caption),
+                             ("answer", self._run_answer, self.has_answer)):
             if ok:
                 self.batchers[comp] = Batcher(
                     f"{name}/{comp}", fn, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
@@ -66,12 +69,14 @@ class ServedModel:
             caps.append("classify")
         if self.has_caption:
             caps.append("caption")
+        if self.has_answer:
+            caps += ["vqa", "chat"]
         return caps
 
     def card(self) -> dict:
         return {"id": self.name, "object": "model", "created": 0, "owned_by": "mmdeploy",
                 "family": self.family, "variant": self.variant, "capabilities": self.capabilities,
-                **({"max_new_tokens": self.max_new_tokens} if self.has_caption else {})}
+                **({"max_new_tokens": self.max_new_tokens} if self.has_caption or self.has_answer else {})}
 
     # -- worker-thread functions (one outcome per item; an exception instance fails that item) --
 
@@ -165,6 +170,37 @@ class ServedModel:
                     out[i] = c if isinstance(c, BaseException) else _caption_text(c)
         return out
 
+    def _run_answer(self, items: list[tuple[Any, str, int | None, Any]]) -> list:
+        """(image, question, max new tokens, sink) -> Answer per item; groups share max new tokens."""
+        out: list[Any] = [None] * len(items)
+        groups: dict[int | None, list[int]] = {}
+        for i, (_, _, mnt, _) in enumerate(items):
+            groups.setdefault(mnt, []).append(i)
+        gen = self.pipe.generation
+        eos = set(int(t) for t in np.atleast_1d(gen.eos_token_id))
+        start = len(gen.start_ids)
+        for mnt, idx in groups.items():
+            for k in range(0, len(idx), self.cfg.max_batch):
+                chunk = idx[k : k + self.cfg.max_batch]
+                sinks = [items[i][3] for i in chunk]
+                kw = {}
+                if any(s is not None for s in sinks):
+                    kw["on_text"] = lambda j, text, sinks=sinks: sinks[j](text) if sinks[j] is not None else None
+                try:
+                    seqs = self.pipe.answer_ids([items[i][0] for i in chunk], [items[i][1] for i in chunk],
+                                                max_new_tokens=mnt, batch_size=len(chunk), **kw)
+                except Exception as exc:  # noqa: BLE001 - fails this group only
+                    seqs = [exc] * len(chunk)
+                for i, seq in zip(chunk, seqs):
+                    if isinstance(seq, BaseException):
+                        out[i] = seq
+                        continue
+                    new = [int(t) for t in seq[start:]]
+                    stop = next((n for n, t in enumerate(new) if t in eos), None)
+                    out[i] = Answer(self.pipe.decode(seq), len(new) if stop is None else stop + 1,
+                                    "length" if stop is None else "stop")
+        return out
+
     # -- async API used by the routes ----------------------------------------------------------
 
     async def _decode(self, refs: list[ImageRef], preprocess: bool) -> list:
@@ -212,6 +248,13 @@ class ServedModel:
         sinks = sinks or [None] * len(images)
         return await self.batchers["caption"].submit([(im, mnt, beams, s) for im, s in zip(images, sinks)])
 
+    async def answer_images(self, images: list, questions: list[str], mnt: int | None, state: dict | None = None,
+                            sinks: list | None = None) -> list["Answer"]:
+        """Answers about decoded images; ``sinks[i](text so far)`` streams pair i."""
+        self.server.arrived(state)
+        sinks = sinks or [None] * len(images)
+        return await self.batchers["answer"].submit([(im, q, mnt, s) for im, q, s in zip(images, questions, sinks)])
+
     async def warmup(self) -> None:
         import io
 
@@ -227,6 +270,12 @@ class ServedModel:
 
     async def close(self, drain: bool = True) -> None:
         await asyncio.gather(*(b.close(drain=drain) for b in self.batchers.values()))
+
+
+class Answer(NamedTuple):
+    text: str
+    completion_tokens: int  # generated, eos included
+    finish_reason: str  # "stop" (eos) or "length"
 
 
 def _takes(fn: Any, name: str) -> bool:

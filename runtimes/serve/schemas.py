@@ -136,7 +136,93 @@ def request_models(cfg: ServeConfig) -> SimpleNamespace:
         num_beams: Optional[Annotated[StrictInt, Field(ge=1, le=cfg.max_beams)]] = None
         stream: StrictBool = Field(False, description="Server-sent events: one 'delta' per new piece of text, then [DONE].")
 
-    return SimpleNamespace(embeddings=EmbeddingsRequest, classify=ClassifyRequest, caption=CaptionRequest)
+    class TextPart(BaseModel):
+        model_config = ConfigDict(strict=True, extra="allow")
+        type: Literal["text"]
+        text: Text
+
+    class ImageUrl(BaseModel):
+        model_config = ConfigDict(strict=True, extra="allow")
+        url: Image
+        detail: Optional[StrictStr] = None
+
+    class ImagePart(BaseModel):
+        model_config = ConfigDict(strict=True, extra="allow")
+        type: Literal["image_url"]
+        image_url: Union[ImageUrl, Image] = Field(description="{'url': 'data:image/png;base64,...'} (or the URL alone).")
+
+        @property
+        def ref(self):
+            return self.image_url.url if isinstance(self.image_url, ImageUrl) else self.image_url
+
+    Part = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+
+    class Message(BaseModel):
+        model_config = ConfigDict(strict=True, extra="allow")
+        role: Literal["system", "developer", "user", "assistant"]
+        content: Union[Text, Annotated[list[Part], Field(max_length=cfg.max_items)], None] = None
+
+        def parts(self) -> list:
+            if self.content is None:
+                return []
+            return [TextPart(type="text", text=self.content)] if isinstance(self.content, str) else list(self.content)
+
+        def text(self) -> str:
+            return " ".join(p.text for p in self.parts() if isinstance(p, TextPart)).strip()
+
+    NewTokens = Optional[Annotated[StrictInt, Field(ge=1, le=cfg.max_new_tokens)]]
+
+    class ChatRequest(_Request):
+        """OpenAI chat completions about images. A VQA model answers the last user turn's text about
+        the conversation's latest image (earlier turns only supply that image); it decodes greedily,
+        so temperature, top_p and seed do not change its answer."""
+
+        messages: Annotated[list[Message], Field(min_length=1, max_length=cfg.max_items)]
+        max_tokens: NewTokens = Field(None, description="Upper bound of new tokens (older name of max_completion_tokens).")
+        max_completion_tokens: NewTokens = None
+        temperature: Optional[Annotated[float, Field(ge=0, le=2)]] = None
+        top_p: Optional[Annotated[float, Field(gt=0, le=1)]] = None
+        seed: Optional[StrictInt] = None
+        n: Optional[Literal[1]] = Field(None, description="One choice per request.")
+        stream: StrictBool = Field(False, description="Server-sent events in OpenAI's chat.completion.chunk format.")
+        stream_options: Optional[dict[str, Any]] = None
+
+        @model_validator(mode="after")
+        def _size(self):
+            chars = sum(len(p.text) for m in self.messages for p in m.parts() if isinstance(p, TextPart))
+            if chars > cfg.max_text_chars:
+                raise PydanticCustomError("conversation_too_long", "the conversation has {n} characters of text (limit {limit})",
+                                          {"n": chars, "limit": cfg.max_text_chars, "param": "messages"})
+            return self
+
+        @property
+        def new_tokens(self) -> Optional[int]:
+            return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+        def turn(self) -> tuple[str, str, Any, str]:
+            """(question, where it is, image ref, where it is): the last user turn's text and the
+            latest image up to it. ApiError (400) when either is missing."""
+            users = [i for i, m in enumerate(self.messages) if m.role == "user"]
+            if not users:
+                raise ApiError(400, "messages: no user turn to answer", code="invalid_value", param="messages")
+            last = users[-1]
+            question = self.messages[last].text()
+            if not question:
+                raise ApiError(400, f"messages[{last}].content: the last user turn has no text (the question)",
+                               code="invalid_value", param=f"messages[{last}].content")
+            for i in reversed(users):
+                imgs = [(j, p) for j, p in enumerate(self.messages[i].parts()) if isinstance(p, ImagePart)]
+                if len(imgs) > 1:
+                    raise ApiError(400, f"messages[{i}].content: {len(imgs)} images in one turn; this model answers about one",
+                                   code="too_many_items", param=f"messages[{i}].content")
+                if imgs:
+                    j, part = imgs[0]
+                    return question, f"messages[{last}].content", part.ref, f"messages[{i}].content[{j}].image_url"
+            raise ApiError(400, "messages: no image in the conversation: send an image_url part with a data URL",
+                           code="missing_image", param="messages")
+
+    return SimpleNamespace(embeddings=EmbeddingsRequest, classify=ClassifyRequest, caption=CaptionRequest,
+                           chat=ChatRequest)
 
 
 # -- responses (documentation; routes render with orjson) ---------------------------------------
@@ -201,6 +287,33 @@ class CaptionResponse(BaseModel):
     data: list[Caption]
 
 
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessageOut
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: ChatUsage
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -218,14 +331,15 @@ class ModelList(BaseModel):
 
 
 RESPONSE_MODELS = SimpleNamespace(embeddings=EmbeddingsResponse, classify=ClassifyResponse, caption=CaptionResponse,
-                                  model=ModelCard, models=ModelList, error=ErrorResponse)
+                                  chat=ChatCompletion, model=ModelCard, models=ModelList, error=ErrorResponse)
 
 
 # -- pydantic's error -> the API's ------------------------------------------------------------
 
 _CODES = {"missing": "missing_field", "too_short": "empty_input", "literal_error": "invalid_value",
           "less_than_equal": "invalid_value", "greater_than_equal": "invalid_value", "less_than": "invalid_value",
-          "greater_than": "invalid_value", "model_type": "invalid_json"}
+          "greater_than": "invalid_value", "model_type": "invalid_json", "union_tag_invalid": "invalid_value",
+          "union_tag_not_found": "missing_field"}
 
 
 def _is_union_tag(part: Any) -> bool:
@@ -235,8 +349,11 @@ def _is_union_tag(part: Any) -> bool:
 
 def _param(loc: tuple) -> str:
     out = ""
-    for part in loc:
+    for k, part in enumerate(loc):
         if _is_union_tag(part):
+            continue
+        # a union member's class name (ImageUrl), or a discriminator tag before its same-named field
+        if isinstance(part, str) and (part[:1].isupper() or (k + 1 < len(loc) and loc[k + 1] == part)):
             continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out

@@ -18,7 +18,7 @@ import asyncio
 import json
 from typing import Any, AsyncIterator, Callable
 
-__all__ = ["TextSink", "stream_delta", "caption_events"]
+__all__ = ["TextSink", "stream_delta", "caption_events", "chat_events"]
 
 
 class TextSink:
@@ -87,5 +87,46 @@ async def caption_events(task: asyncio.Future, queue: asyncio.Queue, sinks: list
     finally:  # finished, or the client went away (the stream is cancelled): free the batch slot
         for s in sinks:
             s.gone = True
+        if not task.done():
+            task.cancel()
+
+
+async def chat_events(task: asyncio.Future, queue: asyncio.Queue, sink: TextSink, head: dict[str, Any],
+                      error_body: Callable[[BaseException], dict], on_done: Callable[[Any], dict | None]
+                      ) -> AsyncIterator[bytes]:
+    """OpenAI chat.completion.chunk events of one answer: the role, content deltas, the finish
+    reason, then (``on_done`` returning usage) a usage chunk, then [DONE]. ``task`` resolves to [Answer]."""
+    def chunk(delta: dict, finish: str | None = None, **extra) -> bytes:
+        return sse({**head, "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra})
+
+    sent = ""
+    task.add_done_callback(lambda _: queue.put_nowait(None))
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while True:
+            got = await queue.get()
+            if got is None:
+                break
+            delta = stream_delta(sent, got[1])
+            if delta:
+                sent += delta
+                yield chunk({"content": delta})
+        try:
+            (answer,) = task.result()
+        except Exception as exc:  # noqa: BLE001 - the stream has started: the error is an event
+            yield sse(error_body(exc))
+            yield sse(b"[DONE]")
+            return
+        rest = stream_delta(sent, answer.text, final=True)
+        if rest:
+            yield chunk({"content": rest})
+        yield chunk({}, answer.finish_reason)
+        usage = on_done(answer)
+        if usage is not None:
+            yield sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+        yield sse(b"[DONE]")
+    finally:  # finished, or the client went away: free the batch slot
+        sink.gone = True
         if not task.done():
             task.cancel()
