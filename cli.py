@@ -14,7 +14,7 @@ from .errors import MMDeployError
 
 app = typer.Typer(
     name="mmdeploy",
-    help="Deploy CLIP and captioning checkpoints: export to ONNX, build ONNX Runtime / OpenVINO "
+    help="Deploy CLIP, captioning and VQA checkpoints: export to ONNX, build ONNX Runtime / OpenVINO "
     "variants, benchmark them against PyTorch, run them.",
     no_args_is_help=True,
     add_completion=False,
@@ -238,7 +238,7 @@ def serve(
     log_level: str = typer.Option("info", help="debug, info, warning or error (JSON lines on stderr)."),
 ):
     """Serve bundles over HTTP: a playground page at /, API docs at /docs, OpenAI-compatible /v1/embeddings,
-    /v1/classify, /v1/caption (stream: true for server-sent events), /health, /metrics."""
+    /v1/classify, /v1/caption (stream: true for server-sent events), /v1/chat/completions (VQA bundles), /health, /metrics."""
     from .errors import InputError
     from .runtimes.serve import ServeConfig, run_server
 

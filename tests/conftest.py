@@ -37,6 +37,19 @@ def shapes_bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def vqa_shapes_bundle(tmp_path_factory) -> Path:
+    """The trained vqa-shapes fixture exported to ONNX Runtime and OpenVINO fp32."""
+    from mmdeploy.exporter.export import export
+    from mmdeploy.exporter.registry import package_path
+
+    if not package_path("fixtures/vqa-shapes/model.safetensors").is_file():
+        pytest.skip("vqa-shapes fixture is not shipped in this checkout")
+    out = tmp_path_factory.mktemp("bundles") / "vqa-shapes"
+    export("vqa-shapes", out, backends=["onnxruntime", "openvino"], precisions=["fp32"], threads=2)
+    return out
+
+
+@pytest.fixture(scope="session")
 def clip_reference():
     """The PyTorch model the bundle came from, loaded by the plain HF class."""
     from transformers import CLIPModel

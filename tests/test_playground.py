@@ -1,7 +1,8 @@
 """The playground page and /docs in a real browser: headless Debian Chromium driven by selenium.
 
 A person's path: open /, pick a shapes image, type labels, press Run; the streamed caption
-and the zero-shot ranking shown must be the pipelines' own answers, with no console errors.
+and the zero-shot ranking shown must be the pipelines' own answers, with no console errors;
+then ask questions about the image (the conversation) and see the VQA pipeline's answers.
 /docs must render Swagger UI from the server's own files (no CDN: these machines are offline).
 Screenshots land in $MMDEPLOY_TEST_ARTIFACTS (default .test-artifacts/).
 """
@@ -54,8 +55,9 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def site(clip_bundle, shapes_bundle):
-    app = create_app({"clip": clip_bundle, "cap": shapes_bundle}, backend="onnxruntime", precision="fp32", threads=1)
+def site(clip_bundle, shapes_bundle, vqa_shapes_bundle):
+    app = create_app({"clip": clip_bundle, "cap": shapes_bundle, "vqa": vqa_shapes_bundle}, backend="onnxruntime",
+                     precision="fp32", threads=1)
     with running(app) as (url, _):
         yield url
 
@@ -99,6 +101,39 @@ def test_playground_shows_the_pipelines_caption_and_ranking(browser, site, clip_
     assert _console_errors(browser) == []
 
 
+def test_playground_holds_a_conversation_about_the_image(browser, site, vqa_shapes_bundle, tmp_path):
+    """Two questions about one image: each streamed answer is the VQA pipeline's own."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    sample = shapes.generate("test", 5)[4]
+    path = tmp_path / "ask.png"
+    sample.image.save(path)
+    pipe = load(vqa_shapes_bundle, backend="onnxruntime", precision="fp32")
+    questions = ["what color is the shape?", "which shape is in the picture?"]
+    want = pipe.answer(sample.image, questions)
+
+    by_id = lambda tid: browser.find_element(By.CSS_SELECTOR, f'[data-testid="{tid}"]')  # noqa: E731
+    browser.get(site + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: "vqa" in by_id("models-line").text)
+    by_id("file-input").send_keys(str(path))
+    for k, q in enumerate(questions):
+        wait.until(lambda d: by_id("chat-send").is_enabled())
+        by_id("chat-input").send_keys(q)
+        by_id("chat-send").click()
+        wait.until(lambda d: "finish:" in by_id("chat-meta").text and len(
+            d.find_elements(By.CSS_SELECTOR, '[data-testid="chat-answer"]')) == k + 1)
+    answers = [e.text for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="chat-answer"]')]
+    assert answers == want
+    assert want == [sample.color, sample.shape]  # the trained fixture knows this one
+    assert "vqa · vqa · onnxruntime/fp32" in by_id("chat-meta").text
+    assert by_id("error-output").text == ""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "playground-chat.png"))
+    assert _console_errors(browser) == []
+
+
 def test_playground_shows_server_errors_as_messages(browser, site, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -125,7 +160,7 @@ def test_docs_render_offline(browser, site):
     browser.get(site + "/docs")
     WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
     paths = {e.text.replace("\u200b", "") for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
-    assert {"/v1/embeddings", "/v1/classify", "/v1/caption", "/v1/models"} <= paths
+    assert {"/v1/embeddings", "/v1/classify", "/v1/caption", "/v1/chat/completions", "/v1/models"} <= paths
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "docs.png"))
     assert _console_errors(browser) == []

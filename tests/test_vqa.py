@@ -320,3 +320,58 @@ def test_bad_chat_messages_are_4xx(chat_server):
     r = httpx.post(chat_server + "/v1/caption", json={"image": good["content"][1]["image_url"]["url"]}, timeout=30)
     assert_error(r, 400)
     assert httpx.get(chat_server + "/health", timeout=10).status_code == 200
+
+
+# -- vqa-shapes: the trained fixture ----------------------------------------------------------------
+
+FIXTURE_IMAGES = 100  # x 6 questions each
+
+
+@pytest.fixture(scope="module")
+def fixture_questions():
+    from mmdeploy.common.datasets import shapes_questions
+
+    return shapes_questions(shapes.generate("test", FIXTURE_IMAGES))
+
+
+def _exact(pipe, qa) -> float:
+    got = pipe.answer([im for im, _, _ in qa], [q for _, q, _ in qa], batch_size=64)
+    return float(np.mean([g == a for g, (_, _, a) in zip(got, qa)]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vqa_shapes_answers_exactly(vqa_shapes_bundle, fixture_questions, backend):
+    """>= 90% exact answers (fp32), the same answers on both backends as PyTorch's generate."""
+    from mmdeploy.exporter.checkpoint import load_folder
+    from mmdeploy.exporter.registry import package_path
+
+    pipe = load(vqa_shapes_bundle, backend=backend, precision="fp32", threads=2)
+    qa = fixture_questions
+    assert _exact(pipe, qa) >= 0.9
+    model = load_folder(package_path("fixtures/vqa-shapes")).model
+    sub = qa[::10]
+    ref = _torch_answers(model, pipe, [im for im, _, _ in sub], [q for _, q, _ in sub])
+    assert [pipe.decode(r) for r in ref] == pipe.answer([im for im, _, _ in sub], [q for _, q, _ in sub])
+
+
+@pytest.fixture(scope="module")
+def vqa_quantized(vqa_shapes_bundle, tmp_path_factory):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from mmdeploy.cli import app
+
+    path = tmp_path_factory.mktemp("vqa-q") / "b"
+    shutil.copytree(vqa_shapes_bundle, path)
+    for backend, precision in (("onnxruntime", "int8"), ("onnxruntime", "int4"), ("openvino", "int8")):
+        r = CliRunner().invoke(app, ["quantize", str(path), "--precision", precision, "--backend", backend, "--threads", "2"])
+        assert r.exit_code == 0, r.output
+    return path
+
+
+@pytest.mark.parametrize("backend,precision", [("onnxruntime", "int8"), ("onnxruntime", "int4"), ("openvino", "int8")])
+def test_vqa_shapes_quantized_within_two_points(vqa_quantized, fixture_questions, backend, precision):
+    base = _exact(load(vqa_quantized, backend=backend, precision="fp32", threads=2), fixture_questions)
+    got = _exact(load(vqa_quantized, backend=backend, precision=precision, threads=2), fixture_questions)
+    assert got >= base - 0.02, (backend, precision, got, base)
