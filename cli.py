@@ -462,6 +462,64 @@ def vqa(
 
 @app.command()
 @user_errors
+def chat(
+    bundle: Path = typer.Argument(..., help="VLM bundle directory (e.g. from `mmdeploy export smolvlm-256m`)."),
+    image: List[Path] = typer.Option([], "--image", "-i", help="Image for the first turn (repeatable)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="One turn and exit (default: interactive)."),
+    max_new_tokens: Optional[int] = typer.Option(None, min=1, help="New tokens per answer (default 128)."),
+    temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy; > 0 samples."),
+    top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Nucleus sampling mass (with --temperature > 0)."),
+    seed: Optional[int] = typer.Option(None, help="Seed for sampling (same seed, same answer)."),
+    system: Optional[str] = typer.Option(None, help="A system message."),
+    backend: Optional[str] = typer.Option(None, help="Backend (default: the bundle's default variant)."),
+    precision: Optional[str] = typer.Option(None, help="Precision (default: the bundle's default variant)."),
+    threads: Optional[int] = typer.Option(None),
+):
+    """Chat about images with a VLM bundle: multi-turn, the KV cache kept between turns (a turn prefills
+    only its new tokens), tokens printed as they come. Interactive: `/image PATH` attaches an image to
+    the next turn, `/reset` starts over, Ctrl-D quits."""
+    from .errors import InputError
+    from .runtimes import load
+
+    pipe = load(bundle, backend=backend, precision=precision, threads=threads)
+    _needs(pipe, "chat", "chat", "a vlm bundle (SmolVLM / Idefics3)")
+    conv = pipe.chat(system=system)
+    kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stream=True)
+
+    def turn(text: str, imgs: list[str]) -> None:
+        for piece in conv.send(text, images=imgs, **kw):
+            print(piece, end="", flush=True)
+        print()
+
+    pending = [str(p) for p in image]
+    if prompt is not None:
+        turn(prompt, pending)
+        return
+    _err_console().print("[dim]type a message; /image PATH attaches an image, /reset starts over, Ctrl-D quits[/dim]")
+    while True:
+        try:
+            line = input("> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if not line:
+            continue
+        if line.startswith("/image "):
+            pending.append(line[7:].strip())
+            continue
+        if line == "/reset":
+            conv.reset()
+            pending = []
+            continue
+        try:
+            turn(line, pending)
+            pending = []
+        except InputError as exc:  # a bad turn is reported; the conversation goes on
+            _err_console().print(f"error: {exc}", highlight=False)
+
+
+@app.command()
+@user_errors
 def build(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
     backend: str = typer.Option(..., help="tensorrt (plans for this GPU, from the bundle's ONNX and build settings) or openvino."),

@@ -27,6 +27,7 @@ FAMILY_TESTS = {
     "text-embedding": ["test_text_embedding.py"],
     "caption": ["test_caption.py"],
     "vqa": ["test_vqa.py"],
+    "vlm": ["test_vlm.py"],
 }
 
 

@@ -1,0 +1,325 @@
+"""Multi-turn visual chat with a decoder-only VLM (SmolVLM / Idefics3) on any backend. No torch.
+
+Three graphs (see exporter/families/vlm.py): ``vision`` (image -> the embeddings of its
+``<image>`` placeholders), ``embed`` (token ids -> embeddings) and one ``decoder`` graph for the
+prefill and every step, with the KV cache as inputs and outputs. The prompt is the checkpoint's
+own chat template rendered with jinja2 (as transformers renders it), each ``<image>`` expanded
+the way the processor expands it for an unsplit image.
+
+A :class:`Conversation` keeps its token ids and KV cache between turns: a new turn renders the
+whole history, keeps the cache for the longest prefix it shares with what was already run, and
+prefills only the rest (the new user turn, and at most a few tokens where the template renders
+the last answer differently from how it was generated). ``max_tokens`` bounds a conversation;
+a turn that would pass it is refused with a clear error (start a new conversation).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+
+from ...errors import BundleError, InputError
+from ..bundle import Bundle
+from ..images import load_image
+from . import register
+
+MAX_TURN_CHARS = 65_536
+
+
+# -- preprocessing and prompt (shared with the exporter: one implementation) -------------------
+
+
+def vlm_pixels(images: Sequence[Any], cfg: dict[str, Any]) -> np.ndarray:
+    """SmolVLM's image processor without splitting: the longest edge to ``longest_edge`` (even
+    sides, aspect kept), then one square ``tile`` (both LANCZOS on uint8), rescale, normalize."""
+    tile = int(cfg["tile"])
+    mean = np.asarray(cfg["image_mean"], np.float32)
+    std = np.asarray(cfg["image_std"], np.float32)
+    out = []
+    for im in images:
+        im = load_image(im)
+        w, h = im.size
+        long = int(cfg["longest_edge"])
+        if w >= h:
+            nw, nh = long, int(long / (w / h))
+            nh += nh % 2
+        else:
+            nh, nw = long, int(long * (w / h))
+            nw += nw % 2
+        cap = 4096
+        if max(nw, nh) > cap:  # the processor's absolute bound
+            nw, nh = (cap, int(cap / (nw / nh))) if nw >= nh else (int(cap * (nw / nh)), cap)
+        im = im.resize((max(nw, 1), max(nh, 1)), resample=int(cfg["resample"]))
+        im = im.resize((tile, tile), resample=int(cfg["resample"]))
+        x = np.asarray(im, np.float32) * np.float32(cfg["rescale_factor"])
+        out.append(((x - mean) / std).transpose(2, 0, 1))
+    if not out:
+        raise InputError("no images given")
+    return np.ascontiguousarray(np.stack(out), dtype=np.float32)
+
+
+def render_chat(template: str, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """The checkpoint's chat template, rendered as transformers renders it (sandboxed jinja2)."""
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise InputError(f"chat template: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    try:
+        return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt)
+    except TemplateError as exc:
+        raise BundleError(f"the chat template failed: {exc}") from None
+
+
+def expand_images(text: str, seq_len: int, n_images: int) -> str:
+    """Each ``<image>`` of the rendered prompt -> the processor's block for one unsplit image."""
+    if text.count("<image>") != n_images:
+        raise InputError(f"the prompt has {text.count('<image>')} image placeholders for {n_images} images")
+    block = "<fake_token_around_image><global-img>" + "<image>" * seq_len + "<fake_token_around_image>"
+    return text.replace("<image>", block)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def pick_token(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator | None) -> int:
+    """Greedy (temperature 0) or sampled from the top-p nucleus of softmax(logits / temperature)."""
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    p = _softmax(logits.astype(np.float64) / temperature)
+    if top_p < 1.0:
+        order = np.argsort(-p)
+        keep = order[: int(np.searchsorted(np.cumsum(p[order]), top_p) + 1)]
+        q = np.zeros_like(p)
+        q[keep] = p[keep]
+        p = q / q.sum()
+    return int((rng or np.random.default_rng()).choice(len(p), p=p))
+
+
+class Conversation:
+    """One conversation's messages, images, token ids and KV cache (see the module docstring)."""
+
+    def __init__(self, pipe: "VlmPipeline", max_tokens: int | None = None, system: str | None = None):
+        self.pipe = pipe
+        limit = int(pipe.generation["max_positions"])
+        self.max_tokens = min(int(max_tokens), limit) if max_tokens else limit
+        self.messages: list[dict] = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+        self.images: list[Any] = []
+        self._features: list[np.ndarray] = []  # per image, computed once
+        self.ids: list[int] = []  # the tokens the cache holds
+        self.kv: dict[str, np.ndarray] | None = None
+        self.last_prefill = 0  # tokens the last turn prefilled (the rest came from the cache)
+
+    def reset(self) -> None:
+        system = [m for m in self.messages if m["role"] == "system"]
+        self.__init__(self.pipe, self.max_tokens, None)
+        self.messages = system
+
+    def _cut(self, k: int) -> None:
+        """Keep the first k cached tokens."""
+        self.ids = self.ids[:k]
+        if self.kv is not None:
+            self.kv = {n: np.ascontiguousarray(v[:, :, :k]) for n, v in self.kv.items()}
+
+    def send(self, text: str, images: Sequence[Any] = (), max_new_tokens: int | None = None, stream: bool = False,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None):
+        """A user turn -> the answer (str), or with ``stream`` a generator of text pieces that join to it.
+        Images are attached before the text, in order."""
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("a message must be non-empty text")
+        if len(text) > MAX_TURN_CHARS:
+            raise InputError(f"a message is at most {MAX_TURN_CHARS} characters, got {len(text)}")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise InputError(f"temperature must be >= 0 and top_p in (0, 1], got {temperature} / {top_p}")
+        pieces = self._turn(text, list(images), max_new_tokens, temperature, top_p, seed)
+        if stream:
+            return pieces
+        return "".join(pieces)
+
+    def _turn(self, text, images, max_new_tokens, temperature, top_p, seed) -> Iterator[str]:
+        pipe = self.pipe
+        decoded = [load_image(im) for im in images]  # bad images fail before any state changes
+        msg = {"role": "user", "content": [{"type": "image"} for _ in decoded] + [{"type": "text", "text": text}]}
+        messages, all_images = self.messages + [msg], self.images + decoded
+        ids = pipe.prompt_ids(messages, len(all_images))
+        n_new = pipe.new_tokens(max_new_tokens)
+        if len(ids) + n_new > self.max_tokens:
+            raise InputError(f"this turn needs {len(ids)} + {n_new} tokens; the conversation holds {self.max_tokens}: "
+                             "start a new conversation (or ask for fewer new tokens)")
+        features = self._features + ([pipe.image_features(decoded)] if decoded else [])
+        k = 0
+        for a, b in zip(self.ids, ids):
+            if a != b:
+                break
+            k += 1
+        k = min(k, len(ids) - 1)  # at least one token to prefill
+        self._cut(k)
+        self.messages, self.images, self._features = messages, all_images, features
+        return self._generate(ids, k, n_new, temperature, top_p, seed)
+
+    def _generate(self, ids, k, n_new, temperature, top_p, seed) -> Iterator[str]:
+        pipe = self.pipe
+        rng = np.random.default_rng(seed) if temperature > 0 else None
+        emb = pipe.embed(ids[k:])
+        img_pos = [p for p, t in enumerate(ids) if t == pipe.image_token_id]
+        if img_pos:
+            feats = np.concatenate([f.reshape(-1, f.shape[-1]) for f in self._features])
+            if len(feats) != len(img_pos):
+                raise BundleError(f"{len(img_pos)} image tokens for {len(feats)} image embeddings")
+            rows = [r for r, p in enumerate(img_pos) if p >= k]
+            if rows:
+                emb[0, [img_pos[r] - k for r in rows]] = feats[rows]
+        self.last_prefill = len(ids) - k
+        logits, self.kv = pipe.step(emb, np.arange(k, len(ids), dtype=np.int64)[None], self.kv)
+        self.ids = list(ids)
+        eos = set(pipe.generation["eos_token_id"])
+        gen: list[int] = []
+        sent = ""
+        for _ in range(n_new):
+            tok = pick_token(logits[0], temperature, top_p, rng)
+            gen.append(tok)
+            if tok in eos:
+                self.ids.append(tok)  # the cache will hold it after the next step: feed it now
+                break
+            text = pipe.decode(gen)
+            if text.startswith(sent) and not text.endswith("\ufffd") and len(text) > len(sent):
+                yield text[len(sent):]
+                sent = text
+            logits, self.kv = pipe.step(pipe.embed([tok]), np.asarray([[len(self.ids)]], np.int64), self.kv)
+            self.ids.append(tok)
+        if gen and gen[-1] in eos:  # run the eos token too, so the cache matches self.ids
+            _, self.kv = pipe.step(pipe.embed([gen[-1]]), np.asarray([[len(self.ids) - 1]], np.int64), self.kv)
+        self.generated = gen
+        answer = pipe.decode(gen)
+        self.finish_reason = "stop" if gen and gen[-1] in eos else "length"
+        self.messages = self.messages + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+        if answer.startswith(sent) and len(answer) > len(sent):
+            yield answer[len(sent):]
+
+
+@register
+class VlmPipeline:
+    """``vision`` + ``embed`` + ``decoder`` graphs of one VLM bundle on one (backend, precision)."""
+
+    family = "vlm"
+    task = "chat"
+    generative = True
+    components = ("vision", "embed", "decoder")
+    quantization = {
+        ("onnxruntime", "int8"): "int8-dynamic-matmul",
+        ("onnxruntime", "int4"): "int4-weight-only",
+        ("openvino", "int8"): "int8-weight-only",
+        ("onnxruntime", "fp16"): "fp16-onnxruntime",
+        ("openvino", "fp16"): "fp16-openvino",
+        ("openvino", "bf16"): "bf16-openvino",
+    }
+    gate_metrics: dict[str, str] = {}
+
+    @classmethod
+    def fidelity_feeds(cls, bundle: Bundle, components: list[str], threads: int | None = None):
+        """fp32 graphs on held-out photos: vision pixels, a prompt's ids, the decoder's prefill and a later step."""
+        from ...common.datasets.photos import photo_batch
+
+        pipe = cls(bundle, "onnxruntime", "fp32", threads=threads)
+        images = photo_batch(3)
+        chat = pipe.chat()
+        list(chat.send("Describe the image.", images=images[:1], max_new_tokens=6, stream=True))
+        ids = pipe.prompt_ids(chat.messages[:1], 1)
+        out = {}
+        what = "fp32 ONNX on held-out real photos and a chat turn"
+        for comp in components:
+            if comp == "vision":
+                out[comp] = [{"pixel_values": pipe.pixel_values(images)}], what
+            elif comp == "embed":
+                out[comp] = [{"input_ids": np.asarray([ids], np.int64)}], what
+            else:
+                out[comp] = [pipe.last_step_feeds(chat)], what + " (decoder: a step at the end of the first answer)"
+        return out
+
+    @classmethod
+    def calibration_feeds(cls, *args, **kwargs):
+        raise InputError("vlm variants are data-free: no calibration")
+
+    def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None):
+        from tokenizers import Tokenizer
+
+        from ..select import open_sessions
+
+        self.bundle, self.backend, self.precision = bundle, backend, precision
+        m = bundle.manifest
+        for key in ("preprocess", "tokenizer", "chat", "generation"):
+            if key not in m:
+                raise BundleError(f"{bundle.root}: manifest has no {key!r}: not a vlm bundle of this mmdeploy")
+        self.info, self.generation, self.pre = m["chat"], m["generation"], m["preprocess"]["config"]
+        bundle.verify([m["tokenizer"]["file"], self.info["template_file"]])
+        try:
+            self.tokenizer = Tokenizer.from_file(str(bundle.path(m["tokenizer"]["file"])))
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception
+            raise BundleError(f"cannot read tokenizer file {bundle.path(m['tokenizer']['file'])}: {' '.join(str(exc).split())}") from None
+        self.template = bundle.path(self.info["template_file"]).read_text()
+        self.image_token_id = int(self.info["image_token_id"])
+        self.n_layers, self.kv_heads, self.head_dim = int(self.info["num_layers"]), int(self.info["num_kv_heads"]), int(self.info["head_dim"])
+        self.past_names = [f"past.{i}.{x}" for i in range(self.n_layers) for x in ("key", "value")]
+        self.present_names = [n.replace("past", "present") for n in self.past_names]
+        arts = {}
+        for comp in self.components:
+            found = bundle.find(comp, backend, precision)
+            if not found:
+                raise BundleError(f"{bundle.root} has no {comp} for {backend}/{precision}")
+            arts[comp] = found[0]
+        options = {"vision": {"spin": False}, "embed": {"spin": False}} if backend == "onnxruntime" else None
+        self.sessions = open_sessions(bundle, arts, threads, device, options=options)
+
+    @property
+    def variant(self) -> str:
+        return f"{self.backend}/{self.precision}"
+
+    # -- pieces --------------------------------------------------------------------------
+    def pixel_values(self, images: Sequence[Any]) -> np.ndarray:
+        return vlm_pixels(images, self.pre)
+
+    def image_features(self, images: Sequence[Any]) -> np.ndarray:
+        return self.sessions["vision"].run({"pixel_values": self.pixel_values(images)})["image_features"]
+
+    def prompt_ids(self, messages: list[dict], n_images: int) -> list[int]:
+        text = render_chat(self.template, messages, add_generation_prompt=True)
+        return self.tokenizer.encode(expand_images(text, int(self.info["image_seq_len"]), n_images), add_special_tokens=False).ids
+
+    def embed(self, ids: Sequence[int]) -> np.ndarray:
+        return np.array(self.sessions["embed"].run({"input_ids": np.asarray([list(ids)], np.int64)})["inputs_embeds"])
+
+    def step(self, emb: np.ndarray, pos: np.ndarray, kv: dict | None) -> tuple[np.ndarray, dict]:
+        if kv is None:
+            kv = {n: np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32) for n in self.past_names}
+        out = self.sessions["decoder"].run({"inputs_embeds": np.ascontiguousarray(emb, np.float32), "position_ids": pos, **kv})
+        return np.asarray(out["logits"]), {p: out[q] for p, q in zip(self.past_names, self.present_names)}
+
+    def new_tokens(self, max_new_tokens: int | None) -> int:
+        n = self.generation.get("default_new_tokens", 128) if max_new_tokens is None else max_new_tokens
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        return n
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True).strip()
+
+    def last_step_feeds(self, chat: Conversation) -> dict[str, np.ndarray]:
+        """Decoder feeds of a step with the conversation's cache (fidelity checks)."""
+        tok = chat.ids[-1]
+        kv = {n: v[:, :, :-1] for n, v in chat.kv.items()}
+        return {"inputs_embeds": self.embed([tok]), "position_ids": np.asarray([[len(chat.ids) - 1]], np.int64), **kv}
+
+    # -- public API ------------------------------------------------------------------------
+    def chat(self, max_tokens: int | None = None, system: str | None = None) -> Conversation:
+        """A new conversation that keeps its KV cache between turns (at most ``max_tokens`` tokens)."""
+        return Conversation(self, max_tokens, system)
+
+    def generate(self, prompt: str, images: Sequence[Any] = (), max_new_tokens: Optional[int] = None, **kw) -> str:
+        """One turn in a fresh conversation."""
+        return self.chat().send(prompt, images=images, max_new_tokens=max_new_tokens, **kw)

@@ -1,0 +1,203 @@
+"""Visual chat: SmolVLM (Idefics3 architecture) exported as vision + embed + decoder graphs, multi-turn
+with the KV cache kept between turns.
+
+A tiny SmolVLMForConditionalGeneration (random init, a word-level tokenizer with SmolVLM's special
+tokens) checks the prompt (template + image expansion) and the pixels against transformers'
+processor, and every turn's greedy tokens against ``generate`` on the whole history.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from mmdeploy.common.datasets.photos import photo_batch  # noqa: E402
+from mmdeploy.errors import InputError  # noqa: E402
+from mmdeploy.runtimes import load  # noqa: E402
+
+from .conftest import run_without_torch  # noqa: E402
+
+BACKENDS = ["onnxruntime", "openvino"]
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<image>", "<fake_token_around_image>", "<global-img>"]
+WORDS = ("user assistant system what is in the picture image color shape a red blue green circle square describe it "
+         "the of and yes no how many are there").split()
+
+
+def _tokenizer():
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(SPECIALS)}
+    for w in WORDS + [w.capitalize() for w in WORDS] + list(":?.,!'\n"):
+        vocab.setdefault(w, len(vocab))
+    vocab["[UNK]"] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
+    return tok
+
+
+def tiny_smolvlm(out: Path):
+    """A tiny SmolVLM checkpoint folder saved with its processor; returns (model, processor)."""
+    from transformers import (Idefics3ImageProcessor, Idefics3Processor, PreTrainedTokenizerFast, SmolVLMConfig,
+                              SmolVLMForConditionalGeneration)
+    from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
+
+    out.mkdir(parents=True)
+    tok = _tokenizer()
+    cfg = SmolVLMConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        text_config=dict(model_type="llama", vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, initializer_range=0.2),
+        scale_factor=2, image_token_id=tok.token_to_id("<image>"), pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    model = SmolVLMForConditionalGeneration(cfg).eval()
+    model.save_pretrained(out)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<end_of_utterance>", pad_token="<|endoftext|>",
+                                   bos_token="<|im_start|>")
+    # the SmolVLM processor needs num2words and a video processor; Idefics3's expands images the same way
+    ip = Idefics3ImageProcessor(size={"longest_edge": 64}, max_image_size={"longest_edge": 32}, do_image_splitting=False)
+    proc = Idefics3Processor(image_processor=ip, tokenizer=fast, image_seq_len=4, chat_template=DEFAULT_CHAT_TEMPLATE)
+    proc.save_pretrained(out)
+    return model, proc
+
+
+@pytest.fixture(scope="session")
+def vlm_tiny(tmp_path_factory):
+    from mmdeploy.exporter.export import export
+
+    root = tmp_path_factory.mktemp("vlm")
+    model, proc = tiny_smolvlm(root / "ckpt")
+    bundle = root / "bundle"
+    export(str(root / "ckpt"), bundle, backends=BACKENDS, precisions=["fp32"], threads=2)
+    return model, proc, bundle
+
+
+def _msgs(turns: list[tuple[str, int]], answers: list[str]) -> list[dict]:
+    """[(text, images attached)] user turns with the answers between them, in transformers' format."""
+    out = []
+    for k, (text, n_img) in enumerate(turns):
+        out.append({"role": "user", "content": [{"type": "image"}] * n_img + [{"type": "text", "text": text}]})
+        if k < len(answers):
+            out.append({"role": "assistant", "content": [{"type": "text", "text": answers[k]}]})
+    return out
+
+
+def _generate(model, proc, messages, images, n: int) -> list[int]:
+    text = proc.apply_chat_template(messages, add_generation_prompt=True)
+    inp = proc(text=text, images=[images] if images else None, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**inp, max_new_tokens=n, do_sample=False, eos_token_id=[2])
+    return out[0, inp["input_ids"].shape[1]:].tolist()
+
+
+def test_prompt_and_pixels_are_the_processors(vlm_tiny):
+    model, proc, bundle = vlm_tiny
+    pipe = load(bundle, backend="onnxruntime", precision="fp32")
+    imgs = photo_batch(2)
+    msgs = _msgs([("describe the picture", 2)], [])
+    ref = proc(text=proc.apply_chat_template(msgs, add_generation_prompt=True), images=[imgs], return_tensors="np")
+    assert pipe.prompt_ids(msgs, 2) == ref["input_ids"][0].tolist()
+    np.testing.assert_allclose(pipe.pixel_values(imgs), ref["pixel_values"][0], atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_three_turns_match_generate_on_the_whole_history(vlm_tiny, backend):
+    """Each turn's greedy tokens equal transformers' generate on the full conversation so far;
+    turns 2 and 3 prefill only their new tokens (the cache holds the rest)."""
+    model, proc, bundle = vlm_tiny
+    pipe = load(bundle, backend=backend, precision="fp32", threads=2)
+    imgs = photo_batch(2)
+    turns = [("what is in the picture ?", 1), ("what color is it ?", 0), ("and this one ?", 1)]
+    chat = pipe.chat()
+    answers: list[str] = []
+    prev_generated = 0
+    for k, (text, n_img) in enumerate(turns):
+        shown = imgs[: sum(n for _, n in turns[: k + 1])]
+        before = len(chat.ids)
+        answer = chat.send(text, images=imgs[len(chat.images):len(chat.images) + n_img], max_new_tokens=6)
+        ref = _generate(model, proc, _msgs(turns[: k + 1], answers), shown, 6)
+        assert chat.generated == ref, (k, chat.generated, ref)
+        full = len(pipe.prompt_ids(_msgs(turns[: k + 1], answers), len(shown)))
+        if k:  # the cache serves the whole earlier prompt; only the new turn (and the last answer
+            # where the template renders it differently from how it was generated) is prefilled
+            reused = full - chat.last_prefill
+            assert reused >= before - prev_generated, (reused, before, prev_generated)
+            assert chat.last_prefill <= full - before + prev_generated + 2
+        answers.append(answer)
+        prev_generated = len(chat.generated)
+
+
+def test_answers_depend_on_the_image(vlm_tiny):
+    _, _, bundle = vlm_tiny
+    pipe = load(bundle, backend="onnxruntime", precision="fp32", threads=2)
+    got = {pipe.generate("describe the picture", images=[im], max_new_tokens=6) for im in photo_batch(4)}
+    assert len(got) > 1, got
+
+
+def test_streaming_sampling_and_limits(vlm_tiny):
+    _, _, bundle = vlm_tiny
+    pipe = load(bundle, backend="onnxruntime", precision="fp32", threads=2)
+    img = photo_batch(1)[0]
+    plain = pipe.generate("describe the picture", images=[img], max_new_tokens=8)
+    pieces = list(pipe.chat().send("describe the picture", images=[img], max_new_tokens=8, stream=True))
+    assert "".join(pieces) == plain and len(pieces) >= 2
+    a = pipe.generate("describe the picture", images=[img], max_new_tokens=8, temperature=1.0, seed=3)
+    b = pipe.generate("describe the picture", images=[img], max_new_tokens=8, temperature=1.0, seed=3)
+    assert a == b  # seeded sampling repeats
+    samples = {pipe.generate("describe the picture", images=[img], max_new_tokens=8, temperature=2.0, seed=s) for s in range(6)}
+    assert len(samples) > 1
+    with pytest.raises(InputError, match="start a new conversation"):
+        pipe.chat(max_tokens=16).send("describe the picture", images=[img], max_new_tokens=8)
+    with pytest.raises(InputError, match="non-empty"):
+        pipe.chat().send("  ")
+    with pytest.raises(InputError, match="temperature"):
+        pipe.chat().send("hi", temperature=-1)
+
+
+def test_cli_chat_one_shot(vlm_tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from mmdeploy.cli import app
+
+    _, _, bundle = vlm_tiny
+    path = tmp_path / "x.png"
+    photo_batch(1)[0].save(path)
+    want = load(bundle, threads=2).generate("describe the picture", images=[str(path)], max_new_tokens=6)
+    r = CliRunner().invoke(app, ["chat", str(bundle), "--image", str(path), "--prompt", "describe the picture",
+                                 "--max-new-tokens", "6"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == want
+    r = CliRunner().invoke(app, ["chat", str(bundle), "--image", str(tmp_path / "missing.png"), "--prompt", "hi"])
+    assert r.exit_code == 2 and "missing.png" in r.output and "Traceback" not in r.output
+
+
+def test_vlm_runs_without_torch(vlm_tiny, tmp_path):
+    _, _, bundle = vlm_tiny
+    img = tmp_path / "x.png"
+    photo_batch(1)[0].save(img)
+    run_without_torch(f"""
+from mmdeploy.runtimes import load
+for backend in ('onnxruntime', 'openvino'):
+    chat = load({str(bundle)!r}, backend=backend, precision='fp32').chat()
+    a = chat.send('describe the picture', images=[{str(img)!r}], max_new_tokens=4)
+    b = chat.send('what color is it ?', max_new_tokens=4)
+    assert isinstance(a, str) and isinstance(b, str) and chat.last_prefill < len(chat.ids) / 2
+""", timeout=300)
+
+
+def test_bundle_layout(vlm_tiny):
+    from mmdeploy.runtimes.bundle import Bundle
+
+    b = Bundle.open(vlm_tiny[2])
+    assert b.family == "vlm" and set(b.components) == {"vision", "embed", "decoder"}
+    assert "chat_template.jinja" in b.manifest["files"]
+    assert b.manifest["preprocess"]["config"]["do_image_splitting"] is False
+
