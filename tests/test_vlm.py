@@ -201,3 +201,64 @@ def test_bundle_layout(vlm_tiny):
     assert "chat_template.jinja" in b.manifest["files"]
     assert b.manifest["preprocess"]["config"]["do_image_splitting"] is False
 
+
+
+# -- POST /v1/chat/completions with a VLM: the whole conversation per request ----------------------
+
+
+@pytest.fixture(scope="module")
+def vlm_server(vlm_tiny):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("openai")
+    from mmdeploy.runtimes.serve import create_app
+
+    from .test_serve import running
+
+    app = create_app({"vlm": vlm_tiny[2]}, backend="onnxruntime", precision="fp32", threads=2)
+    with running(app) as (url, _):
+        yield url
+
+
+def test_openai_client_multi_turn_chat(vlm_server, vlm_tiny):
+    from openai import OpenAI
+
+    from .test_serve import data_url, png
+
+    client = OpenAI(base_url=vlm_server + "/v1", api_key="none")
+    img = photo_batch(2)[1]
+    pipe = load(vlm_tiny[2], backend="onnxruntime", precision="fp32", threads=2)
+    chat = pipe.chat()
+    first = chat.send("describe the picture", images=[img], max_new_tokens=6)
+    n_first = len(chat.generated)
+    second = chat.send("what color is it ?", max_new_tokens=6)
+    msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(png(img))}},
+                                         {"type": "text", "text": "describe the picture"}]}]
+    r = client.chat.completions.create(model="vlm", messages=msgs, max_tokens=6)
+    assert r.choices[0].message.content == first
+    assert r.usage.completion_tokens == n_first and r.choices[0].finish_reason in ("stop", "length")
+    msgs += [{"role": "assistant", "content": first}, {"role": "user", "content": "what color is it ?"}]
+    r = client.chat.completions.create(model="vlm", messages=msgs, max_tokens=6)
+    assert r.choices[0].message.content == second
+    pieces = [c.choices[0].delta.content or "" for c in
+              client.chat.completions.create(model="vlm", messages=msgs, max_tokens=6, stream=True) if c.choices]
+    assert "".join(pieces) == second
+    a = client.chat.completions.create(model="vlm", messages=msgs, max_tokens=6, temperature=1.5, seed=7)
+    b = client.chat.completions.create(model="vlm", messages=msgs, max_tokens=6, temperature=1.5, seed=7)
+    assert a.choices[0].message.content == b.choices[0].message.content
+
+
+def test_bad_vlm_conversations_are_4xx(vlm_server):
+    import httpx
+
+    from .test_serve import assert_error
+
+    url = vlm_server + "/v1/chat/completions"
+    for body, needle in [
+        ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}]}, "last message"),
+        ({"messages": [{"role": "user", "content": "what " * 300}]}, "holds"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                                                    {"type": "text", "text": "hi"}]}]}, "image_url"),
+    ]:
+        r = httpx.post(url, json=body, timeout=30)
+        assert_error(r, 400)
+        assert needle in r.json()["error"]["message"], (needle, r.json())

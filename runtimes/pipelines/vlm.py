@@ -121,6 +121,14 @@ class Conversation:
         self.__init__(self.pipe, self.max_tokens, None)
         self.messages = system
 
+    def restore(self, messages: list[dict], images: Sequence[Any]) -> None:
+        """Start from an earlier conversation (template messages and their images, in order):
+        the next turn prefills all of it (a server that keeps no state between requests)."""
+        self.messages = list(messages)
+        self.images = [load_image(im) for im in images]
+        self._features = [self.pipe.image_features([im]) for im in self.images]
+        self.ids, self.kv = [], None
+
     def _cut(self, k: int) -> None:
         """Keep the first k cached tokens."""
         self.ids = self.ids[:k]

@@ -277,14 +277,16 @@ def create_app(bundles: Mapping[str, Any], config: ServeConfig | None = None, *,
     async def chat_completions(request: Request, req):
         m = srv.model(req.model)
         request.state.model = m.name
-        if not m.has_answer:
-            raise ApiError(400, f"model {m.name!r} does not answer about images (serve a VQA bundle)",
+        if not (m.has_answer or m.has_chat):
+            raise ApiError(400, f"model {m.name!r} does not chat about images (serve a VQA or VLM bundle)",
                            code="unsupported_model", param="model")
         mnt = req.new_tokens
         if mnt is not None and mnt > m.max_new_tokens:
             which = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
             raise ApiError(400, f"{which} must be between 1 and {m.max_new_tokens} for model {m.name!r}, got {mnt}",
                            code="invalid_value", param=which)
+        if m.has_chat:
+            return await vlm_chat(request, req, m, mnt)
         question, q_where, ref, img_where = req.turn()
         try:
             prompt_tokens = len(m.pipe.question_ids(question))  # a bad question is a 400 before any stream starts
@@ -315,6 +317,55 @@ def create_app(bundles: Mapping[str, Any], config: ServeConfig | None = None, *,
         (answers,) = await _gather([_named(m.answer_images(images, [question], mnt, state), [q_where], "invalid_value")])
         a = answers[0]
         srv.metrics.items.labels(m.name, "answer").inc()
+        return JSONResponse({**head, "object": "chat.completion",
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": a.text},
+                                          "logprobs": None, "finish_reason": a.finish_reason}],
+                             "usage": usage(a)})
+
+    async def vlm_chat(request: Request, req, m: ServedModel, mnt: int | None):
+        """A VLM: the request's whole conversation rendered and run (no state kept between requests)."""
+        history, h_imgs, text, t_imgs = req.conversation()
+        refs = h_imgs + t_imgs
+        request.state.items = 1
+        state = request.scope["state"]
+        decoded = (await _gather([_named(m.decode_images([r for r, _ in refs]), [w for _, w in refs])]))[0] if refs else []
+        opts = {"max_new_tokens": mnt or min(m.max_new_tokens, 128), "temperature": float(req.temperature or 0.0),
+                "top_p": float(req.top_p if req.top_p is not None else 1.0), "seed": req.seed}
+        prompt = [0]
+
+        def count() -> None:  # the prompt's tokens, for usage (a bad conversation is a 400 here)
+            try:
+                prompt[0] = len(m.pipe.prompt_ids(history + [{"role": "user", "content": [{"type": "image"}] * len(t_imgs)
+                                                             + [{"type": "text", "text": text}]}], len(refs)))
+            except InputError as exc:
+                raise ApiError(400, f"messages: {exc}", code="invalid_value", param="messages") from None
+            room = int(m.pipe.generation.get("max_positions") or 0)
+            if room and prompt[0] + opts["max_new_tokens"] > room:
+                raise ApiError(400, f"messages: the conversation is {prompt[0]} tokens and {opts['max_new_tokens']} new ones "
+                               f"were asked for; model {m.name!r} holds {room}", code="context_length_exceeded",
+                               param="messages")
+
+        count()
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": m.name}
+        usage = lambda a: {"prompt_tokens": prompt[0], "completion_tokens": a.completion_tokens,  # noqa: E731
+                           "total_tokens": prompt[0] + a.completion_tokens}
+        h_dec, t_dec = decoded[: len(h_imgs)], decoded[len(h_imgs):]
+        if req.stream:
+            queue: asyncio.Queue = asyncio.Queue()
+            sink = TextSink(0, queue, asyncio.get_running_loop())
+            task = asyncio.ensure_future(m.chat(history, h_dec, text, t_dec, opts, state, sink))
+            include = bool((req.stream_options or {}).get("include_usage"))
+
+            def done(a):
+                srv.metrics.items.labels(m.name, "chat").inc()
+                return usage(a) if include else None
+
+            events = chat_events(task, queue, sink, head, lambda exc: as_api_error(exc, cfg.timeout_s).body(), done)
+            return StreamingResponse(events, media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        (answers,) = await _gather([_named(m.chat(history, h_dec, text, t_dec, opts, state), ["messages"], "invalid_value")])
+        a = answers[0]
+        srv.metrics.items.labels(m.name, "chat").inc()
         return JSONResponse({**head, "object": "chat.completion",
                              "choices": [{"index": 0, "message": {"role": "assistant", "content": a.text},
                                           "logprobs": None, "finish_reason": a.finish_reason}],

@@ -39,6 +39,8 @@ class ServedModel:
         self.has_caption = callable(getattr(pipeline, "caption", None))
         # visual question answering (chat completions answer the last user turn with it)
         self.has_answer = callable(getattr(pipeline, "answer_ids", None)) and callable(getattr(pipeline, "question_ids", None))
+        # multi-turn chat (a VLM): each request's whole conversation is rendered and run
+        self.has_chat = callable(getattr(pipeline, "chat", None)) and callable(getattr(pipeline, "prompt_ids", None))
         # streams token by token when the pipeline takes on_text (else the stream is one piece)
         self.can_stream = self.has_caption and _takes(pipeline.caption, "on_text")
         # the most new tokens a request may ask for: the server's cap, within the position table
@@ -50,7 +52,8 @@ class ServedModel:
         self.batchers: dict[str, Batcher] = {}
         for comp, fn, ok in (("vision", self._run_vision, self.has_vision), ("text", self._run_text, self.has_text),
                              ("caption", self._run_caption, self.has_caption),
-                             ("answer", self._run_answer, self.has_answer)):
+                             ("answer", self._run_answer, self.has_answer),
+                             ("chat", self._run_chat, self.has_chat)):
             if ok:
                 self.batchers[comp] = Batcher(
                     f"{name}/{comp}", fn, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
@@ -71,12 +74,14 @@ class ServedModel:
             caps.append("caption")
         if self.has_answer:
             caps += ["vqa", "chat"]
+        if self.has_chat:
+            caps.append("chat")
         return caps
 
     def card(self) -> dict:
         return {"id": self.name, "object": "model", "created": 0, "owned_by": "mmdeploy",
                 "family": self.family, "variant": self.variant, "capabilities": self.capabilities,
-                **({"max_new_tokens": self.max_new_tokens} if self.has_caption or self.has_answer else {})}
+                **({"max_new_tokens": self.max_new_tokens} if self.has_caption or self.has_answer or self.has_chat else {})}
 
     # -- worker-thread functions (one outcome per item; an exception instance fails that item) --
 
@@ -201,6 +206,25 @@ class ServedModel:
                                     "length" if stop is None else "stop")
         return out
 
+    def _run_chat(self, items: list[tuple]) -> list:
+        """(history, images, text, turn images, options, sink) -> Answer per item, one conversation at a time."""
+        out: list[Any] = []
+        for history, images, text, turn_images, opts, sink in items:
+            try:
+                conv = self.pipe.chat()
+                conv.restore(history, images)
+                sent, left = "", False
+                for piece in conv.send(text, images=turn_images, stream=True, **opts):
+                    sent += piece
+                    if sink is not None and sink(sent) is False:
+                        left = True  # the reader left: stop generating
+                        break
+                out.append(Answer(sent, 0, "stop") if left else
+                           Answer(self.pipe.decode(conv.generated), len(conv.generated), conv.finish_reason))
+            except Exception as exc:  # noqa: BLE001 - fails this item only
+                out.append(exc)
+        return out
+
     # -- async API used by the routes ----------------------------------------------------------
 
     async def _decode(self, refs: list[ImageRef], preprocess: bool) -> list:
@@ -254,6 +278,12 @@ class ServedModel:
         self.server.arrived(state)
         sinks = sinks or [None] * len(images)
         return await self.batchers["answer"].submit([(im, q, mnt, s) for im, q, s in zip(images, questions, sinks)])
+
+    async def chat(self, history: list[dict], images: list, text: str, turn_images: list, opts: dict,
+                   state: dict | None = None, sink: Any = None) -> list["Answer"]:
+        """One chat turn after ``history`` (template messages; ``images`` theirs, decoded)."""
+        self.server.arrived(state)
+        return await self.batchers["chat"].submit([(history, images, text, turn_images, opts, sink)])
 
     async def warmup(self) -> None:
         import io

@@ -199,6 +199,34 @@ def request_models(cfg: ServeConfig) -> SimpleNamespace:
         def new_tokens(self) -> Optional[int]:
             return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
+        def conversation(self) -> tuple[list[dict], list[tuple[Any, str]], str, list[tuple[Any, str]]]:
+            """For a chat model: (earlier messages in chat-template form, their images as (ref, where),
+            the last user turn's text, its images). ApiError (400) when the last message is not the user's."""
+            last = len(self.messages) - 1
+            if self.messages[last].role != "user":
+                raise ApiError(400, f"messages[{last}]: the last message must be the user's turn to answer",
+                               code="invalid_value", param=f"messages[{last}]")
+            history: list[dict] = []
+            images: list[tuple[Any, str]] = []
+            for i, m in enumerate(self.messages):
+                parts, imgs = [], []
+                for j, p in enumerate(m.parts()):
+                    if isinstance(p, ImagePart):
+                        parts.append({"type": "image"})
+                        imgs.append((p.ref, f"messages[{i}].content[{j}].image_url"))
+                    else:
+                        parts.append({"type": "text", "text": p.text})
+                role = "system" if m.role == "developer" else m.role
+                if i == last:
+                    text = m.text()
+                    if not text:
+                        raise ApiError(400, f"messages[{i}].content: the last user turn has no text",
+                                       code="invalid_value", param=f"messages[{i}].content")
+                    return history, images, text, imgs
+                history.append({"role": role, "content": parts})
+                images += imgs
+            raise AssertionError("unreachable")
+
         def turn(self) -> tuple[str, str, Any, str]:
             """(question, where it is, image ref, where it is): the last user turn's text and the
             latest image up to it. ApiError (400) when either is missing."""
