@@ -168,7 +168,12 @@ def bench(
     )
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=_err_console(), transient=True) as progress:
         report = run_bench(str(bundle), cfg, log=_log, progress=progress)
-    _console().print(table(report))
+    if report["results"]:
+        _console().print(table(report))
+    if report.get("chat"):  # a chat bundle: one table of conversation timings
+        from .benchmarks.chat_bench import chat_table
+
+        _console().print(chat_table(report))
     if any(r["component"] == "generate" for r in report["results"]):  # a generative bundle's rows
         from .benchmarks.bench import caption_table
 

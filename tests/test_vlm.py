@@ -262,3 +262,19 @@ def test_bad_vlm_conversations_are_4xx(vlm_server):
         r = httpx.post(url, json=body, timeout=30)
         assert_error(r, 400)
         assert needle in r.json()["error"]["message"], (needle, r.json())
+
+
+def test_bench_chat_rows(vlm_tiny, tmp_path):
+    """bench: per variant TTFT, decode tokens/s, turn 2 with the kept cache vs recomputed, the step's
+    memory floor; tokens equal PyTorch generate's."""
+    from mmdeploy.benchmarks.bench import BenchConfig, bench
+
+    rep = bench(str(vlm_tiny[2]), BenchConfig(runs=2, warmup=1, threads=2, max_new_tokens=5, record=False), log=lambda s: None)
+    rows = {(r["backend"], r["precision"]): r for r in rep["chat"]}
+    assert {("pytorch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32")} <= set(rows)
+    for key in (("onnxruntime", "fp32"), ("openvino", "fp32")):
+        r = rows[key]
+        assert r["tokens_match_pytorch"] is True
+        assert r["ttft_ms"] > 0 and r["decode_tokens_per_s"] > 0 and r["step_floor_ms"] > 0
+        assert r["turn2_prefill_tokens"] < r["turn2_recomputed_prefill_tokens"]
+    assert rep["memory_bandwidth_gbs"] > 0 and rep["env"]["cpu"]

@@ -15,6 +15,7 @@ a turn that would pass it is refused with a clear error (start a new conversatio
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
@@ -152,6 +153,7 @@ class Conversation:
 
     def _turn(self, text, images, max_new_tokens, temperature, top_p, seed) -> Iterator[str]:
         pipe = self.pipe
+        t0 = time.perf_counter()
         decoded = [load_image(im) for im in images]  # bad images fail before any state changes
         msg = {"role": "user", "content": [{"type": "image"} for _ in decoded] + [{"type": "text", "text": text}]}
         messages, all_images = self.messages + [msg], self.images + decoded
@@ -169,9 +171,9 @@ class Conversation:
         k = min(k, len(ids) - 1)  # at least one token to prefill
         self._cut(k)
         self.messages, self.images, self._features = messages, all_images, features
-        return self._generate(ids, k, n_new, temperature, top_p, seed)
+        return self._generate(ids, k, n_new, temperature, top_p, seed, t0)
 
-    def _generate(self, ids, k, n_new, temperature, top_p, seed) -> Iterator[str]:
+    def _generate(self, ids, k, n_new, temperature, top_p, seed, t0: float) -> Iterator[str]:
         pipe = self.pipe
         rng = np.random.default_rng(seed) if temperature > 0 else None
         emb = pipe.embed(ids[k:])
@@ -185,6 +187,7 @@ class Conversation:
                 emb[0, [img_pos[r] - k for r in rows]] = feats[rows]
         self.last_prefill = len(ids) - k
         logits, self.kv = pipe.step(emb, np.arange(k, len(ids), dtype=np.int64)[None], self.kv)
+        t_first = time.perf_counter()
         self.ids = list(ids)
         eos = set(pipe.generation["eos_token_id"])
         gen: list[int] = []
@@ -204,6 +207,9 @@ class Conversation:
         if gen and gen[-1] in eos:  # run the eos token too, so the cache matches self.ids
             _, self.kv = pipe.step(pipe.embed([gen[-1]]), np.asarray([[len(self.ids) - 1]], np.int64), self.kv)
         self.generated = gen
+        # time to first token (images, embeddings, prefill: the first logits) and the decode steps after it
+        self.timing = {"prefill_tokens": len(ids) - k, "ttft_s": t_first - t0, "decode_steps": len(gen),
+                       "decode_s": time.perf_counter() - t_first}
         answer = pipe.decode(gen)
         self.finish_reason = "stop" if gen and gen[-1] in eos else "length"
         self.messages = self.messages + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]

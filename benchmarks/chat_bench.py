@@ -1,0 +1,176 @@
+"""bench for chat (VLM) bundles: a two-turn conversation about a real photo per variant, against
+PyTorch ``generate`` of the same model on the same prompts.
+
+Rows per variant: ``vision`` (one image through the tower + connector), ``turn 1`` (time to first
+token: image, embeddings and prefill; then decode tokens/s), ``turn 2`` (the follow-up with the
+kept KV cache, and the same turn recomputed from the whole history, i.e. what a server that keeps
+no cache pays), and the decode step's bytes against this machine's measured memory bandwidth:
+the step's floor is (decoder weights + KV read) / bandwidth. PyTorch: TTFT = generate with one
+new token; decode tokens/s = (N - 1) / (t(N) - t(1)).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from ..common.env import environment
+from ..errors import InputError
+from ..runtimes.bundle import Bundle
+from ..runtimes.pipelines import pipeline_class
+from ..runtimes.session import backend_module
+
+TURN1 = "Describe the image."
+TURN2 = "What colors do you see?"
+
+
+def memory_bandwidth_gbs(mb: int = 256, runs: int = 5) -> float:
+    """This machine's copy bandwidth (read + write of ``mb`` MB, best of ``runs``), GB/s."""
+    a = np.ones(mb * 2**20 // 4, np.float32)
+    b = np.empty_like(a)
+    best = float("inf")
+    for _ in range(runs):
+        t = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t)
+    return 2 * a.nbytes / best / 1e9
+
+
+def _median(xs: list[float]) -> float:
+    return float(np.median(xs)) if xs else float("nan")
+
+
+def _ours(pipe, image, n_new: int, runs: int) -> dict[str, Any]:
+    """Median timings over ``runs`` two-turn conversations (one untimed first)."""
+    t1, d1, s1, t2, t2_full, p2, p2_full = [], [], [], [], [], [], []
+    tokens = None
+    for r in range(runs + 1):
+        chat = pipe.chat()
+        chat.send(TURN1, images=[image], max_new_tokens=n_new)
+        first, gen1 = dict(chat.timing), list(chat.generated)
+        chat.send(TURN2, max_new_tokens=n_new)
+        second = dict(chat.timing)
+        fresh = pipe.chat()  # the same turn 2 with nothing cached: the whole history is prefilled
+        fresh.restore(chat.messages[:2], [image])
+        fresh.send(TURN2, max_new_tokens=n_new)
+        if r == 0:
+            tokens = gen1
+            continue
+        t1.append(first["ttft_s"] * 1000)
+        if first["decode_steps"]:
+            d1.append(first["decode_s"] * 1000 / first["decode_steps"])
+        s1.append(first["prefill_tokens"])
+        t2.append(second["ttft_s"] * 1000)
+        p2.append(second["prefill_tokens"])
+        t2_full.append(fresh.timing["ttft_s"] * 1000)
+        p2_full.append(fresh.timing["prefill_tokens"])
+    step = _median(d1)
+    return {"ttft_ms": round(_median(t1), 2), "prompt_tokens": int(_median(s1)), "step_ms": round(step, 3),
+            "decode_tokens_per_s": round(1000 / step, 1) if step == step and step > 0 else None,
+            "turn2_ttft_ms": round(_median(t2), 2), "turn2_prefill_tokens": int(_median(p2)),
+            "turn2_ttft_recomputed_ms": round(_median(t2_full), 2), "turn2_recomputed_prefill_tokens": int(_median(p2_full)),
+            "turn2_kept_vs_recomputed": round(_median(t2) / _median(t2_full), 3), "tokens": tokens}
+
+
+def _pytorch(ref, pipe, image, n_new: int, runs: int) -> dict[str, Any]:
+    import torch
+
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": TURN1}]}]
+    ids = torch.tensor([pipe.prompt_ids(msgs, 1)])
+    px = torch.from_numpy(pipe.pixel_values([image]))[None]
+    kw = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=px, do_sample=False,
+              eos_token_id=pipe.generation["eos_token_id"], pad_token_id=pipe.generation["pad_token_id"])
+
+    def gen(n: int):
+        with torch.inference_mode():
+            return ref.model.generate(max_new_tokens=n, min_new_tokens=n, **kw)
+
+    gen(1)
+    tokens = ref.model.generate(max_new_tokens=n_new, **{**kw}).numpy()[0, ids.shape[1]:].tolist()
+    one, full = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        gen(1)
+        one.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        gen(n_new)
+        full.append((time.perf_counter() - t) * 1000)
+    step = (_median(full) - _median(one)) / max(n_new - 1, 1)
+    return {"ttft_ms": round(_median(one), 2), "prompt_tokens": int(ids.shape[1]), "step_ms": round(step, 3),
+            "decode_tokens_per_s": round(1000 / step, 1) if step > 0 else None, "tokens": tokens}
+
+
+def chat_bench(bundle: Bundle, arts, cfg, default, log: Callable[[str], None], progress=None) -> dict[str, Any]:
+    from ..common.datasets.photos import photo_batch
+    from .bench import pytorch_reference
+
+    cls = pipeline_class(bundle.family, str(bundle.root))
+    variants = sorted({(a.backend, a.precision) for a in arts
+                       if len(bundle.find(backend=a.backend, precision=a.precision)) >= len(bundle.components)})
+    variants = [v for v in variants if backend_module(v[0]).available() is None]
+    if not variants:
+        raise InputError(f"{bundle.root}: no complete chat variant runs here")
+    image = photo_batch(1)[0]
+    n_new, runs = cfg.max_new_tokens, max(1, min(cfg.runs, 5))
+    bw = memory_bandwidth_gbs()
+    log(f"memory bandwidth (copy): {bw:.1f} GB/s")
+    rows = []
+    pipes = {v: cls(bundle, v[0], v[1], threads=cfg.threads) for v in variants}
+    base = pipes[variants[0]]
+    ref = pytorch_reference(bundle, log) if cfg.pytorch else None
+    ref_row = None
+    if ref is not None:
+        if cfg.threads:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
+        log("pytorch: generate")
+        ref_row = {"backend": "pytorch", "precision": "fp32", **_pytorch(ref, base, image, n_new, runs)}
+        rows.append(ref_row)
+    for (backend, precision), pipe in pipes.items():
+        log(f"{backend}/{precision}: two-turn conversation x {runs}")
+        vis = []
+        for _ in range(runs + 1):
+            t = time.perf_counter()
+            pipe.image_features([image])
+            vis.append((time.perf_counter() - t) * 1000)
+        row = {"backend": backend, "precision": precision, "default": default == (backend, precision),
+               "vision_ms": round(_median(vis[1:]), 2), **_ours(pipe, image, n_new, runs)}
+        a = bundle.find("decoder", backend, precision)[0]
+        weights = sum(bundle.manifest["files"][f]["bytes"] for f in a.files if not f.endswith(".xml"))
+        kv = 2 * pipe.n_layers * pipe.kv_heads * pipe.head_dim * 4 * (row["prompt_tokens"] + n_new // 2)
+        row["step_bytes"] = int(weights + kv)
+        row["step_floor_ms"] = round((weights + kv) / (bw * 1e9) * 1000, 3)
+        if ref_row is not None:
+            row["tokens_match_pytorch"] = row["tokens"] == ref_row["tokens"]
+            row["ttft_speedup"] = round(ref_row["ttft_ms"] / row["ttft_ms"], 2)
+            if ref_row["decode_tokens_per_s"] and row["decode_tokens_per_s"]:
+                row["decode_speedup"] = round(row["decode_tokens_per_s"] / ref_row["decode_tokens_per_s"], 2)
+        rows.append(row)
+    for r in rows:
+        r.pop("tokens", None)
+    return {"model": bundle.name, "bundle": str(bundle.root), "family": bundle.family, "env": environment(cfg.threads),
+            "config": {"runs": runs, "max_new_tokens": n_new, "turn1": TURN1, "turn2": TURN2},
+            "memory_bandwidth_gbs": round(bw, 1), "default_variant": "/".join(default) if default else None,
+            "chat": rows, "results": [], "accuracy": []}
+
+
+def chat_table(report: dict[str, Any]):
+    from rich.table import Table
+
+    t = Table(title=f"{report['model']}: two-turn chat, {report['config']['max_new_tokens']} new tokens",
+              caption=f"floor = decode step bytes / {report['memory_bandwidth_gbs']} GB/s (copy bandwidth here); "
+                      "turn 2 kept = with the conversation's KV cache, recomputed = whole history prefilled")
+    for col in ("backend", "precision", "vision ms", "TTFT ms", "decode tok/s", "step ms", "floor ms",
+                "turn-2 TTFT kept / recomputed", "speedup TTFT / decode", "tokens match"):
+        t.add_column(col, justify="right" if "ms" in col or "/" in col else "left")
+    for r in report["chat"]:
+        t.add_row(r["backend"], r["precision"], str(r.get("vision_ms", "-")), f"{r['ttft_ms']:.1f}",
+                  str(r.get("decode_tokens_per_s", "-")), f"{r['step_ms']:.2f}", str(r.get("step_floor_ms", "-")),
+                  (f"{r['turn2_ttft_ms']:.1f} / {r['turn2_ttft_recomputed_ms']:.1f} ({r['turn2_kept_vs_recomputed']:.0%})"
+                   if "turn2_ttft_ms" in r else "-"),
+                  (f"{r['ttft_speedup']:.2f}x / {r.get('decode_speedup', '-')}x" if "ttft_speedup" in r else "-"),
+                  {True: "yes", False: "NO"}.get(r.get("tokens_match_pytorch"), "-"))
+    return t
