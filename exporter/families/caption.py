@@ -231,13 +231,17 @@ class BlipEncoder(torch.nn.Module):
 
     def forward(self, pixel_values):
         h = self.vision(pixel_values=pixel_values).last_hidden_state
-        out = []
-        d = self.hidden // self.heads
-        for layer in self.layers:
-            att = layer.crossattention.self
-            shape = (h.shape[0], h.shape[1], self.heads, d)
-            out += [att.key(h).reshape(shape).transpose(1, 2), att.value(h).reshape(shape).transpose(1, 2)]
-        return tuple(out)
+        return bert_cross_kv(self.layers, h, self.heads, self.hidden // self.heads)
+
+
+def bert_cross_kv(layers, h, heads: int, head_dim: int) -> tuple:
+    """Every BERT decoder layer's cross-attention keys / values of ``h`` (B, heads, tokens, head_dim)."""
+    out = []
+    shape = (h.shape[0], h.shape[1], heads, head_dim)
+    for layer in layers:
+        att = layer.crossattention.self
+        out += [att.key(h).reshape(shape).transpose(1, 2), att.value(h).reshape(shape).transpose(1, 2)]
+    return tuple(out)
 
 
 class BlipStep(_StepBase):

@@ -31,20 +31,13 @@ from ...errors import CheckpointError, ExportError, require
 from ..checkpoint import Checkpoint
 from ..graph import dedupe_initializers, export_dynamo, export_onnx
 from . import register
+from .caption import _flatten_cache
 
 torch = require("torch", "export")
 
 EXPORT_BATCH, EXPORT_SEQ, EXPORT_PAST = 2, 3, 4
 PARITY_PROMPT = "Describe the image."
 SPECIAL_TOKENS = ("<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>")
-
-
-def _flatten(cache, n_layers: int) -> list:
-    out = []
-    for i in range(n_layers):
-        layer = cache.layers[i]
-        out += [layer.keys, layer.values]
-    return out
 
 
 class VlmVision(torch.nn.Module):
@@ -98,7 +91,7 @@ class VlmStep(torch.nn.Module):
         cache = DynamicCache([(kv[i], kv[i + 1]) for i in range(0, 2 * self.n_layers, 2)])
         out = self.text(inputs_embeds=inputs_embeds, position_ids=position_ids, past_key_values=cache, use_cache=True)
         logits = self.lm_head(out.last_hidden_state[:, -1, :])
-        return (logits, *_flatten(out.past_key_values, self.n_layers))
+        return (logits, *_flatten_cache(out.past_key_values, self.n_layers))
 
 
 def _read_json(folder: Path | None, name: str) -> dict:

@@ -26,7 +26,7 @@ from ...errors import ExportError, require
 from ..checkpoint import Checkpoint
 from ..graph import export_onnx
 from . import register
-from .caption import PARITY_IMAGES, BlipFamily
+from .caption import PARITY_IMAGES, BlipFamily, bert_cross_kv
 
 torch = require("torch", "export")
 
@@ -55,12 +55,7 @@ class VqaQuestion(torch.nn.Module):
     def forward(self, input_ids, image_embeds):
         mask = torch.ones(image_embeds.shape[:2], dtype=torch.long)
         q = self.encoder(input_ids=input_ids, encoder_hidden_states=image_embeds, encoder_attention_mask=mask).last_hidden_state
-        out = []
-        shape = (q.shape[0], q.shape[1], self.heads, self.head_dim)
-        for layer in self.layers:
-            att = layer.crossattention.self
-            out += [att.key(q).reshape(shape).transpose(1, 2), att.value(q).reshape(shape).transpose(1, 2)]
-        return tuple(out)
+        return bert_cross_kv(self.layers, q, self.heads, self.head_dim)
 
 
 @register

@@ -27,6 +27,17 @@ from . import register
 
 OnText = Callable[[int, str], Optional[bool]]  # (image index, text so far) -> False to stop that image
 
+# data-free variants of generative bundles (a decoder step is memory-bound: weights are what is
+# worth shrinking), each gated on the worst cosine over every output (logits and present K/V)
+DATA_FREE_RECIPES = {
+    ("onnxruntime", "int8"): "int8-dynamic-matmul",
+    ("onnxruntime", "int4"): "int4-weight-only",
+    ("openvino", "int8"): "int8-weight-only",
+    ("onnxruntime", "fp16"): "fp16-onnxruntime",
+    ("openvino", "fp16"): "fp16-openvino",
+    ("openvino", "bf16"): "bf16-openvino",
+}
+
 
 class SessionDecoder:
     """StepDecoder on a decoder Session (runtimes/generate.py's protocol).
@@ -158,16 +169,7 @@ class CaptionPipeline:
     family = "caption"
     task = "caption"
     generative = True
-    # data-free variants (the decoder step is memory-bound: weights are what is worth shrinking),
-    # each gated on the worst cosine over every output (logits and present K/V)
-    quantization = {
-        ("onnxruntime", "int8"): "int8-dynamic-matmul",
-        ("onnxruntime", "int4"): "int4-weight-only",
-        ("openvino", "int8"): "int8-weight-only",
-        ("onnxruntime", "fp16"): "fp16-onnxruntime",
-        ("openvino", "fp16"): "fp16-openvino",
-        ("openvino", "bf16"): "bf16-openvino",
-    }
+    quantization = DATA_FREE_RECIPES
     gate_metrics: dict[str, str] = {}
     components = ("encoder", "decoder")  # the graphs, the decoder step last
     info_key = "caption"  # the manifest's decoder facts (layers, heads, cross attention, outputs)

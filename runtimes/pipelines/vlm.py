@@ -24,6 +24,7 @@ from ...errors import BundleError, InputError
 from ..bundle import Bundle
 from ..images import load_image
 from . import register
+from .caption import DATA_FREE_RECIPES
 
 MAX_TURN_CHARS = 65_536
 
@@ -225,14 +226,7 @@ class VlmPipeline:
     task = "chat"
     generative = True
     components = ("vision", "embed", "decoder")
-    quantization = {
-        ("onnxruntime", "int8"): "int8-dynamic-matmul",
-        ("onnxruntime", "int4"): "int4-weight-only",
-        ("openvino", "int8"): "int8-weight-only",
-        ("onnxruntime", "fp16"): "fp16-onnxruntime",
-        ("openvino", "fp16"): "fp16-openvino",
-        ("openvino", "bf16"): "bf16-openvino",
-    }
+    quantization = DATA_FREE_RECIPES
     gate_metrics: dict[str, str] = {}
 
     @classmethod

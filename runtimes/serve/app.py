@@ -301,26 +301,8 @@ def create_app(bundles: Mapping[str, Any], config: ServeConfig | None = None, *,
             return {"prompt_tokens": prompt_tokens, "completion_tokens": a.completion_tokens,
                     "total_tokens": prompt_tokens + a.completion_tokens}
 
-        if req.stream:
-            queue: asyncio.Queue = asyncio.Queue()
-            sink = TextSink(0, queue, asyncio.get_running_loop())
-            task = asyncio.ensure_future(m.answer_images(images, [question], mnt, state, [sink]))
-            include = bool((req.stream_options or {}).get("include_usage"))
-
-            def done(a):
-                srv.metrics.items.labels(m.name, "answer").inc()
-                return usage(a) if include else None
-
-            events = chat_events(task, queue, sink, head, lambda exc: as_api_error(exc, cfg.timeout_s).body(), done)
-            return StreamingResponse(events, media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        (answers,) = await _gather([_named(m.answer_images(images, [question], mnt, state), [q_where], "invalid_value")])
-        a = answers[0]
-        srv.metrics.items.labels(m.name, "answer").inc()
-        return JSONResponse({**head, "object": "chat.completion",
-                             "choices": [{"index": 0, "message": {"role": "assistant", "content": a.text},
-                                          "logprobs": None, "finish_reason": a.finish_reason}],
-                             "usage": usage(a)})
+        return await completion(req, m, head, usage, "answer", [q_where],
+                                lambda sink: m.answer_images(images, [question], mnt, state, [sink] if sink else None))
 
     async def vlm_chat(request: Request, req, m: ServedModel, mnt: int | None):
         """A VLM: the request's whole conversation rendered and run (no state kept between requests)."""
@@ -350,22 +332,27 @@ def create_app(bundles: Mapping[str, Any], config: ServeConfig | None = None, *,
         usage = lambda a: {"prompt_tokens": prompt[0], "completion_tokens": a.completion_tokens,  # noqa: E731
                            "total_tokens": prompt[0] + a.completion_tokens}
         h_dec, t_dec = decoded[: len(h_imgs)], decoded[len(h_imgs):]
+        return await completion(req, m, head, usage, "chat", ["messages"],
+                                lambda sink: m.chat(history, h_dec, text, t_dec, opts, state, sink))
+
+    async def completion(req, m: ServedModel, head: dict, usage, kind: str, names: list[str], run):
+        """One chat completion: ``run(sink)`` -> [Answer]; streamed as chunks, or one JSON body."""
         if req.stream:
             queue: asyncio.Queue = asyncio.Queue()
             sink = TextSink(0, queue, asyncio.get_running_loop())
-            task = asyncio.ensure_future(m.chat(history, h_dec, text, t_dec, opts, state, sink))
+            task = asyncio.ensure_future(run(sink))
             include = bool((req.stream_options or {}).get("include_usage"))
 
             def done(a):
-                srv.metrics.items.labels(m.name, "chat").inc()
+                srv.metrics.items.labels(m.name, kind).inc()
                 return usage(a) if include else None
 
             events = chat_events(task, queue, sink, head, lambda exc: as_api_error(exc, cfg.timeout_s).body(), done)
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        (answers,) = await _gather([_named(m.chat(history, h_dec, text, t_dec, opts, state), ["messages"], "invalid_value")])
+        (answers,) = await _gather([_named(run(None), names, "invalid_value")])
         a = answers[0]
-        srv.metrics.items.labels(m.name, "chat").inc()
+        srv.metrics.items.labels(m.name, kind).inc()
         return JSONResponse({**head, "object": "chat.completion",
                              "choices": [{"index": 0, "message": {"role": "assistant", "content": a.text},
                                           "logprobs": None, "finish_reason": a.finish_reason}],
