@@ -140,7 +140,7 @@ class VlmFamily:
             raise CheckpointError(f"{where}: config image_token_id {cfg.image_token_id} is not the tokenizer's <image> "
                                   f"({self.tokenizer.token_to_id('<image>')})")
         proc = _read_json(folder, "processor_config.json")
-        pre = proc.get("image_processor") or _read_json(folder, "preprocessor_config.json")
+        pre = proc.get("image_processor") or _read_json(folder, "preprocessor_config.json") or ckpt.preprocessor
         if not pre:
             raise CheckpointError(f"{where} has no image processor config (processor_config.json or preprocessor_config.json)")
         self.preprocess = self._preprocess_config(pre, where)
