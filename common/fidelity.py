@@ -47,3 +47,16 @@ def compare_all(refs: list[dict], outs: list[dict], names: list[str]) -> dict:
 def gate(parity: dict, threshold: float, metric: str = "cosine") -> dict:
     """The gate record an artifact carries: {min_cosine, metric, passed}."""
     return {"min_cosine": threshold, "metric": metric, "passed": bool(parity[metric] >= threshold)}
+
+
+def token_agreement(reference: list, output: list) -> float:
+    """Greedy generations vs a reference, per row: the share of the reference's tokens matched
+    before the first difference (1.0 = identical), averaged over rows."""
+    shares = []
+    for ref, out in zip(reference, output):
+        ref, out = [int(t) for t in ref], [int(t) for t in out]
+        n = 0
+        while n < min(len(ref), len(out)) and ref[n] == out[n]:
+            n += 1
+        shares.append(1.0 if ref == out else n / max(len(ref), 1))
+    return float(np.mean(shares)) if shares else 1.0

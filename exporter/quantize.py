@@ -134,8 +134,24 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
                 runtime=built.runtime, built_for={"target": bundle.manifest.get("target", "cpu"), cfg.backend: mod.version()},
                 parity=par, gate=gate, recipe=built.recipe,
             ))
+        if callable(getattr(family, "greedy_agreement", None)) and recipe.backend != "tensorrt":
+            _record_agreement(w, family, cfg, log)
         keep = [c["onnx"] for c in bundle.components.values()]
         keep += [v["path"] for v in w.manifest.get("tensorrt", {}).get("int8_onnx", {}).values()]
         w.remove_unreferenced(keep=keep)
     log(f"{cfg.backend}/{cfg.precision} added to {bundle.root} in {time.perf_counter() - t0:.1f}s")
     return Bundle.open(bundle.root)
+
+
+def _record_agreement(w, family, cfg: QuantConfig, log) -> None:
+    """Generative variants: how far their greedy tokens follow fp32's, in the manifest beside the
+    per-graph cosines (recorded and reported; the gate stays on the cosines)."""
+    from dataclasses import asdict
+
+    staged = Bundle(w.stage_dir, {**w.manifest, "files": dict(w.files), "artifacts": [asdict(a) for a in w.artifacts]})
+    if len(staged.find(backend=cfg.backend, precision=cfg.precision)) < len(staged.components):
+        return
+    share, what = family.greedy_agreement(staged, cfg.backend, cfg.precision, cfg.threads)
+    checks = w.manifest.setdefault("variant_checks", {}).setdefault("greedy_agreement_vs_fp32", {})
+    checks[f"{cfg.backend}/{cfg.precision}"] = {"agreement": round(share, 4), "inputs": what}
+    log(f"{cfg.backend}/{cfg.precision}: greedy tokens follow fp32 for {share:.0%} ({what})")

@@ -278,3 +278,26 @@ def test_bench_chat_rows(vlm_tiny, tmp_path):
         assert r["ttft_ms"] > 0 and r["decode_tokens_per_s"] > 0 and r["step_floor_ms"] > 0
         assert r["turn2_prefill_tokens"] < r["turn2_recomputed_prefill_tokens"]
     assert rep["memory_bandwidth_gbs"] > 0 and rep["env"]["cpu"]
+
+
+def test_quantized_chat_variants_record_token_agreement(vlm_tiny, tmp_path):
+    """int8 / int4 chat variants: gated on cosine per graph, and their greedy tokens' agreement with
+    fp32 recorded in the manifest; the int8 variant chats."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from mmdeploy.cli import app
+    from mmdeploy.runtimes.bundle import Bundle
+
+    path = tmp_path / "q"
+    shutil.copytree(vlm_tiny[2], path)
+    for precision in ("int8", "int4"):
+        r = CliRunner().invoke(app, ["quantize", str(path), "--precision", precision, "--threads", "2"])
+        assert r.exit_code == 0, r.output
+        assert "greedy tokens follow fp32" in r.output
+    checks = Bundle.open(path).manifest["variant_checks"]["greedy_agreement_vs_fp32"]
+    assert set(checks) == {"onnxruntime/int8", "onnxruntime/int4"}
+    assert checks["onnxruntime/int8"]["agreement"] >= 0.5
+    assert load(path, backend="onnxruntime", precision="int8", threads=2).generate("describe the picture", images=photo_batch(1),
+                                                                                  max_new_tokens=4)

@@ -375,3 +375,8 @@ def test_vqa_shapes_quantized_within_two_points(vqa_quantized, fixture_questions
     base = _exact(load(vqa_quantized, backend=backend, precision="fp32", threads=2), fixture_questions)
     got = _exact(load(vqa_quantized, backend=backend, precision=precision, threads=2), fixture_questions)
     assert got >= base - 0.02, (backend, precision, got, base)
+    # quantize recorded how far the variant's greedy answers follow fp32's
+    from mmdeploy.runtimes.bundle import Bundle
+
+    rec = Bundle.open(vqa_quantized).manifest["variant_checks"]["greedy_agreement_vs_fp32"][f"{backend}/{precision}"]
+    assert 0.0 <= rec["agreement"] <= 1.0 and "photos" in rec["inputs"]

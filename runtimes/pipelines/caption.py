@@ -196,6 +196,17 @@ class CaptionPipeline:
     def calibration_feeds(cls, *args, **kwargs):
         raise InputError("caption variants are data-free: no calibration")
 
+    @classmethod
+    def greedy_agreement(cls, bundle: Bundle, backend: str, precision: str, threads: int | None = None) -> tuple[float, str]:
+        """How far the variant's greedy tokens follow fp32 ONNX Runtime's on held-out photos."""
+        from ...common.datasets.photos import photo_batch
+        from ...common.fidelity import token_agreement
+
+        ref, got = cls(bundle, "onnxruntime", "fp32", threads=threads), cls(bundle, backend, precision, threads=threads)
+        px = ref.pixel_values(photo_batch(4))
+        a, b = ref.generate_ids(px, max_new_tokens=16, num_beams=1), got.generate_ids(px, max_new_tokens=16, num_beams=1)
+        return token_agreement(a, b), "greedy tokens on 4 held-out photos, 16 new tokens"
+
     def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None,
                  device: str | None = None):
         from tokenizers import Tokenizer

@@ -254,6 +254,20 @@ class VlmPipeline:
     def calibration_feeds(cls, *args, **kwargs):
         raise InputError("vlm variants are data-free: no calibration")
 
+    @classmethod
+    def greedy_agreement(cls, bundle: Bundle, backend: str, precision: str, threads: int | None = None) -> tuple[float, str]:
+        from ...common.datasets.photos import photo_batch
+        from ...common.fidelity import token_agreement
+
+        ref, got = cls(bundle, "onnxruntime", "fp32", threads=threads), cls(bundle, backend, precision, threads=threads)
+        a, b = [], []
+        for im in photo_batch(2):
+            for pipe, out in ((ref, a), (got, b)):
+                chat = pipe.chat()
+                chat.send("Describe the image.", images=[im], max_new_tokens=16)
+                out.append(chat.generated)
+        return token_agreement(a, b), "greedy tokens of a chat turn about 2 held-out photos, 16 new tokens"
+
     def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None):
         from tokenizers import Tokenizer
 

@@ -59,6 +59,17 @@ class VqaPipeline(CaptionPipeline):
                 out[comp] = [pipe.step_feeds(kv, steps=0), pipe.step_feeds(kv, steps=6)], what + " (decoder: first and 7th step)"
         return out
 
+    @classmethod
+    def greedy_agreement(cls, bundle: Bundle, backend: str, precision: str, threads: int | None = None) -> tuple[float, str]:
+        from ...common.datasets.photos import photo_batch
+        from ...common.fidelity import token_agreement
+
+        ref, got = cls(bundle, "onnxruntime", "fp32", threads=threads), cls(bundle, backend, precision, threads=threads)
+        images, qs = photo_batch(4), ["what is in the picture?", "how many animals are there?", "what color is it?",
+                                      "is it day or night?"]
+        a, b = ref.answer_ids(images, qs, max_new_tokens=8), got.answer_ids(images, qs, max_new_tokens=8)
+        return token_agreement(a, b), "greedy answers to 4 questions about held-out photos, 8 new tokens"
+
     # -- pieces ----------------------------------------------------------------------
     def question_ids(self, question: str) -> list[int]:
         """[CLS] question [SEP], as BlipProcessor tokenizes it."""
