@@ -157,7 +157,7 @@ def test_fp16_and_bf16_variants(clip_bundle, tmp_path):
         (dict(precision="int8"), InputError, "needs calibration data"),
         (dict(precision="int8", method="magic", calib="shapes"), InputError, "--method 'magic'"),
         (dict(precision="int8", mode="dynamic", calib="shapes"), InputError, "takes no --calib"),
-        (dict(precision="int4"), InputError, "int4: caption bundles only"),
+        (dict(precision="int4"), InputError, "int4: caption, vlm, vqa bundles only"),  # the generative families
         (dict(precision="bf16", backend="onnxruntime"), BackendError, "onnxruntime bf16"),
         (dict(precision="int8", calib="shapes", min_cosine=1.5), InputError, "--min-cosine"),
         (dict(precision="int8", calib="shapes", components=["audio"]), InputError, "no component 'audio'"),
