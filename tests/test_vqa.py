@@ -324,7 +324,7 @@ def test_bad_chat_messages_are_4xx(chat_server):
 
 # -- vqa-shapes: the trained fixture ----------------------------------------------------------------
 
-FIXTURE_IMAGES = 100  # x 6 questions each
+FIXTURE_IMAGES = 50  # x 6 questions each
 
 
 @pytest.fixture(scope="module")
@@ -334,9 +334,15 @@ def fixture_questions():
     return shapes_questions(shapes.generate("test", FIXTURE_IMAGES))
 
 
+_EXACT: dict = {}  # (bundle, variant) -> exact answers, computed once per session
+
+
 def _exact(pipe, qa) -> float:
-    got = pipe.answer([im for im, _, _ in qa], [q for _, q, _ in qa], batch_size=64)
-    return float(np.mean([g == a for g, (_, _, a) in zip(got, qa)]))
+    key = (str(pipe.bundle.root), pipe.variant, len(qa))
+    if key not in _EXACT:
+        got = pipe.answer([im for im, _, _ in qa], [q for _, q, _ in qa], batch_size=64)
+        _EXACT[key] = float(np.mean([g == a for g, (_, _, a) in zip(got, qa)]))
+    return _EXACT[key]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
