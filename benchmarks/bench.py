@@ -125,7 +125,7 @@ def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progr
     if callable(getattr(pipeline, "chat", None)):  # conversations: TTFT, decode tokens/s, turn 2 with the cache
         from .chat_bench import chat_bench
 
-        return chat_bench(bundle, arts, cfg, default, log, progress)
+        return chat_bench(bundle, arts, cfg, default, log, pytorch_reference(bundle, log) if cfg.pytorch else None)
     data = open_dataset(cfg.data) if cfg.data else default_data(bundle)
     if pipeline.generative:  # encoder, decoder step and whole-generation rows
         return caption_bench(bundle, arts, cfg, data, default, log, progress)

@@ -102,9 +102,9 @@ def _pytorch(ref, pipe, image, n_new: int, runs: int) -> dict[str, Any]:
             "decode_tokens_per_s": round(1000 / step, 1) if step > 0 else None, "tokens": tokens}
 
 
-def chat_bench(bundle: Bundle, arts, cfg, default, log: Callable[[str], None], progress=None) -> dict[str, Any]:
+def chat_bench(bundle: Bundle, arts, cfg, default, log: Callable[[str], None], ref=None) -> dict[str, Any]:
+    """``ref``: the family exporter holding the PyTorch model (None: no PyTorch rows)."""
     from ..common.datasets.photos import photo_batch
-    from .bench import pytorch_reference
 
     cls = pipeline_class(bundle.family, str(bundle.root))
     variants = sorted({(a.backend, a.precision) for a in arts
@@ -119,7 +119,6 @@ def chat_bench(bundle: Bundle, arts, cfg, default, log: Callable[[str], None], p
     rows = []
     pipes = {v: cls(bundle, v[0], v[1], threads=cfg.threads) for v in variants}
     base = pipes[variants[0]]
-    ref = pytorch_reference(bundle, log) if cfg.pytorch else None
     ref_row = None
     if ref is not None:
         if cfg.threads:
