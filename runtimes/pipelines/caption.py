@@ -337,9 +337,14 @@ class CaptionPipeline:
 def decoder_step_feeds(pipe, pixels: np.ndarray, steps: int = 8) -> dict[str, np.ndarray]:
     """Decoder inputs of a mid-caption step on real images: the prompt, then `steps` greedy
     tokens through the variant's own graphs (plain Session.run), returning the next step's feeds."""
+    return decoder_feeds_after(pipe, pipe.encode(pixels), steps)
+
+
+def decoder_feeds_after(pipe, kv: dict[str, np.ndarray], steps: int) -> dict[str, np.ndarray]:
+    """The decoder's feeds after ``steps`` greedy tokens from the start ids, given the per-row K/V
+    the decoder starts from (cross K/V, or GIT's image-token past)."""
     info = pipe.info
-    b = len(pixels)
-    kv = pipe.encode(pixels)
+    b = len(next(iter(kv.values())))
     names = [f"past.{i}.{x}" for i in range(int(info["num_layers"])) for x in ("key", "value")]
     if info["cross_attention"]:
         cross, past = kv, {n: np.zeros((b, info["num_heads"], 0, info["head_dim"]), np.float32) for n in names}

@@ -20,7 +20,7 @@ from ..bundle import Bundle
 from ..generate import generate
 from ..images import load_image
 from . import register
-from .caption import CaptionPipeline, OnText, SessionDecoder
+from .caption import CaptionPipeline, OnText, SessionDecoder, decoder_feeds_after
 
 MAX_QUESTION_CHARS = 2000
 BENCH_QUESTION = "what is in the picture?"
@@ -56,7 +56,7 @@ class VqaPipeline(CaptionPipeline):
                 out[comp] = [{"input_ids": ids, "image_embeds": emb}], what
             else:
                 kv = pipe.cross_kv(emb, ids)
-                out[comp] = [pipe.step_feeds(kv, steps=0), pipe.step_feeds(kv, steps=6)], what + " (decoder: first and 7th step)"
+                out[comp] = [decoder_feeds_after(pipe, kv, 0), decoder_feeds_after(pipe, kv, 6)], what + " (decoder: first and 7th step)"
         return out
 
     @classmethod
@@ -90,20 +90,6 @@ class VqaPipeline(CaptionPipeline):
         out = self.sessions["question"].run({"input_ids": np.ascontiguousarray(input_ids, np.int64),
                                              "image_embeds": np.ascontiguousarray(image_embeds)})
         return {n: out[n] for n in self.encoder_outputs}
-
-    def step_feeds(self, kv: dict[str, np.ndarray], steps: int = 0) -> dict[str, np.ndarray]:
-        """Decoder inputs after ``steps`` greedy tokens (plain Session.run): for fidelity checks."""
-        info, b = self.info, len(next(iter(kv.values())))
-        names = [f"past.{i}.{x}" for i in range(int(info["num_layers"])) for x in ("key", "value")]
-        past = {n: np.zeros((b, info["num_heads"], 0, info["head_dim"]), np.float32) for n in names}
-        start = list(self.generation.start_ids)
-        ids = np.tile(np.asarray(start, np.int64), (b, 1))
-        pos = np.tile(np.arange(len(start), dtype=np.int64), (b, 1))
-        for _ in range(steps):
-            out = self.sessions["decoder"].run({"input_ids": ids, "position_ids": pos, **past, **kv})
-            past = {n: out[n.replace("past", "present")] for n in names}
-            ids, pos = out["logits"].argmax(-1)[:, None].astype(np.int64), pos[:, -1:] + 1
-        return {"input_ids": ids, "position_ids": pos, **past, **kv}
 
     def _pairs(self, images: Sequence[Any], questions: Sequence[str] | str) -> tuple[list, list[str]]:
         if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
@@ -181,7 +167,7 @@ class VqaPipeline(CaptionPipeline):
         px, ids = request
         emb = self.image_embeds(px)
         return {"vision": {"pixel_values": px}, "question": {"input_ids": ids, "image_embeds": emb},
-                "decoder": self.step_feeds(self.cross_kv(emb, ids), steps=8)}
+                "decoder": decoder_feeds_after(self, self.cross_kv(emb, ids), 8)}
 
     def bench_generate(self, request, max_new_tokens: int | None = None, num_beams: int | None = None) -> list[np.ndarray]:
         """Whole answers from pixels (the image decode and resize are not timed, as for captions)."""
