@@ -194,18 +194,24 @@ class CaptionPipeline:
 
     @classmethod
     def calibration_feeds(cls, *args, **kwargs):
-        raise InputError("caption variants are data-free: no calibration")
+        raise InputError(f"{cls.family} variants are data-free: no calibration")
 
     @classmethod
     def greedy_agreement(cls, bundle: Bundle, backend: str, precision: str, threads: int | None = None) -> tuple[float, str]:
-        """How far the variant's greedy tokens follow fp32 ONNX Runtime's on held-out photos."""
-        from ...common.datasets.photos import photo_batch
+        """How far the variant's greedy tokens follow fp32 ONNX Runtime's on held-out inputs
+        (``cls.agreement_tokens``: what each pipeline generates for the comparison)."""
         from ...common.fidelity import token_agreement
 
-        ref, got = cls(bundle, "onnxruntime", "fp32", threads=threads), cls(bundle, backend, precision, threads=threads)
-        px = ref.pixel_values(photo_batch(4))
-        a, b = ref.generate_ids(px, max_new_tokens=16, num_beams=1), got.generate_ids(px, max_new_tokens=16, num_beams=1)
-        return token_agreement(a, b), "greedy tokens on 4 held-out photos, 16 new tokens"
+        ref = cls.agreement_tokens(cls(bundle, "onnxruntime", "fp32", threads=threads))
+        got = cls.agreement_tokens(cls(bundle, backend, precision, threads=threads))
+        return token_agreement(ref, got), cls.agreement_inputs
+
+    agreement_inputs = "greedy tokens on 4 held-out photos, 16 new tokens"
+
+    def agreement_tokens(self) -> list:
+        from ...common.datasets.photos import photo_batch
+
+        return self.generate_ids(self.pixel_values(photo_batch(4)), max_new_tokens=16, num_beams=1)
 
     def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None,
                  device: str | None = None):

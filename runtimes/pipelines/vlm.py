@@ -24,7 +24,7 @@ from ...errors import BundleError, InputError
 from ..bundle import Bundle
 from ..images import load_image
 from . import register
-from .caption import DATA_FREE_RECIPES
+from .caption import DATA_FREE_RECIPES, CaptionPipeline
 
 MAX_TURN_CHARS = 65_536
 
@@ -250,23 +250,20 @@ class VlmPipeline:
                 out[comp] = [pipe.last_step_feeds(chat)], what + " (decoder: a step at the end of the first answer)"
         return out
 
-    @classmethod
-    def calibration_feeds(cls, *args, **kwargs):
-        raise InputError("vlm variants are data-free: no calibration")
+    # data-free like captioners, compared the same way: only what is generated differs
+    calibration_feeds = vars(CaptionPipeline)["calibration_feeds"]  # the classmethods themselves, bound to this class
+    greedy_agreement = vars(CaptionPipeline)["greedy_agreement"]
+    agreement_inputs = "greedy tokens of a chat turn about 2 held-out photos, 16 new tokens"
 
-    @classmethod
-    def greedy_agreement(cls, bundle: Bundle, backend: str, precision: str, threads: int | None = None) -> tuple[float, str]:
+    def agreement_tokens(self) -> list:
         from ...common.datasets.photos import photo_batch
-        from ...common.fidelity import token_agreement
 
-        ref, got = cls(bundle, "onnxruntime", "fp32", threads=threads), cls(bundle, backend, precision, threads=threads)
-        a, b = [], []
+        out = []
         for im in photo_batch(2):
-            for pipe, out in ((ref, a), (got, b)):
-                chat = pipe.chat()
-                chat.send("Describe the image.", images=[im], max_new_tokens=16)
-                out.append(chat.generated)
-        return token_agreement(a, b), "greedy tokens of a chat turn about 2 held-out photos, 16 new tokens"
+            chat = self.chat()
+            chat.send("Describe the image.", images=[im], max_new_tokens=16)
+            out.append(chat.generated)
+        return out
 
     def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None):
         from tokenizers import Tokenizer

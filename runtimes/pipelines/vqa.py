@@ -59,16 +59,13 @@ class VqaPipeline(CaptionPipeline):
                 out[comp] = [decoder_feeds_after(pipe, kv, 0), decoder_feeds_after(pipe, kv, 6)], what + " (decoder: first and 7th step)"
         return out
 
-    @classmethod
-    def greedy_agreement(cls, bundle: Bundle, backend: str, precision: str, threads: int | None = None) -> tuple[float, str]:
-        from ...common.datasets.photos import photo_batch
-        from ...common.fidelity import token_agreement
+    agreement_inputs = "greedy answers to 4 questions about held-out photos, 8 new tokens"
 
-        ref, got = cls(bundle, "onnxruntime", "fp32", threads=threads), cls(bundle, backend, precision, threads=threads)
-        images, qs = photo_batch(4), ["what is in the picture?", "how many animals are there?", "what color is it?",
-                                      "is it day or night?"]
-        a, b = ref.answer_ids(images, qs, max_new_tokens=8), got.answer_ids(images, qs, max_new_tokens=8)
-        return token_agreement(a, b), "greedy answers to 4 questions about held-out photos, 8 new tokens"
+    def agreement_tokens(self) -> list:
+        from ...common.datasets.photos import photo_batch
+
+        qs = ["what is in the picture?", "how many animals are there?", "what color is it?", "is it day or night?"]
+        return self.answer_ids(photo_batch(4), qs, max_new_tokens=8)
 
     # -- pieces ----------------------------------------------------------------------
     def question_ids(self, question: str) -> list[int]:
