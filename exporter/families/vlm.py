@@ -139,8 +139,12 @@ class VlmFamily:
         if self.tokenizer.token_to_id("<image>") != cfg.image_token_id:
             raise CheckpointError(f"{where}: config image_token_id {cfg.image_token_id} is not the tokenizer's <image> "
                                   f"({self.tokenizer.token_to_id('<image>')})")
+        from ..processor import raw_image_processor
+
         proc = _read_json(folder, "processor_config.json")
-        pre = proc.get("image_processor") or _read_json(folder, "preprocessor_config.json") or ckpt.preprocessor
+        # the settings as saved (the checkpoint's explicit form keeps only what the generic image
+        # preprocessor applies, not max_image_size / do_image_splitting); a twin's: its registry row
+        pre = raw_image_processor(folder) or dict((ckpt.registry_entry or {}).get("preprocessor") or {})
         if not pre:
             raise CheckpointError(f"{where} has no image processor config (processor_config.json or preprocessor_config.json)")
         self.preprocess = self._preprocess_config(pre, where)
