@@ -78,7 +78,7 @@ def _pytorch(ref, pipe, image, n_new: int, runs: int) -> dict[str, Any]:
     import torch
 
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": TURN1}]}]
-    ids = torch.tensor([pipe.prompt_ids(msgs, 1)])
+    ids = torch.tensor([pipe.prompt_ids(msgs, pipe.grids([image]))])
     px = torch.from_numpy(pipe.pixel_values([image]))[None]
     kw = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=px, do_sample=False,
               eos_token_id=pipe.generation["eos_token_id"], pad_token_id=pipe.generation["pad_token_id"])

@@ -24,31 +24,34 @@ from .conftest import run_without_torch  # noqa: E402
 
 BACKENDS = ["onnxruntime", "openvino"]
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<image>", "<fake_token_around_image>", "<global-img>"]
+TILE_TAGS = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
 WORDS = ("user assistant system what is in the picture image color shape a red blue green circle square describe it "
          "the of and yes no how many are there").split()
 
 
-def _tokenizer():
+def _tokenizer(tile_tags: bool = True):
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 
-    vocab = {t: i for i, t in enumerate(SPECIALS)}
+    specials = SPECIALS + (TILE_TAGS if tile_tags else [])
+    vocab = {t: i for i, t in enumerate(specials)}
     for w in WORDS + [w.capitalize() for w in WORDS] + list(":?.,!'\n"):
         vocab.setdefault(w, len(vocab))
     vocab["[UNK]"] = len(vocab)
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     return tok
 
 
-def tiny_smolvlm(out: Path):
-    """A tiny SmolVLM checkpoint folder saved with its processor; returns (model, processor)."""
+def tiny_smolvlm(out: Path, split: bool = False, tile_tags: bool = True):
+    """A tiny SmolVLM checkpoint folder saved with its processor; returns (model, processor).
+    ``split``: the processor splits images into 32 px tiles (longest edge 64: up to 2 x 2 + 1)."""
     from transformers import (Idefics3ImageProcessor, Idefics3Processor, PreTrainedTokenizerFast, SmolVLMConfig,
                               SmolVLMForConditionalGeneration)
     from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
 
     out.mkdir(parents=True)
-    tok = _tokenizer()
+    tok = _tokenizer(tile_tags)
     cfg = SmolVLMConfig(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                            image_size=32, patch_size=8),
@@ -63,7 +66,7 @@ def tiny_smolvlm(out: Path):
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<end_of_utterance>", pad_token="<|endoftext|>",
                                    bos_token="<|im_start|>")
     # the SmolVLM processor needs num2words and a video processor; Idefics3's expands images the same way
-    ip = Idefics3ImageProcessor(size={"longest_edge": 64}, max_image_size={"longest_edge": 32}, do_image_splitting=False)
+    ip = Idefics3ImageProcessor(size={"longest_edge": 64}, max_image_size={"longest_edge": 32}, do_image_splitting=split)
     proc = Idefics3Processor(image_processor=ip, tokenizer=fast, image_seq_len=4, chat_template=DEFAULT_CHAT_TEMPLATE)
     proc.save_pretrained(out)
     return model, proc
@@ -90,9 +93,9 @@ def _msgs(turns: list[tuple[str, int]], answers: list[str]) -> list[dict]:
     return out
 
 
-def _generate(model, proc, messages, images, n: int) -> list[int]:
+def _generate(model, proc, messages, images, n: int, **images_kwargs) -> list[int]:
     text = proc.apply_chat_template(messages, add_generation_prompt=True)
-    inp = proc(text=text, images=[images] if images else None, return_tensors="pt")
+    inp = proc(text=text, images=[images] if images else None, return_tensors="pt", **images_kwargs)
     with torch.inference_mode():
         out = model.generate(**inp, max_new_tokens=n, do_sample=False, eos_token_id=[2])
     return out[0, inp["input_ids"].shape[1]:].tolist()
@@ -133,6 +136,69 @@ def test_three_turns_match_generate_on_the_whole_history(vlm_tiny, backend):
             assert chat.last_prefill <= full - before + prev_generated + 2
         answers.append(answer)
         prev_generated = len(chat.generated)
+
+
+@pytest.fixture(scope="session")
+def vlm_split(tmp_path_factory):
+    """A tiny checkpoint whose processor splits images (SmolVLM's default), exported for ORT."""
+    from mmdeploy.exporter.export import export
+
+    root = tmp_path_factory.mktemp("vlm-split")
+    model, proc = tiny_smolvlm(root / "ckpt", split=True)
+    export(str(root / "ckpt"), root / "bundle", backends=["onnxruntime"], precisions=["fp32"], threads=2)
+    return model, proc, root / "bundle"
+
+
+def _odd_images():
+    """Photos of several aspects, a tall one, and one smaller than a tile (scaled up, then split)."""
+    from PIL import Image
+
+    imgs = photo_batch(4)[1:]
+    return imgs + [imgs[0].transpose(Image.Transpose.ROTATE_90).resize((90, 200)), imgs[1].resize((20, 14))]
+
+
+def test_split_images_prompt_and_pixels_are_the_processors(vlm_split):
+    """rows x cols tiles + the global image, each image's <row_r_col_c> blocks: as the processor."""
+    _, proc, bundle = vlm_split
+    pipe = load(bundle, backend="onnxruntime", precision="fp32")
+    assert pipe.image_splitting is True
+    imgs = _odd_images()
+    msgs = _msgs([("describe the picture", len(imgs))], [])
+    ref = proc(text=proc.apply_chat_template(msgs, add_generation_prompt=True), images=[imgs], return_tensors="np")
+    grids = pipe.grids(imgs)
+    assert (2, 1) in grids and (2, 2) in grids and all(r > 0 for r, _ in grids), grids
+    assert pipe.prompt_ids(msgs, grids) == ref["input_ids"][0].tolist()
+    px = pipe.pixel_values(imgs)
+    assert len(px) == sum(r * c + 1 for r, c in grids)
+    np.testing.assert_allclose(px, ref["pixel_values"][0], atol=1e-5)
+    pipe.image_splitting = False  # one tile per image, as the processor with do_image_splitting=False
+    off = proc(text=proc.apply_chat_template(msgs, add_generation_prompt=True), images=[imgs], return_tensors="np",
+               do_image_splitting=False)
+    assert pipe.prompt_ids(msgs, pipe.grids(imgs)) == off["input_ids"][0].tolist()
+    np.testing.assert_allclose(pipe.pixel_values(imgs), off["pixel_values"][0], atol=1e-5)
+
+
+def test_split_images_two_turns_match_generate(vlm_split):
+    model, proc, bundle = vlm_split
+    pipe = load(bundle, backend="onnxruntime", precision="fp32", threads=2)
+    imgs = _odd_images()[:2]
+    turns = [("what is in the picture ?", 1), ("and this one ?", 1)]
+    chat, answers = pipe.chat(), []
+    for k, (text, _) in enumerate(turns):
+        answer = chat.send(text, images=[imgs[k]], max_new_tokens=6)
+        assert chat.generated == _generate(model, proc, _msgs(turns[: k + 1], answers), imgs[: k + 1], 6), k
+        answers.append(answer)
+    assert chat.last_prefill < len(chat.ids) / 2  # turn 2 ran its own image's tiles, not turn 1's
+
+
+def test_split_checkpoint_without_tile_tags_is_refused(tmp_path):
+    from mmdeploy.errors import CheckpointError
+    from mmdeploy.exporter.export import export
+
+    tiny_smolvlm(tmp_path / "ckpt", split=True, tile_tags=False)
+    with pytest.raises(CheckpointError, match=r"no <row_1_col_1> token.*do_image_splitting"):
+        export(str(tmp_path / "ckpt"), tmp_path / "bundle", backends=["onnxruntime"], precisions=["fp32"])
+    assert not (tmp_path / "bundle").exists()
 
 
 def test_answers_depend_on_the_image(vlm_tiny):

@@ -13,9 +13,11 @@ Graphs (names are the bundle's contract with ``runtimes/pipelines/vlm.py``):
   ``present.{i}.*`` (B, kv heads, P + T, head_dim). One graph serves the prefill (T = the new
   turn's tokens) and every decode step (T = 1); the causal mask comes from the past length.
 
-Images are one square ``max_image_size`` tile each (the processor with
-``do_image_splitting=False``); checkpoints that split images are exported with splitting off
-and the manifest says so (the runtime's prompt then has one global-image block per image).
+The vision graph takes square ``max_image_size`` tiles. A checkpoint whose processor splits
+images (``do_image_splitting``, SmolVLM's default) keeps doing so in the runtime: rows x cols
+tiles plus the whole image as one more, each with its ``<row_r_col_c>`` block in the prompt, as
+the processor does. Parity checks here use one tile per image (the graphs see the same kind
+of tile either way, and a split photo would be 13 tiles through PyTorch).
 """
 
 from __future__ import annotations
@@ -172,9 +174,21 @@ class VlmFamily:
             "rescale_factor": float(pre.get("rescale_factor", 1 / 255)),
             "image_mean": [float(x) for x in pre.get("image_mean", [0.5, 0.5, 0.5])],
             "image_std": [float(x) for x in pre.get("image_std", [0.5, 0.5, 0.5])],
-            "do_image_splitting": False,
-            "checkpoint_splits_images": bool(pre.get("do_image_splitting", True)),
+            "do_image_splitting": self._splitting(pre, tile, where),
         }
+
+    def _splitting(self, pre: dict[str, Any], tile: int, where: str) -> bool:
+        """The processor's do_image_splitting, once the tokenizer is known to have the tile tags."""
+        if not pre.get("do_image_splitting", True):
+            return False
+        most = -(-int((pre.get("size") or {}).get("longest_edge", 4 * tile)) // tile)
+        missing = [f"<row_{r}_col_{c}>" for r in range(1, most + 1) for c in range(1, most + 1)
+                   if self.tokenizer.token_to_id(f"<row_{r}_col_{c}>") is None]
+        if missing:
+            raise CheckpointError(f"{where}: the processor splits images into up to {most} x {most} tiles but the tokenizer "
+                                  f"has no {missing[0]} token ({len(missing)} tile tags missing); set do_image_splitting "
+                                  "to false in its processor config to export one tile per image")
+        return True
 
     @staticmethod
     def _chat_template(folder: Path, proc: dict, where: str) -> str:

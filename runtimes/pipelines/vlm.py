@@ -27,38 +27,82 @@ from . import register
 from .caption import DATA_FREE_RECIPES, CaptionPipeline
 
 MAX_TURN_CHARS = 65_536
+VISION_BATCH = 8  # tiles per vision call: a split image is up to 17 tiles; bounds the activations
 
 
 # -- preprocessing and prompt (shared with the exporter: one implementation) -------------------
 
 
-def vlm_pixels(images: Sequence[Any], cfg: dict[str, Any]) -> np.ndarray:
-    """SmolVLM's image processor without splitting: the longest edge to ``longest_edge`` (even
-    sides, aspect kept), then one square ``tile`` (both LANCZOS on uint8), rescale, normalize."""
+MAX_SIDE = 4096  # the processor's absolute bound on a resized image's side
+
+
+def _fit_longest(w: int, h: int, long: int) -> tuple[int, int]:
+    """The processor's first resize: the longest edge to ``long``, the other side even, aspect kept,
+    then both below MAX_SIDE."""
+    if w >= h:
+        nw, nh = long, int(long / (w / h))
+        nh += nh % 2
+    else:
+        nh, nw = long, int(long * (w / h))
+        nw += nw % 2
+    if max(nw, nh) > MAX_SIDE:
+        nw, nh = (MAX_SIDE, int(MAX_SIDE / (nw / nh))) if nw >= nh else (int(MAX_SIDE * (nw / nh)), MAX_SIDE)
+    return max(nw, 1), max(nh, 1)
+
+
+def _tile_multiple(w: int, h: int, tile: int) -> tuple[int, int]:
+    """The processor's resize for splitting: both sides up to multiples of the tile."""
+    up = lambda x: -(-x // tile) * tile  # noqa: E731
+    if w >= h:
+        nw = up(w)
+        return nw, up(int(nw / (w / h)))
+    nh = up(h)
+    return up(int(nh * (w / h))), nh
+
+
+def _split_grid(w: int, h: int, tile: int) -> tuple[int, int]:
+    W, H = _tile_multiple(w, h, tile)
+    return (H // tile, W // tile) if W > tile or H > tile else (0, 0)
+
+
+def image_grid(size: tuple[int, int], cfg: dict[str, Any], split: bool) -> tuple[int, int]:
+    """(rows, cols) of tiles the processor cuts an image of ``size`` (w, h) into; (0, 0): one
+    global image, no tiles (splitting off, or an image that fits one tile)."""
+    return _split_grid(*_fit_longest(*size, int(cfg["longest_edge"])), int(cfg["tile"])) if split else (0, 0)
+
+
+def image_tiles(images: Sequence[Any], cfg: dict[str, Any], split: bool) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """SmolVLM / Idefics3's image processor: the longest edge to ``longest_edge``; then, splitting,
+    both sides up to tile multiples, cut into rows x cols tiles (row-major) followed by the whole
+    image resized to one tile; not splitting, one square tile. LANCZOS on uint8, rescale,
+    normalize. -> pixels (all tiles of all images, in order) and each image's (rows, cols)."""
     tile = int(cfg["tile"])
     mean = np.asarray(cfg["image_mean"], np.float32)
     std = np.asarray(cfg["image_std"], np.float32)
-    out = []
+    resample = int(cfg["resample"])
+    out, grids = [], []
     for im in images:
         im = load_image(im)
-        w, h = im.size
-        long = int(cfg["longest_edge"])
-        if w >= h:
-            nw, nh = long, int(long / (w / h))
-            nh += nh % 2
-        else:
-            nh, nw = long, int(long * (w / h))
-            nw += nw % 2
-        cap = 4096
-        if max(nw, nh) > cap:  # the processor's absolute bound
-            nw, nh = (cap, int(cap / (nw / nh))) if nw >= nh else (int(cap * (nw / nh)), cap)
-        im = im.resize((max(nw, 1), max(nh, 1)), resample=int(cfg["resample"]))
-        im = im.resize((tile, tile), resample=int(cfg["resample"]))
-        x = np.asarray(im, np.float32) * np.float32(cfg["rescale_factor"])
-        out.append(((x - mean) / std).transpose(2, 0, 1))
+        im = im.resize(_fit_longest(*im.size, int(cfg["longest_edge"])), resample=resample)
+        rows, cols = _split_grid(*im.size, tile) if split else (0, 0)
+        parts = []
+        if rows:
+            im = im.resize(_tile_multiple(*im.size, tile), resample=resample)
+            a = np.asarray(im)
+            parts = [a[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] for r in range(rows) for c in range(cols)]
+        parts.append(np.asarray(im.resize((tile, tile), resample=resample)))
+        for a in parts:
+            x = a.astype(np.float32) * np.float32(cfg["rescale_factor"])
+            out.append(((x - mean) / std).transpose(2, 0, 1))
+        grids.append((rows, cols))
     if not out:
         raise InputError("no images given")
-    return np.ascontiguousarray(np.stack(out), dtype=np.float32)
+    return np.ascontiguousarray(np.stack(out), dtype=np.float32), grids
+
+
+def vlm_pixels(images: Sequence[Any], cfg: dict[str, Any], split: bool = False) -> np.ndarray:
+    """The vision graph's ``pixel_values`` for ``images`` (see :func:`image_tiles`)."""
+    return image_tiles(images, cfg, split)[0]
 
 
 def render_chat(template: str, messages: list[dict], add_generation_prompt: bool = True) -> str:
@@ -77,12 +121,26 @@ def render_chat(template: str, messages: list[dict], add_generation_prompt: bool
         raise BundleError(f"the chat template failed: {exc}") from None
 
 
-def expand_images(text: str, seq_len: int, n_images: int) -> str:
-    """Each ``<image>`` of the rendered prompt -> the processor's block for one unsplit image."""
-    if text.count("<image>") != n_images:
-        raise InputError(f"the prompt has {text.count('<image>')} image placeholders for {n_images} images")
-    block = "<fake_token_around_image><global-img>" + "<image>" * seq_len + "<fake_token_around_image>"
-    return text.replace("<image>", block)
+def expand_images(text: str, seq_len: int, grids: int | Sequence[tuple[int, int]]) -> str:
+    """Each ``<image>`` of the rendered prompt -> the processor's block for that image: per tile
+    ``<fake_token_around_image><row_r_col_c>`` + ``seq_len`` x ``<image>`` (a newline after each
+    row), then the global image's block. ``grids``: each image's (rows, cols), or a count of
+    unsplit images."""
+    grids = [(0, 0)] * grids if isinstance(grids, int) else list(grids)
+    parts = text.split("<image>")
+    if len(parts) - 1 != len(grids):
+        raise InputError(f"the prompt has {len(parts) - 1} image placeholders for {len(grids)} images")
+    fake, img = "<fake_token_around_image>", "<image>" * seq_len
+    glob = fake + "<global-img>" + img + fake
+    out = [parts[0]]
+    for (rows, cols), rest in zip(grids, parts[1:]):
+        if rows or cols:
+            tiles = "".join("".join(f"{fake}<row_{r + 1}_col_{c + 1}>{img}" for c in range(cols)) + "\n" for r in range(rows))
+            out.append(tiles + "\n" + glob)
+        else:
+            out.append(glob)
+        out.append(rest)
+    return "".join(out)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -113,7 +171,8 @@ class Conversation:
         self.max_tokens = min(int(max_tokens), limit) if max_tokens else limit
         self.messages: list[dict] = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
         self.images: list[Any] = []
-        self._features: list[np.ndarray] = []  # per image, computed once
+        self._features: list[np.ndarray] = []  # per turn with images, computed once
+        self.grids: list[tuple[int, int]] = []  # per image: (rows, cols) of its tiles, (0, 0) unsplit
         self.ids: list[int] = []  # the tokens the cache holds
         self.kv: dict[str, np.ndarray] | None = None
         self.last_prefill = 0  # tokens the last turn prefilled (the rest came from the cache)
@@ -128,7 +187,8 @@ class Conversation:
         the next turn prefills all of it (a server that keeps no state between requests)."""
         self.messages = list(messages)
         self.images = [load_image(im) for im in images]
-        self._features = [self.pipe.image_features([im]) for im in self.images]
+        self.grids = self.pipe.grids(self.images)
+        self._features = [self.pipe.image_features(self.images)] if self.images else []
         self.ids, self.kv = [], None
 
     def _cut(self, k: int) -> None:
@@ -158,7 +218,8 @@ class Conversation:
         decoded = [load_image(im) for im in images]  # bad images fail before any state changes
         msg = {"role": "user", "content": [{"type": "image"} for _ in decoded] + [{"type": "text", "text": text}]}
         messages, all_images = self.messages + [msg], self.images + decoded
-        ids = pipe.prompt_ids(messages, len(all_images))
+        grids = self.grids + pipe.grids(decoded)
+        ids = pipe.prompt_ids(messages, grids)
         n_new = pipe.new_tokens(max_new_tokens)
         if len(ids) + n_new > self.max_tokens:
             raise InputError(f"this turn needs {len(ids)} + {n_new} tokens; the conversation holds {self.max_tokens}: "
@@ -171,7 +232,7 @@ class Conversation:
             k += 1
         k = min(k, len(ids) - 1)  # at least one token to prefill
         self._cut(k)
-        self.messages, self.images, self._features = messages, all_images, features
+        self.messages, self.images, self._features, self.grids = messages, all_images, features, grids
         return self._generate(ids, k, n_new, temperature, top_p, seed, t0)
 
     def _generate(self, ids, k, n_new, temperature, top_p, seed, t0: float) -> Iterator[str]:
@@ -238,7 +299,7 @@ class VlmPipeline:
         images = photo_batch(3)
         chat = pipe.chat()
         list(chat.send("Describe the image.", images=images[:1], max_new_tokens=6, stream=True))
-        ids = pipe.prompt_ids(chat.messages[:1], 1)
+        ids = pipe.prompt_ids(chat.messages[:1], chat.grids[:1])
         out = {}
         what = "fp32 ONNX on held-out real photos and a chat turn"
         for comp in components:
@@ -266,6 +327,8 @@ class VlmPipeline:
         return out
 
     def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None):
+        """Images are split into tiles when the checkpoint's processor does (``do_image_splitting``);
+        set ``image_splitting = False`` for one tile per image (fewer tokens, less detail)."""
         from tokenizers import Tokenizer
 
         from ..select import open_sessions
@@ -276,6 +339,7 @@ class VlmPipeline:
             if key not in m:
                 raise BundleError(f"{bundle.root}: manifest has no {key!r}: not a vlm bundle of this mmdeploy")
         self.info, self.generation, self.pre = m["chat"], m["generation"], m["preprocess"]["config"]
+        self.image_splitting = bool(self.pre.get("do_image_splitting", False))
         bundle.verify([m["tokenizer"]["file"], self.info["template_file"]])
         try:
             self.tokenizer = Tokenizer.from_file(str(bundle.path(m["tokenizer"]["file"])))
@@ -301,14 +365,25 @@ class VlmPipeline:
 
     # -- pieces --------------------------------------------------------------------------
     def pixel_values(self, images: Sequence[Any]) -> np.ndarray:
-        return vlm_pixels(images, self.pre)
+        """All tiles of all images, in prompt order (transformers' pixel_values of one sample)."""
+        return vlm_pixels(images, self.pre, self.image_splitting)
+
+    def grids(self, images: Sequence[Any]) -> list[tuple[int, int]]:
+        """Each image's (rows, cols) of tiles, from its size alone."""
+        return [image_grid(load_image(im).size, self.pre, self.image_splitting) for im in images]
 
     def image_features(self, images: Sequence[Any]) -> np.ndarray:
-        return self.sessions["vision"].run({"pixel_values": self.pixel_values(images)})["image_features"]
+        """(tiles, image tokens, hidden): the embeddings of the images' ``<image>`` placeholders."""
+        px = self.pixel_values(images)
+        feats = [self.sessions["vision"].run({"pixel_values": px[i:i + VISION_BATCH]})["image_features"]
+                 for i in range(0, len(px), VISION_BATCH)]
+        return feats[0] if len(feats) == 1 else np.concatenate(feats)
 
-    def prompt_ids(self, messages: list[dict], n_images: int) -> list[int]:
+    def prompt_ids(self, messages: list[dict], grids: int | Sequence[tuple[int, int]]) -> list[int]:
+        """The conversation's token ids; ``grids``: each image's (rows, cols) (see :meth:`grids`),
+        or a count of unsplit images."""
         text = render_chat(self.template, messages, add_generation_prompt=True)
-        return self.tokenizer.encode(expand_images(text, int(self.info["image_seq_len"]), n_images), add_special_tokens=False).ids
+        return self.tokenizer.encode(expand_images(text, int(self.info["image_seq_len"]), grids), add_special_tokens=False).ids
 
     def embed(self, ids: Sequence[int]) -> np.ndarray:
         return np.array(self.sessions["embed"].run({"input_ids": np.asarray([list(ids)], np.int64)})["inputs_embeds"])

@@ -318,7 +318,7 @@ def create_app(bundles: Mapping[str, Any], config: ServeConfig | None = None, *,
         def count() -> None:  # the prompt's tokens, for usage (a bad conversation is a 400 here)
             try:
                 prompt[0] = len(m.pipe.prompt_ids(history + [{"role": "user", "content": [{"type": "image"}] * len(t_imgs)
-                                                             + [{"type": "text", "text": text}]}], len(refs)))
+                                                             + [{"type": "text", "text": text}]}], m.pipe.grids(decoded)))
             except InputError as exc:
                 raise ApiError(400, f"messages: {exc}", code="invalid_value", param="messages") from None
             room = int(m.pipe.generation.get("max_positions") or 0)
