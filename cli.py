@@ -200,6 +200,7 @@ def quantize(
     samples: int = typer.Option(32, help="Calibration samples per component."),
     exclude: Optional[str] = typer.Option(None, help="Comma-separated op types (e.g. Gemm) or node-name globs/regexes to keep in float; default for static INT8: the MLP down-projections (measured outliers); 'none' quantizes everything."),
     min_cosine: Optional[float] = typer.Option(None, help="Accuracy-aware: keep the most sensitive layers in float until cosine vs fp32 reaches this."),
+    min_agreement: float = typer.Option(0.8, help="Generative bundles (caption, VQA, chat): the share of fp32's greedy tokens on held-out photos the variant must reproduce to pass its gate."),
     component: Optional[str] = typer.Option(None, help="Only these components (comma-separated); default all."),
     threads: Optional[int] = typer.Option(None),
 ):
@@ -213,7 +214,7 @@ def quantize(
     cfg = QuantConfig(
         precision=precision, backend=backend, mode=mode, calib=calib, method=method, samples=samples,
         exclude=None if exclude is None else [e.strip() for e in exclude.split(",") if e.strip() and e.strip() != "none"],
-        min_cosine=min_cosine,
+        min_cosine=min_cosine, min_agreement=min_agreement,
         components=[c.strip() for c in component.split(",")] if component else None, threads=threads,
     )
     _print_info(run_quantize(bundle, cfg, log=_log))
@@ -332,7 +333,8 @@ def _print_info(b) -> None:
         t.add_row(a.component, a.backend, a.precision, a.path, f"{size:.1f}",
                   f"{a.parity.get('cosine', nan):.6f}", f"{a.parity.get('cosine_mean', nan):.6f}",
                   f"{a.parity.get('max_abs_diff', nan):.2e}",
-                  f"{'pass' if a.passed else 'FAIL'} ({metric} ≥{a.gate.get('min_cosine')})")
+                  f"{'pass' if a.passed else 'FAIL'} ({metric} ≥{a.gate.get('min_cosine')}"
+                  + (f", tokens {a.gate['agreement']:.0%} ≥{a.gate['min_agreement']:.0%}" if "min_agreement" in a.gate else "") + ")")
     c.print(t)
     try:
         c.print("default variant here: " + "/".join(select_variant(b)))

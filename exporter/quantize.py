@@ -60,6 +60,8 @@ def check_config(cfg: QuantConfig, family: str) -> Recipe:
         raise InputError(f"--min-cosine {cfg.min_cosine}: give a value in (0, 1]")
     if cfg.samples < 1:
         raise InputError("--samples must be >= 1")
+    if not 0 <= cfg.min_agreement <= 1:
+        raise InputError(f"--min-agreement {cfg.min_agreement}: give a share in [0, 1]")
     if recipe.calibration and cfg.calib is None:
         raise InputError("static INT8 needs calibration data: --calib DIR|FILE|shapes (or --mode dynamic)")
     return recipe
@@ -145,7 +147,8 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
 
 def _record_agreement(w, family, cfg: QuantConfig, log) -> None:
     """Generative variants: how far their greedy tokens follow fp32's, in the manifest beside the
-    per-graph cosines (recorded and reported; the gate stays on the cosines)."""
+    per-graph cosines, and a gate of the whole variant: below ``cfg.min_agreement`` each of its
+    graphs' gates fails (kept, reported, never chosen by default), whatever their cosines."""
     from dataclasses import asdict
 
     staged = Bundle(w.stage_dir, {**w.manifest, "files": dict(w.files), "artifacts": [asdict(a) for a in w.artifacts]})
@@ -153,5 +156,13 @@ def _record_agreement(w, family, cfg: QuantConfig, log) -> None:
         return
     share, what = family.greedy_agreement(staged, cfg.backend, cfg.precision, cfg.threads)
     checks = w.manifest.setdefault("variant_checks", {}).setdefault("greedy_agreement_vs_fp32", {})
-    checks[f"{cfg.backend}/{cfg.precision}"] = {"agreement": round(share, 4), "inputs": what}
-    log(f"{cfg.backend}/{cfg.precision}: greedy tokens follow fp32 for {share:.0%} ({what})")
+    passed = share >= cfg.min_agreement
+    checks[f"{cfg.backend}/{cfg.precision}"] = {"agreement": round(share, 4), "inputs": what,
+                                                "min_agreement": cfg.min_agreement, "passed": passed}
+    for a in w.artifacts:
+        if (a.backend, a.precision) == (cfg.backend, cfg.precision):
+            a.gate["min_agreement"] = cfg.min_agreement
+            a.gate["agreement"] = round(share, 4)
+            a.gate["passed"] = bool(a.gate.get("passed")) and passed
+    log(f"{cfg.backend}/{cfg.precision}: greedy tokens follow fp32 for {share:.0%} ({what})"
+        + ("" if passed else f": below --min-agreement {cfg.min_agreement:g}, kept but never chosen by default"))

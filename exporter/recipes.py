@@ -63,6 +63,7 @@ class QuantConfig:
     samples: int = 32
     exclude: list[str] | None = None  # None: DEFAULT_EXCLUDE for static INT8; [] quantizes everything
     min_cosine: float | None = None
+    min_agreement: float = 0.8  # generative variants: share of fp32's greedy tokens they must reproduce
     components: list[str] | None = None
     threads: int | None = None
 

@@ -168,6 +168,32 @@ def test_export_onto_a_file_is_one_line(tmp_path):
     assert f.read_text() == "x"
 
 
+@pytest.fixture()
+def read_only_fs(tmp_path):
+    """A real read-only file system (a tmpfs remounted ro); skipped where mounting is not allowed."""
+    d = tmp_path / "ro"
+    d.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(d)], capture_output=True).returncode:
+        pytest.skip("cannot mount a file system here (needs root)")
+
+    def freeze():
+        subprocess.run(["mount", "-o", "remount,ro", str(d)], check=True)
+    yield d, freeze
+    subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def test_outputs_on_a_read_only_file_system_are_one_line(read_only_fs, clip_bundle):
+    ro, freeze = read_only_fs
+    shutil.copytree(clip_bundle, ro / "b")
+    freeze()
+    before = sorted(p.name for p in (ro / "b").rglob("*"))
+    _one_line_exit_2(_export_cli(ro / "out"), "cannot write", "Read-only file system")
+    _one_line_exit_2(_cli("quantize", str(ro / "b"), "--precision", "int8", "--mode", "dynamic"), "Read-only file system")
+    assert not (ro / "out").exists() and sorted(p.name for p in (ro / "b").rglob("*")) == before
+    assert load(ro / "b").embed_texts(["a red circle"]).shape[0] == 1  # a read-only bundle still runs
+
+
 def test_stale_staging_of_a_dead_run_is_removed(tmp_path):
     from mmdeploy.runtimes.bundle import remove_stale
 

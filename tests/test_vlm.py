@@ -365,5 +365,12 @@ def test_quantized_chat_variants_record_token_agreement(vlm_tiny, tmp_path):
     checks = Bundle.open(path).manifest["variant_checks"]["greedy_agreement_vs_fp32"]
     assert set(checks) == {"onnxruntime/int8", "onnxruntime/int4"}
     assert checks["onnxruntime/int8"]["agreement"] >= 0.5
+    print(checks)
+    b = Bundle.open(path)
+    for key, rec in checks.items():  # the variant's gate holds its token agreement beside the cosines
+        assert rec["passed"] == (rec["agreement"] >= 0.8), rec
+        arts = b.find(backend=key.split("/")[0], precision=key.split("/")[1])
+        assert arts and all(a.gate["agreement"] == rec["agreement"] for a in arts)
+        assert all(a.passed == (rec["passed"] and a.parity[a.gate["metric"]] >= a.gate["min_cosine"]) for a in arts)
     assert load(path, backend="onnxruntime", precision="int8", threads=2).generate("describe the picture", images=photo_batch(1),
                                                                                   max_new_tokens=4)
