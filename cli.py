@@ -241,10 +241,11 @@ def serve(
     backend: Optional[str] = typer.Option(None, help="Backend (default: each bundle's default variant)."),
     precision: Optional[str] = typer.Option(None, help="Precision (default: each bundle's default variant)."),
     allow_local_paths: bool = typer.Option(False, "--allow-local-paths", help="Also accept image paths on this machine (trusted clients only)."),
+    chat_cache_mb: float = typer.Option(512.0, min=0, help="Chat models: MB of recent conversations' KV caches kept, so a request that continues one prefills only its new turn (0: none)."),
     log_level: str = typer.Option("info", help="debug, info, warning or error (JSON lines on stderr)."),
 ):
     """Serve bundles over HTTP: a playground page at /, API docs at /docs, OpenAI-compatible /v1/embeddings,
-    /v1/classify, /v1/caption (stream: true for server-sent events), /v1/chat/completions (VQA bundles), /health, /metrics."""
+    /v1/classify, /v1/caption (stream: true for server-sent events), /v1/chat/completions (VQA and VLM bundles), /health, /metrics."""
     from .errors import InputError
     from .runtimes.serve import ServeConfig, run_server
 
@@ -254,7 +255,7 @@ def serve(
     cfg = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, max_items=max_items,
                       max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels, timeout_s=timeout,
                       api_key=api_key or None, allow_local_paths=allow_local_paths, header_timeout_s=header_timeout,
-                      body_timeout_s=body_timeout, drain_timeout_s=drain_timeout)
+                      body_timeout_s=body_timeout, drain_timeout_s=drain_timeout, chat_cache_mb=chat_cache_mb)
     run_server(bundles, host=host, port=port, config=cfg, backend=backend, precision=precision, threads=threads,
                log_level=log_level)
 

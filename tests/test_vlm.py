@@ -299,12 +299,22 @@ def test_openai_client_multi_turn_chat(vlm_server, vlm_tiny):
     second = chat.send("what color is it ?", max_new_tokens=6)
     msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(png(img))}},
                                          {"type": "text", "text": "describe the picture"}]}]
-    r = client.chat.completions.create(model="vlm", messages=msgs, max_tokens=6)
-    assert r.choices[0].message.content == first
-    assert r.usage.completion_tokens == n_first and r.choices[0].finish_reason in ("stop", "length")
+    r1 = client.chat.completions.create(model="vlm", messages=msgs, max_tokens=6)
+    assert r1.choices[0].message.content == first
+    assert r1.usage.completion_tokens == n_first and r1.choices[0].finish_reason in ("stop", "length")
     msgs += [{"role": "assistant", "content": first}, {"role": "user", "content": "what color is it ?"}]
     r = client.chat.completions.create(model="vlm", messages=msgs, max_tokens=6)
     assert r.choices[0].message.content == second
+    # the server kept turn 1's KV cache: turn 2 prefilled only what follows the shared prefix
+    assert r.usage.prompt_tokens_details.cached_tokens >= r1.usage.prompt_tokens - 2, (r.usage, r1.usage)
+    # the same words about another image: nothing from the first image's tokens on is reused
+    other = photo_batch(2)[0]
+    swapped = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(png(other))}},
+                                            {"type": "text", "text": "describe the picture"}]}]
+    r3 = client.chat.completions.create(model="vlm", messages=swapped, max_tokens=6)
+    assert r3.choices[0].message.content == pipe.generate("describe the picture", images=[other], max_new_tokens=6)
+    image_at = pipe.prompt_ids(_msgs([("describe the picture", 1)], []), 1).index(pipe.image_token_id)
+    assert r3.usage.prompt_tokens_details.cached_tokens <= image_at
     pieces = [c.choices[0].delta.content or "" for c in
               client.chat.completions.create(model="vlm", messages=msgs, max_tokens=6, stream=True) if c.choices]
     assert "".join(pieces) == second

@@ -143,6 +143,12 @@ def expand_images(text: str, seq_len: int, grids: int | Sequence[tuple[int, int]
     return "".join(out)
 
 
+def _image_key(im) -> bytes:
+    import hashlib
+
+    return hashlib.blake2b(f"{im.mode}{im.size}".encode() + im.tobytes(), digest_size=16).digest()
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max())
     return e / e.sum()
@@ -171,11 +177,13 @@ class Conversation:
         self.max_tokens = min(int(max_tokens), limit) if max_tokens else limit
         self.messages: list[dict] = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
         self.images: list[Any] = []
-        self._features: list[np.ndarray] = []  # per turn with images, computed once
+        self._features: list[np.ndarray] = []  # per image (tiles, image tokens, hidden), computed once
+        self._keys: list[bytes] = []  # per image: a digest of its pixels (restore() keeps what matches)
         self.grids: list[tuple[int, int]] = []  # per image: (rows, cols) of its tiles, (0, 0) unsplit
         self.ids: list[int] = []  # the tokens the cache holds
         self.kv: dict[str, np.ndarray] | None = None
         self.last_prefill = 0  # tokens the last turn prefilled (the rest came from the cache)
+        self.last_cached = 0  # prompt tokens the last turn took from the cache
 
     def reset(self) -> None:
         system = [m for m in self.messages if m["role"] == "system"]
@@ -183,13 +191,36 @@ class Conversation:
         self.messages = system
 
     def restore(self, messages: list[dict], images: Sequence[Any]) -> None:
-        """Start from an earlier conversation (template messages and their images, in order):
-        the next turn prefills all of it (a server that keeps no state between requests)."""
-        self.messages = list(messages)
-        self.images = [load_image(im) for im in images]
-        self.grids = self.pipe.grids(self.images)
-        self._features = [self.pipe.image_features(self.images)] if self.images else []
-        self.ids, self.kv = [], None
+        """Continue from a conversation given whole (template messages and their images, in order),
+        as a server that receives the history with every request does. What this conversation
+        already ran stays cached as far as it is the same: its leading images that are the same
+        pixels keep their embeddings, and the next turn prefills only the tokens after the prefix
+        the two prompts share (all of it for a fresh conversation)."""
+        decoded = [load_image(im) for im in images]
+        keys = [_image_key(im) for im in decoded]
+        same = 0
+        while same < min(len(keys), len(self._keys)) and keys[same] == self._keys[same]:
+            same += 1
+        if same < len(self._keys):  # a changed image: the cache is good up to its first <image> token
+            before = sum(len(f) * f.shape[1] for f in self._features[:same])
+            pos = [p for p, t in enumerate(self.ids) if t == self.pipe.image_token_id]
+            self._cut(pos[before] if before < len(pos) else len(self.ids))
+        fresh = self._encode(decoded[same:])
+        self.messages, self.images, self._keys = list(messages), decoded, keys
+        self._features = self._features[:same] + fresh
+        self.grids = self.grids[:same] + self.pipe.grids(decoded[same:])
+
+    def _encode(self, images: list) -> list[np.ndarray]:
+        """Per image: its tiles' embeddings (one vision run for all of them)."""
+        if not images:
+            return []
+        feats = self.pipe.image_features(images)
+        sizes = [r * c + 1 for r, c in self.pipe.grids(images)]
+        return np.split(feats, np.cumsum(sizes)[:-1])
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(v.nbytes for v in (self.kv or {}).values()) + sum(f.nbytes for f in self._features)
 
     def _cut(self, k: int) -> None:
         """Keep the first k cached tokens."""
@@ -224,7 +255,7 @@ class Conversation:
         if len(ids) + n_new > self.max_tokens:
             raise InputError(f"this turn needs {len(ids)} + {n_new} tokens; the conversation holds {self.max_tokens}: "
                              "start a new conversation (or ask for fewer new tokens)")
-        features = self._features + ([pipe.image_features(decoded)] if decoded else [])
+        features = self._features + self._encode(decoded)
         k = 0
         for a, b in zip(self.ids, ids):
             if a != b:
@@ -233,6 +264,7 @@ class Conversation:
         k = min(k, len(ids) - 1)  # at least one token to prefill
         self._cut(k)
         self.messages, self.images, self._features, self.grids = messages, all_images, features, grids
+        self._keys = self._keys + [_image_key(im) for im in decoded]
         return self._generate(ids, k, n_new, temperature, top_p, seed, t0)
 
     def _generate(self, ids, k, n_new, temperature, top_p, seed, t0: float) -> Iterator[str]:
@@ -247,7 +279,7 @@ class Conversation:
             rows = [r for r, p in enumerate(img_pos) if p >= k]
             if rows:
                 emb[0, [img_pos[r] - k for r in rows]] = feats[rows]
-        self.last_prefill = len(ids) - k
+        self.last_prefill, self.last_cached = len(ids) - k, k
         logits, self.kv = pipe.step(emb, np.arange(k, len(ids), dtype=np.int64)[None], self.kv)
         t_first = time.perf_counter()
         self.ids = list(ids)

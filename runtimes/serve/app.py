@@ -330,7 +330,8 @@ def create_app(bundles: Mapping[str, Any], config: ServeConfig | None = None, *,
         count()
         head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": m.name}
         usage = lambda a: {"prompt_tokens": prompt[0], "completion_tokens": a.completion_tokens,  # noqa: E731
-                           "total_tokens": prompt[0] + a.completion_tokens}
+                           "total_tokens": prompt[0] + a.completion_tokens,
+                           "prompt_tokens_details": {"cached_tokens": a.cached_tokens}}
         h_dec, t_dec = decoded[: len(h_imgs)], decoded[len(h_imgs):]
         return await completion(req, m, head, usage, "chat", ["messages"],
                                 lambda sink: m.chat(history, h_dec, text, t_dec, opts, state, sink))

@@ -37,6 +37,7 @@ class ServeConfig:
     api_key: str | None = None
     allow_local_paths: bool = False
     label_cache_size: int = 4096  # cached label embeddings per model
+    chat_cache_mb: float = 512.0  # KV caches of recent conversations kept per chat model (0: none)
     warmup: bool = True  # one tiny batch per component at startup
 
     def __post_init__(self):
@@ -45,6 +46,8 @@ class ServeConfig:
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise InputError(f"{f} must be a positive integer, got {v!r}")
+        if self.chat_cache_mb < 0:
+            raise InputError(f"chat_cache_mb must be >= 0, got {self.chat_cache_mb}")
         if self.max_wait_ms < 0:
             raise InputError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         for f in ("timeout_s", "header_timeout_s", "body_timeout_s", "drain_timeout_s"):

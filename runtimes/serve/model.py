@@ -60,6 +60,7 @@ class ServedModel:
                     max_queue=cfg.max_queue, arrivals=server.arrivals, on_batch=server.metrics.batch_hook(name, comp),
                 )
         self._labels: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._chats: OrderedDict[int, Any] = OrderedDict()  # recent conversations, their KV caches kept
 
     @property
     def capabilities(self) -> list[str]:
@@ -207,11 +208,14 @@ class ServedModel:
         return out
 
     def _run_chat(self, items: list[tuple]) -> list:
-        """(history, images, text, turn images, options, sink) -> Answer per item, one conversation at a time."""
+        """(history, images, text, turn images, options, sink) -> Answer per item, one conversation at a time.
+        Each request carries its whole conversation; the one among the recently run conversations
+        that shares the most leading messages with it is continued, so only the tokens after
+        their common prefix are prefilled (usage.prompt_tokens_details.cached_tokens)."""
         out: list[Any] = []
         for history, images, text, turn_images, opts, sink in items:
             try:
-                conv = self.pipe.chat()
+                conv = self._conversation_for(history)
                 conv.restore(history, images)
                 sent, left = "", False
                 for piece in conv.send(text, images=turn_images, stream=True, **opts):
@@ -219,11 +223,35 @@ class ServedModel:
                     if sink is not None and sink(sent) is False:
                         left = True  # the reader left: stop generating
                         break
-                out.append(Answer(sent, 0, "stop") if left else
-                           Answer(self.pipe.decode(conv.generated), len(conv.generated), conv.finish_reason))
+                self._keep_conversation(conv)
+                out.append(Answer(sent, 0, "stop", conv.last_cached) if left else
+                           Answer(self.pipe.decode(conv.generated), len(conv.generated), conv.finish_reason, conv.last_cached))
             except Exception as exc:  # noqa: BLE001 - fails this item only
                 out.append(exc)
         return out
+
+    def _conversation_for(self, history: list[dict]) -> Any:
+        """The cached conversation sharing the most leading messages with ``history`` (taken out of
+        the cache while it runs), else a new one."""
+        def shared(conv) -> int:
+            n = 0
+            while n < min(len(history), len(conv.messages)) and history[n] == conv.messages[n]:
+                n += 1
+            return n
+
+        best = max(self._chats, key=lambda k: shared(self._chats[k]), default=None)
+        if best is not None and shared(self._chats[best]):
+            return self._chats.pop(best)
+        return self.pipe.chat()
+
+    def _keep_conversation(self, conv: Any) -> None:
+        """Newest last; the oldest go while the caches pass --chat-cache-mb."""
+        budget = self.cfg.chat_cache_mb * 1e6
+        if conv.cache_bytes > budget:
+            return
+        self._chats[id(conv)] = conv
+        while sum(c.cache_bytes for c in self._chats.values()) > budget:
+            self._chats.popitem(last=False)
 
     # -- async API used by the routes ----------------------------------------------------------
 
@@ -306,6 +334,7 @@ class Answer(NamedTuple):
     text: str
     completion_tokens: int  # generated, eos included
     finish_reason: str  # "stop" (eos) or "length"
+    cached_tokens: int = 0  # prompt tokens served from a kept KV cache
 
 
 def _takes(fn: Any, name: str) -> bool:
