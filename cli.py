@@ -62,6 +62,23 @@ def _needs(pipe, method: str, command: str, what: str) -> None:
         raise InputError(f"{pipe.bundle.root} is a {pipe.bundle.family} bundle: {command} needs {what}")
 
 
+def _output_file(path: Optional[Path], flag: str) -> None:
+    """Check a report path before the work that fills it: a bench run must not end in a traceback."""
+    import os
+
+    from .errors import InputError
+
+    if path is None:
+        return
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a folder; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{flag} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{flag} {path}: folder {parent} is not writable")
+
+
 def _log(msg: str) -> None:
     _err_console().print(f"[dim]·[/dim] {msg}", highlight=False)
 
@@ -103,7 +120,7 @@ def export(
     method: str = typer.Option("minmax", help="INT8 calibration method: minmax, entropy, percentile."),
     min_cosine: Optional[float] = typer.Option(None, help="INT8 accuracy-aware target (cosine vs fp32)."),
     random_weights: bool = typer.Option(False, "--random-weights", help="Build the model from its models.yaml config with random weights (a shape twin for latency work)."),
-    threads: Optional[int] = typer.Option(None, help="Threads for parity checks (default: all cores)."),
+    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads for parity checks (default: all cores)."),
 ):
     """Export a checkpoint to a bundle: ONNX per component + backend variants, each checked against PyTorch."""
     from .exporter.export import export as run_export
@@ -134,12 +151,12 @@ def bench(
     batch: str = typer.Option("1", help="Comma-separated batch sizes, e.g. 1,8."),
     runs: int = typer.Option(20, min=1, help="Timed runs per variant and batch."),
     warmup: int = typer.Option(3, min=0, help="Untimed warm-up runs."),
-    threads: Optional[int] = typer.Option(None, help="Threads for every backend and PyTorch (default: all cores)."),
+    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads for every backend and PyTorch (default: all cores)."),
     data: Optional[str] = typer.Option(None, help="Inputs: 'photos' (real photos, default), 'shapes' (labelled test split: adds zero-shot accuracy), an image folder (labels.tsv adds accuracy) or a text file."),
     no_pytorch: bool = typer.Option(False, "--no-pytorch", help="Skip the PyTorch reference row."),
     record: bool = typer.Option(True, help="Record batch-1 latencies in the bundle so load() defaults to the fastest passing variant on this CPU."),
     max_new_tokens: int = typer.Option(20, min=1, help="Caption bundles: new tokens per caption in the generate rows."),
-    num_beams: int = typer.Option(1, min=1, help="Caption bundles: beam width in the generate rows (1 = greedy)."),
+    num_beams: int = typer.Option(1, min=1, max=16, help="Caption bundles: beam width in the generate rows (1 = greedy)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG plot of latency and speedup."),
 ):
@@ -153,6 +170,12 @@ def bench(
     from .runtimes.session import BACKENDS, PRECISIONS, parse_list, parse_sizes
 
     batches = parse_sizes(batch, "--batch")
+    if data is not None and not data.strip():
+        from .errors import InputError
+
+        raise InputError("--data is empty: give 'photos', 'shapes', an image folder or a text file")
+    _output_file(json_path, "--json")
+    _output_file(plot, "--plot")
     cfg = BenchConfig(
         backends=parse_list(backend, list(BACKENDS), "backend") or None,
         precisions=parse_list(precision, PRECISIONS, "precision") or None,
@@ -202,7 +225,7 @@ def quantize(
     min_cosine: Optional[float] = typer.Option(None, help="Accuracy-aware: keep the most sensitive layers in float until cosine vs fp32 reaches this."),
     min_agreement: float = typer.Option(0.8, help="Generative bundles (caption, VQA, chat): the share of fp32's greedy tokens on held-out photos the variant must reproduce to pass its gate."),
     component: Optional[str] = typer.Option(None, help="Only these components (comma-separated); default all."),
-    threads: Optional[int] = typer.Option(None),
+    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
 ):
     """Add a quantized variant to a bundle, with its fidelity vs fp32 on held-out inputs.
 
@@ -210,12 +233,13 @@ def quantize(
     weight-only for the decoder (onnxruntime); fp16 and openvino bf16 convert the fp32 graphs."""
     from .exporter.quantize import QuantConfig
     from .exporter.quantize import quantize as run_quantize
+    from .runtimes.session import parse_list
 
     cfg = QuantConfig(
         precision=precision, backend=backend, mode=mode, calib=calib, method=method, samples=samples,
         exclude=None if exclude is None else [e.strip() for e in exclude.split(",") if e.strip() and e.strip() != "none"],
         min_cosine=min_cosine, min_agreement=min_agreement,
-        components=[c.strip() for c in component.split(",")] if component else None, threads=threads,
+        components=parse_list(component, None, "component") or None, threads=threads,
     )
     _print_info(run_quantize(bundle, cfg, log=_log))
 
@@ -237,7 +261,7 @@ def serve(
     header_timeout: float = typer.Option(10.0, min=0.001, help="A client must send its request headers within this (seconds), else 408 and the socket is closed."),
     body_timeout: float = typer.Option(30.0, min=0.001, help="... and its body within this after them (seconds)."),
     drain_timeout: float = typer.Option(30.0, min=0.001, help="On SIGTERM: how long in-flight requests may take to finish (seconds); /health says 'draining' meanwhile."),
-    threads: Optional[int] = typer.Option(None, help="Inference threads per session (default: all cores)."),
+    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Inference threads per session (default: all cores)."),
     backend: Optional[str] = typer.Option(None, help="Backend (default: each bundle's default variant)."),
     precision: Optional[str] = typer.Option(None, help="Precision (default: each bundle's default variant)."),
     allow_local_paths: bool = typer.Option(False, "--allow-local-paths", help="Also accept image paths on this machine (trusted clients only)."),
@@ -251,6 +275,8 @@ def serve(
 
     if not 1 <= port <= 65535:  # uvicorn would bind port % 65536 without a word
         raise InputError(f"--port {port}: must be between 1 and 65535")
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise InputError(f"--log-level {log_level!r}: choose from debug, info, warning, error")
 
     cfg = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, max_items=max_items,
                       max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels, timeout_s=timeout,
@@ -281,6 +307,7 @@ def bench_serve(
     close the server comes to the model alone."""
     from .benchmarks.loadgen import format_report, parse_levels, run_loadgen
 
+    _output_file(json_path, "--json")
     rep = run_loadgen(bundle, url=url, model=model, kind=kind, concurrency=parse_levels(concurrency), requests=requests,
                       duration_s=duration, warmup=warmup, api_key=api_key, model_ceiling=model_ceiling, log=_log)
     print(format_report(rep))
@@ -368,7 +395,7 @@ def embed(
     text: List[str] = typer.Option([], "--text", help="Text to embed (repeatable)."),
     backend: Optional[str] = typer.Option(None, help="Backend (default: the bundle's default variant)."),
     precision: Optional[str] = typer.Option(None, help="Precision (default: the bundle's default variant)."),
-    threads: Optional[int] = typer.Option(None),
+    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
     full: bool = typer.Option(False, "--full", help="Print whole vectors as JSON instead of a summary."),
 ):
     """Embed images and/or texts (L2-normalised); with both, print their cosine similarities."""
@@ -410,7 +437,7 @@ def classify(
     template: str = typer.Option("{}", help='Prompt template, e.g. "a photo of {}".'),
     backend: Optional[str] = typer.Option(None),
     precision: Optional[str] = typer.Option(None),
-    threads: Optional[int] = typer.Option(None),
+    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
     top: int = typer.Option(5, min=1, help="How many labels to print."),
 ):
     """Zero-shot classification of one image over the given labels."""
@@ -428,11 +455,11 @@ def caption(
     bundle: Path = typer.Argument(..., help="Caption bundle directory."),
     image: List[Path] = typer.Argument(..., help="Image files to caption."),
     max_new_tokens: Optional[int] = typer.Option(None, help="New tokens per caption (default: the checkpoint's generation config)."),
-    num_beams: Optional[int] = typer.Option(None, help="Beam search width; 1 = greedy (default: the checkpoint's)."),
+    num_beams: Optional[int] = typer.Option(None, min=1, max=16, help="Beam search width; 1 = greedy (default: the checkpoint's)."),
     prompt: Optional[str] = typer.Option(None, help='Text the caption continues, e.g. "a picture of" (BLIP, GIT).'),
     backend: Optional[str] = typer.Option(None, help="Backend (default: the bundle's default variant)."),
     precision: Optional[str] = typer.Option(None, help="Precision (default: the bundle's default variant)."),
-    threads: Optional[int] = typer.Option(None),
+    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
 ):
     """Caption images with a captioning bundle (greedy or beam search), one line per image."""
     from .runtimes import load
@@ -451,10 +478,10 @@ def vqa(
     image: List[Path] = typer.Argument(..., help="Image files; one question is asked of each."),
     question: List[str] = typer.Option(..., "--question", "-q", help="The question (repeat for several questions about one image)."),
     max_new_tokens: Optional[int] = typer.Option(None, help="New tokens per answer (default: the checkpoint's generation config)."),
-    num_beams: Optional[int] = typer.Option(None, help="Beam search width; 1 = greedy (default: the checkpoint's)."),
+    num_beams: Optional[int] = typer.Option(None, min=1, max=16, help="Beam search width; 1 = greedy (default: the checkpoint's)."),
     backend: Optional[str] = typer.Option(None, help="Backend (default: the bundle's default variant)."),
     precision: Optional[str] = typer.Option(None, help="Precision (default: the bundle's default variant)."),
-    threads: Optional[int] = typer.Option(None),
+    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
 ):
     """Answer questions about images with a VQA bundle: one line per (image, question), tab-separated."""
     from .runtimes import load
@@ -485,7 +512,7 @@ def chat(
              "bundle's setting); off: one tile per image, far fewer prompt tokens, less detail."),
     backend: Optional[str] = typer.Option(None, help="Backend (default: the bundle's default variant)."),
     precision: Optional[str] = typer.Option(None, help="Precision (default: the bundle's default variant)."),
-    threads: Optional[int] = typer.Option(None),
+    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
 ):
     """Chat about images with a VLM bundle: multi-turn, the KV cache kept between turns (a turn prefills
     only its new tokens), tokens printed as they come. Interactive: `/image PATH` attaches an image to
@@ -539,7 +566,7 @@ def build(
     backend: str = typer.Option(..., help="tensorrt (plans for this GPU, from the bundle's ONNX and build settings) or openvino."),
     precision: Optional[str] = typer.Option(None, help="Comma-separated precisions (default: the bundle's TensorRT settings, or fp32)."),
     dla_core: Optional[int] = typer.Option(None, help="Jetson Orin: build for this DLA core (GPU fallback on)."),
-    threads: Optional[int] = typer.Option(None),
+    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
 ):
     """Build engines on the machine that runs them (TensorRT plans are GPU- and version-specific)."""
     from .runtimes.build import build as run_build
@@ -564,7 +591,7 @@ def distill(
     batch_size: int = typer.Option(64, min=2),
     lr: float = typer.Option(1e-3, help="Peak learning rate (warm-up, then cosine decay)."),
     seed: int = typer.Option(0),
-    threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: all cores)."),
+    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Torch CPU threads (default: all cores)."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
     train_all: bool = typer.Option(False, "--train-all", help="Also train towers the student keeps whole (frozen copies by default)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last finished epoch."),
@@ -619,9 +646,34 @@ def _install_signal_handlers() -> None:
     os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
 
 
+def _click_exceptions():
+    try:  # typer >= 0.2x vendors click as typer._click; older ones use click itself
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover
+        from click import exceptions
+    return exceptions
+
+
 def main() -> None:
+    """Usage errors (bad flags, missing arguments) are one line and exit 2, like every other error."""
+    cx = _click_exceptions()
     _install_signal_handlers()
-    app()
+    try:
+        rc = app(standalone_mode=False)
+    except cx.NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help() if exc.ctx else str(exc))
+        rc = 2
+    except cx.UsageError as exc:
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        print(f"error: {exc.format_message()}{where}", file=sys.stderr)
+        rc = exc.exit_code
+    except cx.ClickException as exc:
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        rc = exc.exit_code
+    except typer.Abort:
+        print("interrupted", file=sys.stderr)
+        rc = 130
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

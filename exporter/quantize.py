@@ -112,9 +112,8 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
 
             t = time.perf_counter()
             built = recipe.build(Job(src, w, comp, cfg, calib, Path(tmp), fidelity, log))
-            for f in built.files:
-                if f not in w.files:
-                    w.register(f)
+            for f in built.files:  # re-hashed even when listed: a variant quantized again replaces its files
+                w.register(f)
             backend = "onnxruntime" if built.tensorrt else recipe.backend
             par = built.parity or fidelity(w.stage_dir / built.files[0], built.runtime, backend)
             par["reference"] = reference + (" (run in ONNX Runtime)" if built.tensorrt else "")

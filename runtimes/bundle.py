@@ -16,7 +16,7 @@ import re
 import shutil
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -66,7 +66,9 @@ class Bundle:
     def __init__(self, root: str | os.PathLike, manifest: dict[str, Any]):
         self.root = Path(root)
         self.manifest = manifest
-        self.artifacts = [Artifact(**a) for a in manifest.get("artifacts", [])]
+        # keys this version does not know (a newer writer's optional fields) are kept in the manifest
+        known = {f.name for f in fields(Artifact)}
+        self.artifacts = [Artifact(**{k: v for k, v in a.items() if k in known}) for a in manifest.get("artifacts", [])]
         self._verified: set[str] = set()
 
     # -- reading -------------------------------------------------------------------
@@ -84,6 +86,8 @@ class Bundle:
             manifest = json.loads(mpath.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"{mpath} is corrupt: {exc}") from None
+        except RecursionError:
+            raise BundleError(f"{mpath} is corrupt: nested too deeply to be a manifest") from None
         if not isinstance(manifest, dict):
             raise BundleError(f"{mpath}: must hold a JSON object, got {type(manifest).__name__}")
         version = manifest.get("schema_version")
@@ -288,6 +292,7 @@ class BundleWriter:
         self.files: dict[str, dict[str, Any]] = {}
         self.artifacts: list[Artifact] = []
         self._base = base
+        self._linked: set[str] = set()  # stage files that are hard links to the base's: unlinked before a write
 
     def __enter__(self) -> "BundleWriter":
         if self.target.exists() and not self.overwrite:
@@ -300,7 +305,11 @@ class BundleWriter:
         except OSError as exc:
             raise BundleError(f"cannot write {self.target}: {exc.strerror or exc}") from None
         if self._base is not None:
-            self._link_base(self._base)
+            try:
+                self._link_base(self._base)
+            except BaseException:
+                shutil.rmtree(self.stage_dir, ignore_errors=True)
+                raise
         return self
 
     def _link_base(self, base: Bundle) -> None:
@@ -316,13 +325,20 @@ class BundleWriter:
                 continue
             try:
                 os.link(base.root / rel, dst)
+                self._linked.add(rel)
             except OSError:
                 shutil.copy2(base.root / rel, dst)
 
     def stage(self, rel: str) -> Path:
-        """Path inside the stage to write `rel` to (parents created)."""
+        """Path inside the stage to write `rel` to (parents created). A file linked from the base
+        bundle is unlinked first: writing through the hard link would change the live bundle."""
         p = self.stage_dir / rel
         p.parent.mkdir(parents=True, exist_ok=True)
+        # OpenVINO writes the weights beside the IR
+        for linked in (rel, rel[:-4] + ".bin") if rel.endswith(".xml") else (rel,):
+            if linked in self._linked:
+                (self.stage_dir / linked).unlink(missing_ok=True)
+                self._linked.discard(linked)
         return p
 
     def register(self, rel: str) -> dict[str, Any]:

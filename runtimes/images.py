@@ -26,6 +26,7 @@ import base64
 import binascii
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -159,6 +160,14 @@ def _formats() -> list[str]:
 
 
 def _decode(fp, name: str, max_pixels: int | None) -> Image.Image:
+    # our own max_pixels is the limit (checked from the header below); PIL's bomb warning would only
+    # print lines to stderr for an image we accept
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return _decode_quiet(fp, name, max_pixels)
+
+
+def _decode_quiet(fp, name: str, max_pixels: int | None) -> Image.Image:
     try:
         im = Image.open(fp, formats=_formats())
     except Image.DecompressionBombError as exc:

@@ -14,6 +14,7 @@ import re
 from typing import Any, Callable
 
 from ..errors import BundleError
+from .session import BACKENDS, PRECISIONS
 
 Check = Callable[[Any, str], None]  # raises _Bad with the field path
 
@@ -45,12 +46,23 @@ def INT(v, where):
         raise _Bad(where, f"must be an integer, got {type(v).__name__} {_short(v)}")
 
 
-def _at_least(n: int) -> Check:
+def _at_least(n: int, most: int = 1 << 62) -> Check:
     def check(v, where):
         INT(v, where)
-        if v < n:
-            raise _Bad(where, f"must be >= {n}, got {v}")
+        if not n <= v <= most:
+            raise _Bad(where, f"must be >= {n}" + (f" and <= {most}" if most < 1 << 62 else "") + f", got {v}")
     return check
+
+
+def NUMBER(v, where):
+    """A finite number: NaN or inf in a scale would turn every score into NaN without a word."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+        raise _Bad(where, f"must be a finite number, got {type(v).__name__} {_short(v)}")
+
+
+def BOOL(v, where):
+    if not isinstance(v, bool):
+        raise _Bad(where, f"must be true or false, got {type(v).__name__} {_short(v)}")
 
 
 def SHA256(v, where):
@@ -116,9 +128,12 @@ def DIM(v, where):
 
 TENSOR = obj({"name": STR, "dtype": STR, "shape": list_of(DIM)})
 ARTIFACT = obj(
-    {"component": STR, "backend": STR, "precision": STR, "path": REL_PATH, "files": list_of(REL_PATH, nonempty=True)},
-    {"runtime": DICT, "built_for": DICT, "parity": DICT, "gate": DICT, "recipe": DICT},
+    {"component": STR, "backend": one_of(*BACKENDS), "precision": one_of(*PRECISIONS), "path": REL_PATH,
+     "files": list_of(REL_PATH, nonempty=True)},
+    {"runtime": DICT, "built_for": DICT, "parity": DICT, "recipe": DICT,
+     "gate": obj({}, {"passed": BOOL, "min_cosine": NUMBER, "agreement": NUMBER, "min_agreement": NUMBER})},
 )
+TOKEN_ID = _at_least(0, (1 << 31) - 1)  # int32 in every graph that takes ids
 MANIFEST_SCHEMA = obj(
     {
         "schema_version": INT,
@@ -131,9 +146,13 @@ MANIFEST_SCHEMA = obj(
     {
         "model": STR,
         "target": STR,
-        "tokenizer": obj({"file": REL_PATH, "max_length": _at_least(1)},
-                         {"pad_id": _at_least(0), "padding": one_of("longest", "max_length")}),
+        "tokenizer": obj({"file": REL_PATH, "max_length": _at_least(1, 1 << 20)},
+                         {"pad_id": TOKEN_ID, "padding": one_of("longest", "max_length")}),
         "preprocess": obj({"file": REL_PATH, "config": DICT}),
+        # the families' score scales, read as floats by their pipelines (and shown by `info`)
+        "clip": obj({"logit_scale": NUMBER}),
+        "siglip": obj({"logit_scale": NUMBER, "logit_bias": NUMBER}),
+        "align": obj({"temperature": NUMBER}),
     },
 )
 

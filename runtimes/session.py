@@ -67,12 +67,16 @@ def check_precision(backend: str, precision: str) -> None:
         )
 
 
-def parse_list(value: str | None, allowed: tuple[str, ...] | list[str], what: str) -> list[str]:
-    """Split 'a,b' and check each item, so a typo is a one-line error."""
-    if value is None or value == "":
+def parse_list(value: str | None, allowed: tuple[str, ...] | list[str] | None, what: str) -> list[str]:
+    """Split 'a,b' and check each item, so a typo is a one-line error; None (flag not given) -> [].
+    An empty value or item ('', 'a,,b') is an error, not "all": it is a typo or an unset variable."""
+    if value is None:
         return []
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    for item in items:
+    items = [v.strip() for v in value.split(",")]
+    if not all(items):
+        raise InputError(f"--{what} {value!r}: empty item; give comma-separated names"
+                         + (f" from {', '.join(allowed)}" if allowed else ""))
+    for item in items if allowed is not None else ():
         if item not in allowed:
             raise BackendError(f"unknown {what} {item!r}: choose from {', '.join(allowed)}")
     return items

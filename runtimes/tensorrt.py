@@ -218,8 +218,11 @@ def build_plan(
     if plan is None:
         raise BackendError(f"TensorRT failed to build {onnx_path.name} ({precision}); see the log above")
     plan_path.parent.mkdir(parents=True, exist_ok=True)
+    # unlink first: in a rebuild these are hard links to the live bundle's files
+    plan_path.unlink(missing_ok=True)
     plan_path.write_bytes(bytes(plan))
     if timing_cache is not None:
+        timing_cache.unlink(missing_ok=True)
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     return {"workspace_mb": workspace_mb, "dla_core": dla_core, "profile": {k: [list(s) for s in v] for k, v in shapes.items()}}
 

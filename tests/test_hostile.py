@@ -69,6 +69,12 @@ TAMPERED = [
     ("tokenizer file unlisted", lambda m: m["tokenizer"].update(file="vocab.txt"), "manifest.tokenizer.file"),
     ("unknown component", lambda m: _vision(m).update(component="audio"), "artifacts[0].component"),
     ("padding policy", lambda m: m["tokenizer"].update(padding="left"), "manifest.tokenizer.padding"),
+    ("pad id past int32", lambda m: m["tokenizer"].update(pad_id=1 << 40), "manifest.tokenizer.pad_id"),
+    ("logit scale a string", lambda m: m["clip"].update(logit_scale="big"), "manifest.clip.logit_scale"),
+    ("logit scale NaN", lambda m: m["clip"].update(logit_scale=float("nan")), "manifest.clip.logit_scale"),
+    ("unknown precision", lambda m: _vision(m).update(precision="int2"), "artifacts[0].precision"),
+    ("unknown backend", lambda m: _vision(m).update(backend="tflite"), "artifacts[0].backend"),
+    ("gate passed a string", lambda m: _vision(m)["gate"].update(passed="yes"), "artifacts[0].gate.passed"),
 ]
 
 
@@ -260,9 +266,33 @@ def test_forked_helpers_die_on_sigterm():
     (["bench", "{b}", "--batch", "1,x"], "'x' is not an integer"),
     (["bench", "{b}", "--batch", "0"], "must be between 1 and 4096"),
     (["serve", "{b}", "--port", "70000"], "--port 70000: must be between 1 and 65535"),
-], ids=["batch-empty", "batch-huge", "batch-text", "batch-zero", "port"])
+    (["serve", "{b}", "--log-level", "loud"], "--log-level 'loud'"),
+    (["serve", "{b}", "--host", "no.such.host.invalid"], "--host 'no.such.host.invalid'"),
+    (["bench", "{b}", "--json", "{b}"], "is a folder"),
+    (["bench", "{b}", "--json", "/no/such/dir/r.json"], "does not exist"),
+    (["bench", "{b}", "--data", ""], "--data is empty"),
+    (["bench", "{b}", "--backend", ""], "empty item"),
+    (["bench", "{b}", "--precision", "fp32,,int8"], "empty item"),
+    (["quantize", "{b}", "--precision", "int8", "--component", ""], "empty item"),
+    (["embed", "{b}", "--text", "x", "--threads", "0"], "--threads"),
+    (["embed", "{b}", "--text", "x", "--threads", "99999999"], "--threads"),
+    (["classify", "{b}", "x.png", "--labels", "a,b", "--template", "x {{}} {{}}"], "template"),
+    (["bench", "{b}", "--batch"], "--batch"),
+    (["bench", "{b}", "--no-such-flag"], "--no-such-flag"),
+], ids=["batch-empty", "batch-huge", "batch-text", "batch-zero", "port", "log-level", "host", "json-folder",
+        "json-no-parent", "data-empty", "backend-empty", "precision-empty-item", "component-empty", "threads-zero",
+        "threads-huge", "template-two-slots", "flag-without-value", "unknown-flag"])
 def test_bad_flags_are_one_line(clip_bundle, args, needle):
     _one_line_exit_2(_cli(*[a.format(b=clip_bundle) for a in args]), needle)
+
+
+def test_a_busy_port_is_one_line_before_loading(clip_bundle):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        _one_line_exit_2(_cli("serve", str(clip_bundle), "--port", str(s.getsockname()[1])), "cannot listen on")
 
 
 def test_text_that_is_not_utf8_is_one_line(clip_bundle):
@@ -464,6 +494,18 @@ def test_fuzzed_request_bodies_never_get_a_5xx(fuzz_server, route, body):
         assert set(r.json()["error"]) >= {"message", "type", "param", "code"}
 
 
+@pytest.mark.parametrize("route,body,needle", [
+    ("/v1/embeddings", {"model": "clip", "input": ""}, "input is empty"),
+    ("/v1/embeddings", {"model": "clip", "input": ["a", "  "]}, "input[1] is empty"),
+    ("/v1/classify", {"model": "clip", "image": "x", "labels": ["a", "b" * 1001]}, "characters long"),
+    ("/v1/classify", {"model": "clip", "image": "x", "labels": ["a", "b"], "template": "x {} {}"}, "braces"),
+], ids=["empty-text", "blank-item", "label-too-long", "template-two-slots"])
+def test_bad_request_fields_are_400_naming_them(fuzz_server, route, body, needle):
+    httpx = pytest.importorskip("httpx")
+    r = httpx.post(f"{fuzz_server}{route}", json=body, timeout=60)
+    assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
+
+
 def test_bench_does_not_fail_or_clobber_when_the_bundle_holds_user_files(bundle):
     """bench records latencies by rewriting the manifest; with a user's file in the folder it
     says why it cannot, after the benchmark, and leaves the file (and the bundle) as they were."""
@@ -546,3 +588,23 @@ def test_mixed_concurrent_load_with_invalid_items(clip_bundle):
             assert r.status_code == 200, r.text
             want = (want_img if kind == "img" else want_txt)[ref]
             assert float(np.dot(r.json()["data"][0]["embedding"], want)) > 0.9999, kind
+
+
+def test_quantizing_a_variant_again_replaces_it_and_keeps_the_bundle_whole(bundle):
+    """A variant quantized again (here static, then dynamic) replaces its files and their hashes; the
+    live bundle's files are never written through the stage's hard links while the new one is made."""
+    from mmdeploy.exporter.quantize import quantize
+    from mmdeploy.exporter.recipes import QuantConfig
+
+    quantize(bundle, QuantConfig(precision="int8", calib="shapes", samples=8, threads=2))
+    rel = Bundle.open(bundle).find(component="vision", backend="onnxruntime", precision="int8")[0].path
+    static_bytes = (bundle / rel).read_bytes()
+    os.link(bundle / rel, bundle.parent / "kept-link")  # the old inode, watched
+    quantize(bundle, QuantConfig(precision="int8", mode="dynamic", threads=2))
+    Bundle.open(bundle).verify_all(full=True)  # raises on a hash that does not match
+    assert (bundle.parent / "kept-link").read_bytes() == static_bytes  # the old file was not written in place
+    assert (bundle / rel).read_bytes() != static_bytes
+    r = _cli("info", str(bundle), "--verify")
+    assert r.returncode == 0, r.stderr
+    v = load(bundle, backend="onnxruntime", precision="int8")
+    assert v.embed_texts(["a red circle"]).shape[0] == 1

@@ -308,6 +308,7 @@ def test_bad_chat_messages_are_4xx(chat_server):
         ({"messages": [{"role": "user", "content": [good["content"][1]]}]}, "no text"),
         ({"messages": [good], "max_tokens": 0}, "max_tokens"),
         ({"messages": [good], "n": 2}, "n"),
+        ({"messages": [good], "stream": True, "stream_options": {"include_usage": "yes"}}, "include_usage"),
         ({"messages": [{"role": "user", "content": [{"type": "text", "text": "q"},
                                                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
          "image_url"),

@@ -108,7 +108,11 @@ class ClipPipeline(EncoderPipeline):
             raise InputError("give at least two labels to choose between")
         if "{}" not in template:
             raise InputError(f"template {template!r} must contain '{{}}' where the label goes")
-        text = self.embed_texts([template.format(l) for l in labels])
+        try:
+            prompts = [template.format(l) for l in labels]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise InputError(f"template {template!r} has braces other than one '{{}}': {exc!r}") from None
+        text = self.embed_texts(prompts)
         img = self.embed_images(images)
         probs = self.scores(img, text)
         return [sorted(zip(labels, map(float, p)), key=lambda t: -t[1]) for p in probs]

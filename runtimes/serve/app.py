@@ -177,6 +177,8 @@ def create_app(bundles: Mapping[str, Any], config: ServeConfig | None = None, *,
                 if len(s) > cfg.max_text_chars:  # here, not on the schema: an image's base64 is longer
                     raise ApiError(400, f"{where} is {len(s):,} characters long (limit {cfg.max_text_chars:,})",
                                    code="text_too_long", param=where)
+                if not s.strip():  # as OpenAI: an empty input has no meaning, and would embed the bare specials
+                    raise ApiError(400, f"{where} is empty", code="invalid_value", param=where)
                 texts.append(s)
                 t_idx.append(i)
             else:
@@ -342,7 +344,7 @@ def create_app(bundles: Mapping[str, Any], config: ServeConfig | None = None, *,
             queue: asyncio.Queue = asyncio.Queue()
             sink = TextSink(0, queue, asyncio.get_running_loop())
             task = asyncio.ensure_future(run(sink))
-            include = bool((req.stream_options or {}).get("include_usage"))
+            include = bool(req.stream_options and req.stream_options.include_usage)
 
             def done(a):
                 srv.metrics.items.labels(m.name, kind).inc()

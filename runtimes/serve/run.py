@@ -43,6 +43,24 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def check_bind(host: str, port: int) -> None:
+    """Bind once before the bundles load, so a bad address or a busy port is one line, not uvicorn's
+    log and exit 3 after a minute of loading."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InputError(f"--host {host!r}: not an address of this machine ({exc})") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def run_server(bundles: list[str] | Mapping[str, Any], *, host: str = "127.0.0.1", port: int = 8000,
                config: ServeConfig | None = None, backend: str | None = None, precision: str | None = None,
                threads: int | None = None, log_level: str = "info", graceful_timeout_s: float = 30.0) -> None:
@@ -51,6 +69,7 @@ def run_server(bundles: list[str] | Mapping[str, Any], *, host: str = "127.0.0.1
     require("uvicorn", "serve")
     configure_logging(log_level)
     named = parse_bundle_args(list(bundles)) if not isinstance(bundles, Mapping) else dict(bundles)
+    check_bind(host, port)
     cfg = config or ServeConfig()
     if not _is_loopback(host) and not cfg.api_key:
         log.warning("serving on a non-loopback address without an API key", extra={"fields": {"event": "insecure", "host": host}})

@@ -107,6 +107,8 @@ def request_models(cfg: ServeConfig) -> SimpleNamespace:
             raise FieldError("invalid_value", "give at least two labels to choose between")
         if len(labels) > cfg.max_labels:
             raise FieldError("too_many_items", f"too many labels: {len(labels)} (limit {cfg.max_labels})")
+        if (n := max(map(len, labels))) > 1000:
+            raise FieldError("text_too_long", f"a label is {n:,} characters long (limit 1,000)")
         return labels
 
     def _template(t: Optional[str]) -> str:
@@ -135,6 +137,10 @@ def request_models(cfg: ServeConfig) -> SimpleNamespace:
             None, description="Upper bound of new tokens (each model's own bound is in GET /v1/models).")
         num_beams: Optional[Annotated[StrictInt, Field(ge=1, le=cfg.max_beams)]] = None
         stream: StrictBool = Field(False, description="Server-sent events: one 'delta' per new piece of text, then [DONE].")
+
+    class StreamOptions(BaseModel):
+        model_config = ConfigDict(strict=True, extra="allow")
+        include_usage: StrictBool = Field(False, description="A last chunk with the usage counts.")
 
     class TextPart(BaseModel):
         model_config = ConfigDict(strict=True, extra="allow")
@@ -185,7 +191,7 @@ def request_models(cfg: ServeConfig) -> SimpleNamespace:
         seed: Optional[StrictInt] = None
         n: Optional[Literal[1]] = Field(None, description="One choice per request.")
         stream: StrictBool = Field(False, description="Server-sent events in OpenAI's chat.completion.chunk format.")
-        stream_options: Optional[dict[str, Any]] = None
+        stream_options: Optional[StreamOptions] = None
 
         @model_validator(mode="after")
         def _size(self):
