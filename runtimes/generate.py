@@ -33,6 +33,9 @@ class StepDecoder(Protocol):
     def reorder(self, rows: np.ndarray) -> None: ...
 
 
+MAX_BEAMS = 16
+
+
 @dataclass
 class GenerationConfig:
     """The subset of transformers' GenerationConfig the loop implements (same meanings)."""
@@ -74,8 +77,8 @@ class GenerationConfig:
         return min(total, int(self.max_positions)) if self.max_positions else total
 
     def check(self) -> None:
-        if self.num_beams < 1:
-            raise InputError(f"num_beams must be >= 1, got {self.num_beams}")
+        if not 1 <= self.num_beams <= MAX_BEAMS:  # each beam is a batch row of K/V: 10^6 would exhaust memory
+            raise InputError(f"num_beams must be between 1 and {MAX_BEAMS}, got {self.num_beams}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not self.start_ids:

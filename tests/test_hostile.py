@@ -325,6 +325,7 @@ def test_cli_caption_past_the_position_table_is_one_line(shapes_bundle, tmp_path
     img = tmp_path / "s.png"
     shapes.generate("test", 1)[0].image.save(img)
     _one_line_exit_2(_cli("caption", str(shapes_bundle), str(img), "--max-new-tokens", "400"), "positions")
+    _one_line_exit_2(_cli("caption", str(shapes_bundle), str(img), "--num-beams", "99"), "num_beams must be between 1 and 16")
 
 
 # -- the server: one bad item never fails another -----------------------------------------------------
