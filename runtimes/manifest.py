@@ -9,6 +9,7 @@ blocks, newer optional fields); missing or mistyped known ones are not.
 
 from __future__ import annotations
 
+import math
 import posixpath
 import re
 from typing import Any, Callable
@@ -46,17 +47,17 @@ def INT(v, where):
         raise _Bad(where, f"must be an integer, got {type(v).__name__} {_short(v)}")
 
 
-def _at_least(n: int, most: int = 1 << 62) -> Check:
+def _at_least(n: int, most: int | None = None) -> Check:
     def check(v, where):
         INT(v, where)
-        if not n <= v <= most:
-            raise _Bad(where, f"must be >= {n}" + (f" and <= {most}" if most < 1 << 62 else "") + f", got {v}")
+        if v < n or (most is not None and v > most):
+            raise _Bad(where, f"must be >= {n}" + (f" and <= {most}" if most is not None else "") + f", got {v}")
     return check
 
 
 def NUMBER(v, where):
     """A finite number: NaN or inf in a scale would turn every score into NaN without a word."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise _Bad(where, f"must be a finite number, got {type(v).__name__} {_short(v)}")
 
 

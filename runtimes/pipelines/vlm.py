@@ -15,6 +15,7 @@ a turn that would pass it is refused with a clear error (start a new conversatio
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any, Iterator, Optional, Sequence
 
@@ -143,9 +144,17 @@ def expand_images(text: str, seq_len: int, grids: int | Sequence[tuple[int, int]
     return "".join(out)
 
 
-def _image_key(im) -> bytes:
-    import hashlib
+def common_prefix(a: Sequence, b: Sequence) -> int:
+    """How many leading items two sequences share (token ids, image digests, messages)."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
+
+def _image_key(im) -> bytes:
     return hashlib.blake2b(f"{im.mode}{im.size}".encode() + im.tobytes(), digest_size=16).digest()
 
 
@@ -198,9 +207,7 @@ class Conversation:
         the two prompts share (all of it for a fresh conversation)."""
         decoded = [load_image(im) for im in images]
         keys = [_image_key(im) for im in decoded]
-        same = 0
-        while same < min(len(keys), len(self._keys)) and keys[same] == self._keys[same]:
-            same += 1
+        same = common_prefix(keys, self._keys)
         if same < len(self._keys):  # a changed image: the cache is good up to its first <image> token
             before = sum(len(f) * f.shape[1] for f in self._features[:same])
             pos = [p for p, t in enumerate(self.ids) if t == self.pipe.image_token_id]
@@ -256,12 +263,7 @@ class Conversation:
             raise InputError(f"this turn needs {len(ids)} + {n_new} tokens; the conversation holds {self.max_tokens}: "
                              "start a new conversation (or ask for fewer new tokens)")
         features = self._features + self._encode(decoded)
-        k = 0
-        for a, b in zip(self.ids, ids):
-            if a != b:
-                break
-            k += 1
-        k = min(k, len(ids) - 1)  # at least one token to prefill
+        k = min(common_prefix(self.ids, ids), len(ids) - 1)  # at least one token to prefill
         self._cut(k)
         self.messages, self.images, self._features, self.grids = messages, all_images, features, grids
         self._keys = self._keys + [_image_key(im) for im in decoded]

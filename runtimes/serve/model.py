@@ -233,11 +233,10 @@ class ServedModel:
     def _conversation_for(self, history: list[dict]) -> Any:
         """The cached conversation sharing the most leading messages with ``history`` (taken out of
         the cache while it runs), else a new one."""
+        from ..pipelines.vlm import common_prefix
+
         def shared(conv) -> int:
-            n = 0
-            while n < min(len(history), len(conv.messages)) and history[n] == conv.messages[n]:
-                n += 1
-            return n
+            return common_prefix(history, conv.messages)
 
         best = max(self._chats, key=lambda k: shared(self._chats[k]), default=None)
         if best is not None and shared(self._chats[best]):
