@@ -387,6 +387,31 @@ def info(bundle: Path = typer.Argument(..., help="Bundle directory."),
         _print_info(b)
 
 
+# batch-job flags, shared by `embed` and `caption` (typer reads these defaults as option declarations)
+_PANEL = "Batch jobs"
+_JOB_BATCH = typer.Option(None, "--batch", help="Items per inference call (default: 64 embed, 8 caption).", rich_help_panel=_PANEL)
+_JOB_SHARD = typer.Option(None, "--shard-size", help="Inputs per Parquet shard, the unit of resume (default: 4096 images, 16384 texts, 512 captions).", rich_help_panel=_PANEL)
+_JOB_WORKERS = typer.Option(None, "--workers", help="Decode threads beside inference (default: half the cores).", rich_help_panel=_PANEL)
+_JOB_RESUME = typer.Option(False, "--resume", help="Continue the job in --out: finished shards are kept, the rest computed.", rich_help_panel=_PANEL)
+_JOB_OVERWRITE = typer.Option(False, "--overwrite", help="Start the job in --out again (removes only job files).", rich_help_panel=_PANEL)
+_JOB_RAY = typer.Option(None, "--ray", help="Run on Ray: 'local' (a local instance) or a cluster address (ray://HOST:10001, auto).", rich_help_panel=_PANEL)
+_JOB_RAY_ACTORS = typer.Option(None, "--ray-actors", help="Ray actors, each loading the bundle once (default: cluster CPUs / --ray-cpus).", rich_help_panel=_PANEL)
+_JOB_RAY_CPUS = typer.Option(None, "--ray-cpus", help="CPUs per Ray actor (default: a node's, up to 8).", rich_help_panel=_PANEL)
+
+
+def _run_job(bundle: Path, out: Path, **kw) -> None:
+    """A batch job (jobs/runner.py): progress on stderr, the summary's key figures on stdout."""
+    from .jobs.runner import run_job
+
+    s = run_job(bundle, out, log=_log, **kw)
+    r = s["this_run"]
+    rate = f", {r['items_per_s']:,.1f} items/s" if r["items_per_s"] else ""
+    print(f"{out}: {s['rows']:,} rows in {s['shards']['done']} shards, {s['broken']} broken, "
+          f"{s['skipped_not_images']} skipped (not images) - this run {r['items']:,} items in {r['seconds']:.1f} s{rate}")
+    if s["broken"]:
+        print(f"broken inputs and why: {out / '_job.json'} (shards.*.broken)")
+
+
 @app.command()
 @user_errors
 def embed(
@@ -397,13 +422,30 @@ def embed(
     precision: Optional[str] = typer.Option(None, help="Precision (default: the bundle's default variant)."),
     threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
     full: bool = typer.Option(False, "--full", help="Print whole vectors as JSON instead of a summary."),
+    images: List[str] = typer.Option([], "--images", help='Batch job: a glob ("photos/**/*.jpg", ** recurses) or a folder (repeatable); needs --out.', rich_help_panel="Batch jobs"),
+    texts: List[Path] = typer.Option([], "--texts", help="Batch job: a text file, one item per line (repeatable); needs --out.", rich_help_panel="Batch jobs"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Batch job: folder for the Parquet shards, _job.json and _summary.json.", rich_help_panel="Batch jobs"),
+    batch: Optional[int] = _JOB_BATCH, shard_size: Optional[int] = _JOB_SHARD, workers: Optional[int] = _JOB_WORKERS,
+    resume: bool = _JOB_RESUME, overwrite: bool = _JOB_OVERWRITE, ray: Optional[str] = _JOB_RAY,
+    ray_actors: Optional[int] = _JOB_RAY_ACTORS, ray_cpus: Optional[float] = _JOB_RAY_CPUS,
 ):
-    """Embed images and/or texts (L2-normalised); with both, print their cosine similarities."""
+    """Embed images and/or texts (L2-normalised); with both, print their cosine similarities.
+
+    With --images/--texts and --out: a batch job over whole folders into Parquet shards
+    (resumable with --resume; on Ray with --ray local|ADDRESS)."""
     from .errors import InputError
     from .runtimes import load
 
+    if images or texts or out is not None:
+        if image or text:
+            raise InputError("--image/--text embed a few items and print them; --images/--texts with --out run a batch job: use one form")
+        if out is None:
+            raise InputError("--images/--texts need --out DIR (the folder the Parquet shards go to)")
+        return _run_job(bundle, out, images=images, texts=[str(t) for t in texts], backend=backend,
+                        precision=precision, threads=threads, batch=batch, shard_size=shard_size, workers=workers,
+                        resume=resume, overwrite=overwrite, ray=ray, ray_actors=ray_actors, ray_cpus=ray_cpus)
     if not image and not text:
-        raise InputError("give --image PATH and/or --text STR")
+        raise InputError("give --image PATH and/or --text STR (or --images GLOB / --texts FILE with --out DIR)")
     pipe = load(bundle, backend=backend, precision=precision, threads=threads)
     if image:
         _needs(pipe, "embed_images", "embed --image", "a bundle with an image encoder (clip, siglip, align)")
@@ -453,17 +495,39 @@ def classify(
 @user_errors
 def caption(
     bundle: Path = typer.Argument(..., help="Caption bundle directory."),
-    image: List[Path] = typer.Argument(..., help="Image files to caption."),
+    image: Optional[List[Path]] = typer.Argument(None, help="Image files to caption."),
     max_new_tokens: Optional[int] = typer.Option(None, help="New tokens per caption (default: the checkpoint's generation config)."),
     num_beams: Optional[int] = typer.Option(None, help="Beam search width; 1 = greedy (default: the checkpoint's)."),
     prompt: Optional[str] = typer.Option(None, help='Text the caption continues, e.g. "a picture of" (BLIP, GIT).'),
     backend: Optional[str] = typer.Option(None, help="Backend (default: the bundle's default variant)."),
     precision: Optional[str] = typer.Option(None, help="Precision (default: the bundle's default variant)."),
     threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
+    images: List[str] = typer.Option([], "--images", help='Batch job: a glob ("photos/**/*", ** recurses) or a folder (repeatable); needs --out.', rich_help_panel=_PANEL),
+    out: Optional[Path] = typer.Option(None, "--out", help="Batch job: folder for the Parquet shards (path, caption), _job.json and _summary.json.", rich_help_panel=_PANEL),
+    batch: Optional[int] = _JOB_BATCH, shard_size: Optional[int] = _JOB_SHARD, workers: Optional[int] = _JOB_WORKERS,
+    resume: bool = _JOB_RESUME, overwrite: bool = _JOB_OVERWRITE, ray: Optional[str] = _JOB_RAY,
+    ray_actors: Optional[int] = _JOB_RAY_ACTORS, ray_cpus: Optional[float] = _JOB_RAY_CPUS,
 ):
-    """Caption images with a captioning bundle (greedy or beam search), one line per image."""
+    """Caption images with a captioning bundle (greedy or beam search), one line per image.
+
+    With --images and --out: a batch job over whole folders into Parquet shards (resumable)."""
+    from .errors import InputError
     from .runtimes import load
 
+    if images or out is not None:
+        if image:
+            raise InputError("IMAGE arguments caption a few files and print them; --images with --out runs a batch job: use one form")
+        if out is None:
+            raise InputError("--images needs --out DIR (the folder the Parquet shards go to)")
+        if not images:
+            raise InputError("--out needs --images GLOB (what to caption)")
+        options = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "prompt": prompt}
+        return _run_job(bundle, out, images=images, caption=True, backend=backend, precision=precision,
+                        threads=threads, batch=batch, shard_size=shard_size, workers=workers, resume=resume,
+                        overwrite=overwrite, ray=ray, ray_actors=ray_actors, ray_cpus=ray_cpus,
+                        options={k: v for k, v in options.items() if v is not None})
+    if not image:
+        raise InputError("give IMAGE files (or --images GLOB with --out DIR)")
     pipe = load(bundle, backend=backend, precision=precision, threads=threads)
     _needs(pipe, "caption", "caption", "a captioning bundle")
     caps = pipe.caption([str(p) for p in image], max_new_tokens=max_new_tokens, num_beams=num_beams, prompt=prompt)
@@ -619,6 +683,46 @@ def distill(
     print(f"{output}: {s['parameters'] / 1e6:.2f}M parameters ({s['ratio']:.0%} of the teacher)")
     for k, v in {**f, **report["speed"]}.items():
         print(f"  {k}: {v}")
+
+
+@app.command()
+@user_errors
+def search(
+    folder: Path = typer.Argument(..., help="Folder of an embedding job (`mmdeploy embed ... --out FOLDER`)."),
+    text: Optional[str] = typer.Option(None, "--text", help="Query text (embedded with the job's bundle and variant)."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Query image (embedded with the job's bundle and variant)."),
+    k: int = typer.Option(10, "-k", help="How many results."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Bundle to embed the query with (default: the job's; must hold the same weights)."),
+    exact: bool = typer.Option(False, "--exact", help="Exact numpy search even when a FAISS index is built."),
+    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON lines."),
+):
+    """Top-k items of an embedding job for a text or image query: score, then path (or text).
+
+    Exact cosine search over the shards (memory-mapped, chunked), or the FAISS index that
+    `mmdeploy index` built, when it is up to date."""
+    from .jobs.search import search as run_search
+
+    hits = run_search(folder, text=text, image=str(image) if image else None, k=k, bundle=bundle, exact=exact,
+                      threads=threads, log=_log)
+    for h in hits:
+        if as_json:
+            print(json.dumps(h))
+        else:
+            print(f"{h['score']:.4f}\t{h.get('path', h.get('text'))}")
+
+
+@app.command()
+@user_errors
+def index(
+    folder: Path = typer.Argument(..., help="Folder of an embedding job."),
+    kind: str = typer.Option("ivf", "--kind", help="flat (exact, BLAS), ivf (k-means cells: fast build and queries), hnsw (graph: fastest queries, slowest build)."),
+    nlist: Optional[int] = typer.Option(None, "--nlist", min=1, help="IVF cells (default: 4 x sqrt(rows))."),
+):
+    """Build a FAISS index over an embedding job's shards (needs the [search] extra); `search` uses it."""
+    from .jobs.search import build_index
+
+    build_index(folder, kind=kind, nlist=nlist, log=_log)
 
 
 @app.command()

@@ -45,6 +45,12 @@ class InputError(MMDeployError):
     """Bad user input: unreadable image, empty text list, bad flag value."""
 
 
+class Interrupted(MMDeployError):
+    """Ctrl-C / SIGTERM during a job that keeps what it finished (the message says what)."""
+
+    exit_code = 130
+
+
 class BackendError(MMDeployError):
     """Unknown backend/precision, or a backend that cannot run here."""
 

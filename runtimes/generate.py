@@ -72,7 +72,7 @@ class GenerationConfig:
         if self.max_new_tokens is not None:
             return prompt_len + int(self.max_new_tokens)
         # the checkpoint's own defaults are capped by the position table (as transformers caps its
-        # 20-token default); an explicit max_new_tokens past it is refused by _check_length
+        # 20-token default); an explicit max_new_tokens past it is refused by check_length
         total = int(self.max_length) if self.max_length is not None else prompt_len + int(self.default_new_tokens)
         return min(total, int(self.max_positions)) if self.max_positions else total
 
@@ -132,7 +132,7 @@ def _topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(x, idx, axis=1), idx
 
 
-def _check_length(cfg: GenerationConfig, prompt_len: int) -> int:
+def check_length(cfg: GenerationConfig, prompt_len: int) -> int:
     total = cfg.total_length(prompt_len)
     if total <= prompt_len:
         raise InputError(f"max_length {total} leaves no room after the {prompt_len} prompt ids: raise it or set max_new_tokens")
@@ -161,7 +161,7 @@ def greedy(decoder: StepDecoder, batch: int, cfg: GenerationConfig, on_step: OnS
     cfg.check()
     prompt = np.asarray(cfg.start_ids, dtype=np.int64)
     p = len(prompt)
-    max_len = _check_length(cfg, p)
+    max_len = check_length(cfg, p)
     seqs = np.full((batch, max_len), cfg.pad_token_id, dtype=np.int64)
     seqs[:, :p] = prompt
     decoder.start(np.arange(batch), max_len)
@@ -200,7 +200,7 @@ def beam_search(decoder: StepDecoder, batch: int, cfg: GenerationConfig) -> np.n
     K = int(cfg.num_beams)
     prompt = np.asarray(cfg.start_ids, dtype=np.int64)
     p = len(prompt)
-    max_length = _check_length(cfg, p)
+    max_length = check_length(cfg, p)
     eos = np.asarray(cfg.eos_token_id, dtype=np.int64)
     n_eos = eos.size
     keep = max(2, 1 + n_eos) * K

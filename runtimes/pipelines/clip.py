@@ -15,8 +15,6 @@ from .base import EncoderPipeline
 from ..scoring import l2_normalize, softmax
 
 
-
-
 @register
 class ClipPipeline(EncoderPipeline):
     """Both towers of one dual-encoder bundle on one (backend, precision).
@@ -79,12 +77,17 @@ class ClipPipeline(EncoderPipeline):
         if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
             images = [images]
         out = [
-            self.run_vision(self.image_inputs(images[i : i + batch_size]))
+            self.embed_pixels(self.image_inputs(images[i : i + batch_size])["pixel_values"], normalize)
             for i in range(0, len(images), batch_size)
         ]
         if not out:
             raise InputError("no images given")
-        emb = np.concatenate(out).astype(np.float32, copy=False)
+        return np.concatenate(out)
+
+    def embed_pixels(self, pixel_values: np.ndarray, normalize: bool = True) -> np.ndarray:
+        """Preprocessed (N, 3, H, W) float32 pixels -> (N, D) float32 embeddings (batch jobs
+        preprocess off the inference thread, then call this)."""
+        emb = self.run_vision({"pixel_values": pixel_values}).astype(np.float32, copy=False)
         return l2_normalize(emb) if normalize else emb
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 64, normalize: bool = True) -> np.ndarray:
