@@ -1,6 +1,7 @@
 """The package's layering, checked from the source (no imports run): arrows only run downward.
 
-    cli ─▶ exporter/ ─▶ runtimes/ ◀─ benchmarks/ ; every layer may use common/ and errors.py
+    cli ─▶ exporter/ ─▶ runtimes/ ◀─ benchmarks/ ; cli ─▶ jobs/ ─▶ runtimes/ ;
+    every layer may use common/ and errors.py
 
 runtimes/ is what a device installs: it never imports exporter/, benchmarks/ or cli.
 exporter/ never imports the bench harness. common/ imports no other layer. benchmarks/ may
@@ -21,9 +22,11 @@ FORBIDDEN = {
     "runtimes": {"exporter", "benchmarks", "cli"},
     "exporter": {"benchmarks", "cli"},
     "benchmarks": {"cli"},
+    "jobs": {"exporter", "benchmarks", "cli"},  # batch jobs run where the device runtime runs
 }
 # modules a layer may not import at all (the device runtime and the shared base stay torch-free)
-FORBIDDEN_THIRD_PARTY = {"common": {"torch", "transformers"}, "runtimes": {"torch", "transformers"}}
+FORBIDDEN_THIRD_PARTY = {"common": {"torch", "transformers"}, "runtimes": {"torch", "transformers"},
+                         "jobs": {"torch", "transformers"}}
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:

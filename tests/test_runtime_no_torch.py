@@ -18,6 +18,10 @@ for backend in ('onnxruntime', 'openvino'):
     e = clip.embed_images([{str(img)!r}]); t = clip.embed_texts(['a photo of a red circle'])
     assert e.shape[0] == 1 and t.shape[0] == 1
     print(backend, clip.classify({str(img)!r}, ['red circle', 'blue star'])[0][0])
+from mmdeploy.jobs import run_job, search  # batch jobs and search are device-side too (pyarrow, numpy)
+s = run_job({str(clip_bundle)!r}, {str(tmp_path / "emb")!r}, images=[{str(img)!r}], backend='onnxruntime',
+            precision='fp32', progress=False)
+assert s['rows'] == 1 and search({str(tmp_path / "emb")!r}, image={str(img)!r}, k=1)[0]['score'] > 0.9999
 """,
         forbidden=("torch", "transformers", "skimage"),
     )
