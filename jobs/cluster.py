@@ -15,6 +15,7 @@ or the shared file system's read rate for the images is the limit.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from typing import Any, Callable
 
@@ -83,6 +84,7 @@ def run_on_ray(spec: TaskSpec, store, inputs, pending, batch: int, address: str,
                cpus: float | None, workers: int, finished: Callable, advance: Callable, say: Callable) -> dict[str, Any]:
     ray = require("ray", "ray")
     require("ray.data", "ray")
+    t0 = time.perf_counter()
     started = _init(ray, address)
     try:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -114,6 +116,8 @@ def run_on_ray(spec: TaskSpec, store, inputs, pending, batch: int, address: str,
             )
         want = {i: len(store.shard_range(i)) for i in pending}
         got: dict[int, list] = {}
+        first: list[float] = []  # when the first shard came back, and the items after it: startup vs steady rate
+        after = 0
         try:
             for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 for s, item, out, err in zip(b["shard"], b["item"], b["output"], b["error"]):
@@ -123,10 +127,17 @@ def run_on_ray(spec: TaskSpec, store, inputs, pending, batch: int, address: str,
                     errors = [e for _, _, e in done]
                     advance(len(done), sum(e is not None for e in errors))
                     finished(s, [None if e else o for _, o, e in done], errors)
+                    if first:
+                        after += len(done)
+                    else:
+                        first.append(time.perf_counter())
         except ray.exceptions.RayError as exc:
             msg = str(exc).strip().splitlines()
             raise InputError(f"ray job failed: {msg[-1] if msg else type(exc).__name__}") from None
-        return {"ray": {"address": address, "nodes": len(nodes), "cpus": total, "actors": actors, "cpus_per_actor": cpus}}
+        end = time.perf_counter()
+        steady = round(after / (end - first[0]), 2) if first and after and end > first[0] else None
+        return {"ray": {"address": address, "nodes": len(nodes), "cpus": total, "actors": actors, "cpus_per_actor": cpus,
+                        "first_shard_s": round(first[0] - t0, 2) if first else None, "steady_items_per_s": steady}}
     finally:
         if started:
             ray.shutdown()
