@@ -83,3 +83,25 @@ def run_without_torch(body: str, forbidden: tuple[str, ...] = ("torch", "transfo
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith("ok")
+
+
+@pytest.fixture()
+def cli_inprocess(capsys, monkeypatch):
+    """`mmdeploy ARGS` through the console script's own entry point, in this process: the same
+    one-line error handling and exit codes as a subprocess, without paying an interpreter start
+    (use a subprocess where signals, argv bytes or a separate process are the point)."""
+    import subprocess
+    import sys
+
+    from mmdeploy import cli
+
+    monkeypatch.setattr(cli, "_install_signal_handlers", lambda: None)  # pytest keeps its own
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        monkeypatch.setattr(sys, "argv", ["mmdeploy", *args])
+        with pytest.raises(SystemExit) as exc:
+            cli.main()
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), exc.value.code or 0, out.out, out.err)
+
+    return run

@@ -282,8 +282,8 @@ def test_forked_helpers_die_on_sigterm():
 ], ids=["batch-empty", "batch-huge", "batch-text", "batch-zero", "port", "log-level", "host", "json-folder",
         "json-no-parent", "data-empty", "backend-empty", "precision-empty-item", "component-empty", "threads-zero",
         "threads-huge", "template-two-slots", "flag-without-value", "unknown-flag"])
-def test_bad_flags_are_one_line(clip_bundle, args, needle):
-    _one_line_exit_2(_cli(*[a.format(b=clip_bundle) for a in args]), needle)
+def test_bad_flags_are_one_line(clip_bundle, args, needle, cli_inprocess):
+    _one_line_exit_2(cli_inprocess(*[a.format(b=clip_bundle) for a in args]), needle)
 
 
 def test_a_busy_port_is_one_line_before_loading(clip_bundle):
@@ -319,13 +319,13 @@ def test_max_new_tokens_past_the_position_table_is_refused(shapes_bundle, backen
         pipe.caption([img], max_new_tokens=room + 1)
 
 
-def test_cli_caption_past_the_position_table_is_one_line(shapes_bundle, tmp_path):
+def test_cli_caption_past_the_position_table_is_one_line(shapes_bundle, tmp_path, cli_inprocess):
     from mmdeploy.common.datasets import shapes
 
     img = tmp_path / "s.png"
     shapes.generate("test", 1)[0].image.save(img)
-    _one_line_exit_2(_cli("caption", str(shapes_bundle), str(img), "--max-new-tokens", "400"), "positions")
-    _one_line_exit_2(_cli("caption", str(shapes_bundle), str(img), "--num-beams", "99"), "num_beams must be between 1 and 16")
+    _one_line_exit_2(cli_inprocess("caption", str(shapes_bundle), str(img), "--max-new-tokens", "400"), "positions")
+    _one_line_exit_2(cli_inprocess("caption", str(shapes_bundle), str(img), "--num-beams", "99"), "num_beams must be between 1 and 16")
 
 
 # -- the server: one bad item never fails another -----------------------------------------------------
@@ -392,12 +392,12 @@ def test_server_advertises_and_enforces_the_real_generation_limit(shapes_bundle)
     (["embed", "{b}", "--text", "hi"], "embed --text needs a bundle with a text encoder"),
     (["classify", "{b}", "{img}", "--labels", "a,b"], "classify needs a dual-encoder bundle"),
 ], ids=["embed", "classify"])
-def test_wrong_command_for_the_bundle_is_one_line(shapes_bundle, tmp_path, args, needle):
+def test_wrong_command_for_the_bundle_is_one_line(shapes_bundle, tmp_path, args, needle, cli_inprocess):
     from mmdeploy.common.datasets import shapes
 
     img = tmp_path / "s.png"
     shapes.generate("test", 1)[0].image.save(img)
-    _one_line_exit_2(_cli(*[a.format(b=shapes_bundle, img=img) for a in args]), "is a caption bundle", needle)
+    _one_line_exit_2(cli_inprocess(*[a.format(b=shapes_bundle, img=img) for a in args]), "is a caption bundle", needle)
 
 
 # -- property-based fuzzing (bounded in time) --------------------------------------------------------
