@@ -105,6 +105,19 @@ def _reference_from_source(src: dict, log: Callable[[str], None]):
 
 
 def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progress=None) -> dict[str, Any]:
+    """Every variant of a bundle against PyTorch, with what else ran meanwhile (env.machine_load):
+    a busy machine is flagged in the report, the table title and the log."""
+    from ..common.env import MachineLoad
+
+    with MachineLoad() as load:
+        report = _bench(path, cfg, log, progress)
+    report["env"]["machine_load"] = load.result
+    if load.result.get("busy"):
+        log(f"warning: busy machine ({load.result['why']}): the timings and ratios of this run are unreliable")
+    return report
+
+
+def _bench(path: str, cfg: BenchConfig, log: Callable[[str], None], progress) -> dict[str, Any]:
     bundle = Bundle.open(path)
     arts = [
         a
@@ -582,7 +595,9 @@ def caption_table(report: dict[str, Any]):
     from rich.table import Table
 
     g = report["config"].get("generate", {})
-    t = Table(title=f"generation: {g.get('max_new_tokens')} new tokens, num_beams {g.get('num_beams')}",
+    from .report import busy_note
+
+    t = Table(title=f"generation: {g.get('max_new_tokens')} new tokens, num_beams {g.get('num_beams')}{busy_note(report)}",
               caption="decoder GB/s = (decoder weights + KV read) / step p50; speedup = PyTorch generate p50 / ours")
     for col in ("backend", "precision", "batch", "step ms", "step GB/s", "ms/caption", "tokens/s", "speedup", "tokens match"):
         t.add_column(col, justify="left" if col in ("backend", "precision") else "right")

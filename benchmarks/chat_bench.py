@@ -170,7 +170,9 @@ def chat_bench(bundle: Bundle, arts, cfg, default, log: Callable[[str], None], r
 def chat_table(report: dict[str, Any]):
     from rich.table import Table
 
-    t = Table(title=f"{report['model']}: two-turn chat, {report['config']['max_new_tokens']} new tokens",
+    from .report import busy_note
+
+    t = Table(title=f"{report['model']}: two-turn chat, {report['config']['max_new_tokens']} new tokens{busy_note(report)}",
               caption=f"floor = decode step bytes / {report['memory_bandwidth_gbs']} GB/s (copy bandwidth here); "
                       "turn 2 kept = with the conversation's KV cache, recomputed = whole history prefilled")
     for col in ("backend", "precision", "vision ms", "TTFT ms", "decode tok/s", "step ms", "floor ms",

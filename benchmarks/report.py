@@ -12,13 +12,19 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def busy_note(report: dict[str, Any]) -> str:
+    """The table title's warning when the machine was busy while the report was measured."""
+    load = report.get("env", {}).get("machine_load") or {}
+    return f"\nBUSY MACHINE ({load['why']}): timings unreliable" if load.get("busy") else ""
+
+
 def table(report: dict[str, Any]):
     from rich.table import Table
 
     cpu = report["env"]["cpu"]
     t = Table(
         title=f"{report['model']} on {cpu['model']} ({', '.join(cpu['isa']) or 'no AVX-512'}), "
-        f"{report['env']['threads'] or 'all'} threads",
+        f"{report['env']['threads'] or 'all'} threads{busy_note(report)}",
         caption="* default variant (passed its gate, preferred here)   speedup = PyTorch p50 / variant p50, same run",
     )
     distilled = any("speedup_vs_teacher" in r for r in report["results"])
