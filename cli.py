@@ -41,6 +41,7 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            _check_finite(kwargs)
             return fn(*args, **kwargs)
         except MMDeployError as exc:
             if _state["debug"]:
@@ -50,8 +51,28 @@ def user_errors(fn):
         except KeyboardInterrupt:
             print("interrupted: nothing was written", file=sys.stderr)
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug or a bundle no check caught
+            if _state["debug"]:
+                raise
+            msg = " ".join(str(exc).split())
+            print(f"error: unexpected {type(exc).__name__}: {msg[:300] or 'no message'} "
+                  "(a corrupt or hand-edited bundle? re-export it; --debug shows the traceback)", file=sys.stderr)
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _check_finite(kwargs: dict) -> None:
+    """click's float ranges let nan and inf through (every comparison with nan is False)."""
+    import math
+
+    from .errors import InputError
+
+    for name, v in kwargs.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise InputError(f"--{name.replace('_', '-')} {v}: must be a finite number")
 
 
 def _needs(pipe, method: str, command: str, what: str) -> None:
@@ -77,6 +98,39 @@ def _output_file(path: Optional[Path], flag: str) -> None:
         raise InputError(f"{flag} {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise InputError(f"{flag} {path}: folder {parent} is not writable")
+    import tempfile
+
+    try:  # os.access says yes to root and to /proc; creating a file is the real test
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".mmdeploy-probe-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{flag} {path}: cannot write in {parent}: {exc.strerror or exc}") from None
+
+
+def _exclusions(value: str) -> list[str]:
+    """--exclude: op types, globs or regexes ('none': quantize everything); a pattern that is
+    neither a valid regex nor a glob would silently match nothing."""
+    import re
+
+    from .errors import InputError
+    from .runtimes.session import parse_list
+
+    items = parse_list(value, None, "exclude")
+    for p in items:
+        try:
+            re.compile(p)
+        except re.error as exc:
+            if not any(c in p for c in "*?"):
+                raise InputError(f"--exclude {p!r}: not a valid regex ({exc}) nor a glob") from None
+    return [p for p in items if p != "none"]
+
+
+def _check_data(spec: Optional[str], flag: str) -> None:
+    """A data set named on the command line exists, before minutes of export or quantization."""
+    if spec is not None:
+        from .common.datasets import check_spec
+
+        check_spec(spec, flag)
 
 
 def _log(msg: str) -> None:
@@ -126,6 +180,7 @@ def export(
     from .exporter.export import export as run_export
     from .runtimes.session import BACKENDS, PRECISIONS, parse_list
 
+    _check_data(calib, "--calib")
     bundle = run_export(
         source,
         output,
@@ -235,9 +290,10 @@ def quantize(
     from .exporter.quantize import quantize as run_quantize
     from .runtimes.session import parse_list
 
+    _check_data(calib, "--calib")
     cfg = QuantConfig(
         precision=precision, backend=backend, mode=mode, calib=calib, method=method, samples=samples,
-        exclude=None if exclude is None else [e.strip() for e in exclude.split(",") if e.strip() and e.strip() != "none"],
+        exclude=None if exclude is None else _exclusions(exclude),
         min_cosine=min_cosine, min_agreement=min_agreement,
         components=parse_list(component, None, "component") or None, threads=threads,
     )
@@ -308,6 +364,18 @@ def bench_serve(
     from .benchmarks.loadgen import format_report, parse_levels, run_loadgen
 
     _output_file(json_path, "--json")
+    if bundle is not None and "=" not in bundle:  # a bundle that cannot answer embeddings fails every request
+        from .errors import InputError
+        from .runtimes.bundle import Bundle
+        from .runtimes.pipelines import pipeline_class
+
+        if kind not in ("image", "text"):
+            raise InputError(f"--kind {kind!r}: choose image or text")
+        b = Bundle.open(bundle)
+        method = "embed_images" if kind == "image" else "embed_texts"
+        if not callable(getattr(pipeline_class(b.family, str(b.root)), method, None)):
+            raise InputError(f"{b.root} is a {b.family} bundle: bench-serve loads /v1/embeddings, which needs "
+                             f"{'an image' if kind == 'image' else 'a text'} encoder (clip, siglip, align{', text-embedding' if kind == 'text' else ''})")
     rep = run_loadgen(bundle, url=url, model=model, kind=kind, concurrency=parse_levels(concurrency), requests=requests,
                       duration_s=duration, warmup=warmup, api_key=api_key, model_ceiling=model_ceiling, log=_log)
     print(format_report(rep))
@@ -487,7 +555,9 @@ def classify(
 
     pipe = load(bundle, backend=backend, precision=precision, threads=threads)
     _needs(pipe, "classify", "classify", "a dual-encoder bundle (clip, siglip, align)")
-    for label, p in pipe.classify(str(image), labels.split(","), template=template)[:top]:
+    from .runtimes.session import parse_list
+
+    for label, p in pipe.classify(str(image), parse_list(labels, None, "labels"), template=template)[:top]:
         print(f"{p:7.2%}  {label}")
 
 

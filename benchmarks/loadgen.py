@@ -439,8 +439,10 @@ def format_report(rep: LoadReport) -> str:
 
 
 def parse_levels(s: str) -> list[int]:
+    if not all(x.strip() for x in s.split(",")):
+        raise InputError(f"--concurrency {s!r}: empty item; give comma-separated integers, e.g. 1,16")
     try:
-        levels = [int(x) for x in s.split(",") if x.strip()]
+        levels = [int(x) for x in s.split(",")]
     except ValueError:
         raise InputError(f"--concurrency {s!r}: give comma-separated integers, e.g. 1,16") from None
     if not levels or min(levels) < 1:

@@ -119,6 +119,9 @@ def build_index(folder: str | os.PathLike, kind: str = "ivf", nlist: int | None 
     return info
 
 
+_INDEX_CACHE: dict[tuple[str, int, int], Any] = {}  # (path, mtime, size) -> index: read once per process
+
+
 def _load_index(root: Path, files: Sequence[Path], log):
     p = root / INDEX_DIR / "index.json"
     if not p.is_file():
@@ -129,7 +132,13 @@ def _load_index(root: Path, files: Sequence[Path], log):
             log(f"{root / INDEX_DIR} is older than the shards (rebuild it with `mmdeploy index`): searching exactly")
         return None, None
     faiss = require("faiss", "search")
-    index = faiss.read_index(str(root / INDEX_DIR / "faiss.index"))
+    f = root / INDEX_DIR / "faiss.index"
+    st = f.stat()
+    key = (str(f.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _INDEX_CACHE:
+        _INDEX_CACHE.clear()  # one index held at a time: a 1M x 512 flat index is 2 GB
+        _INDEX_CACHE[key] = faiss.read_index(str(f))
+    index = _INDEX_CACHE[key]
     if info["kind"] == "hnsw":
         index.hnsw.efSearch = int(info["params"]["efSearch"])
     elif info["kind"] == "ivf":

@@ -173,7 +173,8 @@ class JobStore:
         name = shard_name(i)
         tmp = self.root / f".{name}.tmp"
         # embeddings stay uncompressed (float noise does not compress; a memory map reads them in place)
-        pq.write_table(table, tmp, compression={c: ("NONE" if c == "embedding" else "ZSTD") for c in table.column_names})
+        pq.write_table(table, tmp, compression={c: ("NONE" if c == "embedding" else "ZSTD") for c in table.column_names},
+                       use_dictionary=[c for c in table.column_names if c not in ("embedding", "item")])
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, self.root / name)

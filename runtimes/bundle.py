@@ -233,6 +233,7 @@ def check_replaceable(target: Path) -> None:
     valid manifest (someone else's manifest.json included), or a bundle holding files of the
     user's own that the manifest does not list (they would be lost)."""
     if not target.exists() and not target.is_symlink():
+        _check_creatable(target)
         return
     if not target.is_dir():
         raise BundleError(f"{target} exists and is not a directory: refusing to replace it")
@@ -248,6 +249,23 @@ def check_replaceable(target: Path) -> None:
         if (p.is_file() or p.is_symlink()) and rel not in ours:
             raise BundleError(f"{target} holds {rel}, which is not part of the bundle: refusing to replace it "
                               "(move it away or choose another -o)")
+
+
+def _check_creatable(target: Path) -> None:
+    """The nearest existing folder above ``target`` takes a new entry (os.access says yes to root
+    and to /proc: creating one is the real test), so a read-only output fails before the work."""
+    import tempfile
+
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise BundleError(f"{target}: {parent} is not a directory")
+    try:
+        probe = tempfile.mkdtemp(prefix=".mmdeploy-probe-", dir=parent)
+    except OSError as exc:
+        raise BundleError(f"{target}: cannot write in {parent}: {exc.strerror or exc}") from None
+    os.rmdir(probe)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -194,9 +194,11 @@ def _decode_quiet(fp, name: str, max_pixels: int | None) -> Image.Image:
 
 def _exif_transpose(im: Image.Image) -> Image.Image:
     try:
-        if im.getexif().get(0x0112, 1) in (1, None):  # no rotation: skip exif_transpose's copy
-            return im
-        return ImageOps.exif_transpose(im)
+        with warnings.catch_warnings():  # a corrupt EXIF block warns through PIL; the picture is still fine
+            warnings.simplefilter("ignore")
+            if im.getexif().get(0x0112, 1) in (1, None):  # no rotation: skip exif_transpose's copy
+                return im
+            return ImageOps.exif_transpose(im)
     except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the picture
         return im
 

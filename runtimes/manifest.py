@@ -127,6 +127,27 @@ def DIM(v, where):
         raise _Bad(where, f"must be a size or a symbolic name, got {_short(v)}")
 
 
+def bounded(lo: float, hi: float) -> Check:
+    """A finite number in [lo, hi]: a 1e308 scale is finite and still turns every score into NaN."""
+    def check(v, where):
+        NUMBER(v, where)
+        if not lo <= v <= hi:
+            raise _Bad(where, f"must be between {lo:g} and {hi:g}, got {_short(v)}")
+    return check
+
+
+def either(*checks: Check) -> Check:
+    def check(v, where):
+        errors = []
+        for c in checks:
+            try:
+                return c(v, where)
+            except _Bad as exc:
+                errors.append(str(exc).split(": ", 1)[1])
+        raise _Bad(where, " or ".join(errors))
+    return check
+
+
 TENSOR = obj({"name": STR, "dtype": STR, "shape": list_of(DIM)})
 ARTIFACT = obj(
     {"component": STR, "backend": one_of(*BACKENDS), "precision": one_of(*PRECISIONS), "path": REL_PATH,
@@ -150,11 +171,23 @@ MANIFEST_SCHEMA = obj(
         "tokenizer": obj({"file": REL_PATH, "max_length": _at_least(1, 1 << 20)},
                          {"pad_id": TOKEN_ID, "padding": one_of("longest", "max_length")}),
         "preprocess": obj({"file": REL_PATH, "config": DICT}),
-        # the families' score scales, read as floats by their pipelines (and shown by `info`)
-        "clip": obj({"logit_scale": NUMBER}),
-        "siglip": obj({"logit_scale": NUMBER, "logit_bias": NUMBER}),
-        "align": obj({"temperature": NUMBER}),
+        # a family's own blocks are required and checked by its pipeline (manifest_blocks)
     },
+)
+SCALE = bounded(-1e4, 1e4)  # CLIP clamps exp(logit_scale) at 100; SigLIP's bias is around -10
+POSITIONS = _at_least(1, 1 << 20)
+# the decoder facts and generation settings of encoder + decoder-step families (caption, VQA)
+DECODER_INFO = obj(
+    {"num_layers": _at_least(1, 1024), "num_heads": _at_least(1, 4096), "head_dim": _at_least(1, 65536),
+     "vocab_size": _at_least(1, (1 << 31) - 1), "cross_attention": BOOL, "encoder_outputs": list_of(STR, nonempty=True)},
+    {"architecture": STR, "special_ids": list_of(TOKEN_ID), "max_question_tokens": POSITIONS},
+)
+GENERATION = obj(
+    {"start_ids": list_of(TOKEN_ID, nonempty=True)},
+    {"eos_token_id": either(TOKEN_ID, list_of(TOKEN_ID)), "pad_token_id": TOKEN_ID, "max_length": POSITIONS,
+     "max_new_tokens": POSITIONS, "default_new_tokens": POSITIONS, "max_positions": POSITIONS, "min_length": _at_least(0, 1 << 20),
+     "num_beams": _at_least(1, 16), "length_penalty": bounded(-100, 100), "early_stopping": either(BOOL, one_of("never")),
+     "no_repeat_ngram_size": _at_least(0, 1024), "repetition_penalty": bounded(0.01, 100)},
 )
 
 
@@ -163,8 +196,42 @@ def validate_manifest(manifest: Any, source: str) -> None:
     try:
         MANIFEST_SCHEMA(manifest, "manifest")
         _cross_check(manifest)
+        _family_blocks(manifest)
     except _Bad as exc:
         raise BundleError(f"{source}: {exc}") from None
+
+
+def _family_blocks(m: dict) -> None:
+    """The blocks a family's pipeline reads (its `manifest_blocks`, required) and its own
+    cross-checks (`manifest_cross`); a family without a pipeline here is left to load() to refuse."""
+    from .pipelines import pipelines  # lazy: pipelines import this module
+
+    cls = pipelines().get(m["family"])
+    if cls is None:
+        return
+    obj(getattr(cls, "manifest_blocks", {}))(m, "manifest")
+    if (cross := getattr(cls, "manifest_cross", None)) is not None:
+        cross(m)
+
+
+def check_decoder_blocks(info_key: str) -> Callable[[dict], None]:
+    """Cross-checks of a decoder family: its layer count matches the decoder graph's past inputs,
+    the encoder outputs exist, and every id the loop feeds is inside the vocabulary."""
+    def cross(m: dict) -> None:
+        info, gen = m[info_key], m["generation"]
+        inputs = {i["name"] for i in m["components"].get("decoder", {}).get("inputs", [])}
+        if inputs and any(f"past.{i}.key" not in inputs for i in range(info["num_layers"])):
+            raise _Bad(f"manifest.{info_key}.num_layers", f"{info['num_layers']} layers, but the decoder takes "
+                                                         f"{sum(n.endswith('.key') and n.startswith('past.') for n in inputs)}")
+        outs = {o["name"] for c in m["components"].values() for o in c["outputs"]}
+        if missing := [o for o in info["encoder_outputs"] if o not in outs]:
+            raise _Bad(f"manifest.{info_key}.encoder_outputs", f"{missing[0]!r} is no component's output")
+        eos = gen.get("eos_token_id", [])
+        for name, ids in (("start_ids", gen["start_ids"]), ("eos_token_id", eos if isinstance(eos, list) else [eos]),
+                          ("pad_token_id", [gen.get("pad_token_id", 0)])):
+            if bad := [i for i in ids if i >= info["vocab_size"]]:
+                raise _Bad(f"manifest.generation.{name}", f"id {bad[0]} is outside the vocabulary ({info['vocab_size']})")
+    return cross
 
 
 def _cross_check(m: dict) -> None:

@@ -242,7 +242,17 @@ def _size_with_aspect_ratio(h: int, w: int, size: int, max_size: int) -> tuple[i
     return size, (int(raw_size * w / h) if raw_size is not None else int(size * w / h))
 
 
+MAX_SIDE = 16384  # a resize or crop target past this is a hand-edited config, not a model (100000^2 x 3 floats = 112 GB)
+
+
 def _size_dict(size: Any, *, default_to_square: bool, name: str) -> dict[str, int]:
+    out = _size_dict_unbounded(size, default_to_square=default_to_square, name=name)
+    if any(v > MAX_SIDE for v in out.values()):
+        raise ValueError(f"{name} values must be at most {MAX_SIDE}, got {size}")
+    return out
+
+
+def _size_dict_unbounded(size: Any, *, default_to_square: bool, name: str) -> dict[str, int]:
     if isinstance(size, bool):
         raise ValueError(f"{name} must be an int, a pair or a dict, got {size!r}")
     if isinstance(size, int):

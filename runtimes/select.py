@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import BackendError, BundleError
+from ..errors import BackendError, BundleError, InputError
 from .bundle import Artifact, Bundle
 from .session import Session, backend_module
 
@@ -38,6 +38,9 @@ def select_variant(
     bundle: Bundle, backend: str | None = None, precision: str | None = None
 ) -> tuple[str, str]:
     """(backend, precision) that every component has; the preferred one that passed its gate."""
+    for flag, v in (("--backend", backend), ("--precision", precision)):
+        if v is not None and not v.strip():
+            raise InputError(f"{flag} is empty: give a name, or leave the flag out for the default variant")
     if backend is not None:
         backend_module(backend)  # unknown name -> clear error
     comps = list(bundle.components)

@@ -100,7 +100,7 @@ def derive_profile(
             if dim not in axes:
                 raise BackendError(
                     f"input {spec['name']}: no min/opt/max for axis {dim!r}; add `profile: {{{dim}: [min, opt, max]}}` "
-                    "to the model's models.yaml entry or pass --profile"
+                    "to the model's models.yaml entry (its `tensorrt.profile`)"
                 )
             a, b, c = (int(x) for x in axes[dim])
             if not 1 <= a <= b <= c:

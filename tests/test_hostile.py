@@ -609,3 +609,104 @@ def test_quantizing_a_variant_again_replaces_it_and_keeps_the_bundle_whole(bundl
     assert r.returncode == 0, r.stderr
     v = load(bundle, backend="onnxruntime", precision="int8")
     assert v.embed_texts(["a red circle"]).shape[0] == 1
+
+
+# -- third sweep (1,751 cases: 13 tracebacks from 4 causes, 3 silent wrong answers) -----------------
+
+@pytest.fixture()
+def caption_copy(shapes_bundle, tmp_path) -> Path:
+    dst = tmp_path / "cap"
+    shutil.copytree(shapes_bundle, dst)
+    return dst
+
+
+def test_undecodable_prompt_and_question_are_one_line(shapes_bundle, vqa_shapes_bundle, tmp_path, cli_inprocess):
+    from mmdeploy.common.datasets import shapes
+
+    img = tmp_path / "s.png"
+    shapes.generate("test", 1)[0].image.save(img)
+    # a shell hands bytes that are not UTF-8 to Python as lone surrogates
+    _one_line_exit_2(cli_inprocess("caption", str(shapes_bundle), str(img), "--prompt", "caf\udce9"), "not valid UTF-8")
+    _one_line_exit_2(cli_inprocess("vqa", str(vqa_shapes_bundle), str(img), "-q", "\udcff"), "not valid UTF-8")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["bench", "{b}", "--json", "/proc/x.json"], "cannot write"),
+    (["bench", "{b}", "--plot", "/sys/x.png"], "cannot write"),
+    (["serve", "{b}", "--max-body-mb", "inf"], "must be a finite number"),
+    (["serve", "{b}", "--max-wait-ms", "nan"], "--max-wait-ms"),
+    (["classify", "{b}", "x.png", "--labels", "a,b", "--template", "{{{{}}}}"], "must contain '{}'"),
+    (["classify", "{b}", "x.png", "--labels", "a,,b"], "empty item"),
+    (["quantize", "{b}", "--precision", "int8", "--exclude", "Gemm,,MatMul"], "empty item"),
+    (["quantize", "{b}", "--precision", "int8", "--exclude", "["], "not a valid regex"),
+    (["quantize", "{b}", "--precision", "int8", "--calib", ""], "--calib is empty"),
+    (["export", "clip-shapes", "-o", "{tmp}/o", "--calib", "{tmp}/nope"], "not found"),
+    (["export", "clip-shapes", "-o", "/proc/mmd"], "cannot write"),
+    (["bench-serve", "{cap}", "--requests", "1"], "is a caption bundle"),
+    (["bench-serve", "{b}", "--concurrency", "1,,2"], "empty item"),
+    (["embed", "{b}", "--text", "x", "--precision", ""], "--precision is empty"),
+], ids=["json-proc", "plot-sys", "body-inf", "wait-nan", "template-escaped-braces", "labels-empty-item",
+        "exclude-empty-item", "exclude-bad-regex", "calib-empty", "calib-missing", "export-proc", "bench-serve-caption",
+        "concurrency-empty-item", "precision-empty"])
+def test_third_sweep_flags_are_one_line_before_any_work(clip_bundle, shapes_bundle, tmp_path, args, needle, cli_inprocess):
+    r = cli_inprocess(*[a.format(b=clip_bundle, cap=shapes_bundle, tmp=tmp_path) for a in args])
+    _one_line_exit_2(r, needle)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("change,field", [
+    (lambda m: m.pop("clip"), "manifest.clip: is missing"),
+    (lambda m: m["clip"].update(logit_scale=1e308), "manifest.clip.logit_scale: must be between"),
+], ids=["clip-block-missing", "logit-scale-1e308"])
+def test_family_blocks_are_required_and_bounded(bundle, change, field):
+    _edit(bundle, change)
+    with pytest.raises(BundleError, match="manifest") as e:
+        Bundle.open(bundle)
+    assert field in str(e.value)
+
+
+def test_a_huge_crop_in_the_preprocess_config_is_refused(bundle):
+    _edit(bundle, lambda m: m["preprocess"]["config"].update(crop_size={"height": 100000, "width": 100000}))
+    with pytest.raises(BundleError, match="at most 16384"):
+        load(bundle, backend="onnxruntime", precision="fp32")
+
+
+CAPTION_TAMPERED = [
+    ("start id outside the vocabulary", lambda m: m["generation"].update(start_ids=[99999]), "manifest.generation.start_ids"),
+    ("eos id a string", lambda m: m["generation"].update(eos_token_id="x"), "manifest.generation.eos_token_id"),
+    ("more layers than the decoder has", lambda m: m["caption"].update(num_layers=99), "manifest.caption.num_layers"),
+    ("no attention heads", lambda m: m["caption"].update(num_heads=0), "manifest.caption.num_heads"),
+    ("no encoder outputs", lambda m: m["caption"].update(encoder_outputs=[]), "manifest.caption.encoder_outputs"),
+    ("an encoder output no graph has", lambda m: m["caption"].update(encoder_outputs=["cross.9.key"]), "manifest.caption.encoder_outputs"),
+    ("a position table of 10^15", lambda m: m["generation"].update(max_positions=10 ** 15), "manifest.generation.max_positions"),
+    ("caption block missing", lambda m: m.pop("caption"), "manifest.caption: is missing"),
+]
+
+
+@pytest.mark.parametrize("what,change,field", CAPTION_TAMPERED, ids=[t[0] for t in CAPTION_TAMPERED])
+def test_tampered_caption_manifest_is_refused_naming_the_field(caption_copy, what, change, field):
+    _edit(caption_copy, change)
+    with pytest.raises(BundleError, match="manifest") as e:
+        Bundle.open(caption_copy)
+    assert field in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_failure_no_check_foresaw_is_still_one_line(caption_copy, tmp_path, cli_inprocess):
+    """The last line of defence: a hand-edited bundle whose decoder file is the encoder's (hashes
+    updated to match) passes every check and fails inside ONNX Runtime; the user still sees one
+    line, exit 1, no traceback."""
+    from mmdeploy.common.datasets import shapes
+    from mmdeploy.runtimes.bundle import sha256_file
+
+    m = json.loads((caption_copy / MANIFEST).read_text())
+    arts = {a["component"]: a for a in m["artifacts"] if (a["backend"], a["precision"]) == ("onnxruntime", "fp32")}
+    shutil.copy(caption_copy / arts["encoder"]["path"], caption_copy / arts["decoder"]["path"])
+    rel = arts["decoder"]["path"]
+    m["files"][rel] = {"sha256": sha256_file(caption_copy / rel), "bytes": (caption_copy / rel).stat().st_size}
+    (caption_copy / MANIFEST).write_text(json.dumps(m))
+    img = tmp_path / "s.png"
+    shapes.generate("test", 1)[0].image.save(img)
+    r = cli_inprocess("caption", str(caption_copy), str(img), "--backend", "onnxruntime", "--precision", "fp32")
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "unexpected" in lines[0] and "--debug" in lines[0]

@@ -132,6 +132,19 @@ def sentences_set(split: str = "test") -> DataSet:
     return DataSet(name=f"sentences/{split}", texts=texts)
 
 
+def check_spec(spec: str, flag: str = "--data") -> None:
+    """What open_dataset would refuse, without loading anything: a check before long work."""
+    if not spec or not spec.strip():
+        raise InputError(f"{flag} is empty: give {', '.join(NAMED)}, an image folder or a text file")
+    if spec in NAMED:
+        return
+    path = Path(os.path.expanduser(spec))
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        raise InputError(f"{flag} {spec}: is one image: pass the folder that holds the images")
+    if not path.exists():
+        raise InputError(f"{flag} {spec!r} not found: give {', '.join(NAMED)}, an image folder or a text file")
+
+
 def open_dataset(spec: str, split: str = "test", limit: int | None = None) -> DataSet:
     """`shapes` (split: train/val/test), `photos`, `sentences`, an image folder, or a text file."""
     if spec == "shapes":

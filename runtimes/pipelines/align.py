@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..manifest import DICT, bounded, obj
 from ..scoring import softmax
 from . import register
 from .clip import ClipPipeline
@@ -12,6 +13,7 @@ from .clip import ClipPipeline
 @register
 class AlignPipeline(ClipPipeline):
     family = "align"
+    manifest_blocks = {"preprocess": DICT, "tokenizer": DICT, "align": obj({"temperature": bounded(1e-6, 1e4)})}
 
     def read_scoring(self, manifest: dict) -> None:
         self.temperature = float(manifest["align"]["temperature"])

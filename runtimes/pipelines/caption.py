@@ -22,7 +22,9 @@ from ...errors import BundleError, InputError
 from ..bundle import Bundle
 from ..generate import GenerationConfig, OnStep, generate
 from ..images import load_image
+from ..manifest import DECODER_INFO, DICT, GENERATION, check_decoder_blocks
 from ..preprocess import ImagePreprocessor
+from ..tokenize import bad_unicode_at
 from . import register
 
 OnText = Callable[[int, str], Optional[bool]]  # (image index, text so far) -> False to stop that image
@@ -173,6 +175,9 @@ class CaptionPipeline:
     gate_metrics: dict[str, str] = {}
     components = ("encoder", "decoder")  # the graphs, the decoder step last
     info_key = "caption"  # the manifest's decoder facts (layers, heads, cross attention, outputs)
+    # required in its manifest and cross-checked against the graphs when the bundle is opened
+    manifest_blocks = {"preprocess": DICT, "tokenizer": DICT, "caption": DECODER_INFO, "generation": GENERATION}
+    manifest_cross = staticmethod(check_decoder_blocks("caption"))
 
     @classmethod
     def fidelity_feeds(cls, bundle: Bundle, components: list[str], threads: int | None = None
@@ -263,6 +268,10 @@ class CaptionPipeline:
     def prompt_ids(self, prompt: str | None) -> list[int]:
         ids = list(self.generation.start_ids)
         if prompt:
+            if not isinstance(prompt, str):
+                raise InputError(f"the prompt is {type(prompt).__name__}, expected a string")
+            if (at := bad_unicode_at(prompt)) is not None:  # a shell's undecodable bytes arrive as lone surrogates
+                raise InputError(f"the prompt is not valid UTF-8 / Unicode text (at character {at})")
             ids += self.tokenizer.encode(prompt, add_special_tokens=False).ids
         return ids
 

@@ -10,9 +10,10 @@ from ...errors import InputError
 from ..bundle import Bundle
 from ..feeds import image_preprocessor, text_tokenizer
 from ..images import load_image
+from ..manifest import DICT, SCALE, obj
 from . import register
 from .base import EncoderPipeline
-from ..scoring import l2_normalize, softmax
+from ..scoring import check_template, l2_normalize, softmax
 
 
 @register
@@ -24,6 +25,8 @@ class ClipPipeline(EncoderPipeline):
 
     family = "clip"
     task = "zero-shot"
+    # required in its manifest, checked when the bundle is opened (runtimes/manifest.py)
+    manifest_blocks = {"preprocess": DICT, "tokenizer": DICT, "clip": obj({"logit_scale": SCALE})}
 
     def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None):
         from ..select import open_sessions
@@ -109,12 +112,7 @@ class ClipPipeline(EncoderPipeline):
         labels = [l.strip() for l in labels if l and l.strip()]
         if len(labels) < 2:
             raise InputError("give at least two labels to choose between")
-        if "{}" not in template:
-            raise InputError(f"template {template!r} must contain '{{}}' where the label goes")
-        try:
-            prompts = [template.format(l) for l in labels]
-        except (KeyError, IndexError, ValueError) as exc:
-            raise InputError(f"template {template!r} has braces other than one '{{}}': {exc!r}") from None
+        prompts = [check_template(template).format(l) for l in labels]
         text = self.embed_texts(prompts)
         img = self.embed_images(images)
         probs = self.scores(img, text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..manifest import DICT, SCALE, obj
 from ..scoring import sigmoid
 from . import register
 from .clip import ClipPipeline
@@ -12,6 +13,7 @@ from .clip import ClipPipeline
 @register
 class SiglipPipeline(ClipPipeline):
     family = "siglip"
+    manifest_blocks = {"preprocess": DICT, "tokenizer": DICT, "siglip": obj({"logit_scale": SCALE, "logit_bias": SCALE})}
 
     def read_scoring(self, manifest: dict) -> None:
         self.logit_scale = float(manifest["siglip"]["logit_scale"])

@@ -19,6 +19,8 @@ from ...errors import InputError
 from ..bundle import Bundle
 from ..generate import generate
 from ..images import load_image
+from ..manifest import DECODER_INFO, DICT, GENERATION, check_decoder_blocks
+from ..tokenize import bad_unicode_at
 from . import register
 from .caption import CaptionPipeline, OnText, SessionDecoder, decoder_feeds_after
 
@@ -34,6 +36,8 @@ class VqaPipeline(CaptionPipeline):
     task = "question-answering"
     components = ("vision", "question", "decoder")
     info_key = "vqa"
+    manifest_blocks = {"preprocess": DICT, "tokenizer": DICT, "vqa": DECODER_INFO, "generation": GENERATION}
+    manifest_cross = staticmethod(check_decoder_blocks("vqa"))
 
     @classmethod
     def fidelity_feeds(cls, bundle: Bundle, components: list[str], threads: int | None = None
@@ -74,6 +78,8 @@ class VqaPipeline(CaptionPipeline):
             raise InputError("a question must be non-empty text")
         if len(question) > MAX_QUESTION_CHARS:
             raise InputError(f"a question is at most {MAX_QUESTION_CHARS} characters, got {len(question)}")
+        if (at := bad_unicode_at(question)) is not None:  # the shell hands undecodable bytes over as lone surrogates
+            raise InputError(f"the question is not valid UTF-8 / Unicode text (at character {at})")
         ids = self.tokenizer.encode(question).ids
         limit = int(self.info.get("max_question_tokens", 512))
         if len(ids) > limit:

@@ -46,13 +46,13 @@ class ServeConfig:
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise InputError(f"{f} must be a positive integer, got {v!r}")
-        if self.chat_cache_mb < 0:
+        if not 0 <= self.chat_cache_mb < float("inf"):
             raise InputError(f"chat_cache_mb must be >= 0, got {self.chat_cache_mb}")
-        if self.max_wait_ms < 0:
-            raise InputError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if not 0 <= self.max_wait_ms <= 60_000:  # (also refuses nan)
+            raise InputError(f"max_wait_ms must be between 0 and 60000, got {self.max_wait_ms}")
         for f in ("timeout_s", "header_timeout_s", "body_timeout_s", "drain_timeout_s"):
-            if getattr(self, f) <= 0:
-                raise InputError(f"{f} must be > 0, got {getattr(self, f)}")
+            if not 0 < getattr(self, f) <= 86_400:
+                raise InputError(f"{f} must be > 0 and at most a day (86400), got {getattr(self, f)}")
         if self.api_key is not None and not self.api_key.strip():
             raise InputError("api_key is empty")
 

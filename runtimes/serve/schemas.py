@@ -21,6 +21,8 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       ValidationError, model_validator)
 from pydantic_core import PydanticCustomError
 
+from ...errors import InputError
+from ..scoring import check_template
 from ..tokenize import bad_unicode_at
 from .config import ServeConfig
 from .errors import ApiError, json_type
@@ -112,14 +114,10 @@ def request_models(cfg: ServeConfig) -> SimpleNamespace:
         return labels
 
     def _template(t: Optional[str]) -> str:
-        t = "{}" if t is None else t
-        if "{}" not in t or len(t) > 1000:
-            raise FieldError("invalid_value", f"{t[:100]!r} must contain '{{}}' where the label goes (1000 chars at most)")
-        try:
-            t.format("x")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise FieldError("invalid_value", f"{t[:100]!r} has braces other than one '{{}}': {exc!r}") from None
-        return t
+        try:  # the pipeline's own rule, so the CLI and the server refuse the same templates
+            return check_template("{}" if t is None else t)
+        except InputError as exc:
+            raise FieldError("invalid_value", str(exc)) from None
 
     class ClassifyRequest(_ImageRequest):
         """Zero-shot classification: each image against the labels, as the pipeline's ``classify``."""
