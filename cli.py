@@ -272,7 +272,7 @@ def quantize(
     bundle: Path = typer.Argument(..., help="Bundle directory (gets the new variant; the rest is kept)."),
     precision: str = typer.Option(..., help="int8, fp16 or bf16; int4 for caption bundles (onnxruntime: int4 decoder, int8 encoder)."),
     backend: str = typer.Option("onnxruntime", help="onnxruntime (Q/DQ or dynamic INT8, fp16) or openvino (NNCF INT8, bf16, fp16)."),
-    mode: str = typer.Option("static", help="INT8 on onnxruntime: static (calibrated Q/DQ) or dynamic (no data)."),
+    mode: Optional[str] = typer.Option(None, help="INT8 on onnxruntime: static (calibrated Q/DQ, the default) or dynamic (no data)."),
     calib: Optional[str] = typer.Option(None, help="Calibration data: an image folder, a text file (one caption a line), 'shapes' or 'photos'."),
     method: str = typer.Option("minmax", help="Calibration method: minmax, entropy or percentile."),
     samples: int = typer.Option(32, help="Calibration samples per component."),
@@ -292,7 +292,8 @@ def quantize(
 
     _check_data(calib, "--calib")
     cfg = QuantConfig(
-        precision=precision, backend=backend, mode=mode, calib=calib, method=method, samples=samples,
+        precision=precision, backend=backend, mode=mode or "static", mode_given=mode is not None, calib=calib,
+        method=method, samples=samples,
         exclude=None if exclude is None else _exclusions(exclude),
         min_cosine=min_cosine, min_agreement=min_agreement,
         components=parse_list(component, None, "component") or None, threads=threads,

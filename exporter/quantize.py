@@ -86,6 +86,9 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
         raise BackendError(why)
     if recipe.backend == "tensorrt" and "tensorrt" not in bundle.manifest:
         raise InputError(f"{bundle.root} was exported for cpu: export with --target gpu (or jetson-*) for TensorRT")
+    if cfg.mode_given and not isinstance(family.quantization.get((cfg.backend, cfg.precision)), dict):
+        log(f"--mode {cfg.mode} does not apply here: {bundle.family} {cfg.backend} {cfg.precision} has one recipe, "
+            f"{recipe.name} ({recipe.summary})")
     if not recipe.calibration and (cfg.calib or cfg.min_cosine):
         log(f"{recipe.name} is data-free ({recipe.summary}): --calib and --min-cosine are not used")
     comps = selected_components(bundle, cfg)

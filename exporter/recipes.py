@@ -66,6 +66,7 @@ class QuantConfig:
     min_agreement: float = 0.8  # generative variants: share of fp32's greedy tokens they must reproduce
     components: list[str] | None = None
     threads: int | None = None
+    mode_given: bool = False  # --mode on the command line: said when the recipe has no modes
 
 
 
