@@ -100,8 +100,11 @@ def test_a_killed_job_resumes_and_gives_each_image_exactly_once(sig, clip_bundle
     out = tmp_path / "emb"
     args = ["embed", str(clip_bundle), "--images", f"{root}/**/*", "--out", str(out), "--shard-size", "128",
             "--batch", "16", "--backend", "onnxruntime", "--precision", "fp32"]
+    # a shell's background job (CI under nohup ... &) starts with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler: give the child the default, as a terminal would
     proc = subprocess.Popen([sys.executable, "-m", "mmdeploy.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while len(list(out.glob("part-*.parquet"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
