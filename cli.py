@@ -209,6 +209,7 @@ def bench(
     threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads for every backend and PyTorch (default: all cores)."),
     data: Optional[str] = typer.Option(None, help="Inputs: 'photos' (real photos, default), 'shapes' (labelled test split: adds zero-shot accuracy), an image folder (labels.tsv adds accuracy) or a text file."),
     no_pytorch: bool = typer.Option(False, "--no-pytorch", help="Skip the PyTorch reference row."),
+    interleave: bool = typer.Option(False, "--interleave", help="Encoder bundles: alternate PyTorch's and every variant's calls run by run, so noise on a shared machine hits all rows alike. For calls of milliseconds or more: sub-millisecond calls pay for waking threads on every switch."),
     record: bool = typer.Option(True, help="Record batch-1 latencies in the bundle so load() defaults to the fastest passing variant on this CPU."),
     max_new_tokens: int = typer.Option(20, min=1, help="Caption bundles: new tokens per caption in the generate rows."),
     num_beams: int = typer.Option(1, min=1, max=16, help="Caption bundles: beam width in the generate rows (1 = greedy)."),
@@ -243,6 +244,7 @@ def bench(
         record=record,
         max_new_tokens=max_new_tokens,
         num_beams=num_beams,
+        interleave=interleave,
     )
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=_err_console(), transient=True) as progress:
         report = run_bench(str(bundle), cfg, log=_log, progress=progress)

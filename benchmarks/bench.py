@@ -33,6 +33,7 @@ class BenchConfig:
     record: bool = True  # write batch-1 latencies into the manifest so load() picks the fastest here
     max_new_tokens: int = 20  # caption bundles: the `generate` rows
     num_beams: int = 1
+    interleave: bool = False  # encoder bundles: alternate every variant's calls run by run (noise hits all alike)
 
 
 def percentiles(times_ms: list[float]) -> dict[str, float]:
@@ -135,6 +136,8 @@ def _bench(path: str, cfg: BenchConfig, log: Callable[[str], None], progress) ->
     except MMDeployError:
         default = None
     pipeline = pipeline_class(bundle.family, str(bundle.root))
+    if cfg.interleave and (pipeline.generative or callable(getattr(pipeline, "chat", None))):
+        log("--interleave applies to encoder bundles; this one is timed variant by variant")
     if callable(getattr(pipeline, "chat", None)):  # conversations: TTFT, decode tokens/s, turn 2 with the cache
         from .chat_bench import chat_bench
 
@@ -154,10 +157,12 @@ def _bench(path: str, cfg: BenchConfig, log: Callable[[str], None], progress) ->
     rows: list[dict[str, Any]] = []
     for comp in comps:
         out_name = bundle.components[comp]["outputs"][0]["name"]
-        ref_out, ref_stats = _time_torch(ref, "pytorch", comp, out_name, inputs, cfg, progress, task, tick)
+        pre = _interleaved_times(bundle, comp, out_name, {"pytorch": ref, "teacher": teacher},
+                                 [a for a in arts if a.component == comp], inputs, cfg, tick) if cfg.interleave else None
+        ref_out, ref_stats = _time_torch(ref, "pytorch", comp, out_name, inputs, cfg, progress, task, tick, pre)
         ref_p50 = {b: st["p50_ms"] for b, st in ref_stats.items()}
         rows += [_row(comp, "pytorch", "fp32", b, st, ref_p50[b], None, False) for b, st in ref_stats.items()]
-        teacher_out, teacher_stats = _time_torch(teacher, "teacher", comp, out_name, inputs, cfg, progress, task, tick)
+        teacher_out, teacher_stats = _time_torch(teacher, "teacher", comp, out_name, inputs, cfg, progress, task, tick, pre)
         teacher_p50 = {b: st["p50_ms"] for b, st in teacher_stats.items()}
         for b, st in teacher_stats.items():  # a distilled student's bundle: its teacher beside it
             row = _row(comp, "teacher", "fp32", b, st, ref_p50.get(b), None, False)
@@ -181,7 +186,7 @@ def _bench(path: str, cfg: BenchConfig, log: Callable[[str], None], progress) ->
                 fid = compare(ref_out[b], out) if b in ref_out else None
                 if progress:
                     progress.update(task, description=f"{comp} {a.backend}/{a.precision} b{b}")
-                times = time_session(lambda: sess.run(feeds), cfg.runs, cfg.warmup, tick)
+                times = pre[(f"{a.backend}/{a.precision}", b)] if pre else time_session(lambda: sess.run(feeds), cfg.runs, cfg.warmup, tick)
                 row = _row(comp, a.backend, a.precision, b, percentiles(times), ref_p50.get(b), fid, default == (a.backend, a.precision))
                 row["load_ms"] = round(load_ms, 1)
                 row["gate_passed"] = a.passed
@@ -213,14 +218,48 @@ def _bench(path: str, cfg: BenchConfig, log: Callable[[str], None], progress) ->
         "bundle": str(bundle.root),
         "family": bundle.family,
         "env": environment(cfg.threads),
-        "config": {"runs": cfg.runs, "warmup": cfg.warmup, "batches": cfg.batches, "data": data.name},
+        "config": {"runs": cfg.runs, "warmup": cfg.warmup, "batches": cfg.batches, "data": data.name,
+                   "interleaved": cfg.interleave},
         "default_variant": "/".join(default) if default else None,
         "results": rows,
         "accuracy": accuracy,
     }
 
 
-def _time_torch(fam, name: str, comp: str, out_name: str, inputs: BundleFeeds, cfg: BenchConfig, progress, task, tick):
+def _interleaved_times(bundle: Bundle, comp: str, out_name: str, refs: dict[str, Any], arts, inputs: BundleFeeds,
+                       cfg: BenchConfig, tick) -> dict[tuple[str, int], list[float]]:
+    """{(label, batch): times} with every runner's calls alternating: run r of PyTorch, then run r
+    of each variant, so a burst of other load lands on all of them alike. ORT sessions do not spin
+    between calls here (their idle threads would take the cores the next runner needs)."""
+    from ..exporter.reference import TorchSession
+
+    runners: dict[str, Any] = {}
+    for label, fam in refs.items():
+        if fam is not None:
+            runners[label] = TorchSession(fam.module(comp), fam.input_names(comp), [out_name], cfg.threads)
+    for a in arts:
+        if backend_module(a.backend).available() is None:
+            runners[f"{a.backend}/{a.precision}"] = open_session(
+                bundle, a, cfg.threads, options={"spin": False} if a.backend == "onnxruntime" else None)
+    out: dict[tuple[str, int], list[float]] = {}
+    for b in cfg.batches:
+        feeds = inputs.feeds(comp, b)
+        for r in runners.values():
+            for _ in range(cfg.warmup):
+                r.run(feeds)
+        times: dict[str, list[float]] = {k: [] for k in runners}
+        for _ in range(cfg.runs):
+            for k, r in runners.items():
+                t = time.perf_counter()
+                r.run(feeds)
+                times[k].append((time.perf_counter() - t) * 1000)
+                tick()
+        out.update({(k, b): v for k, v in times.items()})
+    return out
+
+
+def _time_torch(fam, name: str, comp: str, out_name: str, inputs: BundleFeeds, cfg: BenchConfig, progress, task, tick,
+                pre: dict | None = None):
     """A PyTorch reference (`fam`, or None) on every batch: ({batch: output}, {batch: latency stats})."""
     outs: dict[int, np.ndarray] = {}
     stats: dict[int, dict[str, float]] = {}
@@ -234,7 +273,7 @@ def _time_torch(fam, name: str, comp: str, out_name: str, inputs: BundleFeeds, c
         outs[b] = tsess.run(feeds)[out_name]
         if progress:
             progress.update(task, description=f"{comp} {name} b{b}")
-        stats[b] = percentiles(time_session(lambda: tsess.run(feeds), cfg.runs, cfg.warmup, tick))
+        stats[b] = percentiles(pre[(name, b)] if pre else time_session(lambda: tsess.run(feeds), cfg.runs, cfg.warmup, tick))
     return outs, stats
 
 

@@ -60,3 +60,21 @@ def test_bench_reports_a_busy_machine_in_json_and_table(clip_bundle):
     console = Console(record=True, width=200)
     console.print(table(report))
     assert "BUSY MACHINE" in console.export_text()
+
+
+def test_interleaved_bench_times_every_row_and_keeps_the_same_rows(clip_bundle):
+    """--interleave alternates PyTorch's and each variant's calls; the report has the same rows
+    (with p50, speedup and fidelity) as a sequential run and says it was interleaved."""
+    pytest.importorskip("torch")
+    from mmdeploy.benchmarks.bench import BenchConfig, bench
+
+    kw = dict(backends=["onnxruntime"], precisions=["fp32"], batches=[1, 4], runs=4, warmup=1, record=False)
+    seq = bench(str(clip_bundle), BenchConfig(**kw), log=lambda m: None)
+    inter = bench(str(clip_bundle), BenchConfig(interleave=True, **kw), log=lambda m: None)
+    key = lambda r: (r["component"], r["backend"], r["precision"], r["batch"])  # noqa: E731
+    assert sorted(map(key, seq["results"])) == sorted(map(key, inter["results"]))
+    assert inter["config"]["interleaved"] is True and seq["config"]["interleaved"] is False
+    for r in inter["results"]:
+        assert r["p50_ms"] > 0 and r["items_per_s"] > 0
+        if r["backend"] != "pytorch":
+            assert r["speedup_vs_pytorch"] > 0 and r["cosine_vs_pytorch"] > 0.9999
