@@ -146,6 +146,21 @@ def _load_index(root: Path, files: Sequence[Path], log):
     return index, info
 
 
+_LOOKUP: dict[tuple[str, int, int, str], Any] = {}  # a shard's (item, path) columns, for the hits of later queries
+MAX_LOOKUP = 256  # shards held (a 4096-row shard's paths are ~0.5 MB)
+
+
+def _lookup_table(f: Path, col: str):
+    pq = require("pyarrow.parquet", "corpus")
+    st = f.stat()
+    key = (str(f.resolve()), st.st_mtime_ns, st.st_size, col)
+    if key not in _LOOKUP:
+        if len(_LOOKUP) >= MAX_LOOKUP:
+            _LOOKUP.pop(next(iter(_LOOKUP)))
+        _LOOKUP[key] = pq.read_table(f, columns=["item", col], memory_map=True)
+    return _LOOKUP[key]
+
+
 def search_vectors(folder: str | os.PathLike, queries: np.ndarray, k: int = 10, exact: bool = False,
                    chunk_rows: int = 65536, log: Callable[[str], None] | None = None) -> list[list[dict[str, Any]]]:
     """Top-k rows of a job folder for each query vector: [{score, item, <input column>, shard}]."""
@@ -167,7 +182,6 @@ def search_vectors(folder: str | os.PathLike, queries: np.ndarray, k: int = 10, 
     else:
         scores, f_idx, rows = exact_topk(files, q, k, chunk_rows)
     col = meta["input_column"]
-    tables: dict[int, Any] = {}
     results = []
     for qi in range(len(q)):
         hits = []
@@ -175,9 +189,7 @@ def search_vectors(folder: str | os.PathLike, queries: np.ndarray, k: int = 10, 
             if r < 0 or not np.isfinite(s):
                 continue
             fi = int(fi)
-            if fi not in tables:
-                tables[fi] = pq.read_table(files[fi], columns=["item", col], memory_map=True)
-            t = tables[fi]
+            t = _lookup_table(files[fi], col)
             hits.append({"score": float(s), "item": int(t["item"][int(r)].as_py()), col: t[col][int(r)].as_py(),
                          "shard": files[fi].name})
         results.append(hits)
