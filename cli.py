@@ -56,8 +56,9 @@ def user_errors(fn):
         except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug or a bundle no check caught
             if _state["debug"]:
                 raise
-            msg = " ".join(str(exc).split())
-            print(f"error: unexpected {type(exc).__name__}: {msg[:300] or 'no message'} "
+            from .errors import one_line
+
+            print(f"error: unexpected {type(exc).__name__}: {one_line(exc, 300)} "
                   "(a corrupt or hand-edited bundle? re-export it; --debug shows the traceback)", file=sys.stderr)
             raise typer.Exit(1) from None
 

@@ -55,6 +55,12 @@ class BackendError(MMDeployError):
     """Unknown backend/precision, or a backend that cannot run here."""
 
 
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, whitespace folded, at most ``limit`` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def require(module: str, extra: str):
     """Import a heavy optional module or raise MissingExtraError naming the extra."""
     import importlib

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 from ..errors import InputError, Interrupted
 from .inputs import find_images, fingerprint, read_texts
 from .store import FORMAT, VERSION, JobStore, shard_name
-from .tasks import TASKS, Inferer, Preparer, TaskSpec, one_line
+from .tasks import TASKS, Inferer, Preparer, TaskSpec, reason
 
 # task -> (default batch, default shard size): a shard is a few minutes of work at most, so a
 # killed job loses little, and few enough files that a 10M-item corpus is ~2,500 shards
@@ -34,7 +34,7 @@ def _prepare_all(preparer: Preparer, items: Sequence[str]) -> list[tuple[Any, st
         try:
             out.append((preparer(it), None))
         except Exception as exc:  # noqa: BLE001 - a broken file is counted and reported, never fatal
-            out.append((None, one_line(exc)))
+            out.append((None, reason(exc)))
     return out
 
 

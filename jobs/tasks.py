@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, MMDeployError
+from ..errors import InputError, MMDeployError, one_line
 from .inputs import MAX_TEXT_CHARS
 
 TASKS = {
@@ -54,10 +54,9 @@ class TaskSpec:
         return asdict(self)
 
 
-def one_line(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()
-    text = msg[0] if msg else ""
-    return text if isinstance(exc, MMDeployError) else f"{type(exc).__name__}: {text}"
+def reason(exc: BaseException) -> str:
+    """Why an item is broken, one line: our own errors as they read, others with their type."""
+    return one_line(exc) if isinstance(exc, MMDeployError) else f"{type(exc).__name__}: {one_line(exc)}"
 
 
 class Preparer:
@@ -136,4 +135,4 @@ class Inferer:
             try:
                 out[i] = (self._run([items[i]])[0], None)
             except Exception as exc:  # noqa: BLE001
-                out[i] = (None, one_line(exc))
+                out[i] = (None, reason(exc))

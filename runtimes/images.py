@@ -33,7 +33,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mmdeploy.errors import InputError
+from mmdeploy.errors import InputError, one_line
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -66,7 +66,7 @@ def load_image(src: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
         try:
             src.load()
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise InputError(f"cannot read image (corrupt or truncated): {_one_line(exc)}") from None
+            raise InputError(f"cannot read image (corrupt or truncated): {one_line(exc)}") from None
         return to_rgb(_exif_transpose(src), "image")
     if isinstance(src, np.ndarray):
         return _from_array(src, max_pixels)
@@ -177,7 +177,7 @@ def _decode_quiet(fp, name: str, max_pixels: int | None) -> Image.Image:
             f"cannot read {name}: not a supported image format ({', '.join(_formats())})"
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InputError(f"cannot read {name}: {_one_line(exc)}") from None
+        raise InputError(f"cannot read {name}: {one_line(exc)}") from None
     with im:
         _check_pixels(im.size, name, max_pixels)
         try:
@@ -185,7 +185,7 @@ def _decode_quiet(fp, name: str, max_pixels: int | None) -> Image.Image:
         except Image.DecompressionBombError as exc:
             raise InputError(f"image too large: {name}: {exc}") from None
         except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
-            raise InputError(f"cannot read {name} (corrupt or truncated): {_one_line(exc)}") from None
+            raise InputError(f"cannot read {name} (corrupt or truncated): {one_line(exc)}") from None
         out = to_rgb(_exif_transpose(im), name)
         if out is im:
             out = im.copy()
@@ -268,8 +268,3 @@ def _from_array(arr: np.ndarray, max_pixels: int | None) -> Image.Image:
     if arr.ndim == 2:
         return Image.fromarray(arr).convert("RGB")
     return Image.fromarray(arr)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
