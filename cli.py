@@ -99,13 +99,10 @@ def _output_file(path: Optional[Path], flag: str) -> None:
         raise InputError(f"{flag} {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise InputError(f"{flag} {path}: folder {parent} is not writable")
-    import tempfile
+    from .runtimes.bundle import cannot_write_in
 
-    try:  # os.access says yes to root and to /proc; creating a file is the real test
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".mmdeploy-probe-"):
-            pass
-    except OSError as exc:
-        raise InputError(f"{flag} {path}: cannot write in {parent}: {exc.strerror or exc}") from None
+    if why := cannot_write_in(parent):
+        raise InputError(f"{flag} {path}: {why}")
 
 
 def _exclusions(value: str) -> list[str]:

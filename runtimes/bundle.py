@@ -251,21 +251,27 @@ def check_replaceable(target: Path) -> None:
                               "(move it away or choose another -o)")
 
 
-def _check_creatable(target: Path) -> None:
-    """The nearest existing folder above ``target`` takes a new entry (os.access says yes to root
-    and to /proc: creating one is the real test), so a read-only output fails before the work."""
+def cannot_write_in(folder: Path) -> str | None:
+    """Why no new entry can be made in ``folder``, or None. os.access says yes to root and to
+    /proc: creating one is the real test, so a read-only output fails before the work."""
     import tempfile
 
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".mmdeploy-probe-", dir=folder))
+    except OSError as exc:
+        return f"cannot write in {folder}: {exc.strerror or exc}"
+    return None
+
+
+def _check_creatable(target: Path) -> None:
+    """The nearest existing folder above ``target`` takes a new entry."""
     parent = target.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
         raise BundleError(f"{target}: {parent} is not a directory")
-    try:
-        probe = tempfile.mkdtemp(prefix=".mmdeploy-probe-", dir=parent)
-    except OSError as exc:
-        raise BundleError(f"{target}: cannot write in {parent}: {exc.strerror or exc}") from None
-    os.rmdir(probe)
+    if why := cannot_write_in(parent):
+        raise BundleError(f"{target}: {why}")
 
 
 def _pid_alive(pid: int) -> bool:
