@@ -83,9 +83,9 @@ def _check_range(value: int | None, flag: str, lo: int, hi: int) -> None:
 
 def plan_job(bundle: str | os.PathLike, *, images: Sequence[str] = (), texts: Sequence[str] = (), caption: bool = False,
              backend: str | None = None, precision: str | None = None, threads: int | None = None,
-             shard_size: int | None = None, options: dict[str, Any] | None = None) -> tuple[TaskSpec, dict[str, Any], list[str]]:
+             shard_size: int | None = None, options: dict[str, Any] | None = None) -> tuple[TaskSpec, dict[str, Any], list[str], Any]:
     """Check everything that can be checked before any work: the bundle can do the task, the
-    variant exists, the inputs exist. -> (task spec, job metadata, ordered inputs)."""
+    variant exists, the inputs exist. -> (task spec, job metadata, ordered inputs, the opened bundle)."""
     from ..runtimes.bundle import MANIFEST, Bundle, sha256_file
     from ..runtimes.pipelines import pipeline_class
     from ..runtimes.select import select_variant
@@ -118,7 +118,7 @@ def plan_job(bundle: str | os.PathLike, *, images: Sequence[str] = (), texts: Se
                    "skipped_not_images": skipped},
         "shard_size": size, "num_shards": -(-len(inputs) // size),
     }
-    return spec, meta, inputs
+    return spec, meta, inputs, b
 
 
 def run_job(bundle: str | os.PathLike, out: str | os.PathLike, *, images: Sequence[str] = (), texts: Sequence[str] = (),
@@ -136,13 +136,13 @@ def run_job(bundle: str | os.PathLike, out: str | os.PathLike, *, images: Sequen
     _check_range(batch, "--batch", 1, MAX_BATCH)
     _check_range(workers, "--workers", 1, MAX_WORKERS)
     _check_range(ray_actors, "--ray-actors", 1, 10_000)
-    spec, meta, inputs = plan_job(bundle, images=images, texts=texts, caption=caption, backend=backend,
+    spec, meta, inputs, opened = plan_job(bundle, images=images, texts=texts, caption=caption, backend=backend,
                                   precision=precision, threads=threads, shard_size=shard_size, options=options)
     batch = batch or DEFAULTS[spec.task][0]
     workers = workers or default_workers()
     # opened before the job folder is: a variant that does not load or a bad generation option
     # fails here with nothing written (Ray runs check it on the driver the same way)
-    preparer, inferer = Preparer(spec), Inferer(spec)
+    preparer, inferer = Preparer(spec, opened), Inferer(spec, opened)
     store = JobStore.open(out, meta, resume=resume, overwrite=overwrite)
     pending = store.pending()
     say = log or (lambda m: None)
@@ -161,7 +161,7 @@ def run_job(bundle: str | os.PathLike, out: str | os.PathLike, *, images: Sequen
         this_run["broken"] += len(entry["broken"])
         if not bar.live:
             say(f"{shard_name(i)}: {entry['rows']} rows, {len(entry['broken'])} broken "
-                f"({store.num_shards - len(store.pending())}/{store.num_shards} shards)")
+                f"({len(store.meta['shards'])}/{store.num_shards} shards)")
 
     extra: dict[str, Any] = {}
     try:
@@ -179,7 +179,7 @@ def run_job(bundle: str | os.PathLike, out: str | os.PathLike, *, images: Sequen
     except KeyboardInterrupt:
         summary = _summary(store, spec, this_run, time.perf_counter() - t0, batch, workers, ray, extra, interrupted=True)
         store.write_summary(summary)
-        n = store.num_shards - len(store.pending())
+        n = len(store.meta["shards"])
         raise Interrupted(f"interrupted: {n} of {store.num_shards} shards finished and kept, the shard in progress "
                           f"discarded; continue with --resume") from None
     summary = _summary(store, spec, this_run, time.perf_counter() - t0, batch, workers, ray, extra)

@@ -60,14 +60,15 @@ def reason(exc: BaseException) -> str:
 
 
 class Preparer:
-    def __init__(self, spec: TaskSpec):
+    def __init__(self, spec: TaskSpec, bundle: Any = None):
+        """``bundle``: the spec's bundle already opened (a Ray actor opens it from the spec)."""
         from ..runtimes.bundle import Bundle
         from ..runtimes.feeds import image_preprocessor
 
         self.spec = spec
         self.preprocess = None
         if spec.input_column == "path":
-            bundle = Bundle.open(spec.bundle)
+            bundle = bundle or Bundle.open(spec.bundle)
             self.preprocess = image_preprocessor(bundle)
             if self.preprocess is None:
                 raise InputError(f"{bundle.root} is a {bundle.family} bundle without image preprocessing: "
@@ -85,14 +86,12 @@ class Preparer:
 
 
 class Inferer:
-    def __init__(self, spec: TaskSpec, pipe: Any = None):
+    def __init__(self, spec: TaskSpec, bundle: Any = None):
+        """The bundle can do the task (plan_job checked it); ``bundle``: already opened, or the spec's."""
         from ..runtimes import load
 
         self.spec = spec
-        self.pipe = pipe if pipe is not None else load(spec.bundle, spec.backend, spec.precision, spec.threads)
-        method, needs = TASKS[spec.task][2], TASKS[spec.task][3]
-        if not callable(getattr(self.pipe, method, None)):
-            raise InputError(f"{self.pipe.bundle.root} is a {self.pipe.bundle.family} bundle: {spec.task} needs {needs}")
+        self.pipe = load(bundle or spec.bundle, spec.backend, spec.precision, spec.threads)
         if spec.task == "caption":  # bad generation options fail the job before it starts, not every item
             from ..runtimes.generate import check_length
 
