@@ -66,9 +66,10 @@ def exact_topk(files: Sequence[Path], queries: np.ndarray, k: int, chunk_rows: i
 # -- FAISS index ------------------------------------------------------------------------------------
 
 
-def _shard_list(files: Sequence[Path]) -> list[list]:
-    pq = require("pyarrow.parquet", "corpus")
-    return [[f.name, pq.ParquetFile(f).metadata.num_rows] for f in files]
+def _shard_list(meta: dict[str, Any]) -> list[list]:
+    """[[shard name, rows], ...] in shard order, as _job.json records them (what an index covers;
+    read from the job file, not from every shard's footer on each query)."""
+    return [[name, int(meta["shards"][name]["rows"])] for name in sorted(meta["shards"])]
 
 
 def build_index(folder: str | os.PathLike, kind: str = "ivf", nlist: int | None = None, hnsw_m: int = 32,
@@ -82,7 +83,7 @@ def build_index(folder: str | os.PathLike, kind: str = "ivf", nlist: int | None 
         raise InputError(f"--kind {kind!r}: choose one of {', '.join(INDEX_KINDS)}")
     meta, files = _embedding_files(root)
     dim = int(meta["dim"])
-    shards = _shard_list(files)
+    shards = _shard_list(meta)
     n = sum(r for _, r in shards)
     t0 = time.perf_counter()
     params: dict[str, Any] = {}
@@ -122,12 +123,12 @@ def build_index(folder: str | os.PathLike, kind: str = "ivf", nlist: int | None 
 _INDEX_CACHE: dict[tuple[str, int, int], Any] = {}  # (path, mtime, size) -> index: read once per process
 
 
-def _load_index(root: Path, files: Sequence[Path], log):
+def _load_index(root: Path, meta: dict[str, Any], log):
     p = root / INDEX_DIR / "index.json"
     if not p.is_file():
         return None, None
     info = json.loads(p.read_text())
-    if info.get("shards") != _shard_list(files):
+    if info.get("shards") != _shard_list(meta):
         if log:
             log(f"{root / INDEX_DIR} is older than the shards (rebuild it with `mmdeploy index`): searching exactly")
         return None, None
@@ -172,7 +173,7 @@ def search_vectors(folder: str | os.PathLike, queries: np.ndarray, k: int = 10, 
     q = np.atleast_2d(np.asarray(queries, np.float32))
     if q.shape[1] != int(meta["dim"]):
         raise InputError(f"query vectors have dimension {q.shape[1]}; {root} holds {meta['dim']}-d embeddings")
-    index, info = (None, None) if exact else _load_index(root, files, log)
+    index, info = (None, None) if exact else _load_index(root, meta, log)
     if index is not None:
         scores, ids = index.search(np.ascontiguousarray(q), k)
         starts = np.cumsum([0] + [r for _, r in info["shards"]])
