@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,6 +17,7 @@ from ..runtimes.pipelines import pipeline_class
 from ..runtimes.select import open_session, select_variant
 from ..runtimes.session import backend_module
 from ..common.env import environment
+from ..common.timing import alternating
 from ..common.datasets import DataSet, open_dataset
 from ..common.fidelity import compare
 
@@ -244,16 +246,7 @@ def _interleaved_times(bundle: Bundle, comp: str, out_name: str, refs: dict[str,
     out: dict[tuple[str, int], list[float]] = {}
     for b in cfg.batches:
         feeds = inputs.feeds(comp, b)
-        for r in runners.values():
-            for _ in range(cfg.warmup):
-                r.run(feeds)
-        times: dict[str, list[float]] = {k: [] for k in runners}
-        for _ in range(cfg.runs):
-            for k, r in runners.items():
-                t = time.perf_counter()
-                r.run(feeds)
-                times[k].append((time.perf_counter() - t) * 1000)
-                tick()
+        times = alternating({k: partial(r.run, feeds) for k, r in runners.items()}, cfg.runs, cfg.warmup, tick)
         out.update({(k, b): v for k, v in times.items()})
     return out
 
@@ -280,14 +273,12 @@ def _time_torch(fam, name: str, comp: str, out_name: str, inputs: BundleFeeds, c
 def write_measured(bundle: Bundle, table: dict[str, float], log) -> None:
     """Merge {variant: ms} into the manifest under this machine's key (load() ranks by it)."""
     from ..errors import BundleError
-    from ..runtimes.bundle import BundleWriter
-    from ..runtimes.select import machine_key
+    from ..runtimes.select import record_measured
 
     if not table:
         return
     try:
-        with BundleWriter(bundle.root, base=bundle) as w:
-            w.manifest.setdefault("measured", {}).setdefault(machine_key(), {}).update(table)
+        record_measured(bundle, table)
     except (OSError, BundleError) as exc:  # read-only, or the folder holds files of the user's own
         log(f"could not record measurements in {bundle.root} ({exc}); load() keeps its static preference")
 

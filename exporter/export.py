@@ -9,7 +9,7 @@ from typing import Callable
 
 from ..common.env import library_versions
 from ..common.fidelity import GATES, compare_all
-from ..errors import BackendError, ExportError, ParityError, require
+from ..errors import BackendError, ExportError, InputError, ParityError, require
 from ..runtimes.bundle import Artifact, Bundle, BundleWriter, check_replaceable
 from ..runtimes.session import backend_module
 from .checkpoint import Checkpoint, resolve
@@ -63,6 +63,9 @@ def export(
     backends = backends or ["onnxruntime"]
     precisions = precisions or ["fp32"]
     check_replaceable(Path(out).absolute())  # before minutes of work, not after
+    best = "best" in precisions
+    if best:
+        precisions = best_precisions(precisions, backends, target)
     if target not in TARGETS:
         raise BackendError(f"target {target!r} is not supported yet; supported: {', '.join(TARGETS)}")
     gpu_precisions: list[str] = tensorrt_precisions or []
@@ -79,7 +82,7 @@ def export(
         return _export_then_quantize(
             source, Path(out), backends, [p for p in precisions if p not in POST_EXPORT] or ["fp32"], post,
             dict(target=target, random_weights=random_weights, threads=threads, log=log, tensorrt_precisions=gpu_precisions),
-            calib, method, min_cosine,
+            calib, method, min_cosine, best,
         )
     variants = plan_variants(backends, precisions)
     if threads:
@@ -209,12 +212,29 @@ def tensorrt_settings(ckpt: Checkpoint, components: dict, target: str, precision
     }
 
 
-def _export_then_quantize(source, out: Path, backends, precisions, post, kw, calib, method, min_cosine) -> Bundle:
+def best_precisions(precisions: list[str], backends: list[str], target: str) -> list[str]:
+    """--precision best: fp32, bf16 where OpenVINO runs it natively here, and INT8 by `--mode best`
+    on each backend; export then times every variant here so the default is the fastest passing."""
+    if precisions != ["best"]:
+        raise InputError("--precision best stands alone: it builds fp32, bf16 (openvino, where this CPU has it) "
+                         "and the fastest INT8 recipe that passes, then times them here")
+    if target != "cpu":
+        raise InputError("--precision best times the variants on this CPU: for --target gpu/jetson name the precisions")
+    for b in backends:
+        if (why := backend_module(b).available()) is not None:
+            raise BackendError(why)
+    bf16 = "openvino" in backends and backend_module("openvino").cpu_supports("bf16")
+    return ["fp32"] + (["bf16"] if bf16 else []) + ["int8"]
+
+
+def _export_then_quantize(source, out: Path, backends, precisions, post, kw, calib, method, min_cosine,
+                          best: bool = False) -> Bundle:
     """export + quantize as one atomic step: built beside `out`, swapped in only when all passed."""
     import shutil
 
     from ..runtimes.bundle import sibling_dir, swap_into_place
     from .checkpoint import source_family
+    from .choose import measure_variants
     from .quantize import QuantConfig, check_config, quantize
 
     family = source_family(source)
@@ -228,9 +248,12 @@ def _export_then_quantize(source, out: Path, backends, precisions, post, kw, cal
     for precision in post:
         fits, refused = [], []
         for backend in backends:
+            if best and backend == "openvino" and calib is None:
+                kw["log"]("int8: openvino's NNCF INT8 needs --calib; skipped for that backend")
+                continue
             cfg = QuantConfig(
                 precision=precision, backend=backend, calib=calib, method=method, min_cosine=min_cosine,
-                mode="static" if calib or precision != "int8" or backend != "onnxruntime" else "dynamic",
+                mode="best" if best else "static" if calib or precision != "int8" or backend != "onnxruntime" else "dynamic",
                 threads=kw["threads"],
             )
             try:
@@ -248,6 +271,8 @@ def _export_then_quantize(source, out: Path, backends, precisions, post, kw, cal
         export(source, tmp, backends, precisions, **kw)
         for cfg in jobs:
             quantize(tmp, cfg, log=kw["log"])
+        if best:
+            measure_variants(tmp, kw["threads"], kw["log"])
         swap_into_place(tmp, out.absolute())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -115,6 +116,10 @@ def quiet():
     warnings.simplefilter("ignore")
     stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
     stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    # libraries that log warnings to the root logger (onnxruntime.quantization's "consider
+    # pre-processing" on every call): its handler holds the real stderr, so redirecting misses it
+    logging.disable(logging.WARNING)
+    stack.callback(logging.disable, logging.NOTSET)
     return stack
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +20,7 @@ from ..errors import BackendError, InputError
 from ..runtimes.bundle import Artifact, Bundle, BundleWriter
 from ..runtimes.pipelines import pipeline_class, pipelines
 from ..runtimes.session import backend_module
+from .choose import choose
 from .recipes import DEFAULT_EXCLUDE, METHODS, MODES, RECIPES, Job, QuantConfig, Recipe  # noqa: F401 - QuantConfig is quantize()'s API
 
 
@@ -51,6 +53,8 @@ def check_config(cfg: QuantConfig, family: str) -> Recipe:
         raise InputError(f"--mode {cfg.mode!r}: choose from {', '.join(MODES)}")
     if cfg.method not in METHODS:
         raise InputError(f"--method {cfg.method!r}: choose from {', '.join(METHODS)}")
+    if cfg.mode == "best":
+        return check_best(cfg, family)
     recipe = recipe_for(cfg, family)
     if cfg.exclude is None:
         cfg.exclude = list(DEFAULT_EXCLUDE) if recipe.calibration and recipe.exclusions else []
@@ -64,6 +68,26 @@ def check_config(cfg: QuantConfig, family: str) -> Recipe:
         raise InputError(f"--min-agreement {cfg.min_agreement}: give a share in [0, 1]")
     if recipe.calibration and cfg.calib is None:
         raise InputError("static INT8 needs calibration data: --calib DIR|FILE|shapes (or --mode dynamic)")
+    return recipe
+
+
+def check_best(cfg: QuantConfig, family: str) -> Recipe:
+    """--mode best: encoder INT8 on onnxruntime (dynamic and, with --calib, static candidates) or
+    openvino (NNCF, needs --calib). Returns the recipe of the candidates' default build."""
+    entry = pipeline_class(family).quantization.get((cfg.backend, cfg.precision))
+    if cfg.precision != "int8" or cfg.backend not in ("onnxruntime", "openvino") or entry is None \
+            or not all(RECIPES[r].exclusions for r in (entry.values() if isinstance(entry, dict) else [entry])):
+        raise InputError(f"best chooses among the INT8 recipes of encoder bundles (CLIP, SigLIP, ALIGN, sentence "
+                         f"embeddings) on onnxruntime or openvino; {family} {cfg.backend}/{cfg.precision} has one recipe")
+    if cfg.exclude is not None:
+        raise InputError("--mode best tries its own exclusions (none, the MLP down-projections, Conv): leave --exclude out")
+    if cfg.samples < 1:
+        raise InputError("--samples must be >= 1")
+    if cfg.min_cosine is not None and not 0 < cfg.min_cosine <= 1:
+        raise InputError(f"--min-cosine {cfg.min_cosine}: give a value in (0, 1]")
+    recipe = RECIPES[entry["dynamic" if cfg.calib is None else "static"]] if isinstance(entry, dict) else RECIPES[entry]
+    if recipe.calibration and cfg.calib is None:
+        raise InputError(f"--mode best on {cfg.backend}: its INT8 ({recipe.name}) needs calibration data: --calib DIR|FILE|shapes")
     return recipe
 
 
@@ -89,11 +113,11 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
     if cfg.mode_given and not isinstance(family.quantization.get((cfg.backend, cfg.precision)), dict):
         log(f"--mode {cfg.mode} does not apply here: {bundle.family} {cfg.backend} {cfg.precision} has one recipe, "
             f"{recipe.name} ({recipe.summary})")
-    if not recipe.calibration and (cfg.calib or cfg.min_cosine):
+    if not recipe.calibration and cfg.mode != "best" and (cfg.calib or cfg.min_cosine):
         log(f"{recipe.name} is data-free ({recipe.summary}): --calib and --min-cosine are not used")
     comps = selected_components(bundle, cfg)
     metric = family.gate_metrics.get(cfg.precision, "cosine")
-    gate_at = cfg.min_cosine if cfg.min_cosine and recipe.calibration else GATES[cfg.precision]
+    gate_at = cfg.min_cosine if cfg.min_cosine and (recipe.calibration or cfg.mode == "best") else GATES[cfg.precision]
     t0 = time.perf_counter()
     with BundleWriter(bundle.root, base=bundle) as w, tempfile.TemporaryDirectory(prefix="mmdeploy-q-") as tmp:
         held_out = family.fidelity_feeds(bundle, comps, cfg.threads)
@@ -114,7 +138,13 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
                 return compare_all(refs, [sess.run(f) for f in feeds], names)
 
             t = time.perf_counter()
-            built = recipe.build(Job(src, w, comp, cfg, calib, Path(tmp), fidelity, log))
+            job = Job(src, w, comp, cfg, calib, Path(tmp), fidelity, log)
+            if cfg.mode == "best":
+                built = choose(job, lambda m: recipe_for(replace(cfg, mode=m), bundle.family), cfg.backend,
+                               metric, gate_at, feeds[0], lambda p, rt, be: backend_module(be).open(p, rt, cfg.threads),
+                               cfg.backend == "openvino" and mod.cpu_supports("bf16"))
+            else:
+                built = recipe.build(job)
             for f in built.files:  # re-hashed even when listed: a variant quantized again replaces its files
                 w.register(f)
             backend = "onnxruntime" if built.tensorrt else recipe.backend
@@ -122,10 +152,10 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
             par["reference"] = reference + (" (run in ONNX Runtime)" if built.tensorrt else "")
             gate = {"min_cosine": gate_at, "metric": metric, "passed": bool(par[metric] >= gate_at)}
             if recipe.exclusions:
-                built.recipe.update({"calibration": {"data": cfg.calib, "samples": len(calib)} if calib else None,
-                                     "exclude": cfg.exclude})
+                built.recipe.setdefault("calibration", {"data": cfg.calib, "samples": len(calib)} if calib else None)
+                built.recipe.setdefault("exclude", cfg.exclude)  # --mode best records the candidate's own
             built.recipe.setdefault("recipe", recipe.name)
-            log(f"{comp}: {cfg.backend}/{cfg.precision} ({recipe.name}) {metric} {par[metric]:.5f} vs fp32 in "
+            log(f"{comp}: {cfg.backend}/{cfg.precision} ({built.recipe['recipe']}) {metric} {par[metric]:.5f} vs fp32 in "
                 f"{time.perf_counter() - t:.1f}s" + ("" if gate["passed"] else f": below the gate {gate_at}, kept but never chosen by default"))
             if built.tensorrt:
                 trt = w.manifest["tensorrt"]

@@ -14,6 +14,7 @@ checked here with ONNX Runtime; the plan is built on the GPU. No torch here.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from ..errors import InputError, require
 from .graph import externalize_weights, gemm_to_matmul, quiet
 
 METHODS = ("minmax", "entropy", "percentile")
-MODES = ("static", "dynamic")
+MODES = ("static", "dynamic", "best")  # best: exporter/choose.py tries the recipes here
 # Ops whose weights are quantized. Adds, LayerNorm, Softmax and activation x activation
 # MatMuls (attention scores) stay float: measured to cost accuracy for little speed.
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
@@ -141,21 +142,23 @@ class OrtInt8:
         q = self.q
         names = [n.name for n in self.nodes if n.name not in keep_float]
         if self.cfg.mode == "dynamic":
-            q.quantize_dynamic(
-                str(self.src), str(out), per_channel=True, weight_type=q.QuantType.QInt8,
-                nodes_to_quantize=names, op_types_to_quantize=list(DYNAMIC_OPS),
-            )
+            with quiet():
+                q.quantize_dynamic(
+                    str(self.src), str(out), per_channel=True, weight_type=q.QuantType.QInt8,
+                    nodes_to_quantize=names, op_types_to_quantize=list(DYNAMIC_OPS),
+                )
             return {"mode": "dynamic", "weights": "int8 per-channel symmetric", "activations": "uint8 dynamic", **quantized_counts(out)}
         method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy, "percentile": q.CalibrationMethod.Percentile}[self.cfg.method]
         reader = _Reader(self.calib)
-        q.quantize_static(
-            str(self.src), str(out), reader,
-            quant_format=q.QuantFormat.QDQ, per_channel=True,
-            activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-            nodes_to_quantize=names, op_types_to_quantize=list(WEIGHT_OPS),
-            calibrate_method=method, calibration_cache_path=str(self.cache),
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-        )
+        with quiet():
+            q.quantize_static(
+                str(self.src), str(out), reader,
+                quant_format=q.QuantFormat.QDQ, per_channel=True,
+                activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                nodes_to_quantize=names, op_types_to_quantize=list(WEIGHT_OPS),
+                calibrate_method=method, calibration_cache_path=str(self.cache),
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            )
         freed = float_outputs(out)
         return {
             "mode": "static", "format": "QDQ", "method": self.cfg.method,
@@ -262,10 +265,12 @@ def _nncf_int8(xml: Path, out_xml: Path, calib: list[dict[str, np.ndarray]], cfg
         types = [p for p in cfg.exclude if re.fullmatch(r"[A-Z][A-Za-z0-9]*", p)]
         pats = nncf_patterns([p for p in cfg.exclude if p not in types])
         scope = nncf.IgnoredScope(types=types, patterns=pats, validate=False)
-    qmodel = nncf.quantize(
-        model, nncf.Dataset(calib), model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(calib), **({"ignored_scope": scope} if scope else {}),
-    )
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # after import: nncf sets its own level
+    with quiet():  # its progress bars and per-node INFO lines
+        qmodel = nncf.quantize(
+            model, nncf.Dataset(calib), model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(calib), **({"ignored_scope": scope} if scope else {}),
+        )
     ov.save_model(qmodel, str(out_xml), compress_to_fp16=False)
     return {"mode": "static", "tool": f"nncf {nncf.__version__}", "preset": "transformer (mixed)", "samples": len(calib)}
 
@@ -348,8 +353,6 @@ def _ov_variant(src: Path, w, comp: str, precision: str) -> tuple[list[str], dic
         return [rel, rel[:-4] + ".bin"], {"INFERENCE_PRECISION_HINT": "f32"}, {
             "weights": "fp16 (compressed IR)", "compute": "f32 on CPU, fp16 on GPU"}
     nncf = require("nncf", "openvino")
-    import logging
-
     logging.getLogger("nncf").setLevel(logging.WARNING)  # after import: nncf sets its own level
     with quiet():
         qm = nncf.compress_weights(ov.convert_model(str(src)), mode=nncf.CompressWeightsMode.INT8_ASYM)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ..errors import BackendError, BundleError, InputError
-from .bundle import Artifact, Bundle
+from .bundle import Artifact, Bundle, BundleWriter
 from .session import Session, backend_module
 
 # Without measurements for this machine, prefer in this order (fastest first on the
@@ -22,7 +22,8 @@ PREFERENCE = [
 ]
 
 
-def _usable(a: Artifact) -> bool:
+def runs_here(a: Artifact) -> bool:
+    """Its backend is installed, this CPU has the precision natively, and it fits (e.g. a GPU plan)."""
     try:
         mod = backend_module(a.backend)
     except BackendError:
@@ -58,7 +59,7 @@ def select_variant(
         want = "/".join(x for x in (backend, precision) if x) or "any variant"
         raise BundleError(f"{bundle.root} has no {want} for all components (has: {have})")
     explicit = backend is not None and precision is not None
-    candidates = [k for k, v in matching.items() if explicit or (all(a.passed for a in v) and all(_usable(a) for a in v))]
+    candidates = [k for k, v in matching.items() if explicit or (all(a.passed for a in v) and all(runs_here(a) for a in v))]
     if not candidates:
         raise BundleError(
             f"{bundle.root}: no variant matching {backend or 'any'}/{precision or 'any'} passed its "
@@ -82,6 +83,12 @@ def measured_latency(bundle: Bundle) -> dict[tuple[str, str], float]:
     """(backend, precision) -> summed batch-1 p50 over components, as `bench` recorded here."""
     table = bundle.manifest.get("measured", {}).get(machine_key(), {})
     return {tuple(k.split("/", 1)): v for k, v in table.items()}
+
+
+def record_measured(bundle: Bundle, table: dict[str, float]) -> None:
+    """Merge {"backend/precision": summed batch-1 ms} into the manifest under this machine's key."""
+    with BundleWriter(bundle.root, base=bundle) as w:
+        w.manifest.setdefault("measured", {}).setdefault(machine_key(), {}).update(table)
 
 
 def open_session(bundle: Bundle, artifact: Artifact, threads: int | None = None, device: str | None = None,
