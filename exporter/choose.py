@@ -146,7 +146,7 @@ def choose(job: Job, recipe: Callable[[str], Recipe], backend: str, metric: str,
     if "compute_hint" in row:
         recipe_info["compute"] = f"int8, {row['compute_hint']} for the ops left in float"
     recipe_info["chosen"] = {
-        "by": "--mode best", "machine": machine_key(), "threads": job.cfg.threads,
+        "by": "--mode best", "winner": row["candidate"], "machine": machine_key(), "threads": job.cfg.threads,
         "timing": f"batch 1, median over {turns} turns of {TIMING_BLOCK} calls (after {TIMING_SETTLE} untimed), every candidate and the fp32 ONNX graph in turn",
         "gate": f"{metric} >= {gate}", "machine_load": load.result,
         "why": (f"fastest of the {sum(r['passed'] for r in rows)} of {len(rows)} candidates that passed" if passed

@@ -85,7 +85,10 @@ def check_best(cfg: QuantConfig, family: str) -> Recipe:
         raise InputError("--samples must be >= 1")
     if cfg.min_cosine is not None and not 0 < cfg.min_cosine <= 1:
         raise InputError(f"--min-cosine {cfg.min_cosine}: give a value in (0, 1]")
-    recipe = RECIPES[entry["dynamic" if cfg.calib is None else "static"]] if isinstance(entry, dict) else RECIPES[entry]
+    if isinstance(entry, dict):  # without data, the data-free recipe where the backend has one
+        recipe = RECIPES[entry.get("dynamic" if cfg.calib is None else "static", entry["static"])]
+    else:
+        recipe = RECIPES[entry]
     if recipe.calibration and cfg.calib is None:
         raise InputError(f"--mode best on {cfg.backend}: its INT8 ({recipe.name}) needs calibration data: --calib DIR|FILE|shapes")
     return recipe
