@@ -197,6 +197,7 @@ def _bench(path: str, cfg: BenchConfig, log: Callable[[str], None], progress) ->
                     row["cosine_vs_teacher"] = round(compare(teacher_out[b], out)["cosine"], 6)
                 rows.append(row)
             del sess
+    add_roofline(bundle, rows, inputs)
     if cfg.record:
         record_latency(bundle, rows, log)
         bundle = Bundle.open(bundle.root)
@@ -226,6 +227,24 @@ def _bench(path: str, cfg: BenchConfig, log: Callable[[str], None], progress) ->
         "results": rows,
         "accuracy": accuracy,
     }
+
+
+def add_roofline(bundle: Bundle, rows: list[dict[str, Any]], inputs: BundleFeeds) -> None:
+    """Each row's work per call (GMACs at its shapes), the MB of weights it reads, and the GMAC/s it
+    reached: how far from the hardware a variant is, beside how it compares with PyTorch."""
+    from .roofline import call_cost
+
+    try:
+        import onnx  # noqa: F401 - the export extra; a runtime-only install benches without the GMAC/s column
+    except ImportError:
+        return
+    files = {(a.component, a.backend, a.precision): [bundle.path(f) for f in a.files] for a in bundle.artifacts}
+    for r in rows:
+        comp = bundle.components[r["component"]]
+        fp32 = [bundle.path(comp["onnx"])] + [p for p in [bundle.path(comp["onnx"] + ".data")] if p.is_file()]
+        cost = call_cost(bundle.path(comp["onnx"]), inputs.feeds(r["component"], r["batch"]),
+                         files.get((r["component"], r["backend"], r["precision"]), fp32))
+        r.update(cost, gmacs_per_s=round(cost["gmacs"] * 1000 / r["p50_ms"], 1) if r["p50_ms"] else None)
 
 
 def _interleaved_times(bundle: Bundle, comp: str, out_name: str, refs: dict[str, Any], arts, inputs: BundleFeeds,

@@ -18,6 +18,18 @@ def busy_note(report: dict[str, Any]) -> str:
     return f"\nBUSY MACHINE ({load['why']}): timings unreliable" if load.get("busy") else ""
 
 
+def roofline_note(report: dict[str, Any]) -> str:
+    """The work per item each GMAC/s figure divides by (the same for every variant of a component)."""
+    per: dict[str, float] = {}
+    for r in report["results"]:
+        if r.get("gmacs") is not None and r["component"] not in per:
+            per[r["component"]] = r["gmacs"] / r["batch"]
+    if not per:
+        return ""
+    return ("\nGMAC/s = multiply-accumulates of the graph's MatMul/Gemm/Conv per second reached; GMACs per item: "
+            + ", ".join(f"{c} {v:.3g}" for c, v in per.items()))
+
+
 def table(report: dict[str, Any]):
     from rich.table import Table
 
@@ -25,10 +37,11 @@ def table(report: dict[str, Any]):
     t = Table(
         title=f"{report['model']} on {cpu['model']} ({', '.join(cpu['isa']) or 'no AVX-512'}), "
         f"{report['env']['threads'] or 'all'} threads{busy_note(report)}",
-        caption="* default variant (passed its gate, preferred here)   speedup = PyTorch p50 / variant p50, same run",
+        caption="* default variant (passed its gate, preferred here)   speedup = PyTorch p50 / variant p50, same run"
+        + roofline_note(report),
     )
     distilled = any("speedup_vs_teacher" in r for r in report["results"])
-    cols = ["component", "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s", "speedup", "cosine", "max|diff|"]
+    cols = ["component", "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s", "GMAC/s", "speedup", "cosine", "max|diff|"]
     if distilled:  # a student's bundle: its teacher's PyTorch speed and embedding agreement too
         cols += ["vs teacher", "cos teacher"]
     for col in cols:
@@ -48,6 +61,7 @@ def table(report: dict[str, Any]):
             _fmt(r["p90_ms"], ".2f"),
             _fmt(r["p99_ms"], ".2f"),
             _fmt(r["items_per_s"], ".1f"),
+            _fmt(r.get("gmacs_per_s"), ".0f"),
             _fmt(r["speedup_vs_pytorch"], ".2f") + ("x" if r["speedup_vs_pytorch"] else ""),
             _fmt(r["cosine_vs_pytorch"], ".6f"),
             _fmt(r["max_abs_diff"], ".2e"),

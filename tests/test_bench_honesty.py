@@ -78,3 +78,50 @@ def test_interleaved_bench_times_every_row_and_keeps_the_same_rows(clip_bundle):
         assert r["p50_ms"] > 0 and r["items_per_s"] > 0
         if r["backend"] != "pytorch":
             assert r["speedup_vs_pytorch"] > 0 and r["cosine_vs_pytorch"] > 0.9999
+
+
+def test_macs_counted_from_the_graph_at_the_call_shapes(tmp_path):
+    """A MatMul [B,5,8]x[8,16], a Gemm (transB) and a Conv: the count is the textbook one, at the shapes given."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mmdeploy.benchmarks.roofline import macs
+
+    w = numpy_helper.from_array(np.ones((8, 16), np.float32), "w")
+    g = numpy_helper.from_array(np.ones((4, 16), np.float32), "g")  # transB: [N, K]
+    k = numpy_helper.from_array(np.ones((6, 3, 3, 3), np.float32), "k")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Reshape", ["y", "s"], ["y2"]),
+             helper.make_node("Gemm", ["y2", "g"], ["z"], transB=1), helper.make_node("Conv", ["img", "k"], ["c"])]
+    s = numpy_helper.from_array(np.array([-1, 16], np.int64), "s")
+    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 5, 8]),
+                                           helper.make_tensor_value_info("img", TensorProto.FLOAT, ["b", 3, 10, 10])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("c", TensorProto.FLOAT, None)], [w, g, k, s])
+    path = tmp_path / "t.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    for b in (1, 3):
+        got = macs(str(path), (("img", (b, 3, 10, 10)), ("x", (b, 5, 8))))
+        want = b * 5 * 16 * 8 + b * 5 * 4 * 16 + b * 6 * 8 * 8 * 27
+        assert got["counted"] == 3 and got["uncounted"] == 0 and got["gmacs"] * 1e9 == pytest.approx(want)
+
+
+def test_bench_rows_carry_their_roofline(clip_bundle):
+    """Every row: GMACs per call at its batch (the same work for every variant of a component,
+    scaling with the batch), the MB of weights it reads and the GMAC/s it reached; the table says it."""
+    from mmdeploy.benchmarks.bench import BenchConfig, bench
+    from mmdeploy.benchmarks.report import table
+    from rich.console import Console
+
+    report = bench(str(clip_bundle), BenchConfig(batches=[1, 4], runs=3, warmup=1, record=False, pytorch=False),
+                   log=lambda m: None)
+    for r in report["results"]:
+        assert r["gmacs"] > 0 and "uncounted_nodes" not in r and r["weights_mb"] > 0
+        assert r["gmacs_per_s"] == pytest.approx(r["gmacs"] * 1000 / r["p50_ms"], rel=0.01)
+    by = {(r["component"], r["batch"]): r["gmacs"] for r in report["results"]}
+    assert by[("vision", 4)] == pytest.approx(4 * by[("vision", 1)], rel=1e-3)
+    assert len({r["gmacs"] for r in report["results"] if (r["component"], r["batch"]) == ("vision", 1)}) == 1
+    console = Console(record=True, width=220)
+    console.print(table(report))
+    text = console.export_text()
+    assert "GMAC/s" in text and "GMACs per item: vision" in text
