@@ -197,7 +197,7 @@ def _bench(path: str, cfg: BenchConfig, log: Callable[[str], None], progress) ->
                     row["cosine_vs_teacher"] = round(compare(teacher_out[b], out)["cosine"], 6)
                 rows.append(row)
             del sess
-    add_roofline(bundle, rows, inputs)
+    ceiling = add_roofline(bundle, rows, inputs, cfg.threads)
     if cfg.record:
         record_latency(bundle, rows, log)
         bundle = Bundle.open(bundle.root)
@@ -220,7 +220,7 @@ def _bench(path: str, cfg: BenchConfig, log: Callable[[str], None], progress) ->
         "model": bundle.name,
         "bundle": str(bundle.root),
         "family": bundle.family,
-        "env": environment(cfg.threads),
+        "env": dict(environment(cfg.threads), **({"ceilings": ceiling} if ceiling else {})),
         "config": {"runs": cfg.runs, "warmup": cfg.warmup, "batches": cfg.batches, "data": data.name,
                    "interleaved": cfg.interleave},
         "default_variant": "/".join(default) if default else None,
@@ -229,15 +229,16 @@ def _bench(path: str, cfg: BenchConfig, log: Callable[[str], None], progress) ->
     }
 
 
-def add_roofline(bundle: Bundle, rows: list[dict[str, Any]], inputs: BundleFeeds) -> None:
+def add_roofline(bundle: Bundle, rows: list[dict[str, Any]], inputs: BundleFeeds, threads: int | None) -> dict | None:
     """Each row's work per call (GMACs at its shapes), the MB of weights it reads, and the GMAC/s it
-    reached: how far from the hardware a variant is, beside how it compares with PyTorch."""
-    from .roofline import call_cost
+    reached: how far from the hardware a variant is, beside how it compares with PyTorch. Returns
+    the ceilings measured here (roofline.ceilings) the GMAC/s figures compare against."""
+    from .roofline import call_cost, ceilings
 
     try:
         import onnx  # noqa: F401 - the export extra; a runtime-only install benches without the GMAC/s column
     except ImportError:
-        return
+        return None
     files = {(a.component, a.backend, a.precision): [bundle.path(f) for f in a.files] for a in bundle.artifacts}
     for r in rows:
         comp = bundle.components[r["component"]]
@@ -245,6 +246,7 @@ def add_roofline(bundle: Bundle, rows: list[dict[str, Any]], inputs: BundleFeeds
         cost = call_cost(bundle.path(comp["onnx"]), inputs.feeds(r["component"], r["batch"]),
                          files.get((r["component"], r["backend"], r["precision"]), fp32))
         r.update(cost, gmacs_per_s=round(cost["gmacs"] * 1000 / r["p50_ms"], 1) if r["p50_ms"] else None)
+    return ceilings(threads)
 
 
 def _interleaved_times(bundle: Bundle, comp: str, out_name: str, refs: dict[str, Any], arts, inputs: BundleFeeds,

@@ -26,8 +26,11 @@ def roofline_note(report: dict[str, Any]) -> str:
             per[r["component"]] = r["gmacs"] / r["batch"]
     if not per:
         return ""
+    ceil = report["env"].get("ceilings")
     return ("\nGMAC/s = multiply-accumulates of the graph's MatMul/Gemm/Conv per second reached; GMACs per item: "
-            + ", ".join(f"{c} {v:.3g}" for c, v in per.items()))
+            + ", ".join(f"{c} {v:.3g}" for c, v in per.items())
+            + (f"; ceiling here ({ceil['probe']}): fp32 {ceil['fp32_gmacs_per_s']:.0f}, int8 {ceil['int8_gmacs_per_s']:.0f}"
+               if ceil else ""))
 
 
 def table(report: dict[str, Any]):

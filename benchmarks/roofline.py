@@ -4,6 +4,7 @@ not only how it compares with PyTorch."""
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 
@@ -88,3 +89,47 @@ def call_cost(onnx_path: Path, feeds: dict[str, np.ndarray], files: list[Path]) 
     mb = sum(f.stat().st_size for f in files if f.is_file()) / 1e6
     return {"gmacs": float(f"{got['gmacs']:.5g}"), "weights_mb": round(mb, 2),
             **({"uncounted_nodes": got["uncounted"]} if got["uncounted"] else {})}
+
+
+CEILING_SHAPE = (256, 1024, 1024)  # M, K, N: large enough to reach the GEMM kernels' peak on a CPU
+
+
+def ceilings(threads: int | None, seconds: float = 0.5) -> dict:
+    """GMAC/s this machine's ONNX Runtime reaches on one large MatMul, fp32 and dynamic INT8 (u8 x s8):
+    the ceiling a row's GMAC/s compares against (a transformer tower also runs softmax, norms and
+    small GEMMs, so ~50-70% of it is near the hardware)."""
+    import tempfile
+    import time
+
+    onnx = require("onnx", "export")
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from ..runtimes.onnxruntime import OrtSession
+
+    m, k, n = CEILING_SHAPE
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, n)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "ceiling",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [w])
+    x = {"x": np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)}
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="mmdeploy-ceiling-") as tmp:
+        fp32, int8 = f"{tmp}/fp32.onnx", f"{tmp}/int8.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), fp32)
+        logging.disable(logging.WARNING)  # the quantizer's "consider pre-processing" on the root logger
+        try:
+            quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            logging.disable(logging.NOTSET)
+        for name, path in (("fp32", fp32), ("int8", int8)):
+            sess = OrtSession(path, threads=threads)
+            for _ in range(3):
+                sess.run(x)
+            times, end = [], time.perf_counter() + seconds
+            while time.perf_counter() < end or len(times) < 5:
+                t = time.perf_counter()
+                sess.run(x)
+                times.append(time.perf_counter() - t)
+            out[f"{name}_gmacs_per_s"] = round(m * k * n / float(np.median(times)) / 1e9, 1)
+    return {**out, "probe": f"onnxruntime MatMul {m}x{k}x{n}"}
