@@ -94,6 +94,7 @@ def call_cost(onnx_path: Path, feeds: dict[str, np.ndarray], files: list[Path]) 
 CEILING_SHAPE = (256, 1024, 1024)  # M, K, N: large enough to reach the GEMM kernels' peak on a CPU
 
 
+@lru_cache(maxsize=8)  # once per process and thread count: the machine does not change between benches
 def ceilings(threads: int | None, seconds: float = 0.5) -> dict:
     """GMAC/s this machine's ONNX Runtime reaches on one large MatMul, fp32 and dynamic INT8 (u8 x s8):
     the ceiling a row's GMAC/s compares against (a transformer tower also runs softmax, norms and

@@ -53,6 +53,12 @@ def check_config(cfg: QuantConfig, family: str) -> Recipe:
         raise InputError(f"--mode {cfg.mode!r}: choose from {', '.join(MODES)}")
     if cfg.method not in METHODS:
         raise InputError(f"--method {cfg.method!r}: choose from {', '.join(METHODS)}")
+    if cfg.min_cosine is not None and not 0 < cfg.min_cosine <= 1:
+        raise InputError(f"--min-cosine {cfg.min_cosine}: give a value in (0, 1]")
+    if cfg.samples < 1:
+        raise InputError("--samples must be >= 1")
+    if not 0 <= cfg.min_agreement <= 1:
+        raise InputError(f"--min-agreement {cfg.min_agreement}: give a share in [0, 1]")
     if cfg.mode == "best":
         return check_best(cfg, family)
     recipe = recipe_for(cfg, family)
@@ -60,12 +66,6 @@ def check_config(cfg: QuantConfig, family: str) -> Recipe:
         cfg.exclude = list(DEFAULT_EXCLUDE) if recipe.calibration and recipe.exclusions else []
     if cfg.mode == "dynamic" and cfg.calib:
         raise InputError("--mode dynamic takes no --calib (it needs no data)")
-    if cfg.min_cosine is not None and not 0 < cfg.min_cosine <= 1:
-        raise InputError(f"--min-cosine {cfg.min_cosine}: give a value in (0, 1]")
-    if cfg.samples < 1:
-        raise InputError("--samples must be >= 1")
-    if not 0 <= cfg.min_agreement <= 1:
-        raise InputError(f"--min-agreement {cfg.min_agreement}: give a share in [0, 1]")
     if recipe.calibration and cfg.calib is None:
         raise InputError("static INT8 needs calibration data: --calib DIR|FILE|shapes (or --mode dynamic)")
     return recipe
@@ -81,10 +81,6 @@ def check_best(cfg: QuantConfig, family: str) -> Recipe:
                          f"embeddings) on onnxruntime or openvino; {family} {cfg.backend}/{cfg.precision} has one recipe")
     if cfg.exclude is not None:
         raise InputError("--mode best tries its own exclusions (none, the MLP down-projections, Conv): leave --exclude out")
-    if cfg.samples < 1:
-        raise InputError("--samples must be >= 1")
-    if cfg.min_cosine is not None and not 0 < cfg.min_cosine <= 1:
-        raise InputError(f"--min-cosine {cfg.min_cosine}: give a value in (0, 1]")
     if isinstance(entry, dict):  # without data, the data-free recipe where the backend has one
         recipe = RECIPES[entry.get("dynamic" if cfg.calib is None else "static", entry["static"])]
     else:

@@ -59,6 +59,21 @@ def clip_reference():
     return CLIPModel.from_pretrained(str(package_path("fixtures/clip-shapes"))).eval()
 
 
+def shapes_top1(bundle_path, backend: str, precision: str, limit: int = 300) -> float:
+    """Zero-shot top-1 of one variant of a clip-shapes bundle on the shapes test split."""
+    from mmdeploy.benchmarks.accuracy import zero_shot_top1
+    from mmdeploy.common.datasets import open_dataset
+    from mmdeploy.runtimes.bundle import Bundle
+    from mmdeploy.runtimes.feeds import BundleFeeds
+    from mmdeploy.runtimes.select import open_session
+
+    b = Bundle.open(bundle_path)
+    data = open_dataset("shapes", split="test", limit=limit)
+    v = open_session(b, b.find("vision", backend, precision)[0], 2)
+    t = open_session(b, b.find("text", backend, precision)[0], 2)
+    return zero_shot_top1(lambda f: v.run(f)["image_embeds"], lambda f: t.run(f)["text_embeds"], BundleFeeds(b, data), data)["value"]
+
+
 def bf16_native() -> bool:
     return cpu_supports("bf16")
 

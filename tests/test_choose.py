@@ -103,23 +103,11 @@ def test_best_keeps_the_fastest_passing_candidate_and_says_why(best_bundle):
 def test_best_int8_keeps_zero_shot_accuracy(best_bundle):
     """Whichever recipe won: top-1 within 0.5 points of fp32 on the shapes test split (ORT; OpenVINO's
     INT8 text tower of this tiny fixture fails its gate and is never the default, see test above)."""
-    from mmdeploy.benchmarks.accuracy import zero_shot_top1
-    from mmdeploy.common.datasets import open_dataset
-    from mmdeploy.runtimes.feeds import BundleFeeds
-    from mmdeploy.runtimes.select import open_session
+    from .conftest import shapes_top1
 
-    b = Bundle.open(best_bundle)
-    data = open_dataset("shapes", split="test", limit=300)
-    inputs = BundleFeeds(b, data)
-
-    def top1(backend, precision):
-        v = open_session(b, b.find("vision", backend, precision)[0], 2)
-        t = open_session(b, b.find("text", backend, precision)[0], 2)
-        return zero_shot_top1(lambda f: v.run(f)["image_embeds"], lambda f: t.run(f)["text_embeds"], inputs, data)["value"]
-
-    fp32 = top1("onnxruntime", "fp32")
+    fp32 = shapes_top1(best_bundle, "onnxruntime", "fp32")
     assert fp32 >= FIXTURE_MIN_TOP1
-    assert top1("onnxruntime", "int8") >= fp32 - 0.005
+    assert shapes_top1(best_bundle, "onnxruntime", "int8") >= fp32 - 0.005
 
 
 def test_export_best_times_every_variant_and_defaults_to_the_fastest(cli_inprocess, tmp_path):

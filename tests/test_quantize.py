@@ -9,7 +9,6 @@ import numpy as np
 import onnx
 import pytest
 
-from mmdeploy.benchmarks.accuracy import zero_shot_top1
 from mmdeploy.runtimes.feeds import BundleFeeds
 from mmdeploy.common.datasets import open_dataset
 from mmdeploy.errors import BackendError, InputError
@@ -63,20 +62,11 @@ def test_every_variant_records_fidelity_and_recipe(qbundle):
 
 def test_int8_keeps_zero_shot_accuracy_on_the_fixture(qbundle):
     """INT8 top-1 within 0.5 points of fp32 on the shapes test split."""
-    b = Bundle.open(qbundle)
-    data = open_dataset("shapes", split="test", limit=300)
-    inputs = BundleFeeds(b, data)
+    from .conftest import FIXTURE_MIN_TOP1, shapes_top1
 
-    def top1(backend, precision):
-        v = open_session(b, b.find("vision", backend, precision)[0], 2)
-        t = open_session(b, b.find("text", backend, precision)[0], 2)
-        return zero_shot_top1(lambda f: v.run(f)["image_embeds"], lambda f: t.run(f)["text_embeds"], inputs, data)["value"]
-
-    from .conftest import FIXTURE_MIN_TOP1
-
-    fp32 = top1("onnxruntime", "fp32")
+    fp32 = shapes_top1(qbundle, "onnxruntime", "fp32")
     assert fp32 >= FIXTURE_MIN_TOP1
-    assert top1("onnxruntime", "int8") >= fp32 - 0.005
+    assert shapes_top1(qbundle, "onnxruntime", "int8") >= fp32 - 0.005
 
 
 def test_dynamic_int8(clip_bundle, tmp_path):
