@@ -23,7 +23,8 @@ def test_our_own_work_is_not_counted_as_others():
         t = time.perf_counter() + 0.5
         while time.perf_counter() < t:
             pass
-    assert load.result["others_cpu_cores"] < 0.5, load.result
+    # relative to what others used just before: a machine busy with someone else's job stays busy
+    assert load.result["others_cpu_cores"] - load.result["others_before_cores"] < 0.5, load.result
 
 
 def test_injected_load_is_flagged():
