@@ -159,12 +159,12 @@ def _bench(path: str, cfg: BenchConfig, log: Callable[[str], None], progress) ->
     rows: list[dict[str, Any]] = []
     for comp in comps:
         out_name = bundle.components[comp]["outputs"][0]["name"]
-        pre = _interleaved_times(bundle, comp, out_name, {"pytorch": ref, "teacher": teacher},
-                                 [a for a in arts if a.component == comp], inputs, cfg, tick) if cfg.interleave else None
-        ref_out, ref_stats = _time_torch(ref, "pytorch", comp, out_name, inputs, cfg, progress, task, tick, pre)
+        pre, opened = _interleaved_times(bundle, comp, out_name, {"pytorch": ref, "teacher": teacher},
+                                         [a for a in arts if a.component == comp], inputs, cfg, tick) if cfg.interleave else (None, {})
+        ref_out, ref_stats = _time_torch(ref, "pytorch", comp, out_name, inputs, cfg, progress, task, tick, pre, opened)
         ref_p50 = {b: st["p50_ms"] for b, st in ref_stats.items()}
         rows += [_row(comp, "pytorch", "fp32", b, st, ref_p50[b], None, False) for b, st in ref_stats.items()]
-        teacher_out, teacher_stats = _time_torch(teacher, "teacher", comp, out_name, inputs, cfg, progress, task, tick, pre)
+        teacher_out, teacher_stats = _time_torch(teacher, "teacher", comp, out_name, inputs, cfg, progress, task, tick, pre, opened)
         teacher_p50 = {b: st["p50_ms"] for b, st in teacher_stats.items()}
         for b, st in teacher_stats.items():  # a distilled student's bundle: its teacher beside it
             row = _row(comp, "teacher", "fp32", b, st, ref_p50.get(b), None, False)
@@ -179,16 +179,20 @@ def _bench(path: str, cfg: BenchConfig, log: Callable[[str], None], progress) ->
             if backend_module(a.backend).available() is not None:
                 log(f"skipping {a.backend}: {backend_module(a.backend).available()}")
                 continue
-            t = time.perf_counter()
-            sess = open_session(bundle, a, cfg.threads)
-            load_ms = (time.perf_counter() - t) * 1000
+            label = f"{a.backend}/{a.precision}"
+            if label in opened:  # the session --interleave timed: its outputs and fidelity from it too
+                sess, load_ms = opened.pop(label)
+            else:
+                t = time.perf_counter()
+                sess = open_session(bundle, a, cfg.threads)
+                load_ms = (time.perf_counter() - t) * 1000
             for b in cfg.batches:
                 feeds = inputs.feeds(comp, b)
                 out = sess.run(feeds)[out_name]
                 fid = compare(ref_out[b], out) if b in ref_out else None
                 if progress:
                     progress.update(task, description=f"{comp} {a.backend}/{a.precision} b{b}")
-                times = pre[(f"{a.backend}/{a.precision}", b)] if pre else time_session(lambda: sess.run(feeds), cfg.runs, cfg.warmup, tick)
+                times = pre[(label, b)] if pre else time_session(lambda: sess.run(feeds), cfg.runs, cfg.warmup, tick)
                 row = _row(comp, a.backend, a.precision, b, percentiles(times), ref_p50.get(b), fid, default == (a.backend, a.precision))
                 row["load_ms"] = round(load_ms, 1)
                 row["gate_passed"] = a.passed
@@ -250,38 +254,44 @@ def add_roofline(bundle: Bundle, rows: list[dict[str, Any]], inputs: BundleFeeds
 
 
 def _interleaved_times(bundle: Bundle, comp: str, out_name: str, refs: dict[str, Any], arts, inputs: BundleFeeds,
-                       cfg: BenchConfig, tick) -> dict[tuple[str, int], list[float]]:
-    """{(label, batch): times} with every runner's calls alternating: run r of PyTorch, then run r
-    of each variant, so a burst of other load lands on all of them alike. ORT sessions do not spin
-    between calls here (their idle threads would take the cores the next runner needs)."""
+                       cfg: BenchConfig, tick) -> tuple[dict[tuple[str, int], list[float]], dict[str, tuple[Any, float]]]:
+    """({(label, batch): times}, {label: (session, load ms)}) with every runner's calls alternating:
+    run r of PyTorch, then run r of each variant, so a burst of other load lands on all of them
+    alike. ORT sessions do not spin between calls here (their idle threads would take the cores
+    the next runner needs). The sessions are handed back for the outputs and fidelity."""
     from ..exporter.reference import TorchSession
 
-    runners: dict[str, Any] = {}
+    opened: dict[str, tuple[Any, float]] = {}
     for label, fam in refs.items():
         if fam is not None:
-            runners[label] = TorchSession(fam.module(comp), fam.input_names(comp), [out_name], cfg.threads)
+            opened[label] = TorchSession(fam.module(comp), fam.input_names(comp), [out_name], cfg.threads), 0.0
     for a in arts:
         if backend_module(a.backend).available() is None:
-            runners[f"{a.backend}/{a.precision}"] = open_session(
-                bundle, a, cfg.threads, options={"spin": False} if a.backend == "onnxruntime" else None)
+            t = time.perf_counter()
+            sess = open_session(bundle, a, cfg.threads, options={"spin": False} if a.backend == "onnxruntime" else None)
+            opened[f"{a.backend}/{a.precision}"] = sess, (time.perf_counter() - t) * 1000
     out: dict[tuple[str, int], list[float]] = {}
     for b in cfg.batches:
         feeds = inputs.feeds(comp, b)
-        times = alternating({k: partial(r.run, feeds) for k, r in runners.items()}, cfg.runs, cfg.warmup, tick)
+        times = alternating({k: partial(r.run, feeds) for k, (r, _) in opened.items()}, cfg.runs, cfg.warmup, tick)
         out.update({(k, b): v for k, v in times.items()})
-    return out
+    return out, opened
 
 
 def _time_torch(fam, name: str, comp: str, out_name: str, inputs: BundleFeeds, cfg: BenchConfig, progress, task, tick,
-                pre: dict | None = None):
-    """A PyTorch reference (`fam`, or None) on every batch: ({batch: output}, {batch: latency stats})."""
+                pre: dict | None = None, opened: dict | None = None):
+    """A PyTorch reference (`fam`, or None) on every batch: ({batch: output}, {batch: latency stats});
+    with --interleave its times and its session come from _interleaved_times."""
     outs: dict[int, np.ndarray] = {}
     stats: dict[int, dict[str, float]] = {}
     if fam is None:
         return outs, stats
     from ..exporter.reference import TorchSession
 
-    tsess = TorchSession(fam.module(comp), fam.input_names(comp), [out_name], cfg.threads)
+    if opened and name in opened:
+        tsess = opened.pop(name)[0]
+    else:
+        tsess = TorchSession(fam.module(comp), fam.input_names(comp), [out_name], cfg.threads)
     for b in cfg.batches:
         feeds = inputs.feeds(comp, b)
         outs[b] = tsess.run(feeds)[out_name]
