@@ -11,7 +11,8 @@ Measured on the CLIP ViT-B/32 twin, vision b1, AMD EPYC (AVX-512 VNNI/BF16), 2 t
 ORT dynamic 13.5 ms, of which 3.2 ms is the patch-embedding ConvInteger (float Conv: 0.8 ms):
 dynamic with Conv float 11.4 ms; static Q/DQ 18.8 ms, a third of it the MLP down-projections the
 default exclusions keep float (fp32 MatMul); OpenVINO NNCF INT8 15.2 ms with f32 compute for the
-float ops, 10.9 ms with bf16 (fp32 ORT 32.5 ms, OpenVINO 27.1 ms).
+float ops, 10.9 ms with bf16 (fp32 ORT 32.5 ms, OpenVINO 27.1 ms); runtime hints (pinning, one
+stream, denormals) moved it by under 3% and are not candidates.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 from ..common.env import MachineLoad
 from ..common.timing import alternating, runs_for
 from ..errors import require
-from .recipes import DEFAULT_EXCLUDE, DYNAMIC_OPS, Built, Job, Recipe, matches, weight_nodes
+from .recipes import DEFAULT_EXCLUDE, DYNAMIC_OPS, NNCF_PRESET_SMOOTH_QUANT, Built, Job, Recipe, matches, weight_nodes
 
 TIMING_SECONDS = 2.0  # per candidate: turns alternating with the fp32 graph
 # calls per turn (after one untimed): one call a turn would put each session's calls beside the other's
@@ -42,6 +43,7 @@ class Candidate:
     mode: str  # static | dynamic
     exclude: tuple[str, ...] | None  # None: DEFAULT_EXCLUDE (the MLP down-projections float)
     hint: str | None = None  # OpenVINO INFERENCE_PRECISION_HINT for the ops left in float
+    smooth_quant: float = -1.0  # NNCF SmoothQuant alpha for MatMul (-1: off, the INT8 default)
 
     def excluded(self) -> list[str]:
         return list(DEFAULT_EXCLUDE if self.exclude is None else self.exclude)
@@ -56,9 +58,12 @@ def candidates(backend: str, calibrated: bool, bf16: bool) -> list[Candidate]:
             out += [Candidate("static Q/DQ, MLP down-projections float", "static", None),
                     Candidate("static Q/DQ, all", "static", ())]
         return out
+    # INT8 on OpenVINO runs without SmoothQuant (recipes.NNCF_PRESET_SMOOTH_QUANT: measured); the
+    # preset's alpha is tried beside it (B/32 text, all quantized: alpha 0.5 gave 0.9989, 0.95 0.9866)
     hints = ["f32", "bf16"] if bf16 else ["f32"]
-    return [Candidate(f"NNCF{', MLP down-projections float' if ex is None else ', all'}, {h} compute", "static", ex, h)
-            for ex in (None, ()) for h in hints]
+    builds = [(None, -1.0, "MLP down-projections float"), ((), -1.0, "all"),
+              ((), NNCF_PRESET_SMOOTH_QUANT, f"all, SmoothQuant {NNCF_PRESET_SMOOTH_QUANT}")]
+    return [Candidate(f"NNCF, {what}, {h} compute", "static", ex, h, sq) for ex, sq, what in builds for h in hints]
 
 
 def pick(rows: list[dict[str, Any]]) -> int | None:
@@ -77,7 +82,7 @@ def _groups(src: Path, cands: list[Candidate]) -> list[list[Candidate]]:
         names = frozenset(n.name for n in nodes if not matches(n, c.excluded())
                           and (c.mode != "dynamic" or n.op_type in DYNAMIC_OPS))
         if names:
-            group = out.setdefault((c.mode, names), [])
+            group = out.setdefault((c.mode, names, c.smooth_quant), [])
             if all(g.hint != c.hint for g in group):
                 group.append(c)
     return list(out.values())
@@ -99,7 +104,7 @@ def choose(job: Job, recipe: Callable[[str], Recipe], backend: str, metric: str,
     builds: list[tuple[Built, dict, dict, int]] = []  # per row: its build, runtime, parity, build group
     for g, group in enumerate(_groups(job.src, cands)):
         first = group[0]
-        cfg = replace(job.cfg, mode=first.mode, exclude=first.excluded(), min_cosine=None)
+        cfg = replace(job.cfg, mode=first.mode, exclude=first.excluded(), min_cosine=None, smooth_quant=first.smooth_quant)
         built = recipe(first.mode).build(replace(job, cfg=cfg))
         for f in built.files:  # a copy: the next build writes the same staged paths
             (keep / str(g) / f).parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +114,7 @@ def choose(job: Job, recipe: Callable[[str], Recipe], backend: str, metric: str,
             par = job.fidelity(keep / str(g) / built.files[0], runtime, backend)
             rows.append({"candidate": c.label, "recipe": recipe(c.mode).name, "exclude": c.excluded(),
                          **({"compute_hint": c.hint} if c.hint else {}),
+                         **({"smooth_quant": c.smooth_quant} if backend == "openvino" else {}),
                          metric: round(float(par[metric]), 6), "passed": bool(par[metric] >= gate)})
             builds.append((built, runtime, par, g))
     # every candidate and the fp32 graph timed in one tournament, turn by turn: drift on a shared

@@ -35,8 +35,9 @@ def test_candidates_per_backend_and_data():
     ort = [c.label for c in candidates("onnxruntime", calibrated=False, bf16=True)]
     assert ort == ["dynamic", "dynamic, Conv float"]  # data-free only without --calib
     assert len(candidates("onnxruntime", calibrated=True, bf16=False)) == 4
-    hints = {c.hint for c in candidates("openvino", calibrated=True, bf16=True)}
-    assert hints == {"f32", "bf16"}
+    ov = candidates("openvino", calibrated=True, bf16=True)
+    assert {c.hint for c in ov} == {"f32", "bf16"}
+    assert {c.smooth_quant for c in ov} == {-1.0, 0.95}  # without SmoothQuant (the default) and NNCF's preset alpha
     assert {c.hint for c in candidates("openvino", calibrated=True, bf16=False)} == {"f32"}
 
 
@@ -87,6 +88,7 @@ def test_best_keeps_the_fastest_passing_candidate_and_says_why(best_bundle):
             assert a.recipe["recipe"] == won[0]["recipe"] and a.recipe["exclude"] == won[0]["exclude"]
             if backend == "openvino":  # the hint it was timed and gated with is the one it runs with
                 assert a.runtime["INFERENCE_PRECISION_HINT"] == won[0]["compute_hint"]
+                assert a.recipe["smooth_quant"] == ("off" if won[0]["smooth_quant"] == -1 else "alpha 0.95 (MatMul)")
                 assert {r["compute_hint"] for r in rows} == ({"f32", "bf16"} if cpu_supports("bf16") else {"f32"})
                 continue
             ops = _ops(b.path(a.path))
