@@ -261,7 +261,7 @@ def _export_then_quantize(source, out: Path, backends, precisions, post, kw, cal
                 fits.append(cfg)
             except BackendError as exc:  # e.g. int4 on openvino: the backends that build it get it
                 refused.append(exc)
-        if not fits:
+        if not fits and refused:
             raise refused[0]
         for exc in refused:
             kw["log"](f"{precision}: {exc}; skipped for that backend")

@@ -128,6 +128,18 @@ def test_export_best_times_every_variant_and_defaults_to_the_fastest(cli_inproce
     assert "default variant here: " + "/".join(select_variant(b)) in r.stdout
 
 
+@pytest.mark.openvino
+def test_export_best_on_openvino_without_calibration_data(cli_inprocess, tmp_path):
+    """NNCF needs --calib: best then builds fp32 and bf16 (where native), says INT8 was skipped, times both."""
+    out = tmp_path / "ov"
+    r = cli_inprocess("export", "clip-shapes", "-o", str(out), "--backend", "openvino", "--precision", "best", "--threads", "2")
+    assert r.returncode == 0, r.stderr
+    assert "NNCF INT8 needs --calib; skipped" in r.stderr + r.stdout
+    have = {(a.backend, a.precision) for a in Bundle.open(out).artifacts}
+    assert have == {("openvino", "fp32")} | ({("openvino", "bf16")} if cpu_supports("bf16") else set())
+    assert set(json.loads((out / "manifest.json").read_text())["measured"][machine_key()]) == {f"{b}/{p}" for b, p in have}
+
+
 @pytest.mark.parametrize("args, needle", [
     (("export", "clip-shapes", "--precision", "best,int8"), "--precision best stands alone"),
     (("export", "clip-shapes", "--precision", "best", "--target", "gpu"), "times the variants on this CPU"),
