@@ -408,7 +408,7 @@ def _fold_layers(specs: list[dict]) -> list[dict]:
 def _print_info(b) -> None:
     from rich.table import Table
 
-    from .runtimes.select import select_variant
+    from .runtimes.select import machine_key, select_variant
 
     m = b.manifest
     c = _console()
@@ -433,6 +433,14 @@ def _print_info(b) -> None:
                   f"{'pass' if a.passed else 'FAIL'} ({metric} ≥{a.gate.get('min_cosine')}"
                   + (f", tokens {a.gate['agreement']:.0%} ≥{a.gate['min_agreement']:.0%}" if "min_agreement" in a.gate else "") + ")")
     c.print(t)
+    for a in b.artifacts:  # --mode best: which candidate won here, and of how many
+        if (ch := a.recipe.get("chosen")) and ch.get("winner"):
+            won = next(r for r in ch["candidates"] if r["candidate"] == ch["winner"])
+            c.print(f"{a.component} {a.backend}/{a.precision}: {ch['winner']} - {ch['why']} "
+                    f"({won['vs_fp32']:.2f}x fp32's time, {won['ms']:.2f} ms at batch 1 when chosen)")
+    measured = m.get("measured", {}).get(machine_key(), {})
+    if measured:
+        c.print("batch-1 latency measured here: " + ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(measured.items(), key=lambda kv: kv[1])))
     try:
         c.print("default variant here: " + "/".join(select_variant(b)))
     except MMDeployError as exc:

@@ -126,6 +126,8 @@ def test_export_best_times_every_variant_and_defaults_to_the_fastest(cli_inproce
     passing = [k for k in measured if all(a.passed for a in b.find(backend=k.split("/")[0], precision=k.split("/")[1]))]
     assert "/".join(select_variant(b)) == min(passing, key=measured.get)
     assert "default variant here: " + "/".join(select_variant(b)) in r.stdout
+    assert "vision onnxruntime/int8: dynamic" in r.stdout and "candidates that passed" in r.stdout  # info says what won
+    assert "batch-1 latency measured here: onnxruntime/" in r.stdout
 
 
 @pytest.mark.openvino
