@@ -244,10 +244,14 @@ def add_roofline(bundle: Bundle, rows: list[dict[str, Any]], inputs: BundleFeeds
     except ImportError:
         return None
     files = {(a.component, a.backend, a.precision): [bundle.path(f) for f in a.files] for a in bundle.artifacts}
+    feeds: dict[tuple[str, int], dict[str, np.ndarray]] = {}  # built once per (component, batch): only shapes are read
     for r in rows:
         comp = bundle.components[r["component"]]
         fp32 = [bundle.path(comp["onnx"])] + [p for p in [bundle.path(comp["onnx"] + ".data")] if p.is_file()]
-        cost = call_cost(bundle.path(comp["onnx"]), inputs.feeds(r["component"], r["batch"]),
+        key = (r["component"], r["batch"])
+        if key not in feeds:
+            feeds[key] = inputs.feeds(*key)
+        cost = call_cost(bundle.path(comp["onnx"]), feeds[key],
                          files.get((r["component"], r["backend"], r["precision"]), fp32))
         r.update(cost, gmacs_per_s=round(cost["gmacs"] * 1000 / r["p50_ms"], 1) if r["p50_ms"] else None)
     return ceilings(threads)

@@ -92,6 +92,15 @@ def batch_one(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v[:1] for k, v in feeds.items()}
 
 
+def tournament(sessions: dict[str, Any], feeds: dict[str, np.ndarray]) -> tuple[dict[str, float], int]:
+    """({name: median ms}, turns): every session on the same feeds, turn by turn (TIMING_BLOCK calls
+    after TIMING_SETTLE untimed), about TIMING_SECONDS per session."""
+    runners = {k: (lambda s=s: s.run(feeds)) for k, s in sessions.items()}
+    turns = runs_for(runners, TIMING_SECONDS * len(runners), 3, 40, TIMING_BLOCK, TIMING_SETTLE)
+    times = alternating(runners, turns, 2, block=TIMING_BLOCK, settle=TIMING_SETTLE)
+    return {k: float(np.median(v)) for k, v in times.items()}, turns
+
+
 def choose(job: Job, recipe: Callable[[str], Recipe], backend: str, metric: str, gate: float,
            feeds: dict[str, np.ndarray], open_session: Callable[..., Any], bf16: bool) -> Built:
     """Build, gate and time each candidate for job.component; return the winner's Built (its
@@ -120,18 +129,14 @@ def choose(job: Job, recipe: Callable[[str], Recipe], backend: str, metric: str,
     # every candidate and the fp32 graph timed in one tournament, turn by turn: drift on a shared
     # machine hits all alike (timed one after another, candidates 20% apart swapped places)
     gc.collect()  # sessions of the builds' calibration and checks: their thread pools go before timing
-    one = batch_one(feeds)
     sessions = {"fp32": open_session(job.src, {}, "onnxruntime")}
     for i, (built, runtime, _, g) in enumerate(builds):
         sessions[str(i)] = open_session(keep / str(g) / built.files[0], runtime, backend)
-    runners = {k: (lambda s=s: s.run(one)) for k, s in sessions.items()}
-    turns = runs_for(runners, TIMING_SECONDS * len(builds), 3, 40, TIMING_BLOCK, TIMING_SETTLE)
     with MachineLoad() as load:
-        times = {k: float(np.median(v)) for k, v in
-                 alternating(runners, turns, 2, block=TIMING_BLOCK, settle=TIMING_SETTLE).items()}
+        times, turns = tournament(sessions, batch_one(feeds))
     if load.result.get("busy"):
         job.log(f"warning: busy machine while timing ({load.result['why']}): the choice may not hold on a quiet one")
-    del sessions, runners
+    del sessions
     for i, row in enumerate(rows):
         ms = times[str(i)]
         row.update(ms=round(ms, 3), fp32_ms=round(times["fp32"], 3), vs_fp32=round(ms / times["fp32"], 4))
@@ -182,13 +187,10 @@ def measure_variants(root: Path, threads: int | None, log: Callable[[str], None]
     feeds = pipeline_class(bundle.family, str(root)).fidelity_feeds(bundle, comps, threads)
     total = dict.fromkeys(variants, 0.0)
     for comp in comps:
-        one = batch_one(feeds[comp][0][0])
-        sessions = {k: open_session(bundle, v[comp], threads) for k, v in variants.items()}
-        runners = {k: (lambda s=s: s.run(one)) for k, s in sessions.items()}
-        turns = runs_for(runners, TIMING_SECONDS * len(runners), 3, 40, TIMING_BLOCK, TIMING_SETTLE)
-        for k, v in alternating(runners, turns, 2, block=TIMING_BLOCK, settle=TIMING_SETTLE).items():
-            total[k] += float(np.median(v))
-        del sessions, runners
+        times, _ = tournament({k: open_session(bundle, v[comp], threads) for k, v in variants.items()},
+                              batch_one(feeds[comp][0][0]))
+        for k, ms in times.items():
+            total[k] += ms
     table = {k: round(v, 3) for k, v in total.items()}
     record_measured(bundle, table)
     log("batch-1 latency here (all components): " + ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(table.items(), key=lambda kv: kv[1])))
