@@ -6,7 +6,6 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -58,8 +57,11 @@ def user_errors(fn):
                 raise
             from .errors import one_line
 
-            print(f"error: unexpected {type(exc).__name__}: {one_line(exc, 300)} "
-                  "(a corrupt or hand-edited bundle? re-export it; --debug shows the traceback)", file=sys.stderr)
+            print(
+                f"error: unexpected {type(exc).__name__}: {one_line(exc, 300)} "
+                "(a corrupt or hand-edited bundle? re-export it; --debug shows the traceback)",
+                file=sys.stderr,
+            )
             raise typer.Exit(1) from None
 
     return wrapper
@@ -84,7 +86,7 @@ def _needs(pipe, method: str, command: str, what: str) -> None:
         raise InputError(f"{pipe.bundle.root} is a {pipe.bundle.family} bundle: {command} needs {what}")
 
 
-def _output_file(path: Optional[Path], flag: str) -> None:
+def _output_file(path: Path | None, flag: str) -> None:
     """Check a report path before the work that fills it: a bench run must not end in a traceback."""
     import os
 
@@ -123,7 +125,7 @@ def _exclusions(value: str) -> list[str]:
     return [p for p in items if p != "none"]
 
 
-def _check_data(spec: Optional[str], flag: str) -> None:
+def _check_data(spec: str | None, flag: str) -> None:
     """A data set named on the command line exists, before minutes of export or quantization."""
     if spec is not None:
         from .common.datasets import check_spec
@@ -163,16 +165,30 @@ def models():
 @app.command()
 @user_errors
 def export(
-    source: str = typer.Argument(..., help="models.yaml name (see `mmdeploy models`) or a local Hugging Face checkpoint folder."),
-    output: Path = typer.Option(..., "-o", "--output", help="Bundle directory to write (replaced atomically if it exists)."),
+    source: str = typer.Argument(
+        ..., help="models.yaml name (see `mmdeploy models`) or a local Hugging Face checkpoint folder."
+    ),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="Bundle directory to write (replaced atomically if it exists)."
+    ),
     backend: str = typer.Option("onnxruntime,openvino", help="Comma-separated backends: onnxruntime, openvino."),
-    precision: str = typer.Option("fp32", help="Comma-separated precisions: fp32, bf16 (openvino), int8, fp16, int4 (captioners, onnxruntime) (int8/fp16/int4 run `quantize` in the same atomic step). best (encoder bundles): fp32, bf16 where this CPU has it, the fastest INT8 recipe that passes its gate per backend (`quantize --mode best`), all timed here so the default variant is the fastest."),
+    precision: str = typer.Option(
+        "fp32",
+        help="Comma-separated precisions: fp32, bf16 (openvino), int8, fp16, int4 (captioners, onnxruntime) (int8/fp16/int4 run `quantize` in the same atomic step). best (encoder bundles): fp32, bf16 where this CPU has it, the fastest INT8 recipe that passes its gate per backend (`quantize --mode best`), all timed here so the default variant is the fastest.",
+    ),
     target: str = typer.Option("cpu", help="Where the bundle will run: cpu (gpu/jetson: see TensorRT)."),
-    calib: Optional[str] = typer.Option(None, help="INT8 calibration data (image folder, text file, 'shapes', 'photos'); without it ORT INT8 is dynamic."),
+    calib: str | None = typer.Option(
+        None,
+        help="INT8 calibration data (image folder, text file, 'shapes', 'photos'); without it ORT INT8 is dynamic.",
+    ),
     method: str = typer.Option("minmax", help="INT8 calibration method: minmax, entropy, percentile."),
-    min_cosine: Optional[float] = typer.Option(None, help="INT8 accuracy-aware target (cosine vs fp32)."),
-    random_weights: bool = typer.Option(False, "--random-weights", help="Build the model from its models.yaml config with random weights (a shape twin for latency work)."),
-    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads for parity checks (default: all cores)."),
+    min_cosine: float | None = typer.Option(None, help="INT8 accuracy-aware target (cosine vs fp32)."),
+    random_weights: bool = typer.Option(
+        False,
+        "--random-weights",
+        help="Build the model from its models.yaml config with random weights (a shape twin for latency work).",
+    ),
+    threads: int | None = typer.Option(None, min=1, max=1024, help="Threads for parity checks (default: all cores)."),
 ):
     """Export a checkpoint to a bundle: ONNX per component + backend variants, each checked against PyTorch."""
     from .exporter.export import export as run_export
@@ -199,28 +215,42 @@ def export(
 @user_errors
 def bench(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
-    backend: Optional[str] = typer.Option(None, help="Only these backends (comma-separated)."),
-    precision: Optional[str] = typer.Option(None, help="Only these precisions (comma-separated)."),
+    backend: str | None = typer.Option(None, help="Only these backends (comma-separated)."),
+    precision: str | None = typer.Option(None, help="Only these precisions (comma-separated)."),
     batch: str = typer.Option("1", help="Comma-separated batch sizes, e.g. 1,8."),
     runs: int = typer.Option(20, min=1, help="Timed runs per variant and batch."),
     warmup: int = typer.Option(3, min=0, help="Untimed warm-up runs."),
-    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads for every backend and PyTorch (default: all cores)."),
-    data: Optional[str] = typer.Option(None, help="Inputs: 'photos' (real photos, default), 'shapes' (labelled test split: adds zero-shot accuracy), an image folder (labels.tsv adds accuracy) or a text file."),
+    threads: int | None = typer.Option(
+        None, min=1, max=1024, help="Threads for every backend and PyTorch (default: all cores)."
+    ),
+    data: str | None = typer.Option(
+        None,
+        help="Inputs: 'photos' (real photos, default), 'shapes' (labelled test split: adds zero-shot accuracy), an image folder (labels.tsv adds accuracy) or a text file.",
+    ),
     no_pytorch: bool = typer.Option(False, "--no-pytorch", help="Skip the PyTorch reference row."),
-    interleave: bool = typer.Option(False, "--interleave", help="Encoder bundles: alternate PyTorch's and every variant's calls run by run, so noise on a shared machine hits all rows alike. For calls of milliseconds or more: sub-millisecond calls pay for waking threads on every switch."),
-    record: bool = typer.Option(True, help="Record batch-1 latencies in the bundle so load() defaults to the fastest passing variant on this CPU."),
+    interleave: bool = typer.Option(
+        False,
+        "--interleave",
+        help="Encoder bundles: alternate PyTorch's and every variant's calls run by run, so noise on a shared machine hits all rows alike. For calls of milliseconds or more: sub-millisecond calls pay for waking threads on every switch.",
+    ),
+    record: bool = typer.Option(
+        True,
+        help="Record batch-1 latencies in the bundle so load() defaults to the fastest passing variant on this CPU.",
+    ),
     max_new_tokens: int = typer.Option(20, min=1, help="Caption bundles: new tokens per caption in the generate rows."),
-    num_beams: int = typer.Option(1, min=1, max=16, help="Caption bundles: beam width in the generate rows (1 = greedy)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG plot of latency and speedup."),
+    num_beams: int = typer.Option(
+        1, min=1, max=16, help="Caption bundles: beam width in the generate rows (1 = greedy)."
+    ),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the report as JSON."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG plot of latency and speedup."),
 ):
     """Benchmark every variant of a bundle against PyTorch: latency, throughput, fidelity."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .benchmarks.bench import BenchConfig
     from .benchmarks.bench import bench as run_bench
-    from .benchmarks.report import plot as write_plot
     from .benchmarks.report import accuracy_table, table, write_json
+    from .benchmarks.report import plot as write_plot
     from .runtimes.session import BACKENDS, PRECISIONS, parse_list, parse_sizes
 
     batches = parse_sizes(batch, "--batch")
@@ -244,7 +274,14 @@ def bench(
         num_beams=num_beams,
         interleave=interleave,
     )
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=_err_console(), transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=_err_console(),
+        transient=True,
+    ) as progress:
         report = run_bench(str(bundle), cfg, log=_log, progress=progress)
     if report["results"]:
         _console().print(table(report))
@@ -270,17 +307,34 @@ def bench(
 @user_errors
 def quantize(
     bundle: Path = typer.Argument(..., help="Bundle directory (gets the new variant; the rest is kept)."),
-    precision: str = typer.Option(..., help="int8, fp16 or bf16; int4 for caption bundles (onnxruntime: int4 decoder, int8 encoder)."),
-    backend: str = typer.Option("onnxruntime", help="onnxruntime (Q/DQ or dynamic INT8, fp16) or openvino (NNCF INT8, bf16, fp16)."),
-    mode: Optional[str] = typer.Option(None, help="INT8 on onnxruntime: static (calibrated Q/DQ, the default) or dynamic (no data). best (onnxruntime or openvino, encoder bundles): build every candidate recipe, time each on this CPU beside fp32, keep the fastest that passes its gate (the manifest records all)."),
-    calib: Optional[str] = typer.Option(None, help="Calibration data: an image folder, a text file (one caption a line), 'shapes' or 'photos'."),
+    precision: str = typer.Option(
+        ..., help="int8, fp16 or bf16; int4 for caption bundles (onnxruntime: int4 decoder, int8 encoder)."
+    ),
+    backend: str = typer.Option(
+        "onnxruntime", help="onnxruntime (Q/DQ or dynamic INT8, fp16) or openvino (NNCF INT8, bf16, fp16)."
+    ),
+    mode: str | None = typer.Option(
+        None,
+        help="INT8 on onnxruntime: static (calibrated Q/DQ, the default) or dynamic (no data). best (onnxruntime or openvino, encoder bundles): build every candidate recipe, time each on this CPU beside fp32, keep the fastest that passes its gate (the manifest records all).",
+    ),
+    calib: str | None = typer.Option(
+        None, help="Calibration data: an image folder, a text file (one caption a line), 'shapes' or 'photos'."
+    ),
     method: str = typer.Option("minmax", help="Calibration method: minmax, entropy or percentile."),
     samples: int = typer.Option(32, help="Calibration samples per component."),
-    exclude: Optional[str] = typer.Option(None, help="Comma-separated op types (e.g. Gemm) or node-name globs/regexes to keep in float; default for static INT8: the MLP down-projections (measured outliers); 'none' quantizes everything."),
-    min_cosine: Optional[float] = typer.Option(None, help="Accuracy-aware: keep the most sensitive layers in float until cosine vs fp32 reaches this."),
-    min_agreement: float = typer.Option(0.8, help="Generative bundles (caption, VQA, chat): the share of fp32's greedy tokens on held-out photos the variant must reproduce to pass its gate."),
-    component: Optional[str] = typer.Option(None, help="Only these components (comma-separated); default all."),
-    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
+    exclude: str | None = typer.Option(
+        None,
+        help="Comma-separated op types (e.g. Gemm) or node-name globs/regexes to keep in float; default for static INT8: the MLP down-projections (measured outliers); 'none' quantizes everything.",
+    ),
+    min_cosine: float | None = typer.Option(
+        None, help="Accuracy-aware: keep the most sensitive layers in float until cosine vs fp32 reaches this."
+    ),
+    min_agreement: float = typer.Option(
+        0.8,
+        help="Generative bundles (caption, VQA, chat): the share of fp32's greedy tokens on held-out photos the variant must reproduce to pass its gate.",
+    ),
+    component: str | None = typer.Option(None, help="Only these components (comma-separated); default all."),
+    threads: int | None = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
 ):
     """Add a quantized variant to a bundle, with its fidelity vs fp32 on held-out inputs.
 
@@ -292,11 +346,18 @@ def quantize(
 
     _check_data(calib, "--calib")
     cfg = QuantConfig(
-        precision=precision, backend=backend, mode=mode or "static", mode_given=mode is not None, calib=calib,
-        method=method, samples=samples,
+        precision=precision,
+        backend=backend,
+        mode=mode or "static",
+        mode_given=mode is not None,
+        calib=calib,
+        method=method,
+        samples=samples,
         exclude=None if exclude is None else _exclusions(exclude),
-        min_cosine=min_cosine, min_agreement=min_agreement,
-        components=parse_list(component, None, "component") or None, threads=threads,
+        min_cosine=min_cosine,
+        min_agreement=min_agreement,
+        components=parse_list(component, None, "component") or None,
+        threads=threads,
     )
     _print_info(run_quantize(bundle, cfg, log=_log))
 
@@ -304,25 +365,52 @@ def quantize(
 @app.command()
 @user_errors
 def serve(
-    bundles: List[str] = typer.Argument(..., help="Bundle folders to serve; the model name is the folder name, or NAME=PATH."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default; use an API key on anything else)."),
+    bundles: list[str] = typer.Argument(
+        ..., help="Bundle folders to serve; the model name is the folder name, or NAME=PATH."
+    ),
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to bind (loopback by default; use an API key on anything else)."
+    ),
     port: int = typer.Option(8000, help="TCP port."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="MMDEPLOY_API_KEY", help="Require 'Authorization: Bearer KEY' (or env MMDEPLOY_API_KEY)."),
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        envvar="MMDEPLOY_API_KEY",
+        help="Require 'Authorization: Bearer KEY' (or env MMDEPLOY_API_KEY).",
+    ),
     max_batch: int = typer.Option(32, min=1, help="Most items per inference batch."),
-    max_wait_ms: float = typer.Option(5.0, min=0, help="Longest a batch waits for more requests (only while more are arriving)."),
+    max_wait_ms: float = typer.Option(
+        5.0, min=0, help="Longest a batch waits for more requests (only while more are arriving)."
+    ),
     max_queue: int = typer.Option(1024, min=1, help="Items queued per model component before 503 + Retry-After."),
     max_items: int = typer.Option(256, min=1, help="Inputs / images per request."),
     max_body_mb: float = typer.Option(32.0, min=0.001, help="Largest request body (MB)."),
     max_pixels: int = typer.Option(20_000_000, min=1, help="Largest image (pixels), checked before decoding."),
     timeout: float = typer.Option(60.0, min=0.001, help="Per-request timeout (seconds)."),
-    header_timeout: float = typer.Option(10.0, min=0.001, help="A client must send its request headers within this (seconds), else 408 and the socket is closed."),
+    header_timeout: float = typer.Option(
+        10.0,
+        min=0.001,
+        help="A client must send its request headers within this (seconds), else 408 and the socket is closed.",
+    ),
     body_timeout: float = typer.Option(30.0, min=0.001, help="... and its body within this after them (seconds)."),
-    drain_timeout: float = typer.Option(30.0, min=0.001, help="On SIGTERM: how long in-flight requests may take to finish (seconds); /health says 'draining' meanwhile."),
-    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Inference threads per session (default: all cores)."),
-    backend: Optional[str] = typer.Option(None, help="Backend (default: each bundle's default variant)."),
-    precision: Optional[str] = typer.Option(None, help="Precision (default: each bundle's default variant)."),
-    allow_local_paths: bool = typer.Option(False, "--allow-local-paths", help="Also accept image paths on this machine (trusted clients only)."),
-    chat_cache_mb: float = typer.Option(512.0, min=0, help="Chat models: MB of recent conversations' KV caches kept, so a request that continues one prefills only its new turn (0: none)."),
+    drain_timeout: float = typer.Option(
+        30.0,
+        min=0.001,
+        help="On SIGTERM: how long in-flight requests may take to finish (seconds); /health says 'draining' meanwhile.",
+    ),
+    threads: int | None = typer.Option(
+        None, min=1, max=1024, help="Inference threads per session (default: all cores)."
+    ),
+    backend: str | None = typer.Option(None, help="Backend (default: each bundle's default variant)."),
+    precision: str | None = typer.Option(None, help="Precision (default: each bundle's default variant)."),
+    allow_local_paths: bool = typer.Option(
+        False, "--allow-local-paths", help="Also accept image paths on this machine (trusted clients only)."
+    ),
+    chat_cache_mb: float = typer.Option(
+        512.0,
+        min=0,
+        help="Chat models: MB of recent conversations' KV caches kept, so a request that continues one prefills only its new turn (0: none).",
+    ),
     log_level: str = typer.Option("info", help="debug, info, warning or error (JSON lines on stderr)."),
 ):
     """Serve bundles over HTTP: a playground page at /, API docs at /docs, OpenAI-compatible /v1/embeddings,
@@ -335,30 +423,54 @@ def serve(
     if log_level not in ("debug", "info", "warning", "error"):
         raise InputError(f"--log-level {log_level!r}: choose from debug, info, warning, error")
 
-    cfg = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, max_items=max_items,
-                      max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels, timeout_s=timeout,
-                      api_key=api_key or None, allow_local_paths=allow_local_paths, header_timeout_s=header_timeout,
-                      body_timeout_s=body_timeout, drain_timeout_s=drain_timeout, chat_cache_mb=chat_cache_mb)
-    run_server(bundles, host=host, port=port, config=cfg, backend=backend, precision=precision, threads=threads,
-               log_level=log_level)
+    cfg = ServeConfig(
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        max_items=max_items,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        max_pixels=max_pixels,
+        timeout_s=timeout,
+        api_key=api_key or None,
+        allow_local_paths=allow_local_paths,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        drain_timeout_s=drain_timeout,
+        chat_cache_mb=chat_cache_mb,
+    )
+    run_server(
+        bundles,
+        host=host,
+        port=port,
+        config=cfg,
+        backend=backend,
+        precision=precision,
+        threads=threads,
+        log_level=log_level,
+    )
 
 
 @app.command("bench-serve")
 @user_errors
 def bench_serve(
-    bundle: Optional[str] = typer.Argument(None, help="Bundle to serve (a server is started on a free 127.0.0.1 port); or give --url."),
-    url: Optional[str] = typer.Option(None, help="A running server on this machine, e.g. http://127.0.0.1:8000."),
-    model: Optional[str] = typer.Option(None, help="Model name (default: the first served)."),
+    bundle: str | None = typer.Argument(
+        None, help="Bundle to serve (a server is started on a free 127.0.0.1 port); or give --url."
+    ),
+    url: str | None = typer.Option(None, help="A running server on this machine, e.g. http://127.0.0.1:8000."),
+    model: str | None = typer.Option(None, help="Model name (default: the first served)."),
     kind: str = typer.Option("image", help="image or text embeddings."),
     concurrency: str = typer.Option("1,16", help="Comma-separated numbers of concurrent clients."),
     requests: int = typer.Option(2000, min=1, help="Requests per level."),
     duration: float = typer.Option(60.0, min=0.1, help="Seconds per level at most."),
     warmup: int = typer.Option(50, min=0, help="Untimed requests before each level."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="MMDEPLOY_API_KEY", help="API key of the server."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON."),
-    model_ceiling: bool = typer.Option(True, "--model-ceiling/--no-model-ceiling",
-                                       help="With a bundle: after each level run the served variant alone here at the server's mean batch, "
-                                            "to report the fraction of the model's items/s reached and the server's CPU beyond the model's."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="MMDEPLOY_API_KEY", help="API key of the server."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the report as JSON."),
+    model_ceiling: bool = typer.Option(
+        True,
+        "--model-ceiling/--no-model-ceiling",
+        help="With a bundle: after each level run the served variant alone here at the server's mean batch, "
+        "to report the fraction of the model's items/s reached and the server's CPU beyond the model's.",
+    ),
 ):
     """Load-test `mmdeploy serve` on this machine: throughput and p50/p99 per concurrency level, and how
     close the server comes to the model alone."""
@@ -375,10 +487,23 @@ def bench_serve(
         b = Bundle.open(bundle)
         method = "embed_images" if kind == "image" else "embed_texts"
         if not callable(getattr(pipeline_class(b.family, str(b.root)), method, None)):
-            raise InputError(f"{b.root} is a {b.family} bundle: bench-serve loads /v1/embeddings, which needs "
-                             f"{'an image' if kind == 'image' else 'a text'} encoder (clip, siglip, align{', text-embedding' if kind == 'text' else ''})")
-    rep = run_loadgen(bundle, url=url, model=model, kind=kind, concurrency=parse_levels(concurrency), requests=requests,
-                      duration_s=duration, warmup=warmup, api_key=api_key, model_ceiling=model_ceiling, log=_log)
+            raise InputError(
+                f"{b.root} is a {b.family} bundle: bench-serve loads /v1/embeddings, which needs "
+                f"{'an image' if kind == 'image' else 'a text'} encoder (clip, siglip, align{', text-embedding' if kind == 'text' else ''})"
+            )
+    rep = run_loadgen(
+        bundle,
+        url=url,
+        model=model,
+        kind=kind,
+        concurrency=parse_levels(concurrency),
+        requests=requests,
+        duration_s=duration,
+        warmup=warmup,
+        api_key=api_key,
+        model_ceiling=model_ceiling,
+        log=_log,
+    )
     print(format_report(rep))
     if json_path:
         json_path.write_text(json.dumps(rep.to_dict(), indent=2))
@@ -414,33 +539,62 @@ def _print_info(b) -> None:
     c = _console()
     src = m.get("source", {})
     c.print(f"[bold]{m['model']}[/bold] ({m['family']})  bundle {b.root}  schema v{m['schema_version']}")
-    c.print(f"source: {src.get('path') or src.get('hub') or src.get('registry')}"
-            f"{'  (random weights, seed %s)' % src.get('seed') if src.get('random_weights') else ''}"
-            f"  weights sha256 {str(src.get('weights_sha256'))[:12]}")
+    c.print(
+        f"source: {src.get('path') or src.get('hub') or src.get('registry')}"
+        f"{'  (random weights, seed {})'.format(src.get('seed')) if src.get('random_weights') else ''}"
+        f"  weights sha256 {str(src.get('weights_sha256'))[:12]}"
+    )
     for name, comp in m["components"].items():
         ins = ", ".join(f"{i['name']}{i['shape']}:{i['dtype']}" for i in _fold_layers(comp["inputs"]))
         outs = ", ".join(f"{o['name']}{o['shape']}" for o in _fold_layers(comp["outputs"]))
         c.print(f"  {name}: {ins} -> {outs}")
-    t = Table("component", "backend", "precision", "file", "MB", "cosine min", "cosine mean", "max|diff|", "gate",
-              caption="fp32/bf16: vs PyTorch at export; quantized: vs fp32 on held-out inputs. gate: on the min (worst) or mean cosine, as named.")
+    t = Table(
+        "component",
+        "backend",
+        "precision",
+        "file",
+        "MB",
+        "cosine min",
+        "cosine mean",
+        "max|diff|",
+        "gate",
+        caption="fp32/bf16: vs PyTorch at export; quantized: vs fp32 on held-out inputs. gate: on the min (worst) or mean cosine, as named.",
+    )
     nan = float("nan")
     for a in b.artifacts:
         size = sum(m["files"][f]["bytes"] for f in a.files) / 1e6
         metric = a.gate.get("metric", "cosine").replace("cosine_mean", "mean").replace("cosine", "min")
-        t.add_row(a.component, a.backend, a.precision, a.path, f"{size:.1f}",
-                  f"{a.parity.get('cosine', nan):.6f}", f"{a.parity.get('cosine_mean', nan):.6f}",
-                  f"{a.parity.get('max_abs_diff', nan):.2e}",
-                  f"{'pass' if a.passed else 'FAIL'} ({metric} ≥{a.gate.get('min_cosine')}"
-                  + (f", tokens {a.gate['agreement']:.0%} ≥{a.gate['min_agreement']:.0%}" if "min_agreement" in a.gate else "") + ")")
+        t.add_row(
+            a.component,
+            a.backend,
+            a.precision,
+            a.path,
+            f"{size:.1f}",
+            f"{a.parity.get('cosine', nan):.6f}",
+            f"{a.parity.get('cosine_mean', nan):.6f}",
+            f"{a.parity.get('max_abs_diff', nan):.2e}",
+            f"{'pass' if a.passed else 'FAIL'} ({metric} ≥{a.gate.get('min_cosine')}"
+            + (
+                f", tokens {a.gate['agreement']:.0%} ≥{a.gate['min_agreement']:.0%}"
+                if "min_agreement" in a.gate
+                else ""
+            )
+            + ")",
+        )
     c.print(t)
     for a in b.artifacts:  # --mode best: which candidate won here, and of how many
         if (ch := a.recipe.get("chosen")) and ch.get("winner"):
             won = next(r for r in ch["candidates"] if r["candidate"] == ch["winner"])
-            c.print(f"{a.component} {a.backend}/{a.precision}: {ch['winner']} - {ch['why']} "
-                    f"({won['vs_fp32']:.2f}x fp32's time, {won['ms']:.2f} ms at batch 1 when chosen)")
+            c.print(
+                f"{a.component} {a.backend}/{a.precision}: {ch['winner']} - {ch['why']} "
+                f"({won['vs_fp32']:.2f}x fp32's time, {won['ms']:.2f} ms at batch 1 when chosen)"
+            )
     measured = m.get("measured", {}).get(machine_key(), {})
     if measured:
-        c.print("batch-1 latency measured here: " + ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(measured.items(), key=lambda kv: kv[1])))
+        c.print(
+            "batch-1 latency measured here: "
+            + ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(measured.items(), key=lambda kv: kv[1]))
+        )
     try:
         c.print("default variant here: " + "/".join(select_variant(b)))
     except MMDeployError as exc:
@@ -449,9 +603,14 @@ def _print_info(b) -> None:
 
 @app.command()
 @user_errors
-def info(bundle: Path = typer.Argument(..., help="Bundle directory."),
-         verify: bool = typer.Option(True, help="Hash every file and check it against its sha256 (load() skips files unchanged since they last hashed correctly)."),
-         as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON.")):
+def info(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    verify: bool = typer.Option(
+        True,
+        help="Hash every file and check it against its sha256 (load() skips files unchanged since they last hashed correctly).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+):
     """Show a bundle: source, components, variants with their parity, the default variant."""
     from .runtimes.bundle import Bundle
 
@@ -466,14 +625,42 @@ def info(bundle: Path = typer.Argument(..., help="Bundle directory."),
 
 # batch-job flags, shared by `embed` and `caption` (typer reads these defaults as option declarations)
 _PANEL = "Batch jobs"
-_JOB_BATCH = typer.Option(None, "--batch", help="Items per inference call (default: 64 embed, 8 caption).", rich_help_panel=_PANEL)
-_JOB_SHARD = typer.Option(None, "--shard-size", help="Inputs per Parquet shard, the unit of resume (default: 4096 images, 16384 texts, 512 captions).", rich_help_panel=_PANEL)
-_JOB_WORKERS = typer.Option(None, "--workers", help="Decode threads beside inference (default: half the cores).", rich_help_panel=_PANEL)
-_JOB_RESUME = typer.Option(False, "--resume", help="Continue the job in --out: finished shards are kept, the rest computed.", rich_help_panel=_PANEL)
-_JOB_OVERWRITE = typer.Option(False, "--overwrite", help="Start the job in --out again (removes only job files).", rich_help_panel=_PANEL)
-_JOB_RAY = typer.Option(None, "--ray", help="Run on Ray: 'local' (a local instance) or a cluster address (ray://HOST:10001, auto).", rich_help_panel=_PANEL)
-_JOB_RAY_ACTORS = typer.Option(None, "--ray-actors", help="Ray actors, each loading the bundle once (default: cluster CPUs / --ray-cpus).", rich_help_panel=_PANEL)
-_JOB_RAY_CPUS = typer.Option(None, "--ray-cpus", help="CPUs per Ray actor (default: a node's, up to 8).", rich_help_panel=_PANEL)
+_JOB_BATCH = typer.Option(
+    None, "--batch", help="Items per inference call (default: 64 embed, 8 caption).", rich_help_panel=_PANEL
+)
+_JOB_SHARD = typer.Option(
+    None,
+    "--shard-size",
+    help="Inputs per Parquet shard, the unit of resume (default: 4096 images, 16384 texts, 512 captions).",
+    rich_help_panel=_PANEL,
+)
+_JOB_WORKERS = typer.Option(
+    None, "--workers", help="Decode threads beside inference (default: half the cores).", rich_help_panel=_PANEL
+)
+_JOB_RESUME = typer.Option(
+    False,
+    "--resume",
+    help="Continue the job in --out: finished shards are kept, the rest computed.",
+    rich_help_panel=_PANEL,
+)
+_JOB_OVERWRITE = typer.Option(
+    False, "--overwrite", help="Start the job in --out again (removes only job files).", rich_help_panel=_PANEL
+)
+_JOB_RAY = typer.Option(
+    None,
+    "--ray",
+    help="Run on Ray: 'local' (a local instance) or a cluster address (ray://HOST:10001, auto).",
+    rich_help_panel=_PANEL,
+)
+_JOB_RAY_ACTORS = typer.Option(
+    None,
+    "--ray-actors",
+    help="Ray actors, each loading the bundle once (default: cluster CPUs / --ray-cpus).",
+    rich_help_panel=_PANEL,
+)
+_JOB_RAY_CPUS = typer.Option(
+    None, "--ray-cpus", help="CPUs per Ray actor (default: a node's, up to 8).", rich_help_panel=_PANEL
+)
 
 
 def _run_job(bundle: Path, out: Path, **kw) -> None:
@@ -483,8 +670,10 @@ def _run_job(bundle: Path, out: Path, **kw) -> None:
     s = run_job(bundle, out, log=_log, **kw)
     r = s["this_run"]
     rate = f", {r['items_per_s']:,.1f} items/s" if r["items_per_s"] else ""
-    print(f"{out}: {s['rows']:,} rows in {s['shards']['done']} shards, {s['broken']} broken, "
-          f"{s['skipped_not_images']} skipped (not images) - this run {r['items']:,} items in {r['seconds']:.1f} s{rate}")
+    print(
+        f"{out}: {s['rows']:,} rows in {s['shards']['done']} shards, {s['broken']} broken, "
+        f"{s['skipped_not_images']} skipped (not images) - this run {r['items']:,} items in {r['seconds']:.1f} s{rate}"
+    )
     if s["broken"]:
         print(f"broken inputs and why: {out / '_job.json'} (shards.*.broken)")
 
@@ -493,18 +682,38 @@ def _run_job(bundle: Path, out: Path, **kw) -> None:
 @user_errors
 def embed(
     bundle: Path = typer.Argument(..., help="CLIP bundle directory."),
-    image: List[Path] = typer.Option([], "--image", help="Image file to embed (repeatable)."),
-    text: List[str] = typer.Option([], "--text", help="Text to embed (repeatable)."),
-    backend: Optional[str] = typer.Option(None, help="Backend (default: the bundle's default variant)."),
-    precision: Optional[str] = typer.Option(None, help="Precision (default: the bundle's default variant)."),
-    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
+    image: list[Path] = typer.Option([], "--image", help="Image file to embed (repeatable)."),
+    text: list[str] = typer.Option([], "--text", help="Text to embed (repeatable)."),
+    backend: str | None = typer.Option(None, help="Backend (default: the bundle's default variant)."),
+    precision: str | None = typer.Option(None, help="Precision (default: the bundle's default variant)."),
+    threads: int | None = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
     full: bool = typer.Option(False, "--full", help="Print whole vectors as JSON instead of a summary."),
-    images: List[str] = typer.Option([], "--images", help='Batch job: a glob ("photos/**/*.jpg", ** recurses) or a folder (repeatable); needs --out.', rich_help_panel="Batch jobs"),
-    texts: List[Path] = typer.Option([], "--texts", help="Batch job: a text file, one item per line (repeatable); needs --out.", rich_help_panel="Batch jobs"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Batch job: folder for the Parquet shards, _job.json and _summary.json.", rich_help_panel="Batch jobs"),
-    batch: Optional[int] = _JOB_BATCH, shard_size: Optional[int] = _JOB_SHARD, workers: Optional[int] = _JOB_WORKERS,
-    resume: bool = _JOB_RESUME, overwrite: bool = _JOB_OVERWRITE, ray: Optional[str] = _JOB_RAY,
-    ray_actors: Optional[int] = _JOB_RAY_ACTORS, ray_cpus: Optional[float] = _JOB_RAY_CPUS,
+    images: list[str] = typer.Option(
+        [],
+        "--images",
+        help='Batch job: a glob ("photos/**/*.jpg", ** recurses) or a folder (repeatable); needs --out.',
+        rich_help_panel="Batch jobs",
+    ),
+    texts: list[Path] = typer.Option(
+        [],
+        "--texts",
+        help="Batch job: a text file, one item per line (repeatable); needs --out.",
+        rich_help_panel="Batch jobs",
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Batch job: folder for the Parquet shards, _job.json and _summary.json.",
+        rich_help_panel="Batch jobs",
+    ),
+    batch: int | None = _JOB_BATCH,
+    shard_size: int | None = _JOB_SHARD,
+    workers: int | None = _JOB_WORKERS,
+    resume: bool = _JOB_RESUME,
+    overwrite: bool = _JOB_OVERWRITE,
+    ray: str | None = _JOB_RAY,
+    ray_actors: int | None = _JOB_RAY_ACTORS,
+    ray_cpus: float | None = _JOB_RAY_CPUS,
 ):
     """Embed images and/or texts (L2-normalised); with both, print their cosine similarities.
 
@@ -515,19 +724,37 @@ def embed(
 
     if images or texts or out is not None:
         if image or text:
-            raise InputError("--image/--text embed a few items and print them; --images/--texts with --out run a batch job: use one form")
+            raise InputError(
+                "--image/--text embed a few items and print them; --images/--texts with --out run a batch job: use one form"
+            )
         if out is None:
             raise InputError("--images/--texts need --out DIR (the folder the Parquet shards go to)")
-        return _run_job(bundle, out, images=images, texts=[str(t) for t in texts], backend=backend,
-                        precision=precision, threads=threads, batch=batch, shard_size=shard_size, workers=workers,
-                        resume=resume, overwrite=overwrite, ray=ray, ray_actors=ray_actors, ray_cpus=ray_cpus)
+        return _run_job(
+            bundle,
+            out,
+            images=images,
+            texts=[str(t) for t in texts],
+            backend=backend,
+            precision=precision,
+            threads=threads,
+            batch=batch,
+            shard_size=shard_size,
+            workers=workers,
+            resume=resume,
+            overwrite=overwrite,
+            ray=ray,
+            ray_actors=ray_actors,
+            ray_cpus=ray_cpus,
+        )
     if not image and not text:
         raise InputError("give --image PATH and/or --text STR (or --images GLOB / --texts FILE with --out DIR)")
     pipe = load(bundle, backend=backend, precision=precision, threads=threads)
     if image:
         _needs(pipe, "embed_images", "embed --image", "a bundle with an image encoder (clip, siglip, align)")
     if text:
-        _needs(pipe, "embed_texts", "embed --text", "a bundle with a text encoder (clip, siglip, align, text-embedding)")
+        _needs(
+            pipe, "embed_texts", "embed --text", "a bundle with a text encoder (clip, siglip, align, text-embedding)"
+        )
     out = {}
     if image:
         out["images"] = dict(zip(map(str, image), pipe.embed_images([str(p) for p in image])))
@@ -554,9 +781,9 @@ def classify(
     image: Path = typer.Argument(..., help="Image file."),
     labels: str = typer.Option(..., "--labels", help='Comma-separated labels, e.g. "a cat,a dog,a car".'),
     template: str = typer.Option("{}", help='Prompt template, e.g. "a photo of {}".'),
-    backend: Optional[str] = typer.Option(None),
-    precision: Optional[str] = typer.Option(None),
-    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
+    backend: str | None = typer.Option(None),
+    precision: str | None = typer.Option(None),
+    threads: int | None = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
     top: int = typer.Option(5, min=1, help="How many labels to print."),
 ):
     """Zero-shot classification of one image over the given labels."""
@@ -574,18 +801,35 @@ def classify(
 @user_errors
 def caption(
     bundle: Path = typer.Argument(..., help="Caption bundle directory."),
-    image: Optional[List[Path]] = typer.Argument(None, help="Image files to caption."),
-    max_new_tokens: Optional[int] = typer.Option(None, help="New tokens per caption (default: the checkpoint's generation config)."),
-    num_beams: Optional[int] = typer.Option(None, help="Beam search width; 1 = greedy (default: the checkpoint's)."),
-    prompt: Optional[str] = typer.Option(None, help='Text the caption continues, e.g. "a picture of" (BLIP, GIT).'),
-    backend: Optional[str] = typer.Option(None, help="Backend (default: the bundle's default variant)."),
-    precision: Optional[str] = typer.Option(None, help="Precision (default: the bundle's default variant)."),
-    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
-    images: List[str] = typer.Option([], "--images", help='Batch job: a glob ("photos/**/*", ** recurses) or a folder (repeatable); needs --out.', rich_help_panel=_PANEL),
-    out: Optional[Path] = typer.Option(None, "--out", help="Batch job: folder for the Parquet shards (path, caption), _job.json and _summary.json.", rich_help_panel=_PANEL),
-    batch: Optional[int] = _JOB_BATCH, shard_size: Optional[int] = _JOB_SHARD, workers: Optional[int] = _JOB_WORKERS,
-    resume: bool = _JOB_RESUME, overwrite: bool = _JOB_OVERWRITE, ray: Optional[str] = _JOB_RAY,
-    ray_actors: Optional[int] = _JOB_RAY_ACTORS, ray_cpus: Optional[float] = _JOB_RAY_CPUS,
+    image: list[Path] | None = typer.Argument(None, help="Image files to caption."),
+    max_new_tokens: int | None = typer.Option(
+        None, help="New tokens per caption (default: the checkpoint's generation config)."
+    ),
+    num_beams: int | None = typer.Option(None, help="Beam search width; 1 = greedy (default: the checkpoint's)."),
+    prompt: str | None = typer.Option(None, help='Text the caption continues, e.g. "a picture of" (BLIP, GIT).'),
+    backend: str | None = typer.Option(None, help="Backend (default: the bundle's default variant)."),
+    precision: str | None = typer.Option(None, help="Precision (default: the bundle's default variant)."),
+    threads: int | None = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
+    images: list[str] = typer.Option(
+        [],
+        "--images",
+        help='Batch job: a glob ("photos/**/*", ** recurses) or a folder (repeatable); needs --out.',
+        rich_help_panel=_PANEL,
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Batch job: folder for the Parquet shards (path, caption), _job.json and _summary.json.",
+        rich_help_panel=_PANEL,
+    ),
+    batch: int | None = _JOB_BATCH,
+    shard_size: int | None = _JOB_SHARD,
+    workers: int | None = _JOB_WORKERS,
+    resume: bool = _JOB_RESUME,
+    overwrite: bool = _JOB_OVERWRITE,
+    ray: str | None = _JOB_RAY,
+    ray_actors: int | None = _JOB_RAY_ACTORS,
+    ray_cpus: float | None = _JOB_RAY_CPUS,
 ):
     """Caption images with a captioning bundle (greedy or beam search), one line per image.
 
@@ -595,16 +839,32 @@ def caption(
 
     if images or out is not None:
         if image:
-            raise InputError("IMAGE arguments caption a few files and print them; --images with --out runs a batch job: use one form")
+            raise InputError(
+                "IMAGE arguments caption a few files and print them; --images with --out runs a batch job: use one form"
+            )
         if out is None:
             raise InputError("--images needs --out DIR (the folder the Parquet shards go to)")
         if not images:
             raise InputError("--out needs --images GLOB (what to caption)")
         options = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "prompt": prompt}
-        return _run_job(bundle, out, images=images, caption=True, backend=backend, precision=precision,
-                        threads=threads, batch=batch, shard_size=shard_size, workers=workers, resume=resume,
-                        overwrite=overwrite, ray=ray, ray_actors=ray_actors, ray_cpus=ray_cpus,
-                        options={k: v for k, v in options.items() if v is not None})
+        return _run_job(
+            bundle,
+            out,
+            images=images,
+            caption=True,
+            backend=backend,
+            precision=precision,
+            threads=threads,
+            batch=batch,
+            shard_size=shard_size,
+            workers=workers,
+            resume=resume,
+            overwrite=overwrite,
+            ray=ray,
+            ray_actors=ray_actors,
+            ray_cpus=ray_cpus,
+            options={k: v for k, v in options.items() if v is not None},
+        )
     if not image:
         raise InputError("give IMAGE files (or --images GLOB with --out DIR)")
     pipe = load(bundle, backend=backend, precision=precision, threads=threads)
@@ -618,13 +878,17 @@ def caption(
 @user_errors
 def vqa(
     bundle: Path = typer.Argument(..., help="VQA bundle directory (e.g. from `mmdeploy export blip-vqa-base`)."),
-    image: List[Path] = typer.Argument(..., help="Image files; one question is asked of each."),
-    question: List[str] = typer.Option(..., "--question", "-q", help="The question (repeat for several questions about one image)."),
-    max_new_tokens: Optional[int] = typer.Option(None, help="New tokens per answer (default: the checkpoint's generation config)."),
-    num_beams: Optional[int] = typer.Option(None, help="Beam search width; 1 = greedy (default: the checkpoint's)."),
-    backend: Optional[str] = typer.Option(None, help="Backend (default: the bundle's default variant)."),
-    precision: Optional[str] = typer.Option(None, help="Precision (default: the bundle's default variant)."),
-    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
+    image: list[Path] = typer.Argument(..., help="Image files; one question is asked of each."),
+    question: list[str] = typer.Option(
+        ..., "--question", "-q", help="The question (repeat for several questions about one image)."
+    ),
+    max_new_tokens: int | None = typer.Option(
+        None, help="New tokens per answer (default: the checkpoint's generation config)."
+    ),
+    num_beams: int | None = typer.Option(None, help="Beam search width; 1 = greedy (default: the checkpoint's)."),
+    backend: str | None = typer.Option(None, help="Backend (default: the bundle's default variant)."),
+    precision: str | None = typer.Option(None, help="Precision (default: the bundle's default variant)."),
+    threads: int | None = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
 ):
     """Answer questions about images with a VQA bundle: one line per (image, question), tab-separated."""
     from .runtimes import load
@@ -633,7 +897,9 @@ def vqa(
     _needs(pipe, "answer", "vqa", "a VQA bundle (blip-vqa-base, vqa-shapes)")
     paths = [str(p) for p in image]
     answers = pipe.answer(paths, list(question), max_new_tokens=max_new_tokens, num_beams=num_beams)
-    pairs = zip(paths * len(question) if len(paths) == 1 else paths, question * len(paths) if len(question) == 1 else question)
+    pairs = zip(
+        paths * len(question) if len(paths) == 1 else paths, question * len(paths) if len(question) == 1 else question
+    )
     for (path, q), text in zip(pairs, answers):
         print(f"{path}\t{q}\t{text}")
 
@@ -642,20 +908,22 @@ def vqa(
 @user_errors
 def chat(
     bundle: Path = typer.Argument(..., help="VLM bundle directory (e.g. from `mmdeploy export smolvlm-256m`)."),
-    image: List[Path] = typer.Option([], "--image", "-i", help="Image for the first turn (repeatable)."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="One turn and exit (default: interactive)."),
-    max_new_tokens: Optional[int] = typer.Option(None, min=1, help="New tokens per answer (default 128)."),
+    image: list[Path] = typer.Option([], "--image", "-i", help="Image for the first turn (repeatable)."),
+    prompt: str | None = typer.Option(None, "--prompt", "-p", help="One turn and exit (default: interactive)."),
+    max_new_tokens: int | None = typer.Option(None, min=1, help="New tokens per answer (default 128)."),
     temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy; > 0 samples."),
     top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Nucleus sampling mass (with --temperature > 0)."),
-    seed: Optional[int] = typer.Option(None, help="Seed for sampling (same seed, same answer)."),
-    system: Optional[str] = typer.Option(None, help="A system message."),
-    image_splitting: Optional[bool] = typer.Option(
-        None, "--image-splitting/--no-image-splitting",
+    seed: int | None = typer.Option(None, help="Seed for sampling (same seed, same answer)."),
+    system: str | None = typer.Option(None, help="A system message."),
+    image_splitting: bool | None = typer.Option(
+        None,
+        "--image-splitting/--no-image-splitting",
         help="Cut each image into tiles plus a global view, as the checkpoint's processor does (default: the "
-             "bundle's setting); off: one tile per image, far fewer prompt tokens, less detail."),
-    backend: Optional[str] = typer.Option(None, help="Backend (default: the bundle's default variant)."),
-    precision: Optional[str] = typer.Option(None, help="Precision (default: the bundle's default variant)."),
-    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
+        "bundle's setting); off: one tile per image, far fewer prompt tokens, less detail.",
+    ),
+    backend: str | None = typer.Option(None, help="Backend (default: the bundle's default variant)."),
+    precision: str | None = typer.Option(None, help="Precision (default: the bundle's default variant)."),
+    threads: int | None = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
 ):
     """Chat about images with a VLM bundle: multi-turn, the KV cache kept between turns (a turn prefills
     only its new tokens), tokens printed as they come. Interactive: `/image PATH` attaches an image to
@@ -706,10 +974,14 @@ def chat(
 @user_errors
 def build(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
-    backend: str = typer.Option(..., help="tensorrt (plans for this GPU, from the bundle's ONNX and build settings) or openvino."),
-    precision: Optional[str] = typer.Option(None, help="Comma-separated precisions (default: the bundle's TensorRT settings, or fp32)."),
-    dla_core: Optional[int] = typer.Option(None, help="Jetson Orin: build for this DLA core (GPU fallback on)."),
-    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
+    backend: str = typer.Option(
+        ..., help="tensorrt (plans for this GPU, from the bundle's ONNX and build settings) or openvino."
+    ),
+    precision: str | None = typer.Option(
+        None, help="Comma-separated precisions (default: the bundle's TensorRT settings, or fp32)."
+    ),
+    dla_core: int | None = typer.Option(None, help="Jetson Orin: build for this DLA core (GPU fallback on)."),
+    threads: int | None = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
 ):
     """Build engines on the machine that runs them (TensorRT plans are GPU- and version-specific)."""
     from .runtimes.build import build as run_build
@@ -722,40 +994,89 @@ def build(
 @app.command()
 @user_errors
 def distill(
-    teacher: str = typer.Argument(..., help="Teacher: models.yaml name or a local Hugging Face checkpoint folder (CLIP, ViT-GPT2)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Student checkpoint folder to write (appears only when complete)."),
-    vision_layers: Optional[int] = typer.Option(None, help="Student vision-tower / image-encoder layers (default: the teacher's)."),
-    text_layers: Optional[int] = typer.Option(None, help="Student text-tower (CLIP) or decoder (captioner) layers (default: the teacher's)."),
-    mlp_ratio: Optional[float] = typer.Option(None, help="Student MLP width as a fraction of the teacher's, e.g. 0.5."),
-    data: str = typer.Option("shapes", help="Unlabelled training images: 'shapes', 'photos' or an image folder (captions.tsv pairs texts with images)."),
-    texts: Optional[str] = typer.Option(None, help="Extra texts for the text tower: a text file, one per line."),
-    samples: Optional[int] = typer.Option(None, min=2, help="Training images per epoch (default: 24576 of shapes, all of a folder)."),
+    teacher: str = typer.Argument(
+        ..., help="Teacher: models.yaml name or a local Hugging Face checkpoint folder (CLIP, ViT-GPT2)."
+    ),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="Student checkpoint folder to write (appears only when complete)."
+    ),
+    vision_layers: int | None = typer.Option(
+        None, help="Student vision-tower / image-encoder layers (default: the teacher's)."
+    ),
+    text_layers: int | None = typer.Option(
+        None, help="Student text-tower (CLIP) or decoder (captioner) layers (default: the teacher's)."
+    ),
+    mlp_ratio: float | None = typer.Option(None, help="Student MLP width as a fraction of the teacher's, e.g. 0.5."),
+    data: str = typer.Option(
+        "shapes",
+        help="Unlabelled training images: 'shapes', 'photos' or an image folder (captions.tsv pairs texts with images).",
+    ),
+    texts: str | None = typer.Option(None, help="Extra texts for the text tower: a text file, one per line."),
+    samples: int | None = typer.Option(
+        None, min=2, help="Training images per epoch (default: 24576 of shapes, all of a folder)."
+    ),
     epochs: int = typer.Option(3, min=0, help="Passes over the images (0 writes the initialised student)."),
     batch_size: int = typer.Option(64, min=2),
     lr: float = typer.Option(1e-3, help="Peak learning rate (warm-up, then cosine decay)."),
     seed: int = typer.Option(0),
-    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Torch CPU threads (default: all cores)."),
+    threads: int | None = typer.Option(None, min=1, max=1024, help="Torch CPU threads (default: all cores)."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
-    train_all: bool = typer.Option(False, "--train-all", help="Also train towers the student keeps whole (frozen copies by default)."),
+    train_all: bool = typer.Option(
+        False, "--train-all", help="Also train towers the student keeps whole (frozen copies by default)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last finished epoch."),
-    random_weights: bool = typer.Option(False, "--random-weights", help="Teacher = the models.yaml shape twin (speed work)."),
+    random_weights: bool = typer.Option(
+        False, "--random-weights", help="Teacher = the models.yaml shape twin (speed work)."
+    ),
 ):
     """Distil a teacher into a smaller student of the same HF class (fewer layers), ready for `export`."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from .exporter.distill import DistillConfig
     from .exporter.distill import distill as run_distill
 
-    cfg = DistillConfig(vision_layers=vision_layers, text_layers=text_layers, mlp_ratio=mlp_ratio, data=data,
-                        texts=texts, samples=samples, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                        threads=threads, device=device, train_all=train_all)
+    cfg = DistillConfig(
+        vision_layers=vision_layers,
+        text_layers=text_layers,
+        mlp_ratio=mlp_ratio,
+        data=data,
+        texts=texts,
+        samples=samples,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        threads=threads,
+        device=device,
+        train_all=train_all,
+    )
     state = output.parent / f"{output.name}.distill-state"
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TimeRemainingColumn(), console=_err_console(), transient=True) as progress:
-            report = run_distill(teacher, output, cfg, random_weights=random_weights, resume=resume, log=_log, progress=progress)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=_err_console(),
+            transient=True,
+        ) as progress:
+            report = run_distill(
+                teacher, output, cfg, random_weights=random_weights, resume=resume, log=_log, progress=progress
+            )
     except KeyboardInterrupt:
-        where = f"state of the last finished epoch is in {state}: rerun with --resume" if state.is_dir() else "no epoch had finished"
+        where = (
+            f"state of the last finished epoch is in {state}: rerun with --resume"
+            if state.is_dir()
+            else "no epoch had finished"
+        )
         print(f"interrupted: {output} was not written; {where}", file=sys.stderr)
         raise typer.Exit(130) from None
     s, f = report["student"], report["fidelity"]
@@ -768,12 +1089,16 @@ def distill(
 @user_errors
 def search(
     folder: Path = typer.Argument(..., help="Folder of an embedding job (`mmdeploy embed ... --out FOLDER`)."),
-    text: Optional[str] = typer.Option(None, "--text", help="Query text (embedded with the job's bundle and variant)."),
-    image: Optional[Path] = typer.Option(None, "--image", help="Query image (embedded with the job's bundle and variant)."),
+    text: str | None = typer.Option(None, "--text", help="Query text (embedded with the job's bundle and variant)."),
+    image: Path | None = typer.Option(
+        None, "--image", help="Query image (embedded with the job's bundle and variant)."
+    ),
     k: int = typer.Option(10, "-k", help="How many results."),
-    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Bundle to embed the query with (default: the job's; must hold the same weights)."),
+    bundle: Path | None = typer.Option(
+        None, "--bundle", help="Bundle to embed the query with (default: the job's; must hold the same weights)."
+    ),
     exact: bool = typer.Option(False, "--exact", help="Exact numpy search even when a FAISS index is built."),
-    threads: Optional[int] = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
+    threads: int | None = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON lines."),
 ):
     """Top-k items of an embedding job for a text or image query: score, then path (or text).
@@ -782,8 +1107,16 @@ def search(
     `mmdeploy index` built, when it is up to date."""
     from .jobs.search import search as run_search
 
-    hits = run_search(folder, text=text, image=str(image) if image else None, k=k, bundle=bundle, exact=exact,
-                      threads=threads, log=_log)
+    hits = run_search(
+        folder,
+        text=text,
+        image=str(image) if image else None,
+        k=k,
+        bundle=bundle,
+        exact=exact,
+        threads=threads,
+        log=_log,
+    )
     for h in hits:
         if as_json:
             print(json.dumps(h))
@@ -795,8 +1128,12 @@ def search(
 @user_errors
 def index(
     folder: Path = typer.Argument(..., help="Folder of an embedding job."),
-    kind: str = typer.Option("ivf", "--kind", help="flat (exact, BLAS), ivf (k-means cells: fast build and queries), hnsw (graph: fastest queries, slowest build)."),
-    nlist: Optional[int] = typer.Option(None, "--nlist", min=1, help="IVF cells (default: 4 x sqrt(rows))."),
+    kind: str = typer.Option(
+        "ivf",
+        "--kind",
+        help="flat (exact, BLAS), ivf (k-means cells: fast build and queries), hnsw (graph: fastest queries, slowest build).",
+    ),
+    nlist: int | None = typer.Option(None, "--nlist", min=1, help="IVF cells (default: 4 x sqrt(rows))."),
 ):
     """Build a FAISS index over an embedding job's shards (needs the [search] extra); `search` uses it."""
     from .jobs.search import build_index

@@ -11,9 +11,7 @@ class MMDeployError(Exception):
 
 class MissingExtraError(MMDeployError):
     def __init__(self, module: str, extra: str):
-        super().__init__(
-            f"{module} is not installed: install it with  pip install 'mmdeploy[{extra}]'"
-        )
+        super().__init__(f"{module} is not installed: install it with  pip install 'mmdeploy[{extra}]'")
         self.module, self.extra = module, extra
 
 

@@ -3,7 +3,7 @@ text embeddings the ranking of graded sentence-pair similarities (Spearman)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -24,7 +24,12 @@ def zero_shot_top1(run_vision: Run, run_text: Run, inputs, data, batch: int = 32
         emb = _normalize(run_vision(inputs.images(data.images[i : i + batch])))
         pred = (emb @ text.T).argmax(-1)
         correct += int(sum(p == index[l] for p, l in zip(pred, data.labels[i : i + batch])))
-    return {"task": "zero-shot top-1", "value": correct / len(data.images), "n": len(data.images), "classes": len(prompts)}
+    return {
+        "task": "zero-shot top-1",
+        "value": correct / len(data.images),
+        "n": len(data.images),
+        "classes": len(prompts),
+    }
 
 
 def spearman(a, b) -> float:
@@ -58,5 +63,9 @@ def pair_ranking(cosines: np.ndarray, reference: np.ndarray | None) -> dict:
 
     grades = np.array([g for *_, g in PAIRS])
     vs = reference if reference is not None else grades
-    return {"task": "pair-similarity Spearman vs " + ("PyTorch" if reference is not None else "grades"),
-            "value": spearman(cosines, vs), "n": len(PAIRS), "vs_grades": round(spearman(cosines, grades), 4)}
+    return {
+        "task": "pair-similarity Spearman vs " + ("PyTorch" if reference is not None else "grades"),
+        "value": spearman(cosines, vs),
+        "n": len(PAIRS),
+        "vs_grades": round(spearman(cosines, grades), 4),
+    }

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from ..common.datasets import DataSet, open_dataset
+from ..common.env import environment
+from ..common.fidelity import compare
+from ..common.timing import alternating
 from ..errors import InputError, MMDeployError
 from ..runtimes.bundle import Bundle
 from ..runtimes.feeds import BundleFeeds, component_kind
 from ..runtimes.pipelines import pipeline_class
 from ..runtimes.select import open_session, select_variant
 from ..runtimes.session import backend_module
-from ..common.env import environment
-from ..common.timing import alternating
-from ..common.datasets import DataSet, open_dataset
-from ..common.fidelity import compare
 
 
 @dataclass
@@ -159,12 +160,26 @@ def _bench(path: str, cfg: BenchConfig, log: Callable[[str], None], progress) ->
     rows: list[dict[str, Any]] = []
     for comp in comps:
         out_name = bundle.components[comp]["outputs"][0]["name"]
-        pre, opened = _interleaved_times(bundle, comp, out_name, {"pytorch": ref, "teacher": teacher},
-                                         [a for a in arts if a.component == comp], inputs, cfg, tick) if cfg.interleave else (None, {})
+        pre, opened = (
+            _interleaved_times(
+                bundle,
+                comp,
+                out_name,
+                {"pytorch": ref, "teacher": teacher},
+                [a for a in arts if a.component == comp],
+                inputs,
+                cfg,
+                tick,
+            )
+            if cfg.interleave
+            else (None, {})
+        )
         ref_out, ref_stats = _time_torch(ref, "pytorch", comp, out_name, inputs, cfg, progress, task, tick, pre, opened)
         ref_p50 = {b: st["p50_ms"] for b, st in ref_stats.items()}
         rows += [_row(comp, "pytorch", "fp32", b, st, ref_p50[b], None, False) for b, st in ref_stats.items()]
-        teacher_out, teacher_stats = _time_torch(teacher, "teacher", comp, out_name, inputs, cfg, progress, task, tick, pre, opened)
+        teacher_out, teacher_stats = _time_torch(
+            teacher, "teacher", comp, out_name, inputs, cfg, progress, task, tick, pre, opened
+        )
         teacher_p50 = {b: st["p50_ms"] for b, st in teacher_stats.items()}
         for b, st in teacher_stats.items():  # a distilled student's bundle: its teacher beside it
             row = _row(comp, "teacher", "fp32", b, st, ref_p50.get(b), None, False)
@@ -192,8 +207,21 @@ def _bench(path: str, cfg: BenchConfig, log: Callable[[str], None], progress) ->
                 fid = compare(ref_out[b], out) if b in ref_out else None
                 if progress:
                     progress.update(task, description=f"{comp} {a.backend}/{a.precision} b{b}")
-                times = pre[(label, b)] if pre else time_session(lambda: sess.run(feeds), cfg.runs, cfg.warmup, tick)
-                row = _row(comp, a.backend, a.precision, b, percentiles(times), ref_p50.get(b), fid, default == (a.backend, a.precision))
+                times = (
+                    pre[(label, b)]
+                    if pre
+                    else time_session(lambda s=sess, f=feeds: s.run(f), cfg.runs, cfg.warmup, tick)
+                )
+                row = _row(
+                    comp,
+                    a.backend,
+                    a.precision,
+                    b,
+                    percentiles(times),
+                    ref_p50.get(b),
+                    fid,
+                    default == (a.backend, a.precision),
+                )
                 row["load_ms"] = round(load_ms, 1)
                 row["gate_passed"] = a.passed
                 if b in teacher_p50:
@@ -218,15 +246,26 @@ def _bench(path: str, cfg: BenchConfig, log: Callable[[str], None], progress) ->
     else:
         accuracy = task_accuracy(bundle, arts, inputs, data, ref, cfg.threads, log, teacher) if data.labels else []
     order = {c: i for i, c in enumerate(comps)}
-    rows.sort(key=lambda r: (order[r["component"]], r["batch"], r["backend"] not in ("teacher", "pytorch"),
-                             r["backend"] != "teacher"))
+    rows.sort(
+        key=lambda r: (
+            order[r["component"]],
+            r["batch"],
+            r["backend"] not in ("teacher", "pytorch"),
+            r["backend"] != "teacher",
+        )
+    )
     return {
         "model": bundle.name,
         "bundle": str(bundle.root),
         "family": bundle.family,
         "env": dict(environment(cfg.threads), **({"ceilings": ceiling} if ceiling else {})),
-        "config": {"runs": cfg.runs, "warmup": cfg.warmup, "batches": cfg.batches, "data": data.name,
-                   "interleaved": cfg.interleave},
+        "config": {
+            "runs": cfg.runs,
+            "warmup": cfg.warmup,
+            "batches": cfg.batches,
+            "data": data.name,
+            "interleaved": cfg.interleave,
+        },
         "default_variant": "/".join(default) if default else None,
         "results": rows,
         "accuracy": accuracy,
@@ -251,14 +290,16 @@ def add_roofline(bundle: Bundle, rows: list[dict[str, Any]], inputs: BundleFeeds
         key = (r["component"], r["batch"])
         if key not in feeds:
             feeds[key] = inputs.feeds(*key)
-        cost = call_cost(bundle.path(comp["onnx"]), feeds[key],
-                         files.get((r["component"], r["backend"], r["precision"]), fp32))
+        cost = call_cost(
+            bundle.path(comp["onnx"]), feeds[key], files.get((r["component"], r["backend"], r["precision"]), fp32)
+        )
         r.update(cost, gmacs_per_s=round(cost["gmacs"] * 1000 / r["p50_ms"], 1) if r["p50_ms"] else None)
     return ceilings(threads)
 
 
-def _interleaved_times(bundle: Bundle, comp: str, out_name: str, refs: dict[str, Any], arts, inputs: BundleFeeds,
-                       cfg: BenchConfig, tick) -> tuple[dict[tuple[str, int], list[float]], dict[str, tuple[Any, float]]]:
+def _interleaved_times(
+    bundle: Bundle, comp: str, out_name: str, refs: dict[str, Any], arts, inputs: BundleFeeds, cfg: BenchConfig, tick
+) -> tuple[dict[tuple[str, int], list[float]], dict[str, tuple[Any, float]]]:
     """({(label, batch): times}, {label: (session, load ms)}) with every runner's calls alternating:
     run r of PyTorch, then run r of each variant, so a burst of other load lands on all of them
     alike. ORT sessions do not spin between calls here (their idle threads would take the cores
@@ -282,8 +323,19 @@ def _interleaved_times(bundle: Bundle, comp: str, out_name: str, refs: dict[str,
     return out, opened
 
 
-def _time_torch(fam, name: str, comp: str, out_name: str, inputs: BundleFeeds, cfg: BenchConfig, progress, task, tick,
-                pre: dict | None = None, opened: dict | None = None):
+def _time_torch(
+    fam,
+    name: str,
+    comp: str,
+    out_name: str,
+    inputs: BundleFeeds,
+    cfg: BenchConfig,
+    progress,
+    task,
+    tick,
+    pre: dict | None = None,
+    opened: dict | None = None,
+):
     """A PyTorch reference (`fam`, or None) on every batch: ({batch: output}, {batch: latency stats});
     with --interleave its times and its session come from _interleaved_times."""
     outs: dict[int, np.ndarray] = {}
@@ -301,7 +353,9 @@ def _time_torch(fam, name: str, comp: str, out_name: str, inputs: BundleFeeds, c
         outs[b] = tsess.run(feeds)[out_name]
         if progress:
             progress.update(task, description=f"{comp} {name} b{b}")
-        stats[b] = percentiles(pre[(name, b)] if pre else time_session(lambda: tsess.run(feeds), cfg.runs, cfg.warmup, tick))
+        stats[b] = percentiles(
+            pre[(name, b)] if pre else time_session(lambda: tsess.run(feeds), cfg.runs, cfg.warmup, tick)
+        )
     return outs, stats
 
 
@@ -329,7 +383,9 @@ def record_latency(bundle: Bundle, rows: list[dict[str, Any]], log) -> None:
     write_measured(bundle, table, log)
 
 
-def task_accuracy(bundle, arts, inputs: BundleFeeds, data: DataSet, ref, threads, log, teacher=None) -> list[dict[str, Any]]:
+def task_accuracy(
+    bundle, arts, inputs: BundleFeeds, data: DataSet, ref, threads, log, teacher=None
+) -> list[dict[str, Any]]:
     """Zero-shot top-1 per (backend, precision) that has both towers of a dual encoder, for PyTorch, and for the teacher."""
     if pipeline_class(bundle.family).task != "zero-shot" or not data.class_names:
         return []
@@ -442,8 +498,13 @@ def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default
     ``generate`` with the same settings, tokens_match_pytorch). With labelled captions
     (``--data shapes``): exact match and BLEU-4 per variant and for PyTorch."""
     ref = pytorch_reference(bundle, log) if cfg.pytorch else None
-    variants = sorted({(a.backend, a.precision) for a in arts
-                       if len(bundle.find(backend=a.backend, precision=a.precision)) >= len(bundle.components)})
+    variants = sorted(
+        {
+            (a.backend, a.precision)
+            for a in arts
+            if len(bundle.find(backend=a.backend, precision=a.precision)) >= len(bundle.components)
+        }
+    )
     variants = [v for v in variants if backend_module(v[0]).available() is None]
     gen_runs, gen_warm = max(1, min(cfg.runs, 10)), min(cfg.warmup, 1)
     requests: dict[int, Any] = {}
@@ -485,7 +546,9 @@ def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default
             import torch
 
             torch.set_num_threads(cfg.threads)
-        sessions = {c: TorchSession(ref.module(c), ref.input_names(c), ref.output_names(c), cfg.threads) for c in graphs}
+        sessions = {
+            c: TorchSession(ref.module(c), ref.input_names(c), ref.output_names(c), cfg.threads) for c in graphs
+        }
         for b in cfg.batches:
             for c in graphs:
                 feeds = feeds_of[b][c]
@@ -515,13 +578,27 @@ def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default
                 if c == "decoder":
                     kv_bytes = sum(a.nbytes for k, a in feeds.items() if k.startswith(("past.", "cross.")))
                     moved = weight_bytes + kv_bytes
-                    row.update(past_length=int(feeds["past.0.key"].shape[2]), bytes_per_step=int(moved),
-                               GB_per_s=round(moved / (st["p50_ms"] / 1000) / 1e9, 2))
+                    row.update(
+                        past_length=int(feeds["past.0.key"].shape[2]),
+                        bytes_per_step=int(moved),
+                        GB_per_s=round(moved / (st["p50_ms"] / 1000) / 1e9, 2),
+                    )
                 rows.append(row)
             ids = pipe.bench_generate(request(b), **kw)
             st = percentiles(time_session(lambda: pipe.bench_generate(request(b), **kw), gen_runs, gen_warm, tick))
-            rows.append(_gen_row(backend, precision, b, st, ref_p50.get(("generate", b)), ids, pipe,
-                                 ref_out.get(("generate", b)), default == v))
+            rows.append(
+                _gen_row(
+                    backend,
+                    precision,
+                    b,
+                    st,
+                    ref_p50.get(("generate", b)),
+                    ids,
+                    pipe,
+                    ref_out.get(("generate", b)),
+                    default == v,
+                )
+            )
     # the pipeline's task picks the score and the labels it needs (reference captions / answers)
     score, labels = {"question-answering": (vqa_accuracy, data.qa)}.get(base.task, (caption_accuracy, data.captions))
     accuracy = score(pipes, ref, data, cfg, log) if labels else []
@@ -534,8 +611,13 @@ def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default
         "bundle": str(bundle.root),
         "family": bundle.family,
         "env": environment(cfg.threads),
-        "config": {"runs": cfg.runs, "warmup": cfg.warmup, "batches": cfg.batches, "data": data.name,
-                   "generate": {"max_new_tokens": n_new, "num_beams": cfg.num_beams, "runs": gen_runs}},
+        "config": {
+            "runs": cfg.runs,
+            "warmup": cfg.warmup,
+            "batches": cfg.batches,
+            "data": data.name,
+            "generate": {"max_new_tokens": n_new, "num_beams": cfg.num_beams, "runs": gen_runs},
+        },
         "default_variant": "/".join(default) if default else None,
         "results": rows,
         "accuracy": accuracy,
@@ -551,7 +633,10 @@ def _worst(ref: dict | None, out: dict) -> dict | None:
     for k, r in ref.items():
         c = compare(r, out[k])
         if worst is None or c["cosine"] < worst["cosine"]:
-            worst = {"cosine": c["cosine"], "max_abs_diff": max(c["max_abs_diff"], (worst or {}).get("max_abs_diff", 0.0))}
+            worst = {
+                "cosine": c["cosine"],
+                "max_abs_diff": max(c["max_abs_diff"], (worst or {}).get("max_abs_diff", 0.0)),
+            }
         else:
             worst["max_abs_diff"] = max(worst["max_abs_diff"], c["max_abs_diff"])
     return worst
@@ -569,8 +654,10 @@ def _gen_row(backend, precision, b, stats, ref_p50, ids, pipe, ref_ids, is_defau
     if backend == "pytorch":
         row["tokens_match_pytorch"] = True
     elif ref_ids is not None:
-        row["tokens_match_pytorch"] = bool(len(ids) == len(ref_ids) and all(
-            len(a) == len(r) and (np.asarray(a) == r).all() for a, r in zip(ids, ref_ids)))
+        row["tokens_match_pytorch"] = bool(
+            len(ids) == len(ref_ids)
+            and all(len(a) == len(r) and (np.asarray(a) == r).all() for a, r in zip(ids, ref_ids))
+        )
     row["cosine_vs_pytorch"] = row["max_abs_diff"] = None  # tokens_match_pytorch says it for whole captions
     return row
 
@@ -635,14 +722,23 @@ def vqa_accuracy(pipes, ref, data: DataSet, cfg: BenchConfig, log, limit: int = 
         answers: list[str] = []
         for i in range(0, len(qa), 60):
             if pipe is None:
-                px = base.pixel_values(images[i:i + 60])
-                got = ref.torch_generate(px, ids[i:i + 60], max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams)
+                px = base.pixel_values(images[i : i + 60])
+                got = ref.torch_generate(
+                    px, ids[i : i + 60], max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams
+                )
             else:
-                got = pipe.answer_ids(images[i:i + 60], [q for _, q, _ in qa[i:i + 60]],
-                                      max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams, batch_size=60)
+                got = pipe.answer_ids(
+                    images[i : i + 60],
+                    [q for _, q, _ in qa[i : i + 60]],
+                    max_new_tokens=cfg.max_new_tokens,
+                    num_beams=cfg.num_beams,
+                    batch_size=60,
+                )
             answers += [base.decode(x) for x in got]
         exact = float(np.mean([a == r for a, (_, _, r) in zip(answers, qa)]))
-        out.append({"backend": backend, "precision": precision, "task": "vqa exact answer", "n": len(qa), "value": exact})
+        out.append(
+            {"backend": backend, "precision": precision, "task": "vqa exact answer", "n": len(qa), "value": exact}
+        )
         log(f"answers {backend}/{precision}: exact {exact:.2%} on {len(qa)} questions")
     return out
 
@@ -650,8 +746,11 @@ def vqa_accuracy(pipes, ref, data: DataSet, cfg: BenchConfig, log, limit: int = 
 def _record_generate(bundle: Bundle, rows: list[dict[str, Any]], log) -> None:
     """Batch-1 generate p50 per variant under this machine's key: load() defaults to the fastest."""
 
-    table = {f"{r['backend']}/{r['precision']}": r["p50_ms"] for r in rows
-             if r["component"] == "generate" and r["batch"] == 1 and r["backend"] != "pytorch"}
+    table = {
+        f"{r['backend']}/{r['precision']}": r["p50_ms"]
+        for r in rows
+        if r["component"] == "generate" and r["batch"] == 1 and r["backend"] != "pytorch"
+    }
     write_measured(bundle, table, log)
 
 
@@ -662,9 +761,21 @@ def caption_table(report: dict[str, Any]):
     g = report["config"].get("generate", {})
     from .report import busy_note
 
-    t = Table(title=f"generation: {g.get('max_new_tokens')} new tokens, num_beams {g.get('num_beams')}{busy_note(report)}",
-              caption="decoder GB/s = (decoder weights + KV read) / step p50; speedup = PyTorch generate p50 / ours")
-    for col in ("backend", "precision", "batch", "step ms", "step GB/s", "ms/caption", "tokens/s", "speedup", "tokens match"):
+    t = Table(
+        title=f"generation: {g.get('max_new_tokens')} new tokens, num_beams {g.get('num_beams')}{busy_note(report)}",
+        caption="decoder GB/s = (decoder weights + KV read) / step p50; speedup = PyTorch generate p50 / ours",
+    )
+    for col in (
+        "backend",
+        "precision",
+        "batch",
+        "step ms",
+        "step GB/s",
+        "ms/caption",
+        "tokens/s",
+        "speedup",
+        "tokens match",
+    ):
         t.add_column(col, justify="left" if col in ("backend", "precision") else "right")
     steps = {(r["backend"], r["precision"], r["batch"]): r for r in report["results"] if r["component"] == "decoder"}
     for r in report["results"]:
@@ -673,7 +784,15 @@ def caption_table(report: dict[str, Any]):
         s = steps.get((r["backend"], r["precision"], r["batch"]), {})
         sp = r.get("speedup_vs_pytorch")
         match = r.get("tokens_match_pytorch")
-        t.add_row(r["backend"], r["precision"], str(r["batch"]), f"{s.get('p50_ms', float('nan')):.2f}",
-                  str(s.get("GB_per_s", "-")), f"{r['ms_per_caption']:.1f}", f"{r['tokens_per_s']:.1f}",
-                  f"{sp:.2f}x" if sp else "-", "-" if match is None else ("yes" if match else "NO"))
+        t.add_row(
+            r["backend"],
+            r["precision"],
+            str(r["batch"]),
+            f"{s.get('p50_ms', float('nan')):.2f}",
+            str(s.get("GB_per_s", "-")),
+            f"{r['ms_per_caption']:.1f}",
+            f"{r['tokens_per_s']:.1f}",
+            f"{sp:.2f}x" if sp else "-",
+            "-" if match is None else ("yes" if match else "NO"),
+        )
     return t

@@ -12,7 +12,8 @@ token's time in generate (a streamer records each token's); decode tokens/s from
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -67,11 +68,18 @@ def _ours(pipe, image, n_new: int, runs: int) -> dict[str, Any]:
         t2_full.append(fresh.timing["ttft_s"] * 1000)
         p2_full.append(fresh.timing["prefill_tokens"])
     step = _median(d1)
-    return {"ttft_ms": round(_median(t1), 2), "prompt_tokens": int(_median(s1)), "step_ms": round(step, 3),
-            "decode_tokens_per_s": round(1000 / step, 1) if step == step and step > 0 else None,
-            "turn2_ttft_ms": round(_median(t2), 2), "turn2_prefill_tokens": int(_median(p2)),
-            "turn2_ttft_recomputed_ms": round(_median(t2_full), 2), "turn2_recomputed_prefill_tokens": int(_median(p2_full)),
-            "turn2_kept_vs_recomputed": round(_median(t2) / _median(t2_full), 3), "tokens": tokens}
+    return {
+        "ttft_ms": round(_median(t1), 2),
+        "prompt_tokens": int(_median(s1)),
+        "step_ms": round(step, 3),
+        "decode_tokens_per_s": round(1000 / step, 1) if step == step and step > 0 else None,
+        "turn2_ttft_ms": round(_median(t2), 2),
+        "turn2_prefill_tokens": int(_median(p2)),
+        "turn2_ttft_recomputed_ms": round(_median(t2_full), 2),
+        "turn2_recomputed_prefill_tokens": int(_median(p2_full)),
+        "turn2_kept_vs_recomputed": round(_median(t2) / _median(t2_full), 3),
+        "tokens": tokens,
+    }
 
 
 def _pytorch(ref, pipe, image, n_new: int, runs: int) -> dict[str, Any]:
@@ -80,8 +88,14 @@ def _pytorch(ref, pipe, image, n_new: int, runs: int) -> dict[str, Any]:
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": TURN1}]}]
     ids = torch.tensor([pipe.prompt_ids(msgs, pipe.grids([image]))])
     px = torch.from_numpy(pipe.pixel_values([image]))[None]
-    kw = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=px, do_sample=False,
-              eos_token_id=pipe.generation["eos_token_id"], pad_token_id=pipe.generation["pad_token_id"])
+    kw = dict(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        pixel_values=px,
+        do_sample=False,
+        eos_token_id=pipe.generation["eos_token_id"],
+        pad_token_id=pipe.generation["pad_token_id"],
+    )
 
     class Clock:  # generate's streamer protocol: put() gets the prompt, then each new token
         def __init__(self):
@@ -98,7 +112,7 @@ def _pytorch(ref, pipe, image, n_new: int, runs: int) -> dict[str, Any]:
             return ref.model.generate(max_new_tokens=n, min_new_tokens=n, streamer=streamer, **kw)
 
     gen(1)
-    tokens = ref.model.generate(max_new_tokens=n_new, **{**kw}).numpy()[0, ids.shape[1]:].tolist()
+    tokens = ref.model.generate(max_new_tokens=n_new, **{**kw}).numpy()[0, ids.shape[1] :].tolist()
     # TTFT and steps from one timed generate's token times: two separate runs' difference drowns in
     # noise when the prefill is long (many image tiles) and the steps short
     one, steps = [], []
@@ -109,8 +123,13 @@ def _pytorch(ref, pipe, image, n_new: int, runs: int) -> dict[str, Any]:
         one.append((clock.at[1] - t) * 1000)
         steps.append((clock.at[-1] - clock.at[1]) * 1000 / max(len(clock.at) - 2, 1))
     step = _median(steps)
-    return {"ttft_ms": round(_median(one), 2), "prompt_tokens": int(ids.shape[1]), "step_ms": round(step, 3),
-            "decode_tokens_per_s": round(1000 / step, 1) if step > 0 else None, "tokens": tokens}
+    return {
+        "ttft_ms": round(_median(one), 2),
+        "prompt_tokens": int(ids.shape[1]),
+        "step_ms": round(step, 3),
+        "decode_tokens_per_s": round(1000 / step, 1) if step > 0 else None,
+        "tokens": tokens,
+    }
 
 
 def chat_bench(bundle: Bundle, arts, cfg, default, log: Callable[[str], None], ref=None) -> dict[str, Any]:
@@ -118,8 +137,13 @@ def chat_bench(bundle: Bundle, arts, cfg, default, log: Callable[[str], None], r
     from ..common.datasets.photos import photo_batch
 
     cls = pipeline_class(bundle.family, str(bundle.root))
-    variants = sorted({(a.backend, a.precision) for a in arts
-                       if len(bundle.find(backend=a.backend, precision=a.precision)) >= len(bundle.components)})
+    variants = sorted(
+        {
+            (a.backend, a.precision)
+            for a in arts
+            if len(bundle.find(backend=a.backend, precision=a.precision)) >= len(bundle.components)
+        }
+    )
     variants = [v for v in variants if backend_module(v[0]).available() is None]
     if not variants:
         raise InputError(f"{bundle.root}: no complete chat variant runs here")
@@ -146,8 +170,13 @@ def chat_bench(bundle: Bundle, arts, cfg, default, log: Callable[[str], None], r
             t = time.perf_counter()
             pipe.image_features([image])
             vis.append((time.perf_counter() - t) * 1000)
-        row = {"backend": backend, "precision": precision, "default": default == (backend, precision),
-               "vision_ms": round(_median(vis[1:]), 2), **_ours(pipe, image, n_new, runs)}
+        row = {
+            "backend": backend,
+            "precision": precision,
+            "default": default == (backend, precision),
+            "vision_ms": round(_median(vis[1:]), 2),
+            **_ours(pipe, image, n_new, runs),
+        }
         a = bundle.find("decoder", backend, precision)[0]
         weights = sum(bundle.manifest["files"][f]["bytes"] for f in a.files if not f.endswith(".xml"))
         kv = 2 * pipe.n_layers * pipe.kv_heads * pipe.head_dim * 4 * (row["prompt_tokens"] + n_new // 2)
@@ -161,10 +190,18 @@ def chat_bench(bundle: Bundle, arts, cfg, default, log: Callable[[str], None], r
         rows.append(row)
     for r in rows:
         r.pop("tokens", None)
-    return {"model": bundle.name, "bundle": str(bundle.root), "family": bundle.family, "env": environment(cfg.threads),
-            "config": {"runs": runs, "max_new_tokens": n_new, "turn1": TURN1, "turn2": TURN2},
-            "memory_bandwidth_gbs": round(bw, 1), "default_variant": "/".join(default) if default else None,
-            "chat": rows, "results": [], "accuracy": []}
+    return {
+        "model": bundle.name,
+        "bundle": str(bundle.root),
+        "family": bundle.family,
+        "env": environment(cfg.threads),
+        "config": {"runs": runs, "max_new_tokens": n_new, "turn1": TURN1, "turn2": TURN2},
+        "memory_bandwidth_gbs": round(bw, 1),
+        "default_variant": "/".join(default) if default else None,
+        "chat": rows,
+        "results": [],
+        "accuracy": [],
+    }
 
 
 def chat_table(report: dict[str, Any]):
@@ -172,17 +209,39 @@ def chat_table(report: dict[str, Any]):
 
     from .report import busy_note
 
-    t = Table(title=f"{report['model']}: two-turn chat, {report['config']['max_new_tokens']} new tokens{busy_note(report)}",
-              caption=f"floor = decode step bytes / {report['memory_bandwidth_gbs']} GB/s (copy bandwidth here); "
-                      "turn 2 kept = with the conversation's KV cache, recomputed = whole history prefilled")
-    for col in ("backend", "precision", "vision ms", "TTFT ms", "decode tok/s", "step ms", "floor ms",
-                "turn-2 TTFT kept / recomputed", "speedup TTFT / decode", "tokens match"):
+    t = Table(
+        title=f"{report['model']}: two-turn chat, {report['config']['max_new_tokens']} new tokens{busy_note(report)}",
+        caption=f"floor = decode step bytes / {report['memory_bandwidth_gbs']} GB/s (copy bandwidth here); "
+        "turn 2 kept = with the conversation's KV cache, recomputed = whole history prefilled",
+    )
+    for col in (
+        "backend",
+        "precision",
+        "vision ms",
+        "TTFT ms",
+        "decode tok/s",
+        "step ms",
+        "floor ms",
+        "turn-2 TTFT kept / recomputed",
+        "speedup TTFT / decode",
+        "tokens match",
+    ):
         t.add_column(col, justify="right" if "ms" in col or "/" in col else "left")
     for r in report["chat"]:
-        t.add_row(r["backend"], r["precision"], str(r.get("vision_ms", "-")), f"{r['ttft_ms']:.1f}",
-                  str(r.get("decode_tokens_per_s", "-")), f"{r['step_ms']:.2f}", str(r.get("step_floor_ms", "-")),
-                  (f"{r['turn2_ttft_ms']:.1f} / {r['turn2_ttft_recomputed_ms']:.1f} ({r['turn2_kept_vs_recomputed']:.0%})"
-                   if "turn2_ttft_ms" in r else "-"),
-                  (f"{r['ttft_speedup']:.2f}x / {r.get('decode_speedup', '-')}x" if "ttft_speedup" in r else "-"),
-                  {True: "yes", False: "NO"}.get(r.get("tokens_match_pytorch"), "-"))
+        t.add_row(
+            r["backend"],
+            r["precision"],
+            str(r.get("vision_ms", "-")),
+            f"{r['ttft_ms']:.1f}",
+            str(r.get("decode_tokens_per_s", "-")),
+            f"{r['step_ms']:.2f}",
+            str(r.get("step_floor_ms", "-")),
+            (
+                f"{r['turn2_ttft_ms']:.1f} / {r['turn2_ttft_recomputed_ms']:.1f} ({r['turn2_kept_vs_recomputed']:.0%})"
+                if "turn2_ttft_ms" in r
+                else "-"
+            ),
+            (f"{r['ttft_speedup']:.2f}x / {r.get('decode_speedup', '-')}x" if "ttft_speedup" in r else "-"),
+            {True: "yes", False: "NO"}.get(r.get("tokens_match_pytorch"), "-"),
+        )
     return t

@@ -8,17 +8,29 @@ import subprocess
 
 from ..common.env import cpu_info
 
-EXTRAS = (("torch", "export"), ("transformers", "export"), ("onnx", "export"), ("nncf", "openvino"),
-          ("fastapi", "serve"), ("uvicorn", "serve"), ("prometheus_client", "serve"), ("orjson", "serve"),
-          ("httpx", "serve"))
+EXTRAS = (
+    ("torch", "export"),
+    ("transformers", "export"),
+    ("onnx", "export"),
+    ("nncf", "openvino"),
+    ("fastapi", "serve"),
+    ("uvicorn", "serve"),
+    ("prometheus_client", "serve"),
+    ("orjson", "serve"),
+    ("httpx", "serve"),
+)
 
 
 def _gpu() -> str:
     if shutil.which("nvidia-smi") is None:
         return "gpu: none found (no nvidia-smi)"
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10).stdout.strip()
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "gpu: nvidia-smi did not answer"
     return f"gpu: {out or 'none'}"

@@ -43,8 +43,20 @@ def bench_batch64(bundle: str, backend: str, precision: str, threads: int | None
     """bench's own batch-64 items/s for the image tower of this variant (p50 of its timed runs)."""
     from .bench import BenchConfig, bench
 
-    rep = bench(bundle, BenchConfig(backends=[backend], precisions=[precision], batches=[64], runs=5, warmup=1,
-                                    threads=threads, pytorch=False, record=False), log=lambda m: None)
+    rep = bench(
+        bundle,
+        BenchConfig(
+            backends=[backend],
+            precisions=[precision],
+            batches=[64],
+            runs=5,
+            warmup=1,
+            threads=threads,
+            pytorch=False,
+            record=False,
+        ),
+        log=lambda m: None,
+    )
     rows = [r for r in rep["results"] if r["component"] == "vision" and r["batch"] == 64]
     return rows[0]["items_per_s"]
 
@@ -52,8 +64,12 @@ def bench_batch64(bundle: str, backend: str, precision: str, threads: int | None
 def jobs(args) -> dict[str, Any]:
     from ..jobs import run_job
 
-    res: dict[str, Any] = {"bundle": args.bundle, "variant": f"{args.backend}/{args.precision}", "images": args.images,
-                           "corpus": args.corpus}
+    res: dict[str, Any] = {
+        "bundle": args.bundle,
+        "variant": f"{args.backend}/{args.precision}",
+        "images": args.images,
+        "corpus": args.corpus,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t = time.perf_counter()
@@ -64,9 +80,18 @@ def jobs(args) -> dict[str, Any]:
 
             write_corpus(tmp / "photos", args.images)
         res["corpus_write_s"] = round(time.perf_counter() - t, 1)
-        res["bench_batch64_items_per_s"] = round(bench_batch64(args.bundle, args.backend, args.precision, args.threads), 1)
-        kw = dict(images=[str(tmp / "photos")], backend=args.backend, precision=args.precision, threads=args.threads,
-                  batch=64, progress=False, shard_size=args.shard_size)
+        res["bench_batch64_items_per_s"] = round(
+            bench_batch64(args.bundle, args.backend, args.precision, args.threads), 1
+        )
+        kw = dict(
+            images=[str(tmp / "photos")],
+            backend=args.backend,
+            precision=args.precision,
+            threads=args.threads,
+            batch=64,
+            progress=False,
+            shard_size=args.shard_size,
+        )
         for workers in args.workers:
             s = run_job(args.bundle, tmp / f"local-{workers}", workers=workers, **kw)
             res[f"local_workers{workers}_items_per_s"] = s["this_run"]["items_per_s"]
@@ -94,16 +119,31 @@ def search_latency(args) -> dict[str, Any]:
     res: dict[str, Any] = {"rows": n, "dim": d}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "emb"
-        meta = {"format": FORMAT, "version": VERSION, "task": "image-embedding", "input_column": "path",
-                "output_column": "embedding", "bundle": "synthetic", "model": "synthetic", "family": "clip",
-                "bundle_sha256": "0" * 64, "variant": "none/none", "options": {}, "dim": d, "weights": {},
-                "inputs": {"sources": [], "count": n, "fingerprint": "", "skipped_not_images": 0},
-                "shard_size": per, "num_shards": -(-n // per)}
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "task": "image-embedding",
+            "input_column": "path",
+            "output_column": "embedding",
+            "bundle": "synthetic",
+            "model": "synthetic",
+            "family": "clip",
+            "bundle_sha256": "0" * 64,
+            "variant": "none/none",
+            "options": {},
+            "dim": d,
+            "weights": {},
+            "inputs": {"sources": [], "count": n, "fingerprint": "", "skipped_not_images": 0},
+            "shard_size": per,
+            "num_shards": -(-n // per),
+        }
         store = JobStore.open(root, meta)
         t = time.perf_counter()
         for i in range(store.num_shards):
             rng_i = store.shard_range(i)
-            x = centers[rng.integers(0, len(centers), len(rng_i))] + 0.6 * rng.standard_normal((len(rng_i), d)).astype(np.float32)
+            x = centers[rng.integers(0, len(centers), len(rng_i))] + 0.6 * rng.standard_normal((len(rng_i), d)).astype(
+                np.float32
+            )
             x /= np.linalg.norm(x, axis=1, keepdims=True)
             store.write_shard(i, [f"v{k}" for k in rng_i], list(x), [None] * len(rng_i))
         res["write_s"] = round(time.perf_counter() - t, 1)
@@ -123,11 +163,17 @@ def search_latency(args) -> dict[str, Any]:
         for kind in args.index_kinds:
             info = build_index(root, kind=kind)
             res[f"{kind}_build_s"] = info["build_seconds"]
-            _, res[f"{kind}_first_query_ms"] = timed(lambda: search_vectors(root, q[:1], k=10), reps=1)  # reads the index
+            _, res[f"{kind}_first_query_ms"] = timed(
+                lambda: search_vectors(root, q[:1], k=10), reps=1
+            )  # reads the index
             got, res[f"{kind}_1q_ms"] = timed(lambda: search_vectors(root, q[:1], k=10))  # index held in memory
             got16 = search_vectors(root, q, k=10)
-            res[f"{kind}_recall@10"] = round(float(np.mean(
-                [len({h["item"] for h in a} & {h["item"] for h in b}) / 10 for a, b in zip(exact16, got16)])), 3)
+            res[f"{kind}_recall@10"] = round(
+                float(
+                    np.mean([len({h["item"] for h in a} & {h["item"] for h in b}) / 10 for a, b in zip(exact16, got16)])
+                ),
+                3,
+            )
             (root / "_index" / "index.json").unlink()
     return res
 
@@ -138,8 +184,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", nargs="?", help="an image-embedding bundle (skip for --search-rows only)")
     ap.add_argument("--images", type=int, default=2000)
-    ap.add_argument("--corpus", choices=["photos", "shapes"], default="photos",
-                    help="photos: JPEG crops of real photos, 480-800 px; shapes: 64 px images in six formats")
+    ap.add_argument(
+        "--corpus",
+        choices=["photos", "shapes"],
+        default="photos",
+        help="photos: JPEG crops of real photos, 480-800 px; shapes: 64 px images in six formats",
+    )
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--threads", type=int, default=None)

@@ -35,8 +35,8 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -169,7 +169,10 @@ class _Conn:
     def __init__(self, url: str, headers: dict[str, str], timeout: float = 120.0):
         httpx = _httpx()
         self.client = httpx.AsyncClient(
-            base_url=url, headers=headers, timeout=timeout, trust_env=False,
+            base_url=url,
+            headers=headers,
+            timeout=timeout,
+            trust_env=False,
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
         )
 
@@ -218,8 +221,16 @@ def _check_loopback(url: str) -> tuple[str, int]:
 # -- the measurement ----------------------------------------------------------------------------
 
 
-async def _level(url: str, headers: dict[str, str], bodies: list[bytes], concurrency: int, total: int, duration_s: float,
-                 check: Callable[[int, bytes], str | None], path: str = "/v1/embeddings") -> tuple[list[float], int, list[str], float]:
+async def _level(
+    url: str,
+    headers: dict[str, str],
+    bodies: list[bytes],
+    concurrency: int,
+    total: int,
+    duration_s: float,
+    check: Callable[[int, bytes], str | None],
+    path: str = "/v1/embeddings",
+) -> tuple[list[float], int, list[str], float]:
     httpx = _httpx()
     lat: list[float] = []
     errors = 0
@@ -239,7 +250,12 @@ async def _level(url: str, headers: dict[str, str], bodies: list[bytes], concurr
                 try:
                     status, body = await conn.request(path, raw)
                     why = check(status, body)
-                except (httpx.HTTPError, OSError, ValueError, IndexError) as exc:  # httpx reconnects on the next request
+                except (
+                    httpx.HTTPError,
+                    OSError,
+                    ValueError,
+                    IndexError,
+                ) as exc:  # httpx reconnects on the next request
                     why = f"{type(exc).__name__}: {exc}"
                 lat.append(time.perf_counter() - t)
                 if why is not None:
@@ -312,8 +328,18 @@ def run_loadgen(
             raise InputError(f"bundle not found: {bundle}")
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "mmdeploy.cli", "serve", str(bundle), "--port", str(port),
-               "--log-level", "warning", *server_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mmdeploy.cli",
+            "serve",
+            str(bundle),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            *server_args,
+        ]
         log(f"starting: {' '.join(cmd)}")
         env = dict(os.environ)
         if api_key:
@@ -335,7 +361,9 @@ def run_loadgen(
         reqs = []
         for i in range(len(payloads)):
             inp = [payloads[(i + j) % len(payloads)] for j in range(items)]
-            body = json.dumps({"model": model, "input": inp[0] if items == 1 else inp, "encoding_format": "float"}).encode()
+            body = json.dumps(
+                {"model": model, "input": inp[0] if items == 1 else inp, "encoding_format": "float"}
+            ).encode()
             reqs.append(body)
         headers = _headers(api_key)
         comp = "vision" if kind == "image" else "text"
@@ -363,7 +391,10 @@ def run_loadgen(
             client_cpu = time.process_time() - cpu0
             after = _get(url + "/metrics", api_key).decode()
             sel = f'component="{comp}"'
-            bs = [(_metric(t, "mmdeploy_batch_size_sum", sel), _metric(t, "mmdeploy_batch_size_count", sel)) for t in (before, after)]
+            bs = [
+                (_metric(t, "mmdeploy_batch_size_sum", sel), _metric(t, "mmdeploy_batch_size_count", sel))
+                for t in (before, after)
+            ]
             mean_batch = None
             if None not in (*bs[0], *bs[1]) and bs[1][1] > bs[0][1]:
                 mean_batch = (bs[1][0] - bs[0][0]) / (bs[1][1] - bs[0][1])
@@ -372,10 +403,16 @@ def run_loadgen(
             ms = np.array(lat) * 1000 if lat else np.zeros(1)
             n = len(lat)
             r = LevelResult(
-                concurrency=c, requests=n, errors=errors, seconds=round(secs, 3),
-                throughput_rps=round(n / secs, 1) if secs else 0.0, items_per_s=round(n * items / secs, 1) if secs else 0.0,
-                p50_ms=round(float(np.percentile(ms, 50)), 2), p90_ms=round(float(np.percentile(ms, 90)), 2),
-                p99_ms=round(float(np.percentile(ms, 99)), 2), max_ms=round(float(ms.max()), 2),
+                concurrency=c,
+                requests=n,
+                errors=errors,
+                seconds=round(secs, 3),
+                throughput_rps=round(n / secs, 1) if secs else 0.0,
+                items_per_s=round(n * items / secs, 1) if secs else 0.0,
+                p50_ms=round(float(np.percentile(ms, 50)), 2),
+                p90_ms=round(float(np.percentile(ms, 90)), 2),
+                p99_ms=round(float(np.percentile(ms, 99)), 2),
+                max_ms=round(float(ms.max()), 2),
                 mean_batch=round(mean_batch, 2) if mean_batch is not None else None,
                 server_cpu_ms_per_req=round((cpu[1] - cpu[0]) * 1000 / max(n, 1), 3) if None not in cpu else None,
                 client_cpu_ms_per_req=round(client_cpu * 1000 / max(n, 1), 3),
@@ -390,11 +427,16 @@ def run_loadgen(
                 r.fraction_of_model = round(r.items_per_s / ips, 3)
                 if r.server_cpu_ms_per_req is not None:
                     r.server_overhead_cpu_ms_per_req = round(r.server_cpu_ms_per_req - cpu_item * items, 3)
-            log(f"concurrency {c}: {r.throughput_rps} req/s, p50 {r.p50_ms} ms, p99 {r.p99_ms} ms, "
+            log(
+                f"concurrency {c}: {r.throughput_rps} req/s, p50 {r.p50_ms} ms, p99 {r.p99_ms} ms, "
                 f"{r.errors} errors / {r.requests}, mean batch {r.mean_batch}, server CPU {r.server_cpu_ms_per_req} ms/req, RSS {r.rss_before_mb} -> {r.rss_after_mb} MB"
-                + ("" if r.model_items_per_s is None else
-                   f"; the model alone at batch {r.model_batch}: {r.model_items_per_s} items/s "
-                   f"({r.fraction_of_model:.0%} reached), {r.model_cpu_ms_per_item} ms CPU/item"))
+                + (
+                    ""
+                    if r.model_items_per_s is None
+                    else f"; the model alone at batch {r.model_batch}: {r.model_items_per_s} items/s "
+                    f"({r.fraction_of_model:.0%} reached), {r.model_cpu_ms_per_item} ms CPU/item"
+                )
+            )
             levels.append(r)
         return LoadReport(url=url, model=model, kind=kind, items_per_request=items, levels=levels)
     finally:
@@ -414,24 +456,56 @@ def run_loadgen(
 
 
 def format_report(rep: LoadReport) -> str:
-    cols = ["conc", "requests", "errors", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean batch", "srv CPU ms/req",
-            "model items/s", "reached", "overhead CPU ms/req", "RSS MB before→after"]
+    cols = [
+        "conc",
+        "requests",
+        "errors",
+        "req/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "mean batch",
+        "srv CPU ms/req",
+        "model items/s",
+        "reached",
+        "overhead CPU ms/req",
+        "RSS MB before→after",
+    ]
     dash = lambda v, f: "-" if v is None else f.format(v)  # noqa: E731
-    rows = [[str(l.concurrency), str(l.requests), str(l.errors), f"{l.throughput_rps:.1f}", f"{l.p50_ms:.2f}",
-             f"{l.p90_ms:.2f}", f"{l.p99_ms:.2f}", f"{l.max_ms:.2f}", dash(l.mean_batch, "{:.2f}"),
-             dash(l.server_cpu_ms_per_req, "{:.2f}"),
-             "-" if l.model_items_per_s is None else f"{l.model_items_per_s:.1f} @{l.model_batch}",
-             dash(l.fraction_of_model, "{:.0%}"), dash(l.server_overhead_cpu_ms_per_req, "{:.2f}"),
-             f"{l.rss_before_mb}→{l.rss_after_mb}"] for l in rep.levels]
+    rows = [
+        [
+            str(l.concurrency),
+            str(l.requests),
+            str(l.errors),
+            f"{l.throughput_rps:.1f}",
+            f"{l.p50_ms:.2f}",
+            f"{l.p90_ms:.2f}",
+            f"{l.p99_ms:.2f}",
+            f"{l.max_ms:.2f}",
+            dash(l.mean_batch, "{:.2f}"),
+            dash(l.server_cpu_ms_per_req, "{:.2f}"),
+            "-" if l.model_items_per_s is None else f"{l.model_items_per_s:.1f} @{l.model_batch}",
+            dash(l.fraction_of_model, "{:.0%}"),
+            dash(l.server_overhead_cpu_ms_per_req, "{:.2f}"),
+            f"{l.rss_before_mb}→{l.rss_after_mb}",
+        ]
+        for l in rep.levels
+    ]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-    out = [f"{rep.url}  model {rep.model}  {rep.kind} embeddings, {rep.items_per_request} per request",
-           line(cols), *map(line, rows)]
+    out = [
+        f"{rep.url}  model {rep.model}  {rep.kind} embeddings, {rep.items_per_request} per request",
+        line(cols),
+        *map(line, rows),
+    ]
     if rep.speedup is not None:
         out.append(f"throughput, highest vs lowest concurrency: {rep.speedup:.2f}x")
     if any(l.model_items_per_s is not None for l in rep.levels):
-        out.append("model items/s: the served variant alone in the load generator right after the level, same inputs, "
-                   "at the server's mean batch; overhead CPU: the server's CPU per request beyond the model's")
+        out.append(
+            "model items/s: the served variant alone in the load generator right after the level, same inputs, "
+            "at the server's mean batch; overhead CPU: the server's CPU per request beyond the model's"
+        )
     for l in rep.levels:
         for s in l.error_samples:
             out.append(f"error at concurrency {l.concurrency}: {s}")
@@ -467,10 +541,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-model-ceiling", action="store_true", help="skip running the model alone after each level")
     a = p.parse_args(argv)
     try:
-        rep = run_loadgen(a.bundle, url=a.url, model=a.model, kind=a.kind, concurrency=parse_levels(a.concurrency),
-                          requests=a.requests, duration_s=a.duration, warmup=a.warmup, items=a.items,
-                          api_key=a.api_key, server_args=a.server_arg,
-                          model_ceiling=not a.no_model_ceiling)
+        rep = run_loadgen(
+            a.bundle,
+            url=a.url,
+            model=a.model,
+            kind=a.kind,
+            concurrency=parse_levels(a.concurrency),
+            requests=a.requests,
+            duration_s=a.duration,
+            warmup=a.warmup,
+            items=a.items,
+            api_key=a.api_key,
+            server_args=a.server_arg,
+            model_ceiling=not a.no_model_ceiling,
+        )
     except MMDeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -27,10 +27,15 @@ def roofline_note(report: dict[str, Any]) -> str:
     if not per:
         return ""
     ceil = report["env"].get("ceilings")
-    return ("\nGMAC/s = multiply-accumulates of the graph's MatMul/Gemm/Conv per second reached; GMACs per item: "
-            + ", ".join(f"{c} {v:.3g}" for c, v in per.items())
-            + (f"; ceiling here ({ceil['probe']}): fp32 {ceil['fp32_gmacs_per_s']:.0f}, int8 {ceil['int8_gmacs_per_s']:.0f}"
-               if ceil else ""))
+    return (
+        "\nGMAC/s = multiply-accumulates of the graph's MatMul/Gemm/Conv per second reached; GMACs per item: "
+        + ", ".join(f"{c} {v:.3g}" for c, v in per.items())
+        + (
+            f"; ceiling here ({ceil['probe']}): fp32 {ceil['fp32_gmacs_per_s']:.0f}, int8 {ceil['int8_gmacs_per_s']:.0f}"
+            if ceil
+            else ""
+        )
+    )
 
 
 def table(report: dict[str, Any]):
@@ -44,7 +49,20 @@ def table(report: dict[str, Any]):
         + roofline_note(report),
     )
     distilled = any("speedup_vs_teacher" in r for r in report["results"])
-    cols = ["component", "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s", "GMAC/s", "speedup", "cosine", "max|diff|"]
+    cols = [
+        "component",
+        "backend",
+        "precision",
+        "batch",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "items/s",
+        "GMAC/s",
+        "speedup",
+        "cosine",
+        "max|diff|",
+    ]
     if distilled:  # a student's bundle: its teacher's PyTorch speed and embedding agreement too
         cols += ["vs teacher", "cos teacher"]
     for col in cols:
@@ -127,7 +145,9 @@ def plot(report: dict[str, Any], path: str | os.PathLike) -> None:
     for i, v in enumerate(variants):
         xs, lat, spd = [], [], []
         for gi, g in enumerate(groups):
-            r = next((r for r in rows if (r["component"], r["batch"]) == g and f"{r['backend']}/{r['precision']}" == v), None)
+            r = next(
+                (r for r in rows if (r["component"], r["batch"]) == g and f"{r['backend']}/{r['precision']}" == v), None
+            )
             if r is None:
                 continue
             xs.append(gi + i * width)
@@ -135,7 +155,9 @@ def plot(report: dict[str, Any], path: str | os.PathLike) -> None:
             spd.append(r["speedup_vs_pytorch"] or 0)
         axes[0].bar(xs, lat, width, label=v)
         axes[1].bar(xs, spd, width, label=v)
-    for ax, title in zip(axes, ("p50 latency per item (ms, lower is better)", "speedup vs PyTorch eager (higher is better)")):
+    for ax, title in zip(
+        axes, ("p50 latency per item (ms, lower is better)", "speedup vs PyTorch eager (higher is better)")
+    ):
         ax.set_xticks([gi + width * (len(variants) - 1) / 2 for gi in range(len(groups))])
         ax.set_xticklabels([f"{c}\nbatch {b}" for c, b in groups])
         ax.set_title(title, fontsize=10)

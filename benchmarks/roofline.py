@@ -87,8 +87,11 @@ def call_cost(onnx_path: Path, feeds: dict[str, np.ndarray], files: list[Path]) 
     and the MB of the variant's files (its weights: read once a call when they do not fit in cache)."""
     got = macs(str(onnx_path), tuple(sorted((k, tuple(v.shape)) for k, v in feeds.items())))
     mb = sum(f.stat().st_size for f in files if f.is_file()) / 1e6
-    return {"gmacs": float(f"{got['gmacs']:.5g}"), "weights_mb": round(mb, 2),
-            **({"uncounted_nodes": got["uncounted"]} if got["uncounted"] else {})}
+    return {
+        "gmacs": float(f"{got['gmacs']:.5g}"),
+        "weights_mb": round(mb, 2),
+        **({"uncounted_nodes": got["uncounted"]} if got["uncounted"] else {}),
+    }
 
 
 CEILING_SHAPE = (256, 1024, 1024)  # M, K, N: large enough to reach the GEMM kernels' peak on a CPU
@@ -110,9 +113,13 @@ def ceilings(threads: int | None, seconds: float = 0.5) -> dict:
 
     m, k, n = CEILING_SHAPE
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, n)).astype(np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "ceiling",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [w])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "ceiling",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+        [w],
+    )
     x = {"x": np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)}
     out = {}
     with tempfile.TemporaryDirectory(prefix="mmdeploy-ceiling-") as tmp:

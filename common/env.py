@@ -5,7 +5,18 @@ from __future__ import annotations
 import os
 import platform
 
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
+ISA_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "avx_vnni",
+)
 
 
 def cpu_info() -> dict:
@@ -91,7 +102,7 @@ class MachineLoad:
         steal = 100.0 * (s1[1] - s0[1]) / total if total > 0 else 0.0
         return others, steal
 
-    def __enter__(self) -> "MachineLoad":
+    def __enter__(self) -> MachineLoad:
         import time
 
         a = self._window()
@@ -116,8 +127,12 @@ class MachineLoad:
         if during[1] > BUSY_STEAL_PCT:
             why.append(f"steal time {during[1]:.1f}%")
         self.result = {
-            "others_cpu_cores": round(others, 3), "others_before_cores": round(self._before[0], 3) if self._before else None,
-            "steal_pct": round(during[1], 2), "load1_before": self._load1, "cores": os.cpu_count(),
-            "busy": bool(why), "why": "; ".join(why) or "quiet",
+            "others_cpu_cores": round(others, 3),
+            "others_before_cores": round(self._before[0], 3) if self._before else None,
+            "steal_pct": round(during[1], 2),
+            "load1_before": self._load1,
+            "cores": os.cpu_count(),
+            "busy": bool(why),
+            "why": "; ".join(why) or "quiet",
         }
         return False

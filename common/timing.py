@@ -4,11 +4,18 @@ of other load (or a clock change) lands on all of them alike and their ratios su
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
-def alternating(runners: dict[str, Callable[[], Any]], runs: int, warmup: int,
-                tick: Callable[[], None] = lambda: None, block: int = 1, settle: int = 1) -> dict[str, list[float]]:
+def alternating(
+    runners: dict[str, Callable[[], Any]],
+    runs: int,
+    warmup: int,
+    tick: Callable[[], None] = lambda: None,
+    block: int = 1,
+    settle: int = 1,
+) -> dict[str, list[float]]:
     """{name: [ms per call]}: warm-up calls of each, then turn r of every runner in turn, r = 1..runs.
     block > 1: each turn is `settle` untimed calls then `block` timed ones, for runners whose idle
     threads spin for a while after a call (ONNX Runtime's default): the untimed calls absorb the
@@ -29,8 +36,14 @@ def alternating(runners: dict[str, Callable[[], Any]], runs: int, warmup: int,
     return times
 
 
-def runs_for(runners: dict[str, Callable[[], Any]], seconds: float, least: int = 10, most: int = 200,
-             block: int = 1, settle: int = 1) -> int:
+def runs_for(
+    runners: dict[str, Callable[[], Any]],
+    seconds: float,
+    least: int = 10,
+    most: int = 200,
+    block: int = 1,
+    settle: int = 1,
+) -> int:
     """How many alternating turns fit in about `seconds`, from one timed turn (after one warm-up)."""
     one = alternating(runners, 1, 1)
     per_turn = sum(v[0] for v in one.values()) / 1000 * (block + (settle if block > 1 else 0))

@@ -124,7 +124,8 @@ def _recalibrate_batchnorm(model, torch, ent: dict[str, Any]) -> None:
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     vision = getattr(model, "vision_model", None)
     size = (ent.get("preprocessor") or {}).get("crop_size", {}).get("height") or getattr(
-        getattr(model.config, "vision_config", None), "image_size", None)
+        getattr(model.config, "vision_config", None), "image_size", None
+    )
     if not bns or vision is None or not size:
         return
     for m in bns:
@@ -179,9 +180,7 @@ def _from_hub(name: str, ent: dict[str, Any]) -> Checkpoint:
         except Exception:
             folder = snapshot_download(hub, allow_patterns=["*.json", "*.safetensors", "*.txt"])
     except Exception:
-        raise CheckpointError(
-            f"cannot download {hub}: pass a local checkpoint folder or --random-weights"
-        ) from None
+        raise CheckpointError(f"cannot download {hub}: pass a local checkpoint folder or --random-weights") from None
     ckpt = load_folder(Path(folder), name)
     ckpt.source["hub"] = hub
     ckpt.registry_entry = ent

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import gc
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -52,17 +53,21 @@ class Candidate:
 def candidates(backend: str, calibrated: bool, bf16: bool) -> list[Candidate]:
     """The recipes worth trying for (backend, int8); calibrated ones only with calibration data."""
     if backend == "onnxruntime":
-        out = [Candidate("dynamic", "dynamic", ()),
-               Candidate("dynamic, Conv float", "dynamic", ("Conv",))]
+        out = [Candidate("dynamic", "dynamic", ()), Candidate("dynamic, Conv float", "dynamic", ("Conv",))]
         if calibrated:
-            out += [Candidate("static Q/DQ, MLP down-projections float", "static", None),
-                    Candidate("static Q/DQ, all", "static", ())]
+            out += [
+                Candidate("static Q/DQ, MLP down-projections float", "static", None),
+                Candidate("static Q/DQ, all", "static", ()),
+            ]
         return out
     # INT8 on OpenVINO runs without SmoothQuant (recipes.NNCF_PRESET_SMOOTH_QUANT: measured); the
     # preset's alpha is tried beside it (B/32 text, all quantized: alpha 0.5 gave 0.9989, 0.95 0.9866)
     hints = ["f32", "bf16"] if bf16 else ["f32"]
-    builds = [(None, -1.0, "MLP down-projections float"), ((), -1.0, "all"),
-              ((), NNCF_PRESET_SMOOTH_QUANT, f"all, SmoothQuant {NNCF_PRESET_SMOOTH_QUANT}")]
+    builds = [
+        (None, -1.0, "MLP down-projections float"),
+        ((), -1.0, "all"),
+        ((), NNCF_PRESET_SMOOTH_QUANT, f"all, SmoothQuant {NNCF_PRESET_SMOOTH_QUANT}"),
+    ]
     return [Candidate(f"NNCF, {what}, {h} compute", "static", ex, h, sq) for ex, sq, what in builds for h in hints]
 
 
@@ -79,8 +84,9 @@ def _groups(src: Path, cands: list[Candidate]) -> list[list[Candidate]]:
     nodes = weight_nodes(onnx.load(str(src), load_external_data=False))
     out: dict[tuple, list[Candidate]] = {}
     for c in cands:
-        names = frozenset(n.name for n in nodes if not matches(n, c.excluded())
-                          and (c.mode != "dynamic" or n.op_type in DYNAMIC_OPS))
+        names = frozenset(
+            n.name for n in nodes if not matches(n, c.excluded()) and (c.mode != "dynamic" or n.op_type in DYNAMIC_OPS)
+        )
         if names:
             group = out.setdefault((c.mode, names, c.smooth_quant), [])
             if all(g.hint != c.hint for g in group):
@@ -101,8 +107,16 @@ def tournament(sessions: dict[str, Any], feeds: dict[str, np.ndarray]) -> tuple[
     return {k: float(np.median(v)) for k, v in times.items()}, turns
 
 
-def choose(job: Job, recipe: Callable[[str], Recipe], backend: str, metric: str, gate: float,
-           feeds: dict[str, np.ndarray], open_session: Callable[..., Any], bf16: bool) -> Built:
+def choose(
+    job: Job,
+    recipe: Callable[[str], Recipe],
+    backend: str,
+    metric: str,
+    gate: float,
+    feeds: dict[str, np.ndarray],
+    open_session: Callable[..., Any],
+    bf16: bool,
+) -> Built:
     """Build, gate and time each candidate for job.component; return the winner's Built (its
     files in the stage) with every candidate's figures in its recipe under "chosen"."""
     from ..runtimes.select import machine_key
@@ -113,7 +127,9 @@ def choose(job: Job, recipe: Callable[[str], Recipe], backend: str, metric: str,
     builds: list[tuple[Built, dict, dict, int]] = []  # per row: its build, runtime, parity, build group
     for g, group in enumerate(_groups(job.src, cands)):
         first = group[0]
-        cfg = replace(job.cfg, mode=first.mode, exclude=first.excluded(), min_cosine=None, smooth_quant=first.smooth_quant)
+        cfg = replace(
+            job.cfg, mode=first.mode, exclude=first.excluded(), min_cosine=None, smooth_quant=first.smooth_quant
+        )
         built = recipe(first.mode).build(replace(job, cfg=cfg))
         for f in built.files:  # a copy: the next build writes the same staged paths
             (keep / str(g) / f).parent.mkdir(parents=True, exist_ok=True)
@@ -121,10 +137,17 @@ def choose(job: Job, recipe: Callable[[str], Recipe], backend: str, metric: str,
         for c in group:
             runtime = dict(built.runtime, **({"INFERENCE_PRECISION_HINT": c.hint} if c.hint else {}))
             par = job.fidelity(keep / str(g) / built.files[0], runtime, backend)
-            rows.append({"candidate": c.label, "recipe": recipe(c.mode).name, "exclude": c.excluded(),
-                         **({"compute_hint": c.hint} if c.hint else {}),
-                         **({"smooth_quant": c.smooth_quant} if backend == "openvino" else {}),
-                         metric: round(float(par[metric]), 6), "passed": bool(par[metric] >= gate)})
+            rows.append(
+                {
+                    "candidate": c.label,
+                    "recipe": recipe(c.mode).name,
+                    "exclude": c.excluded(),
+                    **({"compute_hint": c.hint} if c.hint else {}),
+                    **({"smooth_quant": c.smooth_quant} if backend == "openvino" else {}),
+                    metric: round(float(par[metric]), 6),
+                    "passed": bool(par[metric] >= gate),
+                }
+            )
             builds.append((built, runtime, par, g))
     # every candidate and the fp32 graph timed in one tournament, turn by turn: drift on a shared
     # machine hits all alike (timed one after another, candidates 20% apart swapped places)
@@ -140,8 +163,10 @@ def choose(job: Job, recipe: Callable[[str], Recipe], backend: str, metric: str,
     for i, row in enumerate(rows):
         ms = times[str(i)]
         row.update(ms=round(ms, 3), fp32_ms=round(times["fp32"], 3), vs_fp32=round(ms / times["fp32"], 4))
-        job.log(f"{job.component}: {row['candidate']}: {ms:.2f} ms ({row['vs_fp32']:.2f}x the fp32 graph's "
-                f"{times['fp32']:.2f} ms), {metric} {row[metric]:.5f}{'' if row['passed'] else f' < {gate}: out'}")
+        job.log(
+            f"{job.component}: {row['candidate']}: {ms:.2f} ms ({row['vs_fp32']:.2f}x the fp32 graph's "
+            f"{times['fp32']:.2f} ms), {metric} {row[metric]:.5f}{'' if row['passed'] else f' < {gate}: out'}"
+        )
     won = pick(rows)
     passed = won is not None
     if won is None:  # kept like any variant below its gate: reported, never chosen by default
@@ -157,15 +182,24 @@ def choose(job: Job, recipe: Callable[[str], Recipe], backend: str, metric: str,
     if "compute_hint" in row:
         recipe_info["compute"] = f"int8, {row['compute_hint']} for the ops left in float"
     recipe_info["chosen"] = {
-        "by": "--mode best", "winner": row["candidate"], "machine": machine_key(), "threads": job.cfg.threads,
+        "by": "--mode best",
+        "winner": row["candidate"],
+        "machine": machine_key(),
+        "threads": job.cfg.threads,
         "timing": f"batch 1, median over {turns} turns of {TIMING_BLOCK} calls (after {TIMING_SETTLE} untimed), every candidate and the fp32 ONNX graph in turn",
-        "gate": f"{metric} >= {gate}", "machine_load": load.result,
-        "why": (f"fastest of the {sum(r['passed'] for r in rows)} of {len(rows)} candidates that passed" if passed
-                else f"none of {len(rows)} passed: the most accurate kept"),
+        "gate": f"{metric} >= {gate}",
+        "machine_load": load.result,
+        "why": (
+            f"fastest of the {sum(r['passed'] for r in rows)} of {len(rows)} candidates that passed"
+            if passed
+            else f"none of {len(rows)} passed: the most accurate kept"
+        ),
         "candidates": rows,
     }
-    job.log(f"{job.component}: chose {row['candidate']} ({row['ms']:.2f} ms, {row['vs_fp32']:.2f}x fp32's time)"
-            + ("" if passed else f": no candidate passed {metric} >= {gate}"))
+    job.log(
+        f"{job.component}: chose {row['candidate']} ({row['ms']:.2f} ms, {row['vs_fp32']:.2f}x fp32's time)"
+        + ("" if passed else f": no candidate passed {metric} >= {gate}")
+    )
     return Built(built.files, runtime, recipe_info, par)
 
 
@@ -175,7 +209,7 @@ def measure_variants(root: Path, threads: int | None, log: Callable[[str], None]
     fastest that passed, as after `bench`."""
     from ..runtimes.bundle import Bundle
     from ..runtimes.pipelines import pipeline_class
-    from ..runtimes.select import runs_here, open_session, record_measured
+    from ..runtimes.select import open_session, record_measured, runs_here
 
     bundle = Bundle.open(root)
     comps = list(bundle.components)
@@ -187,11 +221,15 @@ def measure_variants(root: Path, threads: int | None, log: Callable[[str], None]
     feeds = pipeline_class(bundle.family, str(root)).fidelity_feeds(bundle, comps, threads)
     total = dict.fromkeys(variants, 0.0)
     for comp in comps:
-        times, _ = tournament({k: open_session(bundle, v[comp], threads) for k, v in variants.items()},
-                              batch_one(feeds[comp][0][0]))
+        times, _ = tournament(
+            {k: open_session(bundle, v[comp], threads) for k, v in variants.items()}, batch_one(feeds[comp][0][0])
+        )
         for k, ms in times.items():
             total[k] += ms
     table = {k: round(v, 3) for k, v in total.items()}
     record_measured(bundle, table)
-    log("batch-1 latency here (all components): " + ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(table.items(), key=lambda kv: kv[1])))
+    log(
+        "batch-1 latency here (all components): "
+        + ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(table.items(), key=lambda kv: kv[1]))
+    )
     return table

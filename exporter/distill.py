@@ -30,9 +30,10 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,11 @@ LAYOUTS: dict[str, dict[str, tuple[str, str, tuple[str, str, bool, str]]]] = {
 LEGACY_VIT = ("encoder.encoder.layer", ("intermediate.dense", "output.dense", False, "intermediate_size"))
 STATE_FILE = "state.pt"
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
     "processor_config.json",
 )
 
@@ -138,8 +143,9 @@ def _layout(model) -> dict[str, tuple]:
     return LAYOUTS[arch]
 
 
-def plan_student(teacher, vision_layers: int | None, text_layers: int | None, mlp_ratio: float | None,
-                 train_all: bool = False) -> tuple[Any, dict[str, Tower]]:
+def plan_student(
+    teacher, vision_layers: int | None, text_layers: int | None, mlp_ratio: float | None, train_all: bool = False
+) -> tuple[Any, dict[str, Tower]]:
     """Student config (deep copy of the teacher's, fewer layers / narrower MLP) and the per-tower plan."""
     layout = _layout(teacher)
     cfg = copy.deepcopy(teacher.config)
@@ -159,11 +165,14 @@ def plan_student(teacher, vision_layers: int | None, text_layers: int | None, ml
         sub.num_hidden_layers = n
         setattr(sub, width_key, new_width)
         changed = n != total or new_width != width
-        towers[name] = Tower(name, total, evenly_spaced(total, n), int(width), int(new_width),
-                             trainable=changed or train_all)
+        towers[name] = Tower(
+            name, total, evenly_spaced(total, n), int(width), int(new_width), trainable=changed or train_all
+        )
     if not any(t.trainable for t in towers.values()):
-        raise InputError("the student would equal the teacher: give --vision-layers / --text-layers below the "
-                         "teacher's depth, or --mlp-ratio < 1")
+        raise InputError(
+            "the student would equal the teacher: give --vision-layers / --text-layers below the "
+            "teacher's depth, or --mlp-ratio < 1"
+        )
     return cfg, towers
 
 
@@ -180,7 +189,7 @@ def build_student(teacher, cfg, towers: dict[str, Tower]):
             new[key] = value.clone()
             continue
         t, prefix = towers[tower], layout[tower][1] + "."
-        idx_s, rest = key[len(prefix):].split(".", 1)
+        idx_s, rest = key[len(prefix) :].split(".", 1)
         if int(idx_s) not in t.kept:
             continue
         j = t.kept.index(int(idx_s))
@@ -189,8 +198,9 @@ def build_student(teacher, cfg, towers: dict[str, Tower]):
     # tied output embeddings may be absent from one side's state dict; anything else is a bug
     missing = [k for k in missing if "lm_head" not in k]
     if missing or unexpected:
-        raise CheckpointError(f"student initialisation left tensors unmatched: missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}")
+        raise CheckpointError(
+            f"student initialisation left tensors unmatched: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     if hasattr(student, "tie_weights"):
         student.tie_weights()
     if getattr(teacher, "generation_config", None) is not None:  # captioners: same decoding defaults
@@ -260,8 +270,9 @@ def _training_data(cfg: DistillConfig):
             raise InputError(f"--texts {cfg.texts}: no texts in it")
         train.texts = list(train.texts) + list(extra.texts)
     if len(train.images) < cfg.batch_size:
-        raise InputError(f"--data {cfg.data} has {len(train.images)} training images, fewer than "
-                         f"--batch-size {cfg.batch_size}")
+        raise InputError(
+            f"--data {cfg.data} has {len(train.images)} training images, fewer than --batch-size {cfg.batch_size}"
+        )
     return train, held
 
 
@@ -300,8 +311,11 @@ def distill(
         raise InputError(f"--device {cfg.device}: this torch build sees no CUDA GPU (use auto or cpu)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = torch.device(
+        "cuda"
+        if cfg.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
     log(f"loading teacher {teacher_source}{' (random weights)' if random_weights else ''}")
     ckpt = resolve(teacher_source, random_weights=random_weights)
     teacher = ckpt.model.eval()
@@ -311,7 +325,9 @@ def distill(
         from .families import families
 
         has = sorted(n for n, c in families().items() if c.distiller)
-        raise UnsupportedModelError(f"{teacher_source}: the {fam.family} family has no distiller yet (distill takes {', '.join(has)})")
+        raise UnsupportedModelError(
+            f"{teacher_source}: the {fam.family} family has no distiller yet (distill takes {', '.join(has)})"
+        )
     torch.manual_seed(cfg.seed)
     student = build_student(teacher, student_cfg, towers)
     for t in towers.values():
@@ -320,8 +336,12 @@ def distill(
     n_student = sum(p.numel() for p in student.parameters())
     log(f"student {n_student / 1e6:.2f}M parameters, teacher {n_teacher / 1e6:.2f}M ({n_student / n_teacher:.0%})")
     teacher_sha = ckpt.source.get("weights_sha256") or state_sha256(teacher)
-    recipe = {**cfg.recipe(), "teacher": teacher_source, "teacher_sha256": teacher_sha,
-              "random_weights": random_weights}
+    recipe = {
+        **cfg.recipe(),
+        "teacher": teacher_source,
+        "teacher_sha256": teacher_sha,
+        "random_weights": random_weights,
+    }
 
     train, held = _training_data(cfg)
     teacher.to(device)
@@ -336,7 +356,8 @@ def distill(
     steps_per_epoch = len(train.images) // cfg.batch_size
     total = max(1, steps_per_epoch * cfg.epochs)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
+        opt,
+        lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))),
     )
 
     start_epoch, history = 0, []
@@ -344,8 +365,10 @@ def distill(
         state = torch.load(state_dir / STATE_FILE, map_location=device, weights_only=False)
         if state["recipe"] != recipe:
             diff = sorted(k for k in set(state["recipe"]) | set(recipe) if state["recipe"].get(k) != recipe.get(k))
-            raise InputError(f"{state_dir} was made with a different recipe ({', '.join(diff)} differ): "
-                             "rerun with the same options or delete it")
+            raise InputError(
+                f"{state_dir} was made with a different recipe ({', '.join(diff)} differ): "
+                "rerun with the same options or delete it"
+            )
         student.load_state_dict(state["student"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -362,7 +385,7 @@ def distill(
         order = np.random.default_rng(cfg.seed + epoch).permutation(len(train.images))
         sums: dict[str, float] = {}
         for step in range(steps_per_epoch):
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             losses = runner.step_losses(idx, np.random.default_rng((cfg.seed, epoch, step)))
             loss = sum(losses.values())
             opt.zero_grad(set_to_none=True)
@@ -380,9 +403,18 @@ def distill(
         log(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in mean.items()))
         state_dir.mkdir(parents=True, exist_ok=True)
         tmp = state_dir / (STATE_FILE + ".tmp")
-        torch.save({"recipe": recipe, "epoch": epoch + 1, "history": history, "student": student.state_dict(),
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "torch_rng": torch.get_rng_state()}, tmp)
+        torch.save(
+            {
+                "recipe": recipe,
+                "epoch": epoch + 1,
+                "history": history,
+                "student": student.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            tmp,
+        )
         os.replace(tmp, state_dir / STATE_FILE)  # a crash mid-write keeps the previous epoch's state
         if on_epoch_end:
             on_epoch_end(epoch + 1)
@@ -395,10 +427,21 @@ def distill(
         log(f"{k}: {v}")
     report = {
         "teacher": {"source": ckpt.source, "name": ckpt.name, "parameters": n_teacher},
-        "student": {"parameters": n_student, "ratio": round(n_student / n_teacher, 4),
-                    "towers": {n: {"layers": len(t.kept), "teacher_layers": t.teacher_layers, "kept_layers": t.kept,
-                                   "mlp": t.student_mlp, "teacher_mlp": t.teacher_mlp, "trained": t.trainable}
-                               for n, t in towers.items()}},
+        "student": {
+            "parameters": n_student,
+            "ratio": round(n_student / n_teacher, 4),
+            "towers": {
+                n: {
+                    "layers": len(t.kept),
+                    "teacher_layers": t.teacher_layers,
+                    "kept_layers": t.kept,
+                    "mlp": t.student_mlp,
+                    "teacher_mlp": t.teacher_mlp,
+                    "trained": t.trainable,
+                }
+                for n, t in towers.items()
+            },
+        },
         "recipe": recipe,
         "history": history,
         "train_seconds": round(train_s, 1),
@@ -433,29 +476,31 @@ def student_card(r: dict[str, Any]) -> str:
     t, s, rec = r["teacher"], r["student"], r["recipe"]
     rows = "\n".join(
         f"| {n} | {v['layers']} of {v['teacher_layers']} (teacher layers {v['kept_layers']}) | {v['mlp']} of {v['teacher_mlp']} | "
-        f"{'yes' if v['trained'] else 'no (frozen copy)'} |" for n, v in s["towers"].items()
+        f"{'yes' if v['trained'] else 'no (frozen copy)'} |"
+        for n, v in s["towers"].items()
     )
     fid = "\n".join(f"| {k} | {v} |" for k, v in r["fidelity"].items())
     speed = "\n".join(f"| {k} | {v} |" for k, v in r["speed"].items())
     flags = " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in rec.items()
+        f"--{k.replace('_', '-')} {v}"
+        for k, v in rec.items()
         if k not in ("teacher", "teacher_sha256", "random_weights") and v is not None and v is not False
     )
-    return f"""# Distilled student of {t['name']}
+    return f"""# Distilled student of {t["name"]}
 
 Same Hugging Face class as the teacher, fewer layers, initialised from the teacher's weights and
-trained to imitate it with `mmdeploy distill`. {s['parameters'] / 1e6:.2f}M parameters
-({s['ratio']:.0%} of the teacher's {t['parameters'] / 1e6:.2f}M).
+trained to imitate it with `mmdeploy distill`. {s["parameters"] / 1e6:.2f}M parameters
+({s["ratio"]:.0%} of the teacher's {t["parameters"] / 1e6:.2f}M).
 
 ```
-mmdeploy distill {rec['teacher']} -o <out> {flags}{' --random-weights' if rec['random_weights'] else ''}
+mmdeploy distill {rec["teacher"]} -o <out> {flags}{" --random-weights" if rec["random_weights"] else ""}
 ```
 
 | tower | layers | MLP width | trained |
 |---|---|---|---|
 {rows}
 
-Teacher weights sha256: `{rec['teacher_sha256']}`. Training: {r['train_seconds']} s on {r['device']}.
+Teacher weights sha256: `{rec["teacher_sha256"]}`. Training: {r["train_seconds"]} s on {r["device"]}.
 
 ## Fidelity to the teacher (held-out data)
 
@@ -498,7 +543,14 @@ def _timed(fn, runs: int = 20) -> float:
 class ClipDistiller:
     def __init__(self, fam, teacher, student, towers, cfg: DistillConfig, device, log):
         self.fam, self.teacher, self.student, self.towers, self.cfg, self.device, self.log = (
-            fam, teacher, student, towers, cfg, device, log)
+            fam,
+            teacher,
+            student,
+            towers,
+            cfg,
+            device,
+            log,
+        )
         self.scale = float(teacher.logit_scale.detach().exp().clamp(max=100))
 
     def trainable(self, name: str) -> bool:
@@ -519,17 +571,19 @@ class ClipDistiller:
         outs = []
         if pixels is not None:
             for i in range(0, len(pixels), batch):
-                outs.append(self._feats(model.get_image_features(pixel_values=pixels[i:i + batch].to(self.device))))
+                outs.append(self._feats(model.get_image_features(pixel_values=pixels[i : i + batch].to(self.device))))
         else:
             for i in range(0, len(texts), batch):
-                outs.append(self._feats(model.get_text_features(**self._tok(texts[i:i + batch]))))
+                outs.append(self._feats(model.get_text_features(**self._tok(texts[i : i + batch]))))
         return torch.cat(outs)
 
     def prepare(self, train) -> None:
         """Pre-process every training image and embed images and texts with the teacher, once."""
         self.train = train
         self.log(f"teacher embeddings for {len(train.images)} images and {len(set(train.texts))} texts")
-        chunks = [torch.from_numpy(self.fam.preprocess(train.images[i:i + 256])) for i in range(0, len(train.images), 256)]
+        chunks = [
+            torch.from_numpy(self.fam.preprocess(train.images[i : i + 256])) for i in range(0, len(train.images), 256)
+        ]
         self.pixels = torch.cat(chunks)
         self.captions = train.captions
         self.pool = sorted(set(train.texts))
@@ -559,7 +613,9 @@ class ClipDistiller:
             if len(self.pool) > len(idx):  # unpaired texts too (e.g. the zero-shot prompts)
                 extra = rng.choice(len(self.pool), max(2, len(idx) // 2), replace=False)
                 s_x = self._feats(self.student.get_text_features(**self._tok([self.pool[i] for i in extra])))
-                losses["text"] = losses["text"] + _embedding_loss(s_x, self.t_txt[torch.from_numpy(extra).to(self.device)])
+                losses["text"] = losses["text"] + _embedding_loss(
+                    s_x, self.t_txt[torch.from_numpy(extra).to(self.device)]
+                )
         else:
             s_txt = t_txt
         logits = self.scale * s_img @ s_txt.T
@@ -575,8 +631,11 @@ class ClipDistiller:
         # this is what zero-shot classification reads, so it carries the ranking, not just the direction
         pool_ix = rng.choice(len(self.pool), min(len(self.pool), 256), replace=False)
         t_pool = self.t_txt[torch.from_numpy(pool_ix).to(self.device)]
-        s_pool = (self._feats(self.student.get_text_features(**self._tok([self.pool[i] for i in pool_ix])))
-                  if self.towers["text"].trainable else t_pool)
+        s_pool = (
+            self._feats(self.student.get_text_features(**self._tok([self.pool[i] for i in pool_ix])))
+            if self.towers["text"].trainable
+            else t_pool
+        )
         t_rel = (self.scale * t_img @ t_pool.T).softmax(-1)
         s_rel = (self.scale * s_img @ s_pool.T).log_softmax(-1)
         losses["relation"] = cfg.relation_weight * (t_rel * (t_rel.clamp_min(1e-12).log() - s_rel)).sum(-1).mean()
@@ -597,13 +656,18 @@ class ClipDistiller:
                 truth = torch.tensor([data.class_names.index(l) for l in data.labels], device=self.device)
                 tea = float(((t_img @ t_p.T).argmax(-1) == truth).float().mean())
                 stu = float(((s_img @ s_p.T).argmax(-1) == truth).float().mean())
-                out.update(teacher_top1=round(tea, 4), student_top1=round(stu, 4),
-                           top1_kept=round(stu / tea, 4) if tea else None)
+                out.update(
+                    teacher_top1=round(tea, 4),
+                    student_top1=round(stu, 4),
+                    top1_kept=round(stu / tea, 4) if tea else None,
+                )
         return out
 
     def speed(self) -> dict[str, Any]:
         px = self.pixels[:1].to(self.device)
-        return _speed("vision", *(lambda m=m: m.get_image_features(pixel_values=px) for m in (self.teacher, self.student)))
+        return _speed(
+            "vision", *(lambda m=m: m.get_image_features(pixel_values=px) for m in (self.teacher, self.student))
+        )
 
 
 def _embedding_loss(s, t):
@@ -616,7 +680,14 @@ class CaptionDistiller:
 
     def __init__(self, fam, teacher, student, towers, cfg: DistillConfig, device, log):
         self.fam, self.teacher, self.student, self.towers, self.cfg, self.device, self.log = (
-            fam, teacher, student, towers, cfg, device, log)
+            fam,
+            teacher,
+            student,
+            towers,
+            cfg,
+            device,
+            log,
+        )
         self.eos = set(fam.generation["eos_token_id"])
         self.pad = fam.generation["pad_token_id"]
 
@@ -632,7 +703,7 @@ class CaptionDistiller:
         outs = []
         with torch.inference_mode():
             for i in range(0, len(pixels), batch):
-                ids = model.generate(pixel_values=pixels[i:i + batch].to(self.device), do_sample=False)
+                ids = model.generate(pixel_values=pixels[i : i + batch].to(self.device), do_sample=False)
                 outs.append(ids.cpu())
         width = max(o.shape[1] for o in outs)
         return torch.cat([F.pad(o, (0, width - o.shape[1]), value=self.pad) for o in outs])
@@ -648,8 +719,9 @@ class CaptionDistiller:
 
     def prepare(self, train) -> None:
         self.log(f"teacher captions for {len(train.images)} training images")
-        self.pixels = torch.cat([torch.from_numpy(self.fam.preprocess(train.images[i:i + 256]))
-                                 for i in range(0, len(train.images), 256)])
+        self.pixels = torch.cat(
+            [torch.from_numpy(self.fam.preprocess(train.images[i : i + 256])) for i in range(0, len(train.images), 256)]
+        )
         self.seq = self._generate(self.teacher, self.pixels)
         self.mask = self._mask(self.seq)
 
@@ -678,20 +750,29 @@ class CaptionDistiller:
     def evaluate(self, data) -> dict[str, Any]:
         px = torch.from_numpy(self.fam.preprocess(data.images))
         t_txt, s_txt = self._text(self._generate(self.teacher, px)), self._text(self._generate(self.student, px))
-        out: dict[str, Any] = {"eval_images": len(data.images), "eval_data": data.name,
-                               "captions_equal_to_teacher": round(float(np.mean([a == b for a, b in zip(t_txt, s_txt)])), 4)}
+        out: dict[str, Any] = {
+            "eval_images": len(data.images),
+            "eval_data": data.name,
+            "captions_equal_to_teacher": round(float(np.mean([a == b for a, b in zip(t_txt, s_txt)])), 4),
+        }
         if data.captions:
             refs = [c.strip() for c in data.captions]
             tea = float(np.mean([a == r for a, r in zip(t_txt, refs)]))
             stu = float(np.mean([a == r for a, r in zip(s_txt, refs)]))
-            out.update(teacher_exact_match=round(tea, 4), student_exact_match=round(stu, 4),
-                       exact_match_kept=round(stu / tea, 4) if tea else None)
+            out.update(
+                teacher_exact_match=round(tea, 4),
+                student_exact_match=round(stu, 4),
+                exact_match_kept=round(stu / tea, 4) if tea else None,
+            )
         return out
 
     def speed(self) -> dict[str, Any]:
         px = self.pixels[:1].to(self.device)
-        return _speed("generate", *(lambda m=m: m.generate(pixel_values=px, do_sample=False) for m in (self.teacher, self.student)),
-                      runs=10)
+        return _speed(
+            "generate",
+            *(lambda m=m: m.generate(pixel_values=px, do_sample=False) for m in (self.teacher, self.student)),
+            runs=10,
+        )
 
 
 # the names family exporters give as `distiller`

@@ -4,8 +4,8 @@ each checked against PyTorch on real inputs before the bundle is swapped in."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..common.env import library_versions
 from ..common.fidelity import GATES, compare_all
@@ -80,9 +80,22 @@ def export(
     post = [p for p in precisions if p in POST_EXPORT]
     if post:
         return _export_then_quantize(
-            source, Path(out), backends, [p for p in precisions if p not in POST_EXPORT] or ["fp32"], post,
-            dict(target=target, random_weights=random_weights, threads=threads, log=log, tensorrt_precisions=gpu_precisions),
-            calib, method, min_cosine, best,
+            source,
+            Path(out),
+            backends,
+            [p for p in precisions if p not in POST_EXPORT] or ["fp32"],
+            post,
+            dict(
+                target=target,
+                random_weights=random_weights,
+                threads=threads,
+                log=log,
+                tensorrt_precisions=gpu_precisions,
+            ),
+            calib,
+            method,
+            min_cosine,
+            best,
         )
     variants = plan_variants(backends, precisions)
     if threads:
@@ -116,8 +129,12 @@ def export(
             if hasattr(fam, "parity_cases"):  # several (label, feeds), e.g. first step and a later step
                 cases = fam.parity_cases(comp)
             else:
-                cases = [(f"{PARITY_BATCH[comp]} real {'photos' if comp == 'vision' else 'sentences'}",
-                          fam.feeds(comp, PARITY_BATCH[comp]))]
+                cases = [
+                    (
+                        f"{PARITY_BATCH[comp]} real {'photos' if comp == 'vision' else 'sentences'}",
+                        fam.feeds(comp, PARITY_BATCH[comp]),
+                    )
+                ]
             refs = [TorchSession(module, inputs, outputs).run(f) for _, f in cases]
             for backend, precision in variants:
                 mod = backend_module(backend)
@@ -186,8 +203,9 @@ def export(
     return Bundle.open(out)
 
 
-def tensorrt_settings(ckpt: Checkpoint, components: dict, target: str, precisions: list[str],
-                      max_sequence: int | None = None) -> dict:
+def tensorrt_settings(
+    ckpt: Checkpoint, components: dict, target: str, precisions: list[str], max_sequence: int | None = None
+) -> dict:
     """What `mmdeploy build --backend tensorrt` needs on the device: profiles, precisions.
 
     `max_sequence` (the tokenizer's max_length, at most the position table) replaces the
@@ -204,8 +222,10 @@ def tensorrt_settings(ckpt: Checkpoint, components: dict, target: str, precision
     return {
         "target": target,
         "precisions": [p for p in precisions if p != "int8"],  # int8 joins once its Q/DQ ONNX exists
-        "profiles": {c: {k: [list(x) for x in v] for k, v in derive_profile(spec["inputs"], axes, limits=limits).items()}
-                     for c, spec in components.items()},
+        "profiles": {
+            c: {k: [list(x) for x in v] for k, v in derive_profile(spec["inputs"], axes, limits=limits).items()}
+            for c, spec in components.items()
+        },
         "workspace_mb": WORKSPACE_MB[target],
         "dla_core": None,
         "int8_onnx": {},
@@ -216,8 +236,10 @@ def best_precisions(precisions: list[str], backends: list[str], target: str) -> 
     """--precision best: fp32, bf16 where OpenVINO runs it natively here, and INT8 by `--mode best`
     on each backend; export then times every variant here so the default is the fastest passing."""
     if precisions != ["best"]:
-        raise InputError("--precision best stands alone: it builds fp32, bf16 (openvino, where this CPU has it) "
-                         "and the fastest INT8 recipe that passes, then times them here")
+        raise InputError(
+            "--precision best stands alone: it builds fp32, bf16 (openvino, where this CPU has it) "
+            "and the fastest INT8 recipe that passes, then times them here"
+        )
     if target != "cpu":
         raise InputError("--precision best times the variants on this CPU: for --target gpu/jetson name the precisions")
     ov = backend_module("openvino")  # a backend that is not installed is refused by plan_variants, before any work
@@ -225,8 +247,9 @@ def best_precisions(precisions: list[str], backends: list[str], target: str) -> 
     return ["fp32"] + (["bf16"] if bf16 else []) + ["int8"]
 
 
-def _export_then_quantize(source, out: Path, backends, precisions, post, kw, calib, method, min_cosine,
-                          best: bool = False) -> Bundle:
+def _export_then_quantize(
+    source, out: Path, backends, precisions, post, kw, calib, method, min_cosine, best: bool = False
+) -> Bundle:
     """export + quantize as one atomic step: built beside `out`, swapped in only when all passed."""
     import shutil
 
@@ -240,7 +263,16 @@ def _export_then_quantize(source, out: Path, backends, precisions, post, kw, cal
         resolve(source, random_weights=kw["random_weights"])  # raises the one-line reason
     jobs = []
     if kw["target"] != "cpu" and "int8" in post:
-        jobs.append(QuantConfig(precision="int8", backend="tensorrt", calib=calib, method=method, min_cosine=min_cosine, threads=kw["threads"]))
+        jobs.append(
+            QuantConfig(
+                precision="int8",
+                backend="tensorrt",
+                calib=calib,
+                method=method,
+                min_cosine=min_cosine,
+                threads=kw["threads"],
+            )
+        )
         check_config(jobs[-1], family)
         post = [p for p in post if p != "int8"]
     for precision in post:
@@ -250,8 +282,16 @@ def _export_then_quantize(source, out: Path, backends, precisions, post, kw, cal
                 kw["log"]("int8: openvino's NNCF INT8 needs --calib; skipped for that backend")
                 continue
             cfg = QuantConfig(
-                precision=precision, backend=backend, calib=calib, method=method, min_cosine=min_cosine,
-                mode="best" if best else "static" if calib or precision != "int8" or backend != "onnxruntime" else "dynamic",
+                precision=precision,
+                backend=backend,
+                calib=calib,
+                method=method,
+                min_cosine=min_cosine,
+                mode="best"
+                if best
+                else "static"
+                if calib or precision != "int8" or backend != "onnxruntime"
+                else "dynamic",
                 threads=kw["threads"],
             )
             try:

@@ -55,8 +55,14 @@ def externalize_weights(path: Path) -> str | None:
         return None
     onnx = require("onnx", "export")
     name = path.name + ".data"
-    onnx.save_model(onnx.load(str(path)), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=name, size_threshold=1024)
+    onnx.save_model(
+        onnx.load(str(path)),
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=name,
+        size_threshold=1024,
+    )
     os.chmod(path.parent / name, path.stat().st_mode & 0o777)  # onnx creates it 0600; match the graph
     return name
 
@@ -128,8 +134,15 @@ def export_dynamo(module, args: tuple, input_names, output_names, dynamic_shapes
     with quiet(), torch.inference_mode(False), torch.no_grad():
         try:
             torch.onnx.export(
-                module, args, str(path), dynamo=True, dynamic_shapes=dynamic_shapes, input_names=input_names,
-                output_names=output_names, optimize=True, external_data=False,
+                module,
+                args,
+                str(path),
+                dynamo=True,
+                dynamic_shapes=dynamic_shapes,
+                input_names=input_names,
+                output_names=output_names,
+                optimize=True,
+                external_data=False,
             )
         except Exception as exc:  # torch.export raises many kinds
             lines = [l.strip() for l in str(exc).splitlines() if l.strip()]
@@ -147,8 +160,13 @@ def gemm_to_matmul(model) -> int:
     out, n = [], 0
     for node in g.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
-                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+        if (
+            node.op_type != "Gemm"
+            or node.input[1] not in inits
+            or attrs.get("transA", 0)
+            or attrs.get("alpha", 1.0) != 1.0
+            or attrs.get("beta", 1.0) != 1.0
+        ):
             out.append(node)
             continue
         w = node.input[1]

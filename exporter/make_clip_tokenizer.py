@@ -227,7 +227,9 @@ def check_sentences() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mmdeploy.exporter.make_clip_tokenizer", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m mmdeploy.exporter.make_clip_tokenizer", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("bpe_gz", type=Path, help="bpe_simple_vocab_16e6.txt.gz")
     ap.add_argument("--out", type=Path, default=Path("fixtures/clip-tokenizer"))
     ap.add_argument("--open-clip-version", default="3.3.0", help="for the README only")
@@ -274,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reference check: {n_same}/{len(sentences)} sentences identical")
 
         # Write beside the target, then swap in: never a half-written folder.
-        stage = Path(tempfile.mkdtemp(prefix=".clip-tokenizer-", dir=args.out.parent if args.out.parent.exists() else None))
+        stage = Path(
+            tempfile.mkdtemp(prefix=".clip-tokenizer-", dir=args.out.parent if args.out.parent.exists() else None)
+        )
         try:
             tok.save_pretrained(str(stage))
             for p in stage.iterdir():
@@ -282,8 +286,14 @@ def main(argv: list[str] | None = None) -> int:
                     p.unlink()
             (stage / "README.md").write_text(
                 README.format(
-                    max_len=MODEL_MAX_LENGTH, sha=sha, oc_version=args.open_clip_version,
-                    vocab=VOCAB_SIZE, bos=ids[BOS], eos=ids[EOS], n=len(sentences), n_same=n_same,
+                    max_len=MODEL_MAX_LENGTH,
+                    sha=sha,
+                    oc_version=args.open_clip_version,
+                    vocab=VOCAB_SIZE,
+                    bos=ids[BOS],
+                    eos=ids[EOS],
+                    n=len(sentences),
+                    n_same=n_same,
                 ),
                 encoding="utf-8",
             )

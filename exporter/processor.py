@@ -15,8 +15,19 @@ from typing import Any
 
 from ..errors import CheckpointError
 
-RUNTIME_KEYS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
-                "do_normalize", "image_mean", "image_std", "do_convert_rgb")
+RUNTIME_KEYS = (
+    "do_resize",
+    "size",
+    "resample",
+    "do_center_crop",
+    "crop_size",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+    "do_convert_rgb",
+)
 
 
 def raw_image_processor(folder: Path) -> dict[str, Any]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..common.fidelity import GATES, compare_all
 from ..errors import BackendError, InputError
@@ -35,14 +36,20 @@ def recipe_for(cfg: QuantConfig, family: str) -> Recipe:
     if cfg.precision not in precisions:
         elsewhere = sorted(n for n, cls in pipelines().items() if any(p == cfg.precision for _, p in cls.quantization))
         where = f" ({cfg.precision}: {', '.join(elsewhere)} bundles only)" if elsewhere else ""
-        raise InputError(f"--precision {cfg.precision!r}: {family} bundles are quantized to {', '.join(precisions)}{where}")
+        raise InputError(
+            f"--precision {cfg.precision!r}: {family} bundles are quantized to {', '.join(precisions)}{where}"
+        )
     entry = table.get((cfg.backend, cfg.precision))
     if entry is None:
-        raise BackendError(f"quantize builds no {cfg.backend} {cfg.precision} for {family} bundles: they get "
-                           f"{_supported(table)}; {cfg.backend}/{cfg.precision} is not built for them")
+        raise BackendError(
+            f"quantize builds no {cfg.backend} {cfg.precision} for {family} bundles: they get "
+            f"{_supported(table)}; {cfg.backend}/{cfg.precision} is not built for them"
+        )
     if isinstance(entry, dict):
         if cfg.mode not in entry:
-            raise InputError(f"--mode {cfg.mode} is for {', '.join(f'{b} {p}' for (b, p), e in table.items() if isinstance(e, dict) and cfg.mode in e)} only")
+            raise InputError(
+                f"--mode {cfg.mode} is for {', '.join(f'{b} {p}' for (b, p), e in table.items() if isinstance(e, dict) and cfg.mode in e)} only"
+            )
         return RECIPES[entry[cfg.mode]]
     return RECIPES[entry]
 
@@ -75,18 +82,28 @@ def check_best(cfg: QuantConfig, family: str) -> Recipe:
     """--mode best: encoder INT8 on onnxruntime (dynamic and, with --calib, static candidates) or
     openvino (NNCF, needs --calib). Returns the recipe of the candidates' default build."""
     entry = pipeline_class(family).quantization.get((cfg.backend, cfg.precision))
-    if cfg.precision != "int8" or cfg.backend not in ("onnxruntime", "openvino") or entry is None \
-            or not all(RECIPES[r].exclusions for r in (entry.values() if isinstance(entry, dict) else [entry])):
-        raise InputError(f"best chooses among the INT8 recipes of encoder bundles (CLIP, SigLIP, ALIGN, sentence "
-                         f"embeddings) on onnxruntime or openvino; {family} {cfg.backend}/{cfg.precision} has one recipe")
+    if (
+        cfg.precision != "int8"
+        or cfg.backend not in ("onnxruntime", "openvino")
+        or entry is None
+        or not all(RECIPES[r].exclusions for r in (entry.values() if isinstance(entry, dict) else [entry]))
+    ):
+        raise InputError(
+            f"best chooses among the INT8 recipes of encoder bundles (CLIP, SigLIP, ALIGN, sentence "
+            f"embeddings) on onnxruntime or openvino; {family} {cfg.backend}/{cfg.precision} has one recipe"
+        )
     if cfg.exclude is not None:
-        raise InputError("--mode best tries its own exclusions (none, the MLP down-projections, Conv): leave --exclude out")
+        raise InputError(
+            "--mode best tries its own exclusions (none, the MLP down-projections, Conv): leave --exclude out"
+        )
     if isinstance(entry, dict):  # without data, the data-free recipe where the backend has one
         recipe = RECIPES[entry.get("dynamic" if cfg.calib is None else "static", entry["static"])]
     else:
         recipe = RECIPES[entry]
     if recipe.calibration and cfg.calib is None:
-        raise InputError(f"--mode best on {cfg.backend}: its INT8 ({recipe.name}) needs calibration data: --calib DIR|FILE|shapes")
+        raise InputError(
+            f"--mode best on {cfg.backend}: its INT8 ({recipe.name}) needs calibration data: --calib DIR|FILE|shapes"
+        )
     return recipe
 
 
@@ -110,8 +127,10 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
     if recipe.backend == "tensorrt" and "tensorrt" not in bundle.manifest:
         raise InputError(f"{bundle.root} was exported for cpu: export with --target gpu (or jetson-*) for TensorRT")
     if cfg.mode_given and not isinstance(family.quantization.get((cfg.backend, cfg.precision)), dict):
-        log(f"--mode {cfg.mode} does not apply here: {bundle.family} {cfg.backend} {cfg.precision} has one recipe, "
-            f"{recipe.name} ({recipe.summary})")
+        log(
+            f"--mode {cfg.mode} does not apply here: {bundle.family} {cfg.backend} {cfg.precision} has one recipe, "
+            f"{recipe.name} ({recipe.summary})"
+        )
     if not recipe.calibration and cfg.mode != "best" and (cfg.calib or cfg.min_cosine):
         log(f"{recipe.name} is data-free ({recipe.summary}): --calib and --min-cosine are not used")
     comps = selected_components(bundle, cfg)
@@ -129,7 +148,9 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
             del ref_sess
             calib, calib_name = None, None
             if recipe.calibration:
-                calib, calib_name = family.calibration_feeds(bundle, comp, cfg.calib, cfg.samples, cfg.method != "minmax")
+                calib, calib_name = family.calibration_feeds(
+                    bundle, comp, cfg.calib, cfg.samples, cfg.method != "minmax"
+                )
                 log(f"{comp}: calibrating on {len(calib)} samples of {calib_name} ({cfg.method})")
 
             def fidelity(path: Path, runtime: dict | None = None, backend: str = "onnxruntime") -> dict[str, Any]:
@@ -139,9 +160,16 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
             t = time.perf_counter()
             job = Job(src, w, comp, cfg, calib, Path(tmp), fidelity, log)
             if cfg.mode == "best":
-                built = choose(job, lambda m: recipe_for(replace(cfg, mode=m), bundle.family), cfg.backend,
-                               metric, gate_at, feeds[0], lambda p, rt, be: backend_module(be).open(p, rt, cfg.threads),
-                               cfg.backend == "openvino" and mod.cpu_supports("bf16"))
+                built = choose(
+                    job,
+                    lambda m: recipe_for(replace(cfg, mode=m), bundle.family),
+                    cfg.backend,
+                    metric,
+                    gate_at,
+                    feeds[0],
+                    lambda p, rt, be: backend_module(be).open(p, rt, cfg.threads),
+                    cfg.backend == "openvino" and mod.cpu_supports("bf16"),
+                )
             else:
                 built = recipe.build(job)
             for f in built.files:  # re-hashed even when listed: a variant quantized again replaces its files
@@ -154,19 +182,31 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
                 built.recipe.setdefault("calibration", {"data": cfg.calib, "samples": len(calib)} if calib else None)
                 built.recipe.setdefault("exclude", cfg.exclude)  # --mode best records the candidate's own
             built.recipe.setdefault("recipe", recipe.name)
-            log(f"{comp}: {cfg.backend}/{cfg.precision} ({built.recipe['recipe']}) {metric} {par[metric]:.5f} vs fp32 in "
-                f"{time.perf_counter() - t:.1f}s" + ("" if gate["passed"] else f": below the gate {gate_at}, kept but never chosen by default"))
+            log(
+                f"{comp}: {cfg.backend}/{cfg.precision} ({built.recipe['recipe']}) {metric} {par[metric]:.5f} vs fp32 in "
+                f"{time.perf_counter() - t:.1f}s"
+                + ("" if gate["passed"] else f": below the gate {gate_at}, kept but never chosen by default")
+            )
             if built.tensorrt:
                 trt = w.manifest["tensorrt"]
                 trt["int8_onnx"][comp] = {"path": built.files[0], "parity": par, "gate": gate, "recipe": built.recipe}
                 if "int8" not in trt["precisions"]:
                     trt["precisions"].append("int8")
                 continue
-            w.add_artifact(Artifact(
-                component=comp, backend=cfg.backend, precision=cfg.precision, path=built.files[0], files=built.files,
-                runtime=built.runtime, built_for={"target": bundle.manifest.get("target", "cpu"), cfg.backend: mod.version()},
-                parity=par, gate=gate, recipe=built.recipe,
-            ))
+            w.add_artifact(
+                Artifact(
+                    component=comp,
+                    backend=cfg.backend,
+                    precision=cfg.precision,
+                    path=built.files[0],
+                    files=built.files,
+                    runtime=built.runtime,
+                    built_for={"target": bundle.manifest.get("target", "cpu"), cfg.backend: mod.version()},
+                    parity=par,
+                    gate=gate,
+                    recipe=built.recipe,
+                )
+            )
         if callable(getattr(family, "greedy_agreement", None)) and recipe.backend != "tensorrt":
             _record_agreement(w, family, cfg, log)
         keep = [c["onnx"] for c in bundle.components.values()]
@@ -188,12 +228,18 @@ def _record_agreement(w, family, cfg: QuantConfig, log) -> None:
     share, what = family.greedy_agreement(staged, cfg.backend, cfg.precision, cfg.threads)
     checks = w.manifest.setdefault("variant_checks", {}).setdefault("greedy_agreement_vs_fp32", {})
     passed = share >= cfg.min_agreement
-    checks[f"{cfg.backend}/{cfg.precision}"] = {"agreement": round(share, 4), "inputs": what,
-                                                "min_agreement": cfg.min_agreement, "passed": passed}
+    checks[f"{cfg.backend}/{cfg.precision}"] = {
+        "agreement": round(share, 4),
+        "inputs": what,
+        "min_agreement": cfg.min_agreement,
+        "passed": passed,
+    }
     for a in w.artifacts:
         if (a.backend, a.precision) == (cfg.backend, cfg.precision):
             a.gate["min_agreement"] = cfg.min_agreement
             a.gate["agreement"] = round(share, 4)
             a.gate["passed"] = bool(a.gate.get("passed")) and passed
-    log(f"{cfg.backend}/{cfg.precision}: greedy tokens follow fp32 for {share:.0%} ({what})"
-        + ("" if passed else f": below --min-agreement {cfg.min_agreement:g}, kept but never chosen by default"))
+    log(
+        f"{cfg.backend}/{cfg.precision}: greedy tokens follow fp32 for {share:.0%} ({what})"
+        + ("" if passed else f": below --min-agreement {cfg.min_agreement:g}, kept but never chosen by default")
+    )

@@ -16,9 +16,10 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,14 @@ WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
 # (The TorchScript-exported CLIP / text graphs have no Gemm: Linear layers are MatMul [+ Add].)
 DYNAMIC_OPS = ("MatMul", "Conv")
 # integer-kernel nodes in a quantized graph: what really runs in int8
-INTEGER_OPS = ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearMatMul", "QLinearConv")
+INTEGER_OPS = (
+    "MatMulInteger",
+    "ConvInteger",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+    "QLinearMatMul",
+    "QLinearConv",
+)
 # Static INT8 keeps each transformer block's MLP down-projection in float by default: its input
 # (after GELU) carries the activation outliers. Measured on all-MiniLM-L6-v2, 64 calibration
 # sentences, held-out mean cosine vs fp32: whole graph 0.941 (minmax; entropy 0.939,
@@ -53,7 +61,6 @@ DEFAULT_EXCLUDE = [r"mlp/fc2/", r"layer\.\d+/output/dense/"]
 # fixture every text tensor got the same scale under entropy as under minmax).
 
 
-
 @dataclass
 class QuantConfig:
     precision: str
@@ -69,7 +76,6 @@ class QuantConfig:
     threads: int | None = None
     mode_given: bool = False  # --mode on the command line: said when the recipe has no modes
     smooth_quant: float = -1.0  # NNCF SmoothQuant alpha for MatMul; -1: off (measured: see NNCF_PRESET_SMOOTH_QUANT)
-
 
 
 def weight_nodes(model) -> list[Any]:
@@ -135,8 +141,11 @@ class OrtInt8:
         if cfg.mode == "dynamic":  # ORT's dynamic quantizer leaves Gemm float: not counted, not offered as a group
             self.nodes = [n for n in self.nodes if n.op_type in DYNAMIC_OPS]
         if not self.nodes:
-            raise InputError("--exclude leaves nothing to quantize" if cfg.mode == "static" else
-                             f"{src.name}: no {'/'.join(DYNAMIC_OPS)} weights left for dynamic INT8 (Gemm stays float): use static INT8")
+            raise InputError(
+                "--exclude leaves nothing to quantize"
+                if cfg.mode == "static"
+                else f"{src.name}: no {'/'.join(DYNAMIC_OPS)} weights left for dynamic INT8 (Gemm stays float): use static INT8"
+            )
         self.cache = workdir / "calibration.cache"
 
     def build(self, out: Path, keep_float: set[str] = frozenset()) -> dict[str, Any]:
@@ -145,27 +154,50 @@ class OrtInt8:
         if self.cfg.mode == "dynamic":
             with quiet():
                 q.quantize_dynamic(
-                    str(self.src), str(out), per_channel=True, weight_type=q.QuantType.QInt8,
-                    nodes_to_quantize=names, op_types_to_quantize=list(DYNAMIC_OPS),
+                    str(self.src),
+                    str(out),
+                    per_channel=True,
+                    weight_type=q.QuantType.QInt8,
+                    nodes_to_quantize=names,
+                    op_types_to_quantize=list(DYNAMIC_OPS),
                 )
-            return {"mode": "dynamic", "weights": "int8 per-channel symmetric", "activations": "uint8 dynamic", **quantized_counts(out)}
-        method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy, "percentile": q.CalibrationMethod.Percentile}[self.cfg.method]
+            return {
+                "mode": "dynamic",
+                "weights": "int8 per-channel symmetric",
+                "activations": "uint8 dynamic",
+                **quantized_counts(out),
+            }
+        method = {
+            "minmax": q.CalibrationMethod.MinMax,
+            "entropy": q.CalibrationMethod.Entropy,
+            "percentile": q.CalibrationMethod.Percentile,
+        }[self.cfg.method]
         reader = _Reader(self.calib)
         with quiet():
             q.quantize_static(
-                str(self.src), str(out), reader,
-                quant_format=q.QuantFormat.QDQ, per_channel=True,
-                activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-                nodes_to_quantize=names, op_types_to_quantize=list(WEIGHT_OPS),
-                calibrate_method=method, calibration_cache_path=str(self.cache),
+                str(self.src),
+                str(out),
+                reader,
+                quant_format=q.QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=q.QuantType.QUInt8,
+                weight_type=q.QuantType.QInt8,
+                nodes_to_quantize=names,
+                op_types_to_quantize=list(WEIGHT_OPS),
+                calibrate_method=method,
+                calibration_cache_path=str(self.cache),
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
             )
         freed = float_outputs(out)
         return {
-            "mode": "static", "format": "QDQ", "method": self.cfg.method,
+            "mode": "static",
+            "format": "QDQ",
+            "method": self.cfg.method,
             # ORT's CPU int8 kernels are fast with uint8 activations; TensorRT needs symmetric int8 (GPU variant)
-            "activations": "uint8 asymmetric", "weights": "int8 per-channel symmetric",
-            "quantized_nodes": len(names), "float_outputs": freed,
+            "activations": "uint8 asymmetric",
+            "weights": "int8 per-channel symmetric",
+            "quantized_nodes": len(names),
+            "float_outputs": freed,
         }
 
 
@@ -231,15 +263,35 @@ def symmetric_qdq(src: Path, out: Path, calib: list[dict[str, np.ndarray]], cfg:
     q = require("onnxruntime.quantization", "core")
     onnx = require("onnx", "export")
     nodes = [n.name for n in weight_nodes(onnx.load(str(src), load_external_data=False)) if not matches(n, cfg.exclude)]
-    method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy, "percentile": q.CalibrationMethod.Percentile}[cfg.method]
+    method = {
+        "minmax": q.CalibrationMethod.MinMax,
+        "entropy": q.CalibrationMethod.Entropy,
+        "percentile": q.CalibrationMethod.Percentile,
+    }[cfg.method]
     q.quantize_static(
-        str(src), str(out), _Reader(calib), quant_format=q.QuantFormat.QDQ, per_channel=True,
-        activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
-        nodes_to_quantize=nodes, op_types_to_quantize=list(WEIGHT_OPS), calibrate_method=method,
+        str(src),
+        str(out),
+        _Reader(calib),
+        quant_format=q.QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=q.QuantType.QInt8,
+        weight_type=q.QuantType.QInt8,
+        nodes_to_quantize=nodes,
+        op_types_to_quantize=list(WEIGHT_OPS),
+        calibrate_method=method,
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
     )
     freed = float_outputs(out)
-    return {"mode": "static", "format": "QDQ", "method": cfg.method, "activations": "int8 symmetric", "weights": "int8 per-channel symmetric", "for": "tensorrt", "quantized_nodes": len(nodes), "float_outputs": freed}
+    return {
+        "mode": "static",
+        "format": "QDQ",
+        "method": cfg.method,
+        "activations": "int8 symmetric",
+        "weights": "int8 per-channel symmetric",
+        "for": "tensorrt",
+        "quantized_nodes": len(nodes),
+        "float_outputs": freed,
+    }
 
 
 def nncf_patterns(patterns: list[str]) -> list[str]:
@@ -279,16 +331,22 @@ def _nncf_int8(xml: Path, out_xml: Path, calib: list[dict[str, np.ndarray]], cfg
 
     extra: dict[str, Any] = {"ignored_scope": scope} if scope else {}
     extra["advanced_parameters"] = AdvancedQuantizationParameters(
-        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=cfg.smooth_quant))
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=cfg.smooth_quant)
+    )
     logging.getLogger("nncf").setLevel(logging.WARNING)  # after import: nncf sets its own level
     with quiet():  # its progress bars and per-node INFO lines
-        qmodel = nncf.quantize(model, nncf.Dataset(calib), model_type=nncf.ModelType.TRANSFORMER,
-                               subset_size=len(calib), **extra)
+        qmodel = nncf.quantize(
+            model, nncf.Dataset(calib), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib), **extra
+        )
     ov.save_model(qmodel, str(out_xml), compress_to_fp16=False)
     sq = "off" if cfg.smooth_quant < 0 else f"alpha {cfg.smooth_quant} (MatMul)"
-    return {"mode": "static", "tool": f"nncf {nncf.__version__}", "preset": "transformer (mixed)", "samples": len(calib),
-            "smooth_quant": sq}
-
+    return {
+        "mode": "static",
+        "tool": f"nncf {nncf.__version__}",
+        "preset": "transformer (mixed)",
+        "samples": len(calib),
+        "smooth_quant": sq,
+    }
 
 
 # -- data-free builders (captioners) -----------------------------------------------------
@@ -304,11 +362,21 @@ def _ort_int8_matmul(src: Path, w, comp: str) -> tuple[list[str], dict, dict]:
     onnx.save(model, str(tmp))
     rel = f"onnxruntime/{comp}.int8.onnx"
     with quiet():
-        quantize_dynamic(str(tmp), str(w.stage(rel)), per_channel=True, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul"])
+        quantize_dynamic(
+            str(tmp), str(w.stage(rel)), per_channel=True, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"]
+        )
     tmp.unlink()
-    return [rel], {}, {"mode": "dynamic", "weights": "int8 per-channel symmetric", "activations": "uint8 dynamic",
-                       "ops": "MatMul (Gemm rewritten to MatMul: %d)" % n_gemm, "tool": "onnxruntime.quantization"}
+    return (
+        [rel],
+        {},
+        {
+            "mode": "dynamic",
+            "weights": "int8 per-channel symmetric",
+            "activations": "uint8 dynamic",
+            "ops": "MatMul (Gemm rewritten to MatMul: %d)" % n_gemm,
+            "tool": "onnxruntime.quantization",
+        },
+    )
 
 
 # int4 decoder: block-wise symmetric 4-bit weights, int8 compute (accuracy_level 4, VNNI). Measured on
@@ -335,10 +403,17 @@ def _ort_int4(src: Path, w, comp: str) -> tuple[list[str], dict, dict]:
         q.process()
     rel = f"onnxruntime/{comp}.int4.onnx"
     onnx.save(q.model.model, str(w.stage(rel)))
-    return [rel], {}, {"mode": "weight-only", "weights": f"int4 symmetric, blocks of {INT4_BLOCK}",
-                       "compute": "int8 activations (accuracy_level 4)",
-                       "ops": "MatMul (Gemm rewritten to MatMul: %d) -> MatMulNBits" % n_gemm,
-                       "tool": "onnxruntime.quantization.matmul_nbits_quantizer"}
+    return (
+        [rel],
+        {},
+        {
+            "mode": "weight-only",
+            "weights": f"int4 symmetric, blocks of {INT4_BLOCK}",
+            "compute": "int8 activations (accuracy_level 4)",
+            "ops": "MatMul (Gemm rewritten to MatMul: %d) -> MatMulNBits" % n_gemm,
+            "tool": "onnxruntime.quantization.matmul_nbits_quantizer",
+        },
+    )
 
 
 def _ort_fp16(src: Path, w, comp: str) -> tuple[list[str], dict, dict]:
@@ -350,9 +425,16 @@ def _ort_fp16(src: Path, w, comp: str) -> tuple[list[str], dict, dict]:
         m16 = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     onnx.save(m16, str(w.stage(rel)))
     data = externalize_weights(w.stage(rel))
-    return [rel] + ([f"onnxruntime/{data}"] if data else []), {}, {
-        "weights": "fp16", "compute": "fp16", "io": "fp32 (KV cache included)",
-        "note": "for the CUDA / TensorRT execution providers; the CPU EP runs fp16 slowly"}
+    return (
+        [rel] + ([f"onnxruntime/{data}"] if data else []),
+        {},
+        {
+            "weights": "fp16",
+            "compute": "fp16",
+            "io": "fp32 (KV cache included)",
+            "note": "for the CUDA / TensorRT execution providers; the CPU EP runs fp16 slowly",
+        },
+    )
 
 
 def _ov_variant(src: Path, w, comp: str, precision: str) -> tuple[list[str], dict, dict]:
@@ -365,16 +447,26 @@ def _ov_variant(src: Path, w, comp: str, precision: str) -> tuple[list[str], dic
     rel = f"openvino/{comp}.{precision}.xml"
     if precision == "fp16":
         ov.save_model(ov.convert_model(str(src)), str(w.stage(rel)), compress_to_fp16=True)
-        return [rel, rel[:-4] + ".bin"], {"INFERENCE_PRECISION_HINT": "f32"}, {
-            "weights": "fp16 (compressed IR)", "compute": "f32 on CPU, fp16 on GPU"}
+        return (
+            [rel, rel[:-4] + ".bin"],
+            {"INFERENCE_PRECISION_HINT": "f32"},
+            {"weights": "fp16 (compressed IR)", "compute": "f32 on CPU, fp16 on GPU"},
+        )
     nncf = require("nncf", "openvino")
     logging.getLogger("nncf").setLevel(logging.WARNING)  # after import: nncf sets its own level
     with quiet():
         qm = nncf.compress_weights(ov.convert_model(str(src)), mode=nncf.CompressWeightsMode.INT8_ASYM)
     ov.save_model(qm, str(w.stage(rel)), compress_to_fp16=False)
-    return [rel, rel[:-4] + ".bin"], {"INFERENCE_PRECISION_HINT": "f32"}, {
-        "mode": "weight-only", "weights": "int8 asymmetric per-channel", "compute": "f32",
-        "tool": f"nncf {nncf.__version__} compress_weights"}
+    return (
+        [rel, rel[:-4] + ".bin"],
+        {"INFERENCE_PRECISION_HINT": "f32"},
+        {
+            "mode": "weight-only",
+            "weights": "int8 asymmetric per-channel",
+            "compute": "f32",
+            "tool": f"nncf {nncf.__version__} compress_weights",
+        },
+    )
 
 
 def _accuracy_aware(builder: OrtInt8, out: Path, fidelity, target: float, log, comp: str):
@@ -389,7 +481,7 @@ def _accuracy_aware(builder: OrtInt8, out: Path, fidelity, target: float, log, c
     kept: set[str] = set()
     chosen: list[str] = []
     par = None
-    for cos, name in scores:
+    for _cos, name in scores:
         kept |= set(groups[name])
         chosen.append(name)
         builder.build(out, keep_float=kept)
@@ -445,7 +537,9 @@ def _ort_int8_calibrated(job: Job) -> Built:
     builder = OrtInt8(job.src, job.cfg, job.calib, job.workdir / job.component)
     recipe = builder.build(job.w.stage(rel))
     par = job.fidelity(job.w.stage_dir / rel)
-    job.log(f"{job.component}: int8 {recipe['mode']} cosine mean {par['cosine_mean']:.5f} min {par['cosine']:.5f} vs fp32")
+    job.log(
+        f"{job.component}: int8 {recipe['mode']} cosine mean {par['cosine_mean']:.5f} min {par['cosine']:.5f} vs fp32"
+    )
     kept: list[str] = []
     if job.cfg.min_cosine is not None and par["cosine_mean"] < job.cfg.min_cosine:
         kept, par = _accuracy_aware(builder, job.w.stage(rel), job.fidelity, job.cfg.min_cosine, job.log, job.component)
@@ -457,8 +551,10 @@ def _ov_nncf(job: Job) -> Built:
     from ..runtimes import openvino as ov_backend
 
     w, comp = job.w, job.component
-    base = next((a for a in w.artifacts if a.component == comp and a.backend == "openvino"
-                 and a.precision in ("fp32", "bf16")), None)
+    base = next(
+        (a for a in w.artifacts if a.component == comp and a.backend == "openvino" and a.precision in ("fp32", "bf16")),
+        None,
+    )
     if base is not None:
         xml = w.stage_dir / base.path
     else:
@@ -488,20 +584,74 @@ def _ov(precision: str) -> Callable[[Job], Built]:
     return lambda job: Built(*_ov_variant(job.src, job.w, job.component, precision))
 
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    Recipe("int8-static", "int8", "onnxruntime", True, True, _ort_int8_calibrated,
-           "static Q/DQ: uint8 activations from calibration, int8 per-channel weights"),
-    Recipe("int8-dynamic", "int8", "onnxruntime", False, True, _ort_int8_calibrated,
-           "dynamic: int8 per-channel weights, activations quantized on the fly (MatMul, Conv)"),
-    Recipe("int8-dynamic-matmul", "int8", "onnxruntime", False, False, _files(_ort_int8_matmul),
-           "dynamic INT8 with Gemm rewritten to MatMul (decoder projections), data-free"),
-    Recipe("int8-nncf", "int8", "openvino", True, True, _ov_nncf, "NNCF post-training quantization (transformer preset)"),
-    Recipe("int8-weight-only", "int8", "openvino", False, False, _ov("int8"), "NNCF weight-only INT8, f32 compute"),
-    Recipe("int8-qdq-symmetric", "int8", "tensorrt", True, True, _trt_qdq,
-           "symmetric int8 Q/DQ ONNX for TensorRT (plan built on the GPU)"),
-    Recipe("int4-weight-only", "int4", "onnxruntime", False, False, _files(_ort_int4),
-           "decoder int4 MatMulNBits (blocks of 32), other components dynamic INT8"),
-    Recipe("fp16-onnxruntime", "fp16", "onnxruntime", False, False, _files(_ort_fp16), "fp16 weights and compute, fp32 I/O"),
-    Recipe("fp16-openvino", "fp16", "openvino", False, False, _ov("fp16"), "fp16-compressed IR"),
-    Recipe("bf16-openvino", "bf16", "openvino", False, False, _ov("bf16"), "the fp32 IR with bf16 compute"),
-)}
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe(
+            "int8-static",
+            "int8",
+            "onnxruntime",
+            True,
+            True,
+            _ort_int8_calibrated,
+            "static Q/DQ: uint8 activations from calibration, int8 per-channel weights",
+        ),
+        Recipe(
+            "int8-dynamic",
+            "int8",
+            "onnxruntime",
+            False,
+            True,
+            _ort_int8_calibrated,
+            "dynamic: int8 per-channel weights, activations quantized on the fly (MatMul, Conv)",
+        ),
+        Recipe(
+            "int8-dynamic-matmul",
+            "int8",
+            "onnxruntime",
+            False,
+            False,
+            _files(_ort_int8_matmul),
+            "dynamic INT8 with Gemm rewritten to MatMul (decoder projections), data-free",
+        ),
+        Recipe(
+            "int8-nncf",
+            "int8",
+            "openvino",
+            True,
+            True,
+            _ov_nncf,
+            "NNCF post-training quantization (transformer preset)",
+        ),
+        Recipe("int8-weight-only", "int8", "openvino", False, False, _ov("int8"), "NNCF weight-only INT8, f32 compute"),
+        Recipe(
+            "int8-qdq-symmetric",
+            "int8",
+            "tensorrt",
+            True,
+            True,
+            _trt_qdq,
+            "symmetric int8 Q/DQ ONNX for TensorRT (plan built on the GPU)",
+        ),
+        Recipe(
+            "int4-weight-only",
+            "int4",
+            "onnxruntime",
+            False,
+            False,
+            _files(_ort_int4),
+            "decoder int4 MatMulNBits (blocks of 32), other components dynamic INT8",
+        ),
+        Recipe(
+            "fp16-onnxruntime",
+            "fp16",
+            "onnxruntime",
+            False,
+            False,
+            _files(_ort_fp16),
+            "fp16 weights and compute, fp32 I/O",
+        ),
+        Recipe("fp16-openvino", "fp16", "openvino", False, False, _ov("fp16"), "fp16-compressed IR"),
+        Recipe("bf16-openvino", "bf16", "openvino", False, False, _ov("bf16"), "the fp32 IR with bf16 compute"),
+    )
+}

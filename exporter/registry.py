@@ -23,9 +23,7 @@ def registry() -> dict[str, dict[str, Any]]:
 def entry(name: str) -> dict[str, Any]:
     reg = registry()
     if name not in reg:
-        raise CheckpointError(
-            f"unknown model {name!r}: not a folder and not in models.yaml (see `mmdeploy models`)"
-        )
+        raise CheckpointError(f"unknown model {name!r}: not a folder and not in models.yaml (see `mmdeploy models`)")
     return reg[name]
 
 

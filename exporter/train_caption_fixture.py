@@ -67,6 +67,7 @@ CAPTION_SHAPES = dict(
 
 # --------------------------------------------------------------------------- tokenizers
 
+
 def shapes_captions() -> list[str]:
     return sorted(
         {
@@ -93,12 +94,21 @@ def build_shapes_tokenizer(corpus: list[str]):
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=400, min_frequency=1, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[EOT],
+        vocab_size=400,
+        min_frequency=1,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[EOT],
     )
     tok.train_from_iterator(corpus, trainer=trainer)
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT, pad_token=EOT, unk_token=EOT,
-                                 model_max_length=CAPTION_SHAPES["n_positions"])
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=EOT,
+        eos_token=EOT,
+        pad_token=EOT,
+        unk_token=EOT,
+        model_max_length=CAPTION_SHAPES["n_positions"],
+    )
     return hf
 
 
@@ -108,8 +118,14 @@ def save_tokenizer(hf_tok, out: Path, tokenizer_class: str = "GPT2Tokenizer") ->
         (out / name).unlink(missing_ok=True)
     cfg_path = out / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg.update(tokenizer_class=tokenizer_class, bos_token=EOT, eos_token=EOT, pad_token=EOT, unk_token=EOT,
-               add_prefix_space=False)
+    cfg.update(
+        tokenizer_class=tokenizer_class,
+        bos_token=EOT,
+        eos_token=EOT,
+        pad_token=EOT,
+        unk_token=EOT,
+        add_prefix_space=False,
+    )
     cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
     (out / "special_tokens_map.json").write_text(
         json.dumps({"bos_token": EOT, "eos_token": EOT, "pad_token": EOT, "unk_token": EOT}, indent=2) + "\n"
@@ -123,10 +139,10 @@ def build_gpt2_tokenizer(tiktoken_file: Path, out: Path) -> dict:
     ``TikTokenConverter``): each multi-byte token is the merge of the two lower-ranked
     tokens that BPE on its bytes ends with. Checked on known GPT-2 ids.
     """
+    import base64
+
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    import base64
 
     ranks = {}
     for line in tiktoken_file.read_text().splitlines():
@@ -188,10 +204,21 @@ def build_gpt2_tokenizer(tiktoken_file: Path, out: Path) -> dict:
             raise RuntimeError(f"GPT-2 tokenizer differs from the rank file's BPE on {text!r}")
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"), pretty=False)
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "GPT2Tokenizer", "bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "pad_token": EOT,
-        "add_prefix_space": False, "model_max_length": 1024,
-    }, indent=2) + "\n")
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "GPT2Tokenizer",
+                "bos_token": EOT,
+                "eos_token": EOT,
+                "unk_token": EOT,
+                "pad_token": EOT,
+                "add_prefix_space": False,
+                "model_max_length": 1024,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     sha = hashlib.sha256(tiktoken_file.read_bytes()).hexdigest()
     (out / "README.md").write_text(f"""# GPT-2 tokenizer (OpenAI byte-level BPE, rebuilt offline)
 
@@ -214,19 +241,35 @@ Used by the `vit-gpt2` shape twin in models.yaml to decode its (random) token id
 
 # --------------------------------------------------------------------------- model
 
+
 def build_model(vocab_size: int, eot_id: int, r=CAPTION_SHAPES):
-    from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
+    from transformers import GPT2Config, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig
 
     enc = ViTConfig(
-        image_size=r["image_size"], patch_size=r["patch_size"], hidden_size=r["vision_hidden"],
-        num_hidden_layers=r["vision_layers"], num_attention_heads=r["vision_heads"],
-        intermediate_size=4 * r["vision_hidden"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        image_size=r["image_size"],
+        patch_size=r["patch_size"],
+        hidden_size=r["vision_hidden"],
+        num_hidden_layers=r["vision_layers"],
+        num_attention_heads=r["vision_heads"],
+        intermediate_size=4 * r["vision_hidden"],
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     dec = GPT2Config(
-        vocab_size=vocab_size, n_positions=r["n_positions"], n_embd=r["text_hidden"], n_layer=r["text_layers"],
-        n_head=r["text_heads"], bos_token_id=eot_id, eos_token_id=eot_id, pad_token_id=eot_id,
-        decoder_start_token_id=eot_id, add_cross_attention=True, is_decoder=True,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=vocab_size,
+        n_positions=r["n_positions"],
+        n_embd=r["text_hidden"],
+        n_layer=r["text_layers"],
+        n_head=r["text_heads"],
+        bos_token_id=eot_id,
+        eos_token_id=eot_id,
+        pad_token_id=eot_id,
+        decoder_start_token_id=eot_id,
+        add_cross_attention=True,
+        is_decoder=True,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     cfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
     cfg.decoder_start_token_id = eot_id
@@ -259,10 +302,11 @@ def image_processor_config(image_size: int) -> dict:
 
 # --------------------------------------------------------------------------- eval
 
+
 def exact_match(folder: Path, n: int = 500, split: str = "test", batch: int = 100, num_beams: int = 1) -> dict:
     """Greedy (or beam) captions of the test split with the plain HF classes vs the references."""
     import torch
-    from transformers import AutoTokenizer, ViTImageProcessor, VisionEncoderDecoderModel
+    from transformers import AutoTokenizer, VisionEncoderDecoderModel, ViTImageProcessor
 
     model = VisionEncoderDecoderModel.from_pretrained(folder).eval()
     tok = AutoTokenizer.from_pretrained(folder)
@@ -283,6 +327,7 @@ def exact_match(folder: Path, n: int = 500, split: str = "test", batch: int = 10
 
 
 # --------------------------------------------------------------------------- training
+
 
 def train_caption_shapes(out: Path, seed: int = 0, threads: int = 2, r=CAPTION_SHAPES) -> dict:
     import torch
@@ -319,12 +364,16 @@ def train_caption_shapes(out: Path, seed: int = 0, threads: int = 2, r=CAPTION_S
     model = build_model(len(hf_tok), eot, r)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[model] {n_params / 1e6:.2f}M parameters", flush=True)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n and "wte" not in n and "wpe" not in n]
+    decay = [
+        p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n and "wte" not in n and "wpe" not in n
+    ]
     ids_decay = {id(p) for p in decay}
     no_decay = [p for p in model.parameters() if id(p) not in ids_decay]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": r["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=r["lr"], betas=(0.9, 0.98), eps=1e-6,
+        lr=r["lr"],
+        betas=(0.9, 0.98),
+        eps=1e-6,
     )
     steps, warm = r["steps"], r["warmup"]
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -349,8 +398,11 @@ def train_caption_shapes(out: Path, seed: int = 0, threads: int = 2, r=CAPTION_S
         sched.step()
         if step % 100 == 0 or step == steps - 1:
             el = time.time() - t_train
-            print(f"[train] step {step:5d}/{steps} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} "
-                  f"{el:.0f}s (eta {el / (step + 1) * (steps - step - 1):.0f}s)", flush=True)
+            print(
+                f"[train] step {step:5d}/{steps} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} "
+                f"{el:.0f}s (eta {el / (step + 1) * (steps - step - 1):.0f}s)",
+                flush=True,
+            )
     train_s = time.time() - t_train
 
     model.eval()
@@ -359,11 +411,23 @@ def train_caption_shapes(out: Path, seed: int = 0, threads: int = 2, r=CAPTION_S
     ev = exact_match(out, n=r["eval_images"])
     ev_beam = exact_match(out, n=r["eval_images"], num_beams=3)
     total_s = time.time() - t0
-    print(f"[eval] greedy exact match on test ({r['eval_images']} images): {ev['exact_match']:.4f}; "
-          f"beam 3: {ev_beam['exact_match']:.4f}; wrong e.g. {ev['examples_wrong'][:3]}", flush=True)
-    info = dict(exact_match=ev["exact_match"], exact_match_beam3=ev_beam["exact_match"], train_s=train_s,
-                total_s=total_s, n_params=n_params, vocab_size=len(hf_tok), eot=eot, seed=seed, threads=threads,
-                caption_tokens=(min(lens), max(lens)))
+    print(
+        f"[eval] greedy exact match on test ({r['eval_images']} images): {ev['exact_match']:.4f}; "
+        f"beam 3: {ev_beam['exact_match']:.4f}; wrong e.g. {ev['examples_wrong'][:3]}",
+        flush=True,
+    )
+    info = dict(
+        exact_match=ev["exact_match"],
+        exact_match_beam3=ev_beam["exact_match"],
+        train_s=train_s,
+        total_s=total_s,
+        n_params=n_params,
+        vocab_size=len(hf_tok),
+        eot=eot,
+        seed=seed,
+        threads=threads,
+        caption_tokens=(min(lens), max(lens)),
+    )
     write_card(out, info, r)
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     print(f"[done] {out} ({size / 1e6:.2f} MB) in {total_s:.0f}s", flush=True)
@@ -385,49 +449,49 @@ to check that exported captioners (and their INT8 variants) caption like PyTorch
 ## Data
 
 `mmdeploy.common.datasets.shapes` (numpy + PIL, deterministic, fixed seed per split):
-{r['image_size']}x{r['image_size']} RGB images of one shape, colours {', '.join(shapes.COLORS)}; shapes
-{', '.join(shapes.SHAPES)}; sizes {', '.join(shapes.SIZES)}; backgrounds {', '.join(shapes.BACKGROUNDS)}
+{r["image_size"]}x{r["image_size"]} RGB images of one shape, colours {", ".join(shapes.COLORS)}; shapes
+{", ".join(shapes.SHAPES)}; sizes {", ".join(shapes.SIZES)}; backgrounds {", ".join(shapes.BACKGROUNDS)}
 (never the shape's colour); random position, small rotation, colour jitter, pixel noise.
 Caption = "a {{size}} {{color}} {{shape}} on a {{background}} background".
-Training used the first {r['train_images']} samples of the `train` split; evaluation the first
-{r['eval_images']} of the `test` split (its own seed).
+Training used the first {r["train_images"]} samples of the `train` split; evaluation the first
+{r["eval_images"]} of the `test` split (its own seed).
 
 ## Architecture
 
 | | encoder (ViT) | decoder (GPT-2, cross-attention) |
 |---|---|---|
-| hidden / MLP | {r['vision_hidden']} / {4 * r['vision_hidden']} | {r['text_hidden']} / {4 * r['text_hidden']} |
-| layers / heads | {r['vision_layers']} / {r['vision_heads']} | {r['text_layers']} / {r['text_heads']} |
-| input | {r['image_size']}x{r['image_size']}, patch {r['patch_size']} ({(r['image_size'] // r['patch_size']) ** 2} patches + CLS) | n_positions {r['n_positions']}, tied lm_head |
+| hidden / MLP | {r["vision_hidden"]} / {4 * r["vision_hidden"]} | {r["text_hidden"]} / {4 * r["text_hidden"]} |
+| layers / heads | {r["vision_layers"]} / {r["vision_heads"]} | {r["text_layers"]} / {r["text_heads"]} |
+| input | {r["image_size"]}x{r["image_size"]}, patch {r["patch_size"]} ({(r["image_size"] // r["patch_size"]) ** 2} patches + CLS) | n_positions {r["n_positions"]}, tied lm_head |
 
-{info['n_params'] / 1e6:.2f}M parameters, float32 `model.safetensors`.
+{info["n_params"] / 1e6:.2f}M parameters, float32 `model.safetensors`.
 
 Tokenizer: GPT-2 style byte-level BPE (no lower-casing, words carry their leading space)
-trained with `tokenizers` on all {len(shapes_captions())} possible captions: vocab {info['vocab_size']};
-`<|endoftext|>` = {info['eot']} is bos = eos = pad = unk and the decoder start token (as in
-nlpconnect/vit-gpt2-image-captioning, where it is 50256). A caption is {info['caption_tokens'][0]}..{info['caption_tokens'][1]} tokens.
-Images: `ViTImageProcessor`, resize to {r['image_size']}x{r['image_size']} (bilinear), mean = std = 0.5.
-Generation defaults (`generation_config.json`): greedy, max_length {r['max_length']}.
+trained with `tokenizers` on all {len(shapes_captions())} possible captions: vocab {info["vocab_size"]};
+`<|endoftext|>` = {info["eot"]} is bos = eos = pad = unk and the decoder start token (as in
+nlpconnect/vit-gpt2-image-captioning, where it is 50256). A caption is {info["caption_tokens"][0]}..{info["caption_tokens"][1]} tokens.
+Images: `ViTImageProcessor`, resize to {r["image_size"]}x{r["image_size"]} (bilinear), mean = std = 0.5.
+Generation defaults (`generation_config.json`): greedy, max_length {r["max_length"]}.
 
 ## Training
 
 ```
-python -m mmdeploy.exporter.train_caption_fixture caption-shapes --out fixtures/caption-shapes --seed {info['seed']} --threads {info['threads']}
+python -m mmdeploy.exporter.train_caption_fixture caption-shapes --out fixtures/caption-shapes --seed {info["seed"]} --threads {info["threads"]}
 ```
 
-CPU only, {info['threads']} threads, seed {info['seed']}. Teacher forcing, cross-entropy on caption tokens + eos
+CPU only, {info["threads"]} threads, seed {info["seed"]}. Teacher forcing, cross-entropy on caption tokens + eos
 (`labels`; the model shifts them right after the start token); the ViT position embeddings start from a
-2-D sin-cos table (with random ones the tiny encoder learns colours fast and shapes slowly). {r['steps']} steps of batch {r['batch_size']}, AdamW
-(lr {r['lr']}, {r['warmup']} warmup steps then cosine, weight decay {r['weight_decay']}), grad clip 1.0. Training took
-{info['train_s'] / 60:.1f} min ({info['total_s'] / 60:.1f} min end to end incl. data and evaluation; on 2 cores shared with other jobs) with torch
+2-D sin-cos table (with random ones the tiny encoder learns colours fast and shapes slowly). {r["steps"]} steps of batch {r["batch_size"]}, AdamW
+(lr {r["lr"]}, {r["warmup"]} warmup steps then cosine, weight decay {r["weight_decay"]}), grad clip 1.0. Training took
+{info["train_s"] / 60:.1f} min ({info["total_s"] / 60:.1f} min end to end incl. data and evaluation; on 2 cores shared with other jobs) with torch
 {torch.__version__}, transformers {transformers.__version__} on {platform.machine()}.
 
 ## Evaluation
 
 Exact match of the generated caption (decoded with `skip_special_tokens=True`, stripped) with
 the reference, `model.generate(pixel_values, do_sample=False)` with the plain HF classes loaded
-from this folder, on {r['eval_images']} test images: greedy **{info['exact_match'] * 100:.1f}%**,
-beam search (num_beams=3) **{info['exact_match_beam3'] * 100:.1f}%**.
+from this folder, on {r["eval_images"]} test images: greedy **{info["exact_match"] * 100:.1f}%**,
+beam search (num_beams=3) **{info["exact_match_beam3"] * 100:.1f}%**.
 """
     (out / "README.md").write_text(card)
 
@@ -439,8 +503,13 @@ def main(argv: list[str] | None = None) -> int:
     a1.add_argument("--out", type=Path, required=True)
     a1.add_argument("--seed", type=int, default=0)
     a1.add_argument("--threads", type=int, default=2)
-    a1.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a recipe value (experiments only; the card records the recipe used)")
+    a1.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value (experiments only; the card records the recipe used)",
+    )
     a2 = sub.add_parser("gpt2-tokenizer")
     a2.add_argument("tiktoken", type=Path)
     a2.add_argument("--out", type=Path, required=True)

@@ -68,12 +68,22 @@ SIGLIP_SHAPES = dict(CLIP_SHAPES, family="siglip", steps=7000)
 # align-shapes: ALIGN's way (AlignModel: EfficientNet image tower with BatchNorm and no image
 # projection, BERT text tower, softmax over cosine / temperature); the transformers 5 layout
 # (processor_config.json with the image processor nested, no preprocessor_config.json)
-ALIGN_SHAPES = dict(CLIP_SHAPES, family="align", text_hidden=64, text_layers=2, text_heads=2,
-                    max_position_embeddings=16, projection_dim=64, steps=3000, lr=2e-3)
+ALIGN_SHAPES = dict(
+    CLIP_SHAPES,
+    family="align",
+    text_hidden=64,
+    text_layers=2,
+    text_heads=2,
+    max_position_embeddings=16,
+    projection_dim=64,
+    steps=3000,
+    lr=2e-3,
+)
 RECIPES = {"clip-shapes": CLIP_SHAPES, "siglip-shapes": SIGLIP_SHAPES, "align-shapes": ALIGN_SHAPES}
 
 
 # --------------------------------------------------------------------------- tokenizer
+
 
 def _clip_pipeline(tok):
     from tokenizers import Regex, decoders, normalizers, pre_tokenizers
@@ -150,7 +160,9 @@ def build_clip_tokenizer(corpus: list[str]):
     vocab_list += [BOS, EOS]
     vocab = {t: i for i, t in enumerate(vocab_list)}
     merges_str = [f"{a} {b}" for a, b in merges]
-    hf_tok = CLIPTokenizerFast(vocab=vocab, merges=[tuple(m) for m in merges], model_max_length=CLIP_SHAPES["max_position_embeddings"])
+    hf_tok = CLIPTokenizerFast(
+        vocab=vocab, merges=[tuple(m) for m in merges], model_max_length=CLIP_SHAPES["max_position_embeddings"]
+    )
     return hf_tok, vocab, merges_str
 
 
@@ -164,16 +176,19 @@ def save_tokenizer(hf_tok, out: Path) -> None:
     stm = out / "special_tokens_map.json"
     if not stm.exists():
         stm.write_text(
-            json.dumps(
-                {"bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "unk_token": EOS}, indent=2
-            )
-            + "\n"
+            json.dumps({"bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "unk_token": EOS}, indent=2) + "\n"
         )
     cfg_path = out / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg.setdefault("tokenizer_class", "CLIPTokenizer")
-    cfg.update(bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=EOS, do_lower_case=True,
-               model_max_length=CLIP_SHAPES["max_position_embeddings"])
+    cfg.update(
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=EOS,
+        unk_token=EOS,
+        do_lower_case=True,
+        model_max_length=CLIP_SHAPES["max_position_embeddings"],
+    )
     cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -212,8 +227,14 @@ def unigram_tokenizer(corpus: list[str]):
     chars = sorted({c for w in words for c in w} | set(string.ascii_lowercase + string.digits))
     pieces += [("\u2581", -20.0)] + [(c, -25.0) for c in chars]
     tok = Tokenizer(models.Unigram(pieces, unk_id=2))
-    tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(Regex(punct), ""),
-                                           normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()])
+    tok.normalizer = normalizers.Sequence(
+        [
+            normalizers.Lowercase(),
+            normalizers.Replace(Regex(punct), ""),
+            normalizers.Replace(Regex(r"\s+"), " "),
+            normalizers.Strip(),
+        ]
+    )
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
     tok.add_special_tokens(["<pad>", "</s>", "<unk>"])
@@ -241,11 +262,14 @@ def wordpiece_tokenizer(corpus: list[str]):
     tok.pre_tokenizer = pre
     tok.decoder = decoders.WordPiece()
     tok.add_special_tokens(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
     return tok
 
 
 # --------------------------------------------------------------------------- model
+
 
 def build_clip_model(vocab_size: int, bos_id: int, eos_id: int, r=CLIP_SHAPES):
     from transformers import CLIPConfig, CLIPModel
@@ -298,7 +322,7 @@ def init_sincos_2d(emb, g: int, cls: bool = True) -> None:
     table = torch.cat([ox.sin(), ox.cos(), oy.sin(), oy.cos()], dim=1)  # (g*g, 4q)
     with torch.no_grad():
         rows.zero_()
-        rows[int(cls):, : 4 * q] = table * 0.5
+        rows[int(cls) :, : 4 * q] = table * 0.5
 
 
 def image_processor_config(image_size: int) -> dict:
@@ -328,14 +352,25 @@ def build_siglip_model(vocab_size: int, eos_id: int, r=SIGLIP_SHAPES):
     tower = lambda w, n, h: dict(hidden_size=w, intermediate_size=4 * w, num_hidden_layers=n, num_attention_heads=h)  # noqa: E731
     cfg = SiglipConfig(
         # SigLIP has no projection: the text head maps onto the vision width
-        text_config=dict(vocab_size=vocab_size, max_position_embeddings=r["max_position_embeddings"],
-                         pad_token_id=eos_id, eos_token_id=eos_id, bos_token_id=None, projection_size=r["vision_hidden"],
-                         **tower(r["text_hidden"], r["text_layers"], r["text_heads"])),
-        vision_config=dict(image_size=r["image_size"], patch_size=r["patch_size"],
-                           **tower(r["vision_hidden"], r["vision_layers"], r["vision_heads"])),
+        text_config=dict(
+            vocab_size=vocab_size,
+            max_position_embeddings=r["max_position_embeddings"],
+            pad_token_id=eos_id,
+            eos_token_id=eos_id,
+            bos_token_id=None,
+            projection_size=r["vision_hidden"],
+            **tower(r["text_hidden"], r["text_layers"], r["text_heads"]),
+        ),
+        vision_config=dict(
+            image_size=r["image_size"],
+            patch_size=r["patch_size"],
+            **tower(r["vision_hidden"], r["vision_layers"], r["vision_heads"]),
+        ),
     )
     model = SiglipModel(cfg)
-    init_sincos_2d(model.vision_model.embeddings.position_embedding.weight, r["image_size"] // r["patch_size"], cls=False)
+    init_sincos_2d(
+        model.vision_model.embeddings.position_embedding.weight, r["image_size"] // r["patch_size"], cls=False
+    )
     with torch.no_grad():  # the paper's start: t' = log 10, b = -10
         model.logit_scale.fill_(_m.log(10.0))
         model.logit_bias.fill_(-10.0)
@@ -344,43 +379,76 @@ def build_siglip_model(vocab_size: int, eos_id: int, r=SIGLIP_SHAPES):
 
 # EfficientNet stages for 64x64 inputs (stem /2, then /1 /2 /2 /2: 4x4 at the end); the last
 # stage's width is the image embedding (ALIGN has no image projection) = projection_dim
-ALIGN_VISION = dict(width_coefficient=1.0, depth_coefficient=1.0, kernel_sizes=[3, 3, 5, 3],
-                    in_channels=[32, 16, 24, 40], out_channels=[16, 24, 40, 64], strides=[1, 2, 2, 2],
-                    num_block_repeats=[1, 2, 2, 2], expand_ratios=[1, 6, 6, 6], depthwise_padding=[], hidden_dim=64)
+ALIGN_VISION = dict(
+    width_coefficient=1.0,
+    depth_coefficient=1.0,
+    kernel_sizes=[3, 3, 5, 3],
+    in_channels=[32, 16, 24, 40],
+    out_channels=[16, 24, 40, 64],
+    strides=[1, 2, 2, 2],
+    num_block_repeats=[1, 2, 2, 2],
+    expand_ratios=[1, 6, 6, 6],
+    depthwise_padding=[],
+    hidden_dim=64,
+)
 
 
 def build_align_model(vocab_size: int, pad_id: int, r=ALIGN_SHAPES):
     from transformers import AlignConfig, AlignModel
 
     cfg = AlignConfig(
-        text_config=dict(vocab_size=vocab_size, hidden_size=r["text_hidden"], intermediate_size=4 * r["text_hidden"],
-                         num_hidden_layers=r["text_layers"], num_attention_heads=r["text_heads"],
-                         max_position_embeddings=r["max_position_embeddings"], pad_token_id=pad_id),
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=r["text_hidden"],
+            intermediate_size=4 * r["text_hidden"],
+            num_hidden_layers=r["text_layers"],
+            num_attention_heads=r["text_heads"],
+            max_position_embeddings=r["max_position_embeddings"],
+            pad_token_id=pad_id,
+        ),
         vision_config=dict(image_size=r["image_size"], **ALIGN_VISION),
-        projection_dim=r["projection_dim"], temperature_init_value=0.07,
+        projection_dim=r["projection_dim"],
+        temperature_init_value=0.07,
     )
     return AlignModel(cfg)
 
 
-
 def siglip_image_processor_config(image_size: int) -> dict:
     return {
-        "image_processor_type": "SiglipImageProcessor", "processor_class": "SiglipProcessor",
-        "do_resize": True, "size": {"height": image_size, "width": image_size}, "resample": 3,
-        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_convert_rgb": True,
+        "image_processor_type": "SiglipImageProcessor",
+        "processor_class": "SiglipProcessor",
+        "do_resize": True,
+        "size": {"height": image_size, "width": image_size},
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "do_convert_rgb": True,
     }
 
 
 def align_image_processor_kwargs(image_size: int) -> dict:
     # kakaobrain/align-base's settings at this size: resize, center crop, x / 127.5 - 1 (rescale offset)
-    return dict(do_resize=True, size={"height": image_size, "width": image_size}, resample=2, do_center_crop=True,
-                crop_size={"height": image_size, "width": image_size}, do_rescale=True, rescale_factor=1 / 127.5,
-                rescale_offset=True, do_normalize=False, include_top=False,
-                image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    return dict(
+        do_resize=True,
+        size={"height": image_size, "width": image_size},
+        resample=2,
+        do_center_crop=True,
+        crop_size={"height": image_size, "width": image_size},
+        do_rescale=True,
+        rescale_factor=1 / 127.5,
+        rescale_offset=True,
+        do_normalize=False,
+        include_top=False,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
 
 
 # --------------------------------------------------------------------------- per-family pieces
+
 
 class ClipFixture:
     """What differs between the fixture families; CLIP's way is the default."""
@@ -395,14 +463,19 @@ class ClipFixture:
         save_tokenizer(hf_tok, out)
         check_tokenizer(out, corpus)
         ids = dict(vocab_size=len(vocab), bos_id=vocab[BOS], eos_id=vocab[EOS], n_merges=len(merges))
-        print(f"[tokenizer] vocab {len(vocab)}, merges {len(merges)}, bos {ids['bos_id']}, eos/pad {ids['eos_id']}", flush=True)
+        print(
+            f"[tokenizer] vocab {len(vocab)}, merges {len(merges)}, bos {ids['bos_id']}, eos/pad {ids['eos_id']}",
+            flush=True,
+        )
         return hf_tok, dict(padding=True), ids
 
     def model(self, ids: dict, r: dict):
         return build_clip_model(ids["vocab_size"], ids["bos_id"], ids["eos_id"], r)
 
     def save_processor(self, out: Path, hf_tok, r: dict) -> None:
-        (out / "preprocessor_config.json").write_text(json.dumps(image_processor_config(r["image_size"]), indent=2) + "\n")
+        (out / "preprocessor_config.json").write_text(
+            json.dumps(image_processor_config(r["image_size"]), indent=2) + "\n"
+        )
         # CLIPProcessor.from_pretrained(folder) must work too
         (out / "processor_config.json").write_text(json.dumps({"processor_class": "CLIPProcessor"}, indent=2) + "\n")
 
@@ -432,8 +505,9 @@ class SiglipFixture(ClipFixture):
 
         n = r["max_position_embeddings"]
         raw = unigram_tokenizer(corpus)
-        hf_tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>", pad_token="</s>", unk_token="<unk>",
-                                         model_max_length=n)
+        hf_tok = PreTrainedTokenizerFast(
+            tokenizer_object=raw, eos_token="</s>", pad_token="</s>", unk_token="<unk>", model_max_length=n
+        )
         hf_tok.save_pretrained(out)
         ids = dict(vocab_size=raw.get_vocab_size(), eos_id=raw.token_to_id("</s>"))
         print(f"[tokenizer] siglip: vocab {ids['vocab_size']}", flush=True)
@@ -443,7 +517,9 @@ class SiglipFixture(ClipFixture):
         return build_siglip_model(ids["vocab_size"], ids["eos_id"], r)
 
     def save_processor(self, out, hf_tok, r):
-        (out / "preprocessor_config.json").write_text(json.dumps(siglip_image_processor_config(r["image_size"]), indent=2) + "\n")
+        (out / "preprocessor_config.json").write_text(
+            json.dumps(siglip_image_processor_config(r["image_size"]), indent=2) + "\n"
+        )
 
     def scale_bias(self, model):
         return model.logit_scale.exp(), model.logit_bias
@@ -459,8 +535,15 @@ class AlignFixture(ClipFixture):
         from transformers import PreTrainedTokenizerFast
 
         raw = wordpiece_tokenizer(corpus)
-        hf_tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                         sep_token="[SEP]", mask_token="[MASK]", model_max_length=r["max_position_embeddings"])
+        hf_tok = PreTrainedTokenizerFast(
+            tokenizer_object=raw,
+            pad_token="[PAD]",
+            unk_token="[UNK]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            mask_token="[MASK]",
+            model_max_length=r["max_position_embeddings"],
+        )
         ids = dict(vocab_size=raw.get_vocab_size(), pad_id=raw.token_to_id("[PAD]"))
         print(f"[tokenizer] align: vocab {ids['vocab_size']}", flush=True)
         return hf_tok, dict(padding=True, return_token_type_ids=False), ids
@@ -471,8 +554,10 @@ class AlignFixture(ClipFixture):
     def save_processor(self, out, hf_tok, r):  # as transformers 5 saves it: processor_config.json, nested
         from transformers import AlignProcessor, EfficientNetImageProcessor
 
-        AlignProcessor(image_processor=EfficientNetImageProcessor(**align_image_processor_kwargs(r["image_size"])),
-                       tokenizer=hf_tok).save_pretrained(out)
+        AlignProcessor(
+            image_processor=EfficientNetImageProcessor(**align_image_processor_kwargs(r["image_size"])),
+            tokenizer=hf_tok,
+        ).save_pretrained(out)
 
     def scale_bias(self, model):
         return 1.0 / model.temperature, 0.0
@@ -486,6 +571,7 @@ FIXTURE_FAMILIES = {"clip": ClipFixture(), "siglip": SiglipFixture(), "align": A
 
 
 # --------------------------------------------------------------------------- eval
+
 
 def zero_shot_top1(folder: Path, n: int = 500, split: str = "test", batch: int = 250) -> float:
     """Zero-shot top-1 over all colour x shape labels, with the plain HF Auto classes."""
@@ -517,6 +603,7 @@ def zero_shot_top1(folder: Path, n: int = 500, split: str = "test", batch: int =
 
 
 # --------------------------------------------------------------------------- training
+
 
 def _to_pixels(samples) -> np.ndarray:
     return np.stack([np.asarray(s.image, dtype=np.uint8).transpose(2, 0, 1) for s in samples])
@@ -562,8 +649,7 @@ def train_shapes_fixture(out: Path, seed: int = 0, threads: int = 2, r=CLIP_SHAP
     cap_ids = enc["input_ids"]
     cap_mask = enc.get("attention_mask")
     penc = fam.text_kwargs(hf_tok([shapes.prompt(lb) for lb in labels], return_tensors="pt", **enc_kw))
-    print(f"[data] {len(train)} train images, {len(captions)} distinct texts, "
-          f"{time.time() - t0:.1f}s", flush=True)
+    print(f"[data] {len(train)} train images, {len(captions)} distinct texts, {time.time() - t0:.1f}s", flush=True)
 
     model = fam.model(ids, r)
     n_params = sum(p.numel() for p in model.parameters())
@@ -572,7 +658,9 @@ def train_shapes_fixture(out: Path, seed: int = 0, threads: int = 2, r=CLIP_SHAP
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": r["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=r["lr"], betas=(0.9, 0.98), eps=1e-6,
+        lr=r["lr"],
+        betas=(0.9, 0.98),
+        eps=1e-6,
     )
     steps, warm = r["steps"], r["warmup"]
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -583,8 +671,13 @@ def train_shapes_fixture(out: Path, seed: int = 0, threads: int = 2, r=CLIP_SHAP
         return getattr(out_, "pooler_output", out_)
 
     def text_feats(sel):
-        return feats(model.get_text_features(**fam.text_kwargs({"input_ids": cap_ids[sel], "attention_mask":
-                                                                 None if cap_mask is None else cap_mask[sel]})))
+        return feats(
+            model.get_text_features(
+                **fam.text_kwargs(
+                    {"input_ids": cap_ids[sel], "attention_mask": None if cap_mask is None else cap_mask[sel]}
+                )
+            )
+        )
 
     val = shapes.generate("val", 300, image_size=r["image_size"])
     vx = (torch.from_numpy(_to_pixels(val)).float() / 255.0 - mean) / std
@@ -659,10 +752,12 @@ def train_shapes_fixture(out: Path, seed: int = 0, threads: int = 2, r=CLIP_SHAP
         if step % 50 == 0 or step == steps - 1:
             acc = (plogits.argmax(-1) == y).float().mean().item()
             el = time.time() - t_train
-            print(f"[train] step {step:5d}/{steps} loss {loss.item():.3f} (cap {loss_cap.item():.3f} "
-                  f"prompt {loss_p.item():.3f}) batch-acc {acc:.3f} scale {float(scale.detach()):.1f} "
-                  f"lr {sched.get_last_lr()[0]:.2e} {el:.0f}s (eta {el / (step + 1) * (steps - step - 1):.0f}s)",
-                  flush=True)
+            print(
+                f"[train] step {step:5d}/{steps} loss {loss.item():.3f} (cap {loss_cap.item():.3f} "
+                f"prompt {loss_p.item():.3f}) batch-acc {acc:.3f} scale {float(scale.detach()):.1f} "
+                f"lr {sched.get_last_lr()[0]:.2e} {el:.0f}s (eta {el / (step + 1) * (steps - step - 1):.0f}s)",
+                flush=True,
+            )
         if (step + 1) % 250 == 0 and step + 1 < steps:
             print(f"[val] step {step + 1}: zero-shot top-1 on 300 val images {val_acc():.3f}", flush=True)
     train_s = time.time() - t_train
@@ -677,8 +772,14 @@ def train_shapes_fixture(out: Path, seed: int = 0, threads: int = 2, r=CLIP_SHAP
     total_s = time.time() - t0
     print(f"[eval] zero-shot top-1 on test ({r['eval_images']} images, {len(labels)} classes): {acc:.4f}", flush=True)
     info = dict(
-        accuracy=acc, train_s=train_s, total_s=total_s, idle_train_s=best_step_s * steps,
-        n_params=n_params, seed=seed, threads=threads, **ids,
+        accuracy=acc,
+        train_s=train_s,
+        total_s=total_s,
+        idle_train_s=best_step_s * steps,
+        n_params=n_params,
+        seed=seed,
+        threads=threads,
+        **ids,
     )
     write_card(out, info, r)
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
@@ -687,67 +788,77 @@ def train_shapes_fixture(out: Path, seed: int = 0, threads: int = 2, r=CLIP_SHAP
 
 
 def _vit_rows(r: dict) -> str:
-    return (f"| hidden / MLP | {r['vision_hidden']} / {4 * r['vision_hidden']} | {r['text_hidden']} / {4 * r['text_hidden']} |\n"
-            f"| layers / heads | {r['vision_layers']} / {r['vision_heads']} | {r['text_layers']} / {r['text_heads']} |\n")
+    return (
+        f"| hidden / MLP | {r['vision_hidden']} / {4 * r['vision_hidden']} | {r['text_hidden']} / {4 * r['text_hidden']} |\n"
+        f"| layers / heads | {r['vision_layers']} / {r['vision_heads']} | {r['text_layers']} / {r['text_heads']} |\n"
+    )
 
 
 def _clip_card(info: dict, r: dict) -> dict:
     grid = (r["image_size"] // r["patch_size"]) ** 2
     vit_rows = _vit_rows(r)
     return dict(
-        cls="CLIPModel", what="CLIP",
-        arch=vit_rows + f"| input | {r['image_size']}x{r['image_size']}, patch {r['patch_size']} ({grid} patches + CLS) "
-                        f"| max_position_embeddings {r['max_position_embeddings']} |\n\n"
-                        f"projection_dim {r['projection_dim']}, quick_gelu",
+        cls="CLIPModel",
+        what="CLIP",
+        arch=vit_rows
+        + f"| input | {r['image_size']}x{r['image_size']}, patch {r['patch_size']} ({grid} patches + CLS) "
+        f"| max_position_embeddings {r['max_position_embeddings']} |\n\n"
+        f"projection_dim {r['projection_dim']}, quick_gelu",
         tokenizer=f"""CLIP-style byte-level BPE (lower-casing, `</w>` end-of-word suffix, CLIP split regex)
-trained with `tokenizers` on every possible caption and prompt: vocab {info['vocab_size']} (256 byte
-symbols, 256 byte symbols + `</w>`, {info.get('n_merges')} merges, then specials). `<|startoftext|>` = {info.get('bos_id')},
-`<|endoftext|>` = {info['eos_id']} (eos = pad = unk, the largest id, as in OpenAI CLIP); every encoding is
+trained with `tokenizers` on every possible caption and prompt: vocab {info["vocab_size"]} (256 byte
+symbols, 256 byte symbols + `</w>`, {info.get("n_merges")} merges, then specials). `<|startoftext|>` = {info.get("bos_id")},
+`<|endoftext|>` = {info["eos_id"]} (eos = pad = unk, the largest id, as in OpenAI CLIP); every encoding is
 wrapped in bos ... eos, by `CLIPTokenizerFast.from_pretrained` and by plain
-`tokenizers.Tokenizer.from_file("tokenizer.json")` alike. `text_config.eos_token_id` = {info['eos_id']}, so
-the text tower pools at the first eos. Images: `CLIPImageProcessor`, shortest_edge {r['image_size']},
-center crop {r['image_size']}, bicubic, CLIP mean/std.""",
+`tokenizers.Tokenizer.from_file("tokenizer.json")` alike. `text_config.eos_token_id` = {info["eos_id"]}, so
+the text tower pools at the first eos. Images: `CLIPImageProcessor`, shortest_edge {r["image_size"]},
+center crop {r["image_size"]}, bicubic, CLIP mean/std.""",
         loss="""learnable logit scale clamped at 100. Loss = symmetric contrastive image<->caption loss with
 multi-positive targets (in-batch images with the identical caption are all positives, so duplicates
 are not penalised) + symmetric image<->class-prompt loss""",
-        eval_classes="`CLIPModel`, `CLIPImageProcessor`, `CLIPTokenizerFast`")
+        eval_classes="`CLIPModel`, `CLIPImageProcessor`, `CLIPTokenizerFast`",
+    )
 
 
 def _siglip_card(info: dict, r: dict) -> dict:
     grid = (r["image_size"] // r["patch_size"]) ** 2
     vit_rows = _vit_rows(r)
     return dict(
-        cls="SiglipModel", what="SigLIP",
-        arch=vit_rows + f"| input | {r['image_size']}x{r['image_size']}, patch {r['patch_size']} ({grid} patches, no CLS; "
-                        f"attention-pool head) | max_position_embeddings {r['max_position_embeddings']}, last-token pooling |\n\n"
-                        f"no projection (the text head maps onto the vision width {r['vision_hidden']}), gelu_pytorch_tanh",
+        cls="SiglipModel",
+        what="SigLIP",
+        arch=vit_rows
+        + f"| input | {r['image_size']}x{r['image_size']}, patch {r['patch_size']} ({grid} patches, no CLS; "
+        f"attention-pool head) | max_position_embeddings {r['max_position_embeddings']}, last-token pooling |\n\n"
+        f"no projection (the text head maps onto the vision width {r['vision_hidden']}), gelu_pytorch_tanh",
         tokenizer=f"""SigLIP-style SentencePiece-like Unigram (`tokenizers`; lower-cased, punctuation
-stripped, `</s>` = {info['eos_id']} appended and used as pad), vocab {info['vocab_size']}, built from the words of every caption
-and prompt (single characters as the fallback); saved as `tokenizer.json`. Text is padded to max_length {r['max_position_embeddings']} with no attention mask,
-as SigLIP was trained. Images: `SiglipImageProcessor`, resize to {r['image_size']}x{r['image_size']} (bicubic),
+stripped, `</s>` = {info["eos_id"]} appended and used as pad), vocab {info["vocab_size"]}, built from the words of every caption
+and prompt (single characters as the fallback); saved as `tokenizer.json`. Text is padded to max_length {r["max_position_embeddings"]} with no attention mask,
+as SigLIP was trained. Images: `SiglipImageProcessor`, resize to {r["image_size"]}x{r["image_size"]} (bicubic),
 mean = std = 0.5.""",
         loss="""learnable logit scale (from log 10, clamped at 100) and bias (from -10). Loss = SigLIP's pairwise
 sigmoid loss over image x caption (every in-batch caption that describes the image is a positive) +
 the same sigmoid loss over image x class prompt""",
-        eval_classes="`AutoModel` (SiglipModel), `AutoImageProcessor`, `AutoTokenizer`")
+        eval_classes="`AutoModel` (SiglipModel), `AutoImageProcessor`, `AutoTokenizer`",
+    )
 
 
 def _align_card(info: dict, r: dict) -> dict:
     stages = ", ".join(f"{o}" for o in ALIGN_VISION["out_channels"])
     return dict(
-        cls="AlignModel", what="ALIGN",
-        arch=f"""| tower | EfficientNet (MBConv, BatchNorm, swish): stem 32, stages {stages} channels, strides {ALIGN_VISION['strides']}, repeats {ALIGN_VISION['num_block_repeats']} | BERT: hidden {r['text_hidden']} / MLP {4 * r['text_hidden']}, {r['text_layers']} layers / {r['text_heads']} heads |
-| input | {r['image_size']}x{r['image_size']}, average-pooled last stage = image embedding (no image projection) | max_position_embeddings {r['max_position_embeddings']}, CLS pooling + text projection |
+        cls="AlignModel",
+        what="ALIGN",
+        arch=f"""| tower | EfficientNet (MBConv, BatchNorm, swish): stem 32, stages {stages} channels, strides {ALIGN_VISION["strides"]}, repeats {ALIGN_VISION["num_block_repeats"]} | BERT: hidden {r["text_hidden"]} / MLP {4 * r["text_hidden"]}, {r["text_layers"]} layers / {r["text_heads"]} heads |
+| input | {r["image_size"]}x{r["image_size"]}, average-pooled last stage = image embedding (no image projection) | max_position_embeddings {r["max_position_embeddings"]}, CLS pooling + text projection |
 
-projection_dim {r['projection_dim']}""",
-        tokenizer=f"""BERT-style WordPiece (`tokenizers`; lower-cased, `[CLS] ... [SEP]`, `[PAD]` = {info['pad_id']}),
-vocab {info['vocab_size']}, built from the words of every caption and prompt. Saved the transformers 5 way by
+projection_dim {r["projection_dim"]}""",
+        tokenizer=f"""BERT-style WordPiece (`tokenizers`; lower-cased, `[CLS] ... [SEP]`, `[PAD]` = {info["pad_id"]}),
+vocab {info["vocab_size"]}, built from the words of every caption and prompt. Saved the transformers 5 way by
 `AlignProcessor.save_pretrained`: `processor_config.json` with the image processor nested, no
-`preprocessor_config.json`. Images: `EfficientNetImageProcessor`, resize and center crop {r['image_size']},
+`preprocessor_config.json`. Images: `EfficientNetImageProcessor`, resize and center crop {r["image_size"]},
 `x / 127.5 - 1` (rescale offset, no normalisation), as kakaobrain/align-base.""",
         loss="""learnable temperature (from 0.07, at least 0.01). Loss = symmetric contrastive image<->caption loss
 with multi-positive targets + symmetric image<->class-prompt loss""",
-        eval_classes="`AutoModel` (AlignModel), `AutoImageProcessor`, `AutoTokenizer`")
+        eval_classes="`AutoModel` (AlignModel), `AutoImageProcessor`, `AutoTokenizer`",
+    )
 
 
 CARDS = {"clip": _clip_card, "siglip": _siglip_card, "align": _align_card}  # family -> its card paragraphs
@@ -762,50 +873,50 @@ def write_card(out: Path, info: dict, r=CLIP_SHAPES) -> None:
     c = CARDS[r["family"]](info, r)
     card = f"""# {name} (fixture model)
 
-A tiny {c['what']} (`transformers.{c['cls']}`) trained from scratch on the procedural coloured-shapes
+A tiny {c["what"]} (`transformers.{c["cls"]}`) trained from scratch on the procedural coloured-shapes
 data set, shipped as an ordinary Hugging Face checkpoint folder. It exists so that tests and
 the quickstart run offline against a *trained* model (accuracy after export / quantization
-means something) and load through exactly the code path a real {c['what']} checkpoint uses.
+means something) and load through exactly the code path a real {c["what"]} checkpoint uses.
 Not a general-purpose model: it only knows the shapes world.
 
 ## Data
 
 `mmdeploy.common.datasets.shapes` (numpy + PIL, deterministic, fixed seed per split):
-{r['image_size']}x{r['image_size']} RGB images of one shape, colours {', '.join(shapes.COLORS)};
-shapes {', '.join(shapes.SHAPES)}; sizes {', '.join(shapes.SIZES)}; backgrounds
-{', '.join(shapes.BACKGROUNDS)} (never equal to the shape colour); random position, small rotation,
+{r["image_size"]}x{r["image_size"]} RGB images of one shape, colours {", ".join(shapes.COLORS)};
+shapes {", ".join(shapes.SHAPES)}; sizes {", ".join(shapes.SIZES)}; backgrounds
+{", ".join(shapes.BACKGROUNDS)} (never equal to the shape colour); random position, small rotation,
 colour jitter and pixel noise. Captions like "a small red circle on a blue background".
-Training used the first {r['train_images']} samples of the `train` split; the accuracy below is on
-the first {r['eval_images']} samples of the `test` split (its own seed).
+Training used the first {r["train_images"]} samples of the `train` split; the accuracy below is on
+the first {r["eval_images"]} samples of the `test` split (its own seed).
 
 ## Architecture
 
 | | vision | text |
 |---|---|---|
-{c['arch']}, {info['n_params'] / 1e6:.2f}M parameters, float32 `model.safetensors`.
+{c["arch"]}, {info["n_params"] / 1e6:.2f}M parameters, float32 `model.safetensors`.
 
-Tokenizer: {c['tokenizer']}
+Tokenizer: {c["tokenizer"]}
 
 ## Training
 
 ```
-python -m mmdeploy.exporter.train_fixtures {name} --out fixtures/{name} --seed {info['seed']} --threads {info['threads']}
+python -m mmdeploy.exporter.train_fixtures {name} --out fixtures/{name} --seed {info["seed"]} --threads {info["threads"]}
 ```
 
-CPU only, {info['threads']} threads, seed {info['seed']}. {r['steps']} steps of batch {r['batch_size']}, AdamW (lr {r['lr']},
-{r['warmup']} warmup steps then cosine, weight decay {r['weight_decay']}), grad clip 1.0, {c['loss']}
-("a photo of a red circle", all {len(labels)} prompts every step). The first {r['large_only_steps']} steps see
-large shapes only. Training took {info['train_s'] / 60:.1f} min
-({info['total_s'] / 60:.1f} min end to end, including data generation and evaluation) on a shared 2-core
-machine; at the fastest step rate seen in the run (an idle machine) the {r['steps']} steps take about
-{info['idle_train_s'] / 60:.1f} min. Versions:
+CPU only, {info["threads"]} threads, seed {info["seed"]}. {r["steps"]} steps of batch {r["batch_size"]}, AdamW (lr {r["lr"]},
+{r["warmup"]} warmup steps then cosine, weight decay {r["weight_decay"]}), grad clip 1.0, {c["loss"]}
+("a photo of a red circle", all {len(labels)} prompts every step). The first {r["large_only_steps"]} steps see
+large shapes only. Training took {info["train_s"] / 60:.1f} min
+({info["total_s"] / 60:.1f} min end to end, including data generation and evaluation) on a shared 2-core
+machine; at the fastest step rate seen in the run (an idle machine) the {r["steps"]} steps take about
+{info["idle_train_s"] / 60:.1f} min. Versions:
 torch {torch.__version__}, transformers {transformers.__version__}, {platform.machine()}.
 
 ## Evaluation
 
 Zero-shot top-1 over all {len(labels)} colour x shape labels with prompts "a photo of a {{color}} {{shape}}",
-measured with the plain HF classes ({c['eval_classes']}
-loaded from this folder) on {r['eval_images']} test images: **{info['accuracy'] * 100:.1f}%**.
+measured with the plain HF classes ({c["eval_classes"]}
+loaded from this folder) on {r["eval_images"]} test images: **{info["accuracy"] * 100:.1f}%**.
 """
     (out / "README.md").write_text(card)
 
@@ -816,8 +927,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a recipe value (experiments only; the card records the recipe used)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value (experiments only; the card records the recipe used)",
+    )
     a = ap.parse_args(argv)
     r = dict(RECIPES[a.model])
     for kv in a.set:

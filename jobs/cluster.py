@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,7 @@ def _init(ray, address: str) -> bool:
     kw: dict[str, Any] = dict(ignore_reinit_error=True, log_to_driver=False, logging_level="ERROR")
     if address == "local":
         # a local instance sized to this machine; a small object store: only paths and rows travel
-        kw.update(num_cpus=os.cpu_count() or 1, include_dashboard=False, object_store_memory=512 * 1024 ** 2)
+        kw.update(num_cpus=os.cpu_count() or 1, include_dashboard=False, object_store_memory=512 * 1024**2)
     else:
         kw.update(address=address)
     try:
@@ -80,8 +81,20 @@ def _init(ray, address: str) -> bool:
     return True
 
 
-def run_on_ray(spec: TaskSpec, store, inputs, pending, batch: int, address: str, actors: int | None,
-               cpus: float | None, workers: int, finished: Callable, advance: Callable, say: Callable) -> dict[str, Any]:
+def run_on_ray(
+    spec: TaskSpec,
+    store,
+    inputs,
+    pending,
+    batch: int,
+    address: str,
+    actors: int | None,
+    cpus: float | None,
+    workers: int,
+    finished: Callable,
+    advance: Callable,
+    say: Callable,
+) -> dict[str, Any]:
     ray = require("ray", "ray")
     require("ray.data", "ray")
     t0 = time.perf_counter()
@@ -105,12 +118,17 @@ def run_on_ray(spec: TaskSpec, store, inputs, pending, batch: int, address: str,
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # ours counts items; Ray's would interleave with it
         ctx.execution_options.preserve_order = False
-        rows = [{"shard": i, "first": store.shard_range(i).start, "inputs": [inputs[k] for k in store.shard_range(i)]}
-                for i in pending]
+        rows = [
+            {"shard": i, "first": store.shard_range(i).start, "inputs": [inputs[k] for k in store.shard_range(i)]}
+            for i in pending
+        ]
         with warnings.catch_warnings():  # max_restarts has no named parameter yet (Ray 2.60)
             warnings.simplefilter("ignore", DeprecationWarning)
             ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-                ShardWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus,
+                ShardWorker,
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=cpus,
                 max_restarts=0,  # a failed actor fails the run (resume continues it), never a silent restart
                 fn_constructor_kwargs={"spec": actor_spec, "batch": batch, "workers": workers},
             )
@@ -136,8 +154,17 @@ def run_on_ray(spec: TaskSpec, store, inputs, pending, batch: int, address: str,
             raise InputError(f"ray job failed: {msg[-1] if msg else type(exc).__name__}") from None
         end = time.perf_counter()
         steady = round(after / (end - first[0]), 2) if first and after and end > first[0] else None
-        return {"ray": {"address": address, "nodes": len(nodes), "cpus": total, "actors": actors, "cpus_per_actor": cpus,
-                        "first_shard_s": round(first[0] - t0, 2) if first else None, "steady_items_per_s": steady}}
+        return {
+            "ray": {
+                "address": address,
+                "nodes": len(nodes),
+                "cpus": total,
+                "actors": actors,
+                "cpus_per_actor": cpus,
+                "first_shard_s": round(first[0] - t0, 2) if first else None,
+                "steady_items_per_s": steady,
+            }
+        }
     finally:
         if started:
             ray.shutdown()

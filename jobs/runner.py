@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..errors import InputError, Interrupted
 from .inputs import find_images, fingerprint, read_texts
@@ -38,11 +38,17 @@ def _prepare_all(preparer: Preparer, items: Sequence[str]) -> list[tuple[Any, st
     return out
 
 
-def process_items(preparer: Preparer, inferer: Inferer, items: Sequence[str], batch: int,
-                  pool: ThreadPoolExecutor, on_batch: OnBatch | None = None) -> tuple[list[Any], list[str | None]]:
+def process_items(
+    preparer: Preparer,
+    inferer: Inferer,
+    items: Sequence[str],
+    batch: int,
+    pool: ThreadPoolExecutor,
+    on_batch: OnBatch | None = None,
+) -> tuple[list[Any], list[str | None]]:
     """Outputs and errors for ``items``, in order. Batches are prepared on ``pool`` up to
     (workers + 1) ahead while this thread runs inference, so decoding overlaps the model."""
-    chunks = iter([items[j:j + batch] for j in range(0, len(items), batch)])
+    chunks = iter([items[j : j + batch] for j in range(0, len(items), batch)])
     futures: deque = deque()
 
     def submit() -> None:
@@ -81,9 +87,18 @@ def _check_range(value: int | None, flag: str, lo: int, hi: int) -> None:
         raise InputError(f"{flag} {value}: must be between {lo} and {hi}")
 
 
-def plan_job(bundle: str | os.PathLike, *, images: Sequence[str] = (), texts: Sequence[str] = (), caption: bool = False,
-             backend: str | None = None, precision: str | None = None, threads: int | None = None,
-             shard_size: int | None = None, options: dict[str, Any] | None = None) -> tuple[TaskSpec, dict[str, Any], list[str], Any]:
+def plan_job(
+    bundle: str | os.PathLike,
+    *,
+    images: Sequence[str] = (),
+    texts: Sequence[str] = (),
+    caption: bool = False,
+    backend: str | None = None,
+    precision: str | None = None,
+    threads: int | None = None,
+    shard_size: int | None = None,
+    options: dict[str, Any] | None = None,
+) -> tuple[TaskSpec, dict[str, Any], list[str], Any]:
     """Check everything that can be checked before any work: the bundle can do the task, the
     variant exists, the inputs exist. -> (task spec, job metadata, ordered inputs, the opened bundle)."""
     from ..runtimes.bundle import MANIFEST, Bundle, sha256_file
@@ -109,25 +124,53 @@ def plan_job(bundle: str | os.PathLike, *, images: Sequence[str] = (), texts: Se
         inputs, skipped = read_texts(texts), 0
     size = shard_size or DEFAULTS[task][1]
     meta = {
-        "format": FORMAT, "version": VERSION, "task": task,
-        "input_column": spec.input_column, "output_column": spec.output_column,
-        "bundle": spec.bundle, "model": b.name, "family": b.family,
-        "bundle_sha256": sha256_file(b.root / MANIFEST), "variant": f"{backend}/{precision}",
-        "options": spec.options, "dim": None, "weights": variant_weights(b, backend, precision),
-        "inputs": {"sources": list(images or texts), "count": len(inputs), "fingerprint": fingerprint(inputs),
-                   "skipped_not_images": skipped},
-        "shard_size": size, "num_shards": -(-len(inputs) // size),
+        "format": FORMAT,
+        "version": VERSION,
+        "task": task,
+        "input_column": spec.input_column,
+        "output_column": spec.output_column,
+        "bundle": spec.bundle,
+        "model": b.name,
+        "family": b.family,
+        "bundle_sha256": sha256_file(b.root / MANIFEST),
+        "variant": f"{backend}/{precision}",
+        "options": spec.options,
+        "dim": None,
+        "weights": variant_weights(b, backend, precision),
+        "inputs": {
+            "sources": list(images or texts),
+            "count": len(inputs),
+            "fingerprint": fingerprint(inputs),
+            "skipped_not_images": skipped,
+        },
+        "shard_size": size,
+        "num_shards": -(-len(inputs) // size),
     }
     return spec, meta, inputs, b
 
 
-def run_job(bundle: str | os.PathLike, out: str | os.PathLike, *, images: Sequence[str] = (), texts: Sequence[str] = (),
-            caption: bool = False, backend: str | None = None, precision: str | None = None,
-            threads: int | None = None, batch: int | None = None, shard_size: int | None = None,
-            workers: int | None = None, resume: bool = False, overwrite: bool = False,
-            ray: str | None = None, ray_actors: int | None = None, ray_cpus: float | None = None,
-            options: dict[str, Any] | None = None, progress: bool = True,
-            log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_job(
+    bundle: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    images: Sequence[str] = (),
+    texts: Sequence[str] = (),
+    caption: bool = False,
+    backend: str | None = None,
+    precision: str | None = None,
+    threads: int | None = None,
+    batch: int | None = None,
+    shard_size: int | None = None,
+    workers: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    ray: str | None = None,
+    ray_actors: int | None = None,
+    ray_cpus: float | None = None,
+    options: dict[str, Any] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Embed (or caption) every input into Parquet shards under ``out``; returns the summary.
 
     images: globs (``**`` recurses) or folders; texts: text files, one item per line. Broken
@@ -136,8 +179,17 @@ def run_job(bundle: str | os.PathLike, out: str | os.PathLike, *, images: Sequen
     _check_range(batch, "--batch", 1, MAX_BATCH)
     _check_range(workers, "--workers", 1, MAX_WORKERS)
     _check_range(ray_actors, "--ray-actors", 1, 10_000)
-    spec, meta, inputs, opened = plan_job(bundle, images=images, texts=texts, caption=caption, backend=backend,
-                                  precision=precision, threads=threads, shard_size=shard_size, options=options)
+    spec, meta, inputs, opened = plan_job(
+        bundle,
+        images=images,
+        texts=texts,
+        caption=caption,
+        backend=backend,
+        precision=precision,
+        threads=threads,
+        shard_size=shard_size,
+        options=options,
+    )
     batch = batch or DEFAULTS[spec.task][0]
     workers = workers or default_workers()
     # opened before the job folder is: a variant that does not load or a bad generation option
@@ -160,8 +212,10 @@ def run_job(bundle: str | os.PathLike, out: str | os.PathLike, *, images: Sequen
         this_run["items"] += len(rng)
         this_run["broken"] += len(entry["broken"])
         if not bar.live:
-            say(f"{shard_name(i)}: {entry['rows']} rows, {len(entry['broken'])} broken "
-                f"({len(store.meta['shards'])}/{store.num_shards} shards)")
+            say(
+                f"{shard_name(i)}: {entry['rows']} rows, {len(entry['broken'])} broken "
+                f"({len(store.meta['shards'])}/{store.num_shards} shards)"
+            )
 
     extra: dict[str, Any] = {}
     try:
@@ -172,16 +226,21 @@ def run_job(bundle: str | os.PathLike, out: str | os.PathLike, *, images: Sequen
                 from .cluster import run_on_ray
 
                 del inferer  # the actors open their own
-                extra = run_on_ray(spec, store, inputs, pending, batch, ray, ray_actors, ray_cpus, workers,
-                                   finished, bar.advance, say)
+                extra = run_on_ray(
+                    spec, store, inputs, pending, batch, ray, ray_actors, ray_cpus, workers, finished, bar.advance, say
+                )
             else:
                 _run_local(preparer, inferer, store, inputs, pending, batch, workers, finished, bar.advance)
     except KeyboardInterrupt:
-        summary = _summary(store, spec, this_run, time.perf_counter() - t0, batch, workers, ray, extra, interrupted=True)
+        summary = _summary(
+            store, spec, this_run, time.perf_counter() - t0, batch, workers, ray, extra, interrupted=True
+        )
         store.write_summary(summary)
         n = len(store.meta["shards"])
-        raise Interrupted(f"interrupted: {n} of {store.num_shards} shards finished and kept, the shard in progress "
-                          f"discarded; continue with --resume") from None
+        raise Interrupted(
+            f"interrupted: {n} of {store.num_shards} shards finished and kept, the shard in progress "
+            f"discarded; continue with --resume"
+        ) from None
     summary = _summary(store, spec, this_run, time.perf_counter() - t0, batch, workers, ray, extra)
     store.write_summary(summary)
     return summary
@@ -204,15 +263,28 @@ def _summary(store, spec, this_run, seconds, batch, workers, ray, extra, interru
     m = store.meta
     shards = m["shards"]
     return {
-        "task": spec.task, "model": m["model"], "variant": m["variant"], "bundle": m["bundle"],
-        "runner": f"ray ({ray})" if ray else "local", "interrupted": interrupted,
-        "inputs": m["inputs"]["count"], "skipped_not_images": m["inputs"]["skipped_not_images"],
+        "task": spec.task,
+        "model": m["model"],
+        "variant": m["variant"],
+        "bundle": m["bundle"],
+        "runner": f"ray ({ray})" if ray else "local",
+        "interrupted": interrupted,
+        "inputs": m["inputs"]["count"],
+        "skipped_not_images": m["inputs"]["skipped_not_images"],
         "shards": {"done": len(shards), "total": m["num_shards"]},
-        "rows": sum(s["rows"] for s in shards.values()), "broken": sum(len(s["broken"]) for s in shards.values()),
-        "this_run": {**this_run, "seconds": round(seconds, 3),
-                     "items_per_s": round(this_run["items"] / seconds, 2) if seconds > 0 and this_run["items"] else None},
-        "batch": batch, "workers": workers, "threads": spec.threads, "dim": m.get("dim"),
-        "cpu": cpu_info(), **extra,
+        "rows": sum(s["rows"] for s in shards.values()),
+        "broken": sum(len(s["broken"]) for s in shards.values()),
+        "this_run": {
+            **this_run,
+            "seconds": round(seconds, 3),
+            "items_per_s": round(this_run["items"] / seconds, 2) if seconds > 0 and this_run["items"] else None,
+        },
+        "batch": batch,
+        "workers": workers,
+        "threads": spec.threads,
+        "dim": m.get("dim"),
+        "cpu": cpu_info(),
+        **extra,
     }
 
 
@@ -229,9 +301,15 @@ class _Progress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self._bar = Progress(TextColumn(task), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[rate]} items/s  broken {task.fields[broken]}"),
-                                 TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+            self._bar = Progress(
+                TextColumn(task),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]} items/s  broken {task.fields[broken]}"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
             self._id = self._bar.add_task(task, total=total, completed=done, rate="-", broken=0)
         self._t0 = time.perf_counter()
         self._n = 0

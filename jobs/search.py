@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,9 @@ MAX_K = 10_000
 def _embedding_files(root: Path) -> tuple[dict[str, Any], list[Path]]:
     meta, files = finished_shards(root)
     if meta.get("output_column") != "embedding":
-        raise InputError(f"{root} holds a {meta.get('task')} job: search needs an embedding job (`mmdeploy embed --out`)")
+        raise InputError(
+            f"{root} holds a {meta.get('task')} job: search needs an embedding job (`mmdeploy embed --out`)"
+        )
     if not files or not meta.get("dim"):
         raise InputError(f"{root}: no finished shards with embeddings yet")
     return meta, files
@@ -44,8 +47,9 @@ def iter_embeddings(files: Sequence[Path], chunk_rows: int = 65536):
             row += len(col)
 
 
-def exact_topk(files: Sequence[Path], queries: np.ndarray, k: int, chunk_rows: int = 65536
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def exact_topk(
+    files: Sequence[Path], queries: np.ndarray, k: int, chunk_rows: int = 65536
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact top-k by inner product for each query row -> (scores, file index, row), each (q, k)."""
     nq = len(queries)
     best_s = np.full((nq, 0), -np.inf, np.float32)
@@ -54,7 +58,9 @@ def exact_topk(files: Sequence[Path], queries: np.ndarray, k: int, chunk_rows: i
     for fi, r0, x in iter_embeddings(files, chunk_rows):
         s = queries @ x.T  # (q, n)
         kk = min(k, s.shape[1])
-        top = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < s.shape[1] else np.tile(np.arange(s.shape[1]), (nq, 1))
+        top = (
+            np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < s.shape[1] else np.tile(np.arange(s.shape[1]), (nq, 1))
+        )
         cand_s = np.concatenate([best_s, np.take_along_axis(s, top, 1)], 1)
         cand_f = np.concatenate([best_f, np.full_like(top, fi)], 1)
         cand_r = np.concatenate([best_r, top + r0], 1)
@@ -72,8 +78,14 @@ def _shard_list(meta: dict[str, Any]) -> list[list]:
     return [[name, int(meta["shards"][name]["rows"])] for name in sorted(meta["shards"])]
 
 
-def build_index(folder: str | os.PathLike, kind: str = "ivf", nlist: int | None = None, hnsw_m: int = 32,
-                chunk_rows: int = 65536, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def build_index(
+    folder: str | os.PathLike,
+    kind: str = "ivf",
+    nlist: int | None = None,
+    hnsw_m: int = 32,
+    chunk_rows: int = 65536,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Build a FAISS index over a job folder's finished shards into ``folder/index/``.
     kind: flat (exact, FAISS's BLAS), ivf (inverted lists over k-means cells: fast, approximate),
     hnsw (graph: fastest queries, slowest build)."""
@@ -112,8 +124,14 @@ def build_index(folder: str | os.PathLike, kind: str = "ivf", nlist: int | None 
     tmp = out / ".faiss.index.tmp"
     faiss.write_index(index, str(tmp))
     os.replace(tmp, out / "faiss.index")
-    info = {"kind": kind, "dim": dim, "rows": n, "shards": shards, "params": params,
-            "build_seconds": round(time.perf_counter() - t0, 3)}
+    info = {
+        "kind": kind,
+        "dim": dim,
+        "rows": n,
+        "shards": shards,
+        "params": params,
+        "build_seconds": round(time.perf_counter() - t0, 3),
+    }
     write_json_atomic(out / "index.json", info)
     if log:
         log(f"{kind} index over {n:,} vectors in {info['build_seconds']:.1f} s -> {out}")
@@ -162,10 +180,16 @@ def _lookup_table(f: Path, col: str):
     return _LOOKUP[key]
 
 
-def search_vectors(folder: str | os.PathLike, queries: np.ndarray, k: int = 10, exact: bool = False,
-                   chunk_rows: int = 65536, log: Callable[[str], None] | None = None) -> list[list[dict[str, Any]]]:
+def search_vectors(
+    folder: str | os.PathLike,
+    queries: np.ndarray,
+    k: int = 10,
+    exact: bool = False,
+    chunk_rows: int = 65536,
+    log: Callable[[str], None] | None = None,
+) -> list[list[dict[str, Any]]]:
     """Top-k rows of a job folder for each query vector: [{score, item, <input column>, shard}]."""
-    pq = require("pyarrow.parquet", "corpus")
+    require("pyarrow.parquet", "corpus")
     root = Path(folder)
     if not 1 <= k <= MAX_K:
         raise InputError(f"-k {k}: must be between 1 and {MAX_K}")
@@ -191,8 +215,14 @@ def search_vectors(folder: str | os.PathLike, queries: np.ndarray, k: int = 10, 
                 continue
             fi = int(fi)
             t = _lookup_table(files[fi], col)
-            hits.append({"score": float(s), "item": int(t["item"][int(r)].as_py()), col: t[col][int(r)].as_py(),
-                         "shard": files[fi].name})
+            hits.append(
+                {
+                    "score": float(s),
+                    "item": int(t["item"][int(r)].as_py()),
+                    col: t[col][int(r)].as_py(),
+                    "shard": files[fi].name,
+                }
+            )
         results.append(hits)
     return results
 
@@ -209,14 +239,25 @@ def query_pipeline(meta: dict[str, Any], bundle: str | os.PathLike | None = None
     if not b.find(None, backend, precision):
         raise InputError(f"{b.root} has no {meta['variant']} variant, which this job was embedded with")
     if variant_weights(b, backend, precision) != meta.get("weights"):
-        raise InputError(f"{b.root}: its {meta['variant']} weights differ from those the job was embedded with "
-                         f"({meta['bundle']}): the scores would mean nothing")
+        raise InputError(
+            f"{b.root}: its {meta['variant']} weights differ from those the job was embedded with "
+            f"({meta['bundle']}): the scores would mean nothing"
+        )
     return load(b, backend, precision, threads=threads)
 
 
-def search(folder: str | os.PathLike, *, text: str | None = None, image: str | None = None,
-           vector: np.ndarray | None = None, k: int = 10, bundle: str | os.PathLike | None = None,
-           exact: bool = False, threads: int | None = None, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def search(
+    folder: str | os.PathLike,
+    *,
+    text: str | None = None,
+    image: str | None = None,
+    vector: np.ndarray | None = None,
+    k: int = 10,
+    bundle: str | os.PathLike | None = None,
+    exact: bool = False,
+    threads: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
     """Top-k of a job folder for one query: a text or an image (embedded by the job's bundle and
     variant), or a vector."""
     from .store import read_job

@@ -13,8 +13,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,9 @@ def read_job(root: Path) -> dict[str, Any]:
     try:
         meta = json.loads(p.read_text())
     except FileNotFoundError:
-        raise InputError(f"{root}: no {JOB} here: not an mmdeploy job folder (make one with `mmdeploy embed --out`)") from None
+        raise InputError(
+            f"{root}: no {JOB} here: not an mmdeploy job folder (make one with `mmdeploy embed --out`)"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{p} is corrupt: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -58,8 +61,12 @@ def read_job(root: Path) -> dict[str, Any]:
 
 
 def _ours(name: str) -> bool:
-    return name in (JOB, SUMMARY, INDEX_DIR) or (name.startswith(("part-", ".part-")) and ".parquet" in name) \
-        or name.startswith(f".{JOB}") or name.startswith(f".{SUMMARY}")
+    return (
+        name in (JOB, SUMMARY, INDEX_DIR)
+        or (name.startswith(("part-", ".part-")) and ".parquet" in name)
+        or name.startswith(f".{JOB}")
+        or name.startswith(f".{SUMMARY}")
+    )
 
 
 class JobStore:
@@ -68,8 +75,9 @@ class JobStore:
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
-    def open(cls, root: str | os.PathLike, meta: dict[str, Any], resume: bool = False,
-             overwrite: bool = False) -> "JobStore":
+    def open(
+        cls, root: str | os.PathLike, meta: dict[str, Any], resume: bool = False, overwrite: bool = False
+    ) -> JobStore:
         """Start the job described by ``meta`` in ``root``, or continue it (``resume``).
 
         Never touches a folder that is not a job of ours: a non-empty folder without _job.json is
@@ -84,16 +92,24 @@ class JobStore:
                     a = old.get(k) if k != "inputs" else old["inputs"].get("fingerprint")
                     b = meta.get(k) if k != "inputs" else meta["inputs"]["fingerprint"]
                     if a != b:
-                        what = "the input list (files added, removed or renamed, or another pattern)" if k == "inputs" else k
-                        raise InputError(f"--resume {root}: {what} differs from the job's ({_short(a)} there, {_short(b)} now): "
-                                         "give a new --out, or --overwrite to start again")
+                        what = (
+                            "the input list (files added, removed or renamed, or another pattern)"
+                            if k == "inputs"
+                            else k
+                        )
+                        raise InputError(
+                            f"--resume {root}: {what} differs from the job's ({_short(a)} there, {_short(b)} now): "
+                            "give a new --out, or --overwrite to start again"
+                        )
                 store = cls(root, old)
                 store._drop_unfinished()
                 return store
             if not overwrite:
                 done = len(old["shards"])
-                raise InputError(f"--out {root} holds a job ({done} of {old.get('num_shards', '?')} shards done): "
-                                 "--resume to continue it, --overwrite to start again, or another --out")
+                raise InputError(
+                    f"--out {root} holds a job ({done} of {old.get('num_shards', '?')} shards done): "
+                    "--resume to continue it, --overwrite to start again, or another --out"
+                )
             for child in root.iterdir():
                 if _ours(child.name):
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
@@ -144,7 +160,9 @@ class JobStore:
         write_json_atomic(self.root / JOB, self.meta)
 
     # -- writing -------------------------------------------------------------------------
-    def write_shard(self, i: int, inputs: Sequence[str], outputs: Sequence[Any], errors: Sequence[str | None]) -> dict[str, Any]:
+    def write_shard(
+        self, i: int, inputs: Sequence[str], outputs: Sequence[Any], errors: Sequence[str | None]
+    ) -> dict[str, Any]:
         """Shard i from the per-item results of its range (an error: the item is broken, its reason)."""
         pa = require("pyarrow", "corpus")
         pq = require("pyarrow.parquet", "corpus")
@@ -173,8 +191,12 @@ class JobStore:
         name = shard_name(i)
         tmp = self.root / f".{name}.tmp"
         # embeddings stay uncompressed (float noise does not compress; a memory map reads them in place)
-        pq.write_table(table, tmp, compression={c: ("NONE" if c == "embedding" else "ZSTD") for c in table.column_names},
-                       use_dictionary=[c for c in table.column_names if c not in ("embedding", "item")])
+        pq.write_table(
+            table,
+            tmp,
+            compression={c: ("NONE" if c == "embedding" else "ZSTD") for c in table.column_names},
+            use_dictionary=[c for c in table.column_names if c not in ("embedding", "item")],
+        )
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, self.root / name)

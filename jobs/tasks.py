@@ -24,7 +24,12 @@ from .inputs import MAX_TEXT_CHARS
 TASKS = {
     # task -> (input column, output column, pipeline method that marks a capable bundle, what it needs)
     "image-embedding": ("path", "embedding", "embed_pixels", "a bundle with an image encoder (clip, siglip, align)"),
-    "text-embedding": ("text", "embedding", "embed_texts", "a bundle with a text encoder (clip, siglip, align, text-embedding)"),
+    "text-embedding": (
+        "text",
+        "embedding",
+        "embed_texts",
+        "a bundle with a text encoder (clip, siglip, align, text-embedding)",
+    ),
     "caption": ("path", "caption", "generate_ids", "a captioning bundle"),
 }
 
@@ -71,8 +76,10 @@ class Preparer:
             bundle = bundle or Bundle.open(spec.bundle)
             self.preprocess = image_preprocessor(bundle)
             if self.preprocess is None:
-                raise InputError(f"{bundle.root} is a {bundle.family} bundle without image preprocessing: "
-                                 f"{spec.task} needs {TASKS[spec.task][3]}")
+                raise InputError(
+                    f"{bundle.root} is a {bundle.family} bundle without image preprocessing: "
+                    f"{spec.task} needs {TASKS[spec.task][3]}"
+                )
 
     def __call__(self, item: str) -> Any:
         if self.preprocess is not None:

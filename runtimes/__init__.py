@@ -1,8 +1,8 @@
 """Device-side runtime: bundles, backends, pipelines. Never imports torch.
 
-    from mmdeploy.runtimes import load
-    clip = load("out/clip", backend="onnxruntime")
-    clip.embed_images([...]); clip.embed_texts([...]); clip.classify(image, labels)
+from mmdeploy.runtimes import load
+clip = load("out/clip", backend="onnxruntime")
+clip.embed_images([...]); clip.embed_texts([...]); clip.classify(image, labels)
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ device before it is added.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..common.datasets import open_dataset
 from ..common.fidelity import GATES, compare
@@ -25,7 +25,11 @@ def _fidelity(bundle: Bundle, component: str, session, threads: int | None) -> d
     data = open_dataset("shapes", limit=16) if images else open_dataset("sentences")
     feeds = BundleFeeds(bundle, data).feeds(component, 8)
     out = bundle.components[component]["outputs"][0]["name"]
-    ref = backend_module("onnxruntime").open(bundle.path(bundle.components[component]["onnx"]), {}, threads).run(feeds)[out]
+    ref = (
+        backend_module("onnxruntime")
+        .open(bundle.path(bundle.components[component]["onnx"]), {}, threads)
+        .run(feeds)[out]
+    )
     par = compare(ref, session.run(feeds)[out])
     par["reference"] = f"fp32 ONNX in ONNX Runtime on 8 items of {data.name}"
     return par
@@ -46,7 +50,9 @@ def build(
     if backend == "tensorrt":
         settings = bundle.manifest.get("tensorrt")
         if not settings:
-            raise InputError(f"{bundle.root} has no TensorRT build settings: export it with --target gpu (or jetson-orin / jetson-xavier)")
+            raise InputError(
+                f"{bundle.root} has no TensorRT build settings: export it with --target gpu (or jetson-orin / jetson-xavier)"
+            )
         todo = precisions or settings["precisions"]
     elif backend == "openvino":
         todo = precisions or ["fp32"]
@@ -64,10 +70,15 @@ def build(
                     if precision == "int8":
                         entry = settings["int8_onnx"].get(comp)
                         if entry is None:
-                            raise InputError(f"{bundle.root} has no int8 Q/DQ ONNX for {comp}: run `mmdeploy quantize BUNDLE --backend tensorrt --precision int8 --calib DATA` first")
+                            raise InputError(
+                                f"{bundle.root} has no int8 Q/DQ ONNX for {comp}: run `mmdeploy quantize BUNDLE --backend tensorrt --precision int8 --calib DATA` first"
+                            )
                         src = w.stage_dir / entry["path"]
-                    kwargs = {"shapes": {k: tuple(tuple(x) for x in v) for k, v in settings["profiles"][comp].items()},
-                              "target": settings["target"], "dla_core": dla_core}
+                    kwargs = {
+                        "shapes": {k: tuple(tuple(x) for x in v) for k, v in settings["profiles"][comp].items()},
+                        "target": settings["target"],
+                        "dla_core": dla_core,
+                    }
                 log(f"{comp}: building {backend}/{precision}")
                 built = mod.build(src, w.stage_dir, precision, comp, **kwargs)
                 for f in built.files:
@@ -80,9 +91,17 @@ def build(
                 par = _fidelity(bundle, comp, session, threads)
                 gate = GATES[precision]
                 log(f"{comp}: {backend}/{precision} cosine {par['cosine']:.5f} vs fp32")
-                w.add_artifact(Artifact(
-                    component=comp, backend=backend, precision=precision, path=built.path, files=built.files,
-                    runtime=built.runtime, built_for={"target": bundle.manifest.get("target", "cpu"), **built.built_for},
-                    parity=par, gate={"min_cosine": gate, "passed": par["cosine"] >= gate},
-                ))
+                w.add_artifact(
+                    Artifact(
+                        component=comp,
+                        backend=backend,
+                        precision=precision,
+                        path=built.path,
+                        files=built.files,
+                        runtime=built.runtime,
+                        built_for={"target": bundle.manifest.get("target", "cpu"), **built.built_for},
+                        parity=par,
+                        gate={"min_cosine": gate, "passed": par["cosine"] >= gate},
+                    )
+                )
     return Bundle.open(bundle.root)

@@ -16,9 +16,10 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import BundleError
 from .manifest import validate_manifest
@@ -73,7 +74,7 @@ class Bundle:
 
     # -- reading -------------------------------------------------------------------
     @classmethod
-    def open(cls, root: str | os.PathLike) -> "Bundle":
+    def open(cls, root: str | os.PathLike) -> Bundle:
         root = Path(root)
         if not root.exists():
             raise BundleError(f"bundle not found: {root}")
@@ -247,8 +248,10 @@ def check_replaceable(target: Path) -> None:
     for p in sorted(target.rglob("*")):
         rel = p.relative_to(target).as_posix()
         if (p.is_file() or p.is_symlink()) and rel not in ours:
-            raise BundleError(f"{target} holds {rel}, which is not part of the bundle: refusing to replace it "
-                              "(move it away or choose another -o)")
+            raise BundleError(
+                f"{target} holds {rel}, which is not part of the bundle: refusing to replace it "
+                "(move it away or choose another -o)"
+            )
 
 
 def cannot_write_in(folder: Path) -> str | None:
@@ -318,7 +321,7 @@ class BundleWriter:
         self._base = base
         self._linked: set[str] = set()  # stage files that are hard links to the base's: unlinked before a write
 
-    def __enter__(self) -> "BundleWriter":
+    def __enter__(self) -> BundleWriter:
         if self.target.exists() and not self.overwrite:
             raise BundleError(f"{self.target} exists: pass --overwrite or choose another -o")
         check_replaceable(self.target)

@@ -24,24 +24,30 @@ def text_tokenizer(bundle: Bundle) -> TextTokenizer:
     if not isinstance(t, dict) or "file" not in t:
         raise BundleError(f"{bundle.root}: manifest has no tokenizer block")
     return TextTokenizer.from_file(
-        bundle.path(t["file"]), max_length=t["max_length"], pad_id=t.get("pad_id"),
+        bundle.path(t["file"]),
+        max_length=t["max_length"],
+        pad_id=t.get("pad_id"),
         padding=t.get("padding", "longest"),
     )
 
 
 def image_preprocessor(bundle: Bundle) -> ImagePreprocessor | None:
     p = bundle.manifest.get("preprocess")
-    return ImagePreprocessor.from_config(p["config"], source=f"{bundle.root}: manifest preprocess.config") if p else None
+    return (
+        ImagePreprocessor.from_config(p["config"], source=f"{bundle.root}: manifest preprocess.config") if p else None
+    )
 
 
 def component_kind(bundle: Bundle, component: str) -> str:
-    """"images" or "texts": what the component's declared inputs take."""
+    """ "images" or "texts": what the component's declared inputs take."""
     names = {i["name"] for i in bundle.components[component]["inputs"]}
     if "pixel_values" in names:
         return "images"
     if "input_ids" in names:
         return "texts"
-    raise InputError(f"{bundle.root}: component {component!r} takes {sorted(names)}, which bench and quantize cannot feed")
+    raise InputError(
+        f"{bundle.root}: component {component!r} takes {sorted(names)}, which bench and quantize cannot feed"
+    )
 
 
 class BundleFeeds:

@@ -14,8 +14,9 @@ gathers the cache rows (beam search). ``runtimes/caption.py`` implements it on a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from ..errors import InputError
 NEG = np.float32(-1.0e9)
 
 
-OnStep = Callable[[np.ndarray], Optional[np.ndarray]]  # ids so far -> rows to stop (or None)
+OnStep = Callable[[np.ndarray], np.ndarray | None]  # ids so far -> rows to stop (or None)
 
 
 class StepDecoder(Protocol):
@@ -56,14 +57,14 @@ class GenerationConfig:
     repetition_penalty: float = 1.0
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GenerationConfig":
+    def from_dict(cls, d: dict[str, Any]) -> GenerationConfig:
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names and v is not None}
         if isinstance(kw.get("eos_token_id"), int):
             kw["eos_token_id"] = [kw["eos_token_id"]]
         return cls(**kw)
 
-    def replace(self, **kw) -> "GenerationConfig":
+    def replace(self, **kw) -> GenerationConfig:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d.update({k: v for k, v in kw.items() if v is not None})
         return GenerationConfig(**d)
@@ -106,7 +107,9 @@ def _process(scores: np.ndarray, seqs: np.ndarray, cur_len: int, prompt_len: int
             if banned:
                 scores[r, banned] = -np.inf
     if cfg.eos_token_id:
-        need = cur_len < cfg.min_length or (cfg.min_new_tokens is not None and cur_len - prompt_len < cfg.min_new_tokens)
+        need = cur_len < cfg.min_length or (
+            cfg.min_new_tokens is not None and cur_len - prompt_len < cfg.min_new_tokens
+        )
         if need:
             scores = scores.copy()
             scores[:, cfg.eos_token_id] = -np.inf
@@ -135,12 +138,16 @@ def _topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def check_length(cfg: GenerationConfig, prompt_len: int) -> int:
     total = cfg.total_length(prompt_len)
     if total <= prompt_len:
-        raise InputError(f"max_length {total} leaves no room after the {prompt_len} prompt ids: raise it or set max_new_tokens")
+        raise InputError(
+            f"max_length {total} leaves no room after the {prompt_len} prompt ids: raise it or set max_new_tokens"
+        )
     # past the position table (garbage or a crash); only an explicit max_new_tokens gets here,
     # total_length caps the checkpoint's defaults
     if cfg.max_positions and total > cfg.max_positions:
-        raise InputError(f"max_new_tokens {cfg.max_new_tokens} runs past the model's {cfg.max_positions} positions: "
-                         f"with the {prompt_len}-token prompt at most {cfg.max_positions - prompt_len} new tokens")
+        raise InputError(
+            f"max_new_tokens {cfg.max_new_tokens} runs past the model's {cfg.max_positions} positions: "
+            f"with the {prompt_len}-token prompt at most {cfg.max_positions - prompt_len} new tokens"
+        )
     return total
 
 
@@ -271,7 +278,7 @@ def beam_search(decoder: StepDecoder, batch: int, cfg: GenerationConfig) -> np.n
             best_len = max_length - p
         else:
             best_len = cur - p
-        best_running = running_scores[:, :1] / np.float32(best_len ** cfg.length_penalty)
+        best_running = running_scores[:, :1] / np.float32(best_len**cfg.length_penalty)
         worst_fin = np.where(finished, beam_scores.min(axis=1, keepdims=True), NEG)
         heuristic = heuristic & (best_running > worst_fin).any(axis=-1, keepdims=True)
         improvement = heuristic.any()

@@ -89,8 +89,7 @@ def load_image(src: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
         with fp:
             return _decode(fp, name, max_pixels)
     raise InputError(
-        f"unsupported image input of type {type(src).__name__}: "
-        "give a path, bytes, a PIL image or an HxWx3 uint8 array"
+        f"unsupported image input of type {type(src).__name__}: give a path, bytes, a PIL image or an HxWx3 uint8 array"
     )
 
 
@@ -149,9 +148,7 @@ def _check_pixels(size: tuple[int, int], name: str, max_pixels: int | None) -> N
     if w <= 0 or h <= 0:
         raise InputError(f"empty image: {name} is {w}x{h}")
     if max_pixels is not None and w * h > max_pixels:
-        raise InputError(
-            f"image too large: {name} is {w}x{h} = {w * h:,} pixels, the limit is {max_pixels:,}"
-        )
+        raise InputError(f"image too large: {name} is {w}x{h} = {w * h:,} pixels, the limit is {max_pixels:,}")
 
 
 def _formats() -> list[str]:
@@ -173,9 +170,7 @@ def _decode_quiet(fp, name: str, max_pixels: int | None) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise InputError(f"image too large: {name}: {exc}") from None
     except UnidentifiedImageError:
-        raise InputError(
-            f"cannot read {name}: not a supported image format ({', '.join(_formats())})"
-        ) from None
+        raise InputError(f"cannot read {name}: not a supported image format ({', '.join(_formats())})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InputError(f"cannot read {name}: {one_line(exc)}") from None
     with im:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import posixpath
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import BundleError
 from .session import BACKENDS, PRECISIONS
@@ -29,6 +30,7 @@ def _type(t, name: str) -> Check:
     def check(v, where):
         if not isinstance(v, t) or isinstance(v, bool):
             raise _Bad(where, f"must be {name}, got {type(v).__name__} {_short(v)}")
+
     return check
 
 
@@ -52,6 +54,7 @@ def _at_least(n: int, most: int | None = None) -> Check:
         INT(v, where)
         if v < n or (most is not None and v > most):
             raise _Bad(where, f"must be >= {n}" + (f" and <= {most}" if most is not None else "") + f", got {v}")
+
     return check
 
 
@@ -75,8 +78,16 @@ def SHA256(v, where):
 def REL_PATH(v, where):
     """A path inside the bundle: relative, '/'-separated, normalised, no '..' or drive."""
     STR(v, where)
-    bad = (not v or v.startswith(("/", "\\")) or "\\" in v or "\x00" in v or re.match(r"^[A-Za-z]:", v)
-           or posixpath.normpath(v) != v or v.split("/")[0] == ".." or v == ".")
+    bad = (
+        not v
+        or v.startswith(("/", "\\"))
+        or "\\" in v
+        or "\x00" in v
+        or re.match(r"^[A-Za-z]:", v)
+        or posixpath.normpath(v) != v
+        or v.split("/")[0] == ".."
+        or v == "."
+    )
     if bad:
         raise _Bad(where, f"must be a relative path inside the bundle, got {_short(v)}")
 
@@ -85,6 +96,7 @@ def one_of(*choices) -> Check:
     def check(v, where):
         if v not in choices:
             raise _Bad(where, f"must be one of {', '.join(map(str, choices))}, got {_short(v)}")
+
     return check
 
 
@@ -98,6 +110,7 @@ def obj(required: dict[str, Check], optional: dict[str, Check] | None = None) ->
         for k, c in (optional or {}).items():
             if k in v:
                 c(v[k], f"{where}.{k}")
+
     return check
 
 
@@ -108,6 +121,7 @@ def list_of(item: Check, nonempty: bool = False) -> Check:
             raise _Bad(where, "must not be empty")
         for i, x in enumerate(v):
             item(x, f"{where}[{i}]")
+
     return check
 
 
@@ -119,6 +133,7 @@ def map_of(key: Check, value: Check, nonempty: bool = False) -> Check:
         for k, x in v.items():
             key(k, f"{where} key {k!r}")
             value(x, f"{where}[{k!r}]")
+
     return check
 
 
@@ -129,10 +144,12 @@ def DIM(v, where):
 
 def bounded(lo: float, hi: float) -> Check:
     """A finite number in [lo, hi]: a 1e308 scale is finite and still turns every score into NaN."""
+
     def check(v, where):
         NUMBER(v, where)
         if not lo <= v <= hi:
             raise _Bad(where, f"must be between {lo:g} and {hi:g}, got {_short(v)}")
+
     return check
 
 
@@ -145,15 +162,26 @@ def either(*checks: Check) -> Check:
             except _Bad as exc:
                 errors.append(str(exc).split(": ", 1)[1])
         raise _Bad(where, " or ".join(errors))
+
     return check
 
 
 TENSOR = obj({"name": STR, "dtype": STR, "shape": list_of(DIM)})
 ARTIFACT = obj(
-    {"component": STR, "backend": one_of(*BACKENDS), "precision": one_of(*PRECISIONS), "path": REL_PATH,
-     "files": list_of(REL_PATH, nonempty=True)},
-    {"runtime": DICT, "built_for": DICT, "parity": DICT, "recipe": DICT,
-     "gate": obj({}, {"passed": BOOL, "min_cosine": NUMBER, "agreement": NUMBER, "min_agreement": NUMBER})},
+    {
+        "component": STR,
+        "backend": one_of(*BACKENDS),
+        "precision": one_of(*PRECISIONS),
+        "path": REL_PATH,
+        "files": list_of(REL_PATH, nonempty=True),
+    },
+    {
+        "runtime": DICT,
+        "built_for": DICT,
+        "parity": DICT,
+        "recipe": DICT,
+        "gate": obj({}, {"passed": BOOL, "min_cosine": NUMBER, "agreement": NUMBER, "min_agreement": NUMBER}),
+    },
 )
 TOKEN_ID = _at_least(0, (1 << 31) - 1)  # int32 in every graph that takes ids
 MANIFEST_SCHEMA = obj(
@@ -161,15 +189,20 @@ MANIFEST_SCHEMA = obj(
         "schema_version": INT,
         "family": STR,
         "files": map_of(REL_PATH, obj({"sha256": SHA256, "bytes": _at_least(0)}), nonempty=True),
-        "components": map_of(STR, obj({"inputs": list_of(TENSOR), "outputs": list_of(TENSOR, nonempty=True)},
-                                      {"onnx": REL_PATH}), nonempty=True),
+        "components": map_of(
+            STR,
+            obj({"inputs": list_of(TENSOR), "outputs": list_of(TENSOR, nonempty=True)}, {"onnx": REL_PATH}),
+            nonempty=True,
+        ),
         "artifacts": list_of(ARTIFACT),
     },
     {
         "model": STR,
         "target": STR,
-        "tokenizer": obj({"file": REL_PATH, "max_length": _at_least(1, 1 << 20)},
-                         {"pad_id": TOKEN_ID, "padding": one_of("longest", "max_length")}),
+        "tokenizer": obj(
+            {"file": REL_PATH, "max_length": _at_least(1, 1 << 20)},
+            {"pad_id": TOKEN_ID, "padding": one_of("longest", "max_length")},
+        ),
         "preprocess": obj({"file": REL_PATH, "config": DICT}),
         # a family's own blocks are required and checked by its pipeline (manifest_blocks)
     },
@@ -178,16 +211,32 @@ SCALE = bounded(-1e4, 1e4)  # CLIP clamps exp(logit_scale) at 100; SigLIP's bias
 POSITIONS = _at_least(1, 1 << 20)
 # the decoder facts and generation settings of encoder + decoder-step families (caption, VQA)
 DECODER_INFO = obj(
-    {"num_layers": _at_least(1, 1024), "num_heads": _at_least(1, 4096), "head_dim": _at_least(1, 65536),
-     "vocab_size": _at_least(1, (1 << 31) - 1), "cross_attention": BOOL, "encoder_outputs": list_of(STR, nonempty=True)},
+    {
+        "num_layers": _at_least(1, 1024),
+        "num_heads": _at_least(1, 4096),
+        "head_dim": _at_least(1, 65536),
+        "vocab_size": _at_least(1, (1 << 31) - 1),
+        "cross_attention": BOOL,
+        "encoder_outputs": list_of(STR, nonempty=True),
+    },
     {"architecture": STR, "special_ids": list_of(TOKEN_ID), "max_question_tokens": POSITIONS},
 )
 GENERATION = obj(
     {"start_ids": list_of(TOKEN_ID, nonempty=True)},
-    {"eos_token_id": either(TOKEN_ID, list_of(TOKEN_ID)), "pad_token_id": TOKEN_ID, "max_length": POSITIONS,
-     "max_new_tokens": POSITIONS, "default_new_tokens": POSITIONS, "max_positions": POSITIONS, "min_length": _at_least(0, 1 << 20),
-     "num_beams": _at_least(1, 16), "length_penalty": bounded(-100, 100), "early_stopping": either(BOOL, one_of("never")),
-     "no_repeat_ngram_size": _at_least(0, 1024), "repetition_penalty": bounded(0.01, 100)},
+    {
+        "eos_token_id": either(TOKEN_ID, list_of(TOKEN_ID)),
+        "pad_token_id": TOKEN_ID,
+        "max_length": POSITIONS,
+        "max_new_tokens": POSITIONS,
+        "default_new_tokens": POSITIONS,
+        "max_positions": POSITIONS,
+        "min_length": _at_least(0, 1 << 20),
+        "num_beams": _at_least(1, 16),
+        "length_penalty": bounded(-100, 100),
+        "early_stopping": either(BOOL, one_of("never")),
+        "no_repeat_ngram_size": _at_least(0, 1024),
+        "repetition_penalty": bounded(0.01, 100),
+    },
 )
 
 
@@ -217,20 +266,30 @@ def _family_blocks(m: dict) -> None:
 def check_decoder_blocks(info_key: str) -> Callable[[dict], None]:
     """Cross-checks of a decoder family: its layer count matches the decoder graph's past inputs,
     the encoder outputs exist, and every id the loop feeds is inside the vocabulary."""
+
     def cross(m: dict) -> None:
         info, gen = m[info_key], m["generation"]
         inputs = {i["name"] for i in m["components"].get("decoder", {}).get("inputs", [])}
         if inputs and any(f"past.{i}.key" not in inputs for i in range(info["num_layers"])):
-            raise _Bad(f"manifest.{info_key}.num_layers", f"{info['num_layers']} layers, but the decoder takes "
-                                                         f"{sum(n.endswith('.key') and n.startswith('past.') for n in inputs)}")
+            raise _Bad(
+                f"manifest.{info_key}.num_layers",
+                f"{info['num_layers']} layers, but the decoder takes "
+                f"{sum(n.endswith('.key') and n.startswith('past.') for n in inputs)}",
+            )
         outs = {o["name"] for c in m["components"].values() for o in c["outputs"]}
         if missing := [o for o in info["encoder_outputs"] if o not in outs]:
             raise _Bad(f"manifest.{info_key}.encoder_outputs", f"{missing[0]!r} is no component's output")
         eos = gen.get("eos_token_id", [])
-        for name, ids in (("start_ids", gen["start_ids"]), ("eos_token_id", eos if isinstance(eos, list) else [eos]),
-                          ("pad_token_id", [gen.get("pad_token_id", 0)])):
+        for name, ids in (
+            ("start_ids", gen["start_ids"]),
+            ("eos_token_id", eos if isinstance(eos, list) else [eos]),
+            ("pad_token_id", [gen.get("pad_token_id", 0)]),
+        ):
             if bad := [i for i in ids if i >= info["vocab_size"]]:
-                raise _Bad(f"manifest.generation.{name}", f"id {bad[0]} is outside the vocabulary ({info['vocab_size']})")
+                raise _Bad(
+                    f"manifest.generation.{name}", f"id {bad[0]} is outside the vocabulary ({info['vocab_size']})"
+                )
+
     return cross
 
 
@@ -239,8 +298,10 @@ def _cross_check(m: dict) -> None:
     for i, a in enumerate(m["artifacts"]):
         where = f"manifest.artifacts[{i}]"
         if a["component"] not in m["components"]:
-            raise _Bad(f"{where}.component", f"{a['component']!r} is not one of the bundle's components "
-                                             f"({', '.join(m['components'])})")
+            raise _Bad(
+                f"{where}.component",
+                f"{a['component']!r} is not one of the bundle's components ({', '.join(m['components'])})",
+            )
         if a["path"] not in a["files"]:
             raise _Bad(f"{where}.path", f"{a['path']!r} is not in the artifact's own files")
         for j, rel in enumerate(a["files"]):

@@ -103,5 +103,6 @@ class OrtSession:
 
 def open(path: str | os.PathLike, runtime: dict[str, Any] | None = None, threads: int | None = None):
     runtime = runtime or {}
-    return OrtSession(path, threads=threads, providers=providers_for(runtime.get("device", "cpu")),
-                      spin=runtime.get("spin", True))
+    return OrtSession(
+        path, threads=threads, providers=providers_for(runtime.get("device", "cpu")), spin=runtime.get("spin", True)
+    )

@@ -73,7 +73,16 @@ def build(onnx_path: Path, out_dir: Path, precision: str, component: str) -> Bui
     )
 
 
-_NP = {"f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32", "boolean": "bool", "u8": "uint8", "i8": "int8", "bf16": "bfloat16"}
+_NP = {
+    "f32": "float32",
+    "f16": "float16",
+    "i64": "int64",
+    "i32": "int32",
+    "boolean": "bool",
+    "u8": "uint8",
+    "i8": "int8",
+    "bf16": "bfloat16",
+}
 
 
 def _spec(port) -> TensorSpec:
@@ -87,7 +96,9 @@ class OvSession:
         config.update(runtime or {})
         device = str(config.pop("device", "cpu")).upper()
         if device not in core().available_devices:
-            raise BackendError(f"OpenVINO device {device} is not available here (have: {', '.join(core().available_devices)})")
+            raise BackendError(
+                f"OpenVINO device {device} is not available here (have: {', '.join(core().available_devices)})"
+            )
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:

@@ -93,8 +93,9 @@ class ImagePreprocessor:
     # -- construction ----------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                    source: str = "preprocess config") -> "ImagePreprocessor":
+    def from_config(
+        cls, cfg: dict[str, Any], *, max_pixels: int | None = DEFAULT_MAX_PIXELS, source: str = "preprocess config"
+    ) -> ImagePreprocessor:
         """Build from a ``preprocessor_config.json`` dict; missing keys take CLIP's defaults.
         A bad value is a BundleError that starts with ``source`` (the file or manifest field)."""
         if not isinstance(cfg, dict):
@@ -109,8 +110,18 @@ class ImagePreprocessor:
             if cfg.get("use_square_size") and isinstance(size, dict) and "shortest_edge" in size:
                 size = {"height": size["shortest_edge"], "width": size["shortest_edge"]}
             kwargs["size"] = size
-        for key in ("crop_size", "resample", "do_resize", "do_center_crop", "do_rescale",
-                    "rescale_factor", "do_normalize", "image_mean", "image_std", "do_convert_rgb"):
+        for key in (
+            "crop_size",
+            "resample",
+            "do_resize",
+            "do_center_crop",
+            "do_rescale",
+            "rescale_factor",
+            "do_normalize",
+            "image_mean",
+            "image_std",
+            "do_convert_rgb",
+        ):
             if cfg.get(key) is not None:
                 kwargs[key] = cfg[key]
         try:
@@ -119,7 +130,7 @@ class ImagePreprocessor:
             raise BundleError(f"{source}: {' '.join(str(exc).split())}") from None
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, **kw: Any) -> "ImagePreprocessor":
+    def from_file(cls, path: str | os.PathLike, **kw: Any) -> ImagePreprocessor:
         """Build from a ``preprocessor_config.json`` file."""
         with open(path, encoding="utf-8") as f:
             return cls.from_config(json.load(f), **{"source": str(path), **kw})
@@ -242,7 +253,9 @@ def _size_with_aspect_ratio(h: int, w: int, size: int, max_size: int) -> tuple[i
     return size, (int(raw_size * w / h) if raw_size is not None else int(size * w / h))
 
 
-MAX_SIDE = 16384  # a resize or crop target past this is a hand-edited config, not a model (100000^2 x 3 floats = 112 GB)
+MAX_SIDE = (
+    16384  # a resize or crop target past this is a hand-edited config, not a model (100000^2 x 3 floats = 112 GB)
+)
 
 
 def _size_dict(size: Any, *, default_to_square: bool, name: str) -> dict[str, int]:

@@ -35,9 +35,7 @@ def runs_here(a: Artifact) -> bool:
     return (check is None or check(a.precision)) and (fits is None or fits(a))
 
 
-def select_variant(
-    bundle: Bundle, backend: str | None = None, precision: str | None = None
-) -> tuple[str, str]:
+def select_variant(bundle: Bundle, backend: str | None = None, precision: str | None = None) -> tuple[str, str]:
     """(backend, precision) that every component has; the preferred one that passed its gate."""
     for flag, v in (("--backend", backend), ("--precision", precision)):
         if v is not None and not v.strip():
@@ -59,7 +57,9 @@ def select_variant(
         want = "/".join(x for x in (backend, precision) if x) or "any variant"
         raise BundleError(f"{bundle.root} has no {want} for all components (has: {have})")
     explicit = backend is not None and precision is not None
-    candidates = [k for k, v in matching.items() if explicit or (all(a.passed for a in v) and all(runs_here(a) for a in v))]
+    candidates = [
+        k for k, v in matching.items() if explicit or (all(a.passed for a in v) and all(runs_here(a) for a in v))
+    ]
     if not candidates:
         raise BundleError(
             f"{bundle.root}: no variant matching {backend or 'any'}/{precision or 'any'} passed its "
@@ -91,8 +91,13 @@ def record_measured(bundle: Bundle, table: dict[str, float]) -> None:
         w.manifest.setdefault("measured", {}).setdefault(machine_key(), {}).update(table)
 
 
-def open_session(bundle: Bundle, artifact: Artifact, threads: int | None = None, device: str | None = None,
-                 options: dict | None = None) -> Session:
+def open_session(
+    bundle: Bundle,
+    artifact: Artifact,
+    threads: int | None = None,
+    device: str | None = None,
+    options: dict | None = None,
+) -> Session:
     """Open one artifact; `device` picks ORT's execution providers (cpu, cuda, tensorrt) or
     OpenVINO's device (cpu, gpu); `options` add backend runtime options (e.g. ORT's spin)."""
     mod = backend_module(artifact.backend)
@@ -104,8 +109,13 @@ def open_session(bundle: Bundle, artifact: Artifact, threads: int | None = None,
     return mod.open(bundle.path(artifact.path), runtime, threads)
 
 
-def open_sessions(bundle: Bundle, artifacts: dict[str, Artifact], threads: int | None = None,
-                  device: str | None = None, options: dict[str, dict] | None = None) -> dict[str, Session]:
+def open_sessions(
+    bundle: Bundle,
+    artifacts: dict[str, Artifact],
+    threads: int | None = None,
+    device: str | None = None,
+    options: dict[str, dict] | None = None,
+) -> dict[str, Session]:
     """Open a pipeline's components together: session creation (weight mapping, prepacking) runs
     in native code without the GIL, so two ~500 MB graphs open in about the time of the larger."""
     from concurrent.futures import ThreadPoolExecutor
@@ -115,8 +125,10 @@ def open_sessions(bundle: Bundle, artifacts: dict[str, Artifact], threads: int |
     if len(artifacts) < 2:
         return {c: open_session(bundle, a, threads, device, (options or {}).get(c)) for c, a in artifacts.items()}
     with ThreadPoolExecutor(max_workers=len(artifacts)) as pool:
-        futures = {c: pool.submit(open_session, bundle, a, threads, device, (options or {}).get(c))
-                   for c, a in artifacts.items()}
+        futures = {
+            c: pool.submit(open_session, bundle, a, threads, device, (options or {}).get(c))
+            for c, a in artifacts.items()
+        }
         return {c: f.result() for c, f in futures.items()}
 
 

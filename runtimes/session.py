@@ -62,8 +62,7 @@ def check_precision(backend: str, precision: str) -> None:
         raise BackendError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
     if precision not in mod.PRECISIONS:
         raise BackendError(
-            f"backend {backend} does not build precision {precision} here "
-            f"(it builds: {', '.join(mod.PRECISIONS)})"
+            f"backend {backend} does not build precision {precision} here (it builds: {', '.join(mod.PRECISIONS)})"
         )
 
 
@@ -74,8 +73,10 @@ def parse_list(value: str | None, allowed: tuple[str, ...] | list[str] | None, w
         return []
     items = [v.strip() for v in value.split(",")]
     if not all(items):
-        raise InputError(f"--{what} {value!r}: empty item; give comma-separated names"
-                         + (f" from {', '.join(allowed)}" if allowed else ""))
+        raise InputError(
+            f"--{what} {value!r}: empty item; give comma-separated names"
+            + (f" from {', '.join(allowed)}" if allowed else "")
+        )
     for item in items if allowed is not None else ():
         if item not in allowed:
             raise BackendError(f"unknown {what} {item!r}: choose from {', '.join(allowed)}")
@@ -95,7 +96,9 @@ def parse_sizes(value: str, flag: str, lo: int = 1, hi: int = MAX_BATCH) -> list
         try:
             n = int(v)
         except ValueError:
-            raise InputError(f"{flag} {value!r}: {v!r} is not an integer (give comma-separated integers, e.g. 1,8)") from None
+            raise InputError(
+                f"{flag} {value!r}: {v!r} is not an integer (give comma-separated integers, e.g. 1,8)"
+            ) from None
         if not lo <= n <= hi:
             raise InputError(f"{flag} {n}: must be between {lo} and {hi}")
         out.append(n)

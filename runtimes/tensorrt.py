@@ -47,7 +47,7 @@ class PlanKey:
     tensorrt: str
     device: str
 
-    def matches(self, other: "PlanKey") -> bool:
+    def matches(self, other: PlanKey) -> bool:
         # TensorRT plans are tied to the exact TRT version and the GPU architecture; the device
         # name is recorded for humans (same-architecture boards share plans).
         return self.compute_capability == other.compute_capability and self.tensorrt == other.tensorrt
@@ -56,7 +56,7 @@ class PlanKey:
         return {"compute_capability": self.compute_capability, "tensorrt": self.tensorrt, "device": self.device}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PlanKey":
+    def from_dict(cls, d: dict[str, Any]) -> PlanKey:
         return cls(str(d["compute_capability"]), str(d["tensorrt"]), str(d.get("device", "?")))
 
     def __str__(self) -> str:
@@ -75,7 +75,9 @@ def check_plan(plan_key: dict[str, Any] | None, here: PlanKey, path: str) -> Non
 
 
 def derive_profile(
-    inputs: list[dict[str, Any]], profile: dict[str, list[int]] | None, overrides: dict[str, list[int]] | None = None,
+    inputs: list[dict[str, Any]],
+    profile: dict[str, list[int]] | None,
+    overrides: dict[str, list[int]] | None = None,
     limits: dict[str, int] | None = None,
 ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
     """min/opt/max shapes for every input from its symbolic shape and the model's profile.
@@ -224,11 +226,22 @@ def build_plan(
     if timing_cache is not None:
         timing_cache.unlink(missing_ok=True)
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
-    return {"workspace_mb": workspace_mb, "dla_core": dla_core, "profile": {k: [list(s) for s in v] for k, v in shapes.items()}}
+    return {
+        "workspace_mb": workspace_mb,
+        "dla_core": dla_core,
+        "profile": {k: [list(s) for s in v] for k, v in shapes.items()},
+    }
 
 
-def build(onnx_path: Path, out_dir: Path, precision: str, component: str, shapes: dict | None = None,
-          target: str = "gpu", dla_core: int | None = None) -> BuildResult:
+def build(
+    onnx_path: Path,
+    out_dir: Path,
+    precision: str,
+    component: str,
+    shapes: dict | None = None,
+    target: str = "gpu",
+    dla_core: int | None = None,
+) -> BuildResult:
     if precision not in PRECISIONS:
         raise BackendError(f"tensorrt builds {', '.join(PRECISIONS)}, not {precision}")
     if shapes is None:
@@ -241,20 +254,39 @@ def build(onnx_path: Path, out_dir: Path, precision: str, component: str, shapes
         )
     rel = plan_name(component, precision, key)
     settings = build_plan(
-        onnx_path, out_dir / rel, precision, shapes, timing_cache=out_dir / "tensorrt" / "timing.cache",
-        workspace_mb=WORKSPACE_MB.get(target, 4096), dla_core=dla_core,
+        onnx_path,
+        out_dir / rel,
+        precision,
+        shapes,
+        timing_cache=out_dir / "tensorrt" / "timing.cache",
+        workspace_mb=WORKSPACE_MB.get(target, 4096),
+        dla_core=dla_core,
     )
     return BuildResult(
-        path=rel, files=[rel],
+        path=rel,
+        files=[rel],
         runtime={"plan_key": key.to_dict()},
-        built_for={"tensorrt": key.tensorrt, "compute_capability": key.compute_capability, "device": key.device, **settings},
+        built_for={
+            "tensorrt": key.tensorrt,
+            "compute_capability": key.compute_capability,
+            "device": key.device,
+            **settings,
+        },
     )
 
 
 # -- run ----------------------------------------------------------------------------------
 
 
-_NP = {"FLOAT": np.float32, "HALF": np.float16, "INT64": np.int64, "INT32": np.int32, "INT8": np.int8, "BOOL": np.bool_, "UINT8": np.uint8}
+_NP = {
+    "FLOAT": np.float32,
+    "HALF": np.float16,
+    "INT64": np.int64,
+    "INT32": np.int32,
+    "INT8": np.int8,
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+}
 
 
 class TrtSession:
@@ -278,7 +310,9 @@ class TrtSession:
                 shape = tuple(self.engine.get_tensor_profile_shape(name, 0)[2])  # max
             else:
                 shape = tuple(d if d >= 0 else -1 for d in self.engine.get_tensor_shape(name))
-            spec = TensorSpec(name, np.dtype(dtype).name, tuple(d if d >= 0 else "?" for d in self.engine.get_tensor_shape(name)))
+            spec = TensorSpec(
+                name, np.dtype(dtype).name, tuple(d if d >= 0 else "?" for d in self.engine.get_tensor_shape(name))
+            )
             (self.inputs if is_input else self.outputs).append(spec)
             self._buffers[name] = (dtype, shape)
         self._alloc()

@@ -48,12 +48,17 @@ class TextTokenizer:
         self._tok.enable_truncation(max_length, stride=0, strategy="longest_first", direction="right")
         # "max_length": every row padded to max_length (SigLIP's text tower was trained so and takes no mask)
         self.padding = padding
-        self._tok.enable_padding(direction="right", pad_id=self.pad_id, pad_token=pad_token,
-                                 length=max_length if padding == "max_length" else None)
+        self._tok.enable_padding(
+            direction="right",
+            pad_id=self.pad_id,
+            pad_token=pad_token,
+            length=max_length if padding == "max_length" else None,
+        )
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, max_length: int, pad_id: int | None = None,
-                  padding: str = "longest") -> "TextTokenizer":
+    def from_file(
+        cls, path: str | os.PathLike, max_length: int, pad_id: int | None = None, padding: str = "longest"
+    ) -> TextTokenizer:
         """Load a ``tokenizer.json`` (as saved by a fast HF tokenizer).
 
         ``pad_id`` defaults to the pad token named in ``tokenizer_config.json`` or

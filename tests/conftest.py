@@ -71,7 +71,9 @@ def shapes_top1(bundle_path, backend: str, precision: str, limit: int = 300) -> 
     data = open_dataset("shapes", split="test", limit=limit)
     v = open_session(b, b.find("vision", backend, precision)[0], 2)
     t = open_session(b, b.find("text", backend, precision)[0], 2)
-    return zero_shot_top1(lambda f: v.run(f)["image_embeds"], lambda f: t.run(f)["text_embeds"], BundleFeeds(b, data), data)["value"]
+    return zero_shot_top1(
+        lambda f: v.run(f)["image_embeds"], lambda f: t.run(f)["text_embeds"], BundleFeeds(b, data), data
+    )["value"]
 
 
 def bf16_native() -> bool:

@@ -57,8 +57,9 @@ def test_embeddings_match_align_model(align, backend):
     t = pipe.text_inputs(TEXTS)
     with torch.no_grad():
         ref_img = model.get_image_features(pixel_values=px).pooler_output.numpy()
-        ref_txt = model.get_text_features(input_ids=torch.from_numpy(t["input_ids"]),
-                                          attention_mask=torch.from_numpy(t["attention_mask"])).pooler_output.numpy()
+        ref_txt = model.get_text_features(
+            input_ids=torch.from_numpy(t["input_ids"]), attention_mask=torch.from_numpy(t["attention_mask"])
+        ).pooler_output.numpy()
     assert _cos(pipe.embed_images(images, normalize=False), ref_img).min() >= 0.9999
     assert _cos(pipe.embed_texts(TEXTS, normalize=False), ref_txt).min() >= 0.9999
 
@@ -72,8 +73,11 @@ def test_classify_is_align_softmax_with_temperature(align):
     px = torch.from_numpy(pipe.preprocess(images))
     t = pipe.text_inputs(TEXTS)
     with torch.no_grad():
-        logits = model(input_ids=torch.from_numpy(t["input_ids"]), attention_mask=torch.from_numpy(t["attention_mask"]),
-                       pixel_values=px).logits_per_image
+        logits = model(
+            input_ids=torch.from_numpy(t["input_ids"]),
+            attention_mask=torch.from_numpy(t["attention_mask"]),
+            pixel_values=px,
+        ).logits_per_image
     ref = torch.softmax(logits, -1).numpy()
     for row, want in zip(got, ref):
         d = dict(row)

@@ -50,8 +50,19 @@ def test_bench_reports_a_busy_machine_in_json_and_table(clip_bundle):
     procs = _spinners(2, 8.0)
     try:
         time.sleep(0.2)
-        report = bench(str(clip_bundle), BenchConfig(backends=["onnxruntime"], precisions=["fp32"], batches=[1], runs=3,
-                                                     warmup=1, pytorch=False, record=False), log=said.append)
+        report = bench(
+            str(clip_bundle),
+            BenchConfig(
+                backends=["onnxruntime"],
+                precisions=["fp32"],
+                batches=[1],
+                runs=3,
+                warmup=1,
+                pytorch=False,
+                record=False,
+            ),
+            log=said.append,
+        )
     finally:
         for p in procs:
             p.kill()
@@ -92,13 +103,26 @@ def test_macs_counted_from_the_graph_at_the_call_shapes(tmp_path):
     w = numpy_helper.from_array(np.ones((8, 16), np.float32), "w")
     g = numpy_helper.from_array(np.ones((4, 16), np.float32), "g")  # transB: [N, K]
     k = numpy_helper.from_array(np.ones((6, 3, 3, 3), np.float32), "k")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Reshape", ["y", "s"], ["y2"]),
-             helper.make_node("Gemm", ["y2", "g"], ["z"], transB=1), helper.make_node("Conv", ["img", "k"], ["c"])]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+        helper.make_node("Reshape", ["y", "s"], ["y2"]),
+        helper.make_node("Gemm", ["y2", "g"], ["z"], transB=1),
+        helper.make_node("Conv", ["img", "k"], ["c"]),
+    ]
     s = numpy_helper.from_array(np.array([-1, 16], np.int64), "s")
-    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 5, 8]),
-                                           helper.make_tensor_value_info("img", TensorProto.FLOAT, ["b", 3, 10, 10])],
-                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None),
-                               helper.make_tensor_value_info("c", TensorProto.FLOAT, None)], [w, g, k, s])
+    graph = helper.make_graph(
+        nodes,
+        "t",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 5, 8]),
+            helper.make_tensor_value_info("img", TensorProto.FLOAT, ["b", 3, 10, 10]),
+        ],
+        [
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("c", TensorProto.FLOAT, None),
+        ],
+        [w, g, k, s],
+    )
     path = tmp_path / "t.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     for b in (1, 3):
@@ -110,12 +134,14 @@ def test_macs_counted_from_the_graph_at_the_call_shapes(tmp_path):
 def test_bench_rows_carry_their_roofline(clip_bundle):
     """Every row: GMACs per call at its batch (the same work for every variant of a component,
     scaling with the batch), the MB of weights it reads and the GMAC/s it reached; the table says it."""
-    from mmdeploy.benchmarks.bench import BenchConfig, bench
-    from mmdeploy.benchmarks.report import table
     from rich.console import Console
 
-    report = bench(str(clip_bundle), BenchConfig(batches=[1, 4], runs=3, warmup=1, record=False, pytorch=False),
-                   log=lambda m: None)
+    from mmdeploy.benchmarks.bench import BenchConfig, bench
+    from mmdeploy.benchmarks.report import table
+
+    report = bench(
+        str(clip_bundle), BenchConfig(batches=[1, 4], runs=3, warmup=1, record=False, pytorch=False), log=lambda m: None
+    )
     for r in report["results"]:
         assert r["gmacs"] > 0 and "uncounted_nodes" not in r and r["weights_mb"] > 0
         assert r["gmacs_per_s"] == pytest.approx(r["gmacs"] * 1000 / r["p50_ms"], rel=0.01)

@@ -23,7 +23,10 @@ def bundle_copy(clip_bundle, tmp_path) -> Path:
 
 def test_manifest_lists_every_file_with_its_hash(clip_bundle):
     b = Bundle.open(clip_bundle)
-    on_disk = {p.relative_to(clip_bundle).as_posix() for p in clip_bundle.rglob("*") if p.is_file()} - {MANIFEST, VERIFIED}
+    on_disk = {p.relative_to(clip_bundle).as_posix() for p in clip_bundle.rglob("*") if p.is_file()} - {
+        MANIFEST,
+        VERIFIED,
+    }
     assert set(b.manifest["files"]) == on_disk
     b.verify_all()
     for a in b.artifacts:
@@ -97,7 +100,9 @@ def test_corrupt_tokenizer_is_a_bundle_error_naming_the_file(bundle_copy):
     with pytest.raises(BundleError, match="tokenizer.json does not match its sha256"):
         load(bundle_copy, backend="onnxruntime", precision="fp32")
     # even with the manifest's hash matching it (a bundle written from a broken tokenizer)
-    _edit_manifest(bundle_copy, lambda m: m["files"]["tokenizer.json"].update(sha256=sha256_file(tok), bytes=tok.stat().st_size))
+    _edit_manifest(
+        bundle_copy, lambda m: m["files"]["tokenizer.json"].update(sha256=sha256_file(tok), bytes=tok.stat().st_size)
+    )
     with pytest.raises(BundleError, match="cannot read tokenizer file .*tokenizer.json"):
         load(bundle_copy, backend="onnxruntime", precision="fp32")
 

@@ -48,7 +48,7 @@ def _bert_tokenizer(out: Path, extra_specials=()):
 
 
 def tiny_vit_gpt2(out: Path) -> Path:
-    from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
+    from transformers import GPT2Config, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig
 
     from mmdeploy.exporter.train_caption_fixture import EOT, build_shapes_tokenizer, save_tokenizer, shapes_captions
 
@@ -56,17 +56,39 @@ def tiny_vit_gpt2(out: Path) -> Path:
     tok = build_shapes_tokenizer(shapes_captions())
     save_tokenizer(tok, out)
     v, eot = len(tok), tok.convert_tokens_to_ids(EOT)
-    enc = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                    intermediate_size=64)
-    dec = GPT2Config(vocab_size=v, n_positions=64, n_embd=48, n_layer=2, n_head=2, bos_token_id=eot, eos_token_id=eot,
-                     pad_token_id=eot, add_cross_attention=True, is_decoder=True, initializer_range=0.2)
+    enc = ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    dec = GPT2Config(
+        vocab_size=v,
+        n_positions=64,
+        n_embd=48,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        add_cross_attention=True,
+        is_decoder=True,
+        initializer_range=0.2,
+    )
     cfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)  # 32 -> 48: enc_to_dec_proj is used
     cfg.decoder_start_token_id, cfg.pad_token_id, cfg.eos_token_id = eot, eot, eot
     torch.manual_seed(0)
     VisionEncoderDecoderModel(config=cfg).save_pretrained(out)
-    (out / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "ViTImageProcessor", "size": {"height": 32, "width": 32}, "do_resize": True,
-        "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 2}))
+    (out / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "ViTImageProcessor",
+                "size": {"height": 32, "width": 32},
+                "do_resize": True,
+                "do_normalize": True,
+                "image_mean": [0.5] * 3,
+                "image_std": [0.5] * 3,
+                "resample": 2,
+            }
+        )
+    )
     return out
 
 
@@ -76,18 +98,44 @@ def tiny_blip(out: Path) -> Path:
     out.mkdir(parents=True)
     _bert_tokenizer(out, ("[DEC]", "[ENC]"))
     cfg = BlipConfig(
-        text_config=dict(vocab_size=30524, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, encoder_hidden_size=48, max_position_embeddings=64,
-                         bos_token_id=30522, sep_token_id=102, pad_token_id=0, eos_token_id=2, initializer_range=0.2),
-        vision_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=30524,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            encoder_hidden_size=48,
+            max_position_embeddings=64,
+            bos_token_id=30522,
+            sep_token_id=102,
+            pad_token_id=0,
+            eos_token_id=2,
+            initializer_range=0.2,
+        ),
+        vision_config=dict(
+            hidden_size=48,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
     )
     torch.manual_seed(0)
     BlipForConditionalGeneration(cfg).save_pretrained(out)
-    (out / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "BlipImageProcessor", "size": {"height": 32, "width": 32}, "do_resize": True,
-        "resample": 3, "do_normalize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+    (out / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "BlipImageProcessor",
+                "size": {"height": 32, "width": 32},
+                "do_resize": True,
+                "resample": 3,
+                "do_normalize": True,
+                "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                "image_std": [0.26862954, 0.26130258, 0.27577711],
+            }
+        )
+    )
     return out
 
 
@@ -97,16 +145,38 @@ def tiny_git(out: Path) -> Path:
     out.mkdir(parents=True)
     _bert_tokenizer(out)
     cfg = GitConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=64, bos_token_id=101, eos_token_id=102, pad_token_id=0, initializer_range=0.2,
-        vision_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        bos_token_id=101,
+        eos_token_id=102,
+        pad_token_id=0,
+        initializer_range=0.2,
+        vision_config=dict(
+            hidden_size=48,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
     )
     torch.manual_seed(0)
     GitForCausalLM(cfg).save_pretrained(out)
-    (out / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 32},
-        "crop_size": {"height": 32, "width": 32}, "do_center_crop": True, "resample": 3}))
+    (out / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "CLIPImageProcessor",
+                "size": {"shortest_edge": 32},
+                "crop_size": {"height": 32, "width": 32},
+                "do_center_crop": True,
+                "resample": 3,
+            }
+        )
+    )
     return out
 
 
@@ -295,7 +365,9 @@ def test_tied_embedding_stored_once(tiny_bundles):
 def test_unsupported_captioning_architecture_is_a_clear_error(tmp_path):
     from mmdeploy.exporter.checkpoint import resolve
 
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Blip2ForConditionalGeneration"], "model_type": "blip-2"}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"architectures": ["Blip2ForConditionalGeneration"], "model_type": "blip-2"})
+    )
     with pytest.raises(CheckpointError) as e:
         resolve(str(tmp_path))
     msg = str(e.value)
@@ -305,15 +377,26 @@ def test_unsupported_captioning_architecture_is_a_clear_error(tmp_path):
 
 
 def test_vision_encoder_decoder_without_gpt2_is_refused(tmp_path):
-    from transformers import BertConfig, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
+    from transformers import BertConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig
 
     from mmdeploy.exporter.checkpoint import resolve
     from mmdeploy.exporter.export import family_exporter
 
-    enc = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
-    dec = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                     is_decoder=True, add_cross_attention=True)
-    VisionEncoderDecoderModel(config=VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)).save_pretrained(tmp_path)
+    enc = ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    dec = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        is_decoder=True,
+        add_cross_attention=True,
+    )
+    VisionEncoderDecoderModel(config=VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)).save_pretrained(
+        tmp_path
+    )
     (tmp_path / "preprocessor_config.json").write_text("{}")
     with pytest.raises(UnsupportedModelError, match="GPT-2 decoders only.*GitForCausalLM"):
         family_exporter(resolve(str(tmp_path)))
@@ -356,7 +439,7 @@ SHAPES_N = 500  # the card's evaluation set
 @pytest.fixture(scope="module")
 def shapes_reference():
     """PyTorch greedy captions of the test split, with the plain HF classes."""
-    from transformers import AutoTokenizer, ViTImageProcessor, VisionEncoderDecoderModel
+    from transformers import AutoTokenizer, VisionEncoderDecoderModel, ViTImageProcessor
 
     folder = package_path("fixtures/caption-shapes")
     if not (folder / "model.safetensors").is_file():
@@ -403,8 +486,22 @@ def test_cli_caption(shapes_bundle, tmp_path):
     for i, s in enumerate(samples):
         paths.append(tmp_path / f"{i}.png")
         s.image.save(paths[-1])
-    r = CliRunner().invoke(app, ["caption", str(shapes_bundle), *map(str, paths), "--num-beams", "3",
-                                 "--max-new-tokens", "12", "--backend", "onnxruntime", "--threads", "2"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "caption",
+            str(shapes_bundle),
+            *map(str, paths),
+            "--num-beams",
+            "3",
+            "--max-new-tokens",
+            "12",
+            "--backend",
+            "onnxruntime",
+            "--threads",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     lines = [l for l in r.stdout.splitlines() if l.strip()]
     assert any(samples[0].caption in l for l in lines), r.stdout
@@ -429,7 +526,13 @@ def test_caption_shapes_beam_search_like_pytorch(shapes_bundle, backend):
         assert _same(pipe.generate_ids(px, num_beams=kw["num_beams"], **extra), ref), kw
 
 
-QUANTIZED = [("onnxruntime", "int8"), ("openvino", "int8"), ("onnxruntime", "int4"), ("onnxruntime", "fp16"), ("openvino", "fp16")]
+QUANTIZED = [
+    ("onnxruntime", "int8"),
+    ("openvino", "int8"),
+    ("onnxruntime", "int4"),
+    ("onnxruntime", "fp16"),
+    ("openvino", "fp16"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -441,7 +544,9 @@ def shapes_quantized(shapes_bundle, tmp_path_factory):
     dst = tmp_path_factory.mktemp("q") / "caption-shapes"
     shutil.copytree(shapes_bundle, dst)
     for backend, precision in QUANTIZED:  # `mmdeploy quantize` routes caption bundles to their own recipes
-        r = CliRunner().invoke(app, ["quantize", str(dst), "--precision", precision, "--backend", backend, "--threads", "2"])
+        r = CliRunner().invoke(
+            app, ["quantize", str(dst), "--precision", precision, "--backend", backend, "--threads", "2"]
+        )
         assert r.exit_code == 0, r.output
     r = CliRunner().invoke(app, ["quantize", str(dst), "--precision", "bf16", "--backend", "onnxruntime"])
     assert r.exit_code == 2 and "onnxruntime/bf16 is not built for them" in r.output
@@ -456,9 +561,18 @@ def test_export_int4_goes_to_the_backends_that_build_it(tiny_bundles, tmp_path):
     from mmdeploy.exporter.export import export
 
     logs: list[str] = []
-    out = export(str(tiny_bundles["vit-gpt2"][0]), tmp_path / "b", backends=BACKENDS, precisions=["fp32", "int4"],
-                 threads=2, log=logs.append)
-    assert {(a.component, a.backend) for a in out.find(precision="int4")} == {("encoder", "onnxruntime"), ("decoder", "onnxruntime")}
+    out = export(
+        str(tiny_bundles["vit-gpt2"][0]),
+        tmp_path / "b",
+        backends=BACKENDS,
+        precisions=["fp32", "int4"],
+        threads=2,
+        log=logs.append,
+    )
+    assert {(a.component, a.backend) for a in out.find(precision="int4")} == {
+        ("encoder", "onnxruntime"),
+        ("decoder", "onnxruntime"),
+    }
     assert any("openvino/int4 is not built" in line for line in logs), logs
     dec = out.find("decoder", "onnxruntime", "int4")[0]
     assert dec.recipe["weights"].startswith("int4") and dec.path.endswith("decoder.int4.onnx")
@@ -509,7 +623,9 @@ def test_caption_shapes_openvino_bf16_within_two_points_of_fp32(tmp_path):
     samples = shapes.generate("test", 200)
     scores = {}
     for precision in ("fp32", "bf16"):
-        caps = load(out, backend="openvino", precision=precision, threads=2).caption([s.image for s in samples], batch_size=50)
+        caps = load(out, backend="openvino", precision=precision, threads=2).caption(
+            [s.image for s in samples], batch_size=50
+        )
         scores[precision] = np.mean([c == s.caption for c, s in zip(caps, samples)])
     assert Bundle.open(out).find("decoder", "openvino", "bf16")[0].passed
     assert scores["bf16"] >= scores["fp32"] - 0.02, scores
@@ -521,7 +637,11 @@ def test_bench_caption_rows(tiny_bundles, tmp_path):
 
     path = tmp_path / "b"
     shutil.copytree(tiny_bundles["blip"][1], path)
-    rep = bench(str(path), BenchConfig(batches=[1, 2], runs=2, warmup=1, threads=2, max_new_tokens=4, record=True), log=lambda s: None)
+    rep = bench(
+        str(path),
+        BenchConfig(batches=[1, 2], runs=2, warmup=1, threads=2, max_new_tokens=4, record=True),
+        log=lambda s: None,
+    )
     comps = {(r["component"], r["backend"], r["batch"]) for r in rep["results"]}
     for backend in ("pytorch", *BACKENDS):
         for c in ("encoder", "decoder", "generate"):

@@ -16,12 +16,17 @@ def test_registry_entries_are_complete():
 
     for name, ent in registry().items():
         assert ent["family"] in families(), name  # a registered family (was a hard-coded list of three)
-        assert ent.get("path") or ent.get("package") or (ent.get("hub") and ent.get("config") and ent.get("preprocessor")), name
+        assert (
+            ent.get("path") or ent.get("package") or (ent.get("hub") and ent.get("config") and ent.get("preprocessor"))
+        ), name
 
 
 def test_hub_model_without_network_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(CheckpointError, match="cannot download openai/clip-vit-base-patch32: pass a local checkpoint folder or --random-weights"):
+    with pytest.raises(
+        CheckpointError,
+        match="cannot download openai/clip-vit-base-patch32: pass a local checkpoint folder or --random-weights",
+    ):
         resolve("clip-vit-b32")
 
 
@@ -67,19 +72,42 @@ def test_random_twin_is_deterministic_and_has_the_real_shape():
 # transformers documents each default config as one hub checkpoint's architecture (GitConfig():
 # microsoft/git-base; ViTConfig(): google/vit-base-patch16-224; GPT2Config(): gpt2; Blip*Config():
 # Salesforce/blip-*-base): an offline cross-check of the shape keys of the inline twin configs
-SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
-              "max_position_embeddings", "image_size", "patch_size", "num_channels", "encoder_hidden_size",
-              "n_embd", "n_layer", "n_head", "n_positions", "hidden_act", "activation_function", "qkv_bias",
-              "layer_norm_eps", "layer_norm_epsilon")
+SHAPE_KEYS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "vocab_size",
+    "max_position_embeddings",
+    "image_size",
+    "patch_size",
+    "num_channels",
+    "encoder_hidden_size",
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "n_positions",
+    "hidden_act",
+    "activation_function",
+    "qkv_bias",
+    "layer_norm_eps",
+    "layer_norm_epsilon",
+)
 # BLIP's text decoder is BERT-base (12 heads of 64); BlipTextConfig's default of 8 heads is not the checkpoint's
 KNOWN_DEVIATIONS = {("blip-base", "text_config", "num_attention_heads"): 12}
 
 
-@pytest.mark.parametrize("name,sub,cls", [
-    ("vit-gpt2", "encoder", "ViTConfig"), ("vit-gpt2", "decoder", "GPT2Config"),
-    ("blip-base", "text_config", "BlipTextConfig"), ("blip-base", "vision_config", "BlipVisionConfig"),
-    ("git-base", None, "GitConfig"), ("git-base", "vision_config", "GitVisionConfig"),
-])
+@pytest.mark.parametrize(
+    "name,sub,cls",
+    [
+        ("vit-gpt2", "encoder", "ViTConfig"),
+        ("vit-gpt2", "decoder", "GPT2Config"),
+        ("blip-base", "text_config", "BlipTextConfig"),
+        ("blip-base", "vision_config", "BlipVisionConfig"),
+        ("git-base", None, "GitConfig"),
+        ("git-base", "vision_config", "GitVisionConfig"),
+    ],
+)
 def test_caption_twin_configs_have_the_hub_architectures(name, sub, cls):
     transformers = pytest.importorskip("transformers")
     cfg = registry()[name]["config"]
@@ -108,8 +136,9 @@ def test_clip_saved_by_a_transformers5_processor_exports(tmp_path):
     ckpt = tmp_path / "clip-t5"
     model = CLIPModel.from_pretrained(src).eval()
     model.save_pretrained(str(ckpt))
-    CLIPProcessor(image_processor=CLIPImageProcessor.from_pretrained(src),
-                  tokenizer=CLIPTokenizerFast.from_pretrained(src)).save_pretrained(str(ckpt))
+    CLIPProcessor(
+        image_processor=CLIPImageProcessor.from_pretrained(src), tokenizer=CLIPTokenizerFast.from_pretrained(src)
+    ).save_pretrained(str(ckpt))
     assert (ckpt / "processor_config.json").is_file() and not (ckpt / "preprocessor_config.json").exists()
     export(str(ckpt), tmp_path / "b", threads=2)
     pipe = load(tmp_path / "b")

@@ -49,7 +49,10 @@ def test_candidates_building_the_same_graph_share_one_build(clip_bundle):
     assert ["dynamic, Conv float"] not in labels and len(groups) == 3
     vision = _groups(b.path(b.components["vision"]["onnx"]), candidates("onnxruntime", True, False))
     assert len(vision) == 4
-    same = _groups(b.path(b.components["vision"]["onnx"]), [Candidate("a", "static", (), "f32"), Candidate("b", "static", (), "bf16")])
+    same = _groups(
+        b.path(b.components["vision"]["onnx"]),
+        [Candidate("a", "static", (), "f32"), Candidate("b", "static", (), "bf16")],
+    )
     assert [len(g) for g in same] == [2]  # OpenVINO hints: one IR, two runtimes
 
 
@@ -97,8 +100,10 @@ def test_best_keeps_the_fastest_passing_candidate_and_says_why(best_bundle):
                 assert ("ConvInteger" not in ops) == ("Conv" in won[0]["exclude"] or a.component == "text")
             else:
                 assert "QuantizeLinear" in ops and a.recipe["calibration"]["data"] == "shapes"
-    assert {r["candidate"] for r in b.find(backend="onnxruntime", precision="int8", component="vision")[0]
-            .recipe["chosen"]["candidates"]} >= {"dynamic", "dynamic, Conv float", "static Q/DQ, all"}
+    assert {
+        r["candidate"]
+        for r in b.find(backend="onnxruntime", precision="int8", component="vision")[0].recipe["chosen"]["candidates"]
+    } >= {"dynamic", "dynamic, Conv float", "static Q/DQ, all"}
 
 
 @pytest.mark.openvino
@@ -115,7 +120,9 @@ def test_best_int8_keeps_zero_shot_accuracy(best_bundle):
 
 def test_export_best_times_every_variant_and_defaults_to_the_fastest(cli_inprocess, tmp_path):
     out = tmp_path / "best"
-    r = cli_inprocess("export", "clip-shapes", "-o", str(out), "--backend", "onnxruntime", "--precision", "best", "--threads", "2")
+    r = cli_inprocess(
+        "export", "clip-shapes", "-o", str(out), "--backend", "onnxruntime", "--precision", "best", "--threads", "2"
+    )
     assert r.returncode == 0, r.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     measured = manifest["measured"][machine_key()]
@@ -134,30 +141,40 @@ def test_export_best_times_every_variant_and_defaults_to_the_fastest(cli_inproce
 def test_export_best_on_openvino_without_calibration_data(cli_inprocess, tmp_path):
     """NNCF needs --calib: best then builds fp32 and bf16 (where native), says INT8 was skipped, times both."""
     out = tmp_path / "ov"
-    r = cli_inprocess("export", "clip-shapes", "-o", str(out), "--backend", "openvino", "--precision", "best", "--threads", "2")
+    r = cli_inprocess(
+        "export", "clip-shapes", "-o", str(out), "--backend", "openvino", "--precision", "best", "--threads", "2"
+    )
     assert r.returncode == 0, r.stderr
     assert "NNCF INT8 needs --calib; skipped" in r.stderr + r.stdout
     have = {(a.backend, a.precision) for a in Bundle.open(out).artifacts}
     assert have == {("openvino", "fp32")} | ({("openvino", "bf16")} if cpu_supports("bf16") else set())
-    assert set(json.loads((out / "manifest.json").read_text())["measured"][machine_key()]) == {f"{b}/{p}" for b, p in have}
+    assert set(json.loads((out / "manifest.json").read_text())["measured"][machine_key()]) == {
+        f"{b}/{p}" for b, p in have
+    }
 
 
-@pytest.mark.parametrize("args, needle", [
-    (("export", "clip-shapes", "--precision", "best,int8"), "--precision best stands alone"),
-    (("export", "clip-shapes", "--precision", "best", "--target", "gpu"), "times the variants on this CPU"),
-    (("export", "caption-shapes", "--precision", "best"), "has one recipe"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (("export", "clip-shapes", "--precision", "best,int8"), "--precision best stands alone"),
+        (("export", "clip-shapes", "--precision", "best", "--target", "gpu"), "times the variants on this CPU"),
+        (("export", "caption-shapes", "--precision", "best"), "has one recipe"),
+    ],
+)
 def test_best_export_errors(cli_inprocess, tmp_path, args, needle):
     r = cli_inprocess(*args, "-o", str(tmp_path / "x"))
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("flags, needle", [
-    (("--precision", "int8", "--mode", "best", "--exclude", "none"), "tries its own exclusions"),
-    (("--precision", "int8", "--mode", "best", "--backend", "openvino"), "needs calibration data"),
-    (("--precision", "bf16", "--backend", "openvino", "--mode", "best"), "has one recipe"),
-])
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (("--precision", "int8", "--mode", "best", "--exclude", "none"), "tries its own exclusions"),
+        (("--precision", "int8", "--mode", "best", "--backend", "openvino"), "needs calibration data"),
+        (("--precision", "bf16", "--backend", "openvino", "--mode", "best"), "has one recipe"),
+    ],
+)
 def test_best_quantize_errors(cli_inprocess, clip_bundle, tmp_path, flags, needle):
     dst = tmp_path / "b"
     shutil.copytree(clip_bundle, dst)

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from mmdeploy.common.datasets import shapes
 from mmdeploy.cli import app
+from mmdeploy.common.datasets import shapes
 
 runner = CliRunner()
 
@@ -63,7 +63,16 @@ def test_info(clip_bundle):
 
 
 def test_embed_and_classify(clip_bundle, red_circle):
-    r = run("embed", clip_bundle, "--image", red_circle, "--text", "a photo of a red circle", "--text", "a photo of a blue star")
+    r = run(
+        "embed",
+        clip_bundle,
+        "--image",
+        red_circle,
+        "--text",
+        "a photo of a red circle",
+        "--text",
+        "a photo of a blue star",
+    )
     assert r.exit_code == 0, r.output
     sims = [float(x) for x in r.stdout.strip().splitlines()[-1].split()[-2:]]
     assert sims[0] > sims[1]
@@ -77,14 +86,43 @@ def test_embed_and_classify(clip_bundle, red_circle):
 
 def test_bench_writes_json_and_plot(clip_bundle, tmp_path):
     j, png = tmp_path / "r.json", tmp_path / "r.png"
-    r = run("bench", clip_bundle, "--batch", "1,2", "--runs", "2", "--warmup", "1", "--threads", "2", "--json", j, "--plot", png)
+    r = run(
+        "bench",
+        clip_bundle,
+        "--batch",
+        "1,2",
+        "--runs",
+        "2",
+        "--warmup",
+        "1",
+        "--threads",
+        "2",
+        "--json",
+        j,
+        "--plot",
+        png,
+    )
     assert r.exit_code == 0, r.output
     rep = json.loads(j.read_text())
     assert rep["env"]["cpu"]["model"] and "isa" in rep["env"]["cpu"]
     rows = rep["results"]
-    keys = {"component", "backend", "precision", "batch", "p50_ms", "p90_ms", "p99_ms", "items_per_s", "speedup_vs_pytorch", "cosine_vs_pytorch", "max_abs_diff"}
+    keys = {
+        "component",
+        "backend",
+        "precision",
+        "batch",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "items_per_s",
+        "speedup_vs_pytorch",
+        "cosine_vs_pytorch",
+        "max_abs_diff",
+    }
     assert all(keys <= set(r) for r in rows)
-    assert {(r["component"], r["batch"]) for r in rows if r["backend"] == "pytorch"} == {(c, b) for c in ("vision", "text") for b in (1, 2)}
+    assert {(r["component"], r["batch"]) for r in rows if r["backend"] == "pytorch"} == {
+        (c, b) for c in ("vision", "text") for b in (1, 2)
+    }
     for r in rows:
         if r["backend"] != "pytorch":
             assert r["cosine_vs_pytorch"] >= (0.9999 if r["precision"] == "fp32" else 0.99)
@@ -108,7 +146,9 @@ def test_non_clip_checkpoint(tmp_path):
     from transformers import ResNetConfig, ResNetModel
 
     ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1])).save_pretrained(tmp_path / "resnet")
-    one_line_error(run("export", tmp_path / "resnet", "-o", tmp_path / "o"), "unsupported architecture 'ResNetModel'", "CLIPModel")
+    one_line_error(
+        run("export", tmp_path / "resnet", "-o", tmp_path / "o"), "unsupported architecture 'ResNetModel'", "CLIPModel"
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -118,9 +158,13 @@ def test_folder_without_config(tmp_path):
 
 
 def test_bad_flags(tmp_path, clip_bundle, red_circle):
-    one_line_error(run("export", "clip-shapes", "-o", tmp_path / "o", "--backend", "tensorflow"), "unknown backend 'tensorflow'")
+    one_line_error(
+        run("export", "clip-shapes", "-o", tmp_path / "o", "--backend", "tensorflow"), "unknown backend 'tensorflow'"
+    )
     one_line_error(run("export", "clip-shapes", "-o", tmp_path / "o", "--precision", "fp8"), "unknown precision 'fp8'")
-    one_line_error(run("export", "clip-shapes", "-o", tmp_path / "o", "--backend", "onnxruntime", "--precision", "bf16"), "bf16")
+    one_line_error(
+        run("export", "clip-shapes", "-o", tmp_path / "o", "--backend", "onnxruntime", "--precision", "bf16"), "bf16"
+    )
     one_line_error(run("export", "clip-shapes", "-o", tmp_path / "o", "--target", "tpu"), "target 'tpu'")
     one_line_error(run("bench", clip_bundle, "--batch", "1,x"), "--batch")
     one_line_error(run("bench", tmp_path / "nothing"), "bundle not found")
@@ -161,7 +205,7 @@ def test_odd_image_modes_work_end_to_end(tmp_path, clip_bundle):
     for mode in ("RGBA", "L", "P", "CMYK", "I;16"):
         p = tmp_path / f"x_{mode.replace(';', '')}.{'jpg' if mode == 'CMYK' else 'png'}"
         base.convert(mode if mode != "I;16" else "L").convert(mode).save(p) if mode != "I;16" else Image.fromarray(
-            (__import__("numpy").asarray(base.convert("L")).astype("uint16") * 257)
+            __import__("numpy").asarray(base.convert("L")).astype("uint16") * 257
         ).save(p)
         r = run("embed", clip_bundle, "--image", p)
         assert r.exit_code == 0, (mode, r.output)
@@ -178,11 +222,19 @@ def test_accuracy_table_compares_each_task_with_its_own_reference():
 
     from mmdeploy.benchmarks.report import accuracy_table
 
-    rows = [("pytorch", "caption exact match", 0.825), ("pytorch", "caption BLEU-4", 0.9213),
-            ("onnxruntime", "caption exact match", 0.82), ("onnxruntime", "caption BLEU-4", 0.9191)]
-    report = {"config": {"data": "shapes/test"},
-              "accuracy": [{"backend": b, "precision": "fp32" if b == "pytorch" else "int8", "task": t, "n": 200, "value": v}
-                           for b, t, v in rows]}
+    rows = [
+        ("pytorch", "caption exact match", 0.825),
+        ("pytorch", "caption BLEU-4", 0.9213),
+        ("onnxruntime", "caption exact match", 0.82),
+        ("onnxruntime", "caption BLEU-4", 0.9191),
+    ]
+    report = {
+        "config": {"data": "shapes/test"},
+        "accuracy": [
+            {"backend": b, "precision": "fp32" if b == "pytorch" else "int8", "task": t, "n": 200, "value": v}
+            for b, t, v in rows
+        ],
+    }
     console = Console(width=120, record=True)
     console.print(accuracy_table(report))
     text = console.export_text()

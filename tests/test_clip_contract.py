@@ -59,7 +59,9 @@ def test_texts_of_different_lengths_match_pytorch(pipeline, clip_reference):
     assert _cos(out, ref).min() >= GATE[pipeline.precision]
     # a text alone gives the same embedding as in a padded batch
     alone = pipeline.embed_texts([TEXTS[0]])
-    np.testing.assert_allclose(alone[0], pipeline.embed_texts(TEXTS)[0], atol=2e-2 if pipeline.precision == "bf16" else 1e-5)
+    np.testing.assert_allclose(
+        alone[0], pipeline.embed_texts(TEXTS)[0], atol=2e-2 if pipeline.precision == "bf16" else 1e-5
+    )
 
 
 def test_zero_shot_predictions_match_pytorch(pipeline, clip_reference):
@@ -73,10 +75,19 @@ def test_zero_shot_predictions_match_pytorch(pipeline, clip_reference):
     ours = [r[0][0] for r in results]
     with torch.no_grad():
         txt = pipeline.text_inputs([f"a photo of a {l}" for l in labels])
-        t = clip_reference.get_text_features(input_ids=torch.from_numpy(txt["input_ids"]), attention_mask=torch.from_numpy(txt["attention_mask"]))
-        v = clip_reference.get_image_features(pixel_values=torch.from_numpy(pipeline.preprocess([s.image for s in samples])))
+        t = clip_reference.get_text_features(
+            input_ids=torch.from_numpy(txt["input_ids"]), attention_mask=torch.from_numpy(txt["attention_mask"])
+        )
+        v = clip_reference.get_image_features(
+            pixel_values=torch.from_numpy(pipeline.preprocess([s.image for s in samples]))
+        )
     t, v = (getattr(x, "pooler_output", x).numpy() for x in (t, v))
-    theirs = [labels[i] for i in (v / np.linalg.norm(v, axis=-1, keepdims=True) @ (t / np.linalg.norm(t, axis=-1, keepdims=True)).T).argmax(-1)]
+    theirs = [
+        labels[i]
+        for i in (
+            v / np.linalg.norm(v, axis=-1, keepdims=True) @ (t / np.linalg.norm(t, axis=-1, keepdims=True)).T
+        ).argmax(-1)
+    ]
     assert sum(a != b for a, b in zip(ours, theirs)) <= (2 if pipeline.precision == "bf16" else 1)
     correct = sum(p == shapes.label_of(s) for p, s in zip(ours, samples))
     assert correct / len(samples) >= FIXTURE_MIN_TOP1 - 0.05  # 100 images: allow sampling noise

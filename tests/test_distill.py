@@ -148,8 +148,15 @@ def test_image_folder_with_captions_and_a_text_file(tmp_path):
         rows.append(f"{i:03d}.png\t{s.caption}")
     (folder / "captions.tsv").write_text("\n".join(rows) + "\n")
     (tmp_path / "texts.txt").write_text("a photo of a red circle\na photo of a blue star\n")
-    cfg = DistillConfig(vision_layers=2, text_layers=1, data=str(folder), texts=str(tmp_path / "texts.txt"),
-                        epochs=1, batch_size=16, threads=2)
+    cfg = DistillConfig(
+        vision_layers=2,
+        text_layers=1,
+        data=str(folder),
+        texts=str(tmp_path / "texts.txt"),
+        epochs=1,
+        batch_size=16,
+        threads=2,
+    )
     report = distill("clip-shapes", tmp_path / "s", cfg, log=lambda m: None)
     assert report["fidelity"]["eval_images"] == 4  # images 9, 19, 29, 39
     assert report["student"]["towers"]["text"]["trained"] is True

@@ -42,8 +42,12 @@ def test_every_family_has_both_halves():
 def test_every_registered_family_is_tested(family):
     assert family in FAMILY_TESTS, f"family {family!r} is registered but no test module covers it"
     src = "".join((TESTS / m).read_text() for m in FAMILY_TESTS[family])
-    tests = [n.name for m in FAMILY_TESTS[family] for n in ast.walk(ast.parse((TESTS / m).read_text()))
-             if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
+    tests = [
+        n.name
+        for m in FAMILY_TESTS[family]
+        for n in ast.walk(ast.parse((TESTS / m).read_text()))
+        if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")
+    ]
     assert any(k in t for t in tests for k in ("match", "parity", "tokens")), (family, tests)
     if pipelines()[family].task == "zero-shot":
         assert any("classify" in t or "zero_shot" in t for t in tests), (family, tests)
@@ -95,10 +99,12 @@ def test_registries_find_every_family_whichever_module_is_imported_first():
     import subprocess
     import sys
 
-    code = ("import mmdeploy.runtimes.pipelines.caption, mmdeploy.exporter.families.siglip\n"
-            "from mmdeploy.runtimes.pipelines import pipelines\n"
-            "from mmdeploy.exporter.families import families\n"
-            "print(sorted(pipelines()), sorted(families()))")
+    code = (
+        "import mmdeploy.runtimes.pipelines.caption, mmdeploy.exporter.families.siglip\n"
+        "from mmdeploy.runtimes.pipelines import pipelines\n"
+        "from mmdeploy.exporter.families import families\n"
+        "print(sorted(pipelines()), sorted(families()))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     want = str(sorted(families()))

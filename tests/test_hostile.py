@@ -32,8 +32,9 @@ def _edit(root: Path, change) -> None:
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mmdeploy.cli", *args], capture_output=True, text=True,
-                          timeout=120, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "mmdeploy.cli", *args], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
 
 
 def _one_line_exit_2(r: subprocess.CompletedProcess, *needles: str) -> None:
@@ -56,8 +57,11 @@ TAMPERED = [
     ("artifact path escaping", lambda m: _vision(m).update(path="../../etc/passwd"), "artifacts[0].path"),
     ("artifact path not in its files", lambda m: _vision(m).update(path="onnx/text.onnx"), "artifacts[0].path"),
     ("artifact file not hashed", lambda m: _vision(m)["files"].append("extra.onnx"), "artifacts[0].files[1]"),
-    ("files entry escaping", lambda m: m["files"].update({"../../outside": {"sha256": "0" * 64, "bytes": 1}}),
-     "manifest.files key '../../outside'"),
+    (
+        "files entry escaping",
+        lambda m: m["files"].update({"../../outside": {"sha256": "0" * 64, "bytes": 1}}),
+        "manifest.files key '../../outside'",
+    ),
     ("not normalised", lambda m: m["files"].update({"onnx/./x": {"sha256": "0" * 64, "bytes": 1}}), "onnx/./x"),
     ("missing family", lambda m: m.pop("family"), "manifest.family: is missing"),
     ("missing files", lambda m: m.pop("files"), "manifest.files: is missing"),
@@ -65,7 +69,11 @@ TAMPERED = [
     ("artifacts not a list", lambda m: m.update(artifacts={"a": 1}), "manifest.artifacts: must be a list"),
     ("bad sha256", lambda m: next(iter(m["files"].values())).update(sha256="xyz"), "sha256"),
     ("negative size", lambda m: next(iter(m["files"].values())).update(bytes=-1), "bytes: must be >= 0"),
-    ("tokenizer max_length a string", lambda m: m["tokenizer"].update(max_length="16"), "manifest.tokenizer.max_length"),
+    (
+        "tokenizer max_length a string",
+        lambda m: m["tokenizer"].update(max_length="16"),
+        "manifest.tokenizer.max_length",
+    ),
     ("tokenizer file unlisted", lambda m: m["tokenizer"].update(file="vocab.txt"), "manifest.tokenizer.file"),
     ("unknown component", lambda m: _vision(m).update(component="audio"), "artifacts[0].component"),
     ("padding policy", lambda m: m["tokenizer"].update(padding="left"), "manifest.tokenizer.padding"),
@@ -143,6 +151,7 @@ def test_verify_forces_a_full_hash(bundle):
 
 # -- outputs never clobber what is not ours --------------------------------------------------------
 
+
 def _export_cli(out: Path, *extra: str) -> subprocess.CompletedProcess:
     return _cli("export", "clip-shapes", "-o", str(out), "--backend", "onnxruntime", *extra)
 
@@ -179,12 +188,16 @@ def read_only_fs(tmp_path):
     """A real read-only file system (a tmpfs remounted ro); skipped where mounting is not allowed."""
     d = tmp_path / "ro"
     d.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(d)], capture_output=True).returncode:
+    if (
+        os.geteuid() != 0
+        or shutil.which("mount") is None
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(d)], capture_output=True).returncode
+    ):
         pytest.skip("cannot mount a file system here (needs root)")
 
     def freeze():
         subprocess.run(["mount", "-o", "remount,ro", str(d)], check=True)
+
     yield d, freeze
     subprocess.run(["umount", "-l", str(d)], capture_output=True)
 
@@ -195,7 +208,9 @@ def test_outputs_on_a_read_only_file_system_are_one_line(read_only_fs, clip_bund
     freeze()
     before = sorted(p.name for p in (ro / "b").rglob("*"))
     _one_line_exit_2(_export_cli(ro / "out"), "cannot write", "Read-only file system")
-    _one_line_exit_2(_cli("quantize", str(ro / "b"), "--precision", "int8", "--mode", "dynamic"), "Read-only file system")
+    _one_line_exit_2(
+        _cli("quantize", str(ro / "b"), "--precision", "int8", "--mode", "dynamic"), "Read-only file system"
+    )
     assert not (ro / "out").exists() and sorted(p.name for p in (ro / "b").rglob("*")) == before
     assert load(ro / "b").embed_texts(["a red circle"]).shape[0] == 1  # a read-only bundle still runs
 
@@ -222,9 +237,28 @@ def test_sigterm_during_export_cleans_up(tmp_path):
 
     out = tmp_path / "out"
     # -X faulthandler: if the child hangs instead of unwinding, SIGABRT prints every thread's stack
-    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "mmdeploy.cli", "export", "clip-shapes", "-o", str(out),
-                             "--backend", "onnxruntime,openvino", "--precision", "fp32,int8", "--calib", "shapes"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-X",
+            "faulthandler",
+            "-m",
+            "mmdeploy.cli",
+            "export",
+            "clip-shapes",
+            "-o",
+            str(out),
+            "--backend",
+            "onnxruntime,openvino",
+            "--precision",
+            "fp32,int8",
+            "--calib",
+            "shapes",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     t0 = time.time()
     while not list(tmp_path.glob(".out.staging-*")):
         assert proc.poll() is None and time.time() - t0 < 120, proc.communicate()
@@ -245,13 +279,15 @@ def test_sigterm_during_export_cleans_up(tmp_path):
 def test_forked_helpers_die_on_sigterm():
     """The CLI's SIGTERM-unwinds handler must not reach forked helpers (NNCF's telemetry sender):
     multiprocessing terminates them at exit, and one that swallowed the SIGTERM hung the export."""
-    code = ("import multiprocessing as mp, os, signal, time\n"
-            "from mmdeploy.cli import _install_signal_handlers, _terminate\n"
-            "_install_signal_handlers()\n"
-            "assert signal.getsignal(signal.SIGTERM) is _terminate\n"
-            "p = mp.get_context('fork').Process(target=time.sleep, args=(60,), daemon=True)\n"
-            "p.start(); time.sleep(0.3); t = time.time(); p.terminate(); p.join(10)\n"
-            "print(p.exitcode, round(time.time() - t, 1))\n")
+    code = (
+        "import multiprocessing as mp, os, signal, time\n"
+        "from mmdeploy.cli import _install_signal_handlers, _terminate\n"
+        "_install_signal_handlers()\n"
+        "assert signal.getsignal(signal.SIGTERM) is _terminate\n"
+        "p = mp.get_context('fork').Process(target=time.sleep, args=(60,), daemon=True)\n"
+        "p.start(); time.sleep(0.3); t = time.time(); p.terminate(); p.join(10)\n"
+        "print(p.exitcode, round(time.time() - t, 1))\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     exitcode, waited = r.stdout.split()
@@ -260,28 +296,50 @@ def test_forked_helpers_die_on_sigterm():
 
 # -- flags ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args,needle", [
-    (["bench", "{b}", "--batch", ""], "--batch is empty"),
-    (["bench", "{b}", "--batch", "99999999999"], "must be between 1 and 4096"),
-    (["bench", "{b}", "--batch", "1,x"], "'x' is not an integer"),
-    (["bench", "{b}", "--batch", "0"], "must be between 1 and 4096"),
-    (["serve", "{b}", "--port", "70000"], "--port 70000: must be between 1 and 65535"),
-    (["serve", "{b}", "--log-level", "loud"], "--log-level 'loud'"),
-    (["serve", "{b}", "--host", "no.such.host.invalid"], "--host 'no.such.host.invalid'"),
-    (["bench", "{b}", "--json", "{b}"], "is a folder"),
-    (["bench", "{b}", "--json", "/no/such/dir/r.json"], "does not exist"),
-    (["bench", "{b}", "--data", ""], "--data is empty"),
-    (["bench", "{b}", "--backend", ""], "empty item"),
-    (["bench", "{b}", "--precision", "fp32,,int8"], "empty item"),
-    (["quantize", "{b}", "--precision", "int8", "--component", ""], "empty item"),
-    (["embed", "{b}", "--text", "x", "--threads", "0"], "--threads"),
-    (["embed", "{b}", "--text", "x", "--threads", "99999999"], "--threads"),
-    (["classify", "{b}", "x.png", "--labels", "a,b", "--template", "x {{}} {{}}"], "template"),
-    (["bench", "{b}", "--batch"], "--batch"),
-    (["bench", "{b}", "--no-such-flag"], "--no-such-flag"),
-], ids=["batch-empty", "batch-huge", "batch-text", "batch-zero", "port", "log-level", "host", "json-folder",
-        "json-no-parent", "data-empty", "backend-empty", "precision-empty-item", "component-empty", "threads-zero",
-        "threads-huge", "template-two-slots", "flag-without-value", "unknown-flag"])
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["bench", "{b}", "--batch", ""], "--batch is empty"),
+        (["bench", "{b}", "--batch", "99999999999"], "must be between 1 and 4096"),
+        (["bench", "{b}", "--batch", "1,x"], "'x' is not an integer"),
+        (["bench", "{b}", "--batch", "0"], "must be between 1 and 4096"),
+        (["serve", "{b}", "--port", "70000"], "--port 70000: must be between 1 and 65535"),
+        (["serve", "{b}", "--log-level", "loud"], "--log-level 'loud'"),
+        (["serve", "{b}", "--host", "no.such.host.invalid"], "--host 'no.such.host.invalid'"),
+        (["bench", "{b}", "--json", "{b}"], "is a folder"),
+        (["bench", "{b}", "--json", "/no/such/dir/r.json"], "does not exist"),
+        (["bench", "{b}", "--data", ""], "--data is empty"),
+        (["bench", "{b}", "--backend", ""], "empty item"),
+        (["bench", "{b}", "--precision", "fp32,,int8"], "empty item"),
+        (["quantize", "{b}", "--precision", "int8", "--component", ""], "empty item"),
+        (["embed", "{b}", "--text", "x", "--threads", "0"], "--threads"),
+        (["embed", "{b}", "--text", "x", "--threads", "99999999"], "--threads"),
+        (["classify", "{b}", "x.png", "--labels", "a,b", "--template", "x {{}} {{}}"], "template"),
+        (["bench", "{b}", "--batch"], "--batch"),
+        (["bench", "{b}", "--no-such-flag"], "--no-such-flag"),
+    ],
+    ids=[
+        "batch-empty",
+        "batch-huge",
+        "batch-text",
+        "batch-zero",
+        "port",
+        "log-level",
+        "host",
+        "json-folder",
+        "json-no-parent",
+        "data-empty",
+        "backend-empty",
+        "precision-empty-item",
+        "component-empty",
+        "threads-zero",
+        "threads-huge",
+        "template-two-slots",
+        "flag-without-value",
+        "unknown-flag",
+    ],
+)
 def test_bad_flags_are_one_line(clip_bundle, args, needle, cli_inprocess):
     _one_line_exit_2(cli_inprocess(*[a.format(b=clip_bundle) for a in args]), needle)
 
@@ -296,13 +354,27 @@ def test_a_busy_port_is_one_line_before_loading(clip_bundle):
 
 
 def test_text_that_is_not_utf8_is_one_line(clip_bundle):
-    r = subprocess.run([sys.executable.encode(), b"-m", b"mmdeploy.cli", b"embed", str(clip_bundle).encode(),
-                        b"--text", b"caf\xe9 \xff"], capture_output=True, timeout=120)
-    r = subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace"))
+    r = subprocess.run(
+        [
+            sys.executable.encode(),
+            b"-m",
+            b"mmdeploy.cli",
+            b"embed",
+            str(clip_bundle).encode(),
+            b"--text",
+            b"caf\xe9 \xff",
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    r = subprocess.CompletedProcess(
+        r.args, r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
+    )
     _one_line_exit_2(r, "is not valid UTF-8")
 
 
 # -- generation limits -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_max_new_tokens_past_the_position_table_is_refused(shapes_bundle, backend):
@@ -325,18 +397,23 @@ def test_cli_caption_past_the_position_table_is_one_line(shapes_bundle, tmp_path
     img = tmp_path / "s.png"
     shapes.generate("test", 1)[0].image.save(img)
     _one_line_exit_2(cli_inprocess("caption", str(shapes_bundle), str(img), "--max-new-tokens", "400"), "positions")
-    _one_line_exit_2(cli_inprocess("caption", str(shapes_bundle), str(img), "--num-beams", "99"), "num_beams must be between 1 and 16")
+    _one_line_exit_2(
+        cli_inprocess("caption", str(shapes_bundle), str(img), "--num-beams", "99"),
+        "num_beams must be between 1 and 16",
+    )
 
 
 # -- the server: one bad item never fails another -----------------------------------------------------
+
 
 def test_lone_surrogate_fails_only_its_own_request(clip_bundle):
     """JSON "\\ud800" is valid JSON but not text: 400 naming the input; valid requests sent at the
     same time all answer 200 with the right vectors."""
     pytest.importorskip("fastapi")
     httpx = pytest.importorskip("httpx")
-    import numpy as np
     from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
 
     from mmdeploy.runtimes.serve import ServeConfig, create_app
 
@@ -344,13 +421,17 @@ def test_lone_surrogate_fails_only_its_own_request(clip_bundle):
 
     want = load(clip_bundle, backend="onnxruntime", precision="fp32", threads=1).embed_texts(["a red circle"])[0]
     bad = '{"model": "clip", "input": ["a red circle", "\\ud800"]}'
-    with running(create_app({"clip": clip_bundle}, backend="onnxruntime", precision="fp32",
-                            config=ServeConfig(max_wait_ms=20))) as (url, _):
+    with running(
+        create_app({"clip": clip_bundle}, backend="onnxruntime", precision="fp32", config=ServeConfig(max_wait_ms=20))
+    ) as (url, _):
+
         def good(_):
             return httpx.post(f"{url}/v1/embeddings", json={"model": "clip", "input": "a red circle"}, timeout=60)
 
         def evil(_):
-            return httpx.post(f"{url}/v1/embeddings", content=bad, headers={"content-type": "application/json"}, timeout=60)
+            return httpx.post(
+                f"{url}/v1/embeddings", content=bad, headers={"content-type": "application/json"}, timeout=60
+            )
 
         with ThreadPoolExecutor(8) as pool:
             goods = [pool.submit(good, i) for i in range(24)]
@@ -388,10 +469,14 @@ def test_server_advertises_and_enforces_the_real_generation_limit(shapes_bundle)
         assert r.status_code == 400 and r.json()["error"]["param"] == "max_new_tokens", r.text
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["embed", "{b}", "--text", "hi"], "embed --text needs a bundle with a text encoder"),
-    (["classify", "{b}", "{img}", "--labels", "a,b"], "classify needs a dual-encoder bundle"),
-], ids=["embed", "classify"])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["embed", "{b}", "--text", "hi"], "embed --text needs a bundle with a text encoder"),
+        (["classify", "{b}", "{img}", "--labels", "a,b"], "classify needs a dual-encoder bundle"),
+    ],
+    ids=["embed", "classify"],
+)
 def test_wrong_command_for_the_bundle_is_one_line(shapes_bundle, tmp_path, args, needle, cli_inprocess):
     from mmdeploy.common.datasets import shapes
 
@@ -406,9 +491,15 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
-                    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
-                    max_leaves=12)
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=12,
+)
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
 
 
@@ -466,23 +557,27 @@ def fuzz_server(clip_bundle, shapes_bundle):
 
     from .test_serve import running
 
-    with running(create_app({"clip": clip_bundle, "cap": shapes_bundle}, backend="onnxruntime", precision="fp32",
-                            threads=1)) as (url, _):
+    with running(
+        create_app({"clip": clip_bundle, "cap": shapes_bundle}, backend="onnxruntime", precision="fp32", threads=1)
+    ) as (url, _):
         yield url
 
 
-BODY = st.fixed_dictionaries({}, optional={
-    "model": st.sampled_from(["clip", "cap", "nope"]) | JSON,
-    "input": JSON | st.lists(st.text(max_size=30), max_size=4) | st.text(max_size=30),
-    "image": JSON | st.sampled_from(["data:image/png;base64,iVBORw0KGgo=", "data:,", "/etc/passwd", "AAAA"]),
-    "images": JSON,
-    "labels": JSON | st.lists(st.text(max_size=10), max_size=5),
-    "template": JSON,
-    "max_new_tokens": JSON | st.integers(-5, 400),
-    "num_beams": JSON | st.integers(-2, 9),
-    "encoding_format": JSON | st.sampled_from(["float", "base64"]),
-    "dimensions": JSON,
-})
+BODY = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.sampled_from(["clip", "cap", "nope"]) | JSON,
+        "input": JSON | st.lists(st.text(max_size=30), max_size=4) | st.text(max_size=30),
+        "image": JSON | st.sampled_from(["data:image/png;base64,iVBORw0KGgo=", "data:,", "/etc/passwd", "AAAA"]),
+        "images": JSON,
+        "labels": JSON | st.lists(st.text(max_size=10), max_size=5),
+        "template": JSON,
+        "max_new_tokens": JSON | st.integers(-5, 400),
+        "num_beams": JSON | st.integers(-2, 9),
+        "encoding_format": JSON | st.sampled_from(["float", "base64"]),
+        "dimensions": JSON,
+    },
+)
 
 
 @FUZZ
@@ -495,12 +590,16 @@ def test_fuzzed_request_bodies_never_get_a_5xx(fuzz_server, route, body):
         assert set(r.json()["error"]) >= {"message", "type", "param", "code"}
 
 
-@pytest.mark.parametrize("route,body,needle", [
-    ("/v1/embeddings", {"model": "clip", "input": ""}, "input is empty"),
-    ("/v1/embeddings", {"model": "clip", "input": ["a", "  "]}, "input[1] is empty"),
-    ("/v1/classify", {"model": "clip", "image": "x", "labels": ["a", "b" * 1001]}, "characters long"),
-    ("/v1/classify", {"model": "clip", "image": "x", "labels": ["a", "b"], "template": "x {} {}"}, "braces"),
-], ids=["empty-text", "blank-item", "label-too-long", "template-two-slots"])
+@pytest.mark.parametrize(
+    "route,body,needle",
+    [
+        ("/v1/embeddings", {"model": "clip", "input": ""}, "input is empty"),
+        ("/v1/embeddings", {"model": "clip", "input": ["a", "  "]}, "input[1] is empty"),
+        ("/v1/classify", {"model": "clip", "image": "x", "labels": ["a", "b" * 1001]}, "characters long"),
+        ("/v1/classify", {"model": "clip", "image": "x", "labels": ["a", "b"], "template": "x {} {}"}, "braces"),
+    ],
+    ids=["empty-text", "blank-item", "label-too-long", "template-two-slots"],
+)
 def test_bad_request_fields_are_400_naming_them(fuzz_server, route, body, needle):
     httpx = pytest.importorskip("httpx")
     r = httpx.post(f"{fuzz_server}{route}", json=body, timeout=60)
@@ -550,7 +649,10 @@ def test_mixed_concurrent_load_with_invalid_items(clip_bundle):
     want_txt = pipe.embed_texts(texts)
     truncated = pngs[0][: len(pngs[0]) // 2]
     hostile = [
-        ({"input": [pngs[0], "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n garbage").decode()]}, "input[1]"),
+        (
+            {"input": [pngs[0], "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n garbage").decode()]},
+            "input[1]",
+        ),
         ({"input": [truncated]}, "input[0]"),
         ({"input": ["ok", "\ud800"]}, "input[1]"),
         ({"input": ["ok", 7]}, "input[1]"),
@@ -573,11 +675,19 @@ def test_mixed_concurrent_load_with_invalid_items(clip_bundle):
     def send(job):
         kind, body, _ = job
         # json= would refuse the lone surrogate: send the JSON text as a client could
-        return httpx.post(f"{url}/v1/embeddings", content=json.dumps(body), timeout=120,
-                          headers={"content-type": "application/json"})
+        return httpx.post(
+            f"{url}/v1/embeddings", content=json.dumps(body), timeout=120, headers={"content-type": "application/json"}
+        )
 
-    with running(create_app({"clip": clip_bundle}, backend="onnxruntime", precision="fp32", threads=1,
-                            config=ServeConfig(max_wait_ms=10))) as (url, _):
+    with running(
+        create_app(
+            {"clip": clip_bundle},
+            backend="onnxruntime",
+            precision="fp32",
+            threads=1,
+            config=ServeConfig(max_wait_ms=10),
+        )
+    ) as (url, _):
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(send, jobs))
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200
@@ -613,6 +723,7 @@ def test_quantizing_a_variant_again_replaces_it_and_keeps_the_bundle_whole(bundl
 
 # -- third sweep (1,751 cases: 13 tracebacks from 4 causes, 3 silent wrong answers) -----------------
 
+
 @pytest.fixture()
 def caption_copy(shapes_bundle, tmp_path) -> Path:
     dst = tmp_path / "cap"
@@ -630,34 +741,57 @@ def test_undecodable_prompt_and_question_are_one_line(shapes_bundle, vqa_shapes_
     _one_line_exit_2(cli_inprocess("vqa", str(vqa_shapes_bundle), str(img), "-q", "\udcff"), "not valid UTF-8")
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["bench", "{b}", "--json", "/proc/x.json"], "cannot write"),
-    (["bench", "{b}", "--plot", "/sys/x.png"], "cannot write"),
-    (["serve", "{b}", "--max-body-mb", "inf"], "must be a finite number"),
-    (["serve", "{b}", "--max-wait-ms", "nan"], "--max-wait-ms"),
-    (["classify", "{b}", "x.png", "--labels", "a,b", "--template", "{{{{}}}}"], "must contain '{}'"),
-    (["classify", "{b}", "x.png", "--labels", "a,,b"], "empty item"),
-    (["quantize", "{b}", "--precision", "int8", "--exclude", "Gemm,,MatMul"], "empty item"),
-    (["quantize", "{b}", "--precision", "int8", "--exclude", "["], "not a valid regex"),
-    (["quantize", "{b}", "--precision", "int8", "--calib", ""], "--calib is empty"),
-    (["export", "clip-shapes", "-o", "{tmp}/o", "--calib", "{tmp}/nope"], "not found"),
-    (["export", "clip-shapes", "-o", "/proc/mmd"], "cannot write"),
-    (["bench-serve", "{cap}", "--requests", "1"], "is a caption bundle"),
-    (["bench-serve", "{b}", "--concurrency", "1,,2"], "empty item"),
-    (["embed", "{b}", "--text", "x", "--precision", ""], "--precision is empty"),
-], ids=["json-proc", "plot-sys", "body-inf", "wait-nan", "template-escaped-braces", "labels-empty-item",
-        "exclude-empty-item", "exclude-bad-regex", "calib-empty", "calib-missing", "export-proc", "bench-serve-caption",
-        "concurrency-empty-item", "precision-empty"])
-def test_third_sweep_flags_are_one_line_before_any_work(clip_bundle, shapes_bundle, tmp_path, args, needle, cli_inprocess):
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["bench", "{b}", "--json", "/proc/x.json"], "cannot write"),
+        (["bench", "{b}", "--plot", "/sys/x.png"], "cannot write"),
+        (["serve", "{b}", "--max-body-mb", "inf"], "must be a finite number"),
+        (["serve", "{b}", "--max-wait-ms", "nan"], "--max-wait-ms"),
+        (["classify", "{b}", "x.png", "--labels", "a,b", "--template", "{{{{}}}}"], "must contain '{}'"),
+        (["classify", "{b}", "x.png", "--labels", "a,,b"], "empty item"),
+        (["quantize", "{b}", "--precision", "int8", "--exclude", "Gemm,,MatMul"], "empty item"),
+        (["quantize", "{b}", "--precision", "int8", "--exclude", "["], "not a valid regex"),
+        (["quantize", "{b}", "--precision", "int8", "--calib", ""], "--calib is empty"),
+        (["export", "clip-shapes", "-o", "{tmp}/o", "--calib", "{tmp}/nope"], "not found"),
+        (["export", "clip-shapes", "-o", "/proc/mmd"], "cannot write"),
+        (["bench-serve", "{cap}", "--requests", "1"], "is a caption bundle"),
+        (["bench-serve", "{b}", "--concurrency", "1,,2"], "empty item"),
+        (["embed", "{b}", "--text", "x", "--precision", ""], "--precision is empty"),
+    ],
+    ids=[
+        "json-proc",
+        "plot-sys",
+        "body-inf",
+        "wait-nan",
+        "template-escaped-braces",
+        "labels-empty-item",
+        "exclude-empty-item",
+        "exclude-bad-regex",
+        "calib-empty",
+        "calib-missing",
+        "export-proc",
+        "bench-serve-caption",
+        "concurrency-empty-item",
+        "precision-empty",
+    ],
+)
+def test_third_sweep_flags_are_one_line_before_any_work(
+    clip_bundle, shapes_bundle, tmp_path, args, needle, cli_inprocess
+):
     r = cli_inprocess(*[a.format(b=clip_bundle, cap=shapes_bundle, tmp=tmp_path) for a in args])
     _one_line_exit_2(r, needle)
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("change,field", [
-    (lambda m: m.pop("clip"), "manifest.clip: is missing"),
-    (lambda m: m["clip"].update(logit_scale=1e308), "manifest.clip.logit_scale: must be between"),
-], ids=["clip-block-missing", "logit-scale-1e308"])
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        (lambda m: m.pop("clip"), "manifest.clip: is missing"),
+        (lambda m: m["clip"].update(logit_scale=1e308), "manifest.clip.logit_scale: must be between"),
+    ],
+    ids=["clip-block-missing", "logit-scale-1e308"],
+)
 def test_family_blocks_are_required_and_bounded(bundle, change, field):
     _edit(bundle, change)
     with pytest.raises(BundleError, match="manifest") as e:
@@ -672,13 +806,25 @@ def test_a_huge_crop_in_the_preprocess_config_is_refused(bundle):
 
 
 CAPTION_TAMPERED = [
-    ("start id outside the vocabulary", lambda m: m["generation"].update(start_ids=[99999]), "manifest.generation.start_ids"),
+    (
+        "start id outside the vocabulary",
+        lambda m: m["generation"].update(start_ids=[99999]),
+        "manifest.generation.start_ids",
+    ),
     ("eos id a string", lambda m: m["generation"].update(eos_token_id="x"), "manifest.generation.eos_token_id"),
     ("more layers than the decoder has", lambda m: m["caption"].update(num_layers=99), "manifest.caption.num_layers"),
     ("no attention heads", lambda m: m["caption"].update(num_heads=0), "manifest.caption.num_heads"),
     ("no encoder outputs", lambda m: m["caption"].update(encoder_outputs=[]), "manifest.caption.encoder_outputs"),
-    ("an encoder output no graph has", lambda m: m["caption"].update(encoder_outputs=["cross.9.key"]), "manifest.caption.encoder_outputs"),
-    ("a position table of 10^15", lambda m: m["generation"].update(max_positions=10 ** 15), "manifest.generation.max_positions"),
+    (
+        "an encoder output no graph has",
+        lambda m: m["caption"].update(encoder_outputs=["cross.9.key"]),
+        "manifest.caption.encoder_outputs",
+    ),
+    (
+        "a position table of 10^15",
+        lambda m: m["generation"].update(max_positions=10**15),
+        "manifest.generation.max_positions",
+    ),
     ("caption block missing", lambda m: m.pop("caption"), "manifest.caption: is missing"),
 ]
 

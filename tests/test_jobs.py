@@ -5,7 +5,6 @@ exact and FAISS search, text and caption jobs, and the errors a careless user me
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -38,8 +37,15 @@ def corpus(tmp_path_factory):
 def local_job(clip_bundle, corpus, tmp_path_factory):
     root, _ = corpus
     out = tmp_path_factory.mktemp("jobs") / "local"
-    summary = run_job(clip_bundle, out, images=[f"{root}/**/*"], backend="onnxruntime", precision="fp32",
-                      shard_size=256, progress=False)
+    summary = run_job(
+        clip_bundle,
+        out,
+        images=[f"{root}/**/*"],
+        backend="onnxruntime",
+        precision="fp32",
+        shard_size=256,
+        progress=False,
+    )
     return out, summary
 
 
@@ -84,8 +90,16 @@ def test_ray_job_on_a_local_instance_matches_the_local_job(local_job, corpus, cl
     pytest.importorskip("ray")
     root, _ = corpus
     local, _ = local_job
-    summary = run_job(clip_bundle, tmp_path / "ray", images=[f"{root}/**/*"], backend="onnxruntime",
-                      precision="fp32", shard_size=256, ray="local", progress=False)
+    summary = run_job(
+        clip_bundle,
+        tmp_path / "ray",
+        images=[f"{root}/**/*"],
+        backend="onnxruntime",
+        precision="fp32",
+        shard_size=256,
+        ray="local",
+        progress=False,
+    )
     a, b = _table(local), _table(tmp_path / "ray")
     assert a["path"].to_pylist() == b["path"].to_pylist()
     assert (np.sum(_embeddings(a) * _embeddings(b), axis=1) >= 0.9999).all()
@@ -94,17 +108,36 @@ def test_ray_job_on_a_local_instance_matches_the_local_job(local_job, corpus, cl
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_a_killed_job_resumes_and_gives_each_image_exactly_once(sig, clip_bundle, corpus, local_job, tmp_path,
-                                                                cli_inprocess):
+def test_a_killed_job_resumes_and_gives_each_image_exactly_once(
+    sig, clip_bundle, corpus, local_job, tmp_path, cli_inprocess
+):
     root, good = corpus
     out = tmp_path / "emb"
-    args = ["embed", str(clip_bundle), "--images", f"{root}/**/*", "--out", str(out), "--shard-size", "128",
-            "--batch", "16", "--backend", "onnxruntime", "--precision", "fp32"]
+    args = [
+        "embed",
+        str(clip_bundle),
+        "--images",
+        f"{root}/**/*",
+        "--out",
+        str(out),
+        "--shard-size",
+        "128",
+        "--batch",
+        "16",
+        "--backend",
+        "onnxruntime",
+        "--precision",
+        "fp32",
+    ]
     # a shell's background job (CI under nohup ... &) starts with SIGINT ignored, and Python then
     # installs no KeyboardInterrupt handler: give the child the default, as a terminal would
-    proc = subprocess.Popen([sys.executable, "-m", "mmdeploy.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mmdeploy.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while len(list(out.glob("part-*.parquet"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -194,16 +227,25 @@ def test_caption_job_gives_the_pipelines_captions(shapes_bundle, corpus, tmp_pat
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_bytes(Path(p).read_bytes())
     out = tmp_path / "captions"
-    s = run_job(shapes_bundle, out, images=[str(folder)], caption=True, backend="onnxruntime", precision="fp32",
-                progress=False, shard_size=16)
+    s = run_job(
+        shapes_bundle,
+        out,
+        images=[str(folder)],
+        caption=True,
+        backend="onnxruntime",
+        precision="fp32",
+        progress=False,
+        shard_size=16,
+    )
     assert s["rows"] == 40 and s["shards"]["done"] == 3
     t = _table(out)
     pipe = load(shapes_bundle, backend="onnxruntime", precision="fp32")
     assert t["caption"].to_pylist() == pipe.caption(t["path"].to_pylist())
 
 
-def test_job_errors_are_one_line_and_write_nothing(clip_bundle, shapes_bundle, corpus, local_job, tmp_path,
-                                                   cli_inprocess):
+def test_job_errors_are_one_line_and_write_nothing(
+    clip_bundle, shapes_bundle, corpus, local_job, tmp_path, cli_inprocess
+):
     root, _ = corpus
     theirs = tmp_path / "theirs"
     theirs.mkdir()
@@ -211,8 +253,14 @@ def test_job_errors_are_one_line_and_write_nothing(clip_bundle, shapes_bundle, c
     img = f"{root}/**/*.png"
     cases = [
         (["embed", str(clip_bundle), "--images", img, "--out", str(theirs)], "not empty"),
-        (["embed", str(clip_bundle), "--images", str(tmp_path / "none/*.jpg"), "--out", str(tmp_path / "o1")], "matched no image"),
-        (["embed", str(clip_bundle), "--images", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")], "no such file"),
+        (
+            ["embed", str(clip_bundle), "--images", str(tmp_path / "none/*.jpg"), "--out", str(tmp_path / "o1")],
+            "matched no image",
+        ),
+        (
+            ["embed", str(clip_bundle), "--images", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")],
+            "no such file",
+        ),
         (["embed", str(clip_bundle), "--images", img], "--out"),
         (["embed", str(clip_bundle), "--images", img, "--image", "x.png", "--out", str(tmp_path / "o3")], "one form"),
         (["embed", str(clip_bundle), "--images", img, "--out", str(theirs / "notes.txt")], "is a file"),
@@ -220,10 +268,32 @@ def test_job_errors_are_one_line_and_write_nothing(clip_bundle, shapes_bundle, c
         (["embed", str(clip_bundle), "--images", img, "--out", str(tmp_path / "o5"), "--resume"], "no job to resume"),
         (["embed", str(shapes_bundle), "--images", img, "--out", str(tmp_path / "o6")], "image encoder"),
         (["caption", str(clip_bundle), "--images", img, "--out", str(tmp_path / "o7")], "captioning bundle"),
-        (["caption", str(shapes_bundle), "--images", img, "--out", str(tmp_path / "o8"), "--max-new-tokens", "999"], "positions"),
-        (["embed", str(clip_bundle), "--texts", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o9")], "no such file"),
-        (["embed", str(clip_bundle), "--images", img, "--out", str(local_job[0]), "--resume", "--shard-size", "100",
-          "--backend", "onnxruntime", "--precision", "fp32"], "shard_size"),
+        (
+            ["caption", str(shapes_bundle), "--images", img, "--out", str(tmp_path / "o8"), "--max-new-tokens", "999"],
+            "positions",
+        ),
+        (
+            ["embed", str(clip_bundle), "--texts", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o9")],
+            "no such file",
+        ),
+        (
+            [
+                "embed",
+                str(clip_bundle),
+                "--images",
+                img,
+                "--out",
+                str(local_job[0]),
+                "--resume",
+                "--shard-size",
+                "100",
+                "--backend",
+                "onnxruntime",
+                "--precision",
+                "fp32",
+            ],
+            "shard_size",
+        ),
         (["search", str(theirs), "--text", "a cat"], "not an mmdeploy job"),
         (["search", str(local_job[0])], "one query"),
         (["search", str(local_job[0]), "--text", "a cat", "-k", "0"], "-k"),

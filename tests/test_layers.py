@@ -25,8 +25,11 @@ FORBIDDEN = {
     "jobs": {"exporter", "benchmarks", "cli"},  # batch jobs run where the device runtime runs
 }
 # modules a layer may not import at all (the device runtime and the shared base stay torch-free)
-FORBIDDEN_THIRD_PARTY = {"common": {"torch", "transformers"}, "runtimes": {"torch", "transformers"},
-                         "jobs": {"torch", "transformers"}}
+FORBIDDEN_THIRD_PARTY = {
+    "common": {"torch", "transformers"},
+    "runtimes": {"torch", "transformers"},
+    "jobs": {"torch", "transformers"},
+}
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:

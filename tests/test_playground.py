@@ -56,8 +56,12 @@ def browser():
 
 @pytest.fixture(scope="module")
 def site(clip_bundle, shapes_bundle, vqa_shapes_bundle):
-    app = create_app({"clip": clip_bundle, "cap": shapes_bundle, "vqa": vqa_shapes_bundle}, backend="onnxruntime",
-                     precision="fp32", threads=1)
+    app = create_app(
+        {"clip": clip_bundle, "cap": shapes_bundle, "vqa": vqa_shapes_bundle},
+        backend="onnxruntime",
+        precision="fp32",
+        threads=1,
+    )
     with running(app) as (url, _):
         yield url
 
@@ -122,8 +126,12 @@ def test_playground_holds_a_conversation_about_the_image(browser, site, vqa_shap
         wait.until(lambda d: by_id("chat-send").is_enabled())
         by_id("chat-input").send_keys(q)
         by_id("chat-send").click()
-        wait.until(lambda d: "finish:" in by_id("chat-meta").text and len(
-            d.find_elements(By.CSS_SELECTOR, '[data-testid="chat-answer"]')) == k + 1)
+        wait.until(
+            lambda d: (
+                "finish:" in by_id("chat-meta").text
+                and len(d.find_elements(By.CSS_SELECTOR, '[data-testid="chat-answer"]')) == k + 1
+            )
+        )
     answers = [e.text for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="chat-answer"]')]
     assert answers == want
     assert want == [sample.color, sample.shape]  # the trained fixture knows this one

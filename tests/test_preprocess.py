@@ -33,7 +33,13 @@ CONFIGS = {
     "clip-b32": {},  # CLIP defaults: shortest_edge 224, bicubic, crop 224
     "clip-l14-336": {"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336}},
     "square-bilinear": {"size": {"height": 224, "width": 224}, "do_center_crop": False, "resample": 2},
-    "int-sizes-lanczos": {"size": 256, "crop_size": 224, "resample": 1, "image_mean": [0.5] * 3, "image_std": [0.5] * 3},
+    "int-sizes-lanczos": {
+        "size": 256,
+        "crop_size": 224,
+        "resample": 1,
+        "image_mean": [0.5] * 3,
+        "image_std": [0.5] * 3,
+    },
     "crop-bigger-than-resize": {"size": {"shortest_edge": 200}, "crop_size": {"height": 300, "width": 250}},
 }
 
@@ -190,8 +196,14 @@ def test_load_image_inputs_agree(tmp_path):
     data = buf.getvalue()
     (tmp_path / "r.png").write_bytes(data)
     b64 = base64.b64encode(data).decode()
-    for src in (arr, Image.fromarray(arr), data, tmp_path / "r.png", str(tmp_path / "r.png"),
-                "data:image/png;base64," + b64):
+    for src in (
+        arr,
+        Image.fromarray(arr),
+        data,
+        tmp_path / "r.png",
+        str(tmp_path / "r.png"),
+        "data:image/png;base64," + b64,
+    ):
         im = load_image(src)
         assert im.mode == "RGB" and np.array_equal(np.asarray(im), arr)
     assert np.array_equal(np.asarray(decode_image_data(b64)), arr)
@@ -295,9 +307,15 @@ def test_legacy_openai_config_via_auto_image_processor(tmp_path):
     from transformers import AutoImageProcessor
 
     cfg = {
-        "crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
-        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 224,
+        "crop_size": 224,
+        "do_center_crop": True,
+        "do_normalize": True,
+        "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor",
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "resample": 3,
+        "size": 224,
     }
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(cfg))
     hf = AutoImageProcessor.from_pretrained(str(tmp_path))
@@ -308,17 +326,20 @@ def test_legacy_openai_config_via_auto_image_processor(tmp_path):
     assert float(np.abs(ours(images) - ref).max()) <= TOL
 
 
-@pytest.mark.parametrize("cfg,field", [
-    ({"size": {"shortest_edge": 0}}, "size values must be positive"),
-    ({"size": -3}, "size must be positive"),
-    ({"size": "big"}, "size must be"),
-    ({"size": {"height": "a", "width": 3}}, "size values must be integers"),
-    ({"crop_size": {"height": 224}}, "crop_size needs both"),
-    ({"resample": 99}, "resample code 99"),
-    ({"image_mean": [0.5, 0.5]}, "image_mean must have 3"),
-    ({"image_std": [0, 1, 1]}, "image_std must not contain 0"),
-    ({"rescale_factor": [1]}, "rescale_factor must be a number"),
-])
+@pytest.mark.parametrize(
+    "cfg,field",
+    [
+        ({"size": {"shortest_edge": 0}}, "size values must be positive"),
+        ({"size": -3}, "size must be positive"),
+        ({"size": "big"}, "size must be"),
+        ({"size": {"height": "a", "width": 3}}, "size values must be integers"),
+        ({"crop_size": {"height": 224}}, "crop_size needs both"),
+        ({"resample": 99}, "resample code 99"),
+        ({"image_mean": [0.5, 0.5]}, "image_mean must have 3"),
+        ({"image_std": [0, 1, 1]}, "image_std must not contain 0"),
+        ({"rescale_factor": [1]}, "rescale_factor must be a number"),
+    ],
+)
 def test_bad_config_is_a_bundle_error_naming_the_source_and_field(tmp_path, cfg, field):
     with pytest.raises(BundleError, match=f"^manifest preprocess.config: .*{field}"):
         ImagePreprocessor.from_config(cfg, source="manifest preprocess.config")

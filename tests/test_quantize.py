@@ -9,12 +9,12 @@ import numpy as np
 import onnx
 import pytest
 
-from mmdeploy.runtimes.feeds import BundleFeeds
 from mmdeploy.common.datasets import open_dataset
 from mmdeploy.errors import BackendError, InputError
 from mmdeploy.exporter.quantize import QuantConfig, quantize
 from mmdeploy.runtimes import load
 from mmdeploy.runtimes.bundle import MANIFEST, Bundle
+from mmdeploy.runtimes.feeds import BundleFeeds
 from mmdeploy.runtimes.select import open_session
 from mmdeploy.runtimes.session import backend_module
 
@@ -47,7 +47,11 @@ def test_static_int8_is_qdq_and_runs_in_ort_and_openvino(qbundle):
     feeds = inputs.feeds("vision", 8)
     fp32 = open_session(b, b.find("vision", "onnxruntime", "fp32")[0]).run(feeds)["image_embeds"]
     ort = backend_module("onnxruntime").open(b.path(art.path), {}, 2).run(feeds)["image_embeds"]
-    ov = backend_module("openvino").open(b.path(art.path), {"INFERENCE_PRECISION_HINT": "f32"}, 2).run(feeds)["image_embeds"]
+    ov = (
+        backend_module("openvino")
+        .open(b.path(art.path), {"INFERENCE_PRECISION_HINT": "f32"}, 2)
+        .run(feeds)["image_embeds"]
+    )
     assert _cos(ort, fp32).min() >= 0.99
     assert _cos(ov, fp32).min() >= 0.99
 
@@ -96,9 +100,12 @@ def test_dynamic_int8_reports_gemm_as_float(tmp_path):
     rng = np.random.default_rng(0)
     w = lambda name, *shape: numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)  # noqa: E731
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm"),
-         helper.make_node("Gemm", ["h", "w2", "b2"], ["y"], name="gemm", transB=1)],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm"),
+            helper.make_node("Gemm", ["h", "w2", "b2"], ["y"], name="gemm", transB=1),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
         [w("w1", 16, 32), w("w2", 8, 32), w("b2", 8)],
     )
@@ -116,11 +123,15 @@ def test_dynamic_int8_reports_gemm_as_float(tmp_path):
 def test_accuracy_aware_meets_a_stricter_target_and_records_float_layers(clip_bundle, tmp_path):
     dst = tmp_path / "b"
     shutil.copytree(clip_bundle, dst)
-    plain = quantize(dst, QuantConfig(precision="int8", calib="shapes", samples=16, method="minmax", components=["vision"]))
+    plain = quantize(
+        dst, QuantConfig(precision="int8", calib="shapes", samples=16, method="minmax", components=["vision"])
+    )
     c0 = plain.find("vision", "onnxruntime", "int8")[0].parity["cosine_mean"]
     assert c0 < 1.0
     target = c0 + (1 - c0) * 0.5  # halve the error
-    strict = quantize(dst, QuantConfig(precision="int8", calib="shapes", samples=16, min_cosine=target, components=["vision"]))
+    strict = quantize(
+        dst, QuantConfig(precision="int8", calib="shapes", samples=16, min_cosine=target, components=["vision"])
+    )
     art = strict.find("vision", "onnxruntime", "int8")[0]
     assert art.parity["cosine_mean"] >= target > c0
     assert art.recipe["kept_float"], "accuracy-aware mode must name the layers it kept in float"

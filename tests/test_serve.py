@@ -34,7 +34,6 @@ from mmdeploy.errors import InputError  # noqa: E402
 from mmdeploy.runtimes import load  # noqa: E402
 from mmdeploy.runtimes.serve import create_app, looks_like_base64_image, parse_bundle_args  # noqa: E402
 
-
 # -- helpers ----------------------------------------------------------------------------------
 
 
@@ -64,8 +63,9 @@ def running(app, graceful_s: float = 10.0):
     """Serve ``app`` with plain uvicorn in a thread on a free loopback port; yield (base URL, server)."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False,
-                                           timeout_graceful_shutdown=graceful_s))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, timeout_graceful_shutdown=graceful_s)
+    )
     with in_thread(server) as (url, server, _):
         yield url, server
 
@@ -143,8 +143,15 @@ def images():
 @pytest.fixture(scope="module")
 def served(clip_bundle):
     cap = FakeCaptioner()
-    app = create_app({"clip": clip_bundle, "cap": cap}, backend="onnxruntime", precision="fp32", max_wait_ms=20,
-                     max_body_bytes=1_000_000, max_pixels=1_000_000, max_items=64)
+    app = create_app(
+        {"clip": clip_bundle, "cap": cap},
+        backend="onnxruntime",
+        precision="fp32",
+        max_wait_ms=20,
+        max_body_bytes=1_000_000,
+        max_pixels=1_000_000,
+        max_items=64,
+    )
     with running(app) as (url, server):
         with httpx.Client(base_url=url, timeout=30) as client:
             yield url, client, cap
@@ -162,8 +169,13 @@ def test_openai_client_embeddings_match_runtime(served, clip_ref, images):
     urls = [data_url(png(im)) for im in images[:2]]
     bare_b64 = base64.b64encode(png(images[2])).decode()  # bare base64 (no data: prefix) is an image too
     inputs = [texts[0], urls[0], texts[1], urls[1], bare_b64]
-    want = [clip_ref.embed_texts([texts[0]])[0], clip_ref.embed_images([urls[0]])[0], clip_ref.embed_texts([texts[1]])[0],
-            clip_ref.embed_images([urls[1]])[0], clip_ref.embed_images([png(images[2])])[0]]
+    want = [
+        clip_ref.embed_texts([texts[0]])[0],
+        clip_ref.embed_images([urls[0]])[0],
+        clip_ref.embed_texts([texts[1]])[0],
+        clip_ref.embed_images([urls[1]])[0],
+        clip_ref.embed_images([png(images[2])])[0],
+    ]
     got = {}
     for fmt in ("float", "base64", None):
         kw = {} if fmt is None else {"encoding_format": fmt}
@@ -196,7 +208,9 @@ def test_image_modes_are_handled_like_the_runtime(served, clip_ref, images):
     variants = {
         "16-bit gray": png(Image.fromarray(a[..., 0].astype(np.uint16) * 257)),
         "CMYK JPEG": png(rgb.convert("CMYK"), "JPEG"),
-        "RGBA": png(Image.fromarray(np.dstack([a, np.linspace(0, 255, a.size // 3).reshape(a.shape[:2]).astype(np.uint8)]))),
+        "RGBA": png(
+            Image.fromarray(np.dstack([a, np.linspace(0, 255, a.size // 3).reshape(a.shape[:2]).astype(np.uint8)]))
+        ),
         "LA": png(rgb.convert("LA")),
         "palette + transparency": png(rgb.convert("P", palette=Image.Palette.ADAPTIVE)),
         "gray JPEG": png(rgb.convert("L"), "JPEG"),
@@ -213,7 +227,10 @@ def test_classify_round_trip(served, clip_ref, images):
     _, client, _ = served
     labels = shapes.labels()[:6]
     template = "a photo of a {}"
-    r = client.post("/v1/classify", json={"model": "clip", "image": data_url(png(images[0])), "labels": labels, "template": template})
+    r = client.post(
+        "/v1/classify",
+        json={"model": "clip", "image": data_url(png(images[0])), "labels": labels, "template": template},
+    )
     assert r.status_code == 200, r.text
     got = r.json()["data"][0]
     want = clip_ref.classify(png(images[0]), labels, template)
@@ -221,7 +238,9 @@ def test_classify_round_trip(served, clip_ref, images):
     assert [s["label"] for s in got["scores"]] == [l for l, _ in want]
     assert np.allclose([s["score"] for s in got["scores"]], [p for _, p in want], atol=1e-4)
     # a list of images, cached label embeddings, default template
-    r = client.post("/v1/classify", json={"model": "clip", "images": [data_url(png(im)) for im in images[:3]], "labels": labels})
+    r = client.post(
+        "/v1/classify", json={"model": "clip", "images": [data_url(png(im)) for im in images[:3]], "labels": labels}
+    )
     assert r.status_code == 200, r.text
     want = clip_ref.classify_batch([png(im) for im in images[:3]], labels)
     for d, w in zip(r.json()["data"], want):
@@ -258,11 +277,19 @@ def test_concurrent_requests_are_batched_and_answered_in_order(served, clip_ref,
     lab = {"model": "clip", "component": "vision"}
     batches = metric(after, "mmdeploy_batch_size_count", **lab) - metric(before, "mmdeploy_batch_size_count", **lab)
     items = metric(after, "mmdeploy_batch_size_sum", **lab) - metric(before, "mmdeploy_batch_size_sum", **lab)
-    singles = metric(after, "mmdeploy_batch_size_bucket", le="1.0", **lab) - metric(before, "mmdeploy_batch_size_bucket", le="1.0", **lab)
+    singles = metric(after, "mmdeploy_batch_size_bucket", le="1.0", **lab) - metric(
+        before, "mmdeploy_batch_size_bucket", le="1.0", **lab
+    )
     assert items == len(payloads)
     assert batches < len(payloads) and singles < batches, (batches, singles)  # some batch held > 1 request
-    for name in ("mmdeploy_requests_total", "mmdeploy_errors_total", "mmdeploy_request_latency_seconds_bucket",
-                 "mmdeploy_queue_depth", "mmdeploy_batch_latency_seconds_count", "process_resident_memory_bytes"):
+    for name in (
+        "mmdeploy_requests_total",
+        "mmdeploy_errors_total",
+        "mmdeploy_request_latency_seconds_bucket",
+        "mmdeploy_queue_depth",
+        "mmdeploy_batch_latency_seconds_count",
+        "process_resident_memory_bytes",
+    ):
         assert name in after
 
 
@@ -313,8 +340,14 @@ def test_bad_inputs_are_4xx_json_and_the_server_lives_on(served, images):
     for body in classify_cases:
         assert_error(client.post("/v1/classify", json={"model": "clip", **body}), 400)
     assert_error(client.post("/v1/classify", json={"model": "cap", "image": data_url(good), "labels": ["a", "b"]}), 400)
-    for body in ({"max_new_tokens": "5"}, {"max_new_tokens": 0}, {"max_new_tokens": True}, {"num_beams": 100},
-                 {"images": "notbase64!!"}, {"images": []}):
+    for body in (
+        {"max_new_tokens": "5"},
+        {"max_new_tokens": 0},
+        {"max_new_tokens": True},
+        {"num_beams": 100},
+        {"images": "notbase64!!"},
+        {"images": []},
+    ):
         b = {"model": "cap", "image": data_url(good), **body}
         if "images" in body:
             b.pop("image")
@@ -348,8 +381,10 @@ def test_bad_inputs_are_4xx_json_and_the_server_lives_on(served, images):
 def test_caption_route_with_a_duck_typed_pipeline(served, images):
     _, client, cap = served
     ims = [images[0], images[1].resize((40, 30)), images[2]]
-    r = client.post("/v1/caption", json={"model": "cap", "images": [data_url(png(im)) for im in ims],
-                                         "max_new_tokens": 7, "num_beams": 2})
+    r = client.post(
+        "/v1/caption",
+        json={"model": "cap", "images": [data_url(png(im)) for im in ims], "max_new_tokens": 7, "num_beams": 2},
+    )
     assert r.status_code == 200, r.text
     caps = [d["caption"] for d in r.json()["data"]]
     assert caps == [f"{im.size[0]}x{im.size[1]} RGB mnt=7 beams=2" for im in ims]
@@ -464,25 +499,40 @@ def tiny_captioner(out):
     tok = build_shapes_tokenizer(shapes_captions())
     save_tokenizer(tok, out)
     eot = tok.convert_tokens_to_ids(EOT)
-    enc = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                    intermediate_size=64)
-    dec = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=48, n_layer=2, n_head=2, bos_token_id=eot,
-                     eos_token_id=eot, pad_token_id=eot, add_cross_attention=True, is_decoder=True, initializer_range=0.2)
+    enc = ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    dec = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=64,
+        n_embd=48,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        add_cross_attention=True,
+        is_decoder=True,
+        initializer_range=0.2,
+    )
     cfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
     cfg.decoder_start_token_id, cfg.pad_token_id, cfg.eos_token_id = eot, eot, eot
     torch.manual_seed(0)
     VisionEncoderDecoderModel(config=cfg).save_pretrained(out)
     (out / "preprocessor_config.json").write_text(
         '{"image_processor_type": "ViTImageProcessor", "size": {"height": 32, "width": 32}, "do_resize": true, '
-        '"do_normalize": true, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 2}')
+        '"do_normalize": true, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 2}'
+    )
     return out
 
 
 @pytest.mark.slow  # ~15 s of it is the exporter's dynamo export of the decoder step
 def test_caption_round_trip_with_a_real_caption_bundle(tmp_path, images):
     if importlib.util.find_spec("mmdeploy.runtimes.pipelines.caption") is None:
-        pytest.skip("runtimes/caption.py (CaptionPipeline) is not in this checkout: caption routes are covered "
-                    "by test_caption_route_with_a_duck_typed_pipeline")
+        pytest.skip(
+            "runtimes/caption.py (CaptionPipeline) is not in this checkout: caption routes are covered "
+            "by test_caption_route_with_a_duck_typed_pipeline"
+        )
     from mmdeploy.exporter.export import export
     from mmdeploy.exporter.registry import package_path
 
@@ -496,11 +546,15 @@ def test_caption_round_trip_with_a_real_caption_bundle(tmp_path, images):
     want_beam = pipe.caption(ims[:1], max_new_tokens=6, num_beams=2)
     with running(create_app({"cap": pipe})) as (url, _):
         with httpx.Client(base_url=url, timeout=60) as c:
-            r = c.post("/v1/caption", json={"model": "cap", "images": [data_url(d) for d in ims],
-                                            "max_new_tokens": 8, "num_beams": 1})
+            r = c.post(
+                "/v1/caption",
+                json={"model": "cap", "images": [data_url(d) for d in ims], "max_new_tokens": 8, "num_beams": 1},
+            )
             assert r.status_code == 200, r.text
             assert [d["caption"] for d in r.json()["data"]] == list(want)
-            r = c.post("/v1/caption", json={"model": "cap", "image": data_url(ims[0]), "max_new_tokens": 6, "num_beams": 2})
+            r = c.post(
+                "/v1/caption", json={"model": "cap", "image": data_url(ims[0]), "max_new_tokens": 6, "num_beams": 2}
+            )
             assert r.status_code == 200 and r.json()["data"][0]["caption"] == want_beam[0]
             assert_error(c.post("/v1/caption", json={"model": "cap", "image": data_url(ims[0][:100])}), 400)
             assert c.get("/v1/models").json()["data"][0]["capabilities"] == ["caption"]
@@ -517,7 +571,9 @@ def test_input_sniffing_and_bundle_names(tmp_path, images):
     assert not looks_like_base64_image("aGVsbG8gd29ybGQgaGVsbG8gd29ybGQ=")  # base64, but of text
     (tmp_path / "clip").mkdir()
     assert parse_bundle_args([str(tmp_path / "clip"), f"other={tmp_path / 'clip'}"]) == {
-        "clip": tmp_path / "clip", "other": tmp_path / "clip"}
+        "clip": tmp_path / "clip",
+        "other": tmp_path / "clip",
+    }
     with pytest.raises(InputError):
         parse_bundle_args([str(tmp_path / "clip"), str(tmp_path / "clip")])
 
@@ -526,8 +582,9 @@ def test_loadgen_against_a_running_server(served):
     from mmdeploy.benchmarks.loadgen import format_report, run_loadgen
 
     url, _, _ = served
-    rep = run_loadgen(url=url, model="clip", concurrency=[1, 4], requests=24, duration_s=10, warmup=2, distinct=8,
-                      log=lambda m: None)
+    rep = run_loadgen(
+        url=url, model="clip", concurrency=[1, 4], requests=24, duration_s=10, warmup=2, distinct=8, log=lambda m: None
+    )
     assert [l.concurrency for l in rep.levels] == [1, 4]
     assert all(l.errors == 0 and l.requests == 24 and l.p99_ms > 0 for l in rep.levels)
     assert "req/s" in format_report(rep)
@@ -594,8 +651,9 @@ def test_bench_serve_compares_the_server_with_the_model_alone(clip_bundle):
     variant alone at the server's mean batch (fraction reached, server CPU beyond the model)."""
     from mmdeploy.benchmarks.loadgen import format_report, run_loadgen
 
-    rep = run_loadgen(str(clip_bundle), concurrency=[3], requests=30, duration_s=20, warmup=3, distinct=8,
-                      log=lambda m: None)
+    rep = run_loadgen(
+        str(clip_bundle), concurrency=[3], requests=30, duration_s=20, warmup=3, distinct=8, log=lambda m: None
+    )
     (lvl,) = rep.levels
     assert lvl.errors == 0 and lvl.requests == 30 and lvl.mean_batch >= 1
     assert lvl.model_batch == max(1, round(lvl.mean_batch)) and lvl.model_items_per_s > 0
@@ -613,10 +671,13 @@ def test_loadgen_reads_multi_chunk_bodies_intact():
     from mmdeploy.benchmarks.loadgen import _Conn, format_report, run_loadgen
 
     with chunked_server() as (url, embedding):
+
         async def one() -> tuple[int, bytes]:
             conn = _Conn(url, {"Content-Type": "application/json"})
             try:
-                first = await conn.request("/v1/embeddings", json.dumps({"model": "clip", "input": ["a", "b"]}).encode())
+                first = await conn.request(
+                    "/v1/embeddings", json.dumps({"model": "clip", "input": ["a", "b"]}).encode()
+                )
                 second = await conn.request("/v1/embeddings", json.dumps({"model": "clip", "input": "a"}).encode())
             finally:
                 await conn.aclose()
@@ -626,8 +687,17 @@ def test_loadgen_reads_multi_chunk_bodies_intact():
         assert s1 == s2 == 200
         assert [d["embedding"] for d in json.loads(b1)["data"]] == [embedding, embedding]
         assert len(json.loads(b2)["data"]) == 1
-        rep = run_loadgen(url=url, kind="text", concurrency=[1, 3], requests=12, duration_s=10, warmup=1, distinct=4,
-                          items=2, log=lambda m: None)
+        rep = run_loadgen(
+            url=url,
+            kind="text",
+            concurrency=[1, 3],
+            requests=12,
+            duration_s=10,
+            warmup=1,
+            distinct=4,
+            items=2,
+            log=lambda m: None,
+        )
     assert all(l.errors == 0 and l.requests == 12 for l in rep.levels), [l.error_samples for l in rep.levels]
     assert rep.model == "clip" and "req/s" in format_report(rep)
 

@@ -177,9 +177,25 @@ def test_mmdeploy_serve_exits_0_after_sigterm_under_load(clip_bundle, tmp_path):
     # the child's JSON request logs go to a file: a pipe nobody reads fills up and blocks the server
     log_path = tmp_path / "serve.log"
     log_file = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mmdeploy.cli", "serve", str(clip_bundle), "--port", str(port),
-                             "--backend", "onnxruntime", "--precision", "fp32"],
-                            stdout=log_file, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mmdeploy.cli",
+            "serve",
+            str(clip_bundle),
+            "--port",
+            str(port),
+            "--backend",
+            "onnxruntime",
+            "--precision",
+            "fp32",
+        ],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         t = time.time()
@@ -233,11 +249,17 @@ def test_stalled_clients_are_cut_off_while_others_are_served(images):
         heads = socket.create_connection(("127.0.0.1", port))
         heads.sendall(b"POST /v1/caption HTTP/1.1\r\nHost: x\r\n")  # ... and the rest of the headers never come
         body = socket.create_connection(("127.0.0.1", port))
-        body.sendall(b"POST /v1/caption HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"im")
+        body.sendall(
+            b'POST /v1/caption HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"im'
+        )
         silent = socket.create_connection(("127.0.0.1", port))  # connects, says nothing
         with httpx.Client(base_url=url, timeout=10) as c:  # others are served meanwhile
             assert c.post("/v1/caption", json={"image": data_url(png(images[0]))}).status_code == 200
-        for s, status, code in ((heads, 408, "header_timeout"), (body, 408, "body_timeout"), (silent, 408, "header_timeout")):
+        for s, status, code in (
+            (heads, 408, "header_timeout"),
+            (body, 408, "body_timeout"),
+            (silent, 408, "header_timeout"),
+        ):
             s.settimeout(5)
             got = b""
             while True:

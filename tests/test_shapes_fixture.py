@@ -88,8 +88,15 @@ def test_write_split(tmp_path):
 
 def test_fixture_folder_is_small_and_complete():
     files = {p.name for p in FIXTURE.iterdir()}
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json", "preprocessor_config.json", "README.md"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "preprocessor_config.json",
+        "README.md",
+    ):
         assert name in files
     assert sum(p.stat().st_size for p in FIXTURE.rglob("*") if p.is_file()) <= 10 * 1024 * 1024
 

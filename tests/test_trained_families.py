@@ -29,8 +29,9 @@ def trained(request, tmp_path_factory):
     from mmdeploy.exporter.export import export
 
     out = tmp_path_factory.mktemp("trained") / request.param
-    export(request.param, out, backends=["onnxruntime", "openvino"], precisions=["fp32", "int8"], calib="shapes",
-           threads=2)
+    export(
+        request.param, out, backends=["onnxruntime", "openvino"], precisions=["fp32", "int8"], calib="shapes", threads=2
+    )
     return request.param, out
 
 
@@ -68,7 +69,9 @@ def test_int8_is_within_its_gate_and_chosen(trained):
     _, bundle = trained
     b = Bundle.open(bundle)
     int8 = b.find(precision="int8")
-    assert {(a.component, a.backend) for a in int8} == {(c, be) for c in b.components for be in ("onnxruntime", "openvino")}
+    assert {(a.component, a.backend) for a in int8} == {
+        (c, be) for c in b.components for be in ("onnxruntime", "openvino")
+    }
     for a in int8:
         assert a.gate["min_cosine"] == 0.99 and a.gate["metric"] == "cosine_mean"
         assert a.passed, (a.component, a.backend, a.parity)

@@ -23,10 +23,19 @@ from mmdeploy.runtimes import load  # noqa: E402
 from .conftest import run_without_torch  # noqa: E402
 
 BACKENDS = ["onnxruntime", "openvino"]
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<image>", "<fake_token_around_image>", "<global-img>"]
+SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<end_of_utterance>",
+    "<image>",
+    "<fake_token_around_image>",
+    "<global-img>",
+]
 TILE_TAGS = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
-WORDS = ("user assistant system what is in the picture image color shape a red blue green circle square describe it "
-         "the of and yes no how many are there").split()
+WORDS = (
+    "user assistant system what is in the picture image color shape a red blue green circle square describe it "
+    "the of and yes no how many are there"
+).split()
 
 
 def _tokenizer(tile_tags: bool = True):
@@ -46,27 +55,55 @@ def _tokenizer(tile_tags: bool = True):
 def tiny_smolvlm(out: Path, split: bool = False, tile_tags: bool = True):
     """A tiny SmolVLM checkpoint folder saved with its processor; returns (model, processor).
     ``split``: the processor splits images into 32 px tiles (longest edge 64: up to 2 x 2 + 1)."""
-    from transformers import (Idefics3ImageProcessor, Idefics3Processor, PreTrainedTokenizerFast, SmolVLMConfig,
-                              SmolVLMForConditionalGeneration)
+    from transformers import (
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+        PreTrainedTokenizerFast,
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+    )
     from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
 
     out.mkdir(parents=True)
     tok = _tokenizer(tile_tags)
     cfg = SmolVLMConfig(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        text_config=dict(model_type="llama", vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, initializer_range=0.2),
-        scale_factor=2, image_token_id=tok.token_to_id("<image>"), pad_token_id=0,
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        text_config=dict(
+            model_type="llama",
+            vocab_size=tok.get_vocab_size(),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+            tie_word_embeddings=False,
+            initializer_range=0.2,
+        ),
+        scale_factor=2,
+        image_token_id=tok.token_to_id("<image>"),
+        pad_token_id=0,
     )
     torch.manual_seed(0)
     model = SmolVLMForConditionalGeneration(cfg).eval()
     model.save_pretrained(out)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<end_of_utterance>", pad_token="<|endoftext|>",
-                                   bos_token="<|im_start|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<end_of_utterance>", pad_token="<|endoftext|>", bos_token="<|im_start|>"
+    )
     # the SmolVLM processor needs num2words and a video processor; Idefics3's expands images the same way
-    ip = Idefics3ImageProcessor(size={"longest_edge": 64}, max_image_size={"longest_edge": 32}, do_image_splitting=split)
+    ip = Idefics3ImageProcessor(
+        size={"longest_edge": 64}, max_image_size={"longest_edge": 32}, do_image_splitting=split
+    )
     proc = Idefics3Processor(image_processor=ip, tokenizer=fast, image_seq_len=4, chat_template=DEFAULT_CHAT_TEMPLATE)
     proc.save_pretrained(out)
     return model, proc
@@ -98,7 +135,7 @@ def _generate(model, proc, messages, images, n: int, **images_kwargs) -> list[in
     inp = proc(text=text, images=[images] if images else None, return_tensors="pt", **images_kwargs)
     with torch.inference_mode():
         out = model.generate(**inp, max_new_tokens=n, do_sample=False, eos_token_id=[2])
-    return out[0, inp["input_ids"].shape[1]:].tolist()
+    return out[0, inp["input_ids"].shape[1] :].tolist()
 
 
 def test_prompt_and_pixels_are_the_processors(vlm_tiny):
@@ -125,7 +162,7 @@ def test_three_turns_match_generate_on_the_whole_history(vlm_tiny, backend):
     for k, (text, n_img) in enumerate(turns):
         shown = imgs[: sum(n for _, n in turns[: k + 1])]
         before = len(chat.ids)
-        answer = chat.send(text, images=imgs[len(chat.images):len(chat.images) + n_img], max_new_tokens=6)
+        answer = chat.send(text, images=imgs[len(chat.images) : len(chat.images) + n_img], max_new_tokens=6)
         ref = _generate(model, proc, _msgs(turns[: k + 1], answers), shown, 6)
         assert chat.generated == ref, (k, chat.generated, ref)
         full = len(pipe.prompt_ids(_msgs(turns[: k + 1], answers), len(shown)))
@@ -172,8 +209,12 @@ def test_split_images_prompt_and_pixels_are_the_processors(vlm_split):
     assert len(px) == sum(r * c + 1 for r, c in grids)
     np.testing.assert_allclose(px, ref["pixel_values"][0], atol=1e-5)
     pipe.image_splitting = False  # one tile per image, as the processor with do_image_splitting=False
-    off = proc(text=proc.apply_chat_template(msgs, add_generation_prompt=True), images=[imgs], return_tensors="np",
-               do_image_splitting=False)
+    off = proc(
+        text=proc.apply_chat_template(msgs, add_generation_prompt=True),
+        images=[imgs],
+        return_tensors="np",
+        do_image_splitting=False,
+    )
     assert pipe.prompt_ids(msgs, pipe.grids(imgs)) == off["input_ids"][0].tolist()
     np.testing.assert_allclose(pipe.pixel_values(imgs), off["pixel_values"][0], atol=1e-5)
 
@@ -218,7 +259,9 @@ def test_streaming_sampling_and_limits(vlm_tiny):
     a = pipe.generate("describe the picture", images=[img], max_new_tokens=8, temperature=1.0, seed=3)
     b = pipe.generate("describe the picture", images=[img], max_new_tokens=8, temperature=1.0, seed=3)
     assert a == b  # seeded sampling repeats
-    samples = {pipe.generate("describe the picture", images=[img], max_new_tokens=8, temperature=2.0, seed=s) for s in range(6)}
+    samples = {
+        pipe.generate("describe the picture", images=[img], max_new_tokens=8, temperature=2.0, seed=s) for s in range(6)
+    }
     assert len(samples) > 1
     with pytest.raises(InputError, match="start a new conversation"):
         pipe.chat(max_tokens=16).send("describe the picture", images=[img], max_new_tokens=8)
@@ -237,8 +280,9 @@ def test_cli_chat_one_shot(vlm_tiny, tmp_path):
     path = tmp_path / "x.png"
     photo_batch(1)[0].save(path)
     want = load(bundle, threads=2).generate("describe the picture", images=[str(path)], max_new_tokens=6)
-    r = CliRunner().invoke(app, ["chat", str(bundle), "--image", str(path), "--prompt", "describe the picture",
-                                 "--max-new-tokens", "6"])
+    r = CliRunner().invoke(
+        app, ["chat", str(bundle), "--image", str(path), "--prompt", "describe the picture", "--max-new-tokens", "6"]
+    )
     assert r.exit_code == 0, r.output
     assert r.stdout.strip() == want
     r = CliRunner().invoke(app, ["chat", str(bundle), "--image", str(tmp_path / "missing.png"), "--prompt", "hi"])
@@ -249,14 +293,17 @@ def test_vlm_runs_without_torch(vlm_tiny, tmp_path):
     _, _, bundle = vlm_tiny
     img = tmp_path / "x.png"
     photo_batch(1)[0].save(img)
-    run_without_torch(f"""
+    run_without_torch(
+        f"""
 from mmdeploy.runtimes import load
 for backend in ('onnxruntime', 'openvino'):
     chat = load({str(bundle)!r}, backend=backend, precision='fp32').chat()
     a = chat.send('describe the picture', images=[{str(img)!r}], max_new_tokens=4)
     b = chat.send('what color is it ?', max_new_tokens=4)
     assert isinstance(a, str) and isinstance(b, str) and chat.last_prefill < len(chat.ids) / 2
-""", timeout=300)
+""",
+        timeout=300,
+    )
 
 
 def test_bundle_layout(vlm_tiny):
@@ -266,7 +313,6 @@ def test_bundle_layout(vlm_tiny):
     assert b.family == "vlm" and set(b.components) == {"vision", "embed", "decoder"}
     assert "chat_template.jinja" in b.manifest["files"]
     assert b.manifest["preprocess"]["config"]["do_image_splitting"] is False
-
 
 
 # -- POST /v1/chat/completions with a VLM: the whole conversation per request ----------------------
@@ -297,8 +343,15 @@ def test_openai_client_multi_turn_chat(vlm_server, vlm_tiny):
     first = chat.send("describe the picture", images=[img], max_new_tokens=6)
     n_first = len(chat.generated)
     second = chat.send("what color is it ?", max_new_tokens=6)
-    msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(png(img))}},
-                                         {"type": "text", "text": "describe the picture"}]}]
+    msgs = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": data_url(png(img))}},
+                {"type": "text", "text": "describe the picture"},
+            ],
+        }
+    ]
     r1 = client.chat.completions.create(model="vlm", messages=msgs, max_tokens=6)
     assert r1.choices[0].message.content == first
     assert r1.usage.completion_tokens == n_first and r1.choices[0].finish_reason in ("stop", "length")
@@ -309,14 +362,24 @@ def test_openai_client_multi_turn_chat(vlm_server, vlm_tiny):
     assert r.usage.prompt_tokens_details.cached_tokens >= r1.usage.prompt_tokens - 2, (r.usage, r1.usage)
     # the same words about another image: nothing from the first image's tokens on is reused
     other = photo_batch(2)[0]
-    swapped = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(png(other))}},
-                                            {"type": "text", "text": "describe the picture"}]}]
+    swapped = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": data_url(png(other))}},
+                {"type": "text", "text": "describe the picture"},
+            ],
+        }
+    ]
     r3 = client.chat.completions.create(model="vlm", messages=swapped, max_tokens=6)
     assert r3.choices[0].message.content == pipe.generate("describe the picture", images=[other], max_new_tokens=6)
     image_at = pipe.prompt_ids(_msgs([("describe the picture", 1)], []), 1).index(pipe.image_token_id)
     assert r3.usage.prompt_tokens_details.cached_tokens <= image_at
-    pieces = [c.choices[0].delta.content or "" for c in
-              client.chat.completions.create(model="vlm", messages=msgs, max_tokens=6, stream=True) if c.choices]
+    pieces = [
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(model="vlm", messages=msgs, max_tokens=6, stream=True)
+        if c.choices
+    ]
     assert "".join(pieces) == second
     a = client.chat.completions.create(model="vlm", messages=msgs, max_tokens=6, temperature=1.5, seed=7)
     b = client.chat.completions.create(model="vlm", messages=msgs, max_tokens=6, temperature=1.5, seed=7)
@@ -332,8 +395,20 @@ def test_bad_vlm_conversations_are_4xx(vlm_server):
     for body, needle in [
         ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}]}, "last message"),
         ({"messages": [{"role": "user", "content": "what " * 300}]}, "holds"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-                                                    {"type": "text", "text": "hi"}]}]}, "image_url"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                            {"type": "text", "text": "hi"},
+                        ],
+                    }
+                ]
+            },
+            "image_url",
+        ),
     ]:
         r = httpx.post(url, json=body, timeout=30)
         assert_error(r, 400)
@@ -345,7 +420,9 @@ def test_bench_chat_rows(vlm_tiny, tmp_path):
     memory floor; tokens equal PyTorch generate's."""
     from mmdeploy.benchmarks.bench import BenchConfig, bench
 
-    rep = bench(str(vlm_tiny[2]), BenchConfig(runs=2, warmup=1, threads=2, max_new_tokens=5, record=False), log=lambda s: None)
+    rep = bench(
+        str(vlm_tiny[2]), BenchConfig(runs=2, warmup=1, threads=2, max_new_tokens=5, record=False), log=lambda s: None
+    )
     rows = {(r["backend"], r["precision"]): r for r in rep["chat"]}
     assert {("pytorch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32")} <= set(rows)
     for key in (("onnxruntime", "fp32"), ("openvino", "fp32")):
@@ -382,5 +459,6 @@ def test_quantized_chat_variants_record_token_agreement(vlm_tiny, tmp_path):
         arts = b.find(backend=key.split("/")[0], precision=key.split("/")[1])
         assert arts and all(a.gate["agreement"] == rec["agreement"] for a in arts)
         assert all(a.passed == (rec["passed"] and a.parity[a.gate["metric"]] >= a.gate["min_cosine"]) for a in arts)
-    assert load(path, backend="onnxruntime", precision="int8", threads=2).generate("describe the picture", images=photo_batch(1),
-                                                                                  max_new_tokens=4)
+    assert load(path, backend="onnxruntime", precision="int8", threads=2).generate(
+        "describe the picture", images=photo_batch(1), max_new_tokens=4
+    )

@@ -24,8 +24,13 @@ from .conftest import run_without_torch  # noqa: E402
 
 BACKENDS = ["onnxruntime", "openvino"]
 TINY = dict(image_size=32, patch_size=8, hidden=32, vision_layers=2, text_layers=2, heads=2, max_positions=32)
-QUESTIONS = ["what color is the shape?", "which shape is in the picture?", "is there a red circle?",
-             "what color is the background?", "is the shape small or large?"]
+QUESTIONS = [
+    "what color is the shape?",
+    "which shape is in the picture?",
+    "is there a red circle?",
+    "what color is the background?",
+    "is the shape small or large?",
+]
 
 
 def tiny_vqa(out: Path, steps: int = 60) -> Path:
@@ -50,7 +55,7 @@ def tiny_vqa(out: Path, steps: int = 60) -> Path:
     labels = torch.tensor([[dec, tok.token_to_id(a), sep] for _, _, a in pairs])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
-    for step in range(steps):
+    for _step in range(steps):
         idx = torch.from_numpy(rng.integers(0, len(pairs), 32))
         loss = model(input_ids=q[idx], pixel_values=px[idx], labels=labels[idx]).loss
         opt.zero_grad()
@@ -90,7 +95,9 @@ def _torch_answers(model, pipe, images, questions, **kw) -> list[np.ndarray]:
     with torch.inference_mode():
         for p, qq in zip(px, questions):
             ids = torch.tensor([pipe.question_ids(qq)])
-            out.append(model.generate(pixel_values=torch.from_numpy(p[None]), input_ids=ids, do_sample=False, **kw).numpy()[0])
+            out.append(
+                model.generate(pixel_values=torch.from_numpy(p[None]), input_ids=ids, do_sample=False, **kw).numpy()[0]
+            )
     return out
 
 
@@ -143,7 +150,9 @@ def test_streamed_answers_join_to_the_plain_ones(vqa_tiny):
     images = _images(3)
     plain = pipe.answer(images, QUESTIONS[:3], max_new_tokens=4)
     seen: dict[int, list[str]] = {}
-    streamed = pipe.answer(images, QUESTIONS[:3], max_new_tokens=4, on_text=lambda i, t: seen.setdefault(i, []).append(t))
+    streamed = pipe.answer(
+        images, QUESTIONS[:3], max_new_tokens=4, on_text=lambda i, t: seen.setdefault(i, []).append(t)
+    )
     assert streamed == plain
     for i, texts in seen.items():
         assert texts[-1] == plain[i]
@@ -178,8 +187,9 @@ def test_cli_vqa(vqa_tiny, tmp_path):
 
     path = tmp_path / "x.png"
     _images(1)[0].save(path)
-    r = CliRunner().invoke(app, ["vqa", str(vqa_tiny[1]), str(path), "-q", QUESTIONS[0], "-q", QUESTIONS[1],
-                                 "--max-new-tokens", "3"])
+    r = CliRunner().invoke(
+        app, ["vqa", str(vqa_tiny[1]), str(path), "-q", QUESTIONS[0], "-q", QUESTIONS[1], "--max-new-tokens", "3"]
+    )
     assert r.exit_code == 0, r.output
     lines = r.stdout.strip().splitlines()
     pipe = load(vqa_tiny[1], threads=2)
@@ -194,13 +204,16 @@ def test_cli_vqa(vqa_tiny, tmp_path):
 def test_vqa_runs_without_torch(vqa_tiny, tmp_path):
     img = tmp_path / "x.png"
     _images(1)[0].save(img)
-    run_without_torch(f"""
+    run_without_torch(
+        f"""
 from mmdeploy.runtimes import load
 for backend in ('onnxruntime', 'openvino'):
     pipe = load({str(vqa_tiny[1])!r}, backend=backend, precision='fp32')
     a = pipe.answer([{str(img)!r}, {str(img)!r}], 'what color is the shape?', max_new_tokens=3, num_beams=2)
     assert len(a) == 2 and a[0] == a[1] and isinstance(a[0], str)
-""", timeout=300)
+""",
+        timeout=300,
+    )
 
 
 def test_bench_vqa_rows_and_accuracy(vqa_tiny, tmp_path):
@@ -212,8 +225,11 @@ def test_bench_vqa_rows_and_accuracy(vqa_tiny, tmp_path):
 
     path = tmp_path / "b"
     shutil.copytree(vqa_tiny[1], path)
-    rep = bench(str(path), BenchConfig(batches=[1, 2], runs=2, warmup=1, threads=2, max_new_tokens=3, data="shapes",
-                                       record=False), log=lambda s: None)
+    rep = bench(
+        str(path),
+        BenchConfig(batches=[1, 2], runs=2, warmup=1, threads=2, max_new_tokens=3, data="shapes", record=False),
+        log=lambda s: None,
+    )
     comps = {(r["component"], r["backend"], r["batch"]) for r in rep["results"]}
     for backend in ("pytorch", *BACKENDS):
         for c in ("vision", "question", "decoder", "generate"):
@@ -246,8 +262,13 @@ def chat_server(vqa_tiny):
 def _image_message(img, question: str) -> dict:
     from .test_serve import data_url, png
 
-    return {"role": "user", "content": [{"type": "text", "text": question},
-                                        {"type": "image_url", "image_url": {"url": data_url(png(img))}}]}
+    return {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": question},
+            {"type": "image_url", "image_url": {"url": data_url(png(img))}},
+        ],
+    }
 
 
 def test_openai_client_chat_answers_like_the_pipeline(chat_server, vqa_tiny):
@@ -265,8 +286,11 @@ def test_openai_client_chat_answers_like_the_pipeline(chat_server, vqa_tiny):
         assert r.usage.prompt_tokens == len(pipe.question_ids(q))
         assert 1 <= r.usage.completion_tokens <= 4
     # a follow-up turn: the image comes from the first turn, the question from the last
-    convo = [_image_message(img, QUESTIONS[0]), {"role": "assistant", "content": "x"},
-             {"role": "user", "content": QUESTIONS[3]}]
+    convo = [
+        _image_message(img, QUESTIONS[0]),
+        {"role": "assistant", "content": "x"},
+        {"role": "user", "content": QUESTIONS[3]},
+    ]
     r = client.chat.completions.create(model="vqa", messages=convo, max_completion_tokens=4)
     assert r.choices[0].message.content == pipe.answer(img, QUESTIONS[3], max_new_tokens=4)[0]
     models = {m.id: m for m in client.models.list().data}
@@ -280,8 +304,11 @@ def test_openai_client_chat_stream_joins_to_the_plain_answer(chat_server):
     img = _images(2)[1]
     msgs = [_image_message(img, QUESTIONS[1])]
     plain = client.chat.completions.create(model="vqa", messages=msgs, max_tokens=5).choices[0].message.content
-    chunks = list(client.chat.completions.create(model="vqa", messages=msgs, max_tokens=5, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="vqa", messages=msgs, max_tokens=5, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == plain
@@ -309,10 +336,24 @@ def test_bad_chat_messages_are_4xx(chat_server):
         ({"messages": [good], "max_tokens": 0}, "max_tokens"),
         ({"messages": [good], "n": 2}, "n"),
         ({"messages": [good], "stream": True, "stream_options": {"include_usage": "yes"}}, "include_usage"),
-        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "q"},
-                                                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
-         "image_url"),
-        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "what " * 40}, good["content"][1]]}]}, "tokens"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "q"},
+                            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                        ],
+                    }
+                ]
+            },
+            "image_url",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "what " * 40}, good["content"][1]]}]},
+            "tokens",
+        ),
     ]
     for body, needle in cases:
         r = httpx.post(url, json=body, timeout=30)
@@ -372,7 +413,9 @@ def vqa_quantized(vqa_shapes_bundle, tmp_path_factory):
     path = tmp_path_factory.mktemp("vqa-q") / "b"
     shutil.copytree(vqa_shapes_bundle, path)
     for backend, precision in (("onnxruntime", "int8"), ("onnxruntime", "int4"), ("openvino", "int8")):
-        r = CliRunner().invoke(app, ["quantize", str(path), "--precision", precision, "--backend", backend, "--threads", "2"])
+        r = CliRunner().invoke(
+            app, ["quantize", str(path), "--precision", precision, "--backend", backend, "--threads", "2"]
+        )
         assert r.exit_code == 0, r.output
     return path
 

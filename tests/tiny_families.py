@@ -12,23 +12,47 @@ import string
 from pathlib import Path
 
 CORPUS = [
-    "a photo of a cat", "a photo of a dog", "an astronaut in a white suit", "a cup of coffee",
-    "a tabby cat lying on a blanket", "a rocket on the launch pad", "the camera man on a field",
-    "a horse running in a meadow", "a red car parked on the street", "two people talking",
-    "A Photo Of An Astronaut!", "coffee, beans, and a mug.", "chelsea the cat",
+    "a photo of a cat",
+    "a photo of a dog",
+    "an astronaut in a white suit",
+    "a cup of coffee",
+    "a tabby cat lying on a blanket",
+    "a rocket on the launch pad",
+    "the camera man on a field",
+    "a horse running in a meadow",
+    "a red car parked on the street",
+    "two people talking",
+    "A Photo Of An Astronaut!",
+    "coffee, beans, and a mug.",
+    "chelsea the cat",
 ]
 _TOWER = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
 
 SIGLIP_TINY = {
-    "architectures": ["SiglipModel"], "model_type": "siglip",
-    "text_config": {"model_type": "siglip_text_model", "vocab_size": 512, "max_position_embeddings": 16,
-                    "pad_token_id": 1, "eos_token_id": 1, "projection_size": 32, **_TOWER},
+    "architectures": ["SiglipModel"],
+    "model_type": "siglip",
+    "text_config": {
+        "model_type": "siglip_text_model",
+        "vocab_size": 512,
+        "max_position_embeddings": 16,
+        "pad_token_id": 1,
+        "eos_token_id": 1,
+        "projection_size": 32,
+        **_TOWER,
+    },
     "vision_config": {"model_type": "siglip_vision_model", "image_size": 32, "patch_size": 8, **_TOWER},
 }
 SIGLIP_PREPROCESSOR = {
-    "image_processor_type": "SiglipImageProcessor", "do_resize": True, "size": {"height": 32, "width": 32},
-    "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-    "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_convert_rgb": True,
+    "image_processor_type": "SiglipImageProcessor",
+    "do_resize": True,
+    "size": {"height": 32, "width": 32},
+    "resample": 3,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "do_convert_rgb": True,
 }
 
 
@@ -37,17 +61,29 @@ def siglip_tokenizer(vocab_size: int = 512):
 
     tok = Tokenizer(models.Unigram())
     punct = "[" + "".join("\\" + c for c in string.punctuation) + "]"
-    tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(Regex(punct), ""),
-                                           normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()])
+    tok.normalizer = normalizers.Sequence(
+        [
+            normalizers.Lowercase(),
+            normalizers.Replace(Regex(punct), ""),
+            normalizers.Replace(Regex(r"\s+"), " "),
+            normalizers.Strip(),
+        ]
+    )
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.train_from_iterator(CORPUS * 20, trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"))
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    tok.train_from_iterator(
+        CORPUS * 20,
+        trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"),
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+    )
     return tok
 
 
-def save_siglip(folder: Path, config: dict | None = None, model_cls: str = "SiglipModel", config_cls: str = "SiglipConfig"):
+def save_siglip(
+    folder: Path, config: dict | None = None, model_cls: str = "SiglipModel", config_cls: str = "SiglipConfig"
+):
     """A tiny SigLIP checkpoint folder; returns the loaded torch model."""
     import torch
     import transformers
@@ -62,28 +98,59 @@ def save_siglip(folder: Path, config: dict | None = None, model_cls: str = "Sigl
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(folder))
     siglip_tokenizer().save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"pad_token": "</s>", "eos_token": "</s>",
-                                                              "model_max_length": 16}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"pad_token": "</s>", "eos_token": "</s>", "model_max_length": 16})
+    )
     (folder / "preprocessor_config.json").write_text(json.dumps(SIGLIP_PREPROCESSOR))
     return model
 
 
 ALIGN_TINY = {
-    "architectures": ["AlignModel"], "model_type": "align", "projection_dim": 32, "temperature_init_value": 0.7,
-    "text_config": {"model_type": "align_text_model", "vocab_size": 512, "hidden_size": 32, "intermediate_size": 37,
-                    "num_attention_heads": 4, "num_hidden_layers": 2, "max_position_embeddings": 64, "pad_token_id": 0},
+    "architectures": ["AlignModel"],
+    "model_type": "align",
+    "projection_dim": 32,
+    "temperature_init_value": 0.7,
+    "text_config": {
+        "model_type": "align_text_model",
+        "vocab_size": 512,
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "max_position_embeddings": 64,
+        "pad_token_id": 0,
+    },
     # 3 EfficientNet stages; the last stage's width (32) is the image embedding, = projection_dim
-    "vision_config": {"model_type": "align_vision_model", "image_size": 32, "width_coefficient": 1.0,
-                      "depth_coefficient": 1.0, "kernel_sizes": [3, 3, 5], "in_channels": [32, 16, 24],
-                      "out_channels": [16, 24, 32], "strides": [1, 2, 2], "num_block_repeats": [1, 1, 2],
-                      "expand_ratios": [1, 6, 6], "depthwise_padding": [], "hidden_dim": 64},
+    "vision_config": {
+        "model_type": "align_vision_model",
+        "image_size": 32,
+        "width_coefficient": 1.0,
+        "depth_coefficient": 1.0,
+        "kernel_sizes": [3, 3, 5],
+        "in_channels": [32, 16, 24],
+        "out_channels": [16, 24, 32],
+        "strides": [1, 2, 2],
+        "num_block_repeats": [1, 1, 2],
+        "expand_ratios": [1, 6, 6],
+        "depthwise_padding": [],
+        "hidden_dim": 64,
+    },
 }
 # kakaobrain/align-base's processor, scaled down: resize, center crop, x / 127.5 - 1 (rescale offset)
 ALIGN_IMAGE_PROCESSOR = {
-    "image_processor_type": "EfficientNetImageProcessor", "do_resize": True, "size": {"height": 38, "width": 38},
-    "resample": 2, "do_center_crop": True, "crop_size": {"height": 32, "width": 32}, "do_rescale": True,
-    "rescale_factor": 1 / 127.5, "rescale_offset": True, "do_normalize": False, "include_top": False,
-    "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+    "image_processor_type": "EfficientNetImageProcessor",
+    "do_resize": True,
+    "size": {"height": 38, "width": 38},
+    "resample": 2,
+    "do_center_crop": True,
+    "crop_size": {"height": 32, "width": 32},
+    "do_rescale": True,
+    "rescale_factor": 1 / 127.5,
+    "rescale_offset": True,
+    "do_normalize": False,
+    "include_top": False,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
 }
 
 
@@ -105,9 +172,14 @@ def save_align(folder: Path):
     model = transformers.AlignModel(transformers.AlignConfig(**cfg)).eval()
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(folder))
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=align_tokenizer(), pad_token="[PAD]", unk_token="[UNK]",
-                                               cls_token="[CLS]", sep_token="[SEP]")
-    proc = transformers.AlignProcessor(image_processor=transformers.EfficientNetImageProcessor(**{
-        k: v for k, v in ALIGN_IMAGE_PROCESSOR.items() if k != "image_processor_type"}), tokenizer=tok)
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=align_tokenizer(), pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
+    )
+    proc = transformers.AlignProcessor(
+        image_processor=transformers.EfficientNetImageProcessor(
+            **{k: v for k, v in ALIGN_IMAGE_PROCESSOR.items() if k != "image_processor_type"}
+        ),
+        tokenizer=tok,
+    )
     proc.save_pretrained(str(folder))
     return model

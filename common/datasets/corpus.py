@@ -10,8 +10,9 @@ from .shapes import generate
 FORMATS = (("png", "PNG"), ("jpg", "JPEG"), ("webp", "WEBP"), ("bmp", "BMP"), ("gif", "GIF"), ("tif", "TIFF"))
 
 
-def write_corpus(out_dir: str | Path, n: int, broken_every: int = 97, image_size: int = 64,
-                 split: str = "test") -> dict[str, str]:
+def write_corpus(
+    out_dir: str | Path, n: int, broken_every: int = 97, image_size: int = 64, split: str = "test"
+) -> dict[str, str]:
     """Write ``n`` files under ``out_dir`` (every ``broken_every``-th one broken: truncated,
     empty or not an image) plus a sidecar .json per 50 images. -> {path: caption} of the good ones."""
     out = Path(out_dir)

@@ -13,9 +13,31 @@ from PIL import Image
 
 from ...errors import require
 
-PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "hubble_deep_field", "immunohistochemistry")
+PHOTO_NAMES = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "camera",
+    "coins",
+    "hubble_deep_field",
+    "immunohistochemistry",
+)
 # other real images in the same wheel: the calibration split, so INT8 is judged on photos it never saw
-CALIBRATION_NAMES = ("retina", "stereo_motorcycle", "grass", "gravel", "brick", "clock", "moon", "colorwheel", "page", "text", "microaneurysms", "horse")
+CALIBRATION_NAMES = (
+    "retina",
+    "stereo_motorcycle",
+    "grass",
+    "gravel",
+    "brick",
+    "clock",
+    "moon",
+    "colorwheel",
+    "page",
+    "text",
+    "microaneurysms",
+    "horse",
+)
 
 CAPTIONS = (
     "an astronaut in a white spacesuit standing in front of a flag",

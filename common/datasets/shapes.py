@@ -124,8 +124,7 @@ def questions(s: Sample, rng: np.random.Generator) -> list[tuple[str, str]]:
 
 def _polygon(cx: float, cy: float, r: float, n: int, rot: float) -> list[tuple[float, float]]:
     return [
-        (cx + r * math.cos(rot + 2 * math.pi * k / n), cy + r * math.sin(rot + 2 * math.pi * k / n))
-        for k in range(n)
+        (cx + r * math.cos(rot + 2 * math.pi * k / n), cy + r * math.sin(rot + 2 * math.pi * k / n)) for k in range(n)
     ]
 
 
@@ -148,8 +147,20 @@ def _shape_points(shape: str, cx: float, cy: float, r: float, rot: float):
         return pts
     if shape == "cross":
         w = 0.36 * r  # half-width of the arms
-        base = [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w),
-                (-r, w), (-r, -w), (-w, -w)]
+        base = [
+            (-w, -r),
+            (w, -r),
+            (w, -w),
+            (r, -w),
+            (r, w),
+            (w, w),
+            (w, r),
+            (-w, r),
+            (-w, w),
+            (-r, w),
+            (-r, -w),
+            (-w, -w),
+        ]
         c, s = math.cos(rot), math.sin(rot)
         return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in base]
     raise ValueError(f"unknown shape {shape!r}")
@@ -160,8 +171,9 @@ def _jitter(rgb: tuple[int, int, int], rng: np.random.Generator) -> tuple[int, i
     return tuple(int(v) for v in np.clip(np.asarray(rgb) + d, 0, 255))
 
 
-def _render(color: str, shape: str, size: str, background: str, image_size: int,
-            rng: np.random.Generator) -> Image.Image:
+def _render(
+    color: str, shape: str, size: str, background: str, image_size: int, rng: np.random.Generator
+) -> Image.Image:
     s = image_size
     if size == "small":
         r = rng.uniform(0.21, 0.26) * s

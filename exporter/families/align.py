@@ -55,7 +55,9 @@ class AlignFamily(ClipFamily):
     @classmethod
     def create(cls, ckpt: Checkpoint):
         if getattr(ckpt.model.config.vision_config, "pooling_type", "mean") != "mean":
-            raise UnsupportedModelError(f"{ckpt.source.get('path', ckpt.name)}: ALIGN with max pooling is not supported yet")
+            raise UnsupportedModelError(
+                f"{ckpt.source.get('path', ckpt.name)}: ALIGN with max pooling is not supported yet"
+            )
         return cls(ckpt)
 
     def __init__(self, ckpt: Checkpoint):

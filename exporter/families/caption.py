@@ -26,16 +26,17 @@ from it) and flattened on the way out. Tied input / output embeddings are stored
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ...errors import CheckpointError, ExportError, UnsupportedModelError, require
 from ...runtimes.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocessor
 from ..checkpoint import Checkpoint
-from . import register
 from ..graph import dedupe_initializers, export_dynamo, export_onnx
+from . import register
 
 torch = require("torch", "export")
 
@@ -46,8 +47,15 @@ SUPPORTED = {
 }
 # generation settings the numpy loop implements; anything else non-default is reported and ignored
 GENERATION_KEYS = (
-    "max_length", "max_new_tokens", "min_length", "min_new_tokens", "num_beams", "length_penalty",
-    "early_stopping", "no_repeat_ngram_size", "repetition_penalty",
+    "max_length",
+    "max_new_tokens",
+    "min_length",
+    "min_new_tokens",
+    "num_beams",
+    "length_penalty",
+    "early_stopping",
+    "no_repeat_ngram_size",
+    "repetition_penalty",
 )
 IMAGENET_STANDARD = (0.5, 0.5, 0.5)
 EXPORT_BATCH, EXPORT_SEQ, EXPORT_PAST = 2, 3, 4  # trace sizes: all >= 2 so dynamo keeps them symbolic
@@ -61,8 +69,11 @@ def supported_message() -> str:
 def caption_family(ckpt: Checkpoint):
     """The family exporter for a captioning checkpoint (dispatch on the model class)."""
     name = type(ckpt.model).__name__
-    cls = {"VisionEncoderDecoderModel": VitGpt2Family, "BlipForConditionalGeneration": BlipFamily,
-           "GitForCausalLM": GitFamily}.get(name)
+    cls = {
+        "VisionEncoderDecoderModel": VitGpt2Family,
+        "BlipForConditionalGeneration": BlipFamily,
+        "GitForCausalLM": GitFamily,
+    }.get(name)
     if cls is None:
         raise UnsupportedModelError(
             f"{ckpt.source.get('path', ckpt.name)}: captioning architecture {name!r} is not supported; "
@@ -85,8 +96,12 @@ def image_preprocessor(pre: dict[str, Any], default_type: str) -> ImagePreproces
     kind = kind.replace("FeatureExtractor", "ImageProcessor").replace("Fast", "").replace("Pil", "")
     clip_like = kind.startswith(("CLIP", "Git"))
     defaults = {
-        "ViTImageProcessor": dict(size={"height": 224, "width": 224}, resample=2, mean=IMAGENET_STANDARD, std=IMAGENET_STANDARD),
-        "BlipImageProcessor": dict(size={"height": 384, "width": 384}, resample=3, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD),
+        "ViTImageProcessor": dict(
+            size={"height": 224, "width": 224}, resample=2, mean=IMAGENET_STANDARD, std=IMAGENET_STANDARD
+        ),
+        "BlipImageProcessor": dict(
+            size={"height": 384, "width": 384}, resample=3, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD
+        ),
     }.get(kind, dict(size={"shortest_edge": 224}, resample=3, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD))
     if not clip_like and kind not in ("ViTImageProcessor", "BlipImageProcessor"):
         raise CheckpointError(
@@ -184,10 +199,15 @@ class Gpt2Encoder(torch.nn.Module):
         self.encoder = model.encoder
         dec = model.decoder.config
         enc = model.encoder.config
-        self.proj = model.enc_to_dec_proj if (
-            hasattr(model, "enc_to_dec_proj") and enc.hidden_size != dec.hidden_size
-            and getattr(dec, "cross_attention_hidden_size", None) is None
-        ) else None
+        self.proj = (
+            model.enc_to_dec_proj
+            if (
+                hasattr(model, "enc_to_dec_proj")
+                and enc.hidden_size != dec.hidden_size
+                and getattr(dec, "cross_attention_hidden_size", None) is None
+            )
+            else None
+        )
         self.blocks = model.decoder.transformer.h
         self.heads, self.hidden = dec.n_head, dec.n_embd
 
@@ -215,8 +235,13 @@ class Gpt2Step(_StepBase):
         ck = kv[2 * self.n_layers]
         # GPT-2 runs cross-attention only when encoder_hidden_states is given; only its shape is read
         ehs = ck.new_zeros((ck.shape[0], ck.shape[2], self.hidden))
-        out = self.transformer(input_ids=input_ids, position_ids=position_ids, encoder_hidden_states=ehs,
-                               past_key_values=cache, use_cache=True)
+        out = self.transformer(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            encoder_hidden_states=ehs,
+            past_key_values=cache,
+            use_cache=True,
+        )
         logits = self.lm_head(out.last_hidden_state[:, -1, :])
         return (logits, *_flatten_cache(out.past_key_values.self_attention_cache, self.n_layers))
 
@@ -255,8 +280,14 @@ class BlipStep(_StepBase):
         cache = self.caches(kv)
         ck = kv[2 * self.n_layers]
         ehs = ck.new_zeros((ck.shape[0], ck.shape[2], self.enc_hidden))
-        out = self.bert(input_ids=input_ids, position_ids=position_ids, encoder_hidden_states=ehs,
-                        past_key_values=cache, use_cache=True, is_decoder=True)
+        out = self.bert(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            encoder_hidden_states=ehs,
+            past_key_values=cache,
+            use_cache=True,
+            is_decoder=True,
+        )
         logits = self.cls(out.last_hidden_state[:, -1:, :])[:, 0, :]
         return (logits, *_flatten_cache(out.past_key_values.self_attention_cache, self.n_layers))
 
@@ -310,6 +341,7 @@ class CaptionFamily:
     @classmethod
     def create(cls, ckpt: Checkpoint):
         return caption_family(ckpt)
+
     components = ("encoder", "decoder")
     outputs = {"encoder": "encoder_kv", "decoder": "logits"}
     arch = ""
@@ -328,7 +360,10 @@ class CaptionFamily:
         self.model.eval()
         gen = (ckpt.registry_entry or {}).get("generation")
         if gen and ckpt.source.get("random_weights"):  # a twin has no generation_config.json: the registry's
-            for target in (self.model.generation_config, getattr(getattr(self.model, "text_decoder", None), "generation_config", None)):
+            for target in (
+                self.model.generation_config,
+                getattr(getattr(self.model, "text_decoder", None), "generation_config", None),
+            ):
                 if target is not None:
                     for k, v in gen.items():
                         setattr(target, k, v)
@@ -393,8 +428,10 @@ class CaptionFamily:
             h, w = self.preprocess.output_size or ("height", "width")
             ins = [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, h, w]}]
             return {"inputs": ins, "outputs": [kv(n, img) for n in self.output_names("encoder")]}
-        ins = [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
-               {"name": "position_ids", "dtype": "int64", "shape": ["batch", "sequence"]}]
+        ins = [
+            {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
+            {"name": "position_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
+        ]
         ins += [kv(n, "past") for n in self.kv_names("past")]
         if self.cross:
             ins += [kv(n, img) for n in self.kv_names("cross")]
@@ -404,7 +441,6 @@ class CaptionFamily:
 
     def export_component(self, component: str, module, path: Path, log: Callable[[str], None] = lambda s: None) -> None:
         if component == "encoder":
-
             feeds = self.feeds("encoder", 2)
             axes = {"pixel_values": {0: "batch"}}
             for n in self.output_names("encoder"):
@@ -425,16 +461,24 @@ class CaptionFamily:
             kv += [torch.randn(shape(5), generator=g) for _ in range(2 * n)]
             spec += [{0: b, 2: e}] * (2 * n)
         t = time.perf_counter()
-        export_dynamo(module, (ids, pos, *kv), self.input_names("decoder"), self.output_names("decoder"),
-                      (spec[0], spec[1], tuple(spec[2:])), path)  # *kv is one nested arg for torch.export
+        export_dynamo(
+            module,
+            (ids, pos, *kv),
+            self.input_names("decoder"),
+            self.output_names("decoder"),
+            (spec[0], spec[1], tuple(spec[2:])),
+            path,
+        )  # *kv is one nested arg for torch.export
         d = dedupe_initializers(path)
         onnx = require("onnx", "export")
         try:
             onnx.checker.check_model(str(path))
         except onnx.checker.ValidationError as exc:
             raise ExportError(f"exported {path.name} fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
-        log(f"decoder: dynamo export {time.perf_counter() - t:.1f}s; tied weights stored once "
-            f"({d['transposed']} transposed, {d['merged']} identical merged)")
+        log(
+            f"decoder: dynamo export {time.perf_counter() - t:.1f}s; tied weights stored once "
+            f"({d['transposed']} transposed, {d['merged']} identical merged)"
+        )
 
     def feeds(self, component: str, batch: int, data=None) -> dict[str, np.ndarray]:
         """Encoder: real photos (or a data set's images). Decoder: see parity_cases."""
@@ -467,7 +511,7 @@ class CaptionFamily:
             past = {n: enc[n] for n in self.kv_names("past")}
             cross = {}
         cases = []
-        for k in range(steps + 1):
+        for _k in range(steps + 1):
             feeds = {"input_ids": ids, "position_ids": pos, **past, **cross}
             cases.append(feeds)
             out = self._torch(dec, self.input_names("decoder"), self.output_names("decoder"), feeds)
@@ -478,7 +522,9 @@ class CaptionFamily:
 
     def encoder_kv(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
         """PyTorch's per-image K/V for the decoder (cross K/V, or GIT's image-token past)."""
-        return self._torch(self.module("encoder"), ["pixel_values"], self.output_names("encoder"), {"pixel_values": pixel_values})
+        return self._torch(
+            self.module("encoder"), ["pixel_values"], self.output_names("encoder"), {"pixel_values": pixel_values}
+        )
 
     def parity_cases(self, component: str, batch: int = PARITY_IMAGES) -> list[tuple[str, dict[str, np.ndarray]]]:
         from ...common.datasets.photos import photo_batch
@@ -499,8 +545,11 @@ class CaptionFamily:
         return int(ids[0]) % self.vocab
 
     def manifest_extra(self) -> dict[str, Any]:
-        special = sorted({int(i) for i in self.generation.get("eos_token_id", [])} | {int(self.generation["pad_token_id"])}
-                         | {int(i) for i in self.generation["start_ids"]})
+        special = sorted(
+            {int(i) for i in self.generation.get("eos_token_id", [])}
+            | {int(self.generation["pad_token_id"])}
+            | {int(i) for i in self.generation["start_ids"]}
+        )
         return {
             "preprocess": {"file": "preprocessor_config.json", "config": self.preprocess.to_config()},
             "tokenizer": {"file": "tokenizer.json", "max_length": 512, "pad_id": int(self.generation["pad_token_id"])},
@@ -547,8 +596,10 @@ class CaptionFamily:
             got = pipe.generate_ids(pixels, max_new_tokens=n, num_beams=1)
             same = all(len(a) == len(b) and (np.asarray(a) == np.asarray(b)).all() for a, b in zip(got, ref))
             results[f"{backend}/{precision}"] = same
-            log(f"generate: {backend}/{precision} greedy tokens {'match' if same else 'DIFFER from'} PyTorch "
-                f"({PARITY_IMAGES} photos, {n} new tokens)")
+            log(
+                f"generate: {backend}/{precision} greedy tokens {'match' if same else 'DIFFER from'} PyTorch "
+                f"({PARITY_IMAGES} photos, {n} new tokens)"
+            )
         return {"greedy_tokens_match_pytorch": results, "images": f"{PARITY_IMAGES} real photos", "max_new_tokens": n}
 
 
@@ -574,9 +625,18 @@ def _gen_dict(gc, start_ids: list[int], eos, pad, max_positions: int | None = No
     d.setdefault("length_penalty", 1.0)
     d.setdefault("early_stopping", False)
     ignored = {}
-    for k, default in (("do_sample", False), ("temperature", 1.0), ("top_k", 50), ("top_p", 1.0), ("bad_words_ids", None),
-                       ("forced_bos_token_id", None), ("forced_eos_token_id", None), ("suppress_tokens", None),
-                       ("num_return_sequences", 1), ("diversity_penalty", 0.0)):
+    for k, default in (
+        ("do_sample", False),
+        ("temperature", 1.0),
+        ("top_k", 50),
+        ("top_p", 1.0),
+        ("bad_words_ids", None),
+        ("forced_bos_token_id", None),
+        ("forced_eos_token_id", None),
+        ("suppress_tokens", None),
+        ("num_return_sequences", 1),
+        ("diversity_penalty", 0.0),
+    ):
         v = getattr(gc, k, default)
         if v not in (default, None):
             ignored[k] = v
@@ -616,8 +676,13 @@ class VitGpt2Family(CaptionFamily):
         if start is None:
             raise CheckpointError("the checkpoint sets no decoder_start_token_id: generation cannot start")
         # the position table is the decoder's (a VisionEncoderDecoderConfig has none of its own)
-        return _gen_dict(gc, [start], gc.eos_token_id, gc.pad_token_id,
-                         getattr(cfg, "max_position_embeddings", None) or getattr(cfg.decoder, "max_position_embeddings", None))
+        return _gen_dict(
+            gc,
+            [start],
+            gc.eos_token_id,
+            gc.pad_token_id,
+            getattr(cfg, "max_position_embeddings", None) or getattr(cfg.decoder, "max_position_embeddings", None),
+        )
 
     def torch_generate(self, pixel_values, prompt_ids=None, **kw):
         args = {"pixel_values": torch.from_numpy(pixel_values)}
@@ -649,8 +714,13 @@ class BlipFamily(CaptionFamily):
         # text decoder's own generation config for everything else
         tc = self.model.config.text_config
         gc = self.model.text_decoder.generation_config
-        return _gen_dict(gc, [tc.bos_token_id], tc.sep_token_id, tc.pad_token_id,
-                         getattr(self.model.text_decoder.config, "max_position_embeddings", None))
+        return _gen_dict(
+            gc,
+            [tc.bos_token_id],
+            tc.sep_token_id,
+            tc.pad_token_id,
+            getattr(self.model.text_decoder.config, "max_position_embeddings", None),
+        )
 
     def torch_generate(self, pixel_values, prompt_ids=None, **kw):
         b = pixel_values.shape[0]
@@ -680,12 +750,18 @@ class GitFamily(CaptionFamily):
     def generation_defaults(self):
         gc, c = self.model.generation_config, self.model.config
         bos = gc.bos_token_id if gc.bos_token_id is not None else c.bos_token_id
-        return _gen_dict(gc, [bos], gc.eos_token_id if gc.eos_token_id is not None else c.eos_token_id,
-                         gc.pad_token_id if gc.pad_token_id is not None else c.pad_token_id,
-                         getattr(c, "max_position_embeddings", None))
+        return _gen_dict(
+            gc,
+            [bos],
+            gc.eos_token_id if gc.eos_token_id is not None else c.eos_token_id,
+            gc.pad_token_id if gc.pad_token_id is not None else c.pad_token_id,
+            getattr(c, "max_position_embeddings", None),
+        )
 
     def torch_generate(self, pixel_values, prompt_ids=None, **kw):
         b = pixel_values.shape[0]
         ids = torch.tensor([list(prompt_ids or self.prompt_ids(None))] * b)
         with torch.inference_mode():
-            return self.model.generate(pixel_values=torch.from_numpy(pixel_values), input_ids=ids, do_sample=False, **kw).numpy()
+            return self.model.generate(
+                pixel_values=torch.from_numpy(pixel_values), input_ids=ids, do_sample=False, **kw
+            ).numpy()

@@ -45,8 +45,10 @@ class SiglipTextTower(torch.nn.Module):
         return self.text_model(input_ids=input_ids).pooler_output
 
 
-NAFLEX = ("Siglip2Model: SigLIP 2 NaFlex (variable patch grids) is not supported yet; "
-          "export a fixed-resolution SigLIP 2 checkpoint (SiglipModel, e.g. google/siglip2-base-patch16-224)")
+NAFLEX = (
+    "Siglip2Model: SigLIP 2 NaFlex (variable patch grids) is not supported yet; "
+    "export a fixed-resolution SigLIP 2 checkpoint (SiglipModel, e.g. google/siglip2-base-patch16-224)"
+)
 
 
 @register
@@ -72,6 +74,10 @@ class SiglipFamily(ClipFamily):
 
     def scoring(self) -> dict[str, Any]:
         scale = float(self.model.logit_scale.detach().exp())
-        return {"siglip": {"logit_scale": scale if math.isfinite(scale) else 10.0,
-                           "logit_bias": float(self.model.logit_bias.detach().reshape(-1)[0]),
-                           "embed_dim": self.embed_dim}}
+        return {
+            "siglip": {
+                "logit_scale": scale if math.isfinite(scale) else 10.0,
+                "logit_bias": float(self.model.logit_bias.detach().reshape(-1)[0]),
+                "embed_dim": self.embed_dim,
+            }
+        }

@@ -78,7 +78,9 @@ def sentence_transformers_config(folder: Path | None, default_max_length: int) -
                 f"(supported: {', '.join(SUPPORTED_MODULES)})"
             )
         cfg["normalize"] = "Normalize" in kinds
-        pooling_dir = next((folder / m["path"] for m in modules if str(m.get("type", "")).endswith(".Pooling")), pooling_dir)
+        pooling_dir = next(
+            (folder / m["path"] for m in modules if str(m.get("type", "")).endswith(".Pooling")), pooling_dir
+        )
     if (pooling_dir / "config.json").is_file():
         pc = _read_json(pooling_dir / "config.json")
         if "pooling_mode" in pc:  # newer sentence-transformers spelling

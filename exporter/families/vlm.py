@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -55,6 +56,7 @@ class VlmVision(torch.nn.Module):
         emb = self.vision.embeddings
         side = model.config.vision_config.image_size // emb.patch_size
         captured = {}
+
         def keep(module, args, out):  # returns None: the output stays as it is
             captured["ids"] = args[0]
 
@@ -129,18 +131,24 @@ class VlmFamily:
         self.head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
         self.hidden, self.vocab = tc.hidden_size, tc.vocab_size
         self.image_size, self.patch = vc.image_size, vc.patch_size
-        self.image_seq_len = int((vc.image_size // vc.patch_size) ** 2 / cfg.scale_factor ** 2)
+        self.image_seq_len = int((vc.image_size // vc.patch_size) ** 2 / cfg.scale_factor**2)
         folder = ckpt.files_dir
         if folder is None or not (folder / "tokenizer.json").is_file():
-            raise CheckpointError(f"{where} has no tokenizer.json: save the processor (AutoProcessor.save_pretrained) with it")
+            raise CheckpointError(
+                f"{where} has no tokenizer.json: save the processor (AutoProcessor.save_pretrained) with it"
+            )
         self.tokenizer_file = folder / "tokenizer.json"
         self.tokenizer = Tokenizer.from_file(str(self.tokenizer_file))
         missing = [t for t in SPECIAL_TOKENS if self.tokenizer.token_to_id(t) is None]
         if missing:
-            raise CheckpointError(f"{where}: the tokenizer has no {', '.join(missing)} token: not a SmolVLM / Idefics3 tokenizer")
+            raise CheckpointError(
+                f"{where}: the tokenizer has no {', '.join(missing)} token: not a SmolVLM / Idefics3 tokenizer"
+            )
         if self.tokenizer.token_to_id("<image>") != cfg.image_token_id:
-            raise CheckpointError(f"{where}: config image_token_id {cfg.image_token_id} is not the tokenizer's <image> "
-                                  f"({self.tokenizer.token_to_id('<image>')})")
+            raise CheckpointError(
+                f"{where}: config image_token_id {cfg.image_token_id} is not the tokenizer's <image> "
+                f"({self.tokenizer.token_to_id('<image>')})"
+            )
         from ..processor import raw_image_processor
 
         proc = _read_json(folder, "processor_config.json")
@@ -148,7 +156,9 @@ class VlmFamily:
         # preprocessor applies, not max_image_size / do_image_splitting); a twin's: its registry row
         pre = raw_image_processor(folder) or dict((ckpt.registry_entry or {}).get("preprocessor") or {})
         if not pre:
-            raise CheckpointError(f"{where} has no image processor config (processor_config.json or preprocessor_config.json)")
+            raise CheckpointError(
+                f"{where} has no image processor config (processor_config.json or preprocessor_config.json)"
+            )
         self.preprocess = self._preprocess_config(pre, where)
         self.chat_template = self._chat_template(folder, proc, where)
         self.image_seq_len = int(proc.get("image_seq_len", self.image_seq_len))
@@ -158,15 +168,28 @@ class VlmFamily:
         eou = self.tokenizer.token_to_id("<end_of_utterance>")
         if eou not in eos:
             eos.append(eou)  # a chat turn ends on end-of-utterance
-        pad = gc.pad_token_id if gc.pad_token_id is not None else (tc.pad_token_id if tc.pad_token_id is not None else eos[0])
-        self.generation = {"eos_token_id": [int(e) for e in eos], "pad_token_id": int(pad), "start_ids": [],
-                           "max_positions": int(tc.max_position_embeddings), "default_new_tokens": 128,
-                           "num_beams": 1, "length_penalty": 1.0, "early_stopping": False}
+        pad = (
+            gc.pad_token_id
+            if gc.pad_token_id is not None
+            else (tc.pad_token_id if tc.pad_token_id is not None else eos[0])
+        )
+        self.generation = {
+            "eos_token_id": [int(e) for e in eos],
+            "pad_token_id": int(pad),
+            "start_ids": [],
+            "max_positions": int(tc.max_position_embeddings),
+            "default_new_tokens": 128,
+            "num_beams": 1,
+            "length_penalty": 1.0,
+            "early_stopping": False,
+        }
 
     def _preprocess_config(self, pre: dict[str, Any], where: str) -> dict[str, Any]:
         tile = (pre.get("max_image_size") or {}).get("longest_edge", self.image_size)
         if tile != self.image_size:
-            raise CheckpointError(f"{where}: max_image_size {tile} differs from the vision tower's image_size {self.image_size}")
+            raise CheckpointError(
+                f"{where}: max_image_size {tile} differs from the vision tower's image_size {self.image_size}"
+            )
         return {
             "longest_edge": int((pre.get("size") or {}).get("longest_edge", 4 * tile)),
             "tile": int(tile),
@@ -182,12 +205,18 @@ class VlmFamily:
         if not pre.get("do_image_splitting", True):
             return False
         most = -(-int((pre.get("size") or {}).get("longest_edge", 4 * tile)) // tile)
-        missing = [f"<row_{r}_col_{c}>" for r in range(1, most + 1) for c in range(1, most + 1)
-                   if self.tokenizer.token_to_id(f"<row_{r}_col_{c}>") is None]
+        missing = [
+            f"<row_{r}_col_{c}>"
+            for r in range(1, most + 1)
+            for c in range(1, most + 1)
+            if self.tokenizer.token_to_id(f"<row_{r}_col_{c}>") is None
+        ]
         if missing:
-            raise CheckpointError(f"{where}: the processor splits images into up to {most} x {most} tiles but the tokenizer "
-                                  f"has no {missing[0]} token ({len(missing)} tile tags missing); set do_image_splitting "
-                                  "to false in its processor config to export one tile per image")
+            raise CheckpointError(
+                f"{where}: the processor splits images into up to {most} x {most} tiles but the tokenizer "
+                f"has no {missing[0]} token ({len(missing)} tile tags missing); set do_image_splitting "
+                "to false in its processor config to export one tile per image"
+            )
         return True
 
     @staticmethod
@@ -199,19 +228,27 @@ class VlmFamily:
             t = src.get("chat_template")
             if isinstance(t, str) and t:
                 return t
-        raise CheckpointError(f"{where} has no chat template (chat_template.jinja, or chat_template in processor / tokenizer config)")
+        raise CheckpointError(
+            f"{where} has no chat template (chat_template.jinja, or chat_template in processor / tokenizer config)"
+        )
 
     # -- the export loop's interface ---------------------------------------------------
     def kv_names(self, prefix: str) -> list[str]:
         return [f"{prefix}.{i}.{kv}" for i in range(self.n_layers) for kv in ("key", "value")]
 
     def input_names(self, component: str) -> list[str]:
-        return {"vision": ["pixel_values"], "embed": ["input_ids"],
-                "decoder": ["inputs_embeds", "position_ids"] + self.kv_names("past")}[component]
+        return {
+            "vision": ["pixel_values"],
+            "embed": ["input_ids"],
+            "decoder": ["inputs_embeds", "position_ids"] + self.kv_names("past"),
+        }[component]
 
     def output_names(self, component: str) -> list[str]:
-        return {"vision": ["image_features"], "embed": ["inputs_embeds"],
-                "decoder": ["logits"] + self.kv_names("present")}[component]
+        return {
+            "vision": ["image_features"],
+            "embed": ["inputs_embeds"],
+            "decoder": ["logits"] + self.kv_names("present"),
+        }[component]
 
     def module(self, component: str):
         return {"vision": VlmVision, "embed": VlmEmbed, "decoder": VlmStep}[component](self.model).eval()
@@ -221,30 +258,55 @@ class VlmFamily:
         kv = lambda n, seq: f(n, ["batch", self.kv_heads, seq, self.head_dim])  # noqa: E731
         if component == "vision":
             s = self.image_size
-            return {"inputs": [f("pixel_values", ["images", 3, s, s])],
-                    "outputs": [f("image_features", ["images", self.image_seq_len, self.hidden])]}
+            return {
+                "inputs": [f("pixel_values", ["images", 3, s, s])],
+                "outputs": [f("image_features", ["images", self.image_seq_len, self.hidden])],
+            }
         if component == "embed":
-            return {"inputs": [f("input_ids", ["batch", "sequence"], "int64")],
-                    "outputs": [f("inputs_embeds", ["batch", "sequence", self.hidden])]}
-        return {"inputs": [f("inputs_embeds", ["batch", "sequence", self.hidden]), f("position_ids", ["batch", "sequence"], "int64")]
-                + [kv(n, "past") for n in self.kv_names("past")],
-                "outputs": [f("logits", ["batch", self.vocab])] + [kv(n, "past + sequence") for n in self.kv_names("present")]}
+            return {
+                "inputs": [f("input_ids", ["batch", "sequence"], "int64")],
+                "outputs": [f("inputs_embeds", ["batch", "sequence", self.hidden])],
+            }
+        return {
+            "inputs": [
+                f("inputs_embeds", ["batch", "sequence", self.hidden]),
+                f("position_ids", ["batch", "sequence"], "int64"),
+            ]
+            + [kv(n, "past") for n in self.kv_names("past")],
+            "outputs": [f("logits", ["batch", self.vocab])]
+            + [kv(n, "past + sequence") for n in self.kv_names("present")],
+        }
 
     def export_component(self, component: str, module, path: Path, log: Callable[[str], None] = lambda s: None) -> None:
         if component == "vision":
-            export_onnx(module, self.feeds("vision", 2), ["pixel_values"], ["image_features"],
-                        {"pixel_values": {0: "images"}, "image_features": {0: "images"}}, path)
+            export_onnx(
+                module,
+                self.feeds("vision", 2),
+                ["pixel_values"],
+                ["image_features"],
+                {"pixel_values": {0: "images"}, "image_features": {0: "images"}},
+                path,
+            )
             return
         if component == "embed":
-            export_onnx(module, self.feeds("embed", 2), ["input_ids"], ["inputs_embeds"],
-                        {"input_ids": {0: "batch", 1: "sequence"}, "inputs_embeds": {0: "batch", 1: "sequence"}}, path)
+            export_onnx(
+                module,
+                self.feeds("embed", 2),
+                ["input_ids"],
+                ["inputs_embeds"],
+                {"input_ids": {0: "batch", 1: "sequence"}, "inputs_embeds": {0: "batch", 1: "sequence"}},
+                path,
+            )
             return
         Dim = torch.export.Dim
         b, s, p = Dim("batch", min=1, max=4096), Dim("sequence", min=1, max=8192), Dim("past", min=0, max=16384)
         g = torch.Generator().manual_seed(0)
         emb = torch.randn(EXPORT_BATCH, EXPORT_SEQ, self.hidden, generator=g)
         pos = (torch.arange(EXPORT_SEQ) + EXPORT_PAST).unsqueeze(0).repeat(EXPORT_BATCH, 1)
-        kv = [torch.randn(EXPORT_BATCH, self.kv_heads, EXPORT_PAST, self.head_dim, generator=g) for _ in range(2 * self.n_layers)]
+        kv = [
+            torch.randn(EXPORT_BATCH, self.kv_heads, EXPORT_PAST, self.head_dim, generator=g)
+            for _ in range(2 * self.n_layers)
+        ]
         spec = ({0: b, 1: s}, {0: b, 1: s}, tuple({0: b, 2: p} for _ in kv))
         t = time.perf_counter()
         export_dynamo(module, (emb, pos, *kv), self.input_names("decoder"), self.output_names("decoder"), spec, path)
@@ -272,7 +334,9 @@ class VlmFamily:
         from ...common.datasets.photos import photo_batch
 
         if component == "vision":
-            return {"pixel_values": self.pixel_values(data.image_batch(batch) if data is not None else photo_batch(batch))}
+            return {
+                "pixel_values": self.pixel_values(data.image_batch(batch) if data is not None else photo_batch(batch))
+            }
         if component == "embed":
             ids = self.prompt_ids([{"role": "user", "content": PARITY_PROMPT}], 0)
             return {"input_ids": np.tile(np.asarray(ids, np.int64), (batch, 1))}
@@ -281,7 +345,9 @@ class VlmFamily:
     def _torch(self, component: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ..reference import TorchSession
 
-        return TorchSession(self.module(component), self.input_names(component), self.output_names(component)).run(feeds)
+        return TorchSession(self.module(component), self.input_names(component), self.output_names(component)).run(
+            feeds
+        )
 
     def prefill_feeds(self, images, prompt: str = PARITY_PROMPT) -> dict[str, np.ndarray]:
         """The decoder's first feeds for a one-image user turn (PyTorch's own embeddings)."""
@@ -297,13 +363,18 @@ class VlmFamily:
         from ...common.datasets.photos import photo_batch
 
         if component != "decoder":
-            return [(f"{batch} real photos" if component == "vision" else "a chat prompt", self.feeds(component, batch))]
+            return [
+                (f"{batch} real photos" if component == "vision" else "a chat prompt", self.feeds(component, batch))
+            ]
         first = self.prefill_feeds(photo_batch(1))
         out = self._torch("decoder", first)
         nxt = self._torch("embed", {"input_ids": out["logits"].argmax(-1)[:, None].astype(np.int64)})["inputs_embeds"]
         n = first["position_ids"].shape[1]
-        step = {"inputs_embeds": nxt, "position_ids": np.asarray([[n]], np.int64),
-                **{p: out[q] for p, q in zip(self.kv_names("past"), self.kv_names("present"))}}
+        step = {
+            "inputs_embeds": nxt,
+            "position_ids": np.asarray([[n]], np.int64),
+            **{p: out[q] for p, q in zip(self.kv_names("past"), self.kv_names("present"))},
+        }
         return [(f"prefill of a one-photo turn ({n} tokens)", first), (f"step 1 (past {n})", step)]
 
     def manifest_extra(self) -> dict[str, Any]:
@@ -311,11 +382,17 @@ class VlmFamily:
         return {
             "preprocess": {"file": "preprocessor_config.json", "kind": "vlm", "config": self.preprocess},
             "tokenizer": {"file": "tokenizer.json", "max_length": int(self.generation["max_positions"])},
-            "chat": {"template_file": "chat_template.jinja", "image_seq_len": self.image_seq_len,
-                     "image_token_id": int(self.model.config.image_token_id),
-                     "special_tokens": {t: int(tok.token_to_id(t)) for t in SPECIAL_TOKENS},
-                     "num_layers": self.n_layers, "num_kv_heads": self.kv_heads, "head_dim": self.head_dim,
-                     "hidden_size": self.hidden, "vocab_size": self.vocab},
+            "chat": {
+                "template_file": "chat_template.jinja",
+                "image_seq_len": self.image_seq_len,
+                "image_token_id": int(self.model.config.image_token_id),
+                "special_tokens": {t: int(tok.token_to_id(t)) for t in SPECIAL_TOKENS},
+                "num_layers": self.n_layers,
+                "num_kv_heads": self.kv_heads,
+                "head_dim": self.head_dim,
+                "hidden_size": self.hidden,
+                "vocab_size": self.vocab,
+            },
             "generation": self.generation,
         }
 
@@ -333,7 +410,13 @@ class VlmFamily:
         if images:
             kw["pixel_values"] = torch.from_numpy(self.pixel_values(images))[None]
         with torch.inference_mode():
-            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                      max_new_tokens=max_new_tokens, eos_token_id=self.generation["eos_token_id"],
-                                      pad_token_id=self.generation["pad_token_id"], **kw)
-        return out[0, ids.shape[1]:].numpy()
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=self.generation["eos_token_id"],
+                pad_token_id=self.generation["pad_token_id"],
+                **kw,
+            )
+        return out[0, ids.shape[1] :].numpy()

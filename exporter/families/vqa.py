@@ -18,7 +18,8 @@ questions by token length instead and never pads: each answer is generate's on t
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,9 @@ class VqaQuestion(torch.nn.Module):
 
     def forward(self, input_ids, image_embeds):
         mask = torch.ones(image_embeds.shape[:2], dtype=torch.long)
-        q = self.encoder(input_ids=input_ids, encoder_hidden_states=image_embeds, encoder_attention_mask=mask).last_hidden_state
+        q = self.encoder(
+            input_ids=input_ids, encoder_hidden_states=image_embeds, encoder_attention_mask=mask
+        ).last_hidden_state
         return bert_cross_kv(self.layers, q, self.heads, self.head_dim)
 
 
@@ -81,14 +84,19 @@ class VqaFamily(BlipFamily):
         if tc.encoder_hidden_size != width or tc.encoder_hidden_size != tc.hidden_size:
             # the question encoder cross-attends to the image and the decoder to the question
             # through layers of one width: transformers' own forward fails otherwise
-            raise ExportError(f"{ckpt.source.get('path', ckpt.name)}: BLIP VQA needs text hidden_size = encoder_hidden_size"
-                              f" = vision hidden_size, got {tc.hidden_size} / {tc.encoder_hidden_size} / {width}")
+            raise ExportError(
+                f"{ckpt.source.get('path', ckpt.name)}: BLIP VQA needs text hidden_size = encoder_hidden_size"
+                f" = vision hidden_size, got {tc.hidden_size} / {tc.encoder_hidden_size} / {width}"
+            )
         self.max_question_tokens = int(getattr(tc, "max_position_embeddings", 512))
 
     # -- modules -------------------------------------------------------------------------
     def module(self, component: str):
-        return {"vision": lambda: VqaVision(self.model), "question": lambda: VqaQuestion(self.model),
-                "decoder": self.decoder_module}[component]().eval()
+        return {
+            "vision": lambda: VqaVision(self.model),
+            "question": lambda: VqaQuestion(self.model),
+            "decoder": self.decoder_module,
+        }[component]().eval()
 
     def question_ids(self, question: str) -> list[int]:
         """BlipProcessor's tokens: [CLS] question [SEP] (the tokenizer's own post-processor)."""
@@ -113,11 +121,16 @@ class VqaFamily(BlipFamily):
         emb = {"name": "image_embeds", "dtype": "float32", "shape": ["batch", "image_tokens", hidden]}
         if component == "vision":
             h, w = self.preprocess.output_size or ("height", "width")
-            return {"inputs": [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, h, w]}], "outputs": [emb]}
+            return {
+                "inputs": [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, h, w]}],
+                "outputs": [emb],
+            }
         if component == "question":
             kv = {"dtype": "float32", "shape": ["batch", self.heads, "question_tokens", self.head_dim]}
-            return {"inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "question_tokens"]}, emb],
-                    "outputs": [{"name": n, **kv} for n in self.kv_names("cross")]}
+            return {
+                "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "question_tokens"]}, emb],
+                "outputs": [{"name": n, **kv} for n in self.kv_names("cross")],
+            }
         return super().specs("decoder")
 
     def export_component(self, component: str, module, path, log: Callable[[str], None] = lambda s: None) -> None:
@@ -139,7 +152,7 @@ class VqaFamily(BlipFamily):
         """``question`` inputs: equal-length token rows (the questions' shared length), real image embeddings."""
         rows = [self.question_ids(q) for q in questions]
         n = min(len(r) for r in rows)
-        ids = np.asarray([r[:n - 1] + r[-1:] for r in rows], np.int64)  # keep [SEP]: one length, no padding
+        ids = np.asarray([r[: n - 1] + r[-1:] for r in rows], np.int64)  # keep [SEP]: one length, no padding
         emb = self._torch_run("vision", {"pixel_values": pixel_values})["image_embeds"]
         return {"input_ids": ids, "image_embeds": emb}
 
@@ -181,8 +194,12 @@ class VqaFamily(BlipFamily):
         outs: list = [None] * len(question_ids)
         with torch.inference_mode():
             for rows in groups.values():
-                got = self.model.generate(pixel_values=torch.from_numpy(pixel_values[rows]),
-                                          input_ids=torch.tensor([list(question_ids[r]) for r in rows]), do_sample=False, **kw)
+                got = self.model.generate(
+                    pixel_values=torch.from_numpy(pixel_values[rows]),
+                    input_ids=torch.tensor([list(question_ids[r]) for r in rows]),
+                    do_sample=False,
+                    **kw,
+                )
                 for r, seq in zip(rows, got.numpy()):
                     outs[r] = seq
         return outs
@@ -214,7 +231,12 @@ class VqaFamily(BlipFamily):
             got = pipe.answer_ids(images, questions, max_new_tokens=n, num_beams=1)
             same = all(len(a) == len(b) and (np.asarray(a) == np.asarray(b)).all() for a, b in zip(got, ref))
             results[f"{backend}/{precision}"] = same
-            log(f"generate: {backend}/{precision} greedy answers {'match' if same else 'DIFFER from'} PyTorch "
-                f"({PARITY_IMAGES} photos and questions, {n} new tokens)")
-        return {"greedy_tokens_match_pytorch": results, "images": f"{PARITY_IMAGES} real photos with questions",
-                "max_new_tokens": n}
+            log(
+                f"generate: {backend}/{precision} greedy answers {'match' if same else 'DIFFER from'} PyTorch "
+                f"({PARITY_IMAGES} photos and questions, {n} new tokens)"
+            )
+        return {
+            "greedy_tokens_match_pytorch": results,
+            "images": f"{PARITY_IMAGES} real photos with questions",
+            "max_new_tokens": n,
+        }

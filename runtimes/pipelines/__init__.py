@@ -28,5 +28,7 @@ pipelines = _REGISTRY.all
 def pipeline_class(family: str, where: str = "bundle") -> type:
     got = pipelines()
     if family not in got:
-        raise BundleError(f"{where}: family {family!r} has no pipeline in this mmdeploy (has: {', '.join(sorted(got))})")
+        raise BundleError(
+            f"{where}: family {family!r} has no pipeline in this mmdeploy (has: {', '.join(sorted(got))})"
+        )
     return got[family]

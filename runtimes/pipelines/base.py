@@ -60,8 +60,9 @@ class EncoderPipeline:
     gate_metrics = {"int8": "cosine_mean"}
 
     @classmethod
-    def fidelity_feeds(cls, bundle: Bundle, components: list[str], threads: int | None = None
-                       ) -> dict[str, tuple[list[dict[str, np.ndarray]], str]]:
+    def fidelity_feeds(
+        cls, bundle: Bundle, components: list[str], threads: int | None = None
+    ) -> dict[str, tuple[list[dict[str, np.ndarray]], str]]:
         """component -> (held-out feeds, what they are), every component from one BundleFeeds."""
         feeds = BundleFeeds(bundle)
         held = held_out_data(set(feeds.kinds.values()))
@@ -72,8 +73,9 @@ class EncoderPipeline:
         return out
 
     @classmethod
-    def calibration_feeds(cls, bundle: Bundle, component: str, spec: str | None, samples: int,
-                          same_shape: bool) -> tuple[list[dict[str, np.ndarray]], str]:
+    def calibration_feeds(
+        cls, bundle: Bundle, component: str, spec: str | None, samples: int, same_shape: bool
+    ) -> tuple[list[dict[str, np.ndarray]], str]:
         feeds = BundleFeeds(bundle)
         data = calibration_data(spec, component, feeds.kinds[component])
         return feeds.samples(component, data, samples, same_shape=same_shape), data.name

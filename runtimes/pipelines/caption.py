@@ -14,7 +14,8 @@ A beam reorder gathers rows (one copy per step, as in PyTorch's cache reorder).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from ..preprocess import ImagePreprocessor
 from ..tokenize import bad_unicode_at
 from . import register
 
-OnText = Callable[[int, str], Optional[bool]]  # (image index, text so far) -> False to stop that image
+OnText = Callable[[int, str], bool | None]  # (image index, text so far) -> False to stop that image
 
 # data-free variants of generative bundles (a decoder step is memory-bound: weights are what is
 # worth shrinking), each gated on the worst cosine over every output (logits and present K/V)
@@ -114,7 +115,9 @@ class SessionDecoder:
             self.io.bind_output("logits", "cpu")
 
     def _view(self, buf: np.ndarray, length: int) -> np.ndarray:
-        return buf[: self.rows * self.heads * length * self.head_dim].reshape(self.rows, self.heads, length, self.head_dim)
+        return buf[: self.rows * self.heads * length * self.head_dim].reshape(
+            self.rows, self.heads, length, self.head_dim
+        )
 
     def _step_ort(self, ids: np.ndarray, pos: np.ndarray) -> np.ndarray:
         io, n_past, n_present = self.io, self.length, self.length + ids.shape[1]
@@ -127,7 +130,9 @@ class SessionDecoder:
         for name, buf in zip(self.past_names, src):
             io.bind_input(name, "cpu", 0, np.float32, [self.rows, self.heads, n_past, self.head_dim], buf.ctypes.data)
         for name, buf in zip(self.present_names, dst):
-            io.bind_output(name, "cpu", 0, np.float32, [self.rows, self.heads, n_present, self.head_dim], buf.ctypes.data)
+            io.bind_output(
+                name, "cpu", 0, np.float32, [self.rows, self.heads, n_present, self.head_dim], buf.ctypes.data
+            )
         self._ort.run_with_iobinding(io)
         self.side, self.length = 1 - self.side, n_present
         return self.logits if self.logits is not None else io.get_outputs()[0].numpy()
@@ -180,8 +185,9 @@ class CaptionPipeline:
     manifest_cross = staticmethod(check_decoder_blocks("caption"))
 
     @classmethod
-    def fidelity_feeds(cls, bundle: Bundle, components: list[str], threads: int | None = None
-                       ) -> dict[str, tuple[list[dict[str, np.ndarray]], str]]:
+    def fidelity_feeds(
+        cls, bundle: Bundle, components: list[str], threads: int | None = None
+    ) -> dict[str, tuple[list[dict[str, np.ndarray]], str]]:
         """Real photos through the fp32 graphs (one pipeline for every component): encoder
         pixels; decoder first step and a mid-caption step."""
         from ...common.datasets.photos import photo_batch
@@ -193,8 +199,10 @@ class CaptionPipeline:
             if comp == "encoder":
                 out[comp] = [{"pixel_values": px}], "fp32 ONNX on 4 held-out real photos"
             else:
-                out[comp] = ([decoder_step_feeds(pipe, px, steps=0), decoder_step_feeds(pipe, px, steps=6)],
-                             "fp32 ONNX on 4 held-out real photos (decoder: first and 7th step)")
+                out[comp] = (
+                    [decoder_step_feeds(pipe, px, steps=0), decoder_step_feeds(pipe, px, steps=6)],
+                    "fp32 ONNX on 4 held-out real photos (decoder: first and 7th step)",
+                )
         return out
 
     @classmethod
@@ -202,7 +210,9 @@ class CaptionPipeline:
         raise InputError(f"{cls.family} variants are data-free: no calibration")
 
     @classmethod
-    def greedy_agreement(cls, bundle: Bundle, backend: str, precision: str, threads: int | None = None) -> tuple[float, str]:
+    def greedy_agreement(
+        cls, bundle: Bundle, backend: str, precision: str, threads: int | None = None
+    ) -> tuple[float, str]:
         """How far the variant's greedy tokens follow fp32 ONNX Runtime's on held-out inputs
         (``cls.agreement_tokens``: what each pipeline generates for the comparison)."""
         from ...common.fidelity import token_agreement
@@ -218,8 +228,9 @@ class CaptionPipeline:
 
         return self.generate_ids(self.pixel_values(photo_batch(4)), max_new_tokens=16, num_beams=1)
 
-    def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None,
-                 device: str | None = None):
+    def __init__(
+        self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None
+    ):
         from tokenizers import Tokenizer
 
         from ..select import open_sessions
@@ -228,13 +239,19 @@ class CaptionPipeline:
         m = bundle.manifest
         for key in ("preprocess", "tokenizer", self.info_key, "generation"):
             if key not in m:
-                raise BundleError(f"{bundle.root}: manifest has no {key!r}: not a {self.family} bundle of this mmdeploy")
+                raise BundleError(
+                    f"{bundle.root}: manifest has no {key!r}: not a {self.family} bundle of this mmdeploy"
+                )
         bundle.verify([m["preprocess"]["file"], m["tokenizer"]["file"]])
-        self.preprocess = ImagePreprocessor.from_config(m["preprocess"]["config"], source=f"{bundle.root}: manifest preprocess.config")
+        self.preprocess = ImagePreprocessor.from_config(
+            m["preprocess"]["config"], source=f"{bundle.root}: manifest preprocess.config"
+        )
         try:
             self.tokenizer = Tokenizer.from_file(str(bundle.path(m["tokenizer"]["file"])))
         except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception
-            raise BundleError(f"cannot read tokenizer file {bundle.path(m['tokenizer']['file'])}: {' '.join(str(exc).split())}") from None
+            raise BundleError(
+                f"cannot read tokenizer file {bundle.path(m['tokenizer']['file'])}: {' '.join(str(exc).split())}"
+            ) from None
         self.info = m[self.info_key]
         self.generation = GenerationConfig.from_dict(m["generation"])
         arts = {}
@@ -275,16 +292,24 @@ class CaptionPipeline:
             ids += self.tokenizer.encode(prompt, add_special_tokens=False).ids
         return ids
 
-    def config(self, max_new_tokens: int | None = None, num_beams: int | None = None, prompt: str | None = None,
-               **overrides) -> GenerationConfig:
+    def config(
+        self, max_new_tokens: int | None = None, num_beams: int | None = None, prompt: str | None = None, **overrides
+    ) -> GenerationConfig:
         cfg = self.generation.replace(max_new_tokens=max_new_tokens, num_beams=num_beams, **overrides)
         if prompt:
             cfg = cfg.replace(start_ids=self.prompt_ids(prompt))
         cfg.check()
         return cfg
 
-    def generate_ids(self, pixel_values: np.ndarray, max_new_tokens: int | None = None, num_beams: int | None = None,
-                     prompt: str | None = None, on_step: OnStep | None = None, **overrides) -> list[np.ndarray]:
+    def generate_ids(
+        self,
+        pixel_values: np.ndarray,
+        max_new_tokens: int | None = None,
+        num_beams: int | None = None,
+        prompt: str | None = None,
+        on_step: OnStep | None = None,
+        **overrides,
+    ) -> list[np.ndarray]:
         """Token ids (start ids included, padding after eos kept) per image, like PyTorch generate."""
         cfg = self.config(max_new_tokens, num_beams, prompt, **overrides)
         kv = self.encode(pixel_values)  # cross.{i}.* (ViT-GPT2, BLIP) or GIT's image-token past.{i}.*
@@ -328,8 +353,15 @@ class CaptionPipeline:
         return self.generate_ids(request, **kw)
 
     # -- public API --------------------------------------------------------------------
-    def caption(self, images: Sequence[Any], max_new_tokens: int | None = None, num_beams: int | None = None,
-                prompt: str | None = None, batch_size: int = 8, on_text: OnText | None = None) -> list[str]:
+    def caption(
+        self,
+        images: Sequence[Any],
+        max_new_tokens: int | None = None,
+        num_beams: int | None = None,
+        prompt: str | None = None,
+        batch_size: int = 8,
+        on_text: OnText | None = None,
+    ) -> list[str]:
         """Images (paths, bytes, PIL images or HxWx3 uint8 arrays) -> one caption each, in order.
 
         ``on_text(i, text)`` streams: called with image i's text so far each time it grows

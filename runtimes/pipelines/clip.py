@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -11,9 +12,9 @@ from ..bundle import Bundle
 from ..feeds import image_preprocessor, text_tokenizer
 from ..images import load_image
 from ..manifest import DICT, SCALE, obj
+from ..scoring import check_template, l2_normalize, softmax
 from . import register
 from .base import EncoderPipeline
-from ..scoring import check_template, l2_normalize, softmax
 
 
 @register
@@ -28,7 +29,9 @@ class ClipPipeline(EncoderPipeline):
     # required in its manifest, checked when the bundle is opened (runtimes/manifest.py)
     manifest_blocks = {"preprocess": DICT, "tokenizer": DICT, "clip": obj({"logit_scale": SCALE})}
 
-    def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None):
+    def __init__(
+        self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None
+    ):
         from ..select import open_sessions
 
         self.bundle, self.backend, self.precision = bundle, backend, precision

@@ -13,7 +13,11 @@ from .clip import ClipPipeline
 @register
 class SiglipPipeline(ClipPipeline):
     family = "siglip"
-    manifest_blocks = {"preprocess": DICT, "tokenizer": DICT, "siglip": obj({"logit_scale": SCALE, "logit_bias": SCALE})}
+    manifest_blocks = {
+        "preprocess": DICT,
+        "tokenizer": DICT,
+        "siglip": obj({"logit_scale": SCALE, "logit_bias": SCALE}),
+    }
 
     def read_scoring(self, manifest: dict) -> None:
         self.logit_scale = float(manifest["siglip"]["logit_scale"])

@@ -6,17 +6,16 @@ file only tokenizes, batches and runs. No torch, no transformers.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from ...errors import InputError
 from ..bundle import Bundle
 from ..feeds import text_tokenizer
+from ..scoring import l2_normalize
 from . import register
 from .base import EncoderPipeline
-from ..scoring import l2_normalize
-
 
 
 @register
@@ -26,7 +25,9 @@ class TextEmbeddingPipeline(EncoderPipeline):
     family = "text-embedding"
     task = "pair-similarity"
 
-    def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None):
+    def __init__(
+        self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None
+    ):
         from ..select import open_session
 
         self.bundle, self.backend, self.precision = bundle, backend, precision

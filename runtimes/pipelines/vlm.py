@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -90,7 +91,7 @@ def image_tiles(images: Sequence[Any], cfg: dict[str, Any], split: bool) -> tupl
         if rows:
             im = im.resize(_tile_multiple(*im.size, tile), resample=resample)
             a = np.asarray(im)
-            parts = [a[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] for r in range(rows) for c in range(cols)]
+            parts = [a[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] for r in range(rows) for c in range(cols)]
         parts.append(np.asarray(im.resize((tile, tile), resample=resample)))
         for a in parts:
             x = a.astype(np.float32) * np.float32(cfg["rescale_factor"])
@@ -136,7 +137,9 @@ def expand_images(text: str, seq_len: int, grids: int | Sequence[tuple[int, int]
     out = [parts[0]]
     for (rows, cols), rest in zip(grids, parts[1:]):
         if rows or cols:
-            tiles = "".join("".join(f"{fake}<row_{r + 1}_col_{c + 1}>{img}" for c in range(cols)) + "\n" for r in range(rows))
+            tiles = "".join(
+                "".join(f"{fake}<row_{r + 1}_col_{c + 1}>{img}" for c in range(cols)) + "\n" for r in range(rows)
+            )
             out.append(tiles + "\n" + glob)
         else:
             out.append(glob)
@@ -180,11 +183,13 @@ def pick_token(logits: np.ndarray, temperature: float, top_p: float, rng: np.ran
 class Conversation:
     """One conversation's messages, images, token ids and KV cache (see the module docstring)."""
 
-    def __init__(self, pipe: "VlmPipeline", max_tokens: int | None = None, system: str | None = None):
+    def __init__(self, pipe: VlmPipeline, max_tokens: int | None = None, system: str | None = None):
         self.pipe = pipe
         limit = int(pipe.generation["max_positions"])
         self.max_tokens = min(int(max_tokens), limit) if max_tokens else limit
-        self.messages: list[dict] = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+        self.messages: list[dict] = (
+            [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+        )
         self.images: list[Any] = []
         self._features: list[np.ndarray] = []  # per image (tiles, image tokens, hidden), computed once
         self._keys: list[bytes] = []  # per image: a digest of its pixels (restore() keeps what matches)
@@ -235,8 +240,16 @@ class Conversation:
         if self.kv is not None:
             self.kv = {n: np.ascontiguousarray(v[:, :, :k]) for n, v in self.kv.items()}
 
-    def send(self, text: str, images: Sequence[Any] = (), max_new_tokens: int | None = None, stream: bool = False,
-             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None):
+    def send(
+        self,
+        text: str,
+        images: Sequence[Any] = (),
+        max_new_tokens: int | None = None,
+        stream: bool = False,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ):
         """A user turn -> the answer (str), or with ``stream`` a generator of text pieces that join to it.
         Images are attached before the text, in order."""
         if not isinstance(text, str) or not text.strip():
@@ -260,8 +273,10 @@ class Conversation:
         ids = pipe.prompt_ids(messages, grids)
         n_new = pipe.new_tokens(max_new_tokens)
         if len(ids) + n_new > self.max_tokens:
-            raise InputError(f"this turn needs {len(ids)} + {n_new} tokens; the conversation holds {self.max_tokens}: "
-                             "start a new conversation (or ask for fewer new tokens)")
+            raise InputError(
+                f"this turn needs {len(ids)} + {n_new} tokens; the conversation holds {self.max_tokens}: "
+                "start a new conversation (or ask for fewer new tokens)"
+            )
         features = self._features + self._encode(decoded)
         k = min(common_prefix(self.ids, ids), len(ids) - 1)  # at least one token to prefill
         self._cut(k)
@@ -296,7 +311,7 @@ class Conversation:
                 break
             text = pipe.decode(gen)
             if text.startswith(sent) and not text.endswith("\ufffd") and len(text) > len(sent):
-                yield text[len(sent):]
+                yield text[len(sent) :]
                 sent = text
             logits, self.kv = pipe.step(pipe.embed([tok]), np.asarray([[len(self.ids)]], np.int64), self.kv)
             self.ids.append(tok)
@@ -304,13 +319,17 @@ class Conversation:
             _, self.kv = pipe.step(pipe.embed([gen[-1]]), np.asarray([[len(self.ids) - 1]], np.int64), self.kv)
         self.generated = gen
         # time to first token (images, embeddings, prefill: the first logits) and the decode steps after it
-        self.timing = {"prefill_tokens": len(ids) - k, "ttft_s": t_first - t0, "decode_steps": len(gen),
-                       "decode_s": time.perf_counter() - t_first}
+        self.timing = {
+            "prefill_tokens": len(ids) - k,
+            "ttft_s": t_first - t0,
+            "decode_steps": len(gen),
+            "decode_s": time.perf_counter() - t_first,
+        }
         answer = pipe.decode(gen)
         self.finish_reason = "stop" if gen and gen[-1] in eos else "length"
         self.messages = self.messages + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
         if answer.startswith(sent) and len(answer) > len(sent):
-            yield answer[len(sent):]
+            yield answer[len(sent) :]
 
 
 @register
@@ -360,7 +379,9 @@ class VlmPipeline:
             out.append(chat.generated)
         return out
 
-    def __init__(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None):
+    def __init__(
+        self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None
+    ):
         """Images are split into tiles when the checkpoint's processor does (``do_image_splitting``);
         set ``image_splitting = False`` for one tile per image (fewer tokens, less detail)."""
         from tokenizers import Tokenizer
@@ -378,10 +399,16 @@ class VlmPipeline:
         try:
             self.tokenizer = Tokenizer.from_file(str(bundle.path(m["tokenizer"]["file"])))
         except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exception
-            raise BundleError(f"cannot read tokenizer file {bundle.path(m['tokenizer']['file'])}: {' '.join(str(exc).split())}") from None
+            raise BundleError(
+                f"cannot read tokenizer file {bundle.path(m['tokenizer']['file'])}: {' '.join(str(exc).split())}"
+            ) from None
         self.template = bundle.path(self.info["template_file"]).read_text()
         self.image_token_id = int(self.info["image_token_id"])
-        self.n_layers, self.kv_heads, self.head_dim = int(self.info["num_layers"]), int(self.info["num_kv_heads"]), int(self.info["head_dim"])
+        self.n_layers, self.kv_heads, self.head_dim = (
+            int(self.info["num_layers"]),
+            int(self.info["num_kv_heads"]),
+            int(self.info["head_dim"]),
+        )
         self.past_names = [f"past.{i}.{x}" for i in range(self.n_layers) for x in ("key", "value")]
         self.present_names = [n.replace("past", "present") for n in self.past_names]
         arts = {}
@@ -409,15 +436,19 @@ class VlmPipeline:
     def image_features(self, images: Sequence[Any]) -> np.ndarray:
         """(tiles, image tokens, hidden): the embeddings of the images' ``<image>`` placeholders."""
         px = self.pixel_values(images)
-        feats = [self.sessions["vision"].run({"pixel_values": px[i:i + VISION_BATCH]})["image_features"]
-                 for i in range(0, len(px), VISION_BATCH)]
+        feats = [
+            self.sessions["vision"].run({"pixel_values": px[i : i + VISION_BATCH]})["image_features"]
+            for i in range(0, len(px), VISION_BATCH)
+        ]
         return feats[0] if len(feats) == 1 else np.concatenate(feats)
 
     def prompt_ids(self, messages: list[dict], grids: int | Sequence[tuple[int, int]]) -> list[int]:
         """The conversation's token ids; ``grids``: each image's (rows, cols) (see :meth:`grids`),
         or a count of unsplit images."""
         text = render_chat(self.template, messages, add_generation_prompt=True)
-        return self.tokenizer.encode(expand_images(text, int(self.info["image_seq_len"]), grids), add_special_tokens=False).ids
+        return self.tokenizer.encode(
+            expand_images(text, int(self.info["image_seq_len"]), grids), add_special_tokens=False
+        ).ids
 
     def embed(self, ids: Sequence[int]) -> np.ndarray:
         return np.array(self.sessions["embed"].run({"input_ids": np.asarray([list(ids)], np.int64)})["inputs_embeds"])
@@ -425,7 +456,9 @@ class VlmPipeline:
     def step(self, emb: np.ndarray, pos: np.ndarray, kv: dict | None) -> tuple[np.ndarray, dict]:
         if kv is None:
             kv = {n: np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32) for n in self.past_names}
-        out = self.sessions["decoder"].run({"inputs_embeds": np.ascontiguousarray(emb, np.float32), "position_ids": pos, **kv})
+        out = self.sessions["decoder"].run(
+            {"inputs_embeds": np.ascontiguousarray(emb, np.float32), "position_ids": pos, **kv}
+        )
         return np.asarray(out["logits"]), {p: out[q] for p, q in zip(self.past_names, self.present_names)}
 
     def new_tokens(self, max_new_tokens: int | None) -> int:
@@ -448,6 +481,6 @@ class VlmPipeline:
         """A new conversation that keeps its KV cache between turns (at most ``max_tokens`` tokens)."""
         return Conversation(self, max_tokens, system)
 
-    def generate(self, prompt: str, images: Sequence[Any] = (), max_new_tokens: Optional[int] = None, **kw) -> str:
+    def generate(self, prompt: str, images: Sequence[Any] = (), max_new_tokens: int | None = None, **kw) -> str:
         """One turn in a fresh conversation."""
         return self.chat().send(prompt, images=images, max_new_tokens=max_new_tokens, **kw)

@@ -11,7 +11,8 @@ to that question alone.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,8 +41,9 @@ class VqaPipeline(CaptionPipeline):
     manifest_cross = staticmethod(check_decoder_blocks("vqa"))
 
     @classmethod
-    def fidelity_feeds(cls, bundle: Bundle, components: list[str], threads: int | None = None
-                       ) -> dict[str, tuple[list[dict[str, np.ndarray]], str]]:
+    def fidelity_feeds(
+        cls, bundle: Bundle, components: list[str], threads: int | None = None
+    ) -> dict[str, tuple[list[dict[str, np.ndarray]], str]]:
         """Real photos and questions through the fp32 graphs: vision pixels, question inputs, the
         decoder's first and 7th step."""
         from ...common.datasets.photos import photo_batch
@@ -60,7 +62,10 @@ class VqaPipeline(CaptionPipeline):
                 out[comp] = [{"input_ids": ids, "image_embeds": emb}], what
             else:
                 kv = pipe.cross_kv(emb, ids)
-                out[comp] = [decoder_feeds_after(pipe, kv, 0), decoder_feeds_after(pipe, kv, 6)], what + " (decoder: first and 7th step)"
+                out[comp] = (
+                    [decoder_feeds_after(pipe, kv, 0), decoder_feeds_after(pipe, kv, 6)],
+                    what + " (decoder: first and 7th step)",
+                )
         return out
 
     agreement_inputs = "greedy answers to 4 questions about held-out photos, 8 new tokens"
@@ -90,8 +95,9 @@ class VqaPipeline(CaptionPipeline):
         return self.sessions["vision"].run({"pixel_values": pixel_values})["image_embeds"]
 
     def cross_kv(self, image_embeds: np.ndarray, input_ids: np.ndarray) -> dict[str, np.ndarray]:
-        out = self.sessions["question"].run({"input_ids": np.ascontiguousarray(input_ids, np.int64),
-                                             "image_embeds": np.ascontiguousarray(image_embeds)})
+        out = self.sessions["question"].run(
+            {"input_ids": np.ascontiguousarray(input_ids, np.int64), "image_embeds": np.ascontiguousarray(image_embeds)}
+        )
         return {n: out[n] for n in self.encoder_outputs}
 
     def _pairs(self, images: Sequence[Any], questions: Sequence[str] | str) -> tuple[list, list[str]]:
@@ -107,12 +113,21 @@ class VqaPipeline(CaptionPipeline):
         elif len(images) == 1 and len(questions) > 1:
             images = images * len(questions)  # several questions about one image (encoded once)
         elif len(images) != len(questions):
-            raise InputError(f"{len(images)} images and {len(questions)} questions: give one question per image, "
-                             "one question for all, or one image for all")
+            raise InputError(
+                f"{len(images)} images and {len(questions)} questions: give one question per image, "
+                "one question for all, or one image for all"
+            )
         return images, questions
 
-    def answer_ids(self, images: Sequence[Any], questions: Sequence[str] | str, max_new_tokens: int | None = None,
-                   num_beams: int | None = None, batch_size: int = 8, on_text: OnText | None = None) -> list[np.ndarray]:
+    def answer_ids(
+        self,
+        images: Sequence[Any],
+        questions: Sequence[str] | str,
+        max_new_tokens: int | None = None,
+        num_beams: int | None = None,
+        batch_size: int = 8,
+        on_text: OnText | None = None,
+    ) -> list[np.ndarray]:
         """Token ids per (image, question), start id included, like PyTorch generate on each pair."""
         images, questions = self._pairs(images, questions)
         if batch_size < 1:
@@ -128,11 +143,18 @@ class VqaPipeline(CaptionPipeline):
                 distinct.append(im)
         embeds = []
         for i in range(0, len(distinct), batch_size):
-            embeds.append(self.image_embeds(self.preprocess([load_image(x) for x in distinct[i:i + batch_size]])))
+            embeds.append(self.image_embeds(self.preprocess([load_image(x) for x in distinct[i : i + batch_size]])))
         return self._generate(np.concatenate(embeds), [index[id(im)] for im in images], ids, cfg, batch_size, on_text)
 
-    def _generate(self, emb: np.ndarray, rows_of: list[int], ids: list[list[int]], cfg, batch_size: int,
-                  on_text: OnText | None = None) -> list[np.ndarray]:
+    def _generate(
+        self,
+        emb: np.ndarray,
+        rows_of: list[int],
+        ids: list[list[int]],
+        cfg,
+        batch_size: int,
+        on_text: OnText | None = None,
+    ) -> list[np.ndarray]:
         """Answers for questions ``ids`` about images ``emb[rows_of[r]]``: question + decoder graphs."""
         groups: dict[int, list[int]] = defaultdict(list)  # equal question lengths batch without padding
         for r, q in enumerate(ids):
@@ -140,7 +162,7 @@ class VqaPipeline(CaptionPipeline):
         out: list[np.ndarray | None] = [None] * len(ids)
         for rows in groups.values():
             for k in range(0, len(rows), batch_size):
-                chunk = rows[k:k + batch_size]
+                chunk = rows[k : k + batch_size]
                 kv = self.cross_kv(emb[[rows_of[r] for r in chunk]], np.asarray([ids[r] for r in chunk], np.int64))
                 dec = SessionDecoder(self.sessions["decoder"], self.info, kv)
                 hook = self._chunk_streamer(chunk, on_text) if on_text is not None else None
@@ -151,14 +173,23 @@ class VqaPipeline(CaptionPipeline):
     def _chunk_streamer(self, rows: list[int], on_text: OnText):
         return self._streamer(0, len(rows), lambda j, text: on_text(rows[j], text))
 
-    def answer(self, images: Sequence[Any], questions: Sequence[str] | str, max_new_tokens: int | None = None,
-               num_beams: int | None = None, batch_size: int = 8, on_text: OnText | None = None) -> list[str]:
+    def answer(
+        self,
+        images: Sequence[Any],
+        questions: Sequence[str] | str,
+        max_new_tokens: int | None = None,
+        num_beams: int | None = None,
+        batch_size: int = 8,
+        on_text: OnText | None = None,
+    ) -> list[str]:
         """Images (paths, bytes, PIL images, HxWx3 uint8 arrays) and questions -> one answer each.
 
         One question for many images, one image for many questions, or one each. ``on_text(i, text)``
         streams pair i's answer as it grows (greedy); returning False stops it.
         """
-        return [self.decode(s) for s in self.answer_ids(images, questions, max_new_tokens, num_beams, batch_size, on_text)]
+        return [
+            self.decode(s) for s in self.answer_ids(images, questions, max_new_tokens, num_beams, batch_size, on_text)
+        ]
 
     # -- what bench times --------------------------------------------------------------
     def bench_request(self, data, batch: int):
@@ -169,10 +200,15 @@ class VqaPipeline(CaptionPipeline):
     def bench_feeds(self, request) -> dict[str, dict[str, np.ndarray]]:
         px, ids = request
         emb = self.image_embeds(px)
-        return {"vision": {"pixel_values": px}, "question": {"input_ids": ids, "image_embeds": emb},
-                "decoder": decoder_feeds_after(self, self.cross_kv(emb, ids), 8)}
+        return {
+            "vision": {"pixel_values": px},
+            "question": {"input_ids": ids, "image_embeds": emb},
+            "decoder": decoder_feeds_after(self, self.cross_kv(emb, ids), 8),
+        }
 
-    def bench_generate(self, request, max_new_tokens: int | None = None, num_beams: int | None = None) -> list[np.ndarray]:
+    def bench_generate(
+        self, request, max_new_tokens: int | None = None, num_beams: int | None = None
+    ) -> list[np.ndarray]:
         """Whole answers from pixels (the image decode and resize are not timed, as for captions)."""
         px, ids = request
         cfg = self.config(max_new_tokens, num_beams)

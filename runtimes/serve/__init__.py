@@ -46,5 +46,13 @@ from .inputs import looks_like_base64_image
 from .logs import JsonFormatter, configure_logging
 from .run import parse_bundle_args, run_server
 
-__all__ = ["ApiError", "JsonFormatter", "ServeConfig", "configure_logging", "create_app", "looks_like_base64_image",
-           "parse_bundle_args", "run_server"]
+__all__ = [
+    "ApiError",
+    "JsonFormatter",
+    "ServeConfig",
+    "configure_logging",
+    "create_app",
+    "looks_like_base64_image",
+    "parse_bundle_args",
+    "run_server",
+]

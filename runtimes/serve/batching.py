@@ -30,9 +30,10 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ...errors import MMDeployError
 
@@ -260,9 +261,18 @@ class Batcher:
         except Exception as exc:  # noqa: BLE001 - the whole batch failed; the batcher lives on
             error = exc
             self.stats.failed_batches += 1
-            log.error("batch failed", extra={"fields": {"event": "batch_error", "batcher": self.name, "items": n,
-                                                         "error": f"{type(exc).__name__}: {exc}"}},
-                      exc_info=not isinstance(exc, MMDeployError))
+            log.error(
+                "batch failed",
+                extra={
+                    "fields": {
+                        "event": "batch_error",
+                        "batcher": self.name,
+                        "items": n,
+                        "error": f"{type(exc).__name__}: {exc}",
+                    }
+                },
+                exc_info=not isinstance(exc, MMDeployError),
+            )
         finally:
             self._running = 0
         elapsed = time.perf_counter() - start

@@ -7,8 +7,18 @@ from dataclasses import dataclass
 
 from ...errors import InputError
 
-
-ROUTES = ("/v1/embeddings", "/v1/classify", "/v1/caption", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/", "/docs", "/openapi.json")
+ROUTES = (
+    "/v1/embeddings",
+    "/v1/classify",
+    "/v1/caption",
+    "/v1/chat/completions",
+    "/v1/models",
+    "/health",
+    "/metrics",
+    "/",
+    "/docs",
+    "/openapi.json",
+)
 INFERENCE_ROUTES = frozenset({"/v1/embeddings", "/v1/classify", "/v1/caption", "/v1/chat/completions"})
 # answered without the API key: liveness probes, and the static pages (their API calls carry the key)
 OPEN_ROUTES = frozenset({"/health", "/", "/docs", "/openapi.json", "/favicon.ico"})
@@ -41,8 +51,17 @@ class ServeConfig:
     warmup: bool = True  # one tiny batch per component at startup
 
     def __post_init__(self):
-        for f in ("max_batch", "max_queue", "max_body_bytes", "max_items", "max_labels", "max_pixels",
-                  "max_text_chars", "max_new_tokens", "max_beams"):
+        for f in (
+            "max_batch",
+            "max_queue",
+            "max_body_bytes",
+            "max_items",
+            "max_labels",
+            "max_pixels",
+            "max_text_chars",
+            "max_new_tokens",
+            "max_beams",
+        ):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise InputError(f"{f} must be a positive integer, got {v!r}")

@@ -19,15 +19,22 @@ log = logging.getLogger("mmdeploy.serve")
 class ApiError(Exception):
     """An HTTP error with an OpenAI-style JSON body."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 code: str | None = None, param: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
         self.headers = headers or {}
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
-
 
 
 class FieldError(ValueError):
@@ -39,8 +46,15 @@ class FieldError(ValueError):
 
 
 def json_type(v: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
-            int: "an integer", float: "a number"}.get(type(v), type(v).__name__)
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+        int: "an integer",
+        float: "a number",
+    }.get(type(v), type(v).__name__)
 
 
 def as_api_error(exc: BaseException, timeout_s: float) -> ApiError:
@@ -52,11 +66,20 @@ def as_api_error(exc: BaseException, timeout_s: float) -> ApiError:
     if isinstance(exc, InputError):
         return ApiError(400, str(exc), code="invalid_input")
     if isinstance(exc, QueueFullError):
-        return ApiError(503, str(exc), type="server_overloaded", code="queue_full",
-                        headers={"Retry-After": str(max(1, round(exc.retry_after)))})
+        return ApiError(
+            503,
+            str(exc),
+            type="server_overloaded",
+            code="queue_full",
+            headers={"Retry-After": str(max(1, round(exc.retry_after)))},
+        )
     if isinstance(exc, ShuttingDownError):
         return ApiError(503, str(exc), type="server_overloaded", code="shutting_down", headers={"Retry-After": "1"})
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return ApiError(504, f"request took longer than {timeout_s:g} s", type="timeout", code="timeout")
-    log.error("internal error", exc_info=exc, extra={"fields": {"event": "internal_error", "error": f"{type(exc).__name__}: {exc}"}})
+    log.error(
+        "internal error",
+        exc_info=exc,
+        extra={"fields": {"event": "internal_error", "error": f"{type(exc).__name__}: {exc}"}},
+    )
     return ApiError(500, f"internal error: {type(exc).__name__}", type="server_error", code="internal_error")

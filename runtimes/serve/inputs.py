@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from .config import IMAGE_SUFFIXES
 from .errors import FieldError
 
-
 _B64_HEAD = re.compile(r"[A-Za-z0-9+/_\-]{16,}")
 
 
@@ -26,7 +25,15 @@ def _image_magic(head: bytes) -> bool:
     if head[:4] == b"\x00\x00\x01\x00":  # ICO
         return True
     if head[:2] == b"BM" and len(head) >= 18:  # BMP: reserved zeros + a known DIB header size
-        return head[6:10] == b"\x00\x00\x00\x00" and int.from_bytes(head[14:18], "little") in (12, 40, 52, 56, 64, 108, 124)
+        return head[6:10] == b"\x00\x00\x00\x00" and int.from_bytes(head[14:18], "little") in (
+            12,
+            40,
+            52,
+            56,
+            64,
+            108,
+            124,
+        )
     return len(head) >= 3 and head[0:1] == b"P" and head[1:2] in b"123456" and head[2:3] in b" \t\r\n"
 
 
@@ -53,7 +60,9 @@ class ImageRef:
 def _local_path(s: str, allow: bool) -> ImageRef | None:
     if s[:7].lower() == "file://":
         if not allow:
-            raise FieldError("local_paths_disabled", "local paths are disabled on this server (start it with --allow-local-paths)")
+            raise FieldError(
+                "local_paths_disabled", "local paths are disabled on this server (start it with --allow-local-paths)"
+            )
         return ImageRef("path", s[7:])
     if allow and os.path.isabs(s) and s.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(s):
         return ImageRef("path", s)
@@ -72,7 +81,11 @@ def image_field(value: str, allow_local_paths: bool) -> ImageRef:
     ref = _local_path(s, allow_local_paths)
     if ref is not None:
         return ref
-    if allow_local_paths and not looks_like_base64_image(s) and ("/" in s or os.sep in s or s.lower().endswith(IMAGE_SUFFIXES)):
+    if (
+        allow_local_paths
+        and not looks_like_base64_image(s)
+        and ("/" in s or os.sep in s or s.lower().endswith(IMAGE_SUFFIXES))
+    ):
         return ImageRef("path", s)  # load_image says "image file not found" when it is not there
     return ImageRef("data", s)
 

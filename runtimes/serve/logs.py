@@ -11,8 +11,12 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, plus the record's ``fields``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        d = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-             "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+        d = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         d.update(getattr(record, "fields", None) or {})
         if record.exc_info:
             d["exc"] = self.formatException(record.exc_info)

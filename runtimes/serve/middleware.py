@@ -20,8 +20,13 @@ log = logging.getLogger("mmdeploy.serve")
 
 async def send_json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
     data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *headers],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
@@ -71,14 +76,24 @@ class Guard:
 
         try:
             if counted and srv.draining:  # SIGTERM: in-flight work finishes, new work goes elsewhere
-                return await reject(503, "server is shutting down; retry on another replica", "draining",
-                                    "server_overloaded", [(b"retry-after", b"1"), (b"connection", b"close")])
+                return await reject(
+                    503,
+                    "server is shutting down; retry on another replica",
+                    "draining",
+                    "server_overloaded",
+                    [(b"retry-after", b"1"), (b"connection", b"close")],
+                )
             if cfg.api_key and path not in OPEN_ROUTES and not path.startswith(OPEN_PREFIXES):
                 auth = headers.get(b"authorization", b"")
                 scheme, _, token = auth.partition(b" ")
                 if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), cfg.api_key.encode()):
-                    return await reject(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                                        "invalid_api_key", "authentication_error", [(b"www-authenticate", b"Bearer")])
+                    return await reject(
+                        401,
+                        "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                        "invalid_api_key",
+                        "authentication_error",
+                        [(b"www-authenticate", b"Bearer")],
+                    )
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 limit = cfg.max_body_bytes
                 too_big = f"request body larger than {limit:,} bytes"
@@ -95,8 +110,12 @@ class Guard:
                     try:
                         msg = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
                     except asyncio.TimeoutError:
-                        return await reject(408, f"request body not received within {cfg.body_timeout_s:g} s",
-                                            "body_timeout", extra=[(b"connection", b"close")])
+                        return await reject(
+                            408,
+                            f"request body not received within {cfg.body_timeout_s:g} s",
+                            "body_timeout",
+                            extra=[(b"connection", b"close")],
+                        )
                     if msg["type"] == "http.disconnect":
                         return
                     chunk = msg.get("body", b"")
@@ -128,8 +147,14 @@ class Guard:
             m.requests.labels(route, str(status[0])).inc()
             m.latency.labels(route).observe(elapsed)
             if (route not in ("/metrics", "/health") or status[0] >= 400) and log.isEnabledFor(logging.INFO):
-                fields_ = {"event": "request", "request_id": rid, "method": scope["method"], "path": path,
-                           "status": status[0], "ms": round(elapsed * 1000, 2)}
+                fields_ = {
+                    "event": "request",
+                    "request_id": rid,
+                    "method": scope["method"],
+                    "path": path,
+                    "status": status[0],
+                    "ms": round(elapsed * 1000, 2),
+                }
                 for k in ("model", "items", "error"):
                     if k in state:
                         fields_[k] = state[k]

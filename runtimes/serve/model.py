@@ -10,7 +10,8 @@ import asyncio
 import base64
 import inspect
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -29,16 +30,22 @@ if TYPE_CHECKING:
 class ServedModel:
     """A loaded pipeline, its batchers and its label cache. Capabilities by duck typing."""
 
-    def __init__(self, name: str, pipeline: Any, cfg: ServeConfig, server: "ServerState"):
+    def __init__(self, name: str, pipeline: Any, cfg: ServeConfig, server: ServerState):
         self.name, self.pipe, self.cfg, self.server = name, pipeline, cfg, server
         bundle = getattr(pipeline, "bundle", None)
         self.family = getattr(bundle, "family", None) or type(pipeline).__name__
         self.variant = getattr(pipeline, "variant", None)
-        self.has_vision = callable(getattr(pipeline, "run_vision", None)) and getattr(pipeline, "preprocess", None) is not None
-        self.has_text = callable(getattr(pipeline, "run_text", None)) and callable(getattr(pipeline, "text_inputs", None))
+        self.has_vision = (
+            callable(getattr(pipeline, "run_vision", None)) and getattr(pipeline, "preprocess", None) is not None
+        )
+        self.has_text = callable(getattr(pipeline, "run_text", None)) and callable(
+            getattr(pipeline, "text_inputs", None)
+        )
         self.has_caption = callable(getattr(pipeline, "caption", None))
         # visual question answering (chat completions answer the last user turn with it)
-        self.has_answer = callable(getattr(pipeline, "answer_ids", None)) and callable(getattr(pipeline, "question_ids", None))
+        self.has_answer = callable(getattr(pipeline, "answer_ids", None)) and callable(
+            getattr(pipeline, "question_ids", None)
+        )
         # multi-turn chat (a VLM): each request's whole conversation is rendered and run
         self.has_chat = callable(getattr(pipeline, "chat", None)) and callable(getattr(pipeline, "prompt_ids", None))
         # streams token by token when the pipeline takes on_text (else the stream is one piece)
@@ -50,14 +57,22 @@ class ServedModel:
         # the family's own scoring rule (CLIP softmax, SigLIP sigmoid with bias, ...), never a copy here
         self.can_classify = self.has_vision and self.has_text and callable(getattr(pipeline, "scores", None))
         self.batchers: dict[str, Batcher] = {}
-        for comp, fn, ok in (("vision", self._run_vision, self.has_vision), ("text", self._run_text, self.has_text),
-                             ("caption", self._run_caption, self.has_caption),
-                             ("answer", self._run_answer, self.has_answer),
-                             ("chat", self._run_chat, self.has_chat)):
+        for comp, fn, ok in (
+            ("vision", self._run_vision, self.has_vision),
+            ("text", self._run_text, self.has_text),
+            ("caption", self._run_caption, self.has_caption),
+            ("answer", self._run_answer, self.has_answer),
+            ("chat", self._run_chat, self.has_chat),
+        ):
             if ok:
                 self.batchers[comp] = Batcher(
-                    f"{name}/{comp}", fn, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
-                    max_queue=cfg.max_queue, arrivals=server.arrivals, on_batch=server.metrics.batch_hook(name, comp),
+                    f"{name}/{comp}",
+                    fn,
+                    max_batch=cfg.max_batch,
+                    max_wait_ms=cfg.max_wait_ms,
+                    max_queue=cfg.max_queue,
+                    arrivals=server.arrivals,
+                    on_batch=server.metrics.batch_hook(name, comp),
                 )
         self._labels: OrderedDict[str, np.ndarray] = OrderedDict()
         self._chats: OrderedDict[int, Any] = OrderedDict()  # recent conversations, their KV caches kept
@@ -80,9 +95,16 @@ class ServedModel:
         return caps
 
     def card(self) -> dict:
-        return {"id": self.name, "object": "model", "created": 0, "owned_by": "mmdeploy",
-                "family": self.family, "variant": self.variant, "capabilities": self.capabilities,
-                **({"max_new_tokens": self.max_new_tokens} if self.has_caption or self.has_answer or self.has_chat else {})}
+        return {
+            "id": self.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "mmdeploy",
+            "family": self.family,
+            "variant": self.variant,
+            "capabilities": self.capabilities,
+            **({"max_new_tokens": self.max_new_tokens} if self.has_caption or self.has_answer or self.has_chat else {}),
+        }
 
     # -- worker-thread functions (one outcome per item; an exception instance fails that item) --
 
@@ -193,8 +215,13 @@ class ServedModel:
                 if any(s is not None for s in sinks):
                     kw["on_text"] = lambda j, text, sinks=sinks: sinks[j](text) if sinks[j] is not None else None
                 try:
-                    seqs = self.pipe.answer_ids([items[i][0] for i in chunk], [items[i][1] for i in chunk],
-                                                max_new_tokens=mnt, batch_size=len(chunk), **kw)
+                    seqs = self.pipe.answer_ids(
+                        [items[i][0] for i in chunk],
+                        [items[i][1] for i in chunk],
+                        max_new_tokens=mnt,
+                        batch_size=len(chunk),
+                        **kw,
+                    )
                 except Exception as exc:  # noqa: BLE001 - fails this group only
                     seqs = [exc] * len(chunk)
                 for i, seq in zip(chunk, seqs):
@@ -203,8 +230,11 @@ class ServedModel:
                         continue
                     new = [int(t) for t in seq[start:]]
                     stop = next((n for n, t in enumerate(new) if t in eos), None)
-                    out[i] = Answer(self.pipe.decode(seq), len(new) if stop is None else stop + 1,
-                                    "length" if stop is None else "stop")
+                    out[i] = Answer(
+                        self.pipe.decode(seq),
+                        len(new) if stop is None else stop + 1,
+                        "length" if stop is None else "stop",
+                    )
         return out
 
     def _run_chat(self, items: list[tuple]) -> list:
@@ -224,8 +254,13 @@ class ServedModel:
                         left = True  # the reader left: stop generating
                         break
                 self._keep_conversation(conv)
-                out.append(Answer(sent, 0, "stop", conv.last_cached) if left else
-                           Answer(self.pipe.decode(conv.generated), len(conv.generated), conv.finish_reason, conv.last_cached))
+                out.append(
+                    Answer(sent, 0, "stop", conv.last_cached)
+                    if left
+                    else Answer(
+                        self.pipe.decode(conv.generated), len(conv.generated), conv.finish_reason, conv.last_cached
+                    )
+                )
             except Exception as exc:  # noqa: BLE001 - fails this item only
                 out.append(exc)
         return out
@@ -285,29 +320,41 @@ class ServedModel:
             self._labels.popitem(last=False)
         return np.stack(vecs)
 
-    async def caption(self, refs: list[ImageRef], mnt: int | None, beams: int | None, state: dict | None = None) -> list[str]:
+    async def caption(
+        self, refs: list[ImageRef], mnt: int | None, beams: int | None, state: dict | None = None
+    ) -> list[str]:
         return await self.caption_images(await self.decode_images(refs), mnt, beams, state)
 
     async def decode_images(self, refs: list[ImageRef]) -> list:
         """RGB images (ItemError naming the first bad one): a stream checks them before it starts."""
         return await self._decode(refs, preprocess=False)
 
-    async def caption_images(self, images: list, mnt: int | None, beams: int | None, state: dict | None = None,
-                             sinks: list | None = None) -> list[str]:
+    async def caption_images(
+        self, images: list, mnt: int | None, beams: int | None, state: dict | None = None, sinks: list | None = None
+    ) -> list[str]:
         """Captions of decoded images; ``sinks[i](text so far)`` streams image i (False: its reader left)."""
         self.server.arrived(state)
         sinks = sinks or [None] * len(images)
         return await self.batchers["caption"].submit([(im, mnt, beams, s) for im, s in zip(images, sinks)])
 
-    async def answer_images(self, images: list, questions: list[str], mnt: int | None, state: dict | None = None,
-                            sinks: list | None = None) -> list["Answer"]:
+    async def answer_images(
+        self, images: list, questions: list[str], mnt: int | None, state: dict | None = None, sinks: list | None = None
+    ) -> list[Answer]:
         """Answers about decoded images; ``sinks[i](text so far)`` streams pair i."""
         self.server.arrived(state)
         sinks = sinks or [None] * len(images)
         return await self.batchers["answer"].submit([(im, q, mnt, s) for im, q, s in zip(images, questions, sinks)])
 
-    async def chat(self, history: list[dict], images: list, text: str, turn_images: list, opts: dict,
-                   state: dict | None = None, sink: Any = None) -> list["Answer"]:
+    async def chat(
+        self,
+        history: list[dict],
+        images: list,
+        text: str,
+        turn_images: list,
+        opts: dict,
+        state: dict | None = None,
+        sink: Any = None,
+    ) -> list[Answer]:
         """One chat turn after ``history`` (template messages; ``images`` theirs, decoded)."""
         self.server.arrived(state)
         return await self.batchers["chat"].submit([(history, images, text, turn_images, opts, sink)])

@@ -38,19 +38,27 @@ def add_pages(app) -> None:
 
     @app.get("/", include_in_schema=False)
     async def playground():
-        return Response(playground_html(), media_type="text/html; charset=utf-8",
-                        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+        return Response(
+            playground_html(),
+            media_type="text/html; charset=utf-8",
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
 
     @app.get("/docs", include_in_schema=False)
     async def docs():
         if _swagger_dir() is None:
-            return HTMLResponse('<!doctype html><title>mmdeploy serve API</title><link rel="icon" href="data:,">'
-                                "<p>Swagger UI's files are not installed here (<code>pip install fastapi-offline</code>, "
-                                'part of <code>mmdeploy[serve]</code>). The schema: <a href="/openapi.json">/openapi.json</a>.</p>')
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="mmdeploy serve API",
-                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
-                                   swagger_css_url="/docs/assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs/assets/favicon.png")
+            return HTMLResponse(
+                '<!doctype html><title>mmdeploy serve API</title><link rel="icon" href="data:,">'
+                "<p>Swagger UI's files are not installed here (<code>pip install fastapi-offline</code>, "
+                'part of <code>mmdeploy[serve]</code>). The schema: <a href="/openapi.json">/openapi.json</a>.</p>'
+            )
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="mmdeploy serve API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon.png",
+        )
 
     @app.get("/docs/assets/{name}", include_in_schema=False)
     async def docs_asset(name: str):

@@ -33,8 +33,10 @@ log = logging.getLogger("mmdeploy.serve")
 
 def _json_response(status: int, reason: bytes, err: ApiError) -> bytes:
     body = json.dumps(err.body()).encode()
-    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
-            % (status, reason, len(body))) + body
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+        % (status, reason, len(body))
+    ) + body
 
 
 def protocol_class(header_timeout_s: float):
@@ -116,23 +118,41 @@ def _uvicorn_server_class():
                 waited = time.monotonic() - self.drain_started
                 if self.state.working <= 0 or waited >= self.drain_timeout_s:
                     if self.state.working > 0:
-                        log.warning("drain timed out", extra={"fields": {"event": "drain_timeout",
-                                                                         "working": self.state.working}})
+                        log.warning(
+                            "drain timed out",
+                            extra={"fields": {"event": "drain_timeout", "working": self.state.working}},
+                        )
                     self.should_exit = True
             return await super().on_tick(counter)
 
     return _DrainingServer
 
 
-def DrainingServer(app, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-                   graceful_timeout_s: float = 30.0, **config_kw):
+def DrainingServer(
+    app,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    graceful_timeout_s: float = 30.0,
+    **config_kw,
+):
     """A uvicorn Server for ``app`` (from create_app) with the guarded protocol and the drain."""
     import uvicorn
 
     srv: ServerState = app.state.server
     cfg = srv.cfg
     proto = protocol_class(cfg.header_timeout_s)
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, log_level=log_level,
-                            timeout_graceful_shutdown=graceful_timeout_s, lifespan="on",
-                            **({"http": proto} if proto is not None else {}), **config_kw)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        log_level=log_level,
+        timeout_graceful_shutdown=graceful_timeout_s,
+        lifespan="on",
+        **({"http": proto} if proto is not None else {}),
+        **config_kw,
+    )
     return _uvicorn_server_class()(config, srv, cfg.drain_timeout_s)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ...errors import InputError, require
 from .app import create_app
@@ -61,9 +62,18 @@ def check_bind(host: str, port: int) -> None:
             raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
-def run_server(bundles: list[str] | Mapping[str, Any], *, host: str = "127.0.0.1", port: int = 8000,
-               config: ServeConfig | None = None, backend: str | None = None, precision: str | None = None,
-               threads: int | None = None, log_level: str = "info", graceful_timeout_s: float = 30.0) -> None:
+def run_server(
+    bundles: list[str] | Mapping[str, Any],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    config: ServeConfig | None = None,
+    backend: str | None = None,
+    precision: str | None = None,
+    threads: int | None = None,
+    log_level: str = "info",
+    graceful_timeout_s: float = 30.0,
+) -> None:
     """Load the bundles and serve until SIGINT/SIGTERM: the first signal drains (health 503, new work
     503 + Retry-After, in-flight requests finish), then the server stops; a second stops at once."""
     require("uvicorn", "serve")
@@ -72,7 +82,12 @@ def run_server(bundles: list[str] | Mapping[str, Any], *, host: str = "127.0.0.1
     check_bind(host, port)
     cfg = config or ServeConfig()
     if not _is_loopback(host) and not cfg.api_key:
-        log.warning("serving on a non-loopback address without an API key", extra={"fields": {"event": "insecure", "host": host}})
+        log.warning(
+            "serving on a non-loopback address without an API key",
+            extra={"fields": {"event": "insecure", "host": host}},
+        )
     app = create_app(named, cfg, backend=backend, precision=precision, threads=threads)
-    log.info("listening", extra={"fields": {"event": "listen", "url": f"http://{host}:{port}", "api_key": bool(cfg.api_key)}})
+    log.info(
+        "listening", extra={"fields": {"event": "listen", "url": f"http://{host}:{port}", "api_key": bool(cfg.api_key)}}
+    )
     DrainingServer(app, host=host, port=port, log_level=log_level, graceful_timeout_s=graceful_timeout_s).run()

@@ -17,8 +17,18 @@ Response classes document the answers; routes render them with orjson directly (
 from types import SimpleNamespace
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr,
-                      ValidationError, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from ...errors import InputError
@@ -54,7 +64,9 @@ def _no_token_arrays(v: Any) -> Any:
 class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
 
-    model: Optional[StrictStr] = Field(None, description="A served model's id (GET /v1/models); optional when one is served.")
+    model: StrictStr | None = Field(
+        None, description="A served model's id (GET /v1/models); optional when one is served."
+    )
 
 
 # -- requests, per server config ----------------------------------------------------------------
@@ -63,20 +75,27 @@ class _Request(BaseModel):
 def request_models(cfg: ServeConfig) -> SimpleNamespace:
     """The request classes with ``cfg``'s limits: ``.embeddings``, ``.classify``, ``.caption``."""
     allow = cfg.allow_local_paths
-    Image = Annotated[StrictStr, AfterValidator(lambda s: image_field(s, allow)),
-                      Field(description="An image: a data URL (data:image/png;base64,...) or bare base64"
-                                        + (", or a local path / file:// URL" if allow else "") + ".")]
+    Image = Annotated[
+        StrictStr,
+        AfterValidator(lambda s: image_field(s, allow)),
+        Field(
+            description="An image: a data URL (data:image/png;base64,...) or bare base64"
+            + (", or a local path / file:// URL" if allow else "")
+            + "."
+        ),
+    ]
     Images = Union[Image, Annotated[list[Image], Field(min_length=1, max_length=cfg.max_items)]]
 
     class _ImageRequest(_Request):
-        image: Optional[Image] = None
-        images: Optional[Images] = Field(None, description=f"Several images (at most {cfg.max_items}).")
+        image: Image | None = None
+        images: Images | None = Field(None, description=f"Several images (at most {cfg.max_items}).")
 
         @model_validator(mode="after")
         def _one_of(self):
             if (self.image is None) == (self.images is None):
-                raise PydanticCustomError("missing_image", "give either 'image' (one image) or 'images' (a list)",
-                                          {"param": "image"})
+                raise PydanticCustomError(
+                    "missing_image", "give either 'image' (one image) or 'images' (a list)", {"param": "image"}
+                )
             return self
 
         @property
@@ -88,21 +107,30 @@ def request_models(cfg: ServeConfig) -> SimpleNamespace:
         @property
         def names(self) -> list[str]:
             """What each image is called in this request (for error messages)."""
-            return ["image"] if self.image is not None else (
-                [f"images[{i}]" for i in range(len(self.images))] if isinstance(self.images, list) else ["images"])
+            return (
+                ["image"]
+                if self.image is not None
+                else (
+                    [f"images[{i}]" for i in range(len(self.images))] if isinstance(self.images, list) else ["images"]
+                )
+            )
 
     class EmbeddingsRequest(_Request):
         """OpenAI embeddings: text, or images as data URLs / base64 (sniffed per input)."""
 
-        input: Annotated[Union[Text, Annotated[list[Text], Field(min_length=1, max_length=cfg.max_items)]],
-                         BeforeValidator(_no_token_arrays),
-                         Field(description=f"A string or a list of at most {cfg.max_items}.")]
-        encoding_format: Optional[Literal["float", "base64"]] = Field(
-            "float", description="base64: little-endian float32 bytes.")
-        dimensions: Optional[Annotated[StrictInt, Field(ge=1, le=1 << 16)]] = Field(
-            None, description="Truncate to this many dimensions and renormalise.")
+        input: Annotated[
+            Text | Annotated[list[Text], Field(min_length=1, max_length=cfg.max_items)],
+            BeforeValidator(_no_token_arrays),
+            Field(description=f"A string or a list of at most {cfg.max_items}."),
+        ]
+        encoding_format: Literal["float", "base64"] | None = Field(
+            "float", description="base64: little-endian float32 bytes."
+        )
+        dimensions: Annotated[StrictInt, Field(ge=1, le=1 << 16)] | None = Field(
+            None, description="Truncate to this many dimensions and renormalise."
+        )
 
-    def _labels(v: Union[str, list[str]]) -> list[str]:
+    def _labels(v: str | list[str]) -> list[str]:
         labels = v.split(",") if isinstance(v, str) else v
         labels = [s.strip() for s in labels if s and s.strip()]
         if len(labels) < 2:
@@ -113,7 +141,7 @@ def request_models(cfg: ServeConfig) -> SimpleNamespace:
             raise FieldError("text_too_long", f"a label is {n:,} characters long (limit 1,000)")
         return labels
 
-    def _template(t: Optional[str]) -> str:
+    def _template(t: str | None) -> str:
         try:  # the pipeline's own rule, so the CLI and the server refuse the same templates
             return check_template("{}" if t is None else t)
         except InputError as exc:
@@ -122,19 +150,29 @@ def request_models(cfg: ServeConfig) -> SimpleNamespace:
     class ClassifyRequest(_ImageRequest):
         """Zero-shot classification: each image against the labels, as the pipeline's ``classify``."""
 
-        labels: Annotated[Union[Text, list[Text]], AfterValidator(_labels),
-                          Field(description=f"At least two labels (a list, or one comma-separated string; "
-                                            f"at most {cfg.max_labels}).")]
-        template: Annotated[Optional[Text], AfterValidator(_template)] = Field(
-            None, validate_default=True, description="Prompt template with '{}' where the label goes, e.g. 'a photo of a {}.'")
+        labels: Annotated[
+            Text | list[Text],
+            AfterValidator(_labels),
+            Field(
+                description=f"At least two labels (a list, or one comma-separated string; at most {cfg.max_labels})."
+            ),
+        ]
+        template: Annotated[Text | None, AfterValidator(_template)] = Field(
+            None,
+            validate_default=True,
+            description="Prompt template with '{}' where the label goes, e.g. 'a photo of a {}.'",
+        )
 
     class CaptionRequest(_ImageRequest):
         """Captions, greedy or beam; ``stream`` sends the text as server-sent events while it is generated."""
 
-        max_new_tokens: Optional[Annotated[StrictInt, Field(ge=1, le=cfg.max_new_tokens)]] = Field(
-            None, description="Upper bound of new tokens (each model's own bound is in GET /v1/models).")
-        num_beams: Optional[Annotated[StrictInt, Field(ge=1, le=cfg.max_beams)]] = None
-        stream: StrictBool = Field(False, description="Server-sent events: one 'delta' per new piece of text, then [DONE].")
+        max_new_tokens: Annotated[StrictInt, Field(ge=1, le=cfg.max_new_tokens)] | None = Field(
+            None, description="Upper bound of new tokens (each model's own bound is in GET /v1/models)."
+        )
+        num_beams: Annotated[StrictInt, Field(ge=1, le=cfg.max_beams)] | None = None
+        stream: StrictBool = Field(
+            False, description="Server-sent events: one 'delta' per new piece of text, then [DONE]."
+        )
 
     class StreamOptions(BaseModel):
         model_config = ConfigDict(strict=True, extra="allow")
@@ -148,23 +186,23 @@ def request_models(cfg: ServeConfig) -> SimpleNamespace:
     class ImageUrl(BaseModel):
         model_config = ConfigDict(strict=True, extra="allow")
         url: Image
-        detail: Optional[StrictStr] = None
+        detail: StrictStr | None = None
 
     class ImagePart(BaseModel):
         model_config = ConfigDict(strict=True, extra="allow")
         type: Literal["image_url"]
-        image_url: Union[ImageUrl, Image] = Field(description="{'url': 'data:image/png;base64,...'} (or the URL alone).")
+        image_url: ImageUrl | Image = Field(description="{'url': 'data:image/png;base64,...'} (or the URL alone).")
 
         @property
         def ref(self):
             return self.image_url.url if isinstance(self.image_url, ImageUrl) else self.image_url
 
-    Part = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+    Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
     class Message(BaseModel):
         model_config = ConfigDict(strict=True, extra="allow")
         role: Literal["system", "developer", "user", "assistant"]
-        content: Union[Text, Annotated[list[Part], Field(max_length=cfg.max_items)], None] = None
+        content: Text | Annotated[list[Part], Field(max_length=cfg.max_items)] | None = None
 
         def parts(self) -> list:
             if self.content is None:
@@ -182,25 +220,30 @@ def request_models(cfg: ServeConfig) -> SimpleNamespace:
         so temperature, top_p and seed do not change its answer."""
 
         messages: Annotated[list[Message], Field(min_length=1, max_length=cfg.max_items)]
-        max_tokens: NewTokens = Field(None, description="Upper bound of new tokens (older name of max_completion_tokens).")
+        max_tokens: NewTokens = Field(
+            None, description="Upper bound of new tokens (older name of max_completion_tokens)."
+        )
         max_completion_tokens: NewTokens = None
-        temperature: Optional[Annotated[float, Field(ge=0, le=2)]] = None
-        top_p: Optional[Annotated[float, Field(gt=0, le=1)]] = None
-        seed: Optional[StrictInt] = None
-        n: Optional[Literal[1]] = Field(None, description="One choice per request.")
+        temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+        top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+        seed: StrictInt | None = None
+        n: Literal[1] | None = Field(None, description="One choice per request.")
         stream: StrictBool = Field(False, description="Server-sent events in OpenAI's chat.completion.chunk format.")
-        stream_options: Optional[StreamOptions] = None
+        stream_options: StreamOptions | None = None
 
         @model_validator(mode="after")
         def _size(self):
             chars = sum(len(p.text) for m in self.messages for p in m.parts() if isinstance(p, TextPart))
             if chars > cfg.max_text_chars:
-                raise PydanticCustomError("conversation_too_long", "the conversation has {n} characters of text (limit {limit})",
-                                          {"n": chars, "limit": cfg.max_text_chars, "param": "messages"})
+                raise PydanticCustomError(
+                    "conversation_too_long",
+                    "the conversation has {n} characters of text (limit {limit})",
+                    {"n": chars, "limit": cfg.max_text_chars, "param": "messages"},
+                )
             return self
 
         @property
-        def new_tokens(self) -> Optional[int]:
+        def new_tokens(self) -> int | None:
             return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
         def conversation(self) -> tuple[list[dict], list[tuple[Any, str]], str, list[tuple[Any, str]]]:
@@ -208,8 +251,12 @@ def request_models(cfg: ServeConfig) -> SimpleNamespace:
             the last user turn's text, its images). ApiError (400) when the last message is not the user's."""
             last = len(self.messages) - 1
             if self.messages[last].role != "user":
-                raise ApiError(400, f"messages[{last}]: the last message must be the user's turn to answer",
-                               code="invalid_value", param=f"messages[{last}]")
+                raise ApiError(
+                    400,
+                    f"messages[{last}]: the last message must be the user's turn to answer",
+                    code="invalid_value",
+                    param=f"messages[{last}]",
+                )
             history: list[dict] = []
             images: list[tuple[Any, str]] = []
             for i, m in enumerate(self.messages):
@@ -224,8 +271,12 @@ def request_models(cfg: ServeConfig) -> SimpleNamespace:
                 if i == last:
                     text = m.text()
                     if not text:
-                        raise ApiError(400, f"messages[{i}].content: the last user turn has no text",
-                                       code="invalid_value", param=f"messages[{i}].content")
+                        raise ApiError(
+                            400,
+                            f"messages[{i}].content: the last user turn has no text",
+                            code="invalid_value",
+                            param=f"messages[{i}].content",
+                        )
                     return history, images, text, imgs
                 history.append({"role": role, "content": parts})
                 images += imgs
@@ -240,21 +291,34 @@ def request_models(cfg: ServeConfig) -> SimpleNamespace:
             last = users[-1]
             question = self.messages[last].text()
             if not question:
-                raise ApiError(400, f"messages[{last}].content: the last user turn has no text (the question)",
-                               code="invalid_value", param=f"messages[{last}].content")
+                raise ApiError(
+                    400,
+                    f"messages[{last}].content: the last user turn has no text (the question)",
+                    code="invalid_value",
+                    param=f"messages[{last}].content",
+                )
             for i in reversed(users):
                 imgs = [(j, p) for j, p in enumerate(self.messages[i].parts()) if isinstance(p, ImagePart)]
                 if len(imgs) > 1:
-                    raise ApiError(400, f"messages[{i}].content: {len(imgs)} images in one turn; this model answers about one",
-                                   code="too_many_items", param=f"messages[{i}].content")
+                    raise ApiError(
+                        400,
+                        f"messages[{i}].content: {len(imgs)} images in one turn; this model answers about one",
+                        code="too_many_items",
+                        param=f"messages[{i}].content",
+                    )
                 if imgs:
                     j, part = imgs[0]
                     return question, f"messages[{last}].content", part.ref, f"messages[{i}].content[{j}].image_url"
-            raise ApiError(400, "messages: no image in the conversation: send an image_url part with a data URL",
-                           code="missing_image", param="messages")
+            raise ApiError(
+                400,
+                "messages: no image in the conversation: send an image_url part with a data URL",
+                code="missing_image",
+                param="messages",
+            )
 
-    return SimpleNamespace(embeddings=EmbeddingsRequest, classify=ClassifyRequest, caption=CaptionRequest,
-                           chat=ChatRequest)
+    return SimpleNamespace(
+        embeddings=EmbeddingsRequest, classify=ClassifyRequest, caption=CaptionRequest, chat=ChatRequest
+    )
 
 
 # -- responses (documentation; routes render with orjson) ---------------------------------------
@@ -263,8 +327,8 @@ def request_models(cfg: ServeConfig) -> SimpleNamespace:
 class ErrorBody(BaseModel):
     message: str
     type: str
-    code: Optional[str] = None
-    param: Optional[str] = None
+    code: str | None = None
+    param: str | None = None
 
 
 class ErrorResponse(BaseModel):
@@ -274,7 +338,7 @@ class ErrorResponse(BaseModel):
 class Embedding(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: Union[list[float], str] = Field(description="Floats, or base64 of little-endian float32.")
+    embedding: list[float] | str = Field(description="Floats, or base64 of little-endian float32.")
 
 
 class EmbeddingsUsage(BaseModel):
@@ -332,14 +396,16 @@ class ChatChoice(BaseModel):
 
 
 class PromptTokensDetails(BaseModel):
-    cached_tokens: int = Field(0, description="Prompt tokens whose KV cache was kept from an earlier request of the conversation.")
+    cached_tokens: int = Field(
+        0, description="Prompt tokens whose KV cache was kept from an earlier request of the conversation."
+    )
 
 
 class ChatUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    prompt_tokens_details: Optional[PromptTokensDetails] = None
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -356,10 +422,10 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "mmdeploy"
-    family: Optional[str] = None
-    variant: Optional[str] = None
+    family: str | None = None
+    variant: str | None = None
     capabilities: list[str]
-    max_new_tokens: Optional[int] = None
+    max_new_tokens: int | None = None
 
 
 class ModelList(BaseModel):
@@ -367,16 +433,31 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-RESPONSE_MODELS = SimpleNamespace(embeddings=EmbeddingsResponse, classify=ClassifyResponse, caption=CaptionResponse,
-                                  chat=ChatCompletion, model=ModelCard, models=ModelList, error=ErrorResponse)
+RESPONSE_MODELS = SimpleNamespace(
+    embeddings=EmbeddingsResponse,
+    classify=ClassifyResponse,
+    caption=CaptionResponse,
+    chat=ChatCompletion,
+    model=ModelCard,
+    models=ModelList,
+    error=ErrorResponse,
+)
 
 
 # -- pydantic's error -> the API's ------------------------------------------------------------
 
-_CODES = {"missing": "missing_field", "too_short": "empty_input", "literal_error": "invalid_value",
-          "less_than_equal": "invalid_value", "greater_than_equal": "invalid_value", "less_than": "invalid_value",
-          "greater_than": "invalid_value", "model_type": "invalid_json", "union_tag_invalid": "invalid_value",
-          "union_tag_not_found": "missing_field"}
+_CODES = {
+    "missing": "missing_field",
+    "too_short": "empty_input",
+    "literal_error": "invalid_value",
+    "less_than_equal": "invalid_value",
+    "greater_than_equal": "invalid_value",
+    "less_than": "invalid_value",
+    "greater_than": "invalid_value",
+    "model_type": "invalid_json",
+    "union_tag_invalid": "invalid_value",
+    "union_tag_not_found": "missing_field",
+}
 
 
 def _is_union_tag(part: Any) -> bool:
@@ -400,7 +481,9 @@ def validation_error(exc: ValidationError) -> ApiError:
     """The most specific of pydantic's errors (a union reports every member) as one 400."""
     errors = exc.errors(include_url=False)
     # deepest first; at equal depth a member whose type matched (empty list, too long) says more
-    best = max(errors, key=lambda e: (len([p for p in e["loc"] if not _is_union_tag(p)]), not e["type"].endswith("_type")))
+    best = max(
+        errors, key=lambda e: (len([p for p in e["loc"] if not _is_union_tag(p)]), not e["type"].endswith("_type"))
+    )
     ctx = best.get("ctx") or {}
     param = _param(best["loc"]) or ctx.get("param")
     cause = ctx.get("error")
@@ -408,8 +491,9 @@ def validation_error(exc: ValidationError) -> ApiError:
         code, msg = cause.code, str(cause)
     else:
         kind = best["type"]
-        code = _CODES.get(kind) or ("too_many_items" if kind == "too_long" else
-                                    "invalid_type" if kind.endswith("_type") else kind)
+        code = _CODES.get(kind) or (
+            "too_many_items" if kind == "too_long" else "invalid_type" if kind.endswith("_type") else kind
+        )
         msg = best["msg"]
         if kind.endswith("_type") and "input" in best:
             msg += f", got {json_type(best['input'])}"

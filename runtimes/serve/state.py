@@ -23,8 +23,9 @@ class ServerState:
         self.draining = False
         self.started = time.time()
         # image decoding + preprocessing: off the event loop, beside the inference threads
-        self.decode_pool = ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 2)),
-                                              thread_name_prefix="decode")
+        self.decode_pool = ThreadPoolExecutor(
+            max_workers=max(2, min(8, os.cpu_count() or 2)), thread_name_prefix="decode"
+        )
 
     def arrivals(self) -> int:
         return self.arriving
@@ -46,6 +47,10 @@ class ServerState:
             raise ApiError(400, f"give 'model': one of {', '.join(self.models)}", code="missing_model", param="model")
         m = self.models.get(name)
         if m is None:
-            raise ApiError(404, f"model {name!r} is not served here (served: {', '.join(self.models)})",
-                           code="model_not_found", param="model")
+            raise ApiError(
+                404,
+                f"model {name!r} is not served here (served: {', '.join(self.models)})",
+                code="model_not_found",
+                param="model",
+            )
         return m

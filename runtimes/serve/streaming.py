@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 __all__ = ["TextSink", "stream_delta", "caption_events", "chat_events"]
 
@@ -44,7 +45,7 @@ def stream_delta(sent: str, text: str, final: bool = False) -> str:
     """What may be sent now after ``sent``: up to ``text``'s last space (all of it when final)."""
     if not text.startswith(sent):
         return ""
-    rest = text[len(sent):]
+    rest = text[len(sent) :]
     if final:
         return rest
     cut = max(rest.rfind(" "), rest.rfind("\n"))
@@ -55,8 +56,13 @@ def sse(data: Any) -> bytes:
     return b"data: " + (data if isinstance(data, bytes) else json.dumps(data).encode()) + b"\n\n"
 
 
-async def caption_events(task: asyncio.Future, queue: asyncio.Queue, sinks: list[TextSink],
-                         error_body: Callable[[BaseException], dict], on_done: Callable[[int], None]) -> AsyncIterator[bytes]:
+async def caption_events(
+    task: asyncio.Future,
+    queue: asyncio.Queue,
+    sinks: list[TextSink],
+    error_body: Callable[[BaseException], dict],
+    on_done: Callable[[int], None],
+) -> AsyncIterator[bytes]:
     """The event stream of one caption request: ``task`` resolves to the captions."""
     n = len(sinks)
     sent = [""] * n
@@ -91,14 +97,26 @@ async def caption_events(task: asyncio.Future, queue: asyncio.Queue, sinks: list
             task.cancel()
 
 
-async def chat_events(task: asyncio.Future, queue: asyncio.Queue, sink: TextSink, head: dict[str, Any],
-                      error_body: Callable[[BaseException], dict], on_done: Callable[[Any], dict | None]
-                      ) -> AsyncIterator[bytes]:
+async def chat_events(
+    task: asyncio.Future,
+    queue: asyncio.Queue,
+    sink: TextSink,
+    head: dict[str, Any],
+    error_body: Callable[[BaseException], dict],
+    on_done: Callable[[Any], dict | None],
+) -> AsyncIterator[bytes]:
     """OpenAI chat.completion.chunk events of one answer: the role, content deltas, the finish
     reason, then (``on_done`` returning usage) a usage chunk, then [DONE]. ``task`` resolves to [Answer]."""
+
     def chunk(delta: dict, finish: str | None = None, **extra) -> bytes:
-        return sse({**head, "object": "chat.completion.chunk",
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra})
+        return sse(
+            {
+                **head,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                **extra,
+            }
+        )
 
     sent = ""
     task.add_done_callback(lambda _: queue.put_nowait(None))
