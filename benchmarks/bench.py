@@ -14,7 +14,7 @@ import numpy as np
 from ..common.datasets import DataSet, open_dataset
 from ..common.env import environment
 from ..common.fidelity import compare
-from ..common.timing import alternating
+from ..common.timing import alternating, significant
 from ..errors import InputError, MMDeployError
 from ..runtimes.bundle import Bundle
 from ..runtimes.feeds import BundleFeeds, component_kind
@@ -293,7 +293,9 @@ def add_roofline(bundle: Bundle, rows: list[dict[str, Any]], inputs: BundleFeeds
         cost = call_cost(
             bundle.path(comp["onnx"]), feeds[key], files.get((r["component"], r["backend"], r["precision"]), fp32)
         )
-        r.update(cost, gmacs_per_s=round(cost["gmacs"] * 1000 / r["p50_ms"], 1) if r["p50_ms"] else None)
+        # from the row's own (rounded) figures, to 4 significant digits: the relation holds on any machine
+        r.update(cost)
+        r["gmacs_per_s"] = significant(r["gmacs"] * 1000 / r["p50_ms"]) if r["p50_ms"] else None
     return ceilings(threads)
 
 
@@ -444,8 +446,8 @@ def _row(comp, backend, precision, batch, stats, ref_p50, fid, is_default) -> di
         "precision": precision,
         "batch": batch,
         **{k: round(v, 3) for k, v in stats.items()},
-        "items_per_s": round(batch * 1000.0 / stats["p50_ms"], 2),
-        "speedup_vs_pytorch": round(ref_p50 / stats["p50_ms"], 3) if ref_p50 else None,
+        "items_per_s": significant(batch * 1000.0 / stats["p50_ms"]),
+        "speedup_vs_pytorch": significant(ref_p50 / stats["p50_ms"]) if ref_p50 else None,
         "cosine_vs_pytorch": round(fid["cosine"], 6) if fid else (1.0 if backend == "pytorch" else None),
         "max_abs_diff": float(f"{fid['max_abs_diff']:.3g}") if fid else (0.0 if backend == "pytorch" else None),
     }
@@ -581,7 +583,7 @@ def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default
                     row.update(
                         past_length=int(feeds["past.0.key"].shape[2]),
                         bytes_per_step=int(moved),
-                        GB_per_s=round(moved / (st["p50_ms"] / 1000) / 1e9, 2),
+                        GB_per_s=significant(moved / (st["p50_ms"] / 1000) / 1e9),
                     )
                 rows.append(row)
             ids = pipe.bench_generate(request(b), **kw)
@@ -649,7 +651,7 @@ def _gen_row(backend, precision, b, stats, ref_p50, ids, pipe, ref_ids, is_defau
     row.update(
         ms_per_caption=round(stats["p50_ms"] / b, 2),
         new_tokens=tokens,
-        tokens_per_s=round(tokens / (stats["p50_ms"] / 1000), 1),
+        tokens_per_s=significant(tokens / (stats["p50_ms"] / 1000)),
     )
     if backend == "pytorch":
         row["tokens_match_pytorch"] = True

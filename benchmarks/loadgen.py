@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..common.timing import significant
 from ..errors import InputError, MMDeployError, require
 
 __all__ = ["LevelResult", "LoadReport", "run_loadgen", "main"]
@@ -408,7 +409,7 @@ def run_loadgen(
                 errors=errors,
                 seconds=round(secs, 3),
                 throughput_rps=round(n / secs, 1) if secs else 0.0,
-                items_per_s=round(n * items / secs, 1) if secs else 0.0,
+                items_per_s=significant(n * items / secs) if secs else 0.0,
                 p50_ms=round(float(np.percentile(ms, 50)), 2),
                 p90_ms=round(float(np.percentile(ms, 90)), 2),
                 p99_ms=round(float(np.percentile(ms, 99)), 2),
@@ -423,8 +424,9 @@ def run_loadgen(
             if ceiling is not None and mean_batch is not None and n:
                 r.model_batch = max(1, round(mean_batch))
                 ips, cpu_item = ceiling.measure(r.model_batch)
-                r.model_items_per_s, r.model_cpu_ms_per_item = round(ips, 1), round(cpu_item, 3)
-                r.fraction_of_model = round(r.items_per_s / ips, 3)
+                r.model_items_per_s, r.model_cpu_ms_per_item = significant(ips), round(cpu_item, 3)
+                # from the reported (rounded) figures: the relation holds on a slow machine too
+                r.fraction_of_model = significant(r.items_per_s / r.model_items_per_s)
                 if r.server_cpu_ms_per_req is not None:
                     r.server_overhead_cpu_ms_per_req = round(r.server_cpu_ms_per_req - cpu_item * items, 3)
             log(

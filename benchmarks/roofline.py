@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..common.timing import significant
 from ..errors import require
 
 COUNTED = ("MatMul", "Gemm", "Conv", "MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv")
@@ -109,7 +110,7 @@ def ceilings(threads: int | None, seconds: float = 0.5) -> dict:
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from ..runtimes.onnxruntime import OrtSession
+    from ..runtimes.backends.onnxruntime import OrtSession
 
     m, k, n = CEILING_SHAPE
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, n)).astype(np.float32), "w")
@@ -139,5 +140,5 @@ def ceilings(threads: int | None, seconds: float = 0.5) -> dict:
                 t = time.perf_counter()
                 sess.run(x)
                 times.append(time.perf_counter() - t)
-            out[f"{name}_gmacs_per_s"] = round(m * k * n / float(np.median(times)) / 1e9, 1)
+            out[f"{name}_gmacs_per_s"] = significant(m * k * n / float(np.median(times)) / 1e9)
     return {**out, "probe": f"onnxruntime MatMul {m}x{k}x{n}"}

@@ -48,3 +48,9 @@ def runs_for(
     one = alternating(runners, 1, 1)
     per_turn = sum(v[0] for v in one.values()) / 1000 * (block + (settle if block > 1 else 0))
     return max(least, min(most, int(seconds / max(per_turn, 1e-6))))
+
+
+def significant(x: float, digits: int = 4) -> float:
+    """``x`` rounded to ``digits`` significant figures: a speed keeps its relative precision on a
+    slow machine and a fast one alike (a fixed number of decimals turns 0.04 items/s into 0.0)."""
+    return float(f"{x:.{digits}g}")

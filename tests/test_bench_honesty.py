@@ -19,12 +19,19 @@ def _spinners(n: int, seconds: float) -> list[subprocess.Popen]:
 
 
 def test_our_own_work_is_not_counted_as_others():
-    with MachineLoad(sample_s=0.2) as load:
-        t = time.perf_counter() + 0.5
-        while time.perf_counter() < t:
-            pass
-    # relative to what others used just before: a machine busy with someone else's job stays busy
-    assert load.result["others_cpu_cores"] - load.result["others_before_cores"] < 0.5, load.result
+    # others' load on a shared machine moves on its own: a window where it rose is tried again
+    # (our own spinning counted as others' would show in every try, by a whole core)
+    results = []
+    for _ in range(3):
+        with MachineLoad(sample_s=0.2) as load:
+            t = time.perf_counter() + 0.5
+            while time.perf_counter() < t:
+                pass
+        results.append(load.result)
+        # relative to what others used just before: a machine busy with someone else's job stays busy
+        if load.result["others_cpu_cores"] - load.result["others_before_cores"] < 0.5:
+            break
+    assert results[-1]["others_cpu_cores"] - results[-1]["others_before_cores"] < 0.5, results
 
 
 def test_injected_load_is_flagged():
