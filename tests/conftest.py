@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from mmdeploy.runtimes.openvino import cpu_supports
+
+# tools/ (the fixture trainers) is build-time code, not in the wheel: tests import it from this
+# checkout, under the bare `pytest` script too (`python -m pytest` puts the checkout on sys.path itself)
+sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 VARIANTS = [("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]
 # Zero-shot top-1 the shipped clip-shapes fixture must keep on the shapes test split

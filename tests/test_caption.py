@@ -50,7 +50,7 @@ def _bert_tokenizer(out: Path, extra_specials=()):
 def tiny_vit_gpt2(out: Path) -> Path:
     from transformers import GPT2Config, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig
 
-    from mmdeploy.exporter.train_caption_fixture import EOT, build_shapes_tokenizer, save_tokenizer, shapes_captions
+    from tools.fixtures.caption import EOT, build_shapes_tokenizer, save_tokenizer, shapes_captions
 
     out.mkdir(parents=True)
     tok = build_shapes_tokenizer(shapes_captions())

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from mmdeploy.cli import app
 from mmdeploy.exporter.distill import DistillConfig, distill, evenly_spaced
-from mmdeploy.exporter.train_fixtures import zero_shot_top1
+from tools.fixtures.dual_encoders import zero_shot_top1
 
 runner = CliRunner()
 # issue 9: half the vision layers keeps >= 95% of the teacher's zero-shot top-1

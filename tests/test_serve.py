@@ -493,7 +493,7 @@ def tiny_captioner(out):
     import torch
     from transformers import GPT2Config, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig
 
-    from mmdeploy.exporter.train_caption_fixture import EOT, build_shapes_tokenizer, save_tokenizer, shapes_captions
+    from tools.fixtures.caption import EOT, build_shapes_tokenizer, save_tokenizer, shapes_captions
 
     out.mkdir(parents=True)
     tok = build_shapes_tokenizer(shapes_captions())

@@ -35,7 +35,7 @@ QUESTIONS = [
 
 def tiny_vqa(out: Path, steps: int = 60) -> Path:
     """A tiny BLIP VQA checkpoint folder, trained ``steps`` steps on the shapes questions."""
-    from mmdeploy.exporter.train_vqa_fixture import build_model, build_tokenizer, image_processor_config, questions_of
+    from tools.fixtures.vqa import build_model, build_tokenizer, image_processor_config, questions_of
 
     out.mkdir(parents=True)
     tok = build_tokenizer()

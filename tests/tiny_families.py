@@ -155,7 +155,7 @@ ALIGN_IMAGE_PROCESSOR = {
 
 
 def align_tokenizer():
-    from mmdeploy.exporter.train_fixtures import wordpiece_tokenizer
+    from tools.fixtures.dual_encoders import wordpiece_tokenizer
 
     return wordpiece_tokenizer(CORPUS)
 

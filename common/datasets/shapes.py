@@ -10,8 +10,8 @@ split (and ``n``, ``image_size``) gives the same bytes every time.  Sample ``i``
 split only depends on the split seed and ``i``: ``generate("test", 300)`` is the
 first 300 samples of ``generate("test")``.
 
-Used to train and evaluate the shipped fixture models (see ``mmdeploy.exporter.
-train_fixtures``) and, written out with :func:`write_split`, as the image folders the
+Used to train and evaluate the shipped fixture models (see ``tools/fixtures`` in the checkout)
+and, written out with :func:`write_split`, as the image folders the
 ``--calib DIR`` / ``--data DIR`` CLI flags read.
 """
 
