@@ -211,7 +211,7 @@ def tensorrt_settings(
     `max_sequence` (the tokenizer's max_length, at most the position table) replaces the
     default profile's sequence 77 and caps a registry profile: no plan for positions the
     model does not have."""
-    from ..runtimes.tensorrt import WORKSPACE_MB, derive_profile
+    from ..runtimes.backends.tensorrt import WORKSPACE_MB, derive_profile
 
     axes = dict(DEFAULT_PROFILE)
     limits = {}

@@ -440,7 +440,7 @@ def _ort_fp16(src: Path, w, comp: str) -> tuple[list[str], dict, dict]:
 def _ov_variant(src: Path, w, comp: str, precision: str) -> tuple[list[str], dict, dict]:
     ov = require("openvino", "openvino")
     if precision == "bf16":  # the fp32 IR (shared) with a bf16 compute hint
-        from ..runtimes import openvino as ov_backend
+        from ..runtimes.backends import openvino as ov_backend
 
         built = ov_backend.build(src, w.stage_dir, "bf16", comp)
         return built.files, built.runtime, {"weights": "f32 IR", "compute": "bf16 (INFERENCE_PRECISION_HINT)"}
@@ -548,7 +548,7 @@ def _ort_int8_calibrated(job: Job) -> Built:
 
 
 def _ov_nncf(job: Job) -> Built:
-    from ..runtimes import openvino as ov_backend
+    from ..runtimes.backends import openvino as ov_backend
 
     w, comp = job.w, job.component
     base = next(

@@ -19,9 +19,9 @@ import numpy as np
 from ..errors import BackendError, InputError
 
 BACKENDS = {
-    "onnxruntime": "mmdeploy.runtimes.onnxruntime",
-    "openvino": "mmdeploy.runtimes.openvino",
-    "tensorrt": "mmdeploy.runtimes.tensorrt",
+    "onnxruntime": "mmdeploy.runtimes.backends.onnxruntime",
+    "openvino": "mmdeploy.runtimes.backends.openvino",
+    "tensorrt": "mmdeploy.runtimes.backends.tensorrt",
 }
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")  # int4: captioners' decoders (weight-only)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mmdeploy.runtimes.openvino import cpu_supports
+from mmdeploy.runtimes.backends.openvino import cpu_supports
 
 # tools/ (the fixture trainers) is build-time code, not in the wheel: tests import it from this
 # checkout, under the bare `pytest` script too (`python -m pytest` puts the checkout on sys.path itself)

@@ -143,7 +143,7 @@ def _leftovers(parent: Path) -> list[str]:
 
 def test_interrupted_export_leaves_nothing_and_keeps_existing(bundle_copy, monkeypatch):
     from mmdeploy.exporter.export import export
-    from mmdeploy.runtimes import openvino
+    from mmdeploy.runtimes.backends import openvino
 
     def boom(*a, **k):
         raise KeyboardInterrupt

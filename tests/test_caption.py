@@ -614,7 +614,7 @@ def test_step_bandwidth_counts_a_lookup_table_once(shapes_quantized):
 @pytest.mark.slow
 def test_caption_shapes_openvino_bf16_within_two_points_of_fp32(tmp_path):
     from mmdeploy.exporter.export import export
-    from mmdeploy.runtimes.openvino import cpu_supports
+    from mmdeploy.runtimes.backends.openvino import cpu_supports
 
     if not cpu_supports("bf16"):
         pytest.skip("this CPU has no native bf16")

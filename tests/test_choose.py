@@ -13,8 +13,8 @@ import pytest
 
 from mmdeploy.exporter.choose import Candidate, _groups, candidates, pick
 from mmdeploy.exporter.quantize import QuantConfig, quantize
+from mmdeploy.runtimes.backends.openvino import cpu_supports
 from mmdeploy.runtimes.bundle import Bundle
-from mmdeploy.runtimes.openvino import cpu_supports
 from mmdeploy.runtimes.select import machine_key, select_variant
 
 from .conftest import FIXTURE_MIN_TOP1

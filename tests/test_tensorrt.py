@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from mmdeploy.cli import app
 from mmdeploy.errors import BackendError
+from mmdeploy.runtimes.backends.tensorrt import PlanKey, check_plan, derive_profile
 from mmdeploy.runtimes.bundle import Bundle
-from mmdeploy.runtimes.tensorrt import PlanKey, check_plan, derive_profile
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 
