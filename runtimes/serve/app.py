@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from ...common.capabilities import Capability, names, needs
 from ...errors import InputError, require
+from ..pipelines import families_that
 from ..scoring import l2_normalize
 from .batching import ItemError
 from .config import MODEL_NAME, ServeConfig
@@ -91,6 +93,8 @@ def create_app(
             raise InputError(f"model {name!r} ({type(pipe).__name__}) has nothing this server can run")
         for comp, b in m.batchers.items():
             srv.metrics.watch_queue(name, comp, b)
+        if m.has_chat:
+            srv.metrics.watch_chat_cache(name, m)
         srv.models[name] = m
 
     @asynccontextmanager
@@ -288,7 +292,10 @@ def create_app(
         request.state.model = m.name
         if not m.can_classify:
             raise ApiError(
-                400, f"model {m.name!r} cannot classify (needs a CLIP bundle)", code="unsupported_model", param="model"
+                400,
+                f"model {m.name!r} cannot classify: that needs {needs(Capability.CLASSIFY, families_that(Capability.CLASSIFY))}",
+                code="unsupported_model",
+                param="model",
             )
         refs = req.refs
         prompts = [req.template.format(label) for label in req.labels]
@@ -362,7 +369,8 @@ def create_app(
         if not (m.has_answer or m.has_chat):
             raise ApiError(
                 400,
-                f"model {m.name!r} does not chat about images (serve a VQA or VLM bundle)",
+                f"model {m.name!r} does not chat about images (serve a bundle of "
+                f"{names(families_that(Capability.ANSWER) + families_that(Capability.CHAT))})",
                 code="unsupported_model",
                 param="model",
             )

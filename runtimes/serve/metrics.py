@@ -51,6 +51,12 @@ class Metrics:
         )
         self.inflight = pc.Gauge("mmdeploy_inflight_requests", "HTTP requests being handled.", registry=r)
         self.items = pc.Counter("mmdeploy_items", "Items processed by model and kind.", ["model", "kind"], registry=r)
+        self.chat_cache = pc.Gauge(
+            "mmdeploy_chat_cache_bytes",
+            "Bytes of the conversations' KV caches and image features kept for a chat model (--chat-cache-mb).",
+            ["model"],
+            registry=r,
+        )
 
     def batch_hook(self, model: str, comp: str):
         size, lat, wait = (
@@ -69,3 +75,6 @@ class Metrics:
 
     def watch_queue(self, model: str, comp: str, batcher: Batcher) -> None:
         self.queue_depth.labels(model, comp).set_function(lambda: batcher.depth)
+
+    def watch_chat_cache(self, model: str, served) -> None:
+        self.chat_cache.labels(model).set_function(lambda: served.chat_cache_bytes)

@@ -1,7 +1,9 @@
 """One served model: a loaded pipeline, its batchers (one per component) and its label cache.
 
-Capabilities come from duck typing (``run_vision`` + ``preprocess``, ``run_text`` +
-``text_inputs``, ``caption``, ``scores``), so any pipeline with those methods serves.
+What a model serves comes from its pipeline's declared capabilities (pipelines/pipeline.py):
+any Pipeline subclass serves what it declares, and needs the methods behind it (EMBED_IMAGES:
+``preprocess`` + ``run_vision``; EMBED_TEXTS: ``text_inputs`` + ``run_text``; CLASSIFY: both and
+``scores``; CAPTION: ``caption``; ANSWER: ``answer_ids`` + ``question_ids``; CHAT: ``chat``).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from ...common.capabilities import Capability
 from ...errors import InputError
 from ..generate import GenerationConfig, max_new_tokens_limit
 from ..images import decode_image_data, load_image
+from ..pipelines.pipeline import Pipeline
 from ..scoring import l2_normalize
 from .batching import Batcher, ItemError
 from .config import ServeConfig
@@ -28,34 +32,32 @@ if TYPE_CHECKING:
 
 
 class ServedModel:
-    """A loaded pipeline, its batchers and its label cache. Capabilities by duck typing."""
+    """A loaded pipeline, its batchers and its label cache; what it serves is what it declares."""
 
-    def __init__(self, name: str, pipeline: Any, cfg: ServeConfig, server: ServerState):
+    def __init__(self, name: str, pipeline: Pipeline, cfg: ServeConfig, server: ServerState):
+        if not isinstance(pipeline, Pipeline):
+            raise InputError(
+                f"model {name!r}: {type(pipeline).__name__} is not a pipeline (subclass "
+                "mmdeploy.runtimes.pipelines.pipeline.Pipeline and declare its capabilities)"
+            )
         self.name, self.pipe, self.cfg, self.server = name, pipeline, cfg, server
-        bundle = getattr(pipeline, "bundle", None)
-        self.family = getattr(bundle, "family", None) or type(pipeline).__name__
-        self.variant = getattr(pipeline, "variant", None)
-        self.has_vision = (
-            callable(getattr(pipeline, "run_vision", None)) and getattr(pipeline, "preprocess", None) is not None
-        )
-        self.has_text = callable(getattr(pipeline, "run_text", None)) and callable(
-            getattr(pipeline, "text_inputs", None)
-        )
-        self.has_caption = callable(getattr(pipeline, "caption", None))
+        self.family = pipeline.family or type(pipeline).__name__
+        self.variant = pipeline.variant
+        self.has_vision = pipeline.can(Capability.EMBED_IMAGES)
+        self.has_text = pipeline.can(Capability.EMBED_TEXTS)
+        self.has_caption = pipeline.can(Capability.CAPTION)
         # visual question answering (chat completions answer the last user turn with it)
-        self.has_answer = callable(getattr(pipeline, "answer_ids", None)) and callable(
-            getattr(pipeline, "question_ids", None)
-        )
+        self.has_answer = pipeline.can(Capability.ANSWER)
         # multi-turn chat (a VLM): each request's whole conversation is rendered and run
-        self.has_chat = callable(getattr(pipeline, "chat", None)) and callable(getattr(pipeline, "prompt_ids", None))
+        self.has_chat = pipeline.can(Capability.CHAT)
         # streams token by token when the pipeline takes on_text (else the stream is one piece)
         self.can_stream = self.has_caption and _takes(pipeline.caption, "on_text")
         # the most new tokens a request may ask for: the server's cap, within the position table
-        gen = getattr(pipeline, "generation", None)
+        gen = pipeline.generation
         room = max_new_tokens_limit(gen) if isinstance(gen, GenerationConfig) else None
         self.max_new_tokens = min(cfg.max_new_tokens, room) if room else cfg.max_new_tokens
         # the family's own scoring rule (CLIP softmax, SigLIP sigmoid with bias, ...), never a copy here
-        self.can_classify = self.has_vision and self.has_text and callable(getattr(pipeline, "scores", None))
+        self.can_classify = pipeline.can(Capability.CLASSIFY)
         self.batchers: dict[str, Batcher] = {}
         for comp, fn, ok in (
             ("vision", self._run_vision, self.has_vision),
@@ -76,6 +78,7 @@ class ServedModel:
                 )
         self._labels: OrderedDict[str, np.ndarray] = OrderedDict()
         self._chats: OrderedDict[int, Any] = OrderedDict()  # recent conversations, their KV caches kept
+        self.chat_cache_bytes = 0  # what _chats holds: set by the chat worker, read by /metrics
 
     @property
     def capabilities(self) -> list[str]:
@@ -275,7 +278,9 @@ class ServedModel:
 
         best = max(self._chats, key=lambda k: shared(self._chats[k]), default=None)
         if best is not None and shared(self._chats[best]):
-            return self._chats.pop(best)
+            conv = self._chats.pop(best)
+            self.chat_cache_bytes = sum(c.cache_bytes for c in self._chats.values())
+            return conv
         return self.pipe.chat()
 
     def _keep_conversation(self, conv: Any) -> None:
@@ -286,6 +291,7 @@ class ServedModel:
         self._chats[id(conv)] = conv
         while sum(c.cache_bytes for c in self._chats.values()) > budget:
             self._chats.popitem(last=False)
+        self.chat_cache_bytes = sum(c.cache_bytes for c in self._chats.values())
 
     # -- async API used by the routes ----------------------------------------------------------
 
