@@ -29,7 +29,7 @@ import numpy as np
 from ..common.env import MachineLoad
 from ..common.timing import alternating, runs_for
 from ..errors import require
-from .recipes import DEFAULT_EXCLUDE, DYNAMIC_OPS, NNCF_PRESET_SMOOTH_QUANT, Built, Job, Recipe, matches, weight_nodes
+from .quantization import DEFAULT_EXCLUDE, DYNAMIC_OPS, NNCF_PRESET_SMOOTH_QUANT, Built, Job, Recipe, matches, weight_nodes
 
 TIMING_SECONDS = 2.0  # per candidate: turns alternating with the fp32 graph
 # calls per turn (after one untimed): one call a turn would put each session's calls beside the other's
@@ -60,7 +60,7 @@ def candidates(backend: str, calibrated: bool, bf16: bool) -> list[Candidate]:
                 Candidate("static Q/DQ, all", "static", ()),
             ]
         return out
-    # INT8 on OpenVINO runs without SmoothQuant (recipes.NNCF_PRESET_SMOOTH_QUANT: measured); the
+    # INT8 on OpenVINO runs without SmoothQuant (quantization.NNCF_PRESET_SMOOTH_QUANT: measured); the
     # preset's alpha is tried beside it (B/32 text, all quantized: alpha 0.5 gave 0.9989, 0.95 0.9866)
     hints = ["f32", "bf16"] if bf16 else ["f32"]
     builds = [

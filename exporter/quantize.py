@@ -22,7 +22,7 @@ from ..runtimes.bundle import Artifact, Bundle, BundleWriter
 from ..runtimes.pipelines import pipeline_class, pipelines
 from ..runtimes.session import backend_module
 from .choose import choose
-from .recipes import DEFAULT_EXCLUDE, METHODS, MODES, RECIPES, Job, QuantConfig, Recipe  # noqa: F401 - QuantConfig is quantize()'s API
+from .quantization import DEFAULT_EXCLUDE, METHODS, MODES, RECIPES, Job, QuantConfig, Recipe  # noqa: F401 - QuantConfig is quantize()'s API
 
 
 def _supported(table: dict) -> str:

@@ -95,7 +95,7 @@ def test_dynamic_int8_reports_gemm_as_float(tmp_path):
     nodes that became integer, and reports the Gemm as float."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from mmdeploy.exporter.recipes import OrtInt8
+    from mmdeploy.exporter.quantization import OrtInt8
 
     rng = np.random.default_rng(0)
     w = lambda name, *shape: numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)  # noqa: E731

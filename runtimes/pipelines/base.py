@@ -12,7 +12,7 @@ from ...errors import InputError, MMDeployError
 from ..bundle import Bundle
 from ..feeds import BundleFeeds
 
-# (backend, precision) -> recipe name, or {mode: recipe name} (recipes: exporter/recipes.py)
+# (backend, precision) -> recipe name, or {mode: recipe name} (recipes: exporter/quantization/)
 ENCODER_RECIPES: dict[tuple[str, str], Any] = {
     ("onnxruntime", "int8"): {"static": "int8-static", "dynamic": "int8-dynamic"},
     ("openvino", "int8"): {"static": "int8-nncf"},
