@@ -63,6 +63,7 @@ class Tokenizer {
   struct Impl;
 
  private:
+  friend class TextTokenizer;
   explicit Tokenizer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
