@@ -41,6 +41,9 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             _check_finite(kwargs)
+            from .common.locks import configure
+
+            configure(wait=not kwargs.get("no_wait", False))  # writers of a bundle or job folder
             return fn(*args, **kwargs)
         except MMDeployError as exc:
             if _state["debug"]:
@@ -55,8 +58,13 @@ def user_errors(fn):
         except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug or a bundle no check caught
             if _state["debug"]:
                 raise
+            from .common.diskspace import is_resource_error, resource_error
             from .errors import one_line
 
+            if is_resource_error(exc):  # a full disk, a quota, a read-only file system: not a bug
+                where = getattr(exc, "filename", None) or "."
+                print(f"error: {resource_error(exc, where, f'writing {where}')}", file=sys.stderr)
+                raise typer.Exit(2) from None
             print(
                 f"error: unexpected {type(exc).__name__}: {one_line(exc, 300)} "
                 "(a corrupt or hand-edited bundle? re-export it; --debug shows the traceback)",
@@ -65,6 +73,14 @@ def user_errors(fn):
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+# every command that writes a bundle or a job folder takes it (user_errors reads it)
+_NO_WAIT = typer.Option(
+    False,
+    "--no-wait",
+    help="If another command is writing the same bundle or job folder, exit (code 2) naming it instead of waiting.",
+)
 
 
 def _check_finite(kwargs: dict) -> None:
@@ -189,6 +205,7 @@ def export(
         help="Build the model from its models.yaml config with random weights (a shape twin for latency work).",
     ),
     threads: int | None = typer.Option(None, min=1, max=1024, help="Threads for parity checks (default: all cores)."),
+    no_wait: bool = _NO_WAIT,
 ):
     """Export a checkpoint to a bundle: ONNX per component + backend variants, each checked against PyTorch."""
     from .exporter.export import export as run_export
@@ -243,6 +260,7 @@ def bench(
     ),
     json_path: Path | None = typer.Option(None, "--json", help="Write the report as JSON."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a PNG plot of latency and speedup."),
+    no_wait: bool = _NO_WAIT,
 ):
     """Benchmark every variant of a bundle against PyTorch: latency, throughput, fidelity."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -335,6 +353,7 @@ def quantize(
     ),
     component: str | None = typer.Option(None, help="Only these components (comma-separated); default all."),
     threads: int | None = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
+    no_wait: bool = _NO_WAIT,
 ):
     """Add a quantized variant to a bundle, with its fidelity vs fp32 on held-out inputs.
 
@@ -714,6 +733,7 @@ def embed(
     ray: str | None = _JOB_RAY,
     ray_actors: int | None = _JOB_RAY_ACTORS,
     ray_cpus: float | None = _JOB_RAY_CPUS,
+    no_wait: bool = _NO_WAIT,
 ):
     """Embed images and/or texts (L2-normalised); with both, print their cosine similarities.
 
@@ -830,6 +850,7 @@ def caption(
     ray: str | None = _JOB_RAY,
     ray_actors: int | None = _JOB_RAY_ACTORS,
     ray_cpus: float | None = _JOB_RAY_CPUS,
+    no_wait: bool = _NO_WAIT,
 ):
     """Caption images with a captioning bundle (greedy or beam search), one line per image.
 
@@ -982,6 +1003,7 @@ def build(
     ),
     dla_core: int | None = typer.Option(None, help="Jetson Orin: build for this DLA core (GPU fallback on)."),
     threads: int | None = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
+    no_wait: bool = _NO_WAIT,
 ):
     """Build engines on the machine that runs them (TensorRT plans are GPU- and version-specific)."""
     from .runtimes.build import build as run_build

@@ -53,6 +53,15 @@ class BackendError(MMDeployError):
     """Unknown backend/precision, or a backend that cannot run here."""
 
 
+class ResourceError(MMDeployError):
+    """The machine lacks what a write needs: space, quota, a writable file system, permission,
+    file descriptors. Named as such (with the file system), never as a corrupt bundle."""
+
+
+class LockedError(MMDeployError):
+    """Another process is writing the bundle or job folder, and --no-wait was given."""
+
+
 def one_line(exc: BaseException, limit: int = 200) -> str:
     """An exception's message on one line, whitespace folded, at most ``limit`` characters."""
     text = " ".join(str(exc).split()) or type(exc).__name__

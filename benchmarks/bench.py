@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -108,13 +109,21 @@ def _reference_from_source(src: dict, log: Callable[[str], None]):
         return None
 
 
+# the machine load of the bench in progress: latencies of a busy run never choose the default variant
+_LOAD: ContextVar = ContextVar("bench_machine_load", default=None)
+
+
 def bench(path: str, cfg: BenchConfig, log: Callable[[str], None] = print, progress=None) -> dict[str, Any]:
     """Every variant of a bundle against PyTorch, with what else ran meanwhile (env.machine_load):
     a busy machine is flagged in the report, the table title and the log."""
     from ..common.env import MachineLoad
 
     with MachineLoad() as load:
-        report = _bench(path, cfg, log, progress)
+        token = _LOAD.set(load)
+        try:
+            report = _bench(path, cfg, log, progress)
+        finally:
+            _LOAD.reset(token)
     report["env"]["machine_load"] = load.result
     if load.result.get("busy"):
         log(f"warning: busy machine ({load.result['why']}): the timings and ratios of this run are unreliable")
@@ -363,15 +372,24 @@ def _time_torch(
 
 def write_measured(bundle: Bundle, table: dict[str, float], log) -> None:
     """Merge {variant: ms} into the manifest under this machine's key (load() ranks by it)."""
-    from ..errors import BundleError
+    from ..errors import BundleError, ResourceError
     from ..runtimes.select import record_measured
 
     if not table:
         return
+    load = _LOAD.get()
+    state = load.so_far() if load is not None else {}
+    busy = state["why"] if state.get("busy") else None
     try:
-        record_measured(bundle, table)
-    except (OSError, BundleError) as exc:  # read-only, or the folder holds files of the user's own
+        record_measured(bundle, table, busy=busy)
+    except (OSError, BundleError, ResourceError) as exc:  # read-only, or the folder holds files of the user's own
         log(f"could not record measurements in {bundle.root} ({exc}); load() keeps its static preference")
+        return
+    if busy:
+        log(
+            f"busy machine ({busy}): latencies recorded in {bundle.root} as measured_busy, not used to "
+            "choose the default variant; bench again on a quiet machine"
+        )
 
 
 def record_latency(bundle: Bundle, rows: list[dict[str, Any]], log) -> None:

@@ -116,17 +116,22 @@ class MachineLoad:
         return self
 
     def __exit__(self, *exc) -> bool:
+        self.result = self.so_far()
+        return False
+
+    def so_far(self) -> dict:
+        """The result as of now, inside the block: bench decides with it whether its latencies
+        may choose the default variant before it records them."""
         during = self._others(self._start, self._window())
         if during is None:
-            self.result = {"busy": None, "why": "no /proc/stat here: load not measured"}
-            return False
+            return {"busy": None, "why": "no /proc/stat here: load not measured"}
         others = max(during[0], self._before[0] if self._before else 0.0)
         why = []
         if others > BUSY_OTHERS_CORES:
             why.append(f"other processes used {others:.2f} cores")
         if during[1] > BUSY_STEAL_PCT:
             why.append(f"steal time {during[1]:.1f}%")
-        self.result = {
+        return {
             "others_cpu_cores": round(others, 3),
             "others_before_cores": round(self._before[0], 3) if self._before else None,
             "steal_pct": round(during[1], 2),
@@ -135,4 +140,3 @@ class MachineLoad:
             "busy": bool(why),
             "why": "; ".join(why) or "quiet",
         }
-        return False

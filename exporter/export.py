@@ -7,8 +7,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..common.diskspace import check_space
 from ..common.env import library_versions
 from ..common.fidelity import GATES, compare_all
+from ..common.locks import writer_lock
 from ..errors import BackendError, ExportError, InputError, ParityError, require
 from ..runtimes.bundle import Artifact, Bundle, BundleWriter, check_replaceable
 from ..runtimes.session import backend_module
@@ -105,7 +107,9 @@ def export(
     ckpt = resolve(source, random_weights=random_weights)
     fam = family_exporter(ckpt)
     out = Path(out)
-    with BundleWriter(out) as w:
+    if room := check_space(out, export_bytes(ckpt.model, variants), f"export of {ckpt.name}"):
+        log(room)
+    with BundleWriter(out, log=log) as w:
         components = {}
         for comp in fam.components:
             inputs = fam.input_names(comp)
@@ -203,6 +207,19 @@ def export(
     return Bundle.open(out)
 
 
+# bytes written per fp32 byte of weights, by (backend, precision): the fp32 ONNX is written once,
+# an OpenVINO IR again (bf16 runs the fp32 IR), quantized graphs are smaller
+_WRITE_FACTOR = {"fp32": 1.0, "bf16": 0.0, "fp16": 0.5, "int8": 0.5, "int4": 0.4}
+
+
+def export_bytes(model, variants: list[tuple[str, str]]) -> int:
+    """About how much an export writes: the fp32 ONNX (the weights' fp32 size) plus each variant's
+    graph; checked against the free space before the work, not found out after ten minutes."""
+    fp32 = sum(t.numel() * 4 for t in model.parameters()) + sum(t.numel() * 4 for t in model.buffers())
+    factor = 1.0 + sum(_WRITE_FACTOR.get(p, 1.0) for b, p in variants if (b, p) != ("onnxruntime", "fp32"))
+    return int(fp32 * factor * 1.1) + (1 << 20)  # tokenizer and config files, the manifest
+
+
 def tensorrt_settings(
     ckpt: Checkpoint, components: dict, target: str, precisions: list[str], max_sequence: int | None = None
 ) -> dict:
@@ -253,7 +270,7 @@ def _export_then_quantize(
     """export + quantize as one atomic step: built beside `out`, swapped in only when all passed."""
     import shutil
 
-    from ..runtimes.bundle import sibling_dir, swap_into_place
+    from ..runtimes.bundle import sibling_dir
     from .checkpoint import source_family
     from .choose import measure_variants
     from .quantize import QuantConfig, check_config, quantize
@@ -305,14 +322,16 @@ def _export_then_quantize(
             kw["log"](f"{precision}: {exc}; skipped for that backend")
         jobs += fits
     tmp = sibling_dir(out.absolute(), "staging")  # a later run removes it if this one is killed
-    try:
-        export(source, tmp, backends, precisions, **kw)
-        for cfg in jobs:
-            quantize(tmp, cfg, log=kw["log"])
-        if best:
-            measure_variants(tmp, kw["threads"], kw["log"])
-        swap_into_place(tmp, out.absolute())
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with writer_lock(out, "bundle"):  # the whole export+quantize, as one writer of `out`
+        try:
+            export(source, tmp, backends, precisions, **kw)
+            for cfg in jobs:
+                quantize(tmp, cfg, log=kw["log"])
+            if best:
+                measure_variants(tmp, kw["threads"], kw["log"])
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        with BundleWriter(out, log=kw["log"], adopt=tmp):
+            pass  # swaps tmp in, keeping the variants there built from the same fp32 graphs
     return Bundle.open(out)

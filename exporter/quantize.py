@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..common.diskspace import check_space
 from ..common.fidelity import GATES, compare_all
 from ..errors import BackendError, InputError
 from ..runtimes.bundle import Artifact, Bundle, BundleWriter
@@ -137,6 +138,8 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
     metric = family.gate_metrics.get(cfg.precision, "cosine")
     gate_at = cfg.min_cosine if cfg.min_cosine and (recipe.calibration or cfg.mode == "best") else GATES[cfg.precision]
     t0 = time.perf_counter()
+    if room := check_space(bundle.root, quantize_bytes(bundle, comps, cfg.precision), f"{cfg.backend}/{cfg.precision}"):
+        log(room)
     with BundleWriter(bundle.root, base=bundle) as w, tempfile.TemporaryDirectory(prefix="mmdeploy-q-") as tmp:
         held_out = family.fidelity_feeds(bundle, comps, cfg.threads)
         for comp in comps:
@@ -214,6 +217,19 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
         w.remove_unreferenced(keep=keep)
     log(f"{cfg.backend}/{cfg.precision} added to {bundle.root} in {time.perf_counter() - t0:.1f}s")
     return Bundle.open(bundle.root)
+
+
+# bytes a variant writes per byte of its fp32 graph
+_WRITE_FACTOR = {"int8": 0.5, "fp16": 0.5, "int4": 0.4}
+
+
+def quantize_bytes(bundle: Bundle, comps: list[str], precision: str) -> int:
+    """About what quantize writes beside the bundle: the new graphs, and the stage's copies of the
+    external-weight files (hard links elsewhere cost nothing)."""
+    size = lambda rel: bundle.path(rel).stat().st_size if bundle.path(rel).is_file() else 0  # noqa: E731
+    fp32 = sum(size(bundle.components[c]["onnx"]) + size(bundle.components[c]["onnx"] + ".data") for c in comps)
+    copies = sum(size(rel) for rel in bundle.manifest.get("files", {}) if rel.endswith(".onnx.data"))
+    return int(fp32 * _WRITE_FACTOR.get(precision, 1.0) * 1.1) + copies + (1 << 20)
 
 
 def _record_agreement(w, family, cfg: QuantConfig, log) -> None:

@@ -112,10 +112,10 @@ def plan_job(
     task = "caption" if caption else ("image-embedding" if images else "text-embedding")
     _check_range(shard_size, "--shard-size", 1, MAX_SHARD)
     b = Bundle.open(bundle)
-    method, needs = TASKS[task][2], TASKS[task][3]
-    if not callable(getattr(pipeline_class(b.family, str(b.root)), method, None)):
+    cap = TASKS[task][2]
+    if not (pipe_cls := pipeline_class(b.family, str(b.root))).can(cap):
         flag = "--images" if images else "--texts"
-        raise InputError(f"{b.root} is a {b.family} bundle: {'caption' if caption else 'embed'} {flag} needs {needs}")
+        raise pipe_cls.cannot(cap, f"{'caption' if caption else 'embed'} {flag}", b.root)
     backend, precision = select_variant(b, backend, precision)
     spec = TaskSpec(task, str(b.root.resolve()), backend, precision, threads, dict(options or {}))
     if images:
@@ -195,7 +195,16 @@ def run_job(
     # opened before the job folder is: a variant that does not load or a bad generation option
     # fails here with nothing written (Ray runs check it on the driver the same way)
     preparer, inferer = Preparer(spec, opened), Inferer(spec, opened)
-    store = JobStore.open(out, meta, resume=resume, overwrite=overwrite)
+    with JobStore.open(out, meta, resume=resume, overwrite=overwrite) as store:  # the folder's writer lock
+        return _run_store(
+            store, spec, inputs, preparer, inferer, batch, workers, resume, ray, ray_actors, ray_cpus, progress, log
+        )
+
+
+def _run_store(
+    store, spec, inputs, preparer, inferer, batch, workers, resume, ray, ray_actors, ray_cpus, progress, log
+):
+    """run_job's work on its opened job folder (whose writer lock run_job holds)."""
     pending = store.pending()
     say = log or (lambda m: None)
     done_before = sum(sh["rows"] + len(sh["broken"]) for sh in store.meta["shards"].values())

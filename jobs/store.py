@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from ..common.diskspace import disk_problem, resource_error
+from ..common.locks import writer_lock
 from ..errors import InputError, require
 
 # leading "_": readers of a Parquet folder (pyarrow, pandas, Ray, Spark) skip these files
@@ -34,11 +36,15 @@ def shard_name(i: int) -> str:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)  # the old file stays whole
+        raise resource_error(exc, path.parent, f"writing {path} (the previous version is kept)") from None
 
 
 def read_job(root: Path) -> dict[str, Any]:
@@ -70,8 +76,24 @@ def _ours(name: str) -> bool:
 
 
 class JobStore:
+    """A job folder held by one runner: ``open`` takes the folder's writer lock (common/locks.py;
+    a second job into the same folder waits, then sees what the first finished), ``close`` lets go."""
+
     def __init__(self, root: Path, meta: dict[str, Any]):
         self.root, self.meta = root, meta
+        self._lock = None
+
+    def close(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.__exit__(None, None, None)
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -85,6 +107,18 @@ class JobStore:
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise InputError(f"--out {root}: is a file; give a folder")
+        lock = writer_lock(root, "job folder")
+        lock.__enter__()
+        try:
+            store = cls._open(root, meta, resume, overwrite)
+        except BaseException as exc:
+            lock.__exit__(type(exc), exc, None)
+            raise
+        store._lock = lock
+        return store
+
+    @classmethod
+    def _open(cls, root: Path, meta: dict[str, Any], resume: bool, overwrite: bool) -> JobStore:
         if root.is_dir() and (root / JOB).exists():
             old = read_job(root)
             if resume:
@@ -190,16 +224,24 @@ class JobStore:
         table = pa.table(cols)
         name = shard_name(i)
         tmp = self.root / f".{name}.tmp"
-        # embeddings stay uncompressed (float noise does not compress; a memory map reads them in place)
-        pq.write_table(
-            table,
-            tmp,
-            compression={c: ("NONE" if c == "embedding" else "ZSTD") for c in table.column_names},
-            use_dictionary=[c for c in table.column_names if c not in ("embedding", "item")],
-        )
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / name)
+        try:
+            # embeddings stay uncompressed (float noise does not compress; a memory map reads them in place)
+            pq.write_table(
+                table,
+                tmp,
+                compression={c: ("NONE" if c == "embedding" else "ZSTD") for c in table.column_names},
+                use_dictionary=[c for c in table.column_names if c not in ("embedding", "item")],
+            )
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.root / name)
+        except Exception as exc:
+            done = f"{len(m['shards'])} finished shards kept: --resume once there is room"
+            problem = disk_problem(exc, self.root, f"writing {name} of {self.root} ({done})")
+            tmp.unlink(missing_ok=True)
+            if problem is not None:
+                raise problem from None
+            raise
         entry = {"rows": n, "broken": [[inputs[j], errors[j]] for j, e in enumerate(errors) if e is not None]}
         m["shards"][name] = entry
         self._save()

@@ -21,7 +21,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import BundleError
+from ..common.diskspace import disk_problem, resource_error
+from ..common.locks import lock_path, remove_stale_lock, writer_lock
+from ..errors import BundleError, MMDeployError
 from .manifest import validate_manifest
 
 SCHEMA_VERSION = 1
@@ -289,13 +291,18 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale(target: Path) -> list[Path]:
     """Remove what killed runs left beside `target` (sibling_dir folders of a pid that no
-    longer runs); returns what was removed."""
+    longer runs, and lock files nobody holds, the stages' own included); returns what was removed."""
     gone = []
     pat = re.compile(rf"^\.{re.escape(target.name)}\.(?:staging|old)-(\d+)-[0-9a-f]{{8}}$")
     for p in target.parent.glob(f".{target.name}.*"):
         m = pat.match(p.name)
         if m and p.is_dir() and not _pid_alive(int(m.group(1))):
             shutil.rmtree(p, ignore_errors=True)
+            gone.append(p)
+    # a stage's lock file (..name.staging-PID-x.lock) and the target's own, when free
+    for p in [*target.parent.glob(f"..{target.name}.*.lock"), lock_path(target)]:
+        m = pat.match(p.name[1:-5])
+        if p.is_file() and (m is None or not _pid_alive(int(m.group(1)))) and remove_stale_lock(p):
             gone.append(p)
     return gone
 
@@ -309,35 +316,74 @@ class BundleWriter:
     On any exception the staging directory is removed and the target is untouched.
     With `base`, the existing bundle's files are hard-linked (or copied) into the stage,
     so adding a variant never rewrites or endangers what is there.
+
+    One writer at a time: the target's writer lock (common/locks.py) is held from enter to exit,
+    and `base` is read again under it (``w.base``), so a writer that waited builds on what the
+    one before it left, and every writer's work stays. Without `base` (export), the bundle that
+    is there at commit keeps its variants built from the very same fp32 graphs. `adopt`: a
+    finished stage folder (export's export+quantize) to swap in the same way.
     """
 
-    def __init__(self, target: str | os.PathLike, base: Bundle | None = None, overwrite: bool = True):
+    def __init__(
+        self,
+        target: str | os.PathLike,
+        base: Bundle | None = None,
+        overwrite: bool = True,
+        log=None,
+        adopt: str | os.PathLike | None = None,
+    ):
         self.target = Path(target).absolute()
         self.overwrite = overwrite
-        self.stage_dir = sibling_dir(self.target, "staging")
+        self.stage_dir = Path(adopt).absolute() if adopt is not None else sibling_dir(self.target, "staging")
         self.manifest: dict[str, Any] = {}
         self.files: dict[str, dict[str, Any]] = {}
         self.artifacts: list[Artifact] = []
-        self._base = base
+        self.base = base
+        self._adopt = adopt is not None
+        self._log = log or (lambda s: None)
+        self._lock = None
         self._linked: set[str] = set()  # stage files that are hard links to the base's: unlinked before a write
 
     def __enter__(self) -> BundleWriter:
+        self._lock = writer_lock(self.target, "bundle")
+        self._lock.__enter__()
+        try:
+            self._enter()
+        except BaseException as exc:
+            self._release(exc)
+            raise
+        return self
+
+    def _enter(self) -> None:
+        if self.base is not None and self.base.root.absolute() == self.target:
+            self.base = Bundle.open(self.target)  # what is there now, under the lock
         if self.target.exists() and not self.overwrite:
             raise BundleError(f"{self.target} exists: pass --overwrite or choose another -o")
         check_replaceable(self.target)
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
             remove_stale(self.target)
-            self.stage_dir.mkdir()
+            if self._adopt:
+                self.manifest = json.loads((self.stage_dir / MANIFEST).read_text())
+                self.files = dict(self.manifest.get("files", {}))
+                self.artifacts = [Artifact(**a) for a in self.manifest.get("artifacts", [])]
+            else:
+                self.stage_dir.mkdir()
         except OSError as exc:
+            if isinstance(err := resource_error(exc, self.target.parent, f"writing {self.target}"), MMDeployError):
+                raise err from None
             raise BundleError(f"cannot write {self.target}: {exc.strerror or exc}") from None
-        if self._base is not None:
+        if self.base is not None:
             try:
-                self._link_base(self._base)
+                self._link_base(self.base)
             except BaseException:
                 shutil.rmtree(self.stage_dir, ignore_errors=True)
                 raise
-        return self
+
+    def _release(self, exc: BaseException | None = None) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.__exit__(type(exc) if exc else None, exc, None)
 
     def _link_base(self, base: Bundle) -> None:
         base.verify_all()
@@ -403,7 +449,77 @@ class BundleWriter:
                 (self.stage_dir / rel).unlink(missing_ok=True)
                 del self.files[rel]
 
+    def _keep_same_graph(self, old: Bundle) -> None:
+        """export over a bundle: the variants there built from the very same fp32 graphs (same
+        family, components and ONNX hashes) stay, so a quantize or bench that finished first keeps
+        its work; built from other graphs, they no longer apply and the log says they went."""
+        comps = self.manifest.get("components", {})
+
+        def graphs(files: dict, components: dict) -> dict:
+            rels = [r for c in components.values() for r in (c.get("onnx"), f"{c.get('onnx')}.data")]
+            return {r: files[r]["sha256"] for r in rels if r in files}
+
+        mine = {(a.backend, a.precision) for a in self.artifacts}
+        theirs = sorted({(a.backend, a.precision) for a in old.artifacts} - mine)
+        old_files = old.manifest.get("files", {})
+        same = (
+            old.manifest.get("family") == self.manifest.get("family")
+            and set(old.components) == set(comps)
+            and graphs(old_files, old.components) == graphs(self.files, comps)
+        )
+        if not same:
+            if theirs:
+                self._log(
+                    f"{self.target} held {', '.join('/'.join(k) for k in theirs)} built from other fp32 graphs: "
+                    "replaced (quantize them again if you need them)"
+                )
+            return
+        kept = []
+        for key in theirs:
+            arts = [a for a in old.artifacts if (a.backend, a.precision) == key]
+            rels = list(dict.fromkeys(r for a in arts for r in a.files))
+            if any(r in self.files and self.files[r]["sha256"] != old_files[r]["sha256"] for r in rels):
+                continue  # a file of the same name rebuilt differently: the old variant cannot share it
+            try:
+                old.verify(rels)
+            except BundleError as exc:
+                self._log(f"{'/'.join(key)} of the bundle there not kept: {exc}")
+                continue
+            for r in rels:
+                if r not in self.files:
+                    dst = self.stage_dir / r
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        if r.endswith(".onnx.data"):
+                            raise OSError  # onnx refuses external weights with several hard links
+                        os.link(old.root / r, dst)
+                    except OSError:
+                        shutil.copy2(old.root / r, dst)
+                    self.files[r] = dict(old_files[r])
+            self.artifacts += [Artifact(**asdict(a)) for a in arts]
+            kept.append("/".join(key))
+        have = {f"{a.backend}/{a.precision}" for a in self.artifacts}
+        for section in ("measured", "measured_busy"):  # same graphs, same speeds
+            for machine, table in old.manifest.get(section, {}).items():
+                ours = self.manifest.setdefault(section, {}).setdefault(machine, {})
+                for k, v in table.items():
+                    if k in have:
+                        ours.setdefault(k, v)
+        checks = old.manifest.get("variant_checks", {}).get("greedy_agreement_vs_fp32", {})
+        for k in kept:
+            if k in checks:
+                self.manifest.setdefault("variant_checks", {}).setdefault("greedy_agreement_vs_fp32", {})[k] = checks[k]
+        if kept:
+            self._log(f"kept {', '.join(kept)} of the bundle there (built from the same fp32 graphs)")
+
     def _commit(self) -> None:
+        if self.base is None and (self.target / MANIFEST).is_file():
+            try:
+                old = Bundle.open(self.target)
+            except BundleError:
+                old = None  # check_replaceable let it through: an empty or unreadable folder
+            if old is not None:
+                self._keep_same_graph(old)
         self.manifest["schema_version"] = SCHEMA_VERSION
         self.manifest.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -417,12 +533,26 @@ class BundleWriter:
         swap_into_place(self.stage_dir, self.target)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
-            try:
-                self._commit()
-            except BaseException:
-                shutil.rmtree(self.stage_dir, ignore_errors=True)
-                raise
-        else:
-            shutil.rmtree(self.stage_dir, ignore_errors=True)
+        try:
+            if exc_type is None:
+                try:
+                    self._commit()
+                except BaseException as failed:
+                    self._discard(failed)
+                    raise
+            else:
+                self._discard(exc)
+        finally:
+            self._release()
         return False
+
+    def _discard(self, exc: BaseException | None) -> None:
+        """Remove the stage; a failure that a full (or read-only) disk caused is raised as that,
+        asked before the stage goes (removing it frees the space), never as a corrupt bundle."""
+        problem = None
+        if isinstance(exc, Exception) and not isinstance(exc, MMDeployError):
+            kept = "; the bundle there is unchanged" if (self.target / MANIFEST).is_file() else ""
+            problem = disk_problem(exc, self.stage_dir, f"writing {self.target}{kept}")
+        shutil.rmtree(self.stage_dir, ignore_errors=True)
+        if problem is not None:
+            raise problem from None

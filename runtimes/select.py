@@ -85,10 +85,18 @@ def measured_latency(bundle: Bundle) -> dict[tuple[str, str], float]:
     return {tuple(k.split("/", 1)): v for k, v in table.items()}
 
 
-def record_measured(bundle: Bundle, table: dict[str, float]) -> None:
-    """Merge {"backend/precision": summed batch-1 ms} into the manifest under this machine's key."""
+def record_measured(bundle: Bundle, table: dict[str, float], busy: str | None = None) -> None:
+    """Merge {"backend/precision": summed batch-1 ms} into the manifest under this machine's key,
+    into what the bundle holds when the writer lock is ours (another writer may have added since).
+    ``busy`` (why the machine was flagged busy): kept apart under "measured_busy" with the reason,
+    never used to choose the default variant (measured_latency reads "measured" only)."""
     with BundleWriter(bundle.root, base=bundle) as w:
-        w.manifest.setdefault("measured", {}).setdefault(machine_key(), {}).update(table)
+        if busy:
+            w.manifest.setdefault("measured_busy", {}).setdefault(machine_key(), {}).update(
+                {k: {"ms": v, "busy": busy} for k, v in table.items()}
+            )
+        else:
+            w.manifest.setdefault("measured", {}).setdefault(machine_key(), {}).update(table)
 
 
 def open_session(
