@@ -94,14 +94,6 @@ def _check_finite(kwargs: dict) -> None:
             raise InputError(f"--{name.replace('_', '-')} {v}: must be a finite number")
 
 
-def _needs(pipe, method: str, command: str, what: str) -> None:
-    """One line, not an AttributeError, when a bundle's pipeline cannot do what was asked."""
-    from .errors import InputError
-
-    if not callable(getattr(pipe, method, None)):
-        raise InputError(f"{pipe.bundle.root} is a {pipe.bundle.family} bundle: {command} needs {what}")
-
-
 def _output_file(path: Path | None, flag: str) -> None:
     """Check a report path before the work that fills it: a bench run must not end in a traceback."""
     import os
@@ -497,6 +489,7 @@ def bench_serve(
 
     _output_file(json_path, "--json")
     if bundle is not None and "=" not in bundle:  # a bundle that cannot answer embeddings fails every request
+        from .common.capabilities import Capability
         from .errors import InputError
         from .runtimes.bundle import Bundle
         from .runtimes.pipelines import pipeline_class
@@ -504,12 +497,9 @@ def bench_serve(
         if kind not in ("image", "text"):
             raise InputError(f"--kind {kind!r}: choose image or text")
         b = Bundle.open(bundle)
-        method = "embed_images" if kind == "image" else "embed_texts"
-        if not callable(getattr(pipeline_class(b.family, str(b.root)), method, None)):
-            raise InputError(
-                f"{b.root} is a {b.family} bundle: bench-serve loads /v1/embeddings, which needs "
-                f"{'an image' if kind == 'image' else 'a text'} encoder (clip, siglip, align{', text-embedding' if kind == 'text' else ''})"
-            )
+        cap = Capability.EMBED_IMAGES if kind == "image" else Capability.EMBED_TEXTS
+        if not (pipe_cls := pipeline_class(b.family, str(b.root))).can(cap):
+            raise pipe_cls.cannot(cap, f"bench-serve --kind {kind} (it loads /v1/embeddings)", b.root)
     rep = run_loadgen(
         bundle,
         url=url,
@@ -768,13 +758,13 @@ def embed(
         )
     if not image and not text:
         raise InputError("give --image PATH and/or --text STR (or --images GLOB / --texts FILE with --out DIR)")
+    from .common.capabilities import Capability
+
     pipe = load(bundle, backend=backend, precision=precision, threads=threads)
     if image:
-        _needs(pipe, "embed_images", "embed --image", "a bundle with an image encoder (clip, siglip, align)")
+        pipe.require(Capability.EMBED_IMAGES, "embed --image")
     if text:
-        _needs(
-            pipe, "embed_texts", "embed --text", "a bundle with a text encoder (clip, siglip, align, text-embedding)"
-        )
+        pipe.require(Capability.EMBED_TEXTS, "embed --text")
     out = {}
     if image:
         out["images"] = dict(zip(map(str, image), pipe.embed_images([str(p) for p in image])))
@@ -807,10 +797,11 @@ def classify(
     top: int = typer.Option(5, min=1, help="How many labels to print."),
 ):
     """Zero-shot classification of one image over the given labels."""
+    from .common.capabilities import Capability
     from .runtimes import load
 
     pipe = load(bundle, backend=backend, precision=precision, threads=threads)
-    _needs(pipe, "classify", "classify", "a dual-encoder bundle (clip, siglip, align)")
+    pipe.require(Capability.CLASSIFY, "classify")
     from .runtimes.session import parse_list
 
     for label, p in pipe.classify(str(image), parse_list(labels, None, "labels"), template=template)[:top]:
@@ -888,8 +879,10 @@ def caption(
         )
     if not image:
         raise InputError("give IMAGE files (or --images GLOB with --out DIR)")
+    from .common.capabilities import Capability
+
     pipe = load(bundle, backend=backend, precision=precision, threads=threads)
-    _needs(pipe, "caption", "caption", "a captioning bundle")
+    pipe.require(Capability.CAPTION, "caption")
     caps = pipe.caption([str(p) for p in image], max_new_tokens=max_new_tokens, num_beams=num_beams, prompt=prompt)
     for path, text in zip(image, caps):
         print(f"{path}\t{text}")
@@ -912,10 +905,11 @@ def vqa(
     threads: int | None = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
 ):
     """Answer questions about images with a VQA bundle: one line per (image, question), tab-separated."""
+    from .common.capabilities import Capability
     from .runtimes import load
 
     pipe = load(bundle, backend=backend, precision=precision, threads=threads)
-    _needs(pipe, "answer", "vqa", "a VQA bundle (blip-vqa-base, vqa-shapes)")
+    pipe.require(Capability.ANSWER, "vqa")
     paths = [str(p) for p in image]
     answers = pipe.answer(paths, list(question), max_new_tokens=max_new_tokens, num_beams=num_beams)
     pairs = zip(
@@ -949,11 +943,12 @@ def chat(
     """Chat about images with a VLM bundle: multi-turn, the KV cache kept between turns (a turn prefills
     only its new tokens), tokens printed as they come. Interactive: `/image PATH` attaches an image to
     the next turn, `/reset` starts over, Ctrl-D quits."""
+    from .common.capabilities import Capability
     from .errors import InputError
     from .runtimes import load
 
     pipe = load(bundle, backend=backend, precision=precision, threads=threads)
-    _needs(pipe, "chat", "chat", "a vlm bundle (SmolVLM / Idefics3)")
+    pipe.require(Capability.CHAT, "chat")
     if image_splitting is not None:
         pipe.image_splitting = image_splitting
     conv = pipe.chat(system=system)

@@ -43,6 +43,10 @@ class InputError(MMDeployError):
     """Bad user input: unreadable image, empty text list, bad flag value."""
 
 
+class CapabilityError(InputError):
+    """A family asked for something it does not declare (e.g. classify on a caption bundle)."""
+
+
 class Interrupted(MMDeployError):
     """Ctrl-C / SIGTERM during a job that keeps what it finished (the message says what)."""
 

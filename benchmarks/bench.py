@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..common.capabilities import Capability
 from ..common.datasets import DataSet, open_dataset
 from ..common.env import environment
 from ..common.fidelity import compare
@@ -148,9 +149,9 @@ def _bench(path: str, cfg: BenchConfig, log: Callable[[str], None], progress) ->
     except MMDeployError:
         default = None
     pipeline = pipeline_class(bundle.family, str(bundle.root))
-    if cfg.interleave and (pipeline.generative or callable(getattr(pipeline, "chat", None))):
+    if cfg.interleave and (pipeline.generative or pipeline.can(Capability.CHAT)):
         log("--interleave applies to encoder bundles; this one is timed variant by variant")
-    if callable(getattr(pipeline, "chat", None)):  # conversations: TTFT, decode tokens/s, turn 2 with the cache
+    if pipeline.can(Capability.CHAT):  # conversations: TTFT, decode tokens/s, turn 2 with the cache
         from .chat_bench import chat_bench
 
         return chat_bench(bundle, arts, cfg, default, log, pytorch_reference(bundle, log) if cfg.pytorch else None)

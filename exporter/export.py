@@ -16,12 +16,11 @@ from ..runtimes.bundle import Artifact, Bundle, BundleWriter, check_replaceable
 from ..runtimes.session import backend_module
 from .checkpoint import Checkpoint, resolve
 from .families import family_exporter
-from .graph import OPSET, export_onnx, externalize_weights
+from .graph import OPSET, externalize_weights
 from .reference import TorchSession
 
 torch = require("torch", "export")
 
-PARITY_BATCH = {"vision": 5, "text": 12}
 TARGETS = ("cpu", "gpu", "jetson-orin", "jetson-xavier")
 DEFAULT_PROFILE = {"batch": [1, 8, 32], "sequence": [1, 77, 77]}
 
@@ -114,15 +113,11 @@ def export(
         for comp in fam.components:
             inputs = fam.input_names(comp)
             # multi-output components (a decoder step: logits + present KV) name all their outputs
-            outputs = fam.output_names(comp) if hasattr(fam, "output_names") else [fam.outputs[comp]]
-            output = outputs[0]
+            outputs = fam.output_names(comp)
             rel = f"onnx/{comp}.onnx"
             t = time.perf_counter()
             module = fam.module(comp)
-            if hasattr(fam, "export_component"):  # family-specific exporter (e.g. dynamo for KV-cache decoders)
-                fam.export_component(comp, module, w.stage(rel), log)
-            else:
-                export_onnx(module, fam.export_feeds(comp), inputs, [output], fam.dynamic_axes(comp), w.stage(rel))
+            fam.export_component(comp, module, w.stage(rel), log)  # decoders: dynamo with KV caches
             data = externalize_weights(w.stage(rel))
             w.register(rel)
             if data:
@@ -130,15 +125,7 @@ def export(
             log(f"{comp}: ONNX exported in {time.perf_counter() - t:.1f}s")
             components[comp] = {**fam.specs(comp), "onnx": rel}
 
-            if hasattr(fam, "parity_cases"):  # several (label, feeds), e.g. first step and a later step
-                cases = fam.parity_cases(comp)
-            else:
-                cases = [
-                    (
-                        f"{PARITY_BATCH[comp]} real {'photos' if comp == 'vision' else 'sentences'}",
-                        fam.feeds(comp, PARITY_BATCH[comp]),
-                    )
-                ]
+            cases = fam.parity_cases(comp)  # (label, feeds): real inputs, a decoder's first and later steps
             refs = [TorchSession(module, inputs, outputs).run(f) for _, f in cases]
             for backend, precision in variants:
                 mod = backend_module(backend)
@@ -181,8 +168,7 @@ def export(
             raise ExportError("no variant could be built")
         for src, rel in fam.bundle_files():
             w.add_file(src, rel)
-        if hasattr(fam, "write_files"):  # files the family derives (e.g. a tokenizer with added specials)
-            fam.write_files(w)
+        fam.write_files(w)  # files the family derives (e.g. a tokenizer with added specials)
         extra = fam.manifest_extra()
         if "preprocess" in extra:
             w.write_json(extra["preprocess"]["file"], extra["preprocess"]["config"])
@@ -200,8 +186,9 @@ def export(
         if gpu_precisions:
             max_sequence = (extra.get("tokenizer") or {}).get("max_length")
             w.manifest["tensorrt"] = tensorrt_settings(ckpt, components, target, gpu_precisions, max_sequence)
-        if hasattr(fam, "check_variants"):  # end-to-end check on the staged bundle (e.g. generated tokens)
-            w.manifest["variant_checks"] = fam.check_variants(w, threads, log)
+        # end-to-end checks on the staged bundle (e.g. generated tokens)
+        if (checks := fam.check_variants(w, threads, log)) is not None:
+            w.manifest["variant_checks"] = checks
         w.manifest["exporter"]["seconds"] = round(time.perf_counter() - t0, 1)
     log(f"bundle written to {out} in {time.perf_counter() - t0:.1f}s")
     return Bundle.open(out)

@@ -210,7 +210,8 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
                     recipe=built.recipe,
                 )
             )
-        if callable(getattr(family, "greedy_agreement", None)) and recipe.backend != "tensorrt":
+        # generative variants are gated on their greedy tokens too (their pipelines define greedy_agreement)
+        if family.generative and recipe.backend != "tensorrt":
             _record_agreement(w, family, cfg, log)
         keep = [c["onnx"] for c in bundle.components.values()]
         keep += [v["path"] for v in w.manifest.get("tensorrt", {}).get("int8_onnx", {}).values()]

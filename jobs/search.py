@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..common.capabilities import Capability
 from ..errors import InputError, require
 from .store import INDEX_DIR, finished_shards, write_json_atomic
 
@@ -271,11 +272,11 @@ def search(
         if text is not None:
             if not text.strip():
                 raise InputError("--text: empty query")
-            if not callable(getattr(pipe, "embed_texts", None)):
+            if not pipe.can(Capability.EMBED_TEXTS):
                 raise InputError(f"{pipe.bundle.root} has no text encoder: query with --image")
             vector = pipe.embed_texts([text])[0]
         else:
-            if not callable(getattr(pipe, "embed_images", None)):
+            if not pipe.can(Capability.EMBED_IMAGES):
                 raise InputError(f"{pipe.bundle.root} has no image encoder: query with --text")
             vector = pipe.embed_images([image])[0]
     return search_vectors(root, vector, k=k, exact=exact, log=log)[0]

@@ -18,19 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from ..common.capabilities import Capability, needs
 from ..errors import InputError, MMDeployError, one_line
 from .inputs import MAX_TEXT_CHARS
 
 TASKS = {
-    # task -> (input column, output column, pipeline method that marks a capable bundle, what it needs)
-    "image-embedding": ("path", "embedding", "embed_pixels", "a bundle with an image encoder (clip, siglip, align)"),
-    "text-embedding": (
-        "text",
-        "embedding",
-        "embed_texts",
-        "a bundle with a text encoder (clip, siglip, align, text-embedding)",
-    ),
-    "caption": ("path", "caption", "generate_ids", "a captioning bundle"),
+    # task -> (input column, output column, the capability a bundle needs for it)
+    "image-embedding": ("path", "embedding", Capability.EMBED_IMAGES),
+    "text-embedding": ("text", "embedding", Capability.EMBED_TEXTS),
+    "caption": ("path", "caption", Capability.CAPTION),
 }
 
 
@@ -55,6 +51,10 @@ class TaskSpec:
     def output_column(self) -> str:
         return TASKS[self.task][1]
 
+    @property
+    def capability(self) -> Capability:
+        return TASKS[self.task][2]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -69,6 +69,7 @@ class Preparer:
         """``bundle``: the spec's bundle already opened (a Ray actor opens it from the spec)."""
         from ..runtimes.bundle import Bundle
         from ..runtimes.feeds import image_preprocessor
+        from ..runtimes.pipelines import families_that
 
         self.spec = spec
         self.preprocess = None
@@ -78,7 +79,7 @@ class Preparer:
             if self.preprocess is None:
                 raise InputError(
                     f"{bundle.root} is a {bundle.family} bundle without image preprocessing: "
-                    f"{spec.task} needs {TASKS[spec.task][3]}"
+                    f"{spec.task} needs {needs(spec.capability, families_that(spec.capability))}"
                 )
 
     def __call__(self, item: str) -> Any:
@@ -126,7 +127,7 @@ class Inferer:
         # images of different sizes (a preprocessing without a fixed size) cannot share a batch
         groups: dict[Any, list[int]] = {}
         for i, it in enumerate(items):
-            groups.setdefault(getattr(it, "shape", None), []).append(i)
+            groups.setdefault(it.shape if isinstance(it, np.ndarray) else None, []).append(i)
         for idx in groups.values():
             try:
                 res = self._run([items[i] for i in idx])

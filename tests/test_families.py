@@ -109,3 +109,55 @@ def test_registries_find_every_family_whichever_module_is_imported_first():
     assert out.returncode == 0, out.stderr
     want = str(sorted(families()))
     assert out.stdout.strip() == f"{sorted(pipelines())} {want}" and "'clip'" in want and "'caption'" in want
+
+
+# -- declared capabilities (common/capabilities.py) ----------------------------------------------
+
+
+def test_every_family_declares_its_capabilities_on_both_halves():
+    """Both halves subclass their base; the runtime capabilities agree; DISTILL exactly when a
+    distiller is attached; PRUNE and DISTILL are build-time only."""
+    from mmdeploy.common.capabilities import Capability
+    from mmdeploy.exporter.families.base import Family
+    from mmdeploy.runtimes.pipelines.pipeline import Pipeline
+
+    build_time = {Capability.DISTILL, Capability.PRUNE}
+    for name, exp in families().items():
+        pipe = pipelines()[name]
+        assert issubclass(exp, Family) and issubclass(pipe, Pipeline), name
+        assert exp.capabilities - build_time == pipe.capabilities, name
+        assert not pipe.capabilities & build_time, name
+        assert exp.can(Capability.DISTILL) == (exp.distiller is not None), name
+        assert pipe.capabilities, f"{name} declares no capability"
+
+
+def test_a_pipeline_declares_a_capability_exactly_when_it_defines_its_methods():
+    from mmdeploy.runtimes.pipelines.pipeline import METHODS, Pipeline
+
+    for name, cls in pipelines().items():
+        for cap, methods in METHODS.items():
+            for m in methods:
+                own = getattr(cls, m) is not getattr(Pipeline, m)
+                assert own == cls.can(cap), (
+                    f"{name}: {m} {'defined' if own else 'missing'}, {cap.value} declared={cls.can(cap)}"
+                )
+
+
+def test_an_undeclared_capability_is_one_typed_error_naming_the_families_that_can():
+    from mmdeploy.common.capabilities import Capability
+    from mmdeploy.errors import CapabilityError, InputError
+    from mmdeploy.runtimes.pipelines import families_that, pipeline_class
+
+    cap = pipeline_class("caption")
+    assert not cap.can(Capability.CLASSIFY) and cap.can(Capability.CAPTION)
+    bare = cap.__new__(cap)  # no bundle opened: the base's defaults still answer
+    with pytest.raises(CapabilityError) as exc:
+        bare.classify("x.png", ["a", "b"])
+    msg = str(exc.value)
+    assert isinstance(exc.value, InputError) and "\n" not in msg
+    assert "caption family: classify needs a dual-encoder bundle" in msg
+    assert all(f in msg for f in families_that(Capability.CLASSIFY)) and {"clip", "siglip", "align"} <= set(
+        families_that(Capability.CLASSIFY)
+    )
+    with pytest.raises(CapabilityError, match=r"^/b is a caption bundle: embed --image needs a bundle with an image"):
+        raise cap.cannot(Capability.EMBED_IMAGES, "embed --image", "/b")

@@ -29,9 +29,11 @@ pytest.importorskip("prometheus_client")
 pytest.importorskip("orjson")
 httpx = pytest.importorskip("httpx")
 
+from mmdeploy.common.capabilities import Capability  # noqa: E402
 from mmdeploy.common.datasets import shapes  # noqa: E402
 from mmdeploy.errors import InputError  # noqa: E402
 from mmdeploy.runtimes import load  # noqa: E402
+from mmdeploy.runtimes.pipelines.pipeline import Pipeline  # noqa: E402
 from mmdeploy.runtimes.serve import create_app, looks_like_base64_image, parse_bundle_args  # noqa: E402
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -70,8 +72,10 @@ def running(app, graceful_s: float = 10.0):
         yield url, server
 
 
-class FakeCaptioner:
-    """Duck-typed caption pipeline: says what it saw, records its batches."""
+class FakeCaptioner(Pipeline):
+    """A caption pipeline stand-in: says what it saw, records its batches."""
+
+    capabilities = frozenset({Capability.CAPTION})
 
     def __init__(self, delay: float = 0.0):
         self.delay, self.batches = delay, []

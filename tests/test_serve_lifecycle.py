@@ -23,8 +23,10 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
+from mmdeploy.common.capabilities import Capability  # noqa: E402
 from mmdeploy.common.datasets import shapes  # noqa: E402
 from mmdeploy.runtimes import load  # noqa: E402
+from mmdeploy.runtimes.pipelines.pipeline import Pipeline  # noqa: E402
 from mmdeploy.runtimes.serve import create_app  # noqa: E402
 from mmdeploy.runtimes.serve.protocol import DrainingServer  # noqa: E402
 
@@ -45,8 +47,10 @@ def events(lines) -> list:
     return out
 
 
-class StreamingFake:
+class StreamingFake(Pipeline):
     """Streams one word per 20 ms for up to 10 s; records when its reader made it stop."""
+
+    capabilities = frozenset({Capability.CAPTION})
 
     def __init__(self):
         self.stopped = threading.Event()

@@ -1,16 +1,18 @@
 """Exporter side of the family contract: one file per family, registered by name and architecture
 (the way optimum registers an OnnxConfig per model type).
 
-A family exporter class declares:
+A family exporter class subclasses base.Family and declares:
 
     family          name written into the bundle (its runtime pipeline registers the same name)
     architectures   {config.json architecture: (transformers model class, config class)}
     model_types     config.json model_type values that mean this family when no architecture is named
-    distiller       name of its distiller class in exporter/distill.py, or None
-    create(ckpt)    optional classmethod -> the exporter for a loaded checkpoint (default: cls(ckpt))
+    capabilities    the Capability values of its bundles (as its pipeline's), plus DISTILL / PRUNE
+    distiller       its distiller class (exporter/distill.py), or None
+    create(ckpt)    classmethod -> the exporter for a loaded checkpoint (default: cls(ckpt))
 
-and per component: module, input_names, output_names, dynamic_axes, specs, export_feeds,
-feeds / parity_cases, manifest_extra, bundle_files (see clip.py for the smallest complete one).
+and per component: module, input_names, dynamic_axes, specs, export_feeds, feeds,
+manifest_extra, bundle_files (see clip.py for the smallest complete one); output_names,
+export_component, parity_cases, write_files and check_variants have defaults in base.py.
 Checkpoint resolution, export, bench's PyTorch reference and distill ask this registry; no
 code outside a family's files tests a family's name.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...common.capabilities import Capability
 from ...common.registry import Registry
 from ...errors import ExportError, UnsupportedModelError
 
@@ -42,7 +45,7 @@ def family_of(config: dict[str, Any], where: str) -> str:
     mt = config.get("model_type")
     if not archs:
         for name, cls in families().items():
-            if mt in getattr(cls, "model_types", ()):
+            if mt in cls.model_types:
                 return name
     got = archs[0] if archs else mt
     raise UnsupportedModelError(f"{where}: unsupported architecture {got!r}; supported: {', '.join(sorted(table))}")
@@ -63,4 +66,9 @@ def family_exporter(ckpt):
     if ckpt.family not in got:
         raise ExportError(f"family {ckpt.family!r} has no exporter yet")
     cls = got[ckpt.family]
-    return getattr(cls, "create", cls)(ckpt)
+    return cls.create(ckpt)
+
+
+def families_that(capability: Capability) -> list[str]:
+    """The families whose exporter declares ``capability``, sorted (for messages and checks)."""
+    return sorted(name for name, cls in families().items() if cls.can(capability))

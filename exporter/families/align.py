@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ...common.capabilities import Capability
 from ...errors import UnsupportedModelError, require
 from ..checkpoint import Checkpoint
 from . import register
@@ -48,6 +49,7 @@ class AlignFamily(ClipFamily):
     architectures = {"AlignModel": ("AlignModel", "AlignConfig")}
     model_types = ("align",)
     default_classes = ("AlignModel", "AlignConfig")
+    capabilities = ClipFamily.capabilities - {Capability.DISTILL}
     distiller = None
     tokenizer_class = "BertTokenizerFast"
     towers = {"vision": AlignVisionTower, "text": AlignTextTower}

@@ -32,11 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from ...common.capabilities import Capability
 from ...errors import CheckpointError, ExportError, UnsupportedModelError, require
 from ...runtimes.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocessor
 from ..checkpoint import Checkpoint
 from ..graph import dedupe_initializers, export_dynamo, export_onnx
 from . import register
+from .base import Family
 
 torch = require("torch", "export")
 
@@ -327,7 +329,7 @@ class GitStep(_StepBase):
 
 
 @register
-class CaptionFamily:
+class CaptionFamily(Family):
     family = "caption"
     architectures = {
         "VisionEncoderDecoderModel": ("VisionEncoderDecoderModel", "VisionEncoderDecoderConfig"),
@@ -336,6 +338,7 @@ class CaptionFamily:
     }
     model_types = ()
     default_classes = ("AutoModelForImageTextToText", "AutoConfig")
+    capabilities = frozenset({Capability.CAPTION, Capability.DISTILL})
     distiller = "CaptionDistiller"
 
     @classmethod

@@ -8,11 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from ...common.capabilities import Capability
 from ...errors import CheckpointError, require
 from ...runtimes.preprocess import ImagePreprocessor
 from ...runtimes.tokenize import TextTokenizer
 from ..checkpoint import Checkpoint, tokenizer_files, tokenizer_json
 from . import register
+from .base import Family
 
 torch = require("torch", "export")
 
@@ -41,11 +43,12 @@ class TextTower(torch.nn.Module):
 
 
 @register
-class ClipFamily:
+class ClipFamily(Family):
     family = "clip"
     architectures = {"CLIPModel": ("CLIPModel", "CLIPConfig")}
     model_types = ("clip",)
     default_classes = ("CLIPModel", "CLIPConfig")
+    capabilities = frozenset({Capability.EMBED_IMAGES, Capability.EMBED_TEXTS, Capability.CLASSIFY, Capability.DISTILL})
     distiller = "ClipDistiller"
     components = ("vision", "text")
     outputs = {"vision": "image_embeds", "text": "text_embeds"}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ...common.capabilities import Capability
 from ...errors import UnsupportedModelError, require
 from ..checkpoint import Checkpoint
 from . import register
@@ -57,6 +58,7 @@ class SiglipFamily(ClipFamily):
     architectures = {"SiglipModel": ("SiglipModel", "SiglipConfig"), "Siglip2Model": ("Siglip2Model", "Siglip2Config")}
     model_types = ("siglip",)
     default_classes = ("SiglipModel", "SiglipConfig")
+    capabilities = ClipFamily.capabilities - {Capability.DISTILL}
     distiller = None
     tokenizer_class = "SiglipTokenizer / GemmaTokenizerFast"
     padding = "max_length"

@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from ...common.capabilities import Capability
 from ...errors import CheckpointError, require
 from ...runtimes.tokenize import TextTokenizer
 from ..checkpoint import Checkpoint, tokenizer_files, tokenizer_json
 from . import register
+from .base import Family
 
 torch = require("torch", "export")
 
@@ -104,11 +106,12 @@ def sentence_transformers_config(folder: Path | None, default_max_length: int) -
 
 
 @register
-class TextEmbeddingFamily:
+class TextEmbeddingFamily(Family):
     family = "text-embedding"
     architectures = {"BertModel": ("AutoModel", "AutoConfig")}
     model_types = ("bert",)
     default_classes = ("AutoModel", "AutoConfig")
+    capabilities = frozenset({Capability.EMBED_TEXTS})
     distiller = None
     components = ("text",)
     outputs = {"text": "text_embeds"}

@@ -30,10 +30,12 @@ from typing import Any
 
 import numpy as np
 
+from ...common.capabilities import Capability
 from ...errors import CheckpointError, ExportError, require
 from ..checkpoint import Checkpoint
 from ..graph import dedupe_initializers, export_dynamo, export_onnx
 from . import register
+from .base import Family
 from .caption import _flatten_cache
 
 torch = require("torch", "export")
@@ -108,7 +110,7 @@ def _read_json(folder: Path | None, name: str) -> dict:
 
 
 @register
-class VlmFamily:
+class VlmFamily(Family):
     family = "vlm"
     architectures = {
         "SmolVLMForConditionalGeneration": ("SmolVLMForConditionalGeneration", "SmolVLMConfig"),
@@ -116,6 +118,7 @@ class VlmFamily:
     }
     model_types = ("smolvlm", "idefics3")
     default_classes = ("SmolVLMForConditionalGeneration", "SmolVLMConfig")
+    capabilities = frozenset({Capability.CHAT})
     distiller = None
     components = ("vision", "embed", "decoder")
     outputs = {"vision": "image_features", "embed": "inputs_embeds", "decoder": "logits"}

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ...common.capabilities import Capability
 from ...errors import ExportError, require
 from ..checkpoint import Checkpoint
 from ..graph import export_onnx
@@ -67,6 +68,7 @@ class VqaFamily(BlipFamily):
     architectures = {"BlipForQuestionAnswering": ("BlipForQuestionAnswering", "BlipConfig")}
     model_types = ()
     default_classes = ("BlipForQuestionAnswering", "BlipConfig")
+    capabilities = frozenset({Capability.ANSWER})
     distiller = None
     components = ("vision", "question", "decoder")
     outputs = {"vision": "image_embeds", "question": "cross_kv", "decoder": "logits"}

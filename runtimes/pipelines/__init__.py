@@ -8,6 +8,8 @@ family, so none of them tests a family's name:
                  "zero-shot" (dual encoders), "pair-similarity" (text embeddings), "caption",
                  "question-answering" (VQA: exact answers on a data set's questions)
     generative   True for encoder + decoder-step bundles (bench times whole generations)
+    capabilities the Capability values it serves (common/capabilities.py); the base class
+                 (pipeline.py: Pipeline) raises CapabilityError for the others
     scores(image_embeds, text_embeds) -> probabilities (dual encoders: the classify rule,
                  softmax with a scale or sigmoid with scale and bias)
 
@@ -17,6 +19,7 @@ file here (plus its exporter file and a models.yaml row).
 
 from __future__ import annotations
 
+from ...common.capabilities import Capability
 from ...common.registry import Registry
 from ...errors import BundleError
 
@@ -32,3 +35,8 @@ def pipeline_class(family: str, where: str = "bundle") -> type:
             f"{where}: family {family!r} has no pipeline in this mmdeploy (has: {', '.join(sorted(got))})"
         )
     return got[family]
+
+
+def families_that(capability: Capability) -> list[str]:
+    """The families whose pipeline declares ``capability``, sorted (for messages and checks)."""
+    return sorted(name for name, cls in pipelines().items() if capability in cls.capabilities)

@@ -11,6 +11,7 @@ from ...common.datasets import DataSet, open_dataset
 from ...errors import InputError, MMDeployError
 from ..bundle import Bundle
 from ..feeds import BundleFeeds
+from .pipeline import Pipeline
 
 # (backend, precision) -> recipe name, or {mode: recipe name} (recipes: exporter/quantization/)
 ENCODER_RECIPES: dict[tuple[str, str], Any] = {
@@ -51,7 +52,7 @@ def held_out_data(kinds) -> DataSet:
         return open_dataset("shapes", split="test")
 
 
-class EncoderPipeline:
+class EncoderPipeline(Pipeline):
     """Encoder-only families: quantized with calibration where the recipe needs it, gated on the
     mean cosine for INT8 (the figure targets are stated in; the min is recorded beside it)."""
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ...common.capabilities import Capability
 from ...errors import BundleError, InputError
 from ..bundle import Bundle
 from ..generate import GenerationConfig, OnStep, generate
@@ -27,6 +28,7 @@ from ..manifest import DECODER_INFO, DICT, GENERATION, check_decoder_blocks
 from ..preprocess import ImagePreprocessor
 from ..tokenize import bad_unicode_at
 from . import register
+from .pipeline import Pipeline
 
 OnText = Callable[[int, str], bool | None]  # (image index, text so far) -> False to stop that image
 
@@ -170,11 +172,12 @@ class SessionDecoder:
 
 
 @register
-class CaptionPipeline:
+class CaptionPipeline(Pipeline):
     """Encoder + decoder-step graphs of one caption bundle on one (backend, precision)."""
 
     family = "caption"
     task = "caption"
+    capabilities = frozenset({Capability.CAPTION})
     generative = True
     quantization = DATA_FREE_RECIPES
     gate_metrics: dict[str, str] = {}

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ...common.capabilities import Capability
 from ...errors import InputError
 from ..bundle import Bundle
 from ..feeds import image_preprocessor, text_tokenizer
@@ -26,6 +27,7 @@ class ClipPipeline(EncoderPipeline):
 
     family = "clip"
     task = "zero-shot"
+    capabilities = frozenset({Capability.EMBED_IMAGES, Capability.EMBED_TEXTS, Capability.CLASSIFY})
     # required in its manifest, checked when the bundle is opened (runtimes/manifest.py)
     manifest_blocks = {"preprocess": DICT, "tokenizer": DICT, "clip": obj({"logit_scale": SCALE})}
 

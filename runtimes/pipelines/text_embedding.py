@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ...common.capabilities import Capability
 from ...errors import InputError
 from ..bundle import Bundle
 from ..feeds import text_tokenizer
@@ -24,6 +25,7 @@ class TextEmbeddingPipeline(EncoderPipeline):
 
     family = "text-embedding"
     task = "pair-similarity"
+    capabilities = frozenset({Capability.EMBED_TEXTS})
 
     def __init__(
         self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None

@@ -22,11 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from ...common.capabilities import Capability
 from ...errors import BundleError, InputError
 from ..bundle import Bundle
 from ..images import load_image
 from . import register
 from .caption import DATA_FREE_RECIPES, CaptionPipeline
+from .pipeline import Pipeline
 
 MAX_TURN_CHARS = 65_536
 VISION_BATCH = 8  # tiles per vision call: a split image is up to 17 tiles; bounds the activations
@@ -333,11 +335,12 @@ class Conversation:
 
 
 @register
-class VlmPipeline:
+class VlmPipeline(Pipeline):
     """``vision`` + ``embed`` + ``decoder`` graphs of one VLM bundle on one (backend, precision)."""
 
     family = "vlm"
     task = "chat"
+    capabilities = frozenset({Capability.CHAT})
     generative = True
     components = ("vision", "embed", "decoder")
     quantization = DATA_FREE_RECIPES

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ...common.capabilities import Capability
 from ...errors import InputError
 from ..bundle import Bundle
 from ..generate import generate
@@ -24,6 +25,7 @@ from ..manifest import DECODER_INFO, DICT, GENERATION, check_decoder_blocks
 from ..tokenize import bad_unicode_at
 from . import register
 from .caption import CaptionPipeline, OnText, SessionDecoder, decoder_feeds_after
+from .pipeline import Pipeline
 
 MAX_QUESTION_CHARS = 2000
 BENCH_QUESTION = "what is in the picture?"
@@ -35,6 +37,7 @@ class VqaPipeline(CaptionPipeline):
 
     family = "vqa"
     task = "question-answering"
+    capabilities = frozenset({Capability.ANSWER})
     components = ("vision", "question", "decoder")
     info_key = "vqa"
     manifest_blocks = {"preprocess": DICT, "tokenizer": DICT, "vqa": DECODER_INFO, "generation": GENERATION}
@@ -214,5 +217,7 @@ class VqaPipeline(CaptionPipeline):
         cfg = self.config(max_new_tokens, num_beams)
         return self._generate(self.image_embeds(px), list(range(len(px))), ids.tolist(), cfg, len(px))
 
-    # not a captioner: capability checks (CLI, server) see no caption method and say so
-    caption = generate_ids = encode = None  # type: ignore[assignment]
+    # not a captioner (CAPTION is not declared): caption is the base's refusal, and the inherited
+    # pieces of the caption loop that need an encoder graph are removed
+    caption = Pipeline.caption
+    generate_ids = encode = None  # type: ignore[assignment]
