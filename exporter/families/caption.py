@@ -39,6 +39,7 @@ from ..checkpoint import Checkpoint
 from ..graph import dedupe_initializers, export_dynamo, export_onnx
 from . import register
 from .base import Family
+from .decoders import PARITY_IMAGES, StepBase, bert_cross_kv, flatten_cache
 
 torch = require("torch", "export")
 
@@ -61,7 +62,6 @@ GENERATION_KEYS = (
 )
 IMAGENET_STANDARD = (0.5, 0.5, 0.5)
 EXPORT_BATCH, EXPORT_SEQ, EXPORT_PAST = 2, 3, 4  # trace sizes: all >= 2 so dynamo keeps them symbolic
-PARITY_IMAGES = 3
 
 
 def supported_message() -> str:
@@ -157,42 +157,7 @@ def load_tokenizer(ckpt: Checkpoint, add_special: list[str] = ()):
     return tok, path
 
 
-def _pairs(flat):
-    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
-
-
-def _flatten_cache(cache, n_layers: int) -> list:
-    out = []
-    for i in range(n_layers):
-        layer = cache.layers[i]
-        out += [layer.keys, layer.values]
-    return out
-
-
 # -- wrappers ------------------------------------------------------------------------------
-
-
-class _StepBase(torch.nn.Module):
-    """forward(input_ids, position_ids, *kv): kv = past k/v per layer [+ cross k/v per layer]."""
-
-    def __init__(self, n_layers: int, cross: bool):
-        super().__init__()
-        self.n_layers, self.cross = n_layers, cross
-
-    def split(self, kv):
-        n = 2 * self.n_layers
-        past = _pairs(kv[:n])
-        cross = _pairs(kv[n : 2 * n]) if self.cross else None
-        return past, cross
-
-    def caches(self, kv):
-        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
-        past, cross = self.split(kv)
-        selfc = DynamicCache(past)
-        if cross is None:
-            return selfc
-        return EncoderDecoderCache(selfc, DynamicCache(cross))
 
 
 class Gpt2Encoder(torch.nn.Module):
@@ -225,7 +190,7 @@ class Gpt2Encoder(torch.nn.Module):
         return tuple(out)
 
 
-class Gpt2Step(_StepBase):
+class Gpt2Step(StepBase):
     def __init__(self, model):
         dec = model.decoder
         super().__init__(dec.config.n_layer, cross=True)
@@ -245,7 +210,7 @@ class Gpt2Step(_StepBase):
             use_cache=True,
         )
         logits = self.lm_head(out.last_hidden_state[:, -1, :])
-        return (logits, *_flatten_cache(out.past_key_values.self_attention_cache, self.n_layers))
+        return (logits, *flatten_cache(out.past_key_values.self_attention_cache, self.n_layers))
 
 
 class BlipEncoder(torch.nn.Module):
@@ -261,17 +226,7 @@ class BlipEncoder(torch.nn.Module):
         return bert_cross_kv(self.layers, h, self.heads, self.hidden // self.heads)
 
 
-def bert_cross_kv(layers, h, heads: int, head_dim: int) -> tuple:
-    """Every BERT decoder layer's cross-attention keys / values of ``h`` (B, heads, tokens, head_dim)."""
-    out = []
-    shape = (h.shape[0], h.shape[1], heads, head_dim)
-    for layer in layers:
-        att = layer.crossattention.self
-        out += [att.key(h).reshape(shape).transpose(1, 2), att.value(h).reshape(shape).transpose(1, 2)]
-    return tuple(out)
-
-
-class BlipStep(_StepBase):
+class BlipStep(StepBase):
     def __init__(self, model):
         tc = model.config.text_config
         super().__init__(tc.num_hidden_layers, cross=True)
@@ -291,7 +246,7 @@ class BlipStep(_StepBase):
             is_decoder=True,
         )
         logits = self.cls(out.last_hidden_state[:, -1:, :])[:, 0, :]
-        return (logits, *_flatten_cache(out.past_key_values.self_attention_cache, self.n_layers))
+        return (logits, *flatten_cache(out.past_key_values.self_attention_cache, self.n_layers))
 
 
 class GitEncoder(torch.nn.Module):
@@ -310,10 +265,10 @@ class GitEncoder(torch.nn.Module):
         h = self.git.visual_projection(feats)
         cache = DynamicCache()
         self.git.encoder(h, attention_mask=None, past_key_values=cache, use_cache=True)
-        return tuple(_flatten_cache(cache, self.n_layers))
+        return tuple(flatten_cache(cache, self.n_layers))
 
 
-class GitStep(_StepBase):
+class GitStep(StepBase):
     def __init__(self, model):
         super().__init__(model.config.num_hidden_layers, cross=False)
         self.git, self.output = model.git, model.output
@@ -322,7 +277,7 @@ class GitStep(_StepBase):
         cache = self.caches(kv)
         out = self.git(input_ids=input_ids, position_ids=position_ids, past_key_values=cache, use_cache=True)
         logits = self.output(out.last_hidden_state[:, -1, :])
-        return (logits, *_flatten_cache(out.past_key_values, self.n_layers))
+        return (logits, *flatten_cache(out.past_key_values, self.n_layers))
 
 
 # -- families ------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from ..checkpoint import Checkpoint
 from ..graph import dedupe_initializers, export_dynamo, export_onnx
 from . import register
 from .base import Family
-from .caption import _flatten_cache
+from .decoders import flatten_cache
 
 torch = require("torch", "export")
 
@@ -97,7 +97,7 @@ class VlmStep(torch.nn.Module):
         cache = DynamicCache([(kv[i], kv[i + 1]) for i in range(0, 2 * self.n_layers, 2)])
         out = self.text(inputs_embeds=inputs_embeds, position_ids=position_ids, past_key_values=cache, use_cache=True)
         logits = self.lm_head(out.last_hidden_state[:, -1, :])
-        return (logits, *_flatten_cache(out.past_key_values, self.n_layers))
+        return (logits, *flatten_cache(out.past_key_values, self.n_layers))
 
 
 def _read_json(folder: Path | None, name: str) -> dict:

@@ -28,7 +28,8 @@ from ...errors import ExportError, require
 from ..checkpoint import Checkpoint
 from ..graph import export_onnx
 from . import register
-from .caption import PARITY_IMAGES, BlipFamily, bert_cross_kv
+from .caption import BlipFamily
+from .decoders import PARITY_IMAGES, bert_cross_kv
 
 torch = require("torch", "export")
 
