@@ -131,9 +131,7 @@ def render_report(path: Path) -> str:
         f" ({', '.join(cpu.get('isa') or []) or 'no AVX-512'}), {env.get('threads') or 'all'} threads"
     )
     if load.get("busy"):
-        where += (
-            f". **Busy machine** ({load.get('why', 'others used the CPU')}): timings unreliable, ratios indicative only"
-        )
+        where += f". **Busy machine** ({load.get('why', 'others used the CPU')}): timings unreliable, read no speedup from this table"
     out += [where + ".", ""]
     if versions:
         out += ["Libraries: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()) if v) + ".", ""]
