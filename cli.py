@@ -71,6 +71,10 @@ def user_errors(fn):
                 file=sys.stderr,
             )
             raise typer.Exit(1) from None
+        finally:
+            from .common.locks import configure
+
+            configure()  # --no-wait was for this command only (tests and scripts run several in one process)
 
     return wrapper
 
