@@ -84,6 +84,52 @@ def test_readme_links_to_docs_pages_that_exist():
     assert not missing, f"README links to missing docs pages: {missing}"
 
 
+def _doc_commands() -> list[tuple[str, str]]:
+    """(file, line) for every `mmdeploy ...` command in the README's and the docs' shell blocks,
+    comments cut, continuation lines joined; `cmd1 && cmd2` gives two."""
+    out = []
+    for path in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", path.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = re.split(r"\s#\s", " " + line, maxsplit=1)[0]
+                for part in re.split(r"&&|;|\|", line):
+                    part = part.strip()
+                    if part.startswith("mmdeploy "):
+                        out.append((path.relative_to(ROOT).as_posix(), part))
+    return out
+
+
+def test_documented_commands_and_options_exist():
+    """Every `mmdeploy COMMAND --option` written in the README and the docs is one the CLI has
+    (the docs follow the CLI when it is restructured)."""
+    typer_main = pytest.importorskip("typer.main")
+    from mmdeploy.cli import app
+
+    group = typer_main.get_command(app)
+    global_opts = {o for p in group.params for o in p.opts}
+    options = {
+        name: {o for p in cmd.params for o in (*p.opts, *getattr(p, "secondary_opts", ()))}
+        for name, cmd in group.commands.items()
+    }
+    commands = _doc_commands()
+    assert len(commands) > 50, "the docs' shell blocks were not found"
+    bad = []
+    for where, line in commands:
+        words = line.split()[1:]
+        while words and words[0] in global_opts:
+            words = words[1:]
+        if not words:
+            continue
+        name = words[0]
+        if name not in options:
+            bad.append(f"{where}: `{line}`: no command {name!r}")
+            continue
+        for opt in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", " ".join(words[1:])):
+            if opt not in options[name] and opt != "--help":
+                bad.append(f"{where}: `{line}`: `mmdeploy {name}` has no {opt}")
+    assert not bad, "documented commands the CLI does not have:\n" + "\n".join(bad)
+
+
 def test_generated_results_are_up_to_date():
     """docs/results.md's generated section is what docs/gen_results.py renders from docs/results/*.json."""
     gen = _gen()
