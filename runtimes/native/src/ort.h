@@ -1,0 +1,61 @@
+// ONNX Runtime through its C API, the library loaded with dlopen (never linked): a path the user
+// gives, else $MMRT_ORT_LIBRARY, else the onnxruntime wheel found at build time, else a search of
+// the usual Python site-packages and the system library path.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+struct OrtApi;
+struct OrtEnv;
+struct OrtSession;
+struct OrtMemoryInfo;
+
+namespace mmrt {
+
+class OrtLibrary {
+ public:
+  // One per library path per process (ORT wants one environment). Throws Error(MMRT_ERR_BACKEND).
+  static std::shared_ptr<OrtLibrary> load(const std::string& requested_path);
+  const OrtApi* api() const { return api_; }
+  OrtEnv* env() const { return env_; }
+  const std::string& path() const { return path_; }
+  const std::string& version() const { return version_; }
+
+  const OrtApi* api_ = nullptr;
+  OrtEnv* env_ = nullptr;
+  OrtMemoryInfo* cpu_ = nullptr;
+  void* handle_ = nullptr;
+  std::string path_, version_;
+};
+
+// A tensor handed to / returned from a session: row-major, float32 or int64.
+struct Tensor {
+  std::string name;
+  bool is_float = true;
+  std::vector<int64_t> shape;
+  std::vector<float> f;
+  std::vector<int64_t> i;
+};
+
+class OrtModel {
+ public:
+  // threads: intra-op threads (0: ORT's default), inter-op 1, as runtimes/onnxruntime.py.
+  OrtModel(std::shared_ptr<OrtLibrary> lib, const std::string& onnx_path, int threads);
+  ~OrtModel();
+  OrtModel(const OrtModel&) = delete;
+  OrtModel& operator=(const OrtModel&) = delete;
+  // Thread safe (OrtApi::Run is). Inputs by name; returns the named outputs (float32).
+  std::vector<Tensor> run(const std::vector<const Tensor*>& inputs, const std::vector<std::string>& outputs) const;
+  const std::vector<std::string>& input_names() const { return inputs_; }
+
+ private:
+  std::shared_ptr<OrtLibrary> lib_;
+  OrtSession* session_ = nullptr;
+  std::string path_;
+  std::vector<std::string> inputs_, outputs_;
+};
+
+}  // namespace mmrt
