@@ -701,6 +701,11 @@ def embed(
     precision: str | None = typer.Option(None, help="Precision (default: the bundle's default variant)."),
     threads: int | None = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
     full: bool = typer.Option(False, "--full", help="Print whole vectors as JSON instead of a summary."),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help='One JSON object: {"images": [{"path", "embedding"}], "texts": [{"text", "embedding"}]} (as mmrt embed --json).',
+    ),
     images: list[str] = typer.Option(
         [],
         "--images",
@@ -769,6 +774,15 @@ def embed(
         pipe.require(Capability.EMBED_IMAGES, "embed --image")
     if text:
         pipe.require(Capability.EMBED_TEXTS, "embed --text")
+    if as_json:  # a list per kind (a path or text given twice stays twice), the shape mmrt prints
+        doc = {}
+        if image:
+            vecs = pipe.embed_images([str(p) for p in image])
+            doc["images"] = [{"path": str(p), "embedding": v.tolist()} for p, v in zip(image, vecs)]
+        if text:
+            doc["texts"] = [{"text": t, "embedding": v.tolist()} for t, v in zip(text, pipe.embed_texts(text))]
+        print(json.dumps(doc))
+        return
     out = {}
     if image:
         out["images"] = dict(zip(map(str, image), pipe.embed_images([str(p) for p in image])))
@@ -799,6 +813,9 @@ def classify(
     precision: str | None = typer.Option(None),
     threads: int | None = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
     top: int = typer.Option(5, min=1, help="How many labels to print."),
+    as_json: bool = typer.Option(
+        False, "--json", help='One JSON object: {"labels": [{"label", "score"}]}, every label, best first.'
+    ),
 ):
     """Zero-shot classification of one image over the given labels."""
     from .common.capabilities import Capability
@@ -808,7 +825,11 @@ def classify(
     pipe.require(Capability.CLASSIFY, "classify")
     from .runtimes.session import parse_list
 
-    for label, p in pipe.classify(str(image), parse_list(labels, None, "labels"), template=template)[:top]:
+    ranked = pipe.classify(str(image), parse_list(labels, None, "labels"), template=template)
+    if as_json:
+        print(json.dumps({"labels": [{"label": label, "score": p} for label, p in ranked]}))
+        return
+    for label, p in ranked[:top]:
         print(f"{p:7.2%}  {label}")
 
 
