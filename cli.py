@@ -1177,7 +1177,7 @@ def index(
     ),
     nlist: int | None = typer.Option(None, "--nlist", min=1, help="IVF cells (default: 4 x sqrt(rows))."),
 ):
-    """Build a FAISS index over an embedding job's shards (needs the [search] extra); `search` uses it."""
+    r"""Build a FAISS index over an embedding job's shards (needs the \[search] extra); `search` uses it."""
     from .jobs.search import build_index
 
     build_index(folder, kind=kind, nlist=nlist, log=_log)
