@@ -161,3 +161,28 @@ def test_an_undeclared_capability_is_one_typed_error_naming_the_families_that_ca
     )
     with pytest.raises(CapabilityError, match=r"^/b is a caption bundle: embed --image needs a bundle with an image"):
         raise cap.cannot(Capability.EMBED_IMAGES, "embed --image", "/b")
+
+
+# -- shared pieces: one helper module per side, no private cross-imports ---------------------------
+
+# modules of the two family packages that are helpers, not families (the registries import them
+# in their package scan; only @register makes a family)
+HELPERS = {"exporter/families": {"base", "decoders"}, "runtimes/pipelines": {"base", "pipeline", "decoders"}}
+
+
+def test_every_module_of_the_family_packages_is_a_family_or_a_known_helper():
+    for pkg, registry in (("exporter/families", families()), ("runtimes/pipelines", pipelines())):
+        modules = {p.stem for p in (ROOT / pkg).glob("*.py")} - {"__init__"}
+        registering = {cls.__module__.rsplit(".", 1)[1] for cls in registry.values()}
+        assert not registering & HELPERS[pkg], f"{pkg}: a helper module registers a family"
+        assert modules - HELPERS[pkg] == registering, f"{pkg}: modules that are neither a family nor a helper"
+
+
+def test_no_family_module_imports_a_private_name_of_another():
+    bad = []
+    for pkg in HELPERS:
+        for path in sorted((ROOT / pkg).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level == 1:
+                    bad += [f"{pkg}/{path.name}:{node.lineno} imports {a.name}" for a in node.names if a.name[0] == "_"]
+    assert not bad, "private helpers imported across family modules (move them to a helper module):\n" + "\n".join(bad)

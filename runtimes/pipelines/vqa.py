@@ -24,7 +24,8 @@ from ..images import load_image
 from ..manifest import DECODER_INFO, DICT, GENERATION, check_decoder_blocks
 from ..tokenize import bad_unicode_at
 from . import register
-from .caption import CaptionPipeline, OnText, SessionDecoder, decoder_feeds_after
+from .caption import CaptionPipeline, SessionDecoder
+from .decoders import OnText, decoder_feeds_after
 from .pipeline import Pipeline
 
 MAX_QUESTION_CHARS = 2000
