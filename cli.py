@@ -205,13 +205,14 @@ def export(
 ):
     """Export a checkpoint to a bundle: ONNX per component + backend variants, each checked against PyTorch."""
     from .exporter.export import export as run_export
-    from .runtimes.session import BACKENDS, PRECISIONS, parse_list
+    from .runtimes.backends import backend_names
+    from .runtimes.session import PRECISIONS, parse_list
 
     _check_data(calib, "--calib")
     bundle = run_export(
         source,
         output,
-        backends=parse_list(backend, list(BACKENDS), "backend"),
+        backends=parse_list(backend, backend_names(), "backend"),
         precisions=parse_list(precision, (*PRECISIONS, "best"), "precision"),
         target=target,
         random_weights=random_weights,
@@ -265,7 +266,8 @@ def bench(
     from .benchmarks.bench import bench as run_bench
     from .benchmarks.report import accuracy_table, table, write_json
     from .benchmarks.report import plot as write_plot
-    from .runtimes.session import BACKENDS, PRECISIONS, parse_list, parse_sizes
+    from .runtimes.backends import backend_names
+    from .runtimes.session import PRECISIONS, parse_list, parse_sizes
 
     batches = parse_sizes(batch, "--batch")
     if data is not None and not data.strip():
@@ -275,7 +277,7 @@ def bench(
     _output_file(json_path, "--json")
     _output_file(plot, "--plot")
     cfg = BenchConfig(
-        backends=parse_list(backend, list(BACKENDS), "backend") or None,
+        backends=parse_list(backend, backend_names(), "backend") or None,
         precisions=parse_list(precision, PRECISIONS, "precision") or None,
         batches=batches,
         runs=runs,

@@ -18,11 +18,11 @@ from ..common.env import environment
 from ..common.fidelity import compare
 from ..common.timing import alternating, significant
 from ..errors import InputError, MMDeployError
+from ..runtimes.backends import get_backend
 from ..runtimes.bundle import Bundle
 from ..runtimes.feeds import BundleFeeds, component_kind
 from ..runtimes.pipelines import pipeline_class
 from ..runtimes.select import open_session, select_variant
-from ..runtimes.session import backend_module
 
 
 @dataclass
@@ -201,8 +201,8 @@ def _bench(path: str, cfg: BenchConfig, log: Callable[[str], None], progress) ->
                     if r["backend"] == "pytorch":
                         r["cosine_vs_teacher"] = round(compare(teacher_out[b], ref_out[b])["cosine"], 6)
         for a in [a for a in arts if a.component == comp]:
-            if backend_module(a.backend).available() is not None:
-                log(f"skipping {a.backend}: {backend_module(a.backend).available()}")
+            if get_backend(a.backend).available() is not None:
+                log(f"skipping {a.backend}: {get_backend(a.backend).available()}")
                 continue
             label = f"{a.backend}/{a.precision}"
             if label in opened:  # the session --interleave timed: its outputs and fidelity from it too
@@ -323,7 +323,7 @@ def _interleaved_times(
         if fam is not None:
             opened[label] = TorchSession(fam.module(comp), fam.input_names(comp), [out_name], cfg.threads), 0.0
     for a in arts:
-        if backend_module(a.backend).available() is None:
+        if get_backend(a.backend).available() is None:
             t = time.perf_counter()
             sess = open_session(bundle, a, cfg.threads, options={"spin": False} if a.backend == "onnxruntime" else None)
             opened[f"{a.backend}/{a.precision}"] = sess, (time.perf_counter() - t) * 1000
@@ -425,7 +425,7 @@ def task_accuracy(
         out.append({"backend": name, "precision": "fp32", **acc})
     for backend, precision in sorted({(a.backend, a.precision) for a in arts}):
         pair = {a.component: a for a in bundle.find(backend=backend, precision=precision)}
-        if set(pair) != {"vision", "text"} or backend_module(backend).available() is not None:
+        if set(pair) != {"vision", "text"} or get_backend(backend).available() is not None:
             continue
         v = open_session(bundle, pair["vision"], threads)
         t = open_session(bundle, pair["text"], threads)
@@ -448,7 +448,7 @@ def pair_accuracy(bundle, arts, inputs: BundleFeeds, ref, threads, log) -> list[
         ref_cos = pair_cosines(lambda f: t.run(f)["text_embeds"], inputs)
         out.append({"backend": "pytorch", "precision": "fp32", **pair_ranking(ref_cos, None)})
     for a in arts:
-        if a.component != "text" or backend_module(a.backend).available() is not None:
+        if a.component != "text" or get_backend(a.backend).available() is not None:
             continue
         sess = open_session(bundle, a, threads)
         cos = pair_cosines(lambda f: sess.run(f)["text_embeds"], inputs)
@@ -526,7 +526,7 @@ def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default
             if len(bundle.find(backend=a.backend, precision=a.precision)) >= len(bundle.components)
         }
     )
-    variants = [v for v in variants if backend_module(v[0]).available() is None]
+    variants = [v for v in variants if get_backend(v[0]).available() is None]
     gen_runs, gen_warm = max(1, min(cfg.runs, 10)), min(cfg.warmup, 1)
     requests: dict[int, Any] = {}
     rows: list[dict[str, Any]] = []

@@ -19,9 +19,9 @@ import numpy as np
 
 from ..common.env import environment
 from ..errors import InputError
+from ..runtimes.backends import get_backend
 from ..runtimes.bundle import Bundle
 from ..runtimes.pipelines import pipeline_class
-from ..runtimes.session import backend_module
 
 TURN1 = "Describe the image."
 TURN2 = "What colors do you see?"
@@ -144,7 +144,7 @@ def chat_bench(bundle: Bundle, arts, cfg, default, log: Callable[[str], None], r
             if len(bundle.find(backend=a.backend, precision=a.precision)) >= len(bundle.components)
         }
     )
-    variants = [v for v in variants if backend_module(v[0]).available() is None]
+    variants = [v for v in variants if get_backend(v[0]).available() is None]
     if not variants:
         raise InputError(f"{bundle.root}: no complete chat variant runs here")
     image = photo_batch(1)[0]

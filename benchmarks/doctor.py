@@ -37,28 +37,18 @@ def _gpu() -> str:
 
 
 def report() -> list[str]:
-    from ..runtimes.session import BACKENDS, backend_module
+    from ..runtimes.backends import backend_names, get_backend
 
     cpu = cpu_info()
     lines = [f"cpu: {cpu['model']} ({cpu['cores']} cores), ISA: {', '.join(cpu['isa']) or 'none of note'}", _gpu()]
-    for name in BACKENDS:
-        mod = backend_module(name)
-        why = mod.available()
+    for name in backend_names():
+        be = get_backend(name)
+        why = be.available()
         if why is not None:
             lines.append(f"{name}: missing: {why}")
             continue
-        detail = ""
-        if name == "onnxruntime":
-            import onnxruntime as ort
-
-            detail = f" (providers: {', '.join(ort.get_available_providers())})"
-        elif name == "openvino":
-            core = mod.core()
-            caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-            detail = f" (devices: {', '.join(core.available_devices)}; CPU: {', '.join(caps)})"
-        elif name == "tensorrt":
-            detail = f" (this GPU: {mod.here()})"
-        lines.append(f"{name}: ok {mod.version()}{detail}")
+        detail = be.describe()
+        lines.append(f"{name}: ok {be.version()}" + (f" ({detail})" if detail else ""))
     for module, extra in EXTRAS:
         try:
             importlib.import_module(module)

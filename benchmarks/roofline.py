@@ -110,7 +110,7 @@ def ceilings(threads: int | None, seconds: float = 0.5) -> dict:
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from ..runtimes.backends.onnxruntime import OrtSession
+    from ..runtimes.backends import get_backend
 
     m, k, n = CEILING_SHAPE
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, n)).astype(np.float32), "w")
@@ -132,7 +132,7 @@ def ceilings(threads: int | None, seconds: float = 0.5) -> dict:
         finally:
             logging.disable(logging.NOTSET)
         for name, path in (("fp32", fp32), ("int8", int8)):
-            sess = OrtSession(path, threads=threads)
+            sess = get_backend("onnxruntime").open(path, threads=threads)
             for _ in range(3):
                 sess.run(x)
             times, end = [], time.perf_counter() + seconds

@@ -1,5 +1,5 @@
-"""A registry of classes keyed by their `family`, filled by importing every module of a package
-once (the family files register themselves with a decorator)."""
+"""A registry of classes keyed by an attribute (a family's `family`, a backend's `name`), filled by
+importing every module of a package once (the files register themselves with a decorator)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import pkgutil
 
 
 class Registry:
-    def __init__(self, package: str, path):
-        self.package, self.path = package, path
+    def __init__(self, package: str, path, key: str = "family"):
+        self.package, self.path, self.key = package, path, key
         self._classes: dict[str, type] = {}
         self._discovered = False
 
     def register(self, cls: type) -> type:
-        """Class decorator: registers `cls` under `cls.family`."""
-        self._classes[cls.family] = cls
+        """Class decorator: registers `cls` under its `key` attribute (`cls.family` by default)."""
+        self._classes[getattr(cls, self.key)] = cls
         return cls
 
     def all(self) -> dict[str, type]:

@@ -12,8 +12,8 @@ from ..common.env import library_versions
 from ..common.fidelity import GATES, compare_all
 from ..common.locks import writer_lock
 from ..errors import BackendError, ExportError, InputError, ParityError, require
+from ..runtimes.backends import get_backend
 from ..runtimes.bundle import Artifact, Bundle, BundleWriter, check_replaceable
-from ..runtimes.session import backend_module
 from .checkpoint import Checkpoint, resolve
 from .families import family_exporter
 from .graph import OPSET, externalize_weights
@@ -33,15 +33,15 @@ def plan_variants(backends: list[str], precisions: list[str]) -> list[tuple[str,
     """Every (backend, precision) pair the backend builds; each precision needs one backend."""
     pairs = []
     for precision in precisions:
-        got = [b for b in backends if precision in backend_module(b).PRECISIONS]
+        got = [b for b in backends if precision in get_backend(b).capabilities.builds]
         if not got:
             raise BackendError(
                 f"none of the backends {', '.join(backends)} builds {precision}; "
-                + "; ".join(f"{b}: {', '.join(backend_module(b).PRECISIONS)}" for b in backends)
+                + "; ".join(f"{b}: {', '.join(get_backend(b).capabilities.builds)}" for b in backends)
             )
         pairs += [(b, precision) for b in got]
     for b in backends:
-        why = backend_module(b).available()
+        why = get_backend(b).available()
         if why:
             raise BackendError(why)
     return pairs
@@ -128,16 +128,16 @@ def export(
             cases = fam.parity_cases(comp)  # (label, feeds): real inputs, a decoder's first and later steps
             refs = [TorchSession(module, inputs, outputs).run(f) for _, f in cases]
             for backend, precision in variants:
-                mod = backend_module(backend)
+                be = get_backend(backend)
                 try:
-                    built = mod.build(w.stage_dir / rel, w.stage_dir, precision, comp)
+                    built = be.build(w.stage_dir / rel, w.stage_dir, precision, comp)
                 except BackendError as exc:
                     log(f"{comp}: skipping {backend}/{precision}: {exc}")
                     continue
                 for f in built.files:
                     if f not in w.files:
                         w.register(f)
-                sess = mod.open(w.stage_dir / built.path, built.runtime, threads)
+                sess = be.open(w.stage_dir / built.path, threads=threads, options=built.runtime)
                 parity = compare_all(refs, [sess.run(f) for _, f in cases], outputs)
                 parity["inputs"] = "; ".join(label for label, _ in cases)
                 gate = {"min_cosine": GATES[precision], "passed": parity["cosine"] >= GATES[precision]}
@@ -246,7 +246,7 @@ def best_precisions(precisions: list[str], backends: list[str], target: str) -> 
         )
     if target != "cpu":
         raise InputError("--precision best times the variants on this CPU: for --target gpu/jetson name the precisions")
-    ov = backend_module("openvino")  # a backend that is not installed is refused by plan_variants, before any work
+    ov = get_backend("openvino")  # a backend that is not installed is refused by plan_variants, before any work
     bf16 = "openvino" in backends and ov.available() is None and ov.cpu_supports("bf16")
     return ["fp32"] + (["bf16"] if bf16 else []) + ["int8"]
 

@@ -20,8 +20,8 @@ from ..common.diskspace import check_space
 from ..common.fidelity import GATES, compare_all
 from ..errors import BackendError, InputError
 from ..runtimes.bundle import Artifact, Bundle, BundleWriter
+from ..runtimes.backends import get_backend
 from ..runtimes.pipelines import pipeline_class, pipelines
-from ..runtimes.session import backend_module
 from .choose import choose
 from .quantization import DEFAULT_EXCLUDE, METHODS, MODES, RECIPES, Job, QuantConfig, Recipe  # noqa: F401 - QuantConfig is quantize()'s API
 
@@ -121,9 +121,9 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
     bundle = Bundle.open(bundle_path)
     family = pipeline_class(bundle.family, str(bundle.root))
     recipe = check_config(cfg, bundle.family)
-    mod = backend_module(cfg.backend)
+    be = get_backend(cfg.backend)
     # TensorRT's int8 input is a Q/DQ ONNX made and checked here with ORT; the plan is built on the GPU
-    if not recipe.backend == "tensorrt" and (why := mod.available()) is not None:
+    if not recipe.backend == "tensorrt" and (why := be.available()) is not None:
         raise BackendError(why)
     if recipe.backend == "tensorrt" and "tensorrt" not in bundle.manifest:
         raise InputError(f"{bundle.root} was exported for cpu: export with --target gpu (or jetson-*) for TensorRT")
@@ -146,7 +146,7 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
             src = w.stage_dir / bundle.components[comp]["onnx"]
             names = [o["name"] for o in bundle.components[comp]["outputs"]]
             feeds, reference = held_out[comp]
-            ref_sess = backend_module("onnxruntime").open(src, {}, cfg.threads)
+            ref_sess = get_backend("onnxruntime").open(src, threads=cfg.threads)
             refs = [ref_sess.run(f) for f in feeds]
             del ref_sess
             calib, calib_name = None, None
@@ -157,7 +157,7 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
                 log(f"{comp}: calibrating on {len(calib)} samples of {calib_name} ({cfg.method})")
 
             def fidelity(path: Path, runtime: dict | None = None, backend: str = "onnxruntime") -> dict[str, Any]:
-                sess = backend_module(backend).open(path, runtime or {}, cfg.threads)
+                sess = get_backend(backend).open(path, threads=cfg.threads, options=runtime)
                 return compare_all(refs, [sess.run(f) for f in feeds], names)
 
             t = time.perf_counter()
@@ -170,8 +170,8 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
                     metric,
                     gate_at,
                     feeds[0],
-                    lambda p, rt, be: backend_module(be).open(p, rt, cfg.threads),
-                    cfg.backend == "openvino" and mod.cpu_supports("bf16"),
+                    lambda p, rt, name: get_backend(name).open(p, threads=cfg.threads, options=rt),
+                    cfg.backend == "openvino" and be.cpu_supports("bf16"),
                 )
             else:
                 built = recipe.build(job)
@@ -204,7 +204,7 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
                     path=built.files[0],
                     files=built.files,
                     runtime=built.runtime,
-                    built_for={"target": bundle.manifest.get("target", "cpu"), cfg.backend: mod.version()},
+                    built_for={"target": bundle.manifest.get("target", "cpu"), cfg.backend: be.version()},
                     parity=par,
                     gate=gate,
                     recipe=built.recipe,

@@ -14,9 +14,9 @@ from pathlib import Path
 from ..common.datasets import open_dataset
 from ..common.fidelity import GATES, compare
 from ..errors import BackendError, InputError
+from .backends import backend_names, get_backend
 from .bundle import Artifact, Bundle, BundleWriter
 from .feeds import BundleFeeds, component_kind
-from .session import backend_module
 
 
 def _fidelity(bundle: Bundle, component: str, session, threads: int | None) -> dict:
@@ -26,8 +26,8 @@ def _fidelity(bundle: Bundle, component: str, session, threads: int | None) -> d
     feeds = BundleFeeds(bundle, data).feeds(component, 8)
     out = bundle.components[component]["outputs"][0]["name"]
     ref = (
-        backend_module("onnxruntime")
-        .open(bundle.path(bundle.components[component]["onnx"]), {}, threads)
+        get_backend("onnxruntime")
+        .open(bundle.path(bundle.components[component]["onnx"]), threads=threads)
         .run(feeds)[out]
     )
     par = compare(ref, session.run(feeds)[out])
@@ -44,23 +44,23 @@ def build(
     log: Callable[[str], None] = lambda s: None,
 ) -> Bundle:
     bundle = Bundle.open(bundle_path)
-    mod = backend_module(backend)
-    if (why := mod.available()) is not None:
+    be = get_backend(backend)
+    if (why := be.available()) is not None:
         raise BackendError(why)
-    if backend == "tensorrt":
+    if not be.capabilities.device_build:
+        makers = [n for n in backend_names() if get_backend(n).capabilities.device_build]
+        raise BackendError(f"`build` makes engines for {' and '.join(makers)}; {backend} runs the ONNX as it is")
+    if backend == "tensorrt":  # the bundle's TensorRT block: profiles, precisions, int8 Q/DQ files
         settings = bundle.manifest.get("tensorrt")
         if not settings:
             raise InputError(
                 f"{bundle.root} has no TensorRT build settings: export it with --target gpu (or jetson-orin / jetson-xavier)"
             )
         todo = precisions or settings["precisions"]
-    elif backend == "openvino":
-        todo = precisions or ["fp32"]
     else:
-        raise BackendError(f"`build` makes engines for tensorrt and openvino; {backend} runs the ONNX as it is")
+        todo = precisions or ["fp32"]
     for p in todo:
-        if p not in mod.PRECISIONS:
-            raise BackendError(f"{backend} builds {', '.join(mod.PRECISIONS)}, not {p}")
+        be.check_builds(p)
     with BundleWriter(bundle.root, base=bundle) as w:
         for comp, spec in bundle.components.items():
             for precision in todo:
@@ -80,14 +80,14 @@ def build(
                         "dla_core": dla_core,
                     }
                 log(f"{comp}: building {backend}/{precision}")
-                built = mod.build(src, w.stage_dir, precision, comp, **kwargs)
+                built = be.build(src, w.stage_dir, precision, comp, **kwargs)
                 for f in built.files:
                     w.register(f)
                 # the timing cache is reused by the next build; keep it with the bundle
                 cache = "tensorrt/timing.cache"
                 if backend == "tensorrt" and (w.stage_dir / cache).is_file():
                     w.register(cache)
-                session = mod.open(w.stage_dir / built.path, built.runtime, threads)
+                session = be.open(w.stage_dir / built.path, threads=threads, options=built.runtime)
                 par = _fidelity(bundle, comp, session, threads)
                 gate = GATES[precision]
                 log(f"{comp}: {backend}/{precision} cosine {par['cosine']:.5f} vs fp32")

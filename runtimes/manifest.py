@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import BundleError
-from .session import BACKENDS, PRECISIONS
+from .session import PRECISIONS
 
 Check = Callable[[Any, str], None]  # raises _Bad with the field path
 
@@ -166,11 +166,17 @@ def either(*checks: Check) -> Check:
     return check
 
 
+def BACKEND_NAME(v, where):
+    from .backends import backend_names  # asked when checked: a backend registered later is known
+
+    one_of(*backend_names())(v, where)
+
+
 TENSOR = obj({"name": STR, "dtype": STR, "shape": list_of(DIM)})
 ARTIFACT = obj(
     {
         "component": STR,
-        "backend": one_of(*BACKENDS),
+        "backend": BACKEND_NAME,
         "precision": one_of(*PRECISIONS),
         "path": REL_PATH,
         "files": list_of(REL_PATH, nonempty=True),

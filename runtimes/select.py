@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 
 from ..errors import BackendError, BundleError, InputError
+from .backends import get_backend
 from .bundle import Artifact, Bundle, BundleWriter
-from .session import Session, backend_module
+from .session import Session
 
 # Without measurements for this machine, prefer in this order (fastest first on the
 # CPUs measured so far: OpenVINO bf16 > OpenVINO f32 ≈ ORT f32 on AVX-512 machines).
@@ -25,14 +26,9 @@ PREFERENCE = [
 def runs_here(a: Artifact) -> bool:
     """Its backend is installed, this CPU has the precision natively, and it fits (e.g. a GPU plan)."""
     try:
-        mod = backend_module(a.backend)
-    except BackendError:
+        return get_backend(a.backend).runs(a)
+    except BackendError:  # a backend this mmdeploy does not have
         return False
-    if mod.available() is not None:
-        return False
-    check = getattr(mod, "cpu_supports", None)
-    fits = getattr(mod, "fits", None)
-    return (check is None or check(a.precision)) and (fits is None or fits(a))
 
 
 def select_variant(bundle: Bundle, backend: str | None = None, precision: str | None = None) -> tuple[str, str]:
@@ -41,7 +37,7 @@ def select_variant(bundle: Bundle, backend: str | None = None, precision: str | 
         if v is not None and not v.strip():
             raise InputError(f"{flag} is empty: give a name, or leave the flag out for the default variant")
     if backend is not None:
-        backend_module(backend)  # unknown name -> clear error
+        get_backend(backend)  # unknown name -> clear error
     comps = list(bundle.components)
     variants: dict[tuple[str, str], list[Artifact]] = {}
     for a in bundle.artifacts:
@@ -108,13 +104,12 @@ def open_session(
 ) -> Session:
     """Open one artifact; `device` picks ORT's execution providers (cpu, cuda, tensorrt) or
     OpenVINO's device (cpu, gpu); `options` add backend runtime options (e.g. ORT's spin)."""
-    mod = backend_module(artifact.backend)
-    why = mod.available()
+    be = get_backend(artifact.backend)
+    why = be.available()
     if why is not None:
         raise BackendError(why)
     bundle.verify(artifact.files)
-    runtime = dict(artifact.runtime, **({"device": device} if device else {}), **(options or {}))
-    return mod.open(bundle.path(artifact.path), runtime, threads)
+    return be.open(bundle.path(artifact.path), device, threads, dict(artifact.runtime, **(options or {})))
 
 
 def open_sessions(

@@ -1,16 +1,11 @@
-"""The one interface pipelines talk to, and the registry of backends.
+"""The one interface pipelines talk to: Session, its tensor specs, and what a build produced.
 
-A backend is a module in runtimes/ with:
-    NAME, EXTRA, PRECISIONS
-    available() -> str | None            None when usable, else why not (one line)
-    build(onnx_path, out_dir, precision, component) -> BuildResult
-    open(path, runtime: dict, threads: int | None) -> Session
-Backends import their SDK lazily so `import mmdeploy.runtimes` stays light.
+Backends (runtimes/backends/: one class per backend, registered by name) open sessions;
+see runtimes/backends/base.py for what a backend declares and implements.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,11 +13,6 @@ import numpy as np
 
 from ..errors import BackendError, InputError
 
-BACKENDS = {
-    "onnxruntime": "mmdeploy.runtimes.backends.onnxruntime",
-    "openvino": "mmdeploy.runtimes.backends.openvino",
-    "tensorrt": "mmdeploy.runtimes.backends.tensorrt",
-}
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")  # int4: captioners' decoders (weight-only)
 
 
@@ -48,22 +38,6 @@ class Session(Protocol):
     outputs: list[TensorSpec]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-
-def backend_module(name: str):
-    if name not in BACKENDS:
-        raise BackendError(f"unknown backend {name!r}: choose from {', '.join(BACKENDS)}")
-    return importlib.import_module(BACKENDS[name])
-
-
-def check_precision(backend: str, precision: str) -> None:
-    mod = backend_module(backend)
-    if precision not in PRECISIONS:
-        raise BackendError(f"unknown precision {precision!r}: choose from {', '.join(PRECISIONS)}")
-    if precision not in mod.PRECISIONS:
-        raise BackendError(
-            f"backend {backend} does not build precision {precision} here (it builds: {', '.join(mod.PRECISIONS)})"
-        )
 
 
 def parse_list(value: str | None, allowed: tuple[str, ...] | list[str] | None, what: str) -> list[str]:

@@ -143,12 +143,12 @@ def _leftovers(parent: Path) -> list[str]:
 
 def test_interrupted_export_leaves_nothing_and_keeps_existing(bundle_copy, monkeypatch):
     from mmdeploy.exporter.export import export
-    from mmdeploy.runtimes.backends import openvino
+    from mmdeploy.runtimes.backends.openvino import OpenVino
 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(openvino, "build", boom)
+    monkeypatch.setattr(OpenVino, "build", boom)
     before = {p: p.read_bytes() for p in [bundle_copy / MANIFEST, bundle_copy / "onnx" / "vision.onnx"]}
     # over an existing bundle: it stays byte-identical
     with pytest.raises(KeyboardInterrupt):

@@ -13,7 +13,7 @@ import pytest
 
 from mmdeploy.exporter.choose import Candidate, _groups, candidates, pick
 from mmdeploy.exporter.quantize import QuantConfig, quantize
-from mmdeploy.runtimes.backends.openvino import cpu_supports
+from mmdeploy.runtimes.backends import get_backend
 from mmdeploy.runtimes.bundle import Bundle
 from mmdeploy.runtimes.select import machine_key, select_variant
 
@@ -92,7 +92,9 @@ def test_best_keeps_the_fastest_passing_candidate_and_says_why(best_bundle):
             if backend == "openvino":  # the hint it was timed and gated with is the one it runs with
                 assert a.runtime["INFERENCE_PRECISION_HINT"] == won[0]["compute_hint"]
                 assert a.recipe["smooth_quant"] == ("off" if won[0]["smooth_quant"] == -1 else "alpha 0.95 (MatMul)")
-                assert {r["compute_hint"] for r in rows} == ({"f32", "bf16"} if cpu_supports("bf16") else {"f32"})
+                assert {r["compute_hint"] for r in rows} == (
+                    {"f32", "bf16"} if get_backend("openvino").cpu_supports("bf16") else {"f32"}
+                )
                 continue
             ops = _ops(b.path(a.path))
             if won[0]["recipe"] == "int8-dynamic":
@@ -147,7 +149,9 @@ def test_export_best_on_openvino_without_calibration_data(cli_inprocess, tmp_pat
     assert r.returncode == 0, r.stderr
     assert "NNCF INT8 needs --calib; skipped" in r.stderr + r.stdout
     have = {(a.backend, a.precision) for a in Bundle.open(out).artifacts}
-    assert have == {("openvino", "fp32")} | ({("openvino", "bf16")} if cpu_supports("bf16") else set())
+    assert have == {("openvino", "fp32")} | (
+        {("openvino", "bf16")} if get_backend("openvino").cpu_supports("bf16") else set()
+    )
     assert set(json.loads((out / "manifest.json").read_text())["measured"][machine_key()]) == {
         f"{b}/{p}" for b, p in have
     }

@@ -13,10 +13,10 @@ from mmdeploy.common.datasets import open_dataset
 from mmdeploy.errors import BackendError, InputError
 from mmdeploy.exporter.quantize import QuantConfig, quantize
 from mmdeploy.runtimes import load
+from mmdeploy.runtimes.backends import get_backend
 from mmdeploy.runtimes.bundle import MANIFEST, Bundle
 from mmdeploy.runtimes.feeds import BundleFeeds
 from mmdeploy.runtimes.select import open_session
-from mmdeploy.runtimes.session import backend_module
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +46,10 @@ def test_static_int8_is_qdq_and_runs_in_ort_and_openvino(qbundle):
     inputs = BundleFeeds(b, open_dataset("shapes"))
     feeds = inputs.feeds("vision", 8)
     fp32 = open_session(b, b.find("vision", "onnxruntime", "fp32")[0]).run(feeds)["image_embeds"]
-    ort = backend_module("onnxruntime").open(b.path(art.path), {}, 2).run(feeds)["image_embeds"]
+    ort = get_backend("onnxruntime").open(b.path(art.path), threads=2).run(feeds)["image_embeds"]
     ov = (
-        backend_module("openvino")
-        .open(b.path(art.path), {"INFERENCE_PRECISION_HINT": "f32"}, 2)
+        get_backend("openvino")
+        .open(b.path(art.path), threads=2, options={"INFERENCE_PRECISION_HINT": "f32"})
         .run(feeds)["image_embeds"]
     )
     assert _cos(ort, fp32).min() >= 0.99

@@ -8,12 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendError, require
-from .session import BuildResult, TensorSpec
-
-NAME = "onnxruntime"
-EXTRA = "core"
-PRECISIONS = ("fp32",)
+from ...errors import BackendError, require
+from ..session import BuildResult, TensorSpec
+from . import register
+from .base import Backend, Capabilities
 
 _ORT_TYPES = {
     "tensor(float)": "float32",
@@ -25,27 +23,6 @@ _ORT_TYPES = {
     "tensor(uint8)": "uint8",
     "tensor(int8)": "int8",
 }
-
-
-def available() -> str | None:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return "onnxruntime is not installed (pip install onnxruntime)"
-    return None
-
-
-def version() -> str:
-    return require("onnxruntime", "core").__version__
-
-
-def build(onnx_path: Path, out_dir: Path, precision: str, component: str) -> BuildResult:
-    """The fp32 ONNX in the bundle is already this backend's artifact: nothing to build."""
-    if precision != "fp32":
-        raise BackendError(f"onnxruntime builds fp32 only here, not {precision}")
-    rel = onnx_path.relative_to(out_dir).as_posix()
-    data = [rel + ".data"] if (out_dir / (rel + ".data")).is_file() else []  # external weights (large graphs)
-    return BuildResult(path=rel, files=[rel, *data], built_for={"onnxruntime": version()})
 
 
 # --device -> execution providers. A requested GPU provider that is missing is an error,
@@ -101,8 +78,48 @@ class OrtSession:
         return dict(zip(self._out_names, outs))
 
 
-def open(path: str | os.PathLike, runtime: dict[str, Any] | None = None, threads: int | None = None):
-    runtime = runtime or {}
-    return OrtSession(
-        path, threads=threads, providers=providers_for(runtime.get("device", "cpu")), spin=runtime.get("spin", True)
+@register
+class OnnxRuntime(Backend):
+    """The fp32 ONNX itself; quantize adds int8 / int4 / fp16 ONNX files that it runs too."""
+
+    name = "onnxruntime"
+    extra = "core"
+    capabilities = Capabilities(
+        builds=("fp32",),
+        runs=("fp32", "fp16", "int8", "int4"),
+        devices=tuple(DEVICES),
+        kv_binding=True,  # IOBinding: the decoder writes its cache into preallocated buffers
     )
+
+    def available(self) -> str | None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "onnxruntime is not installed (pip install onnxruntime)"
+        return None
+
+    def version(self) -> str:
+        return require("onnxruntime", "core").__version__
+
+    def build(self, onnx_path: Path, out_dir: Path, precision: str, component: str, **settings) -> BuildResult:
+        """The fp32 ONNX in the bundle is already this backend's artifact: nothing to build."""
+        if precision != "fp32":
+            raise BackendError(f"onnxruntime builds fp32 only here, not {precision}")
+        rel = onnx_path.relative_to(out_dir).as_posix()
+        data = [rel + ".data"] if (out_dir / (rel + ".data")).is_file() else []  # external weights (large graphs)
+        return BuildResult(path=rel, files=[rel, *data], built_for={"onnxruntime": self.version()})
+
+    def open(
+        self,
+        path: str | os.PathLike,
+        device: str | None = None,
+        threads: int | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> OrtSession:
+        options = options or {}
+        return OrtSession(
+            path, threads=threads, providers=providers_for(device or "cpu"), spin=options.get("spin", True)
+        )
+
+    def describe(self) -> str:
+        return f"providers: {', '.join(require('onnxruntime', 'core').get_available_providers())}"

@@ -12,12 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendError, require
-from .session import BuildResult, TensorSpec
+from ...errors import BackendError, require
+from ..session import BuildResult, TensorSpec
+from . import register
+from .base import Backend, Capabilities
 
-NAME = "openvino"
-EXTRA = "openvino"
-PRECISIONS = ("fp32", "bf16")
 _HINT = {"fp32": "f32", "bf16": "bf16"}
 
 _core = None
@@ -32,45 +31,6 @@ def core():
     if _core is None:
         _core = _ov().Core()
     return _core
-
-
-def available() -> str | None:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return "openvino is not installed (pip install 'mmdeploy[openvino]')"
-    return None
-
-
-def version() -> str:
-    return _ov().get_version()
-
-
-def cpu_supports(precision: str) -> bool:
-    if precision == "fp32":
-        return True
-    caps = core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    return {"bf16": "BF16", "fp16": "FP16", "int8": "INT8"}[precision] in caps
-
-
-def build(onnx_path: Path, out_dir: Path, precision: str, component: str) -> BuildResult:
-    if precision not in PRECISIONS:
-        raise BackendError(f"openvino builds {', '.join(PRECISIONS)}, not {precision}")
-    if not cpu_supports(precision):
-        raise BackendError(f"this CPU has no native {precision} support for OpenVINO")
-    ov = _ov()
-    xml = out_dir / "openvino" / f"{component}.xml"
-    if not xml.exists():  # fp32 and bf16 share the IR
-        xml.parent.mkdir(parents=True, exist_ok=True)
-        model = ov.convert_model(str(onnx_path))
-        ov.save_model(model, str(xml), compress_to_fp16=False)
-    rel = xml.relative_to(out_dir).as_posix()
-    return BuildResult(
-        path=rel,
-        files=[rel, rel[:-4] + ".bin"],
-        runtime={"INFERENCE_PRECISION_HINT": _HINT[precision]},
-        built_for={"openvino": version(), "device": "CPU"},
-    )
 
 
 _NP = {
@@ -116,5 +76,63 @@ class OvSession:
         return {s.name: np.array(result[p], copy=True) for s, p in zip(self.outputs, self._out_ports)}
 
 
-def open(path: str | os.PathLike, runtime: dict[str, Any] | None = None, threads: int | None = None):
-    return OvSession(path, runtime, threads)
+@register
+class OpenVino(Backend):
+    """IR converted from the bundle's ONNX (fp32 and bf16 share one IR); quantize adds int8 / fp16 IRs."""
+
+    name = "openvino"
+    extra = "openvino"
+    capabilities = Capabilities(
+        builds=("fp32", "bf16"),
+        runs=("fp32", "bf16", "fp16", "int8", "int4"),
+        devices=("cpu", "gpu"),
+        # what OpenVINO's CPU plugin looks for; cpu_supports asks the plugin itself (it decides)
+        cpu_needs={"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16",)},
+        device_build=True,
+    )
+
+    def available(self) -> str | None:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return "openvino is not installed (pip install 'mmdeploy[openvino]')"
+        return None
+
+    def version(self) -> str:
+        return _ov().get_version()
+
+    def cpu_supports(self, precision: str) -> bool:
+        """The CPU plugin's own OPTIMIZATION_CAPABILITIES (what it will really run natively)."""
+        need = {"bf16": "BF16", "fp16": "FP16", "int8": "INT8"}.get(precision)
+        return need is None or need in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+    def build(self, onnx_path: Path, out_dir: Path, precision: str, component: str, **settings) -> BuildResult:
+        self.check_builds(precision)
+        if not self.cpu_supports(precision):
+            raise BackendError(f"this CPU has no native {precision} support for OpenVINO")
+        ov = _ov()
+        xml = out_dir / "openvino" / f"{component}.xml"
+        if not xml.exists():  # fp32 and bf16 share the IR
+            xml.parent.mkdir(parents=True, exist_ok=True)
+            model = ov.convert_model(str(onnx_path))
+            ov.save_model(model, str(xml), compress_to_fp16=False)
+        rel = xml.relative_to(out_dir).as_posix()
+        return BuildResult(
+            path=rel,
+            files=[rel, rel[:-4] + ".bin"],
+            runtime={"INFERENCE_PRECISION_HINT": _HINT[precision]},
+            built_for={"openvino": self.version(), "device": "CPU"},
+        )
+
+    def open(
+        self,
+        path: str | os.PathLike,
+        device: str | None = None,
+        threads: int | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> OvSession:
+        return OvSession(path, dict(options or {}, **({"device": device} if device else {})), threads)
+
+    def describe(self) -> str:
+        caps = core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        return f"devices: {', '.join(core().available_devices)}; CPU: {', '.join(caps)}"

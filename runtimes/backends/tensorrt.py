@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendError
-from .session import BuildResult, TensorSpec
+from ...errors import BackendError
+from ..session import BuildResult, TensorSpec
+from . import register
+from .base import Backend, Capabilities
 
-NAME = "tensorrt"
-EXTRA = "tensorrt"
 PRECISIONS = ("fp32", "fp16", "int8")
 WORKSPACE_MB = {"gpu": 4096, "jetson-orin": 2048, "jetson-xavier": 1024}
 # Jetson targets: compute capability of the SoC GPU (a plan is only valid there)
@@ -112,14 +112,6 @@ def derive_profile(
     return out
 
 
-def fits(artifact) -> bool:
-    """True when the artifact's plan was built for this GPU and TensorRT (select skips others)."""
-    try:
-        return PlanKey.from_dict(artifact.runtime["plan_key"]).matches(here())
-    except (KeyError, BackendError):
-        return False
-
-
 def plan_name(component: str, precision: str, key: PlanKey) -> str:
     return f"tensorrt/{component}.{precision}.sm{key.compute_capability.replace('.', '')}-trt{key.tensorrt}.plan"
 
@@ -151,19 +143,6 @@ def _check(result):
     if int(err) != 0:
         raise BackendError(f"CUDA error {err}")
     return rest[0] if len(rest) == 1 else rest
-
-
-def available() -> str | None:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return INSTALL_HINT
-    try:
-        _cudart()
-        here()
-    except BackendError as exc:
-        return str(exc)
-    return None
 
 
 def version() -> str:
@@ -231,48 +210,6 @@ def build_plan(
         "dla_core": dla_core,
         "profile": {k: [list(s) for s in v] for k, v in shapes.items()},
     }
-
-
-def build(
-    onnx_path: Path,
-    out_dir: Path,
-    precision: str,
-    component: str,
-    shapes: dict | None = None,
-    target: str = "gpu",
-    dla_core: int | None = None,
-) -> BuildResult:
-    if precision not in PRECISIONS:
-        raise BackendError(f"tensorrt builds {', '.join(PRECISIONS)}, not {precision}")
-    if shapes is None:
-        raise BackendError("tensorrt needs an optimization profile (derive_profile) to build")
-    key = here()
-    if target in TARGET_CC and TARGET_CC[target] != key.compute_capability:
-        raise BackendError(
-            f"target {target} needs a plan for sm{TARGET_CC[target].replace('.', '')}, this GPU is {key}: "
-            "copy the bundle to the device and run `mmdeploy build` there"
-        )
-    rel = plan_name(component, precision, key)
-    settings = build_plan(
-        onnx_path,
-        out_dir / rel,
-        precision,
-        shapes,
-        timing_cache=out_dir / "tensorrt" / "timing.cache",
-        workspace_mb=WORKSPACE_MB.get(target, 4096),
-        dla_core=dla_core,
-    )
-    return BuildResult(
-        path=rel,
-        files=[rel],
-        runtime={"plan_key": key.to_dict()},
-        built_for={
-            "tensorrt": key.tensorrt,
-            "compute_capability": key.compute_capability,
-            "device": key.device,
-            **settings,
-        },
-    )
 
 
 # -- run ----------------------------------------------------------------------------------
@@ -358,5 +295,91 @@ class TrtSession:
                 pass
 
 
-def open(path: str | os.PathLike, runtime: dict[str, Any] | None = None, threads: int | None = None):
-    return TrtSession(path, runtime or {})
+@register
+class TensorRT(Backend):
+    """Plans built from the bundle's ONNX on the GPU that runs them (see the module docstring)."""
+
+    name = "tensorrt"
+    extra = "tensorrt"
+    capabilities = Capabilities(
+        builds=PRECISIONS,
+        runs=PRECISIONS,
+        devices=("cuda",),
+        device_build=True,
+        plans_tied_to_device=True,
+    )
+
+    def available(self) -> str | None:
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            return INSTALL_HINT
+        try:
+            _cudart()
+            here()
+        except BackendError as exc:
+            return str(exc)
+        return None
+
+    def version(self) -> str:
+        return version()
+
+    def fits(self, artifact) -> bool:
+        """True when the artifact's plan was built for this GPU and TensorRT (select skips others)."""
+        try:
+            return PlanKey.from_dict(artifact.runtime["plan_key"]).matches(here())
+        except (KeyError, BackendError):
+            return False
+
+    def build(
+        self,
+        onnx_path: Path,
+        out_dir: Path,
+        precision: str,
+        component: str,
+        shapes: dict | None = None,
+        target: str = "gpu",
+        dla_core: int | None = None,
+    ) -> BuildResult:
+        self.check_builds(precision)
+        if shapes is None:
+            raise BackendError("tensorrt needs an optimization profile (derive_profile) to build")
+        key = here()
+        if target in TARGET_CC and TARGET_CC[target] != key.compute_capability:
+            raise BackendError(
+                f"target {target} needs a plan for sm{TARGET_CC[target].replace('.', '')}, this GPU is {key}: "
+                "copy the bundle to the device and run `mmdeploy build` there"
+            )
+        rel = plan_name(component, precision, key)
+        settings = build_plan(
+            onnx_path,
+            out_dir / rel,
+            precision,
+            shapes,
+            timing_cache=out_dir / "tensorrt" / "timing.cache",
+            workspace_mb=WORKSPACE_MB.get(target, 4096),
+            dla_core=dla_core,
+        )
+        return BuildResult(
+            path=rel,
+            files=[rel],
+            runtime={"plan_key": key.to_dict()},
+            built_for={
+                "tensorrt": key.tensorrt,
+                "compute_capability": key.compute_capability,
+                "device": key.device,
+                **settings,
+            },
+        )
+
+    def open(
+        self,
+        path: str | os.PathLike,
+        device: str | None = None,
+        threads: int | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> TrtSession:
+        return TrtSession(path, options or {})
+
+    def describe(self) -> str:
+        return f"this GPU: {here()}"
