@@ -125,8 +125,14 @@ def accuracy_table(report: dict[str, Any]):
 def write_json(report: dict[str, Any], path: str | os.PathLike) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, path)
+    except OSError as exc:
+        from ..common.diskspace import resource_error
+
+        tmp.unlink(missing_ok=True)  # nothing half-written is left
+        raise resource_error(exc, path.parent, f"writing {path}") from None
 
 
 def plot(report: dict[str, Any], path: str | os.PathLike) -> None:

@@ -95,6 +95,7 @@ def resource_error(exc: BaseException, path: str | os.PathLike, doing: str) -> B
         )
         if s in str(exc)
     )
+    what = getattr(exc, "strerror", None) or what  # the system's own words ("Read-only file system")
     name = getattr(exc, "filename", None)
     doing = f"{doing} ({name})" if name and str(name) not in doing else doing
     if code in (errno.EMFILE, errno.ENFILE):
@@ -107,7 +108,7 @@ def resource_error(exc: BaseException, path: str | os.PathLike, doing: str) -> B
         errno.EPERM: "write elsewhere or fix the folder's permissions",
         errno.EROFS: "write elsewhere",
     }.get(code, "free some space there or write elsewhere")
-    return ResourceError(f"{what} on {_where(path)}: {doing}: {hint}")
+    return ResourceError(f"{what}: {_where(path)}: {doing}: {hint}")
 
 
 def nearly_full(path: str | os.PathLike) -> bool:
@@ -125,11 +126,10 @@ def disk_problem(exc: BaseException, path: str | os.PathLike, doing: str) -> Res
     if isinstance(err, ResourceError):
         return err
     if nearly_full(path):
-        from ..errors import one_line
-
+        # the original message is left out on purpose: a parser's "corrupt" would blame the bundle
         return ResourceError(
-            f"out of space on {_where(path)}: {doing} failed ({type(exc).__name__}: {one_line(exc, 100)}: "
-            "a file cut short by the full disk): free some space there or write elsewhere"
+            f"out of space: {_where(path)}: {doing} failed ({type(exc).__name__} on a file this command "
+            "wrote, cut short by the full disk): free some space there or write elsewhere"
         )
     return None
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..common.diskspace import disk_problem, resource_error
 from ..common.locks import writer_lock
-from ..errors import InputError, require
+from ..errors import InputError, ResourceError, require
 
 # leading "_": readers of a Parquet folder (pyarrow, pandas, Ray, Spark) skip these files
 JOB, SUMMARY, INDEX_DIR = "_job.json", "_summary.json", "_index"
@@ -191,7 +191,12 @@ class JobStore:
 
     def _save(self) -> None:
         self.meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        write_json_atomic(self.root / JOB, self.meta)
+        try:
+            write_json_atomic(self.root / JOB, self.meta)
+        except ResourceError as exc:
+            if not self.meta["shards"]:
+                raise
+            raise ResourceError(f"{exc}; the finished shards are kept: --resume once there is room") from None
 
     # -- writing -------------------------------------------------------------------------
     def write_shard(

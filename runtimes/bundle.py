@@ -264,7 +264,11 @@ def cannot_write_in(folder: Path) -> str | None:
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".mmdeploy-probe-", dir=folder))
     except OSError as exc:
-        return f"cannot write in {folder}: {exc.strerror or exc}"
+        from ..common.diskspace import RESOURCE_ERRNOS, file_system
+
+        mount, fstype = file_system(folder)  # which disk, when it is the disk's doing
+        where = f" (the file system at {mount}, {fstype})" if exc.errno in RESOURCE_ERRNOS else ""
+        return f"cannot write in {folder}: {exc.strerror or exc}{where}"
     return None
 
 
