@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ..common.capabilities import Capability, names
 from ..errors import CheckpointError, InputError, UnsupportedModelError, require
 from .checkpoint import Checkpoint, resolve, state_sha256
 
@@ -321,12 +322,13 @@ def distill(
     teacher = ckpt.model.eval()
     fam = family_exporter(ckpt)  # pre-processing, tokenizer, generation settings
     student_cfg, towers = plan_student(teacher, cfg.vision_layers, cfg.text_layers, cfg.mlp_ratio, cfg.train_all)
-    if fam.distiller is None:  # a layout without a distiller (plan_student names unsupported architectures first)
-        from .families import families
+    # a family without a distiller (plan_student names unsupported architectures first)
+    if not fam.can(Capability.DISTILL):
+        from .families import families_that
 
-        has = sorted(n for n, c in families().items() if c.distiller)
         raise UnsupportedModelError(
-            f"{teacher_source}: the {fam.family} family has no distiller yet (distill takes {', '.join(has)})"
+            f"{teacher_source}: the {fam.family} family has no distiller yet "
+            f"(distill takes {names(families_that(Capability.DISTILL))})"
         )
     torch.manual_seed(cfg.seed)
     student = build_student(teacher, student_cfg, towers)
@@ -346,7 +348,7 @@ def distill(
     train, held = _training_data(cfg)
     teacher.to(device)
     student.to(device)
-    runner = DISTILLERS[fam.distiller](fam, teacher, student, towers, cfg, device, log)
+    runner = fam.distiller(fam, teacher, student, towers, cfg, device, log)  # the family's own
     runner.prepare(train)
 
     params = [p for n, p in student.named_parameters() if runner.trainable(n)]
@@ -773,7 +775,3 @@ class CaptionDistiller:
             *(lambda m=m: m.generate(pixel_values=px, do_sample=False) for m in (self.teacher, self.student)),
             runs=10,
         )
-
-
-# the names family exporters give as `distiller`
-DISTILLERS = {"ClipDistiller": ClipDistiller, "CaptionDistiller": CaptionDistiller}

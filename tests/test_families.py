@@ -128,6 +128,7 @@ def test_every_family_declares_its_capabilities_on_both_halves():
         assert exp.capabilities - build_time == pipe.capabilities, name
         assert not pipe.capabilities & build_time, name
         assert exp.can(Capability.DISTILL) == (exp.distiller is not None), name
+        assert exp.distiller is None or isinstance(exp.distiller, type), f"{name}: attach the distiller class"
         assert pipe.capabilities, f"{name} declares no capability"
 
 

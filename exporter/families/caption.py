@@ -36,6 +36,7 @@ from ...common.capabilities import Capability
 from ...errors import CheckpointError, ExportError, UnsupportedModelError, require
 from ...runtimes.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocessor
 from ..checkpoint import Checkpoint
+from ..distill import CaptionDistiller
 from ..graph import dedupe_initializers, export_dynamo, export_onnx
 from . import register
 from .base import Family
@@ -294,7 +295,7 @@ class CaptionFamily(Family):
     model_types = ()
     default_classes = ("AutoModelForImageTextToText", "AutoConfig")
     capabilities = frozenset({Capability.CAPTION, Capability.DISTILL})
-    distiller = "CaptionDistiller"
+    distiller = CaptionDistiller
 
     @classmethod
     def create(cls, ckpt: Checkpoint):

@@ -13,6 +13,7 @@ from ...errors import CheckpointError, require
 from ...runtimes.preprocess import ImagePreprocessor
 from ...runtimes.tokenize import TextTokenizer
 from ..checkpoint import Checkpoint, tokenizer_files, tokenizer_json
+from ..distill import ClipDistiller
 from . import register
 from .base import Family
 
@@ -49,7 +50,7 @@ class ClipFamily(Family):
     model_types = ("clip",)
     default_classes = ("CLIPModel", "CLIPConfig")
     capabilities = frozenset({Capability.EMBED_IMAGES, Capability.EMBED_TEXTS, Capability.CLASSIFY, Capability.DISTILL})
-    distiller = "ClipDistiller"
+    distiller = ClipDistiller
     components = ("vision", "text")
     outputs = {"vision": "image_embeds", "text": "text_embeds"}
 
