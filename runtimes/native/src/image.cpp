@@ -551,9 +551,9 @@ RgbImage pil_resize(const RgbImage& im, int xsize, int ysize, int resample, cons
   bool need_h = xsize != im.width || box[0] != 0 || box[2] != xsize;
   bool need_v = ysize != im.height || box[1] != 0 || box[3] != ysize;
   // Pillow 13 (python-pillow#9549): the vertical pass runs first when the height shrinks by more
-  // than twice what the width does (found by matching Image.resize on random sizes; see tests)
-  double box_w = (double)box[2] - box[0], box_h = (double)box[3] - box[1];
-  bool vertical_first = ysize < box_h && (box_h - ysize) > 2 * (box_w - xsize);
+  // than twice what the width does, measured on the whole input even with a box (found by matching
+  // Image.resize on random sizes and on preprocess.py's crop-window box; tests/test_native.py)
+  bool vertical_first = ysize < im.height && (long long)(im.height - ysize) > 2LL * (im.width - xsize);
   Coeffs cv = precompute(im.height, box[1], box[3], ysize, filter, support);
   Coeffs ch;
   if (need_h) ch = precompute(im.width, box[0], box[2], xsize, filter, support);
