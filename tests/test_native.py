@@ -1,0 +1,368 @@
+"""The native runtime (runtimes/native) against the Python runtime: pixels, embeddings, scores,
+hostile inputs, threads, and the installed CMake / pkg-config package.
+
+A session fixture runs runtimes/native/build.sh once (it installs its Debian build deps when
+missing); every test here skips, saying why, only when that build cannot be made."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD = REPO / "build" / "native"
+MMRT = BUILD / "mmrt"
+
+
+@pytest.fixture(scope="session")
+def native_build() -> Path:
+    script = REPO / "runtimes" / "native" / "build.sh"
+    env = dict(os.environ, PYTHON=sys.executable)
+    r = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=1800)
+    if r.returncode != 0 or not MMRT.is_file():
+        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+        pytest.skip(f"native runtime not built (runtimes/native/build.sh exit {r.returncode}: {tail[0]})")
+    return BUILD
+
+
+@pytest.fixture(scope="session")
+def native_clip(tmp_path_factory) -> Path:
+    """clip-shapes exported to ONNX Runtime fp32 only (the native runtime's backend)."""
+    from mmdeploy.exporter.export import export
+
+    out = tmp_path_factory.mktemp("native") / "clip-shapes"
+    export("clip-shapes", out, backends=["onnxruntime"], precisions=["fp32"], threads=2)
+    return out
+
+
+def mmrt(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(MMRT), *map(str, args)], capture_output=True, text=True, timeout=300)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def cosine(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+# -- images of odd sizes and modes, made with PIL --------------------------------------------------
+
+
+def _photo(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Smooth gradients plus noise: resampling of real photos, not only of white noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 / max(w - 1, 1), y * 255 / max(h - 1, 1), (x + y) * 127 / max(h + w - 2, 1)], -1)
+    return np.clip(base + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def make_images(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = Image.fromarray(_photo(61, 47))
+    out = []
+
+    def save(name, im, **kw):
+        p = folder / name
+        im.save(p, **kw)
+        out.append(p)
+
+    save("rgb.png", rgb)
+    save("odd.png", Image.fromarray(_photo(333, 501, 1)))
+    save("tall.png", Image.fromarray(_photo(700, 90, 2)))
+    save("l.png", rgb.convert("L"))
+    la = rgb.convert("LA")
+    la.putalpha(Image.fromarray(_photo(61, 47, 3)[..., 0]))
+    save("la.png", la)
+    save("p.png", rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=37))
+    p_trns = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    save("p_trns.png", p_trns, transparency=3)
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.fromarray(_photo(61, 47, 4)[..., 1]))
+    save("rgba.png", rgba)
+    i16 = Image.fromarray((_photo(40, 70, 5)[..., 0].astype(np.uint16) * 257 + 3).astype(np.uint16))
+    save("gray16.png", i16)
+    save("one.png", Image.fromarray(_photo(1, 1, 6)))
+    save("wide.png", Image.fromarray(_photo(3, 4000, 7)))
+    save("strip.png", Image.fromarray(_photo(4000, 3, 8)))
+    save("rgb.jpg", Image.fromarray(_photo(150, 211, 9)), quality=90)
+    save("gray.jpg", Image.fromarray(_photo(99, 77, 10)).convert("L"), quality=85)
+    save("sub.jpg", Image.fromarray(_photo(129, 97, 11)), quality=75, subsampling=2)
+    save("rgb.webp", Image.fromarray(_photo(80, 120, 12)), quality=80)
+    save("lossless.webp", rgba, lossless=True)
+    save("rgb.bmp", Image.fromarray(_photo(33, 45, 13)))
+    save("p.gif", rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64))
+    return out
+
+
+CONFIGS = {
+    # clip-shapes: shortest edge 64, center crop 64, bicubic
+    "clip64": {"size": {"shortest_edge": 64}, "crop_size": {"height": 64, "width": 64}, "resample": 3},
+    # OpenAI CLIP
+    "clip224": {"size": {"shortest_edge": 224}, "crop_size": 224, "resample": 3},
+    # SigLIP: fixed 224 x 224, bilinear, no crop, mean = std = 0.5
+    "siglip": {
+        "size": {"height": 224, "width": 224},
+        "resample": 2,
+        "do_center_crop": False,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "rescale_factor": 1 / 255,
+    },
+    # ALIGN-like: 289 square resize, 289 crop, bicubic, rescale only by 1/127.5
+    "align": {"size": {"height": 289, "width": 289}, "crop_size": 289, "resample": 3, "do_normalize": False},
+    # a crop larger than the resize: zero padding
+    "pad": {"size": {"shortest_edge": 20}, "crop_size": {"height": 30, "width": 24}, "resample": 2},
+}
+
+
+def _read(path: Path, dtype) -> np.ndarray:
+    raw = path.read_bytes()
+    h, w = np.frombuffer(raw[:8], np.int32)
+    return np.frombuffer(raw[8:], dtype), int(h), int(w)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    return make_images(tmp_path_factory.mktemp("images"))
+
+
+def test_decode_equals_load_image(native_build, images, tmp_path):
+    """Every format and mode decodes to the RGB pixels runtimes/images.py's load_image gives."""
+    from mmdeploy.runtimes.images import load_image
+
+    for p in images:
+        r = subprocess.run(
+            [str(native_build / "mmrt_preprocess"), "decode", p, tmp_path / "o"], capture_output=True, text=True
+        )
+        assert r.returncode == 0, (p.name, r.stderr)
+        got, h, w = _read(tmp_path / "o", np.uint8)
+        want = np.asarray(load_image(p))
+        assert (h, w) == want.shape[:2], p.name
+        diff = np.abs(got.reshape(h, w, 3).astype(int) - want.astype(int)).max()
+        assert diff == 0, f"{p.name}: max diff {diff}"
+
+
+def test_resize_is_pillow_bit_exact(native_build, tmp_path):
+    """PIL.Image.resize, bicubic and bilinear, bit for bit, on sizes either side of Pillow 13's
+    pass-order rule (vertical first when the height shrinks by more than twice the width)."""
+    import PIL
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src.png"
+    cases = [(100, 100, 90, 80), (100, 100, 90, 79), (100, 100, 90, 81), (16, 133, 4, 102), (91, 49, 52, 11)]
+    cases += [(400, 300, 298, 224), (61, 47, 224, 172), (3, 4000, 224, 298666), (4000, 3, 298666, 224)]
+    cases += [tuple(int(v) for v in rng.integers(2, 160, 4)) for _ in range(40)]
+    for W, H, w, h in cases:
+        w, h = min(w, 600), min(h, 600)
+        Image.fromarray(_photo(H, W, W * 7 + H)).save(src)
+        for resample in (Image.Resampling.BICUBIC, Image.Resampling.BILINEAR):
+            out = tmp_path / "o"
+            r = subprocess.run(
+                [str(native_build / "mmrt_preprocess"), "resize", src, str(w), str(h), str(int(resample)), out],
+                capture_output=True,
+                text=True,
+            )
+            assert r.returncode == 0, r.stderr
+            got, gh, gw = _read(out, np.uint8)
+            want = np.asarray(Image.open(src).convert("RGB").resize((w, h), resample))
+            assert (gh, gw) == (h, w)
+            bad = int((got.reshape(h, w, 3) != want).sum())
+            assert bad == 0, f"{W}x{H} -> {w}x{h} {resample.name}: {bad} values differ (Pillow {PIL.__version__})"
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_pixels_equal_python_preprocess(native_build, images, tmp_path, config):
+    """pixel_values equal runtimes/preprocess.py's (max abs <= 1e-6) for each family's config."""
+    from mmdeploy.runtimes.preprocess import ImagePreprocessor
+
+    cfg = CONFIGS[config]
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(cfg))
+    pre = ImagePreprocessor.from_config(cfg)
+    for p in images:
+        out = tmp_path / "o"
+        r = subprocess.run(
+            [str(native_build / "mmrt_preprocess"), "pixels", cfg_path, p, out], capture_output=True, text=True
+        )
+        assert r.returncode == 0, (p.name, r.stderr)
+        got, h, w = _read(out, np.float32)
+        want = pre.process_one(p).transpose(2, 0, 1)
+        assert want.shape == (3, h, w), (p.name, want.shape, (h, w))
+        diff = float(np.abs(got.reshape(3, h, w) - want).max())
+        assert diff <= 1e-6, f"{config} {p.name}: max abs {diff}"
+
+
+# -- embed / classify against the Python CLI -----------------------------------------------------
+
+
+def test_embed_json_matches_python(native_build, native_clip, images, cli_inprocess):
+    picks = [str(p) for p in images if p.name in ("rgb.png", "odd.png", "rgba.png", "rgb.jpg", "wide.png")]
+    texts = ["a red circle", "a small blue square on the left", "two green triangles", "x"]
+    args = ["embed", str(native_clip)] + [a for p in picks for a in ("--image", p)]
+    args += [a for t in texts for a in ("--text", t)] + ["--json"]
+    py = cli_inprocess(*args)
+    assert py.returncode == 0, py.stderr
+    want = json.loads(py.stdout)
+    got = json.loads(mmrt(*args[1:]).stdout)
+    assert [d["path"] for d in got["images"]] == picks
+    assert [d["text"] for d in got["texts"]] == texts
+    for kind in ("images", "texts"):
+        for g, w in zip(got[kind], want[kind]):
+            c = cosine(g["embedding"], w["embedding"])
+            assert c >= 0.999999, (kind, c)
+            assert abs(np.linalg.norm(g["embedding"]) - 1) < 1e-5
+
+
+def test_classify_json_matches_python(native_build, native_clip, images, cli_inprocess):
+    labels = "a red circle,a blue square,a green triangle,a yellow star"
+    for p in images[:6]:
+        args = ["classify", str(native_clip), str(p), "--labels", labels, "--template", "a photo of {}", "--json"]
+        py = cli_inprocess(*args)
+        assert py.returncode == 0, py.stderr
+        want = {d["label"]: d["score"] for d in json.loads(py.stdout)["labels"]}
+        got = json.loads(mmrt(*args[1:]).stdout)["labels"]
+        assert [d["score"] for d in got] == sorted((d["score"] for d in got), reverse=True)
+        for d in got:
+            assert abs(d["score"] - want[d["label"]]) <= 1e-5, (p.name, d, want)
+
+
+def test_info_picks_the_python_default_variant(native_build, native_clip):
+    from mmdeploy.runtimes.bundle import Bundle
+    from mmdeploy.runtimes.select import select_variant
+
+    info = json.loads(mmrt("info", native_clip, "--json").stdout)
+    assert info["variant"] == "/".join(select_variant(Bundle.open(native_clip)))
+    assert info["family"] == "clip" and info["embed_dim"] == 64
+    assert len(info["verified"]) == len(json.loads((native_clip / "manifest.json").read_text())["files"])
+
+
+# -- hostile inputs: a status and one line, never a crash -------------------------------------------
+
+
+def _one_line_error(r: subprocess.CompletedProcess, *words: str) -> str:
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+def test_hostile_cli_inputs(native_build, native_clip, tmp_path):
+    _one_line_error(mmrt("info", tmp_path / "nope", check=False), "bundle not found")
+    _one_line_error(mmrt("embed", native_clip, "--image", tmp_path / "missing.png", check=False), "not found")
+    truncated = tmp_path / "cut.jpg"
+    Image.fromarray(_photo(64, 64)).save(truncated, quality=90)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    _one_line_error(mmrt("embed", native_clip, "--image", truncated, check=False), "cut.jpg", "corrupt or truncated")
+    _one_line_error(mmrt("classify", native_clip, truncated, "--labels", "a,,b", check=False), "empty item")
+    _one_line_error(mmrt("embed", native_clip, "--text", "x", "--backend", "tensorrt", check=False), "no tensorrt")
+    _one_line_error(mmrt("embed", native_clip, "--text", "x", "--ort-library", tmp_path / "x.so", check=False), "x.so")
+    # a tampered file: its sha256 no longer matches
+    bad = tmp_path / "tampered"
+    shutil.copytree(native_clip, bad)
+    (bad / ".verified.json").unlink(missing_ok=True)
+    onnx = bad / "onnx" / "text.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    _one_line_error(mmrt("embed", bad, "--text", "x", check=False), "text.onnx", "sha256")
+    # a manifest field of the wrong type, named
+    broken = tmp_path / "broken"
+    shutil.copytree(native_clip, broken)
+    m = json.loads((broken / "manifest.json").read_text())
+    m["clip"]["logit_scale"] = "big"
+    (broken / "manifest.json").write_text(json.dumps(m))
+    _one_line_error(mmrt("info", broken, check=False), "manifest.clip.logit_scale", "finite number")
+    # the wrong family for the call: the same files declared a text-embedding bundle
+    text_only = tmp_path / "text-only"
+    shutil.copytree(native_clip, text_only)
+    m = json.loads((text_only / "manifest.json").read_text())
+    m["family"] = "text-embedding"
+    (text_only / "manifest.json").write_text(json.dumps(m))
+    _one_line_error(mmrt("embed", text_only, "--image", truncated, check=False), "image encoder", "text-embedding")
+    m["family"] = "caption"
+    (text_only / "manifest.json").write_text(json.dumps(m))
+    _one_line_error(mmrt("info", text_only, check=False), "caption", "not supported")
+
+
+def test_onnxruntime_too_old_is_a_clear_error(native_build, native_clip, tmp_path):
+    """A library whose OrtGetApiBase has no API this runtime needs: refused at open, named."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the fake onnxruntime")
+    src = tmp_path / "fake.c"
+    src.write_text(
+        "typedef struct { const void* (*GetApi)(unsigned); const char* (*GetVersionString)(void); } B;\n"
+        "static const void* api(unsigned v) { return 0; }\n"
+        'static const char* ver(void) { return "1.10.0"; }\n'
+        "static B base = {api, ver};\n"
+        "const B* OrtGetApiBase(void) { return &base; }\n"
+    )
+    lib = tmp_path / "libonnxruntime.so.1.10.0"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", lib, src], check=True)
+    line = _one_line_error(mmrt("embed", native_clip, "--text", "x", "--ort-library", lib, check=False), "1.10.0")
+    assert "too old" in line and "API version" in line
+
+
+def test_c_api_hostile_calls(native_build, native_clip, images):
+    r = subprocess.run([str(native_build / "c_api_hostile"), native_clip, images[0]], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 failures" in r.stdout
+
+
+def test_one_handle_eight_threads_equals_serial(native_build, native_clip, images):
+    r = subprocess.run(
+        [str(native_build / "c_api_threads"), native_clip, *map(str, images[:4])], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 mismatches" in r.stdout
+
+
+# -- the installed package, as a user's own project uses it ------------------------------------------
+
+
+def test_installed_package_builds_the_example(native_build, native_clip, images, tmp_path):
+    prefix = tmp_path / "prefix"
+    subprocess.run(["cmake", "--install", native_build, "--prefix", prefix], check=True, capture_output=True)
+    examples = REPO / "runtimes" / "native" / "examples"
+    build = tmp_path / "example-build"
+    subprocess.run(
+        ["cmake", "-S", examples, "-B", build, f"-DCMAKE_PREFIX_PATH={prefix}"], check=True, capture_output=True
+    )
+    subprocess.run(["cmake", "--build", build], check=True, capture_output=True)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in images[:3]:
+        shutil.copy(p, folder / p.name)
+    r = subprocess.run(
+        [
+            build / "classify_folder",
+            native_clip,
+            folder,
+            "a red circle,a blue square,a green triangle",
+            "a photo of {}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    rows = [line.split("\t") for line in r.stdout.strip().splitlines()]
+    assert sorted(row[0] for row in rows) == sorted(p.name for p in images[:3])
+    # pkg-config gives the same library to a plain compiler line
+    env = dict(os.environ, PKG_CONFIG_PATH=str(next(prefix.glob("lib*/pkgconfig"))))
+    flags = subprocess.run(
+        ["pkg-config", "--cflags", "--libs", "mmdeploy-runtime"], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    exe = tmp_path / "pc_example"
+    subprocess.run(["cc", examples / "classify_folder.c", "-o", exe, *flags], check=True, capture_output=True)
