@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...errors import BackendError, require
-from ..session import BuildResult, TensorSpec
+from ...errors import BackendError, InputError, require
+from ..session import BuildResult, Decoder, Session, TensorSpec
 from . import register
 from .base import Backend, Capabilities
 
@@ -48,7 +49,7 @@ def providers_for(device: str) -> list[str]:
     return [p for p in wanted if p in have]
 
 
-class OrtSession:
+class OrtSession(Session):
     def __init__(self, path: str | os.PathLike, threads: int | None = None, providers=None, spin: bool = True):
         ort = require("onnxruntime", "core")
         so = ort.SessionOptions()
@@ -73,9 +74,94 @@ class OrtSession:
         ]
         self._out_names = [o.name for o in self.outputs]
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self._sess.run(self._out_names, feeds)
         return dict(zip(self._out_names, outs))
+
+    def open_decoder(self, cache: Sequence[tuple[str, str]], logits: str = "logits") -> OrtDecoder:
+        return OrtDecoder(self, cache, logits)
+
+    def close(self) -> None:
+        self._sess = None  # ORT frees the session's memory (weights, arenas) with the last reference
+        super().close()
+
+
+class OrtDecoder(Decoder):
+    """The decode fast path on ONNX Runtime: each K/V has two buffers allocated once per batch, each
+    with room for the whole generation; a step binds past to one and present to the other (one
+    IOBinding per batch), so ORT writes the new cache in place and no step allocates or copies it.
+    The logits buffer (when its width is static) and the fixed inputs are bound once per batch."""
+
+    def __init__(self, session: OrtSession, cache: Sequence[tuple[str, str]], logits: str = "logits"):
+        self.session, self.logits_name = session, logits
+        self.past_names = [p for p, _ in cache]
+        self.present_names = [q for _, q in cache]
+        dims = next(o.shape for o in session.outputs if o.name == logits)
+        self._logits_dims = tuple(dims[1:]) if all(isinstance(d, int) for d in dims[1:]) else None
+        self.logits: np.ndarray | None = None
+
+    def start(self, past: dict[str, np.ndarray], fixed: dict[str, np.ndarray], room: int) -> None:
+        from onnxruntime import OrtValue
+
+        self.shapes = [np.shape(past[n]) for n in self.past_names]  # (rows, heads, length, head_dim) each
+        self.rows, self.length = int(self.shapes[0][0]), int(self.shapes[0][2])  # GIT: image tokens come first
+        self.side = 0
+        self.buffers = [
+            [np.empty(r * h * (self.length + room) * d, np.float32) for r, h, _, d in self.shapes] for _ in range(2)
+        ]
+        for i, (buf, name) in enumerate(zip(self.buffers[0], self.past_names)):
+            self._view(i, buf, self.length)[...] = past[name]
+        self.io = self.session._sess.io_binding()
+        self._keep = {k: np.ascontiguousarray(v) for k, v in fixed.items()}  # the OrtValues below borrow these
+        for k, v in self._keep.items():  # cross K/V: bound once per batch
+            self.io.bind_ortvalue_input(k, OrtValue.ortvalue_from_numpy(v))
+        if self._logits_dims is not None:
+            self.logits = np.empty((self.rows, *self._logits_dims), np.float32)
+            self.io.bind_output(
+                self.logits_name, "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data
+            )
+        else:
+            self.logits = None
+            self.io.bind_output(self.logits_name, "cpu")
+
+    def _view(self, i: int, buf: np.ndarray, length: int) -> np.ndarray:
+        r, h, _, d = self.shapes[i]
+        return buf[: r * h * length * d].reshape(r, h, length, d)
+
+    def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        io, n_past = self.io, self.length
+        n_present = n_past + next(iter(feeds.values())).shape[1]
+        src, dst = self.buffers[self.side], self.buffers[1 - self.side]
+        r, h, _, d = self.shapes[0]
+        room = dst[0].size // (r * h * d)
+        if n_present > room:
+            raise InputError(f"the decoder ran past the {room} positions it was given room for")
+        for name, value in feeds.items():
+            io.bind_cpu_input(name, value)
+        for i, (name, buf) in enumerate(zip(self.past_names, src)):
+            r, h, _, d = self.shapes[i]
+            io.bind_input(name, "cpu", 0, np.float32, [r, h, n_past, d], buf.ctypes.data)
+        for i, (name, buf) in enumerate(zip(self.present_names, dst)):
+            r, h, _, d = self.shapes[i]
+            io.bind_output(name, "cpu", 0, np.float32, [r, h, n_present, d], buf.ctypes.data)
+        self.session._sess.run_with_iobinding(io)
+        self.side, self.length = 1 - self.side, n_present
+        return self.logits if self.logits is not None else io.get_outputs()[0].numpy()
+
+    def present(self, name: str) -> np.ndarray:
+        """A view of the buffer ORT wrote this cache entry into."""
+        i = self.present_names.index(name)
+        return self._view(i, self.buffers[self.side][i], self.length)
+
+    def reorder(self, rows: np.ndarray) -> None:
+        """Gather the surviving beams' rows into the idle buffers."""
+        src, dst = self.buffers[self.side], self.buffers[1 - self.side]
+        for i, (a, c) in enumerate(zip(src, dst)):
+            np.take(self._view(i, a, self.length), rows, axis=0, out=self._view(i, c, self.length))
+        self.side = 1 - self.side
+
+    def close(self) -> None:
+        self.io = self.buffers = self._keep = self.logits = None
 
 
 @register

@@ -7,13 +7,14 @@ INFERENCE_PRECISION_HINT=f32, so fp32 pins f32 and bf16 is its own, explicit var
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...errors import BackendError, require
-from ..session import BuildResult, TensorSpec
+from ..session import BuildResult, RunDecoder, Session, TensorSpec
 from . import register
 from .base import Backend, Capabilities
 
@@ -45,12 +46,17 @@ _NP = {
 }
 
 
-def _spec(port) -> TensorSpec:
+def _spec(port, prefer_graph_name: bool = False) -> TensorSpec:
     shape = tuple(d.get_length() if d.is_static else "?" for d in port.get_partial_shape())
-    return TensorSpec(port.get_any_name(), _NP.get(port.get_element_type().get_type_name(), "?"), shape)
+    name, names = port.get_any_name(), sorted(port.get_names())
+    if prefer_graph_name and name.startswith("/"):
+        # an input fused with its first node carries that node's "/..." output name too: say the graph's
+        name = next((n for n in names if not n.startswith("/")), name)
+    aliases = tuple(n for n in names if n != name)
+    return TensorSpec(name, _NP.get(port.get_element_type().get_type_name(), "?"), shape, aliases)
 
 
-class OvSession:
+class OvSession(Session):
     def __init__(self, path: str | os.PathLike, runtime: dict[str, Any] | None, threads: int | None):
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         config.update(runtime or {})
@@ -66,14 +72,39 @@ class OvSession:
         except RuntimeError as exc:
             raise BackendError(f"openvino cannot load {path}: {str(exc).splitlines()[0]}") from exc
         self._request = self._compiled.create_infer_request()
-        self.inputs = [_spec(p) for p in self._compiled.inputs]
+        self.inputs = [_spec(p, prefer_graph_name=True) for p in self._compiled.inputs]
         self.outputs = [_spec(p) for p in self._compiled.outputs]
         self._out_ports = list(self._compiled.outputs)
+        self._decode_request = None  # the decoders' own request, made on first use
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         result = self._request.infer(feeds)
         # copy: the request's output buffers are reused by the next call
         return {s.name: np.array(result[p], copy=True) for s, p in zip(self.outputs, self._out_ports)}
+
+    def open_decoder(self, cache: Sequence[tuple[str, str]], logits: str = "logits") -> OvDecoder:
+        if self._decode_request is None:
+            # an own request: shared (zero-copy) inputs must not leak into run()'s copying request
+            self._decode_request = self._compiled.create_infer_request()
+        return OvDecoder(self, cache, logits, self._decode_request)
+
+    def close(self) -> None:
+        self._request = self._decode_request = self._compiled = None  # OpenVINO frees the compiled model
+        super().close()
+
+
+class OvDecoder(RunDecoder):
+    """The decode path on OpenVINO: the session's decode request shares our input arrays (no copy in)
+    and present is copied out: output tensors bound to our buffers were measured to be overwritten
+    when another request of the same compiled model ran between two steps."""
+
+    def __init__(self, session: OvSession, cache: Sequence[tuple[str, str]], logits: str, request):
+        super().__init__(session, cache, logits)
+        self.request = request
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        res = self.request.infer(feeds, share_inputs=True, share_outputs=False)
+        return {p.get_any_name(): res[p] for p in res.keys()}
 
 
 @register

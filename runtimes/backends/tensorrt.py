@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import BackendError
-from ..session import BuildResult, TensorSpec
+from ..session import BuildResult, Session, TensorSpec
 from . import register
 from .base import Backend, Capabilities
 
@@ -226,7 +226,7 @@ _NP = {
 }
 
 
-class TrtSession:
+class TrtSession(Session):
     """One execution context; device buffers sized once for the profile's max shapes."""
 
     def __init__(self, path: str | os.PathLike, runtime: dict[str, Any]):
@@ -269,7 +269,7 @@ class TrtSession:
             self._device[name] = _check(self.cudart.cudaMalloc(nbytes))
             self.context.set_tensor_address(name, int(self._device[name]))
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cudart = self.cudart
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         for spec in self.inputs:
@@ -287,12 +287,25 @@ class TrtSession:
         _check(cudart.cudaStreamSynchronize(self.stream))
         return {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in out.items()}
 
-    def __del__(self):  # pragma: no cover - needs a GPU
-        for ptr in getattr(self, "_device", {}).values():
+    def close(self) -> None:  # pragma: no cover - needs a GPU
+        """Free the device buffers, the stream and the execution context now."""
+        device, self._device = self.__dict__.get("_device", {}), {}
+        for ptr in device.values():
             try:
                 self.cudart.cudaFree(ptr)
             except Exception:
                 pass
+        if self.__dict__.get("stream") is not None:
+            try:
+                self.cudart.cudaStreamDestroy(self.stream)
+            except Exception:
+                pass
+            self.stream = None
+        self.context = self.engine = None
+        super().close()
+
+    def __del__(self):  # pragma: no cover - needs a GPU
+        self.close()
 
 
 @register
