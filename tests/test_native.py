@@ -2,7 +2,8 @@
 hostile inputs, threads, and the installed CMake / pkg-config package.
 
 A session fixture runs runtimes/native/build.sh once (it installs its Debian build deps when
-missing); every test here skips, saying why, only when that build cannot be made."""
+missing); every test here skips, saying why, only when that build cannot be made.
+MMRT_BUILD_DIR=build/native-asan SANITIZE=1 runs the same tests on an ASan/UBSan build."""
 
 from __future__ import annotations
 
@@ -18,14 +19,15 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-BUILD = REPO / "build" / "native"
+# MMRT_BUILD_DIR: run these tests against another build (the ASan/UBSan one: SANITIZE=1)
+BUILD = Path(os.environ.get("MMRT_BUILD_DIR") or REPO / "build" / "native").resolve()
 MMRT = BUILD / "mmrt"
 
 
 @pytest.fixture(scope="session")
 def native_build() -> Path:
     script = REPO / "runtimes" / "native" / "build.sh"
-    env = dict(os.environ, PYTHON=sys.executable)
+    env = dict(os.environ, PYTHON=sys.executable, BUILD_DIR=str(BUILD))
     r = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=1800)
     if r.returncode != 0 or not MMRT.is_file():
         tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -100,6 +102,10 @@ def make_images(folder: Path) -> list[Path]:
     save("rgb.webp", Image.fromarray(_photo(80, 120, 12)), quality=80)
     save("lossless.webp", rgba, lossless=True)
     save("rgb.bmp", Image.fromarray(_photo(33, 45, 13)))
+    save("cmyk.jpg", Image.fromarray(_photo(57, 43, 14)).convert("CMYK"), quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate: load_image applies EXIF orientation
+    save("rotated.jpg", Image.fromarray(_photo(50, 80, 15)), quality=90, exif=exif)
     save("p.gif", rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64))
     return out
 
@@ -213,7 +219,7 @@ def test_embed_json_matches_python(native_build, native_clip, images, cli_inproc
     py = cli_inprocess(*args)
     assert py.returncode == 0, py.stderr
     want = json.loads(py.stdout)
-    got = json.loads(mmrt(*args[1:]).stdout)
+    got = json.loads(mmrt(*args).stdout)
     assert [d["path"] for d in got["images"]] == picks
     assert [d["text"] for d in got["texts"]] == texts
     for kind in ("images", "texts"):
@@ -230,7 +236,7 @@ def test_classify_json_matches_python(native_build, native_clip, images, cli_inp
         py = cli_inprocess(*args)
         assert py.returncode == 0, py.stderr
         want = {d["label"]: d["score"] for d in json.loads(py.stdout)["labels"]}
-        got = json.loads(mmrt(*args[1:]).stdout)["labels"]
+        got = json.loads(mmrt(*args).stdout)["labels"]
         assert [d["score"] for d in got] == sorted((d["score"] for d in got), reverse=True)
         for d in got:
             assert abs(d["score"] - want[d["label"]]) <= 1e-5, (p.name, d, want)
