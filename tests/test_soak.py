@@ -359,6 +359,8 @@ class Soak:
         self.left = 0  # clients that went away mid-stream or before their answer
         self.failures: list[str] = []  # client-side surprises (bad bodies, broken streams)
         self._next_conv = first
+        self.chat_bodies: list[dict] = []  # answered chat requests (some are sent again)
+        self.openers: list[tuple[str, str, str | None]] = []  # (first turn, its answer, image): to branch from
         self._lock = threading.Lock()
 
     def alive(self) -> bool:
@@ -368,6 +370,13 @@ class Soak:
 
     def record(self, kind: str, r) -> None:
         self.statuses.append((kind, r.status_code))
+
+    def keep(self, kind: str, body: dict, r) -> None:
+        """A valid request's answer, kept for the replay; any other status is a failure."""
+        if r.status_code == 200:
+            self.answers.append((kind, body, answer_of(kind, 200, r.json()), time.time()))
+        else:
+            self.failures.append(f"{kind}: {r.status_code} {r.text[:300]}")
 
     def _guard(self, fn, seed: int):
         def run():
@@ -391,14 +400,12 @@ class Soak:
             }
             r = c.post("/v1/classify", json=body)
             self.record("cls", r)
-            if r.status_code == 200:
-                self.answers.append(("cls", body, answer_of("cls", 200, r.json()), time.time()))
+            self.keep("cls", body, r)
             return
         body = embed_body(rng, self.pools)
         r = c.post("/v1/embeddings", json=body)
         self.record("emb", r)
-        if r.status_code == 200:
-            self.answers.append(("emb", body, answer_of("emb", 200, r.json()), time.time()))
+        self.keep("emb", body, r)
 
     def caption(self, c, rng):
         body = caption_body(rng, self.pools)
@@ -406,6 +413,8 @@ class Soak:
             with c.stream("POST", "/v1/caption", json={**body, "stream": True}) as r:
                 self.record("cap", r)
                 if r.status_code != 200:
+                    r.read()
+                    self.failures.append(f"caption: {r.status_code} {r.text[:300]}")
                     return
                 evs = sse_lines(r)
             caps = [
@@ -419,11 +428,22 @@ class Soak:
             return
         r = c.post("/v1/caption", json=body)
         self.record("cap", r)
-        if r.status_code == 200:
-            self.answers.append(("cap", body, answer_of("cap", 200, r.json()), time.time()))
+        self.keep("cap", body, r)
 
     def chat(self, c, rng):
-        """One whole conversation, two or three turns, each request carrying the history."""
+        """One whole new conversation (two or three turns, each request carrying the history); or a
+        branch of an answered one (its first turn and answer, then another question); or a request
+        sent again while others run (the same conversation continued twice at once)."""
+        roll = rng.random()
+        if roll < 0.1 and self.chat_bodies:
+            self._chat_turn(c, rng, rng.choice(self.chat_bodies[-40:]))
+            return
+        if roll < 0.25 and self.openers:
+            turn, answer, image = rng.choice(self.openers[-40:])
+            other = rng.choice(["what shape is it ?", "is it red ?", "how many are there ?", "describe it"])
+            body = {"model": "vlm", "messages": chat_messages([turn, other], [answer], image), "max_tokens": 5}
+            self._chat_turn(c, rng, body)
+            return
         with self._lock:
             i = self._next_conv
             self._next_conv += 1
@@ -432,28 +452,41 @@ class Soak:
         answers: list[str] = []
         for k in range(len(turns)):
             if not self.alive():
-                break
+                return
             body = {"model": "vlm", "messages": chat_messages(turns[: k + 1], answers, image), "max_tokens": 5}
             if rng.random() < 0.2:  # sampled, seeded: reproducible too
                 body.update(temperature=0.9, seed=rng.randrange(1000))
-            if rng.random() < 0.4:
-                with c.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
-                    self.record("chat", r)
-                    if r.status_code != 200:
-                        return
-                    evs = sse_lines(r)
-                text = "".join(e["choices"][0]["delta"].get("content") or "" for e in evs if e.get("choices"))
-                if not evs or evs[-1]["choices"][0]["finish_reason"] not in ("stop", "length"):
-                    self.failures.append(f"chat stream ended without a finish reason: {evs[-1:]}")
-            else:
-                r = c.post("/v1/chat/completions", json=body)
+            text = self._chat_turn(c, rng, body)
+            if text is None:
+                return
+            answers.append(text)
+            if k == 0:
+                self.openers.append((turns[0], text, image))
+        self.conversations += 1
+
+    def _chat_turn(self, c, rng, body: dict) -> str | None:
+        """One chat request, streamed or not: the answer's text (None when it failed)."""
+        if rng.random() < 0.4:
+            with c.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
                 self.record("chat", r)
                 if r.status_code != 200:
-                    return
-                text = answer_of("chat", 200, r.json())
-            self.answers.append(("chat", body, text, time.time()))
-            answers.append(text)
-        self.conversations += 1
+                    r.read()
+                    self.failures.append(f"chat: {r.status_code} {r.text[:300]}")
+                    return None
+                evs = sse_lines(r)
+            text = "".join(e["choices"][0]["delta"].get("content") or "" for e in evs if e.get("choices"))
+            if not evs or evs[-1]["choices"][0]["finish_reason"] not in ("stop", "length"):
+                self.failures.append(f"chat stream ended without a finish reason: {evs[-1:]}")
+        else:
+            r = c.post("/v1/chat/completions", json=body)
+            self.record("chat", r)
+            if r.status_code != 200:
+                self.failures.append(f"chat: {r.status_code} {r.text[:300]}")
+                return None
+            text = answer_of("chat", 200, r.json())
+        self.answers.append(("chat", body, text, time.time()))
+        self.chat_bodies.append(body)
+        return text
 
     def leaver(self, c, rng):
         """Reads the first event of a stream and goes away, or sends a request and hangs up."""
