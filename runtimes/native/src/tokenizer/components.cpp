@@ -107,7 +107,8 @@ void split_by(const Piece& piece, std::vector<Match> m, SplitBehavior behavior, 
   }
   for (auto& s : spans) {
     if (s.is_match || s.end == s.begin) continue;  // is_match here means "remove"
-    out.push_back({piece.text.substr(s.begin, s.end - s.begin), piece.at_origin && s.begin == 0});
+    size_t origin = s.begin < piece.origin_len ? piece.origin_len - s.begin : 0;
+    out.push_back({piece.text.substr(s.begin, s.end - s.begin), std::min(origin, s.end - s.begin)});
   }
 }
 
@@ -186,7 +187,7 @@ struct StripAccents : Normalizer {
     size_t i = 0;
     while (i < s.size()) {
       char32_t c = next_cp(s, i);
-      if (!is_mark_nonspacing(c)) append_utf8(out, c);
+      if (!is_combining_mark(c)) append_utf8(out, c);
     }
     s.swap(out);
   }
@@ -312,7 +313,10 @@ struct ByteLevelPre : PreTokenizer {
     std::vector<Piece> out;
     for (auto& p : pieces) {
       Piece q = p;
-      if (add_prefix_space && (q.text.empty() || q.text[0] != ' ')) q.text.insert(0, " ");
+      if (add_prefix_space && (q.text.empty() || q.text[0] != ' ')) {
+        q.text.insert(0, " ");
+        if (q.origin_len) ++q.origin_len;
+      }
       if (use_regex) {
         std::vector<Match> m;
         size_t prev = 0;
@@ -378,7 +382,7 @@ struct WhitespacePre : PreTokenizer {
           ++i;
         }
         if (kind != run) {
-          if (run != 0) out.push_back({s.substr(run_begin, at - run_begin), p.at_origin && run_begin == 0});
+          if (run != 0) out.push_back({s.substr(run_begin, at - run_begin), run_begin < p.origin_len ? std::min(p.origin_len - run_begin, at - run_begin) : 0});
           run = kind;
           run_begin = at;
         }
@@ -434,13 +438,13 @@ struct MetaspacePre : PreTokenizer {
   void pre_tokenize(std::vector<Piece>& pieces) const override {
     std::vector<Piece> out;
     for (auto& p : pieces) {
-      Piece q{std::string(), p.at_origin};
+      Piece q{std::string(), 0};
       for (char ch : p.text) {
         if (ch == ' ') q.text += rep;
         else q.text += ch;
       }
       bool starts = q.text.compare(0, rep.size(), rep) == 0;
-      if (!starts && (scheme == PrependScheme::Always || (scheme == PrependScheme::First && q.at_origin))) q.text.insert(0, rep);
+      if (!starts && (scheme == PrependScheme::Always || (scheme == PrependScheme::First && p.origin_len > 0))) q.text.insert(0, rep);
       if (split) {
         char32_t r = replacement;
         split_by(q, char_matches(q.text, [r](char32_t c) { return c == r; }), SplitBehavior::MergedWithNext, out);

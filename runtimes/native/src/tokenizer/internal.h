@@ -18,7 +18,7 @@ namespace mmrt::tok {
 
 using json = nlohmann::json;
 
-// ---- Unicode (unicode.cpp) ----
+// ---- Unicode (unicode.cpp; the character classes come from unicode_tables.inc) ----
 // Decode one code point at s[i] (s must be valid UTF-8); advances i.
 char32_t next_cp(const std::string& s, size_t& i);
 void append_utf8(std::string& out, char32_t cp);
@@ -29,12 +29,15 @@ size_t invalid_utf8_at(const std::string& s);
 std::string from_utf8_lossy(const std::string& bytes);
 
 bool is_whitespace(char32_t c);        // Rust char::is_whitespace (White_Space)
-bool is_other(char32_t c);             // unicode_categories is_other: Cc Cf Cn Co Cs
-bool is_mark_nonspacing(char32_t c);   // Mn
+bool is_other(char32_t c);             // unicode_categories is_other: Cc Cf Co Cs
+bool is_mark_nonspacing(char32_t c);   // Mn (BertNormalizer's strip_accents)
+bool is_combining_mark(char32_t c);    // Mn Mc Me (the StripAccents normalizer)
 bool is_bert_punctuation(char32_t c);  // ASCII punctuation or P*
 bool is_numeric(char32_t c);           // Rust char::is_numeric: Nd Nl No
 bool is_regex_word(char32_t c);        // Rust regex \w
 bool is_chinese_char(char32_t c);      // BertNormalizer's CJK ranges
+// The content of a regex character class for Oniguruma's \p{L} ('L'), \p{N} ('N') or \s ('s').
+const std::string& onig_class(char name);
 void append_lowercase(std::string& out, char32_t c);  // Rust char::to_lowercase
 std::string unicode_normalize(const std::string& s, const std::string& form);  // NFC NFD NFKC NFKD
 
@@ -69,11 +72,11 @@ class Pattern {
 };
 
 // ---- Pipeline components (components.cpp) ----
-// A piece of text during pre-tokenization; `at_origin`: it begins at offset 0 of the input
-// (Metaspace's prepend_scheme "first").
+// A piece of text during pre-tokenization. Its first `origin_len` bytes come from the input's
+// first character (HF's offsets_original().0 == 0, which Metaspace's prepend_scheme "first" reads).
 struct Piece {
   std::string text;
-  bool at_origin;
+  size_t origin_len;
 };
 
 class Normalizer {

@@ -1,6 +1,6 @@
 // HF tokenizers runs its patterns with Oniguruma (Ruby syntax); here PCRE2 runs them, with the
-// few differences that matter rewritten: \s / \S are Unicode White_Space exactly (PCRE2's \s also
-// takes U+180E), ^ and $ are line anchors as in Ruby, and the iteration over matches skips an
+// few differences that matter rewritten: \s, \p{L} and \p{N} use Oniguruma's own tables (PCRE2's
+// Unicode version differs, and its \s also takes U+180E), ^ and $ are line anchors as in Ruby, and the iteration over matches skips an
 // empty match right after the previous one as the onig crate's find_iter does.
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -11,8 +11,7 @@ namespace mmrt::tok {
 
 namespace {
 
-const char* kSpaceClass = "\\t\\n\\x0B\\f\\r\\x20\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}";
-
+// \s, \S, \p{L}, \pL, \p{N}, \pN become explicit classes with Oniguruma's tables.
 std::string translate(const std::string& p) {
   std::string out;
   bool in_class = false;
@@ -20,15 +19,29 @@ std::string translate(const std::string& p) {
     char c = p[i];
     if (c == '\\' && i + 1 < p.size()) {
       char n = p[i + 1];
-      if (n == 's') {
-        out += in_class ? std::string(kSpaceClass) : "[" + std::string(kSpaceClass) + "]";
-      } else if (n == 'S' && !in_class) {
-        out += "[^" + std::string(kSpaceClass) + "]";
-      } else {
-        out += c;
-        out += n;
+      char name = 0;
+      size_t len = 2;
+      bool negate = false;
+      if (n == 's' || n == 'S') {
+        name = 's';
+        negate = n == 'S';
+      } else if ((n == 'p' || n == 'P') && i + 2 < p.size()) {
+        negate = n == 'P';
+        if ((p[i + 2] == 'L' || p[i + 2] == 'N')) {
+          name = p[i + 2];
+          len = 3;
+        } else if (p.compare(i + 2, 3, "{L}") == 0 || p.compare(i + 2, 3, "{N}") == 0) {
+          name = p[i + 3];
+          len = 5;
+        }
       }
-      ++i;
+      if (name && !(negate && in_class)) {
+        const std::string& cls = onig_class(name);
+        out += in_class ? cls : (negate ? "[^" : "[") + cls + "]";
+      } else {
+        out.append(p, i, len);
+      }
+      i += len - 1;
       continue;
     }
     if (c == '[' && !in_class) {

@@ -69,6 +69,10 @@ class TokenTrie {
   std::vector<Node> nodes_ = std::vector<Node>(1);
 };
 
+void next_cp_end(const std::string& s, size_t& i) {
+  if (i < s.size()) tok::next_cp(s, i);
+}
+
 // Rust regex \w at the end / start of a string; \s* runs.
 bool ends_with_word(const std::string& s, size_t end) {
   if (end == 0) return false;
@@ -131,6 +135,7 @@ struct Tokenizer::Impl {
 
   std::unordered_map<std::string, int64_t> added_ids;
   std::unordered_map<int64_t, AddedToken> added_by_id;
+  std::unordered_map<int64_t, std::string> normalized_content;  // of added tokens with normalized=true
   std::set<std::string> special_contents;
   TokenTrie raw_trie, normalized_trie;
 
@@ -151,6 +156,11 @@ struct Tokenizer::Impl {
       int64_t id;
       if (auto known = token_to_id(t.content)) id = *known;
       else id = next_id++;
+      if (t.normalized && normalizer) {
+        std::string normed = t.content;
+        normalizer->normalize(normed);
+        if (normed != t.content) normalized_content[id] = normed;
+      }
       added_ids[t.content] = id;
       if (t.special) special_contents.insert(t.content);
       added_by_id[id] = t;
@@ -158,13 +168,20 @@ struct Tokenizer::Impl {
     // The matchers hold each id's token (a re-added content keeps its last properties).
     for (auto& [id, t] : added_by_id) {
       if (t.normalized) {
-        std::string pattern = t.content;
-        if (normalizer) normalizer->normalize(pattern);
-        normalized_trie.insert(pattern, id);
+        auto normed = normalized_content.find(id);
+        normalized_trie.insert(normed == normalized_content.end() ? t.content : normed->second, id);
       } else {
         raw_trie.insert(t.content, id);
       }
     }
+  }
+
+  // An added token's string as decode and id_to_token give it: its normalized form if it has one.
+  const std::string* added_token_string(int64_t id) const {
+    auto normed = normalized_content.find(id);
+    if (normed != normalized_content.end()) return &normed->second;
+    auto it = added_by_id.find(id);
+    return it == added_by_id.end() ? nullptr : &it->second.content;
   }
 
   // tokenizers' AddedVocabulary::find_matches: (id or -1, begin, end) covering `s`.
@@ -209,6 +226,15 @@ struct Tokenizer::Impl {
       }
       if (raw.end == raw.begin) continue;
       std::string piece = text.substr(raw.begin, raw.end - raw.begin);
+      // How many normalized bytes the input's first character became (0: not this piece).
+      size_t origin_len = 0;
+      if (raw.begin == 0) {
+        size_t first_end = 0;
+        next_cp_end(text, first_end);
+        std::string first = text.substr(0, first_end);
+        if (normalizer) normalizer->normalize(first);
+        origin_len = first.size();
+      }
       if (normalizer) normalizer->normalize(piece);
       if (piece.empty()) continue;
       for (const Span& sub : find_matches(piece, normalized_trie)) {
@@ -217,7 +243,8 @@ struct Tokenizer::Impl {
           continue;
         }
         if (sub.end == sub.begin) continue;
-        std::vector<tok::Piece> pieces{{piece.substr(sub.begin, sub.end - sub.begin), raw.begin == 0 && sub.begin == 0}};
+        size_t origin = sub.begin < origin_len ? std::min(origin_len - sub.begin, sub.end - sub.begin) : 0;
+        std::vector<tok::Piece> pieces{{piece.substr(sub.begin, sub.end - sub.begin), origin}};
         if (pre_tokenizer) pre_tokenizer->pre_tokenize(pieces);
         for (auto& p : pieces) model->tokenize(p.text, ids);
       }
@@ -296,10 +323,8 @@ std::string Tokenizer::decode(const std::vector<int64_t>& ids, bool skip_special
   std::vector<std::string> tokens;
   tokens.reserve(ids.size());
   for (int64_t id : ids) {
-    const std::string* t = nullptr;
-    auto it = impl_->added_by_id.find(id);
-    if (it != impl_->added_by_id.end()) t = &it->second.content;
-    else t = impl_->model->id_to_token(id);
+    const std::string* t = impl_->added_token_string(id);
+    if (!t) t = impl_->model->id_to_token(id);
     if (!t) continue;
     if (skip_special_tokens && impl_->special_contents.count(*t)) continue;
     tokens.push_back(*t);
@@ -318,8 +343,7 @@ std::string Tokenizer::decode(const std::vector<int64_t>& ids, bool skip_special
 std::optional<int64_t> Tokenizer::token_to_id(const std::string& token) const { return impl_->token_to_id(token); }
 
 std::optional<std::string> Tokenizer::id_to_token(int64_t id) const {
-  auto it = impl_->added_by_id.find(id);
-  if (it != impl_->added_by_id.end()) return it->second.content;
+  if (auto t = impl_->added_token_string(id)) return *t;
   if (auto t = impl_->model->id_to_token(id)) return *t;
   return std::nullopt;
 }

@@ -1,5 +1,6 @@
 // Unicode helpers with the semantics HF tokenizers gets from Rust's std and crates
 // (char::is_whitespace, unicode_categories, regex's \w, char::to_lowercase), backed by utf8proc.
+#include <cstdio>
 #include <cstdlib>
 
 #include <utf8proc.h>
@@ -115,62 +116,65 @@ std::string from_utf8_lossy(const std::string& bytes) {
   return out;
 }
 
-static utf8proc_category_t category(char32_t c) {
-  return utf8proc_category(static_cast<utf8proc_int32_t>(c));
+namespace {
+
+struct CpRange {
+  char32_t lo, hi;
+};
+struct LowerEntry {
+  char32_t cp;
+  char32_t to[3];
+};
+#include "unicode_tables.inc"
+
+template <size_t N>
+bool in_table(const CpRange (&table)[N], char32_t c) {
+  size_t lo = 0, hi = N;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    if (table[mid].hi < c) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < N && table[lo].lo <= c;
 }
+
+template <size_t N>
+std::string class_of(const CpRange (&table)[N]) {
+  std::string out;
+  char buf[40];
+  for (auto& r : table) {
+    if (r.lo == r.hi) std::snprintf(buf, sizeof buf, "\\x{%X}", static_cast<unsigned>(r.lo));
+    else std::snprintf(buf, sizeof buf, "\\x{%X}-\\x{%X}", static_cast<unsigned>(r.lo), static_cast<unsigned>(r.hi));
+    out += buf;
+  }
+  return out;
+}
+
+// Code points the normalization tables of tokenizers (unicode-normalization-alignments) do not
+// decompose while utf8proc's newer ones do: kept as they are (found by the parity probes).
+const CpRange kNoCanonicalDecomposition[] = {{0x11938, 0x11938}};
+const CpRange kNoCompatDecomposition[] = {{0x32FF, 0x32FF},   {0xA7F2, 0xA7F4},   {0xAB69, 0xAB69},
+                                          {0x10781, 0x10785}, {0x10787, 0x107B0}, {0x107B2, 0x107BA},
+                                          {0x11938, 0x11938}, {0x1E030, 0x1E06D}, {0x1F16C, 0x1F16C},
+                                          {0x1FBF0, 0x1FBF9}};
+
+}  // namespace
 
 bool is_whitespace(char32_t c) {
   return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
          (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
-bool is_other(char32_t c) {
-  switch (category(c)) {
-    case UTF8PROC_CATEGORY_CC:
-    case UTF8PROC_CATEGORY_CF:
-    case UTF8PROC_CATEGORY_CN:
-    case UTF8PROC_CATEGORY_CO:
-    case UTF8PROC_CATEGORY_CS:
-      return true;
-    default:
-      return false;
-  }
-}
+bool is_other(char32_t c) { return in_table(kOther, c); }
+bool is_mark_nonspacing(char32_t c) { return in_table(kMarkNonspacing, c); }
+bool is_combining_mark(char32_t c) { return in_table(kCombiningMark, c); }
+bool is_bert_punctuation(char32_t c) { return in_table(kBertPunctuation, c); }
+bool is_numeric(char32_t c) { return in_table(kNumeric, c); }
+bool is_regex_word(char32_t c) { return in_table(kRegexWord, c); }
 
-bool is_mark_nonspacing(char32_t c) { return category(c) == UTF8PROC_CATEGORY_MN; }
-
-bool is_bert_punctuation(char32_t c) {
-  if (c < 0x80) return (c >= 0x21 && c <= 0x2F) || (c >= 0x3A && c <= 0x40) || (c >= 0x5B && c <= 0x60) || (c >= 0x7B && c <= 0x7E);
-  auto cat = category(c);
-  return cat >= UTF8PROC_CATEGORY_PC && cat <= UTF8PROC_CATEGORY_PO;
-}
-
-bool is_numeric(char32_t c) {
-  auto cat = category(c);
-  return cat == UTF8PROC_CATEGORY_ND || cat == UTF8PROC_CATEGORY_NL || cat == UTF8PROC_CATEGORY_NO;
-}
-
-bool is_regex_word(char32_t c) {
-  if (c < 0x80) return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
-  switch (category(c)) {
-    case UTF8PROC_CATEGORY_LU:
-    case UTF8PROC_CATEGORY_LL:
-    case UTF8PROC_CATEGORY_LT:
-    case UTF8PROC_CATEGORY_LM:
-    case UTF8PROC_CATEGORY_LO:
-    case UTF8PROC_CATEGORY_MN:
-    case UTF8PROC_CATEGORY_MC:
-    case UTF8PROC_CATEGORY_ME:
-    case UTF8PROC_CATEGORY_ND:
-    case UTF8PROC_CATEGORY_NL:
-    case UTF8PROC_CATEGORY_PC:
-      return true;
-    default:
-      break;
-  }
-  // Join_Control, and the symbols that are Other_Alphabetic (circled / squared letters)
-  return c == 0x200C || c == 0x200D || (c >= 0x24B6 && c <= 0x24E9) || (c >= 0x1F130 && c <= 0x1F149) ||
-         (c >= 0x1F150 && c <= 0x1F169) || (c >= 0x1F170 && c <= 0x1F189);
+const std::string& onig_class(char name) {
+  static const std::string letter = class_of(kOnigLetter), number = class_of(kOnigNumber), space = class_of(kOnigSpace);
+  return name == 'L' ? letter : name == 'N' ? number : space;
 }
 
 bool is_chinese_char(char32_t c) {
@@ -184,19 +188,21 @@ void append_lowercase(std::string& out, char32_t c) {
     out += static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
     return;
   }
-  if (c == 0x130) {  // the one unconditional multi-char lowercase mapping (SpecialCasing)
-    out += "i\xCC\x87";
+  size_t lo = 0, hi = sizeof kLowercase / sizeof kLowercase[0];
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    if (kLowercase[mid].cp < c) lo = mid + 1;
+    else hi = mid;
+  }
+  if (lo < sizeof kLowercase / sizeof kLowercase[0] && kLowercase[lo].cp == c) {
+    for (char32_t x : kLowercase[lo].to)
+      if (x) append_utf8(out, x);
     return;
   }
-  append_utf8(out, static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(c))));
+  append_utf8(out, c);
 }
 
-std::string unicode_normalize(const std::string& s, const std::string& form) {
-  int options = UTF8PROC_STABLE;
-  if (form == "NFC") options |= UTF8PROC_COMPOSE;
-  else if (form == "NFD") options |= UTF8PROC_DECOMPOSE;
-  else if (form == "NFKC") options |= UTF8PROC_COMPOSE | UTF8PROC_COMPAT;
-  else options |= UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT;
+static std::string utf8proc_normalize(const std::string& s, int options) {
   utf8proc_uint8_t* out = nullptr;
   utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()),
                                     static_cast<utf8proc_ssize_t>(s.size()), &out,
@@ -205,6 +211,31 @@ std::string unicode_normalize(const std::string& s, const std::string& form) {
   std::string result(reinterpret_cast<char*>(out), static_cast<size_t>(n));
   std::free(out);
   return result;
+}
+
+std::string unicode_normalize(const std::string& s, const std::string& form) {
+  int options = UTF8PROC_STABLE;
+  bool compat = form == "NFKC" || form == "NFKD";
+  if (form == "NFC" || form == "NFKC") options |= UTF8PROC_COMPOSE;
+  else options |= UTF8PROC_DECOMPOSE;
+  if (compat) options |= UTF8PROC_COMPAT;
+  // Segments between the code points tokenizers leaves alone are normalized by utf8proc.
+  std::string out, segment;
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t b = i;
+    char32_t c = next_cp(s, i);
+    bool keep = compat ? in_table(kNoCompatDecomposition, c) : in_table(kNoCanonicalDecomposition, c);
+    if (keep) {
+      if (!segment.empty()) out += utf8proc_normalize(segment, options);
+      segment.clear();
+      out.append(s, b, i - b);
+    } else {
+      segment.append(s, b, i - b);
+    }
+  }
+  if (!segment.empty()) out += utf8proc_normalize(segment, options);
+  return out;
 }
 
 }  // namespace mmrt::tok
