@@ -303,11 +303,20 @@ def remove_stale(target: Path) -> list[Path]:
         if m and p.is_dir() and not _pid_alive(int(m.group(1))):
             shutil.rmtree(p, ignore_errors=True)
             gone.append(p)
-    # a stage's lock file (..name.staging-PID-x.lock) and the target's own, when free
-    for p in [*target.parent.glob(f"..{target.name}.*.lock"), lock_path(target)]:
-        m = pat.match(p.name[1:-5])
-        if p.is_file() and (m is None or not _pid_alive(int(m.group(1)))) and remove_stale_lock(p):
+    # what a stage (export+quantize's) had of its own: its lock file and its writers' stages
+    # (..name.staging-PID-x.lock, ..name.staging-PID-x.staging-PID-y), by the same dead pid
+    nested = re.compile(rf"^\.\.{re.escape(target.name)}\.(?:staging|old)-(\d+)-[0-9a-f]{{8}}\.")
+    for p in target.parent.glob(f"..{target.name}.*"):
+        m = nested.match(p.name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
             gone.append(p)
+        elif p.name.endswith(".lock") and remove_stale_lock(p):
+            gone.append(p)
+    if lock_path(target).is_file() and remove_stale_lock(lock_path(target)):  # free: its writer died
+        gone.append(lock_path(target))
     return gone
 
 

@@ -136,6 +136,14 @@ def test_a_dead_writers_lock_file_is_removed_by_the_next_run(tmp_path):
     assert lock_path(target).exists()
     assert lock_path(target) in remove_stale(target)
     assert not lock_path(target).exists()
+    # what a killed export+quantize's stage had of its own: its lock file and its writers' stages
+    dead = p.pid
+    inner = tmp_path / f"..b.staging-{dead}-0123abcd.staging-{dead}-89abcdef"
+    (inner / "onnx").mkdir(parents=True)
+    stage_lock = tmp_path / f"..b.staging-{dead}-0123abcd.lock"
+    stage_lock.write_text("{}")
+    assert sorted(remove_stale(target)) == sorted([inner, stage_lock])
+    assert not inner.exists() and not stage_lock.exists()
     # a live holder's is not
     p = _holder(target, 600)
     try:
@@ -223,3 +231,21 @@ def test_two_jobs_into_one_folder_compute_every_input_exactly_once(align_bundle,
     items = [i for f in sorted(out.glob("part-*.parquet")) for i in pq.read_table(f)["item"].to_pylist()]
     assert sorted(items) == list(range(40))
     assert not lock_path(out).exists()
+
+
+def test_latencies_of_a_busy_machine_never_choose_the_default(align_bundle, tmp_path):
+    """bench on a machine it flags busy records its latencies apart (measured_busy, with why):
+    load() keeps choosing by the quiet measurements and the static preference."""
+    from mmdeploy.runtimes.select import measured_latency, record_measured, select_variant
+
+    b = tmp_path / "b"
+    shutil.copytree(align_bundle, b)
+    default = "/".join(select_variant(Bundle.open(b)))
+    other = next(k for k in ("openvino/fp32", "onnxruntime/fp32") if k != default)
+    record_measured(Bundle.open(b), {other: 0.001, default: 1000.0}, busy="other processes used 1.90 cores")
+    bundle = Bundle.open(b)
+    assert "/".join(select_variant(bundle)) == default and measured_latency(bundle) == {}
+    busy = next(iter(bundle.manifest["measured_busy"].values()))
+    assert busy[other] == {"ms": 0.001, "busy": "other processes used 1.90 cores"}
+    record_measured(bundle, {other: 0.001, default: 1000.0})  # the same figures on a quiet machine: used
+    assert "/".join(select_variant(Bundle.open(b))) == other
