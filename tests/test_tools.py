@@ -1,0 +1,68 @@
+"""tools/ (the fixture trainers) is build-time code of the checkout: not in the wheel, imported by
+no module of the package, runnable as `python -m tools.fixtures NAME`."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_tools_are_not_a_package_of_the_wheel():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert "mmdeploy.exporter" in packages
+    assert not [p for p in packages if p.split(".")[1:2] == ["tools"]]
+
+
+def test_no_module_of_the_package_imports_the_tools():
+    bad = []
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] in ("tools", "tests", ".venv", "build", "docs") or rel.parts[0].startswith("."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            bad += [
+                f"{rel}:{node.lineno} imports {n}"
+                for n in names
+                if n.split(".")[0] == "tools" or n.startswith("mmdeploy.tools")
+            ]
+    assert not bad, "\n".join(bad)
+
+
+def test_one_command_names_every_fixture():
+    r = subprocess.run([sys.executable, "-m", "tools.fixtures"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    for name in ("clip-shapes", "siglip-shapes", "align-shapes", "caption-shapes", "vqa-shapes", "gpt2-tokenizer"):
+        assert f"python -m tools.fixtures {name}" in r.stderr
+
+
+def test_one_byte_table_and_it_is_gpt2s():
+    from transformers.convert_slow_tokenizer import bytes_to_unicode as reference
+
+    from tools.fixtures.harness import bytes_to_unicode
+
+    assert bytes_to_unicode() == reference()
+
+
+def test_recipe_overrides_keep_the_recipe_types():
+    from tools.fixtures.harness import recipe_with
+
+    ap = argparse.ArgumentParser()
+    r = recipe_with(
+        {"steps": 5000, "lr": 1.5e-3, "vision_init": "fixtures/x"}, ["steps=40", "lr=2e-3", "vision_init="], ap
+    )
+    assert r == {"steps": 40, "lr": 2e-3, "vision_init": ""} and type(r["steps"]) is int
+    with pytest.raises(SystemExit):
+        recipe_with({"steps": 1}, ["step=2"], ap)
