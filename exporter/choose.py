@@ -29,7 +29,16 @@ import numpy as np
 from ..common.env import MachineLoad
 from ..common.timing import alternating, runs_for
 from ..errors import require
-from .quantization import DEFAULT_EXCLUDE, DYNAMIC_OPS, NNCF_PRESET_SMOOTH_QUANT, Built, Job, Recipe, matches, weight_nodes
+from .quantization import (
+    DEFAULT_EXCLUDE,
+    DYNAMIC_OPS,
+    NNCF_PRESET_SMOOTH_QUANT,
+    Built,
+    Job,
+    Recipe,
+    matches,
+    weight_nodes,
+)
 
 TIMING_SECONDS = 2.0  # per candidate: turns alternating with the fp32 graph
 # calls per turn (after one untimed): one call a turn would put each session's calls beside the other's
@@ -200,7 +209,7 @@ def choose(
         f"{job.component}: chose {row['candidate']} ({row['ms']:.2f} ms, {row['vs_fp32']:.2f}x fp32's time)"
         + ("" if passed else f": no candidate passed {metric} >= {gate}")
     )
-    return Built(built.files, runtime, recipe_info, par)
+    return Built(files=built.files, runtime=runtime, recipe=recipe_info, parity=par)
 
 
 def measure_variants(root: Path, threads: int | None, log: Callable[[str], None]) -> dict[str, float]:

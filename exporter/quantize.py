@@ -19,8 +19,8 @@ from typing import Any
 from ..common.diskspace import check_space
 from ..common.fidelity import GATES, compare_all
 from ..errors import BackendError, InputError
-from ..runtimes.bundle import Artifact, Bundle, BundleWriter
 from ..runtimes.backends import get_backend
+from ..runtimes.bundle import Artifact, Bundle, BundleWriter
 from ..runtimes.pipelines import pipeline_class, pipelines
 from .choose import choose
 from .quantization import DEFAULT_EXCLUDE, METHODS, MODES, RECIPES, Job, QuantConfig, Recipe  # noqa: F401 - QuantConfig is quantize()'s API
@@ -161,7 +161,7 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
                 return compare_all(refs, [sess.run(f) for f in feeds], names)
 
             t = time.perf_counter()
-            job = Job(src, w, comp, cfg, calib, Path(tmp), fidelity, log)
+            job = Job(src=src, w=w, component=comp, cfg=cfg, calib=calib, workdir=Path(tmp), fidelity=fidelity, log=log)
             if cfg.mode == "best":
                 built = choose(
                     job,

@@ -2,7 +2,8 @@
 variant from a bundle's fp32 ONNX, with what it needs (calibration data or none) and the
 graph-level code that builds it. Families declare which recipe serves each (backend, precision)
 (their pipeline's `quantization` table); exporter/quantize.py is the one driver for all.
-One module per recipe family x backend (NNCF's split); registry.py names them all.
+One module per recipe family x backend (NNCF's split), each registering its recipes
+(keyword-only `Recipe`s, typed `Job`s) in recipe.RECIPES.
 
 INT8 on ONNX Runtime (CPU): static Q/DQ (uint8 asymmetric activations from calibration, int8
 per-channel weights; accuracy-aware mode keeps the most sensitive layer groups float) or dynamic.
@@ -14,7 +15,9 @@ checked here with ONNX Runtime; the plan is built on the GPU. No torch here.
 
 from __future__ import annotations
 
-from .config import METHODS, MODES, QuantConfig
+# importing each recipe module registers its recipes in RECIPES
+from . import onnxruntime_dynamic, onnxruntime_fp16, onnxruntime_int4, openvino_float, tensorrt_qdq  # noqa: F401
+from .config import METHODS, MODES, Backend, Method, Mode, Precision, QuantConfig
 from .nodes import (
     DEFAULT_EXCLUDE,
     DYNAMIC_OPS,
@@ -27,11 +30,11 @@ from .nodes import (
 )
 from .onnxruntime_static import OrtInt8, float_outputs
 from .openvino_nncf import NNCF_PRESET_SMOOTH_QUANT, nncf_patterns
-from .recipe import Built, Job, Recipe
-from .registry import RECIPES
+from .recipe import RECIPES, Built, Job, Recipe
 from .tensorrt_qdq import symmetric_qdq
 
 __all__ = [
+    "Backend",
     "Built",
     "DEFAULT_EXCLUDE",
     "DYNAMIC_OPS",
@@ -39,8 +42,11 @@ __all__ = [
     "Job",
     "METHODS",
     "MODES",
+    "Method",
+    "Mode",
     "NNCF_PRESET_SMOOTH_QUANT",
     "OrtInt8",
+    "Precision",
     "QuantConfig",
     "RECIPES",
     "Recipe",

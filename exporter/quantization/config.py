@@ -1,20 +1,54 @@
-"""What `mmdeploy quantize` was asked for: one QuantConfig per run."""
+"""What `mmdeploy quantize` was asked for (one QuantConfig per run) and the names recipes use."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-METHODS = ("minmax", "entropy", "percentile")
-MODES = ("static", "dynamic", "best")  # best: exporter/choose.py tries the recipes here
+from enum import Enum
 
 
-@dataclass
+class _Named(str, Enum):
+    """A str enum that prints as its value (so messages and manifests read "int8", not "Precision.INT8")."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Backend(_Named):
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
+    TENSORRT = "tensorrt"
+
+
+class Precision(_Named):
+    INT8 = "int8"
+    INT4 = "int4"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+class Mode(_Named):
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+    BEST = "best"  # exporter/choose.py tries the recipes here
+
+
+class Method(_Named):  # calibration statistics of static INT8
+    MINMAX = "minmax"
+    ENTROPY = "entropy"
+    PERCENTILE = "percentile"
+
+
+METHODS = tuple(m.value for m in Method)
+MODES = tuple(m.value for m in Mode)
+
+
+@dataclass(kw_only=True)
 class QuantConfig:
     precision: str
-    backend: str = "onnxruntime"
-    mode: str = "static"
+    backend: str = Backend.ONNXRUNTIME.value
+    mode: str = Mode.STATIC.value
     calib: str | None = None
-    method: str = "minmax"
+    method: str = Method.MINMAX.value
     samples: int = 32
     exclude: list[str] | None = None  # None: DEFAULT_EXCLUDE for static INT8; [] quantizes everything
     min_cosine: float | None = None

@@ -1,4 +1,6 @@
-"""Data-free dynamic INT8 of decoders: Gemm rewritten to MatMul, then ORT's dynamic quantizer."""
+"""Dynamic INT8 on ONNX Runtime (data-free: activations quantized on the fly): encoders through the
+static builder's node selection (onnxruntime_static.OrtInt8, mode dynamic), decoders with Gemm
+rewritten to MatMul first."""
 
 from __future__ import annotations
 
@@ -6,9 +8,12 @@ from pathlib import Path
 
 from ...errors import require
 from ..graph import gemm_to_matmul, quiet
+from .config import Backend, Precision
+from .onnxruntime_static import ort_int8
+from .recipe import Built, Recipe, register
 
 
-def _ort_int8_matmul(src: Path, w, comp: str) -> tuple[list[str], dict, dict]:
+def int8_matmul(src: Path, w, comp: str) -> Built:
     onnx = require("onnx", "export")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -22,10 +27,9 @@ def _ort_int8_matmul(src: Path, w, comp: str) -> tuple[list[str], dict, dict]:
             str(tmp), str(w.stage(rel)), per_channel=True, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"]
         )
     tmp.unlink()
-    return (
-        [rel],
-        {},
-        {
+    return Built(
+        files=[rel],
+        recipe={
             "mode": "dynamic",
             "weights": "int8 per-channel symmetric",
             "activations": "uint8 dynamic",
@@ -33,3 +37,27 @@ def _ort_int8_matmul(src: Path, w, comp: str) -> tuple[list[str], dict, dict]:
             "tool": "onnxruntime.quantization",
         },
     )
+
+
+DYNAMIC = register(
+    Recipe(
+        name="int8-dynamic",
+        precision=Precision.INT8,
+        backend=Backend.ONNXRUNTIME,
+        calibration=False,
+        exclusions=True,
+        build=ort_int8,
+        summary="dynamic: int8 per-channel weights, activations quantized on the fly (MatMul, Conv)",
+    )
+)
+DYNAMIC_MATMUL = register(
+    Recipe(
+        name="int8-dynamic-matmul",
+        precision=Precision.INT8,
+        backend=Backend.ONNXRUNTIME,
+        calibration=False,
+        exclusions=False,
+        build=lambda job: int8_matmul(job.src, job.w, job.component),
+        summary="dynamic INT8 with Gemm rewritten to MatMul (decoder projections), data-free",
+    )
+)

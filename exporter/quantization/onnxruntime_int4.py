@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ...errors import require
 from ..graph import gemm_to_matmul, quiet
-from .onnxruntime_dynamic import _ort_int8_matmul
+from .config import Backend, Precision
+from .onnxruntime_dynamic import int8_matmul
+from .recipe import Built, Job, Recipe, register
 
 # int4 decoder: block-wise symmetric 4-bit weights, int8 compute (accuracy_level 4, VNNI). Measured on
 # the ViT-GPT2 twin: decoder step 6.1 ms vs 8.4-9.1 ms dynamic INT8 (2 cores); the encoder's 197-row
@@ -14,15 +14,17 @@ from .onnxruntime_dynamic import _ort_int8_matmul
 INT4_BLOCK = 32
 
 
-def _ort_int4(src: Path, w, comp: str) -> tuple[list[str], dict, dict]:
+def int4(job: Job) -> Built:
+    src, w, comp = job.src, job.w, job.component
     onnx = require("onnx", "export")
     if comp != "decoder":
         why = "int4 MatMulNBits measured 2.7x slower than dynamic INT8 on encoder GEMMs"
         rel = f"onnxruntime/{comp}.int8.onnx"
         if rel in w.files:  # the int8 variant's graph: the same recipe, stored once
-            return [rel], {}, {"weights": "int8 (the int8 variant's dynamic INT8 graph)", "note": why}
-        files, runtime, recipe = _ort_int8_matmul(src, w, comp)
-        return files, runtime, dict(recipe, note=why)
+            return Built(files=[rel], recipe={"weights": "int8 (the int8 variant's dynamic INT8 graph)", "note": why})
+        built = int8_matmul(src, w, comp)
+        built.recipe["note"] = why
+        return built
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = onnx.load(str(src))
@@ -32,10 +34,9 @@ def _ort_int4(src: Path, w, comp: str) -> tuple[list[str], dict, dict]:
         q.process()
     rel = f"onnxruntime/{comp}.int4.onnx"
     onnx.save(q.model.model, str(w.stage(rel)))
-    return (
-        [rel],
-        {},
-        {
+    return Built(
+        files=[rel],
+        recipe={
             "mode": "weight-only",
             "weights": f"int4 symmetric, blocks of {INT4_BLOCK}",
             "compute": "int8 activations (accuracy_level 4)",
@@ -43,3 +44,16 @@ def _ort_int4(src: Path, w, comp: str) -> tuple[list[str], dict, dict]:
             "tool": "onnxruntime.quantization.matmul_nbits_quantizer",
         },
     )
+
+
+INT4 = register(
+    Recipe(
+        name="int4-weight-only",
+        precision=Precision.INT4,
+        backend=Backend.ONNXRUNTIME,
+        calibration=False,
+        exclusions=False,
+        build=int4,
+        summary="decoder int4 MatMulNBits (blocks of 32), other components dynamic INT8",
+    )
+)

@@ -10,9 +10,9 @@ import numpy as np
 
 from ...errors import InputError, require
 from ..graph import quiet
-from .config import QuantConfig
+from .config import Backend, Precision, QuantConfig
 from .nodes import DYNAMIC_OPS, WEIGHT_OPS, layer_groups, matches, quantized_counts, weight_nodes
-from .recipe import Built, Job
+from .recipe import Built, Feeds, Job, Recipe, register
 
 # Static INT8 never quantizes a graph output (float_outputs): quantize_static puts a Q/DQ pair
 # on every quantized MatMul's output, the last projection's included, which rounds the returned
@@ -30,7 +30,7 @@ from .recipe import Built, Job
 class OrtInt8:
     """Static Q/DQ or dynamic INT8 through onnxruntime.quantization."""
 
-    def __init__(self, src: Path, cfg: QuantConfig, calib: list[dict[str, np.ndarray]] | None, workdir: Path):
+    def __init__(self, src: Path, cfg: QuantConfig, calib: list[Feeds] | None, workdir: Path):
         self.q = require("onnxruntime.quantization", "core")
         onnx = require("onnx", "export")
         self.src, self.cfg, self.calib, self.workdir = src, cfg, calib, workdir
@@ -180,7 +180,9 @@ def _accuracy_aware(builder: OrtInt8, out: Path, fidelity, target: float, log, c
     return sorted(kept), par
 
 
-def _ort_int8_calibrated(job: Job) -> Built:
+def ort_int8(job: Job) -> Built:
+    """Static or dynamic INT8 (job.cfg.mode) of an encoder component; below --min-cosine, the
+    accuracy-aware search keeps layer groups float."""
     rel = f"onnxruntime/{job.component}.int8.onnx"
     (job.workdir / job.component).mkdir(parents=True, exist_ok=True)
     builder = OrtInt8(job.src, job.cfg, job.calib, job.workdir / job.component)
@@ -193,4 +195,17 @@ def _ort_int8_calibrated(job: Job) -> Built:
     if job.cfg.min_cosine is not None and par["cosine_mean"] < job.cfg.min_cosine:
         kept, par = _accuracy_aware(builder, job.w.stage(rel), job.fidelity, job.cfg.min_cosine, job.log, job.component)
     recipe["kept_float"] = kept
-    return Built([rel], {}, recipe, par)
+    return Built(files=[rel], recipe=recipe, parity=par)
+
+
+STATIC = register(
+    Recipe(
+        name="int8-static",
+        precision=Precision.INT8,
+        backend=Backend.ONNXRUNTIME,
+        calibration=True,
+        exclusions=True,
+        build=ort_int8,
+        summary="static Q/DQ: uint8 activations from calibration, int8 per-channel weights",
+    )
+)

@@ -1,41 +1,54 @@
-"""OpenVINO IR variants: fp16-compressed, bf16 compute hint, NNCF weight-only INT8."""
+"""OpenVINO IR variants in float: fp16-compressed weights, or the fp32 IR with bf16 compute."""
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
 from ...errors import require
-from ..graph import quiet
+from .config import Backend, Precision
+from .recipe import Built, Job, Recipe, register
 
 
-def _ov_variant(src: Path, w, comp: str, precision: str) -> tuple[list[str], dict, dict]:
+def fp16(job: Job) -> Built:
     ov = require("openvino", "openvino")
-    if precision == "bf16":  # the fp32 IR (shared) with a bf16 compute hint
-        from ...runtimes.backends import get_backend
-
-        built = get_backend("openvino").build(src, w.stage_dir, "bf16", comp)
-        return built.files, built.runtime, {"weights": "f32 IR", "compute": "bf16 (INFERENCE_PRECISION_HINT)"}
-    rel = f"openvino/{comp}.{precision}.xml"
-    if precision == "fp16":
-        ov.save_model(ov.convert_model(str(src)), str(w.stage(rel)), compress_to_fp16=True)
-        return (
-            [rel, rel[:-4] + ".bin"],
-            {"INFERENCE_PRECISION_HINT": "f32"},
-            {"weights": "fp16 (compressed IR)", "compute": "f32 on CPU, fp16 on GPU"},
-        )
-    nncf = require("nncf", "openvino")
-    logging.getLogger("nncf").setLevel(logging.WARNING)  # after import: nncf sets its own level
-    with quiet():
-        qm = nncf.compress_weights(ov.convert_model(str(src)), mode=nncf.CompressWeightsMode.INT8_ASYM)
-    ov.save_model(qm, str(w.stage(rel)), compress_to_fp16=False)
-    return (
-        [rel, rel[:-4] + ".bin"],
-        {"INFERENCE_PRECISION_HINT": "f32"},
-        {
-            "mode": "weight-only",
-            "weights": "int8 asymmetric per-channel",
-            "compute": "f32",
-            "tool": f"nncf {nncf.__version__} compress_weights",
-        },
+    rel = f"openvino/{job.component}.fp16.xml"
+    ov.save_model(ov.convert_model(str(job.src)), str(job.w.stage(rel)), compress_to_fp16=True)
+    return Built(
+        files=[rel, rel[:-4] + ".bin"],
+        runtime={"INFERENCE_PRECISION_HINT": "f32"},
+        recipe={"weights": "fp16 (compressed IR)", "compute": "f32 on CPU, fp16 on GPU"},
     )
+
+
+def bf16(job: Job) -> Built:
+    """The fp32 IR (shared with the fp32 variant) with a bf16 compute hint."""
+    from ...runtimes.backends import get_backend
+
+    built = get_backend("openvino").build(job.src, job.w.stage_dir, "bf16", job.component)
+    return Built(
+        files=built.files,
+        runtime=built.runtime,
+        recipe={"weights": "f32 IR", "compute": "bf16 (INFERENCE_PRECISION_HINT)"},
+    )
+
+
+FP16 = register(
+    Recipe(
+        name="fp16-openvino",
+        precision=Precision.FP16,
+        backend=Backend.OPENVINO,
+        calibration=False,
+        exclusions=False,
+        build=fp16,
+        summary="fp16-compressed IR",
+    )
+)
+BF16 = register(
+    Recipe(
+        name="bf16-openvino",
+        precision=Precision.BF16,
+        backend=Backend.OPENVINO,
+        calibration=False,
+        exclusions=False,
+        build=bf16,
+        summary="the fp32 IR with bf16 compute",
+    )
+)

@@ -1,4 +1,5 @@
-"""INT8 on OpenVINO through NNCF post-training quantization."""
+"""INT8 on OpenVINO through NNCF: post-training quantization from calibration (encoders), and
+data-free weight-only compression (decoders)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ...errors import require
 from ..graph import quiet
-from .config import QuantConfig
-from .recipe import Built, Job
+from .config import Backend, Precision, QuantConfig
+from .recipe import Built, Feeds, Job, Recipe, register
 
 
 def nncf_patterns(patterns: list[str]) -> list[str]:
@@ -40,7 +39,7 @@ def nncf_patterns(patterns: list[str]) -> list[str]:
 NNCF_PRESET_SMOOTH_QUANT = 0.95
 
 
-def _nncf_int8(xml: Path, out_xml: Path, calib: list[dict[str, np.ndarray]], cfg: QuantConfig) -> dict[str, Any]:
+def _nncf_int8(xml: Path, out_xml: Path, calib: list[Feeds], cfg: QuantConfig) -> dict[str, Any]:
     ov = require("openvino", "openvino")
     nncf = require("nncf", "openvino")
     model = ov.Core().read_model(str(xml))
@@ -71,7 +70,7 @@ def _nncf_int8(xml: Path, out_xml: Path, calib: list[dict[str, np.ndarray]], cfg
     }
 
 
-def _ov_nncf(job: Job) -> Built:
+def nncf_int8(job: Job) -> Built:
     from ...runtimes.backends import get_backend
 
     w, comp = job.w, job.component
@@ -90,4 +89,48 @@ def _ov_nncf(job: Job) -> Built:
     rel = f"openvino/{comp}.int8.xml"
     job.log(f"{comp}: NNCF quantization on {len(job.calib)} samples")
     recipe = _nncf_int8(xml, w.stage(rel), job.calib, job.cfg)
-    return Built([rel, rel[:-4] + ".bin"], {"INFERENCE_PRECISION_HINT": "f32"}, recipe)
+    return Built(files=[rel, rel[:-4] + ".bin"], runtime={"INFERENCE_PRECISION_HINT": "f32"}, recipe=recipe)
+
+
+def weight_only(job: Job) -> Built:
+    ov = require("openvino", "openvino")
+    nncf = require("nncf", "openvino")
+    rel = f"openvino/{job.component}.int8.xml"
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # after import: nncf sets its own level
+    with quiet():
+        qm = nncf.compress_weights(ov.convert_model(str(job.src)), mode=nncf.CompressWeightsMode.INT8_ASYM)
+    ov.save_model(qm, str(job.w.stage(rel)), compress_to_fp16=False)
+    return Built(
+        files=[rel, rel[:-4] + ".bin"],
+        runtime={"INFERENCE_PRECISION_HINT": "f32"},
+        recipe={
+            "mode": "weight-only",
+            "weights": "int8 asymmetric per-channel",
+            "compute": "f32",
+            "tool": f"nncf {nncf.__version__} compress_weights",
+        },
+    )
+
+
+NNCF = register(
+    Recipe(
+        name="int8-nncf",
+        precision=Precision.INT8,
+        backend=Backend.OPENVINO,
+        calibration=True,
+        exclusions=True,
+        build=nncf_int8,
+        summary="NNCF post-training quantization (transformer preset)",
+    )
+)
+WEIGHT_ONLY = register(
+    Recipe(
+        name="int8-weight-only",
+        precision=Precision.INT8,
+        backend=Backend.OPENVINO,
+        calibration=False,
+        exclusions=False,
+        build=weight_only,
+        summary="NNCF weight-only INT8, f32 compute",
+    )
+)

@@ -1,44 +1,67 @@
-"""A recipe, the job it builds and what it returns."""
+"""A recipe, the job it builds and what it returns; every recipe registers here by name."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from .config import Backend, Precision, QuantConfig
 
-@dataclass
+if TYPE_CHECKING:
+    from ...runtimes.bundle import BundleWriter
+
+Feeds = dict[str, np.ndarray]
+
+
+class Fidelity(Protocol):
+    """Parity of a built graph against the fp32 one on the held-out feeds (cosines, ...)."""
+
+    def __call__(self, path: Path, runtime: dict | None = None, backend: str = "onnxruntime") -> dict[str, Any]: ...
+
+
+@dataclass(kw_only=True)
 class Job:
     """One component of one bundle, being quantized: what a recipe's build gets."""
 
     src: Path  # the fp32 ONNX (staged)
-    w: Any  # the BundleWriter
+    w: BundleWriter
     component: str
-    cfg: Any  # QuantConfig
-    calib: list[dict[str, np.ndarray]] | None
+    cfg: QuantConfig
+    calib: list[Feeds] | None
     workdir: Path
-    fidelity: Callable[..., dict[str, Any]]  # (path, runtime={}, backend="onnxruntime") -> parity vs fp32
+    fidelity: Fidelity
     log: Callable[[str], None]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Built:
-    files: list[str]
+    files: list[str]  # bundle-relative, the graph first
     runtime: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] | None = None  # set when the build measured it (accuracy-aware search)
     tensorrt: bool = False  # a Q/DQ ONNX for `mmdeploy build` on the GPU, not a variant that runs here
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Recipe:
     name: str
-    precision: str
-    backend: str
+    precision: Precision
+    backend: Backend
     calibration: bool  # needs --calib
     exclusions: bool  # honours --exclude (and records calibration / exclusions in the artifact)
     build: Callable[[Job], Built]
     summary: str
+
+
+RECIPES: dict[str, Recipe] = {}  # filled by the recipe modules as the package imports them
+
+
+def register(recipe: Recipe) -> Recipe:
+    if recipe.name in RECIPES:
+        raise ValueError(f"recipe {recipe.name!r} registered twice")
+    RECIPES[recipe.name] = recipe
+    return recipe

@@ -5,16 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ...errors import require
-from .config import QuantConfig
+from .config import Backend, Precision, QuantConfig
 from .nodes import WEIGHT_OPS, matches, weight_nodes
 from .onnxruntime_static import _Reader, float_outputs
-from .recipe import Built, Job
+from .recipe import Built, Feeds, Job, Recipe, register
 
 
-def symmetric_qdq(src: Path, out: Path, calib: list[dict[str, np.ndarray]], cfg: QuantConfig) -> dict[str, Any]:
+def symmetric_qdq(src: Path, out: Path, calib: list[Feeds], cfg: QuantConfig) -> dict[str, Any]:
     """Q/DQ with int8 activations and weights, both symmetric (zero point 0): the only INT8
     Q/DQ form TensorRT accepts. Slower than uint8 in ORT on CPU, so CPU bundles never get it."""
     q = require("onnxruntime.quantization", "core")
@@ -51,7 +49,20 @@ def symmetric_qdq(src: Path, out: Path, calib: list[dict[str, np.ndarray]], cfg:
     }
 
 
-def _trt_qdq(job: Job) -> Built:
+def trt_qdq(job: Job) -> Built:
     rel = f"tensorrt/{job.component}.int8.qdq.onnx"
     recipe = symmetric_qdq(job.src, job.w.stage(rel), job.calib, job.cfg)
-    return Built([rel], {}, recipe, tensorrt=True)
+    return Built(files=[rel], recipe=recipe, tensorrt=True)
+
+
+QDQ_SYMMETRIC = register(
+    Recipe(
+        name="int8-qdq-symmetric",
+        precision=Precision.INT8,
+        backend=Backend.TENSORRT,
+        calibration=True,
+        exclusions=True,
+        build=trt_qdq,
+        summary="symmetric int8 Q/DQ ONNX for TensorRT (plan built on the GPU)",
+    )
+)
