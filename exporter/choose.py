@@ -39,6 +39,7 @@ from .quantization import (
     matches,
     weight_nodes,
 )
+from .quantization.policies import policy_for
 
 TIMING_SECONDS = 2.0  # per candidate: turns alternating with the fp32 graph
 # calls per turn (after one untimed): one call a turn would put each session's calls beside the other's
@@ -217,7 +218,6 @@ def measure_variants(root: Path, threads: int | None, log: Callable[[str], None]
     one tournament), recorded under this machine's key: select_variant then defaults to the
     fastest that passed, as after `bench`."""
     from ..runtimes.bundle import Bundle
-    from ..runtimes.pipelines import pipeline_class
     from ..runtimes.select import open_session, record_measured, runs_here
 
     bundle = Bundle.open(root)
@@ -227,7 +227,7 @@ def measure_variants(root: Path, threads: int | None, log: Callable[[str], None]
         if runs_here(a):
             variants.setdefault(f"{a.backend}/{a.precision}", {})[a.component] = a
     variants = {k: v for k, v in variants.items() if set(v) == set(comps)}
-    feeds = pipeline_class(bundle.family, str(root)).fidelity_feeds(bundle, comps, threads)
+    feeds = policy_for(bundle.family, str(root)).fidelity_feeds(bundle, comps, threads)
     total = dict.fromkeys(variants, 0.0)
     for comp in comps:
         times, _ = tournament(

@@ -1,8 +1,8 @@
 """quantize: add INT8 / int4 / FP16 / BF16 variants to a bundle, each with its measured fidelity.
 
-One driver for every family: the family's pipeline declares which recipe builds each
-(backend, precision) (`quantization` table) and how its gate is measured; exporter/recipes.py
-holds the recipes (recipe x backend, NNCF's split). Fidelity is measured against the bundle's
+One driver for every family: the family's quantization policy (exporter/quantization/policies.py)
+names the recipe that builds each (backend, precision), the feeds and how its gate is measured;
+exporter/quantization/ holds the recipes (recipe x backend, NNCF's split). Fidelity is measured against the bundle's
 fp32 ONNX in ONNX Runtime on held-out inputs the family gives (never the calibration ones);
 the fp32 graph itself matches PyTorch at export. No torch is needed here.
 """
@@ -21,9 +21,9 @@ from ..common.fidelity import GATES, compare_all
 from ..errors import BackendError, InputError
 from ..runtimes.backends import get_backend
 from ..runtimes.bundle import Artifact, Bundle, BundleWriter
-from ..runtimes.pipelines import pipeline_class, pipelines
 from .choose import choose
 from .quantization import DEFAULT_EXCLUDE, METHODS, MODES, RECIPES, Job, QuantConfig, Recipe  # noqa: F401 - QuantConfig is quantize()'s API
+from .quantization.policies import policies, policy_for
 
 
 def _supported(table: dict) -> str:
@@ -32,10 +32,10 @@ def _supported(table: dict) -> str:
 
 def recipe_for(cfg: QuantConfig, family: str) -> Recipe:
     """The family's recipe for cfg's (backend, precision, mode), or a one-line error naming what it has."""
-    table = pipeline_class(family).quantization
+    table = policy_for(family).recipes
     precisions = sorted({p for _, p in table})
     if cfg.precision not in precisions:
-        elsewhere = sorted(n for n, cls in pipelines().items() if any(p == cfg.precision for _, p in cls.quantization))
+        elsewhere = sorted(n for n, pol in policies().items() if any(p == cfg.precision for _, p in pol.recipes))
         where = f" ({cfg.precision}: {', '.join(elsewhere)} bundles only)" if elsewhere else ""
         raise InputError(
             f"--precision {cfg.precision!r}: {family} bundles are quantized to {', '.join(precisions)}{where}"
@@ -82,7 +82,7 @@ def check_config(cfg: QuantConfig, family: str) -> Recipe:
 def check_best(cfg: QuantConfig, family: str) -> Recipe:
     """--mode best: encoder INT8 on onnxruntime (dynamic and, with --calib, static candidates) or
     openvino (NNCF, needs --calib). Returns the recipe of the candidates' default build."""
-    entry = pipeline_class(family).quantization.get((cfg.backend, cfg.precision))
+    entry = policy_for(family).recipes.get((cfg.backend, cfg.precision))
     if (
         cfg.precision != "int8"
         or cfg.backend not in ("onnxruntime", "openvino")
@@ -119,7 +119,7 @@ def selected_components(bundle: Bundle, cfg: QuantConfig) -> list[str]:
 
 def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], None] = lambda s: None) -> Bundle:
     bundle = Bundle.open(bundle_path)
-    family = pipeline_class(bundle.family, str(bundle.root))
+    policy = policy_for(bundle.family, str(bundle.root))
     recipe = check_config(cfg, bundle.family)
     be = get_backend(cfg.backend)
     # TensorRT's int8 input is a Q/DQ ONNX made and checked here with ORT; the plan is built on the GPU
@@ -127,7 +127,7 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
         raise BackendError(why)
     if recipe.backend == "tensorrt" and "tensorrt" not in bundle.manifest:
         raise InputError(f"{bundle.root} was exported for cpu: export with --target gpu (or jetson-*) for TensorRT")
-    if cfg.mode_given and not isinstance(family.quantization.get((cfg.backend, cfg.precision)), dict):
+    if cfg.mode_given and not isinstance(policy.recipes.get((cfg.backend, cfg.precision)), dict):
         log(
             f"--mode {cfg.mode} does not apply here: {bundle.family} {cfg.backend} {cfg.precision} has one recipe, "
             f"{recipe.name} ({recipe.summary})"
@@ -135,13 +135,13 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
     if not recipe.calibration and cfg.mode != "best" and (cfg.calib or cfg.min_cosine):
         log(f"{recipe.name} is data-free ({recipe.summary}): --calib and --min-cosine are not used")
     comps = selected_components(bundle, cfg)
-    metric = family.gate_metrics.get(cfg.precision, "cosine")
+    metric = policy.gate_metrics.get(cfg.precision, "cosine")
     gate_at = cfg.min_cosine if cfg.min_cosine and (recipe.calibration or cfg.mode == "best") else GATES[cfg.precision]
     t0 = time.perf_counter()
     if room := check_space(bundle.root, quantize_bytes(bundle, comps, cfg.precision), f"{cfg.backend}/{cfg.precision}"):
         log(room)
     with BundleWriter(bundle.root, base=bundle) as w, tempfile.TemporaryDirectory(prefix="mmdeploy-q-") as tmp:
-        held_out = family.fidelity_feeds(bundle, comps, cfg.threads)
+        held_out = policy.fidelity_feeds(bundle, comps, cfg.threads)
         for comp in comps:
             src = w.stage_dir / bundle.components[comp]["onnx"]
             names = [o["name"] for o in bundle.components[comp]["outputs"]]
@@ -151,7 +151,7 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
             del ref_sess
             calib, calib_name = None, None
             if recipe.calibration:
-                calib, calib_name = family.calibration_feeds(
+                calib, calib_name = policy.calibration_feeds(
                     bundle, comp, cfg.calib, cfg.samples, cfg.method != "minmax"
                 )
                 log(f"{comp}: calibrating on {len(calib)} samples of {calib_name} ({cfg.method})")
@@ -210,9 +210,9 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
                     recipe=built.recipe,
                 )
             )
-        # generative variants are gated on their greedy tokens too (their pipelines define greedy_agreement)
-        if family.generative and recipe.backend != "tensorrt":
-            _record_agreement(w, family, cfg, log)
+        # generative variants are gated on their greedy tokens too (their policy's agreement)
+        if policy.generative and recipe.backend != "tensorrt":
+            _record_agreement(w, policy, cfg, log)
         keep = [c["onnx"] for c in bundle.components.values()]
         keep += [v["path"] for v in w.manifest.get("tensorrt", {}).get("int8_onnx", {}).values()]
         w.remove_unreferenced(keep=keep)
@@ -233,7 +233,7 @@ def quantize_bytes(bundle: Bundle, comps: list[str], precision: str) -> int:
     return int(fp32 * _WRITE_FACTOR.get(precision, 1.0) * 1.1) + copies + (1 << 20)
 
 
-def _record_agreement(w, family, cfg: QuantConfig, log) -> None:
+def _record_agreement(w, policy, cfg: QuantConfig, log) -> None:
     """Generative variants: how far their greedy tokens follow fp32's, in the manifest beside the
     per-graph cosines, and a gate of the whole variant: below ``cfg.min_agreement`` each of its
     graphs' gates fails (kept, reported, never chosen by default), whatever their cosines."""
@@ -242,7 +242,7 @@ def _record_agreement(w, family, cfg: QuantConfig, log) -> None:
     staged = Bundle(w.stage_dir, {**w.manifest, "files": dict(w.files), "artifacts": [asdict(a) for a in w.artifacts]})
     if len(staged.find(backend=cfg.backend, precision=cfg.precision)) < len(staged.components):
         return
-    share, what = family.greedy_agreement(staged, cfg.backend, cfg.precision, cfg.threads)
+    share, what = policy.agreement.measure(staged, cfg.backend, cfg.precision, cfg.threads)
     checks = w.manifest.setdefault("variant_checks", {}).setdefault("greedy_agreement_vs_fp32", {})
     passed = share >= cfg.min_agreement
     checks[f"{cfg.backend}/{cfg.precision}"] = {

@@ -31,17 +31,6 @@ from . import register
 from .decoders import OnText, decoder_step_feeds
 from .pipeline import Pipeline
 
-# data-free variants of generative bundles (a decoder step is memory-bound: weights are what is
-# worth shrinking), each gated on the worst cosine over every output (logits and present K/V)
-DATA_FREE_RECIPES = {
-    ("onnxruntime", "int8"): "int8-dynamic-matmul",
-    ("onnxruntime", "int4"): "int4-weight-only",
-    ("openvino", "int8"): "int8-weight-only",
-    ("onnxruntime", "fp16"): "fp16-onnxruntime",
-    ("openvino", "fp16"): "fp16-openvino",
-    ("openvino", "bf16"): "bf16-openvino",
-}
-
 
 class SessionDecoder:
     """StepDecoder on a decoder Session (runtimes/generate.py's protocol).
@@ -178,57 +167,12 @@ class CaptionPipeline(Pipeline):
     task = "caption"
     capabilities = frozenset({Capability.CAPTION})
     generative = True
-    quantization = DATA_FREE_RECIPES
-    gate_metrics: dict[str, str] = {}
+    quantization_policy = "caption"  # recipes, feeds and gates of quantize: exporter/quantization/policies.py
     components = ("encoder", "decoder")  # the graphs, the decoder step last
     info_key = "caption"  # the manifest's decoder facts (layers, heads, cross attention, outputs)
     # required in its manifest and cross-checked against the graphs when the bundle is opened
     manifest_blocks = {"preprocess": DICT, "tokenizer": DICT, "caption": DECODER_INFO, "generation": GENERATION}
     manifest_cross = staticmethod(check_decoder_blocks("caption"))
-
-    @classmethod
-    def fidelity_feeds(
-        cls, bundle: Bundle, components: list[str], threads: int | None = None
-    ) -> dict[str, tuple[list[dict[str, np.ndarray]], str]]:
-        """Real photos through the fp32 graphs (one pipeline for every component): encoder
-        pixels; decoder first step and a mid-caption step."""
-        from ...common.datasets.photos import photo_batch
-
-        pipe = cls(bundle, "onnxruntime", "fp32", threads=threads)
-        px = pipe.pixel_values(photo_batch(4))
-        out = {}
-        for comp in components:
-            if comp == "encoder":
-                out[comp] = [{"pixel_values": px}], "fp32 ONNX on 4 held-out real photos"
-            else:
-                out[comp] = (
-                    [decoder_step_feeds(pipe, px, steps=0), decoder_step_feeds(pipe, px, steps=6)],
-                    "fp32 ONNX on 4 held-out real photos (decoder: first and 7th step)",
-                )
-        return out
-
-    @classmethod
-    def calibration_feeds(cls, *args, **kwargs):
-        raise InputError(f"{cls.family} variants are data-free: no calibration")
-
-    @classmethod
-    def greedy_agreement(
-        cls, bundle: Bundle, backend: str, precision: str, threads: int | None = None
-    ) -> tuple[float, str]:
-        """How far the variant's greedy tokens follow fp32 ONNX Runtime's on held-out inputs
-        (``cls.agreement_tokens``: what each pipeline generates for the comparison)."""
-        from ...common.fidelity import token_agreement
-
-        ref = cls.agreement_tokens(cls(bundle, "onnxruntime", "fp32", threads=threads))
-        got = cls.agreement_tokens(cls(bundle, backend, precision, threads=threads))
-        return token_agreement(ref, got), cls.agreement_inputs
-
-    agreement_inputs = "greedy tokens on 4 held-out photos, 16 new tokens"
-
-    def agreement_tokens(self) -> list:
-        from ...common.datasets.photos import photo_batch
-
-        return self.generate_ids(self.pixel_values(photo_batch(4)), max_new_tokens=16, num_beams=1)
 
     def __init__(
         self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None

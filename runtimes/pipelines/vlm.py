@@ -27,7 +27,6 @@ from ...errors import BundleError, InputError
 from ..bundle import Bundle
 from ..images import load_image
 from . import register
-from .caption import DATA_FREE_RECIPES, CaptionPipeline
 from .pipeline import Pipeline
 
 MAX_TURN_CHARS = 65_536
@@ -343,44 +342,7 @@ class VlmPipeline(Pipeline):
     capabilities = frozenset({Capability.CHAT})
     generative = True
     components = ("vision", "embed", "decoder")
-    quantization = DATA_FREE_RECIPES
-    gate_metrics: dict[str, str] = {}
-
-    @classmethod
-    def fidelity_feeds(cls, bundle: Bundle, components: list[str], threads: int | None = None):
-        """fp32 graphs on held-out photos: vision pixels, a prompt's ids, the decoder's prefill and a later step."""
-        from ...common.datasets.photos import photo_batch
-
-        pipe = cls(bundle, "onnxruntime", "fp32", threads=threads)
-        images = photo_batch(3)
-        chat = pipe.chat()
-        list(chat.send("Describe the image.", images=images[:1], max_new_tokens=6, stream=True))
-        ids = pipe.prompt_ids(chat.messages[:1], chat.grids[:1])
-        out = {}
-        what = "fp32 ONNX on held-out real photos and a chat turn"
-        for comp in components:
-            if comp == "vision":
-                out[comp] = [{"pixel_values": pipe.pixel_values(images)}], what
-            elif comp == "embed":
-                out[comp] = [{"input_ids": np.asarray([ids], np.int64)}], what
-            else:
-                out[comp] = [pipe.last_step_feeds(chat)], what + " (decoder: a step at the end of the first answer)"
-        return out
-
-    # data-free like captioners, compared the same way: only what is generated differs
-    calibration_feeds = vars(CaptionPipeline)["calibration_feeds"]  # the classmethods themselves, bound to this class
-    greedy_agreement = vars(CaptionPipeline)["greedy_agreement"]
-    agreement_inputs = "greedy tokens of a chat turn about 2 held-out photos, 16 new tokens"
-
-    def agreement_tokens(self) -> list:
-        from ...common.datasets.photos import photo_batch
-
-        out = []
-        for im in photo_batch(2):
-            chat = self.chat()
-            chat.send("Describe the image.", images=[im], max_new_tokens=16)
-            out.append(chat.generated)
-        return out
+    quantization_policy = "vlm"  # recipes, feeds and gates of quantize: exporter/quantization/policies.py
 
     def __init__(
         self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None

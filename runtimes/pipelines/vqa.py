@@ -18,7 +18,6 @@ import numpy as np
 
 from ...common.capabilities import Capability
 from ...errors import InputError
-from ..bundle import Bundle
 from ..generate import generate
 from ..images import load_image
 from ..manifest import DECODER_INFO, DICT, GENERATION, check_decoder_blocks
@@ -43,42 +42,7 @@ class VqaPipeline(CaptionPipeline):
     info_key = "vqa"
     manifest_blocks = {"preprocess": DICT, "tokenizer": DICT, "vqa": DECODER_INFO, "generation": GENERATION}
     manifest_cross = staticmethod(check_decoder_blocks("vqa"))
-
-    @classmethod
-    def fidelity_feeds(
-        cls, bundle: Bundle, components: list[str], threads: int | None = None
-    ) -> dict[str, tuple[list[dict[str, np.ndarray]], str]]:
-        """Real photos and questions through the fp32 graphs: vision pixels, question inputs, the
-        decoder's first and 7th step."""
-        from ...common.datasets.photos import photo_batch
-
-        pipe = cls(bundle, "onnxruntime", "fp32", threads=threads)
-        images = photo_batch(4)
-        px = pipe.pixel_values(images)
-        emb = pipe.sessions["vision"].run({"pixel_values": px})["image_embeds"]
-        ids = np.tile(np.asarray(pipe.question_ids("what is in the picture?"), np.int64), (len(px), 1))
-        what = "fp32 ONNX on 4 held-out real photos and a question"
-        out = {}
-        for comp in components:
-            if comp == "vision":
-                out[comp] = [{"pixel_values": px}], what
-            elif comp == "question":
-                out[comp] = [{"input_ids": ids, "image_embeds": emb}], what
-            else:
-                kv = pipe.cross_kv(emb, ids)
-                out[comp] = (
-                    [decoder_feeds_after(pipe, kv, 0), decoder_feeds_after(pipe, kv, 6)],
-                    what + " (decoder: first and 7th step)",
-                )
-        return out
-
-    agreement_inputs = "greedy answers to 4 questions about held-out photos, 8 new tokens"
-
-    def agreement_tokens(self) -> list:
-        from ...common.datasets.photos import photo_batch
-
-        qs = ["what is in the picture?", "how many animals are there?", "what color is it?", "is it day or night?"]
-        return self.answer_ids(photo_batch(4), qs, max_new_tokens=8)
+    quantization_policy = "vqa"
 
     # -- pieces ----------------------------------------------------------------------
     def question_ids(self, question: str) -> list[int]:
