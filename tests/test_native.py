@@ -290,6 +290,11 @@ def test_hostile_cli_inputs(native_build, native_clip, tmp_path):
     Image.fromarray(_photo(64, 64)).save(truncated, quality=90)
     truncated.write_bytes(truncated.read_bytes()[:300])
     _one_line_error(mmrt("embed", native_clip, "--image", truncated, check=False), "cut.jpg", "corrupt or truncated")
+    for name, keep in (("mid.jpg", 0.6), ("cut.png", 0.5), ("cut.webp", 0.5), ("cut.gif", 0.5)):
+        p = tmp_path / name
+        Image.fromarray(_photo(120, 90, 3)).save(p)
+        p.write_bytes(p.read_bytes()[: int(p.stat().st_size * keep)])
+        _one_line_error(mmrt("embed", native_clip, "--image", p, check=False), name, "corrupt or truncated")
     _one_line_error(mmrt("classify", native_clip, truncated, "--labels", "a,,b", check=False), "empty item")
     _one_line_error(mmrt("embed", native_clip, "--text", "x", "--backend", "tensorrt", check=False), "no tensorrt")
     _one_line_error(mmrt("embed", native_clip, "--text", "x", "--ort-library", tmp_path / "x.so", check=False), "x.so")

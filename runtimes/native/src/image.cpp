@@ -2,6 +2,8 @@
 
 #include <gif_lib.h>
 #include <jpeglib.h>
+// jpeglib first: jerror.h needs its types
+#include <jerror.h>
 #include <png.h>
 #include <webp/decode.h>
 
@@ -147,14 +149,22 @@ void jpeg_error_exit(j_common_ptr cinfo) {
   longjmp(err->jump, 1);
 }
 
-void jpeg_quiet(j_common_ptr, int) {}
+// Warnings are quiet, except running out of data: PIL refuses a truncated JPEG ("image file is
+// truncated") where libjpeg would pad it with grey.
+void jpeg_warning(j_common_ptr cinfo, int level) {
+  if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) {
+    auto* err = reinterpret_cast<JpegErr*>(cinfo->err);
+    snprintf(err->message, sizeof err->message, "image file is truncated");
+    longjmp(err->jump, 1);
+  }
+}
 
 Decoded decode_jpeg(const uint8_t* data, size_t size, const std::string& name, long long max_pixels) {
   jpeg_decompress_struct cinfo;
   JpegErr err;
   cinfo.err = jpeg_std_error(&err.mgr);
   err.mgr.error_exit = jpeg_error_exit;
-  err.mgr.emit_message = jpeg_quiet;
+  err.mgr.emit_message = jpeg_warning;
   Decoded d;
   std::string pixel_error;
   if (setjmp(err.jump)) {
@@ -328,7 +338,7 @@ Decoded decode_gif(const uint8_t* data, size_t size, const std::string& name, lo
     }
   } close{g};
   check_pixels(g->SWidth, g->SHeight, name, max_pixels);
-  if (DGifSlurp(g) != GIF_OK && g->ImageCount < 1)
+  if (DGifSlurp(g) != GIF_OK)
     fail(MMRT_ERR_INPUT, "cannot read " + name + " (corrupt or truncated): " + GifErrorString(g->Error));
   if (g->ImageCount < 1) fail(MMRT_ERR_INPUT, "cannot read " + name + ": no frames");
   SavedImage& frame = g->SavedImages[0];
