@@ -21,6 +21,19 @@ def test_tools_are_not_a_package_of_the_wheel():
     assert not [p for p in packages if p.split(".")[1:2] == ["tools"]]
 
 
+def test_every_package_of_the_tree_is_in_the_wheel():
+    """pyproject lists packages one by one: a new subpackage left out is missing from a built wheel."""
+    tomllib = pytest.importorskip("tomllib")
+    packages = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    skip = ("tools", "tests", "docs", "build", "site")
+    found = {
+        ".".join(["mmdeploy", *init.parent.relative_to(ROOT).parts])
+        for init in ROOT.rglob("__init__.py")
+        if not init.relative_to(ROOT).parts[0].startswith(".") and init.relative_to(ROOT).parts[0] not in skip
+    }
+    assert found - packages == set(), "packages missing from pyproject's list"
+
+
 def test_no_module_of_the_package_imports_the_tools():
     bad = []
     for path in ROOT.rglob("*.py"):
