@@ -2,9 +2,10 @@
 
 One driver for every family: the family's quantization policy (exporter/quantization/policies.py)
 names the recipe that builds each (backend, precision), the feeds and how its gate is measured;
-exporter/quantization/ holds the recipes (recipe x backend, NNCF's split). Fidelity is measured against the bundle's
-fp32 ONNX in ONNX Runtime on held-out inputs the family gives (never the calibration ones);
-the fp32 graph itself matches PyTorch at export. No torch is needed here.
+exporter/quantization/ holds the recipes (recipe x backend, NNCF's split). Fidelity is measured
+against the bundle's fp32 ONNX in ONNX Runtime on held-out inputs the family gives (never the
+calibration ones); the fp32 graph itself matches PyTorch at export. No torch is needed here
+(tests/test_quantize_no_torch.py runs it with torch and transformers unimportable).
 """
 
 from __future__ import annotations

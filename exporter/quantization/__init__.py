@@ -1,7 +1,7 @@
 """Quantization recipes x backends: each recipe is one way of making a (backend, precision)
 variant from a bundle's fp32 ONNX, with what it needs (calibration data or none) and the
-graph-level code that builds it. Families declare which recipe serves each (backend, precision)
-(their pipeline's `quantization` table); exporter/quantize.py is the one driver for all.
+graph-level code that builds it. Which recipe serves each (backend, precision) of a family, its
+feeds and gates: policies.py (feeds.py, gates.py); exporter/quantize.py is the one driver for all.
 One module per recipe family x backend (NNCF's split), each registering its recipes
 (keyword-only `Recipe`s, typed `Job`s) in recipe.RECIPES.
 
