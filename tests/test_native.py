@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # a native build (minutes when fresh) and four exports
+
 REPO = Path(__file__).resolve().parents[1]
 # MMRT_BUILD_DIR: run these tests against another build (the ASan/UBSan one: SANITIZE=1)
 BUILD = Path(os.environ.get("MMRT_BUILD_DIR") or REPO / "build" / "native").resolve()
