@@ -696,7 +696,7 @@ def _run_job(bundle: Path, out: Path, **kw) -> None:
 @app.command()
 @user_errors
 def embed(
-    bundle: Path = typer.Argument(..., help="CLIP bundle directory."),
+    bundle: Path = typer.Argument(..., help="Bundle directory (one with an image and/or a text encoder)."),
     image: list[Path] = typer.Option([], "--image", help="Image file to embed (repeatable)."),
     text: list[str] = typer.Option([], "--text", help="Text to embed (repeatable)."),
     backend: str | None = typer.Option(None, help="Backend (default: the bundle's default variant)."),
@@ -807,7 +807,7 @@ def embed(
 @app.command()
 @user_errors
 def classify(
-    bundle: Path = typer.Argument(..., help="CLIP bundle directory."),
+    bundle: Path = typer.Argument(..., help="Bundle directory of a dual encoder (image and text towers)."),
     image: Path = typer.Argument(..., help="Image file."),
     labels: str = typer.Option(..., "--labels", help='Comma-separated labels, e.g. "a cat,a dog,a car".'),
     template: str = typer.Option("{}", help='Prompt template, e.g. "a photo of {}".'),

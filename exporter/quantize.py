@@ -17,11 +17,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..common.capabilities import names
 from ..common.diskspace import check_space
 from ..common.fidelity import GATES, compare_all
 from ..errors import BackendError, InputError
 from ..runtimes.backends import get_backend
 from ..runtimes.bundle import Artifact, Bundle, BundleWriter
+from ..runtimes.pipelines import pipelines
 from .choose import choose
 from .quantization import DEFAULT_EXCLUDE, METHODS, MODES, RECIPES, Job, QuantConfig, Recipe  # noqa: F401 - QuantConfig is quantize()'s API
 from .quantization.policies import policies, policy_for
@@ -90,9 +92,10 @@ def check_best(cfg: QuantConfig, family: str) -> Recipe:
         or entry is None
         or not all(RECIPES[r].exclusions for r in (entry.values() if isinstance(entry, dict) else [entry]))
     ):
+        encoders = names(n for n, c in pipelines().items() if not c.generative)  # the registry's, not a list here
         raise InputError(
-            f"best chooses among the INT8 recipes of encoder bundles (CLIP, SigLIP, ALIGN, sentence "
-            f"embeddings) on onnxruntime or openvino; {family} {cfg.backend}/{cfg.precision} has one recipe"
+            f"best chooses among the INT8 recipes of encoder bundles ({encoders}) "
+            f"on onnxruntime or openvino; {family} {cfg.backend}/{cfg.precision} has one recipe"
         )
     if cfg.exclude is not None:
         raise InputError(

@@ -264,8 +264,8 @@ def _family_blocks(m: dict) -> None:
     cls = pipelines().get(m["family"])
     if cls is None:
         return
-    obj(getattr(cls, "manifest_blocks", {}))(m, "manifest")
-    if (cross := getattr(cls, "manifest_cross", None)) is not None:
+    obj(cls.manifest_blocks)(m, "manifest")
+    if (cross := cls.manifest_cross) is not None:
         cross(m)
 
 

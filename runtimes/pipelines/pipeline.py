@@ -6,6 +6,7 @@ work, never ``getattr`` for a method."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...common.capabilities import Capability, needs
@@ -34,6 +35,10 @@ class Pipeline:
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
     task: ClassVar[str | None] = None  # bench's accuracy task (see the package docstring)
     generative: ClassVar[bool] = False
+    # manifest blocks it reads (required when a bundle of the family is opened: runtimes/manifest.py)
+    # and its own cross-checks of them
+    manifest_blocks: ClassVar[dict[str, Any]] = {}
+    manifest_cross: ClassVar[Callable[[dict], None] | None] = None
     # set by an opened pipeline; None on a bare one (a test's stand-in)
     bundle: Bundle | None = None
     preprocess: Any = None
