@@ -187,3 +187,84 @@ def test_no_family_module_imports_a_private_name_of_another():
                 if isinstance(node, ast.ImportFrom) and node.level == 1:
                     bad += [f"{pkg}/{path.name}:{node.lineno} imports {a.name}" for a in node.names if a.name[0] == "_"]
     assert not bad, "private helpers imported across family modules (move them to a helper module):\n" + "\n".join(bad)
+
+
+# -- a new dual encoder is its two family files and a registry row ---------------------------------
+
+
+def test_a_new_dual_encoder_needs_only_its_two_family_classes_and_a_registry_row(tmp_path, monkeypatch, cli_inprocess):
+    """A throwaway family ("trial-clip": a CLIP under its own architecture name), registered the way a
+    new family file registers itself, plus a models.yaml row: export, the CLI's embed / classify,
+    an embedding job, search and serve take it with no other edit, and the family lists of the
+    messages name it."""
+    import base64
+    import shutil
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from mmdeploy.common.capabilities import Capability
+    from mmdeploy.common.datasets import shapes
+    from mmdeploy.exporter import families as exporter_families
+    from mmdeploy.exporter.export import export
+    from mmdeploy.exporter.families.clip import ClipFamily
+    from mmdeploy.exporter.registry import package_path, registry
+    from mmdeploy.runtimes import pipelines as runtime_pipelines
+    from mmdeploy.runtimes.pipelines.clip import ClipPipeline
+    from mmdeploy.runtimes.serve import create_app
+
+    for reg in (exporter_families._REGISTRY, runtime_pipelines._REGISTRY):
+        reg.all()  # discover the real families first, then register the trial one in a copy
+        monkeypatch.setattr(reg, "_classes", dict(reg._classes))
+
+    # -- exporter/families/trial_clip.py --
+    @exporter_families.register
+    class TrialClipFamily(ClipFamily):
+        family = "trial-clip"
+        architectures = {"TrialCLIPModel": ("CLIPModel", "CLIPConfig")}
+        model_types = ()
+        default_classes = ("CLIPModel", "CLIPConfig")
+        capabilities = ClipFamily.capabilities - {Capability.DISTILL}
+        distiller = None
+
+    # -- runtimes/pipelines/trial_clip.py --
+    @runtime_pipelines.register
+    class TrialClipPipeline(ClipPipeline):
+        family = "trial-clip"
+
+    # -- models.yaml row (its checkpoint: clip-shapes saved under the new architecture name) --
+    ckpt = tmp_path / "trial-shapes"
+    shutil.copytree(package_path("fixtures/clip-shapes"), ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "architectures": ["TrialCLIPModel"]}))
+    monkeypatch.setitem(registry(), "trial-shapes", {"family": "trial-clip", "path": str(ckpt)})
+
+    bundle = tmp_path / "bundle"
+    b = export("trial-shapes", bundle, backends=["onnxruntime"], precisions=["fp32"], threads=2)
+    assert b.family == "trial-clip"
+    for cap in (Capability.EMBED_IMAGES, Capability.EMBED_TEXTS, Capability.CLASSIFY):
+        assert "trial-clip" in runtime_pipelines.families_that(cap)
+
+    img = tmp_path / "s.png"
+    shapes.generate("test", 1)[0].image.save(img)
+    r = cli_inprocess("classify", str(bundle), str(img), "--labels", "a red circle,a blue square")
+    assert r.returncode == 0 and "%" in r.stdout, r.stderr
+    r = cli_inprocess("embed", str(bundle), "--image", str(img), "--text", "a red circle")
+    assert r.returncode == 0 and "cosine similarity" in r.stdout, r.stderr
+    (tmp_path / "imgs").mkdir()
+    for i, s in enumerate(shapes.generate("test", 3)):
+        s.image.save(tmp_path / "imgs" / f"{i}.png")
+    r = cli_inprocess("embed", str(bundle), "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "job"))
+    assert r.returncode == 0, r.stderr
+    r = cli_inprocess("search", str(tmp_path / "job"), "--text", "a red circle", "-k", "2")
+    assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 2, r.stderr
+    r = cli_inprocess("caption", str(bundle), str(img))  # and what it cannot do, it refuses in one line
+    assert r.returncode == 2 and "is a trial-clip bundle: caption needs a captioning bundle (caption" in r.stderr
+
+    with TestClient(create_app({"trial": bundle}, warmup=False)) as client:
+        card = client.get("/v1/models").json()["data"][0]
+        assert card["family"] == "trial-clip"
+        assert set(card["capabilities"]) == {"text-embeddings", "image-embeddings", "classify"}
+        url = "data:image/png;base64," + base64.b64encode(img.read_bytes()).decode()
+        got = client.post("/v1/classify", json={"image": url, "labels": ["a red circle", "a blue square"]})
+        assert got.status_code == 200, got.text
