@@ -5,12 +5,35 @@ rewritten to MatMul first."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ...errors import require
 from ..graph import gemm_to_matmul, quiet
 from .config import Backend, Precision
+from .nodes import DYNAMIC_OPS, quantized_counts
 from .onnxruntime_static import ort_int8
 from .recipe import Built, Recipe, register
+
+
+def quantize_nodes_dynamic(src: Path, out: Path, names: list[str]) -> dict[str, Any]:
+    """Dynamic INT8 of the named MatMul / Conv weight nodes of an encoder graph (OrtInt8's node
+    selection); returns the recipe record with the integer nodes really in the graph."""
+    q = require("onnxruntime.quantization", "core")
+    with quiet():
+        q.quantize_dynamic(
+            str(src),
+            str(out),
+            per_channel=True,
+            weight_type=q.QuantType.QInt8,
+            nodes_to_quantize=names,
+            op_types_to_quantize=list(DYNAMIC_OPS),
+        )
+    return {
+        "mode": "dynamic",
+        "weights": "int8 per-channel symmetric",
+        "activations": "uint8 dynamic",
+        **quantized_counts(out),
+    }
 
 
 def int8_matmul(src: Path, w, comp: str) -> Built:

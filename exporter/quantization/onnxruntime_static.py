@@ -1,5 +1,5 @@
-"""INT8 through onnxruntime.quantization: static Q/DQ from calibration (and the dynamic mode of the
-same builder), graph outputs left float, the accuracy-aware search."""
+"""Static Q/DQ INT8 through onnxruntime.quantization, calibrated; graph outputs left float. OrtInt8's
+node selection and accuracy-aware search serve the dynamic recipe too (onnxruntime_dynamic.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 from ...errors import InputError, require
 from ..graph import quiet
 from .config import Backend, Precision, QuantConfig
-from .nodes import DYNAMIC_OPS, WEIGHT_OPS, layer_groups, matches, quantized_counts, weight_nodes
+from .nodes import DYNAMIC_OPS, WEIGHT_OPS, layer_groups, matches, weight_nodes
 from .recipe import Built, Feeds, Job, Recipe, register
 
 # Static INT8 never quantizes a graph output (float_outputs): quantize_static puts a Q/DQ pair
@@ -50,21 +50,11 @@ class OrtInt8:
         q = self.q
         names = [n.name for n in self.nodes if n.name not in keep_float]
         if self.cfg.mode == "dynamic":
-            with quiet():
-                q.quantize_dynamic(
-                    str(self.src),
-                    str(out),
-                    per_channel=True,
-                    weight_type=q.QuantType.QInt8,
-                    nodes_to_quantize=names,
-                    op_types_to_quantize=list(DYNAMIC_OPS),
-                )
-            return {
-                "mode": "dynamic",
-                "weights": "int8 per-channel symmetric",
-                "activations": "uint8 dynamic",
-                **quantized_counts(out),
-            }
+            # the dynamic recipe's quantizer call is its module's; imported here, not at the top:
+            # onnxruntime_dynamic builds on this class (node selection, accuracy-aware search)
+            from .onnxruntime_dynamic import quantize_nodes_dynamic
+
+            return quantize_nodes_dynamic(self.src, out, names)
         method = {
             "minmax": q.CalibrationMethod.MinMax,
             "entropy": q.CalibrationMethod.Entropy,
