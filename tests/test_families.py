@@ -268,3 +268,32 @@ def test_a_new_dual_encoder_needs_only_its_two_family_classes_and_a_registry_row
         url = "data:image/png;base64," + base64.b64encode(img.read_bytes()).decode()
         got = client.post("/v1/classify", json={"image": url, "labels": ["a red circle", "a blue square"]})
         assert got.status_code == 200, got.text
+
+
+def test_callers_ask_the_declared_capability_and_never_probe_a_family():
+    """No getattr / hasattr on a pipeline or family object in the code that drives families (a
+    probe silently says "cannot" when a method is renamed; can() fails loudly in the contract tests)."""
+    probed = {"pipe", "pipeline", "pipe_cls", "fam", "family", "cls", "m"}
+    files = [ROOT / "cli.py", ROOT / "exporter" / "export.py", ROOT / "exporter" / "quantize.py"]
+    files += [ROOT / "exporter" / "distill.py", ROOT / "exporter" / "families" / "__init__.py"]
+    files += [ROOT / "runtimes" / "manifest.py", *(ROOT / "runtimes" / "serve").glob("*.py")]
+    files += [*(ROOT / "jobs").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]
+    bad = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "hasattr")
+                and node.args
+                and _names_a_family(node.args[0], probed)
+            ):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.func.id}({ast.unparse(node.args[0])}, ...)")
+    assert not bad, "capability probes (declare a Capability, or a base-class default, instead):\n" + "\n".join(bad)
+
+
+def _names_a_family(arg: ast.expr, probed: set[str]) -> bool:
+    """`pipe`, `fam`, ... or `pipeline_class(...)` / `family_exporter(...)`."""
+    if isinstance(arg, ast.Call) and isinstance(arg.func, ast.Name):
+        return arg.func.id in ("pipeline_class", "family_exporter")
+    return isinstance(arg, ast.Name) and arg.id in probed
