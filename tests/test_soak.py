@@ -55,6 +55,9 @@ MAX_BODY_MB = 1.0
 # flatness bounds after warm-up: room for allocator noise and the chat cache filling, not for a leak
 # that grows with requests (thousands of them here)
 RSS_SLACK_MB = 48.0
+# and what serving holds beyond the loaded models at boot (thread pools, allocator arenas, caches) is
+# bounded too, so memory a warm-up already filled cannot hide: the chat cache plus this
+RSS_SERVING_MB = 160.0
 FD_SLACK = 8
 EMB_TOL = 1e-5  # an embedding batched with others vs alone: float rounding of a different GEMM shape only
 TEXTS = [
@@ -254,6 +257,9 @@ class Pools:
         self.pngs = [png(im) for im in ims]
         self.images = [data_url(p) for p in self.pngs]
         self.small = [data_url(png(im.resize((32, 32)))) for im in ims[:6]]  # cheap chat images
+        # 2000 x 2000 gradients: a few KB of PNG, 12 MB decoded (what a chat cache holds must be counted)
+        y, x = np.mgrid[0:2000, 0:2000]
+        self.big = [data_url(png(Image.fromarray(np.dstack([x + k, y, x + y + k]).astype(np.uint8)))) for k in range(3)]
 
     def conversation(self, i: int) -> list[str]:
         """The user turns of conversation i: its first turn unique to i (its words spell i)."""
@@ -448,7 +454,8 @@ class Soak:
             i = self._next_conv
             self._next_conv += 1
         turns = self.pools.conversation(i)[: rng.choice([2, 3])]
-        image = rng.choice(self.pools.small) if rng.random() < 0.7 else None
+        roll = rng.random()
+        image = rng.choice(self.pools.big) if roll < 0.1 else rng.choice(self.pools.small) if roll < 0.7 else None
         answers: list[str] = []
         for k in range(len(turns)):
             if not self.alive():
@@ -589,6 +596,7 @@ def soak(soak_bundles, tmp_path_factory):
     b = soak_bundles
     work = tmp_path_factory.mktemp("soak-run")
     srv = Server(b, work / "serve.log")
+    rss_boot = srv.figures()[0]
     pools = Pools()
     try:
         # warm-up: every kind of request a few times, so the first allocations are behind us
@@ -661,6 +669,7 @@ def soak(soak_bundles, tmp_path_factory):
         "conversations_soak_phase": run.conversations,
         "clients_that_left": warm.left + run.left,
         "5xx": sum(1 for _, s in statuses if s >= 500),
+        "rss_mb_boot": round(rss_boot, 1),
         "rss_mb_start": round(rss0, 1),
         "rss_mb_end": round(rss1, 1),
         "rss_mb_max": round(max(s[1] for s in samples), 1),
@@ -717,6 +726,7 @@ def test_no_5xx_and_no_client_surprises(soak):
 def test_rss_and_fds_stay_flat(soak):
     f = soak["figures"]
     assert f["rss_mb_end"] <= f["rss_mb_start"] + RSS_SLACK_MB, f
+    assert f["rss_mb_end"] <= f["rss_mb_boot"] + CHAT_CACHE_MB + RSS_SERVING_MB, f
     assert f["fds_end"] <= f["fds_start"] + FD_SLACK, f
     assert f["threads_end"] <= f["threads_start"] + 4, f  # the pools are bounded: no thread per request
     assert f["inflight_end"] == 0 and f["queued_end"] == 0, f  # no request stuck after its client left

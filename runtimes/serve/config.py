@@ -47,7 +47,7 @@ class ServeConfig:
     api_key: str | None = None
     allow_local_paths: bool = False
     label_cache_size: int = 4096  # cached label embeddings per model
-    chat_cache_mb: float = 512.0  # KV caches of recent conversations kept per chat model (0: none)
+    chat_cache_mb: float = 512.0  # recent conversations kept per chat model: KV, image features, images (0: none)
     warmup: bool = True  # one tiny batch per component at startup
 
     def __post_init__(self):
