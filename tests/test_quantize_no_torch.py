@@ -108,3 +108,17 @@ def test_quantize_a_captioner_without_torch(shapes_bundle, tmp_path):
     b = Bundle.open(dst)
     assert {a.component for a in b.find(backend="onnxruntime", precision="int8")} == set(b.components)
     assert "onnxruntime/int8" in b.manifest["variant_checks"]["greedy_agreement_vs_fp32"]
+
+
+def test_the_device_package_holds_no_build_time_data():
+    """runtimes/ (what a device installs) never reaches the photos data set (scikit-image, [export]):
+    calibration and fidelity feeds are exporter/quantization's."""
+    from .test_layers import ROOT, _imports
+
+    bad = [
+        f"{path.relative_to(ROOT)}:{line} imports {mod}"
+        for path in sorted((ROOT / "runtimes").rglob("*.py"))
+        for line, mod in _imports(path)
+        if mod.startswith(("mmdeploy.common.datasets.photos", "skimage"))
+    ]
+    assert not bad, "\n".join(bad)
