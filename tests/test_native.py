@@ -42,14 +42,14 @@ def native_bundle(tmp_path_factory):
     """name -> that fixture exported once to ONNX Runtime fp32 (the native runtime's backend)."""
     from mmdeploy.exporter.export import export
 
-    made: dict[str, Path] = {}
+    made: dict[tuple, Path] = {}
 
-    def get(name: str) -> Path:
-        if name not in made:
+    def get(name: str, backends: tuple[str, ...] = ("onnxruntime",)) -> Path:
+        if (name, backends) not in made:
             out = tmp_path_factory.mktemp("native") / name
-            export(name, out, backends=["onnxruntime"], precisions=["fp32"], threads=2)
-            made[name] = out
-        return made[name]
+            export(name, out, backends=list(backends), precisions=["fp32"], threads=2)
+            made[name, backends] = out
+        return made[name, backends]
 
     return get
 
@@ -355,7 +355,7 @@ def test_c_api_hostile_calls(native_build, native_clip, images):
 
 def test_one_handle_eight_threads_equals_serial(native_build, native_clip, images):
     r = subprocess.run(
-        [str(native_build / "c_api_threads"), native_clip, *map(str, images[:4])], capture_output=True, text=True
+        [str(native_build / "c_api_threads"), native_clip, "-", *map(str, images[:4])], capture_output=True, text=True
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "0 mismatches" in r.stdout
@@ -414,3 +414,33 @@ def test_text_embedding_matches_python(native_build, native_bundle, cli_inproces
     for g, w in zip(got, want):
         assert cosine(g["embedding"], w["embedding"]) >= 0.999999
     _one_line_error(mmrt("classify", bundle, "x.png", "--labels", "a,b", check=False), "dual-encoder")
+
+
+def test_openvino_matches_python(native_build, native_bundle, images, cli_inprocess):
+    """The OpenVINO C API backend: the same vectors and scores as the Python runtime's OpenVINO
+    variant, the same default variant, and one handle shared by 8 threads."""
+    pytest.importorskip("openvino", reason="the openvino wheel (its C API) is not installed")
+    bundle = native_bundle("clip-shapes", ("onnxruntime", "openvino"))
+    from mmdeploy.runtimes.bundle import Bundle
+    from mmdeploy.runtimes.select import select_variant
+
+    info = json.loads(mmrt("info", bundle, "--json").stdout)
+    assert info["variant"] == "/".join(select_variant(Bundle.open(bundle)))
+    if "no OpenVINO" in mmrt("info", bundle, "--backend", "openvino", "--precision", "fp32", check=False).stderr:
+        pytest.skip("this native build has no OpenVINO (headers not found at build time)")
+    variant = ["--backend", "openvino", "--precision", "fp32"]
+    args = ["embed", str(bundle), "--image", str(images[0]), "--text", "a red circle", "--json", *variant]
+    py = cli_inprocess(*args)
+    assert py.returncode == 0, py.stderr
+    want, got = json.loads(py.stdout), json.loads(mmrt(*args).stdout)
+    for kind in ("images", "texts"):
+        assert cosine(got[kind][0]["embedding"], want[kind][0]["embedding"]) >= 0.999999
+    args = ["classify", str(bundle), str(images[1]), "--labels", "a red circle,a blue square", "--json", *variant]
+    py = cli_inprocess(*args)
+    want = {d["label"]: d["score"] for d in json.loads(py.stdout)["labels"]}
+    for d in json.loads(mmrt(*args).stdout)["labels"]:
+        assert abs(d["score"] - want[d["label"]]) <= 1e-5
+    r = subprocess.run(
+        [str(native_build / "c_api_threads"), bundle, "openvino", *map(str, images[:3])], capture_output=True, text=True
+    )
+    assert r.returncode == 0 and "0 mismatches" in r.stdout, r.stdout + r.stderr

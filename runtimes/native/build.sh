@@ -80,11 +80,33 @@ EOF
 )"
 fi
 
+# The openvino wheel ships the OpenVINO C API: its headers and libopenvino_c (dlopen'ed too).
+ov_include=""
+ov_lib=""
+if [ -n "$py" ]; then
+  ov_found="$("$py" -c '
+import glob, os
+try:
+    import openvino
+except ImportError:
+    raise SystemExit(0)
+d = os.path.dirname(openvino.__file__)
+libs = sorted(glob.glob(os.path.join(d, "libs", "libopenvino_c.so*")))
+if os.path.isfile(os.path.join(d, "include", "openvino", "c", "openvino.h")) and libs:
+    print(os.path.join(d, "include"))
+    print(libs[-1])
+' 2>/dev/null || true)"
+  ov_include="$(echo "$ov_found" | sed -n 1p)"
+  ov_lib="$(echo "$ov_found" | sed -n 2p)"
+fi
+
 cmake_args=(-S "$here" -B "$build" -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-Release}"
   -DMMRT_ORT_INCLUDE_DIR="$ort_include" -DMMRT_DEFAULT_ORT_LIBRARY="$ort_lib"
+  -DMMRT_OV_INCLUDE_DIR="$ov_include" -DMMRT_DEFAULT_OV_LIBRARY="$ov_lib"
   -DMMRT_SANITIZE="${SANITIZE:-0}" -DCMAKE_INSTALL_PREFIX="${PREFIX:-$build/install}")
 if [ ! -f "$build/CMakeCache.txt" ] || [ "$here/CMakeLists.txt" -nt "$build/CMakeCache.txt" ] ||
   ! grep -q "MMRT_DEFAULT_ORT_LIBRARY:STRING=$ort_lib\$" "$build/CMakeCache.txt" ||
+  ! grep -q "MMRT_DEFAULT_OV_LIBRARY:STRING=$ov_lib\$" "$build/CMakeCache.txt" ||
   ! grep -q "MMRT_SANITIZE:STRING=${SANITIZE:-0}\$" "$build/CMakeCache.txt"; then
   cmake "${cmake_args[@]}" >/dev/null
 fi
@@ -94,3 +116,4 @@ echo "mmrt:    $build/mmrt"
 echo "library: $build/libmmdeploy_runtime.so"
 echo "header:  $here/include/mmdeploy/runtime.h"
 echo "onnxruntime (default, dlopen): ${ort_lib:-none found: pass --ort-library or set MMRT_ORT_LIBRARY}"
+echo "openvino (default, dlopen): ${ov_lib:-none: the openvino backend is left out}"

@@ -356,7 +356,6 @@ void validate_manifest(const json& manifest, const std::string& source) {
   }
 }
 
-bool backend_runs_here(const std::string& backend) { return backend == "onnxruntime"; }
 
 Bundle Bundle::open(const std::string& root_in) {
   std::string root = root_in;
@@ -545,8 +544,8 @@ std::string machine_key() {
   return out + "]";
 }
 
-std::pair<std::string, std::string> Bundle::select_variant(const std::string& backend,
-                                                           const std::string& precision) const {
+std::pair<std::string, std::string> Bundle::select_variant(const std::string& backend, const std::string& precision,
+                                                           const std::function<bool(const Artifact&)>& runs_here) const {
   if (!backend.empty()) {
     bool known = false;
     for (auto& b : kBackends) known |= b == backend;
@@ -584,7 +583,7 @@ std::pair<std::string, std::string> Bundle::select_variant(const std::string& ba
     bool ok = explicit_variant;
     if (!ok) {
       ok = true;
-      for (auto* a : variants[k]) ok &= a->passed && backend_runs_here(a->backend);
+      for (auto* a : variants[k]) ok = ok && a->passed && runs_here(*a);
     }
     if (ok) candidates.push_back(k);
   }

@@ -3,6 +3,7 @@
 // default variant runtimes/select.py's select_variant picks.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -22,8 +23,6 @@ struct Artifact {
   bool passed = false;
 };
 
-// The backends this build runs (select_variant's "runs here").
-bool backend_runs_here(const std::string& backend);
 
 class Bundle {
  public:
@@ -49,8 +48,10 @@ class Bundle {
   void verify_all(bool full);
   std::vector<std::string> verified() const;
 
-  // (backend, precision): select_variant's rules. Empty strings mean "not given".
-  std::pair<std::string, std::string> select_variant(const std::string& backend, const std::string& precision) const;
+  // (backend, precision): select_variant's rules. Empty strings mean "not given"; runs_here says
+  // whether an artifact's backend is available and the CPU has its precision natively.
+  std::pair<std::string, std::string> select_variant(const std::string& backend, const std::string& precision,
+                                                     const std::function<bool(const Artifact&)>& runs_here) const;
 
   Bundle(Bundle&& other) noexcept
       : root_(std::move(other.root_)), manifest_(std::move(other.manifest_)), artifacts_(std::move(other.artifacts_)),

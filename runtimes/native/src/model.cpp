@@ -75,9 +75,27 @@ Model::Model(const std::string& dir, const OpenOptions& o) : bundle_(Bundle::ope
   for (auto [flag, v] : {std::pair<const char*, const std::string*>{"--backend", &o.backend}, {"--precision", &o.precision}})
     if (!v->empty() && v->find_first_not_of(" \t") == std::string::npos)
       fail(MMRT_ERR_INVALID_ARGUMENT, std::string(flag) + " is empty: give a name, or leave the flag out for the default variant");
-  std::tie(backend_, precision_) = bundle_.select_variant(o.backend, o.precision);
-  if (!backend_runs_here(backend_))
-    fail(MMRT_ERR_BACKEND, "backend " + backend_ + " is not in this native build (it runs onnxruntime): pass --backend onnxruntime");
+  // select.py runs_here: the backend loads here and the CPU has the precision natively
+  std::string ov_error;
+  auto openvino = [&]() -> std::shared_ptr<OvLibrary> {
+    if (!ov_ && ov_error.empty()) {
+      try {
+        ov_ = OvLibrary::load("");
+      } catch (const Error& e) {
+        ov_error = e.what();
+      }
+    }
+    return ov_;
+  };
+  auto runs_here = [&](const Artifact& a) {
+    if (a.backend == "onnxruntime") return true;
+    if (a.backend == "openvino") return openvino() && ov_->cpu_supports(a.precision);
+    return false;
+  };
+  std::tie(backend_, precision_) = bundle_.select_variant(o.backend, o.precision, runs_here);
+  if (backend_ == "openvino" && !openvino()) fail(MMRT_ERR_BACKEND, ov_error);
+  if (backend_ != "onnxruntime" && backend_ != "openvino")
+    fail(MMRT_ERR_BACKEND, "backend " + backend_ + " is not in the native runtime (it runs onnxruntime and openvino)");
   const json& m = bundle_.manifest();
   std::vector<std::string> files;
   bool dual = family_ != "text-embedding";
@@ -99,13 +117,16 @@ Model::Model(const std::string& dir, const OpenOptions& o) : bundle_(Bundle::ope
   if (family_ == "clip") logit_scale_ = m["clip"]["logit_scale"].get<double>();
   if (family_ == "siglip") logit_scale_ = m["siglip"]["logit_scale"].get<double>(), logit_bias_ = m["siglip"]["logit_bias"].get<double>();
   if (family_ == "align") temperature_ = m["align"]["temperature"].get<double>();
-  ort_ = OrtLibrary::load(o.ort_library);
+  if (backend_ == "onnxruntime") ort_ = OrtLibrary::load(o.ort_library);
   auto open_component = [&](const std::string& comp) {
     if (!m["components"].contains(comp)) fail(MMRT_ERR_BUNDLE, dir + ": family " + family_ + " needs a " + comp + " component");
     auto arts = bundle_.find(comp, backend_, precision_);
     if (arts.empty()) fail(MMRT_ERR_BUNDLE, dir + ": no " + backend_ + "/" + precision_ + " artifact for " + comp);
     bundle_.verify(arts[0].files);
-    return std::make_unique<OrtModel>(ort_, bundle_.path(arts[0].path), o.threads);
+    std::unique_ptr<Session> session;
+    if (ort_) session = std::make_unique<OrtModel>(ort_, bundle_.path(arts[0].path), o.threads);
+    else session = open_openvino(ov_, bundle_.path(arts[0].path), arts[0].runtime, o.threads);
+    return session;
   };
   text_ = open_component("text");
   for (auto& i : m["components"]["text"]["inputs"]) text_inputs_.push_back(i["name"]);
@@ -133,8 +154,8 @@ std::string Model::info_json() const {
   j["components"] = bundle_.components();
   j["embed_dim"] = embed_dim_;
   j["verified"] = bundle_.verified();
-  j["ort_library"] = ort_->path();
-  j["ort_version"] = ort_->version();
+  j["library"] = ort_ ? ort_->path() : ov_->path();
+  j["library_version"] = ort_ ? ort_->version() : ov_->version();
   return j.dump();
 }
 

@@ -10,6 +10,7 @@
 #include "bundle.h"
 #include "image.h"
 #include "ort.h"
+#include "ov.h"
 #include "tokenizer/tokenizer.h"
 
 namespace mmrt {
@@ -43,7 +44,8 @@ class Model {
   Bundle bundle_;
   std::string family_, backend_, precision_;
   std::shared_ptr<OrtLibrary> ort_;
-  std::unique_ptr<OrtModel> vision_, text_;
+  std::shared_ptr<OvLibrary> ov_;
+  std::unique_ptr<Session> vision_, text_;
   std::optional<Preprocessor> preprocess_;
   std::optional<TextTokenizer> tokenizer_;
   std::vector<std::string> text_inputs_;

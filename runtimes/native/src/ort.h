@@ -40,7 +40,16 @@ struct Tensor {
   std::vector<int64_t> i;
 };
 
-class OrtModel {
+// One opened graph of a backend. run() is thread safe.
+class Session {
+ public:
+  virtual ~Session() = default;
+  // Inputs by name; returns the named outputs (float32).
+  virtual std::vector<Tensor> run(const std::vector<const Tensor*>& inputs,
+                                  const std::vector<std::string>& outputs) const = 0;
+};
+
+class OrtModel : public Session {
  public:
   // threads: intra-op threads (0: ORT's default), inter-op 1, as runtimes/onnxruntime.py.
   OrtModel(std::shared_ptr<OrtLibrary> lib, const std::string& onnx_path, int threads);
@@ -48,7 +57,7 @@ class OrtModel {
   OrtModel(const OrtModel&) = delete;
   OrtModel& operator=(const OrtModel&) = delete;
   // Thread safe (OrtApi::Run is). Inputs by name; returns the named outputs (float32).
-  std::vector<Tensor> run(const std::vector<const Tensor*>& inputs, const std::vector<std::string>& outputs) const;
+  std::vector<Tensor> run(const std::vector<const Tensor*>& inputs, const std::vector<std::string>& outputs) const override;
   const std::vector<std::string>& input_names() const { return inputs_; }
 
  private:

@@ -1,5 +1,6 @@
 /* One model handle used by 8 threads at once gives the serial results, bit for bit.
- * Usage: c_api_threads BUNDLE IMAGE...  (exit 0 = every thread's results equal the serial ones) */
+ * Usage: c_api_threads BUNDLE BACKEND IMAGE...  (BACKEND "-": the default variant; exit 0 = every
+ * thread's results equal the serial ones) */
 #include <mmdeploy/runtime.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -43,21 +44,22 @@ static void* worker(void* arg) {
 }
 
 int main(int argc, char** argv) {
-  if (argc < 3) return 2;
+  if (argc < 4) return 2;
   mmrt_open_options o;
   mmrt_open_options_init(&o);
   o.threads = 1;
+  if (strcmp(argv[2], "-") != 0) o.backend = argv[2], o.precision = "fp32";
   if (mmrt_model_open(argv[1], &o, &model) != MMRT_OK) {
     fprintf(stderr, "open: %s\n", mmrt_last_error());
     return 1;
   }
   mmrt_model_embed_dim(model, &dim);
-  n_images = (size_t)argc - 2;
+  n_images = (size_t)argc - 3;
   images = calloc(n_images, sizeof(mmrt_image));
   for (size_t i = 0; i < n_images; i++) {
     mmrt_image_init(&images[i]);
     images[i].kind = MMRT_IMAGE_FILE;
-    images[i].path = argv[2 + i];
+    images[i].path = argv[3 + i];
   }
   serial_img = malloc(n_images * dim * sizeof(float));
   serial_txt = malloc(3 * dim * sizeof(float));

@@ -107,7 +107,8 @@ int cmd_info(const Args& a) {
   std::cout << "\nvariant:    " << j["variant"].get<std::string>() << " (the default here, as load() picks it)\n"
             << "embed dim:  " << j["embed_dim"] << "\n"
             << "verified:   " << j["verified"].size() << " files match their sha256\n"
-            << "onnxruntime " << j["ort_version"].get<std::string>() << ": " << j["ort_library"].get<std::string>() << "\n";
+            << j["backend"].get<std::string>() << " " << j["library_version"].get<std::string>() << ": "
+            << j["library"].get<std::string>() << "\n";
   return 0;
 }
 

@@ -62,7 +62,8 @@ typedef struct mmrt_model mmrt_model;
 
 typedef struct mmrt_open_options {
   size_t struct_size;
-  const char* backend;     /* "onnxruntime"; NULL: the default variant (as Python's load()) */
+  const char* backend;     /* "onnxruntime", "openvino" ($MMRT_OPENVINO_LIBRARY or the wheel's
+                              libopenvino_c); NULL: the default variant (as Python's load()) */
   const char* precision;   /* "fp32", "int8", ...; NULL: the default variant */
   int32_t threads;         /* intra-op threads; 0: the backend's default (all cores) */
   int32_t verify;          /* 1: hash every file of the bundle now; 0: hash the files used */
@@ -78,8 +79,9 @@ MMRT_API mmrt_status mmrt_model_open(const char* bundle_dir, const mmrt_open_opt
 /* NULL is a no-op. */
 MMRT_API void mmrt_model_close(mmrt_model* model);
 
-/* Info as one JSON object: {"family", "model", "variant", "backend", "precision", "components",
- * "embed_dim", "verified": [files hashed], "ort_library", "ort_version"}. Copies up to `capacity`
+/* Info as one JSON object: {"family", "model", "bundle", "variant", "backend", "precision",
+ * "components", "embed_dim", "verified": [files hashed], "library", "library_version" (the
+ * backend's)}. Copies up to `capacity`
  * bytes (with the terminating NUL) into buffer; *needed (may be NULL) gets the size required.
  * buffer may be NULL with capacity 0 to ask the size. Thread safe. */
 MMRT_API mmrt_status mmrt_model_info_json(const mmrt_model* model, char* buffer, size_t capacity, size_t* needed);
