@@ -87,9 +87,10 @@ Model::Model(const std::string& dir, const OpenOptions& o) : bundle_(Bundle::ope
     }
     return ov_;
   };
-  auto runs_here = [&](const Artifact& a) {
-    if (a.backend == "onnxruntime") return true;
-    if (a.backend == "openvino") return openvino() && ov_->cpu_supports(a.precision);
+  auto runs_here = [&](const Artifact& a) {  // backends/*.py Capabilities.runs
+    const std::string& p = a.precision;
+    if (a.backend == "onnxruntime") return p == "fp32" || p == "fp16" || p == "int8" || p == "int4";
+    if (a.backend == "openvino") return openvino() && ov_->cpu_supports(p);
     return false;
   };
   std::tie(backend_, precision_) = bundle_.select_variant(o.backend, o.precision, runs_here);
