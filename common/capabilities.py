@@ -37,10 +37,10 @@ _NEEDS = {
 
 
 def names(families: Iterable[str]) -> str:
-    """ "a, b, c" (sorted), or "none yet": the family list of a message."""
+    """The family list of a message: 'a, b, c' (sorted), or 'none yet'."""
     return ", ".join(sorted(families)) or "none yet"
 
 
 def needs(capability: Capability, families: Iterable[str]) -> str:
-    """ "a bundle with an image encoder (align, clip, siglip)"."""
+    """E.g. 'a bundle with an image encoder (align, clip, siglip)'."""
     return f"{capability.needs} ({names(families)})"
