@@ -556,3 +556,110 @@ def test_speed_vs_hf(driver, capsys):
         )
     with capsys.disabled():
         print("\nnative tokenizer speed (strings/s):\n  " + "\n  ".join(rows))
+
+
+# ---------------------------------------------------------------- every code point
+
+
+def _byte_probe(normalizer=None, pre_tokenizer=None, byte_regex=False) -> dict:
+    """A tokenizer whose ids spell out the normalized bytes and mark where each piece ends: a
+    byte-level BPE without merges whose vocabulary has every byte alone (id = byte) and at a
+    word's end (id = 256 + byte)."""
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    vocab = {}
+    alphabet = sorted(ByteLevel.alphabet(), key=lambda ch: _BYTE_OF[ch])
+    for ch in alphabet:
+        vocab[ch] = _BYTE_OF[ch]
+        vocab[ch + "</w>"] = 256 + _BYTE_OF[ch]
+    pres = ([pre_tokenizer] if pre_tokenizer else []) + [
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": byte_regex}
+    ]
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [],
+        "normalizer": normalizer,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": pres},
+        "post_processor": None,
+        "decoder": None,
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": "</w>",
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": [],
+        },
+    }
+
+
+def _byte_of() -> dict[str, int]:
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    table, n = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[chr(b)] = b
+        else:
+            table[chr(256 + n)] = b
+            n += 1
+    return table
+
+
+_BYTE_OF = _byte_of()
+CLIP_SPLIT = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
+CODE_POINT_CASES = {  # name: (normalizer, pre-tokenizer, ByteLevel regex, template of one code point)
+    "BertNormalizer": (
+        {
+            "type": "BertNormalizer",
+            "clean_text": True,
+            "handle_chinese_chars": True,
+            "strip_accents": None,
+            "lowercase": True,
+        },
+        None,
+        False,
+        "{c}|",
+    ),
+    "NFC": ({"type": "NFC"}, None, False, "{c}|"),
+    "NFD": ({"type": "NFD"}, None, False, "{c}|"),
+    "NFKC": ({"type": "NFKC"}, None, False, "{c}|"),
+    "NFKD": ({"type": "NFKD"}, None, False, "{c}|"),
+    "Lowercase": ({"type": "Lowercase"}, None, False, "{c}|"),
+    "StripAccents": ({"type": "StripAccents"}, None, False, "{c}|"),
+    "Replace \\s+": ({"type": "Replace", "pattern": {"Regex": r"\s+"}, "content": "_"}, None, False, "a{c}"),
+    "BertPreTokenizer": (None, {"type": "BertPreTokenizer"}, False, "a{c}"),
+    "Whitespace": (None, {"type": "Whitespace"}, False, "a{c}.{c}"),
+    "WhitespaceSplit": (None, {"type": "WhitespaceSplit"}, False, "a{c}"),
+    "Digits": (None, {"type": "Digits", "individual_digits": False}, False, "a{c}{c}"),
+    "Punctuation": (None, {"type": "Punctuation", "behavior": "Isolated"}, False, "a{c}"),
+    "ByteLevel regex": (None, None, True, "a{c}1 {c}{c}'s"),
+    "CLIP Split": (
+        None,
+        {"type": "Split", "pattern": {"Regex": CLIP_SPLIT}, "behavior": "Removed", "invert": True},
+        False,
+        "a{c}1 {c}.",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CODE_POINT_CASES))
+def test_every_code_point_equals_hf(driver, tmp_path, case):
+    """Each Unicode-dependent component on all 1,112,062 code points (32 to a line): the Rust
+    crates' tables of tokenizers, not utf8proc's or PCRE2's."""
+    normalizer, pre, byte_regex, template = CODE_POINT_CASES[case]
+    path = tmp_path / "probe.json"
+    path.write_text(json.dumps(_byte_probe(normalizer, pre, byte_regex)), encoding="utf-8")
+    hf = tokenizers.Tokenizer.from_file(str(path))
+    cps = [chr(c) for c in range(1, 0x110000) if not 0xD800 <= c < 0xE000]
+    lines = ["".join(template.format(c=c) for c in cps[i : i + 32]) for i in range(0, len(cps), 32)]
+    want = [e.ids for e in hf.encode_batch(lines)]
+    got = run_driver(driver, ["encode", str(path)], lines)
+    bad = [line for line, w, g in zip(lines, want, got) if w != g]
+    assert not bad, f"{case}: {len(bad)} of {len(lines)} lines differ, first {bad[0]!r}"

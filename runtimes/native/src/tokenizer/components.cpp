@@ -304,7 +304,6 @@ std::array<std::string, 256> byte_chars() {
 }
 const std::array<std::string, 256>& kByteChars = *new std::array<std::string, 256>(byte_chars());
 
-const char* kByteLevelRegex = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 struct ByteLevelPre : PreTokenizer {
   bool add_prefix_space, use_regex;
@@ -476,7 +475,7 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& spec, const std::st
     auto p = std::make_unique<ByteLevelPre>();
     p->add_prefix_space = bool_field(spec, "add_prefix_space", true, where);
     p->use_regex = bool_field(spec, "use_regex", true, where);
-    p->regex = std::make_unique<Regex>(kByteLevelRegex, where);
+    p->regex = std::make_unique<Regex>(kGpt2Pattern, where);
     return p;
   }
   if (type == "BertPreTokenizer") return std::make_unique<BertPre>();

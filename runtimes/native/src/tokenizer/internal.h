@@ -38,6 +38,9 @@ bool is_regex_word(char32_t c);        // Rust regex \w
 bool is_chinese_char(char32_t c);      // BertNormalizer's CJK ranges
 // The content of a regex character class for Oniguruma's \p{L} ('L'), \p{N} ('N') or \s ('s').
 const std::string& onig_class(char name);
+bool is_onig_letter(char32_t c);  // Oniguruma's \p{L}
+bool is_onig_number(char32_t c);  // \p{N}
+bool is_onig_space(char32_t c);   // \s
 void append_lowercase(std::string& out, char32_t c);  // Rust char::to_lowercase
 std::string unicode_normalize(const std::string& s, const std::string& form);  // NFC NFD NFKC NFKD
 
@@ -57,8 +60,13 @@ class Regex {
   std::vector<std::pair<size_t, size_t>> find_all(const std::string& s) const;
 
  private:
-  void* code_ = nullptr;  // pcre2_code_8*
+  enum class Native { None, Gpt2, Clip };
+  Native native_ = Native::None;  // a pattern matched by hand-written code, not PCRE2
+  void* code_ = nullptr;          // pcre2_code_8*
 };
+// GPT-2's pre-tokenization pattern (the ByteLevel pre-tokenizer's) and CLIP's Split pattern.
+extern const char* const kGpt2Pattern;
+extern const char* const kClipPattern;
 // An HF `pattern` field: {"String": s} (a literal) or {"Regex": r}.
 class Pattern {
  public:

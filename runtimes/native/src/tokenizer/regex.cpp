@@ -1,7 +1,8 @@
 // HF tokenizers runs its patterns with Oniguruma (Ruby syntax); here PCRE2 runs them, with the
 // few differences that matter rewritten: \s, \p{L} and \p{N} use Oniguruma's own tables (PCRE2's
-// Unicode version differs, and its \s also takes U+180E), ^ and $ are line anchors as in Ruby, and the iteration over matches skips an
-// empty match right after the previous one as the onig crate's find_iter does.
+// Unicode version differs, and its \s also takes U+180E), ^ and $ are line anchors as in Ruby,
+// and the iteration over matches skips an empty match right after the previous one as the onig
+// crate's find_iter does. GPT-2's and CLIP's patterns are matched by hand-written code.
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
@@ -58,9 +59,112 @@ std::string translate(const std::string& p) {
   return out;
 }
 
+// The two patterns every byte-level tokenizer runs, matched by hand: PCRE2 walks a class of
+// hundreds of ranges for each non-ASCII character, which makes CJK text crawl.
+class Cursor {
+ public:
+  explicit Cursor(const std::string& s) : s_(s) {}
+  char32_t at(size_t i) const {
+    size_t k = i;
+    return next_cp(s_, k);
+  }
+  size_t after(size_t i) const { return i + utf8_len(static_cast<unsigned char>(s_[i])); }
+  template <typename Pred>
+  size_t run(size_t i, Pred pred) const {  // end of the run of `pred` characters from i
+    while (i < s_.size() && pred(at(i))) i = after(i);
+    return i;
+  }
+
+ private:
+  const std::string& s_;
+};
+
+bool is_other_char(char32_t c) { return !is_onig_space(c) && !is_onig_letter(c) && !is_onig_number(c); }
+
+// 's 't 're 've 'm 'll 'd at i: the match's length, or 0.
+size_t contraction(const std::string& s, size_t i) {
+  if (s[i] != '\'' || i + 1 >= s.size()) return 0;
+  char a = s[i + 1];
+  if (a == 's' || a == 't' || a == 'm' || a == 'd') return 2;
+  if (i + 2 < s.size()) {
+    char b = s[i + 2];
+    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return 3;
+  }
+  return 0;
+}
+
+// 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ : every position
+// starts a match, so the matches tile the string.
+std::vector<std::pair<size_t, size_t>> gpt2_matches(const std::string& s) {
+  std::vector<std::pair<size_t, size_t>> out;
+  Cursor cur(s);
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t end = 0;
+    if (size_t n = contraction(s, i)) {
+      end = i + n;
+    } else {
+      size_t from = i;
+      if (s[i] == ' ' && i + 1 < s.size()) from = i + 1;  // the optional leading space
+      char32_t c = cur.at(from);
+      bool (*klass)(char32_t) = is_onig_letter(c) ? is_onig_letter : is_onig_number(c) ? is_onig_number
+                                                                  : is_other_char(c)  ? is_other_char
+                                                                                      : nullptr;
+      if (klass) end = cur.run(from, klass);
+      if (!end) {
+        // whitespace: the run, less its last character when a non-space follows it
+        size_t k = cur.run(i, is_onig_space);
+        end = k;
+        if (k < s.size()) {
+          size_t last = i;
+          for (size_t p = i; p < k; p = cur.after(p)) last = p;
+          if (last > i) end = last;
+        }
+      }
+    }
+    out.emplace_back(i, end);
+    i = end;
+  }
+  return out;
+}
+
+// <\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+
+std::vector<std::pair<size_t, size_t>> clip_matches(const std::string& s) {
+  static const std::string kStart = "<|startoftext|>", kEnd = "<|endoftext|>";
+  std::vector<std::pair<size_t, size_t>> out;
+  Cursor cur(s);
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t end = 0;
+    if (s.compare(i, kStart.size(), kStart) == 0) end = i + kStart.size();
+    else if (s.compare(i, kEnd.size(), kEnd) == 0) end = i + kEnd.size();
+    else if (size_t n = contraction(s, i)) end = i + n;
+    else {
+      char32_t c = cur.at(i);
+      if (is_onig_letter(c)) end = cur.run(i, is_onig_letter);
+      else if (is_onig_number(c)) end = cur.after(i);
+      else if (!is_onig_space(c)) end = cur.run(i, is_other_char);
+    }
+    if (end) {
+      out.emplace_back(i, end);
+      i = end;
+    } else {
+      i = cur.after(i);
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
+const char* const kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+const char* const kClipPattern =
+    R"(<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+)";
+
 Regex::Regex(const std::string& onig_pattern, const std::string& where) {
+  if (onig_pattern == kGpt2Pattern) native_ = Native::Gpt2;
+  if (onig_pattern == kClipPattern) native_ = Native::Clip;
+  if (native_ != Native::None) return;
   std::string pattern = translate(onig_pattern);
   int err = 0;
   PCRE2_SIZE err_at = 0;
@@ -75,9 +179,13 @@ Regex::Regex(const std::string& onig_pattern, const std::string& where) {
   code_ = code;
 }
 
-Regex::~Regex() { pcre2_code_free(static_cast<pcre2_code*>(code_)); }
+Regex::~Regex() {
+  if (code_) pcre2_code_free(static_cast<pcre2_code*>(code_));
+}
 
 std::vector<std::pair<size_t, size_t>> Regex::find_all(const std::string& s) const {
+  if (native_ == Native::Gpt2) return gpt2_matches(s);
+  if (native_ == Native::Clip) return clip_matches(s);
   auto* code = static_cast<pcre2_code*>(code_);
   // One match block per call keeps a shared Regex thread safe.
   pcre2_match_data* md = pcre2_match_data_create_from_pattern(code, nullptr);

@@ -172,6 +172,10 @@ bool is_bert_punctuation(char32_t c) { return in_table(kBertPunctuation, c); }
 bool is_numeric(char32_t c) { return in_table(kNumeric, c); }
 bool is_regex_word(char32_t c) { return in_table(kRegexWord, c); }
 
+bool is_onig_letter(char32_t c) { return c < 0x80 ? ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') : in_table(kOnigLetter, c); }
+bool is_onig_number(char32_t c) { return c < 0x80 ? (c >= '0' && c <= '9') : in_table(kOnigNumber, c); }
+bool is_onig_space(char32_t c) { return in_table(kOnigSpace, c); }
+
 const std::string& onig_class(char name) {
   static const std::string letter = class_of(kOnigLetter), number = class_of(kOnigNumber), space = class_of(kOnigSpace);
   return name == 'L' ? letter : name == 'N' ? number : space;
