@@ -278,7 +278,8 @@ def test_kv_cache_is_written_into_preallocated_buffers(tiny_bundles, backend):
     sess = pipe.sessions["decoder"]
     dec = SessionDecoder(sess, pipe.info, kv)
     dec.start(np.arange(2), 3)
-    buffers = [b.ctypes.data for side in getattr(dec, "buffers", []) for b in side]
+    kv_dec = dec.backend_decoder  # how the backend keeps the cache (ORT: IOBinding buffers)
+    buffers = [b.ctypes.data for side in getattr(kv_dec, "buffers", []) for b in side]
     heads, dim, n = dec.heads, dec.head_dim, int(pipe.info["num_layers"])
     past = {f"past.{i}.{k}": np.zeros((2, heads, 0, dim), np.float32) for i in range(n) for k in ("key", "value")}
     ids = np.full((2, 1), pipe.generation.start_ids[0], np.int64)
@@ -286,16 +287,16 @@ def test_kv_cache_is_written_into_preallocated_buffers(tiny_bundles, backend):
         pos = np.full((2, 1), step, np.int64)
         plain = sess.run({"input_ids": ids, "position_ids": pos, **past, **kv})
         logits = dec.step(ids, pos)  # a plain run of the same session came in between: no effect
-        assert backend != "onnxruntime" or logits.ctypes.data == dec.logits.ctypes.data
+        assert backend != "onnxruntime" or logits.ctypes.data == kv_dec.logits.ctypes.data
         np.testing.assert_allclose(logits, plain["logits"], rtol=1e-5, atol=1e-5)
         for i, name in enumerate(dec.present_names):
             np.testing.assert_allclose(dec.present(name), plain[name], rtol=1e-5, atol=1e-6)
             if backend == "onnxruntime":
-                assert dec.present(name).ctypes.data == dec.buffers[dec.side][i].ctypes.data
+                assert dec.present(name).ctypes.data == kv_dec.buffers[kv_dec.side][i].ctypes.data
         past = {p: plain[q] for p, q in zip(dec.past_names, dec.present_names)}
         ids = logits.argmax(-1)[:, None].astype(np.int64)
     if backend == "onnxruntime":  # the same buffers all along, and no room past max_length
-        assert [b.ctypes.data for side in dec.buffers for b in side] == buffers
+        assert [b.ctypes.data for side in kv_dec.buffers for b in side] == buffers
         with pytest.raises(InputError, match="ran past"):
             dec.step(ids, np.full((2, 1), 3, np.int64))
 

@@ -5,11 +5,10 @@ once per image) and ``decoder`` (one step: ids + positions + past K/V [+ cross K
 logits + present K/V). Generation (greedy / beam search) is numpy (runtimes/generate.py) with the
 checkpoint's generation defaults from the manifest.
 
-KV buffers: on ONNX Runtime each K/V has two buffers preallocated for the whole generation; a
-step binds past to one and present to the other (IOBinding), so ORT writes the new cache in place
-and no step allocates (the logits buffer and the cross K/V are bound once per batch). On OpenVINO
-the inputs are shared with the request (no copy in) and present is copied out (see SessionDecoder).
-A beam reorder gathers rows (one copy per step, as in PyTorch's cache reorder).
+KV cache: the backend keeps it between steps (``Session.open_decoder``, runtimes/backends/): on
+ONNX Runtime each K/V has two buffers preallocated for the whole generation and a step writes the
+new cache in place (IOBinding); on OpenVINO the inputs are shared with an own infer request and
+present is copied out. A beam reorder gathers rows (one copy per step, as in PyTorch's cache reorder).
 """
 
 from __future__ import annotations
@@ -33,41 +32,20 @@ from .pipeline import Pipeline
 
 
 class SessionDecoder:
-    """StepDecoder on a decoder Session (runtimes/generate.py's protocol).
-
-    On ONNX Runtime each K/V has two buffers allocated once per batch, each with room for the whole
-    generation: a step binds past to one and present to the other (one IOBinding per batch), so ORT
-    writes the new cache in place and no step allocates or copies it; the logits buffer and the cross
-    K/V are bound once per batch. On OpenVINO the request shares our input arrays (no copy in) and
-    present is copied out: output tensors bound to our buffers were measured to be overwritten when
-    another request of the same compiled model ran between two steps. Other backends go through
-    ``Session.run``.
+    """StepDecoder (runtimes/generate.py's protocol) on a decoder-step Session: which inputs are the
+    cache and which stay fixed for a batch (cross K/V, or GIT's image tokens as the first past).
+    How the cache is kept between steps is the backend's (``Session.open_decoder``): ONNX Runtime
+    binds preallocated ping-pong buffers, OpenVINO runs its own infer request, others ``run()``.
     """
 
     def __init__(self, session, info: dict[str, Any], encoder_kv: dict[str, np.ndarray]):
-        self.session = session
         n = int(info["num_layers"])
         self.past_names = [f"past.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
         self.present_names = [f"present.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
         self.cross = bool(info["cross_attention"])
         self.heads, self.head_dim = int(info["num_heads"]), int(info["head_dim"])
         self.encoder_kv = encoder_kv  # per image: cross K/V, or GIT's image-token past
-        self._ort = getattr(session, "_sess", None)
-        if self._ort is not None and not hasattr(self._ort, "io_binding"):
-            self._ort = None
-        self._ov = None
-        compiled = getattr(session, "_compiled", None)
-        if compiled is not None and hasattr(compiled, "create_infer_request"):
-            # an own request: shared (zero-copy) inputs must not leak into Session.run's copying request
-            self._ov = getattr(session, "_caption_request", None)
-            if self._ov is None:
-                self._ov = session._caption_request = compiled.create_infer_request()
-        self._vocab = None  # static logits width: the logits buffer is then bound once per batch
-        if self._ort is not None:
-            dim = next(o.shape[-1] for o in self._ort.get_outputs() if o.name == "logits")
-            self._vocab = dim if isinstance(dim, int) else None
-        self.past: dict[str, Any] = {}
-        self.fixed: dict[str, Any] = {}
+        self.backend_decoder = session.open_decoder(list(zip(self.past_names, self.present_names)))
 
     def start(self, rows: np.ndarray, max_length: int) -> None:
         rows = np.asarray(rows)
@@ -75,88 +53,23 @@ class SessionDecoder:
         sel = {k: v if same else np.ascontiguousarray(v[rows]) for k, v in self.encoder_kv.items()}
         b = len(rows)
         if self.cross:
-            self.fixed = sel
-            self.past = {n: np.zeros((b, self.heads, 0, self.head_dim), np.float32) for n in self.past_names}
+            fixed = sel
+            past = {n: np.zeros((b, self.heads, 0, self.head_dim), np.float32) for n in self.past_names}
         else:
-            self.fixed = {}
-            self.past = dict(sel)
-        if self._ort is not None:
-            self._start_ort(b, max_length)
-
-    # -- ONNX Runtime: one IOBinding and preallocated ping-pong KV buffers per batch -------------
-    def _start_ort(self, b: int, max_length: int) -> None:
-        from onnxruntime import OrtValue
-
-        self.rows, self.side = b, 0
-        self.length = int(next(iter(self.past.values())).shape[2])  # GIT: the image tokens are the first past
-        size = b * self.heads * (self.length + max_length) * self.head_dim
-        self.buffers = [[np.empty(size, np.float32) for _ in self.past_names] for _ in range(2)]
-        for buf, name in zip(self.buffers[0], self.past_names):
-            self._view(buf, self.length)[...] = self.past[name]
-        self.past = {}
-        self.io = self._ort.io_binding()
-        self._keep = list(self.fixed.values())  # the OrtValues below borrow these arrays
-        for k, v in self.fixed.items():  # cross K/V: bound once per batch
-            self.io.bind_ortvalue_input(k, OrtValue.ortvalue_from_numpy(v))
-        self.logits = np.empty((b, self._vocab), np.float32) if self._vocab else None
-        if self.logits is not None:
-            self.io.bind_output("logits", "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
-        else:
-            self.io.bind_output("logits", "cpu")
-
-    def _view(self, buf: np.ndarray, length: int) -> np.ndarray:
-        return buf[: self.rows * self.heads * length * self.head_dim].reshape(
-            self.rows, self.heads, length, self.head_dim
-        )
-
-    def _step_ort(self, ids: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        io, n_past, n_present = self.io, self.length, self.length + ids.shape[1]
-        src, dst = self.buffers[self.side], self.buffers[1 - self.side]
-        room = dst[0].size // (self.rows * self.heads * self.head_dim)
-        if n_present > room:
-            raise InputError(f"the decoder ran past the {room} positions it was given room for")
-        io.bind_cpu_input("input_ids", ids)
-        io.bind_cpu_input("position_ids", pos)
-        for name, buf in zip(self.past_names, src):
-            io.bind_input(name, "cpu", 0, np.float32, [self.rows, self.heads, n_past, self.head_dim], buf.ctypes.data)
-        for name, buf in zip(self.present_names, dst):
-            io.bind_output(
-                name, "cpu", 0, np.float32, [self.rows, self.heads, n_present, self.head_dim], buf.ctypes.data
-            )
-        self._ort.run_with_iobinding(io)
-        self.side, self.length = 1 - self.side, n_present
-        return self.logits if self.logits is not None else io.get_outputs()[0].numpy()
+            fixed, past = {}, dict(sel)
+        self.backend_decoder.start(past, fixed, max_length)
 
     def step(self, input_ids: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         pos = np.ascontiguousarray(position_ids, dtype=np.int64)
-        if self._ort is not None:
-            return self._step_ort(ids, pos)
-        feeds = {"input_ids": ids, "position_ids": pos, **self.past, **self.fixed}
-        if self._ov is not None:
-            res = self._ov.infer(feeds, share_inputs=True, share_outputs=False)
-            out = {p.get_any_name(): res[p] for p in res.keys()}
-        else:
-            out = self.session.run(feeds)
-        self.past = {p: np.asarray(out[q]) for p, q in zip(self.past_names, self.present_names)}
-        return np.asarray(out["logits"])
+        return self.backend_decoder.step({"input_ids": ids, "position_ids": pos})
 
     def present(self, name: str) -> np.ndarray:
         """The cache entry ``present.{i}.{key|value}`` after the last step (ORT: a view of its buffer)."""
-        i = self.present_names.index(name)
-        if self._ort is not None:
-            return self._view(self.buffers[self.side][i], self.length)
-        return self.past[self.past_names[i]]
+        return self.backend_decoder.present(name)
 
     def reorder(self, rows: np.ndarray) -> None:
-        rows = np.asarray(rows)
-        if self._ort is not None:  # gather the surviving beams' rows into the idle buffer
-            src, dst = self.buffers[self.side], self.buffers[1 - self.side]
-            for a, c in zip(src, dst):
-                np.take(self._view(a, self.length), rows, axis=0, out=self._view(c, self.length))
-            self.side = 1 - self.side
-        else:
-            self.past = {k: np.ascontiguousarray(v[rows]) for k, v in self.past.items()}
+        self.backend_decoder.reorder(np.asarray(rows))
 
 
 @register
