@@ -260,6 +260,17 @@ class Pools:
         # 2000 x 2000 gradients: a few KB of PNG, 12 MB decoded (what a chat cache holds must be counted)
         y, x = np.mgrid[0:2000, 0:2000]
         self.big = [data_url(png(Image.fromarray(np.dstack([x + k, y, x + y + k]).astype(np.uint8)))) for k in range(3)]
+        r = random.Random(0)
+        self.emb_bodies = sorted({json.dumps(_embed_body(r, self)) for _ in range(40)})
+        self.cap_bodies = sorted({json.dumps(_caption_body(r, self)) for _ in range(24)})
+        self.cls_bodies = sorted(
+            {
+                json.dumps(
+                    {"model": "emb", "images": r.sample(self.images, r.randint(1, 2)), "labels": r.sample(TEXTS, 3)}
+                )
+                for _ in range(12)
+            }
+        )
 
     def conversation(self, i: int) -> list[str]:
         """The user turns of conversation i: its first turn unique to i (its words spell i)."""
@@ -273,6 +284,16 @@ class Pools:
 
 
 def embed_body(rng: random.Random, pools: Pools) -> dict:
+    """One of a fixed set of requests (each sent many times, batched with different company each time:
+    and the replay afterwards stays short)."""
+    return json.loads(rng.choice(pools.emb_bodies))
+
+
+def caption_body(rng: random.Random, pools: Pools) -> dict:
+    return json.loads(rng.choice(pools.cap_bodies))
+
+
+def _embed_body(rng: random.Random, pools: Pools) -> dict:
     kind = rng.random()
     if kind < 0.4:
         inputs = rng.sample(TEXTS, rng.randint(1, 4))
@@ -283,7 +304,7 @@ def embed_body(rng: random.Random, pools: Pools) -> dict:
     return {"model": "emb", "input": inputs, "encoding_format": "float"}
 
 
-def caption_body(rng: random.Random, pools: Pools) -> dict:
+def _caption_body(rng: random.Random, pools: Pools) -> dict:
     return {
         "model": "cap",
         "images": rng.sample(pools.images, rng.randint(1, 2)),
@@ -399,11 +420,7 @@ class Soak:
 
     def embed(self, c, rng):
         if rng.random() < 0.2:  # zero-shot classification: label embeddings cached by the server
-            body = {
-                "model": "emb",
-                "images": rng.sample(self.pools.images, rng.randint(1, 2)),
-                "labels": rng.sample(TEXTS, 3),
-            }
+            body = json.loads(rng.choice(self.pools.cls_bodies))
             r = c.post("/v1/classify", json=body)
             self.record("cls", r)
             self.keep("cls", body, r)
