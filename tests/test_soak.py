@@ -43,8 +43,6 @@ from PIL import Image  # noqa: E402
 
 from mmdeploy.common.datasets import shapes  # noqa: E402
 
-pytestmark = pytest.mark.slow
-
 SOAK_S = float(os.environ.get("MMDEPLOY_SOAK_SECONDS", "45"))
 # distinct multi-turn conversations the soak phase runs at least (it goes on past SOAK_S until they are
 # done: a count of work, not of speed, so a busy machine takes longer instead of failing)
@@ -723,6 +721,7 @@ def soak(soak_bundles, tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_soak_figures(soak):
     """Prints the figures (pytest -rA shows them) and checks the run was a real soak."""
     f = soak["figures"]
@@ -733,6 +732,7 @@ def test_soak_figures(soak):
     assert soak["health"] == 200 and f["server_exit_code"] == 0, soak["log"][-3000:]
 
 
+@pytest.mark.slow
 def test_no_5xx_and_no_client_surprises(soak):
     bad = [(k, s) for k, s in soak["statuses"] if s >= 500 or s < 0]
     assert not bad, (bad[:20], soak["log"][-3000:])
@@ -740,6 +740,7 @@ def test_no_5xx_and_no_client_surprises(soak):
     assert '"internal_error"' not in soak["log"] and "Traceback" not in soak["log"], soak["log"][-3000:]
 
 
+@pytest.mark.slow
 def test_rss_and_fds_stay_flat(soak):
     f = soak["figures"]
     assert f["rss_mb_end"] <= f["rss_mb_start"] + RSS_SLACK_MB, f
@@ -749,12 +750,14 @@ def test_rss_and_fds_stay_flat(soak):
     assert f["inflight_end"] == 0 and f["queued_end"] == 0, f  # no request stuck after its client left
 
 
+@pytest.mark.slow
 def test_chat_cache_stays_within_its_limit(soak):
     f = soak["figures"]
     assert 0 < f["chat_cache_mb_max"] <= CHAT_CACHE_MB, f  # used, and bounded by --chat-cache-mb
     assert f["chat_cache_mb_end"] <= CHAT_CACHE_MB
 
 
+@pytest.mark.slow
 def test_every_answer_equals_the_same_request_sent_alone(soak):
     alone, mismatches = soak["alone"], []
     for kind, body, got, _ in soak["answers"]:
@@ -764,6 +767,7 @@ def test_every_answer_equals_the_same_request_sent_alone(soak):
     assert not mismatches, (len(mismatches), mismatches[:5])
 
 
+@pytest.mark.slow
 def test_a_bundle_rewritten_while_served_keeps_serving_whole_answers(soak):
     """quantize into and export over the served embedding bundle: both exit 0, the rewritten bundle
     verifies, and every embedding answer came wholly from the old bundle or wholly from the new one."""
@@ -800,3 +804,24 @@ def test_a_bundle_rewritten_while_served_keeps_serving_whole_answers(soak):
     key, vecs = next((k, v) for k, v in alone.items() if '"input"' in k and '"model": "emb"' in k)
     assert not same_answer("emb", new_answer(json.loads(key)["input"]), vecs), "the re-export changed nothing"
     print(f"embedding answers from the old bundle: {old}, from the new: {new}")
+
+
+def test_the_chat_cache_counts_the_images_a_conversation_keeps():
+    """What the soak found: a kept conversation holds its decoded images, and --chat-cache-mb must count them
+    (a 2000 x 2000 photo is 12 MB beside a tiny model's KV of a few KB)."""
+    from collections import OrderedDict
+    from types import SimpleNamespace
+
+    from mmdeploy.runtimes.pipelines.vlm import Conversation
+    from mmdeploy.runtimes.serve.model import ServedModel
+
+    conv = Conversation(SimpleNamespace(generation={"max_positions": 64}))
+    conv.images = [Image.new("RGB", (2000, 2000))]
+    conv.kv = {"past_key": np.zeros((1, 2, 4, 8), np.float32)}
+    assert conv.cache_bytes == 2000 * 2000 * 3 + 256
+    small = Conversation(SimpleNamespace(generation={"max_positions": 64}))
+    small.kv = {"past_key": np.zeros((1, 2, 4, 8), np.float32)}
+    served = SimpleNamespace(cfg=SimpleNamespace(chat_cache_mb=1.0), _chats=OrderedDict(), chat_cache_bytes=0)
+    ServedModel._keep_conversation(served, conv)  # over the whole budget: not kept
+    ServedModel._keep_conversation(served, small)
+    assert list(served._chats.values()) == [small] and served.chat_cache_bytes == 256
