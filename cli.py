@@ -9,6 +9,21 @@ from pathlib import Path
 
 import typer
 
+from .cli_options import (
+    JOB_PANEL,
+    Backend,
+    BenchThreads,
+    BundleDir,
+    JobFlags,
+    JsonReport,
+    NumBeams,
+    ParityThreads,
+    Precision,
+    ServeThreads,
+    Threads,
+    TorchThreads,
+    job_flags,
+)
 from .errors import MMDeployError
 
 app = typer.Typer(
@@ -200,7 +215,7 @@ def export(
         "--random-weights",
         help="Build the model from its models.yaml config with random weights (a shape twin for latency work).",
     ),
-    threads: int | None = typer.Option(None, min=1, max=1024, help="Threads for parity checks (default: all cores)."),
+    threads: ParityThreads = None,
     no_wait: bool = _NO_WAIT,
 ):
     """Export a checkpoint to a bundle: ONNX per component + backend variants, each checked against PyTorch."""
@@ -228,15 +243,13 @@ def export(
 @app.command()
 @user_errors
 def bench(
-    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    bundle: BundleDir,
     backend: str | None = typer.Option(None, help="Only these backends (comma-separated)."),
     precision: str | None = typer.Option(None, help="Only these precisions (comma-separated)."),
     batch: str = typer.Option("1", help="Comma-separated batch sizes, e.g. 1,8."),
     runs: int = typer.Option(20, min=1, help="Timed runs per variant and batch."),
     warmup: int = typer.Option(3, min=0, help="Untimed warm-up runs."),
-    threads: int | None = typer.Option(
-        None, min=1, max=1024, help="Threads for every backend and PyTorch (default: all cores)."
-    ),
+    threads: BenchThreads = None,
     data: str | None = typer.Option(
         None,
         help="Inputs: 'photos' (real photos, default), 'shapes' (labelled test split: adds zero-shot accuracy), an image folder (labels.tsv adds accuracy) or a text file.",
@@ -255,7 +268,7 @@ def bench(
     num_beams: int = typer.Option(
         1, min=1, max=16, help="Caption bundles: beam width in the generate rows (1 = greedy)."
     ),
-    json_path: Path | None = typer.Option(None, "--json", help="Write the report as JSON."),
+    json_path: JsonReport = None,
     plot: Path | None = typer.Option(None, "--plot", help="Write a PNG plot of latency and speedup."),
     no_wait: bool = _NO_WAIT,
 ):
@@ -350,7 +363,7 @@ def quantize(
         help="Generative bundles (caption, VQA, chat): the share of fp32's greedy tokens on held-out photos the variant must reproduce to pass its gate.",
     ),
     component: str | None = typer.Option(None, help="Only these components (comma-separated); default all."),
-    threads: int | None = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
+    threads: Threads = None,
     no_wait: bool = _NO_WAIT,
 ):
     """Add a quantized variant to a bundle, with its fidelity vs fp32 on held-out inputs.
@@ -415,9 +428,7 @@ def serve(
         min=0.001,
         help="On SIGTERM: how long in-flight requests may take to finish (seconds); /health says 'draining' meanwhile.",
     ),
-    threads: int | None = typer.Option(
-        None, min=1, max=1024, help="Inference threads per session (default: all cores)."
-    ),
+    threads: ServeThreads = None,
     backend: str | None = typer.Option(None, help="Backend (default: each bundle's default variant)."),
     precision: str | None = typer.Option(None, help="Precision (default: each bundle's default variant)."),
     allow_local_paths: bool = typer.Option(
@@ -481,7 +492,7 @@ def bench_serve(
     duration: float = typer.Option(60.0, min=0.1, help="Seconds per level at most."),
     warmup: int = typer.Option(50, min=0, help="Untimed requests before each level."),
     api_key: str | None = typer.Option(None, "--api-key", envvar="MMDEPLOY_API_KEY", help="API key of the server."),
-    json_path: Path | None = typer.Option(None, "--json", help="Write the report as JSON."),
+    json_path: JsonReport = None,
     model_ceiling: bool = typer.Option(
         True,
         "--model-ceiling/--no-model-ceiling",
@@ -619,7 +630,7 @@ def _print_info(b) -> None:
 @app.command()
 @user_errors
 def info(
-    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    bundle: BundleDir,
     verify: bool = typer.Option(
         True,
         help="Hash every file and check it against its sha256 (load() skips files unchanged since they last hashed correctly).",
@@ -638,51 +649,11 @@ def info(
         _print_info(b)
 
 
-# batch-job flags, shared by `embed` and `caption` (typer reads these defaults as option declarations)
-_PANEL = "Batch jobs"
-_JOB_BATCH = typer.Option(
-    None, "--batch", help="Items per inference call (default: 64 embed, 8 caption).", rich_help_panel=_PANEL
-)
-_JOB_SHARD = typer.Option(
-    None,
-    "--shard-size",
-    help="Inputs per Parquet shard, the unit of resume (default: 4096 images, 16384 texts, 512 captions).",
-    rich_help_panel=_PANEL,
-)
-_JOB_WORKERS = typer.Option(
-    None, "--workers", help="Decode threads beside inference (default: half the cores).", rich_help_panel=_PANEL
-)
-_JOB_RESUME = typer.Option(
-    False,
-    "--resume",
-    help="Continue the job in --out: finished shards are kept, the rest computed.",
-    rich_help_panel=_PANEL,
-)
-_JOB_OVERWRITE = typer.Option(
-    False, "--overwrite", help="Start the job in --out again (removes only job files).", rich_help_panel=_PANEL
-)
-_JOB_RAY = typer.Option(
-    None,
-    "--ray",
-    help="Run on Ray: 'local' (a local instance) or a cluster address (ray://HOST:10001, auto).",
-    rich_help_panel=_PANEL,
-)
-_JOB_RAY_ACTORS = typer.Option(
-    None,
-    "--ray-actors",
-    help="Ray actors, each loading the bundle once (default: cluster CPUs / --ray-cpus).",
-    rich_help_panel=_PANEL,
-)
-_JOB_RAY_CPUS = typer.Option(
-    None, "--ray-cpus", help="CPUs per Ray actor (default: a node's, up to 8).", rich_help_panel=_PANEL
-)
-
-
-def _run_job(bundle: Path, out: Path, **kw) -> None:
+def _run_job(bundle: Path, out: Path, job: JobFlags, **kw) -> None:
     """A batch job (jobs/runner.py): progress on stderr, the summary's key figures on stdout."""
     from .jobs.runner import run_job
 
-    s = run_job(bundle, out, log=_log, **kw)
+    s = run_job(bundle, out, log=_log, **job.as_kwargs(), **kw)
     r = s["this_run"]
     rate = f", {r['items_per_s']:,.1f} items/s" if r["items_per_s"] else ""
     print(
@@ -695,13 +666,14 @@ def _run_job(bundle: Path, out: Path, **kw) -> None:
 
 @app.command()
 @user_errors
+@job_flags
 def embed(
     bundle: Path = typer.Argument(..., help="Bundle directory (one with an image and/or a text encoder)."),
     image: list[Path] = typer.Option([], "--image", help="Image file to embed (repeatable)."),
     text: list[str] = typer.Option([], "--text", help="Text to embed (repeatable)."),
-    backend: str | None = typer.Option(None, help="Backend (default: the bundle's default variant)."),
-    precision: str | None = typer.Option(None, help="Precision (default: the bundle's default variant)."),
-    threads: int | None = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
+    backend: Backend = None,
+    precision: Precision = None,
+    threads: Threads = None,
     full: bool = typer.Option(False, "--full", help="Print whole vectors as JSON instead of a summary."),
     as_json: bool = typer.Option(
         False,
@@ -712,28 +684,21 @@ def embed(
         [],
         "--images",
         help='Batch job: a glob ("photos/**/*.jpg", ** recurses) or a folder (repeatable); needs --out.',
-        rich_help_panel="Batch jobs",
+        rich_help_panel=JOB_PANEL,
     ),
     texts: list[Path] = typer.Option(
         [],
         "--texts",
         help="Batch job: a text file, one item per line (repeatable); needs --out.",
-        rich_help_panel="Batch jobs",
+        rich_help_panel=JOB_PANEL,
     ),
     out: Path | None = typer.Option(
         None,
         "--out",
         help="Batch job: folder for the Parquet shards, _job.json and _summary.json.",
-        rich_help_panel="Batch jobs",
+        rich_help_panel=JOB_PANEL,
     ),
-    batch: int | None = _JOB_BATCH,
-    shard_size: int | None = _JOB_SHARD,
-    workers: int | None = _JOB_WORKERS,
-    resume: bool = _JOB_RESUME,
-    overwrite: bool = _JOB_OVERWRITE,
-    ray: str | None = _JOB_RAY,
-    ray_actors: int | None = _JOB_RAY_ACTORS,
-    ray_cpus: float | None = _JOB_RAY_CPUS,
+    job: JobFlags = JobFlags(),  # the eight batch-job flags, see cli_options.job_flags
     no_wait: bool = _NO_WAIT,
 ):
     """Embed images and/or texts (L2-normalised); with both, print their cosine similarities.
@@ -753,19 +718,12 @@ def embed(
         return _run_job(
             bundle,
             out,
+            job,
             images=images,
             texts=[str(t) for t in texts],
             backend=backend,
             precision=precision,
             threads=threads,
-            batch=batch,
-            shard_size=shard_size,
-            workers=workers,
-            resume=resume,
-            overwrite=overwrite,
-            ray=ray,
-            ray_actors=ray_actors,
-            ray_cpus=ray_cpus,
         )
     if not image and not text:
         raise InputError("give --image PATH and/or --text STR (or --images GLOB / --texts FILE with --out DIR)")
@@ -811,9 +769,9 @@ def classify(
     image: Path = typer.Argument(..., help="Image file."),
     labels: str = typer.Option(..., "--labels", help='Comma-separated labels, e.g. "a cat,a dog,a car".'),
     template: str = typer.Option("{}", help='Prompt template, e.g. "a photo of {}".'),
-    backend: str | None = typer.Option(None),
-    precision: str | None = typer.Option(None),
-    threads: int | None = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
+    backend: Backend = None,
+    precision: Precision = None,
+    threads: Threads = None,
     top: int = typer.Option(5, min=1, help="How many labels to print."),
     as_json: bool = typer.Option(
         False, "--json", help='One JSON object: {"labels": [{"label", "score"}]}, every label, best first.'
@@ -837,37 +795,31 @@ def classify(
 
 @app.command()
 @user_errors
+@job_flags
 def caption(
     bundle: Path = typer.Argument(..., help="Caption bundle directory."),
     image: list[Path] | None = typer.Argument(None, help="Image files to caption."),
     max_new_tokens: int | None = typer.Option(
         None, help="New tokens per caption (default: the checkpoint's generation config)."
     ),
-    num_beams: int | None = typer.Option(None, help="Beam search width; 1 = greedy (default: the checkpoint's)."),
+    num_beams: NumBeams = None,
     prompt: str | None = typer.Option(None, help='Text the caption continues, e.g. "a picture of" (BLIP, GIT).'),
-    backend: str | None = typer.Option(None, help="Backend (default: the bundle's default variant)."),
-    precision: str | None = typer.Option(None, help="Precision (default: the bundle's default variant)."),
-    threads: int | None = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
+    backend: Backend = None,
+    precision: Precision = None,
+    threads: Threads = None,
     images: list[str] = typer.Option(
         [],
         "--images",
         help='Batch job: a glob ("photos/**/*", ** recurses) or a folder (repeatable); needs --out.',
-        rich_help_panel=_PANEL,
+        rich_help_panel=JOB_PANEL,
     ),
     out: Path | None = typer.Option(
         None,
         "--out",
         help="Batch job: folder for the Parquet shards (path, caption), _job.json and _summary.json.",
-        rich_help_panel=_PANEL,
+        rich_help_panel=JOB_PANEL,
     ),
-    batch: int | None = _JOB_BATCH,
-    shard_size: int | None = _JOB_SHARD,
-    workers: int | None = _JOB_WORKERS,
-    resume: bool = _JOB_RESUME,
-    overwrite: bool = _JOB_OVERWRITE,
-    ray: str | None = _JOB_RAY,
-    ray_actors: int | None = _JOB_RAY_ACTORS,
-    ray_cpus: float | None = _JOB_RAY_CPUS,
+    job: JobFlags = JobFlags(),  # the eight batch-job flags, see cli_options.job_flags
     no_wait: bool = _NO_WAIT,
 ):
     """Caption images with a captioning bundle (greedy or beam search), one line per image.
@@ -889,19 +841,12 @@ def caption(
         return _run_job(
             bundle,
             out,
+            job,
             images=images,
             caption=True,
             backend=backend,
             precision=precision,
             threads=threads,
-            batch=batch,
-            shard_size=shard_size,
-            workers=workers,
-            resume=resume,
-            overwrite=overwrite,
-            ray=ray,
-            ray_actors=ray_actors,
-            ray_cpus=ray_cpus,
             options={k: v for k, v in options.items() if v is not None},
         )
     if not image:
@@ -926,10 +871,10 @@ def vqa(
     max_new_tokens: int | None = typer.Option(
         None, help="New tokens per answer (default: the checkpoint's generation config)."
     ),
-    num_beams: int | None = typer.Option(None, help="Beam search width; 1 = greedy (default: the checkpoint's)."),
-    backend: str | None = typer.Option(None, help="Backend (default: the bundle's default variant)."),
-    precision: str | None = typer.Option(None, help="Precision (default: the bundle's default variant)."),
-    threads: int | None = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
+    num_beams: NumBeams = None,
+    backend: Backend = None,
+    precision: Precision = None,
+    threads: Threads = None,
 ):
     """Answer questions about images with a VQA bundle: one line per (image, question), tab-separated."""
     from .common.capabilities import Capability
@@ -963,9 +908,9 @@ def chat(
         help="Cut each image into tiles plus a global view, as the checkpoint's processor does (default: the "
         "bundle's setting); off: one tile per image, far fewer prompt tokens, less detail.",
     ),
-    backend: str | None = typer.Option(None, help="Backend (default: the bundle's default variant)."),
-    precision: str | None = typer.Option(None, help="Precision (default: the bundle's default variant)."),
-    threads: int | None = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
+    backend: Backend = None,
+    precision: Precision = None,
+    threads: Threads = None,
 ):
     """Chat about images with a VLM bundle: multi-turn, the KV cache kept between turns (a turn prefills
     only its new tokens), tokens printed as they come. Interactive: `/image PATH` attaches an image to
@@ -1016,7 +961,7 @@ def chat(
 @app.command()
 @user_errors
 def build(
-    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    bundle: BundleDir,
     backend: str = typer.Option(
         ..., help="tensorrt (plans for this GPU, from the bundle's ONNX and build settings) or openvino."
     ),
@@ -1024,7 +969,7 @@ def build(
         None, help="Comma-separated precisions (default: the bundle's TensorRT settings, or fp32)."
     ),
     dla_core: int | None = typer.Option(None, help="Jetson Orin: build for this DLA core (GPU fallback on)."),
-    threads: int | None = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
+    threads: Threads = None,
     no_wait: bool = _NO_WAIT,
 ):
     """Build engines on the machine that runs them (TensorRT plans are GPU- and version-specific)."""
@@ -1063,7 +1008,7 @@ def distill(
     batch_size: int = typer.Option(64, min=2),
     lr: float = typer.Option(1e-3, help="Peak learning rate (warm-up, then cosine decay)."),
     seed: int = typer.Option(0),
-    threads: int | None = typer.Option(None, min=1, max=1024, help="Torch CPU threads (default: all cores)."),
+    threads: TorchThreads = None,
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
     train_all: bool = typer.Option(
         False, "--train-all", help="Also train towers the student keeps whole (frozen copies by default)."
@@ -1142,7 +1087,7 @@ def search(
         None, "--bundle", help="Bundle to embed the query with (default: the job's; must hold the same weights)."
     ),
     exact: bool = typer.Option(False, "--exact", help="Exact numpy search even when a FAISS index is built."),
-    threads: int | None = typer.Option(None, min=1, max=1024, help="Threads (default: all cores)."),
+    threads: Threads = None,
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON lines."),
 ):
     """Top-k items of an embedding job for a text or image query: score, then path (or text).
