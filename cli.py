@@ -536,95 +536,12 @@ def bench_serve(
         _log(f"JSON report written to {json_path}")
 
 
-def _fold_layers(specs: list[dict]) -> list[dict]:
-    """past.0.key ... past.11.value (same shape) -> one entry past.{0..11}.key|value."""
-    import re
-
-    out, groups = [], {}
-    for sp in specs:
-        m = re.fullmatch(r"(\w+)\.(\d+)\.(key|value)", sp["name"])
-        if not m:
-            out.append(sp)
-            continue
-        key = (m.group(1), str(sp["shape"]))
-        if key not in groups:
-            groups[key] = {**sp, "layers": []}
-            out.append(groups[key])
-        groups[key]["layers"].append(int(m.group(2)))
-    for (prefix, _), g in groups.items():
-        g["name"] = f"{prefix}.{{{min(g['layers'])}..{max(g['layers'])}}}.key|value"
-    return out
-
-
 def _print_info(b) -> None:
-    from rich.table import Table
+    from .runtimes.bundle_info import render_info
 
-    from .runtimes.select import machine_key, select_variant
-
-    m = b.manifest
     c = _console()
-    src = m.get("source", {})
-    c.print(f"[bold]{m['model']}[/bold] ({m['family']})  bundle {b.root}  schema v{m['schema_version']}")
-    c.print(
-        f"source: {src.get('path') or src.get('hub') or src.get('registry')}"
-        f"{'  (random weights, seed {})'.format(src.get('seed')) if src.get('random_weights') else ''}"
-        f"  weights sha256 {str(src.get('weights_sha256'))[:12]}"
-    )
-    for name, comp in m["components"].items():
-        ins = ", ".join(f"{i['name']}{i['shape']}:{i['dtype']}" for i in _fold_layers(comp["inputs"]))
-        outs = ", ".join(f"{o['name']}{o['shape']}" for o in _fold_layers(comp["outputs"]))
-        c.print(f"  {name}: {ins} -> {outs}")
-    t = Table(
-        "component",
-        "backend",
-        "precision",
-        "file",
-        "MB",
-        "cosine min",
-        "cosine mean",
-        "max|diff|",
-        "gate",
-        caption="fp32/bf16: vs PyTorch at export; quantized: vs fp32 on held-out inputs. gate: on the min (worst) or mean cosine, as named.",
-    )
-    nan = float("nan")
-    for a in b.artifacts:
-        size = sum(m["files"][f]["bytes"] for f in a.files) / 1e6
-        metric = a.gate.get("metric", "cosine").replace("cosine_mean", "mean").replace("cosine", "min")
-        t.add_row(
-            a.component,
-            a.backend,
-            a.precision,
-            a.path,
-            f"{size:.1f}",
-            f"{a.parity.get('cosine', nan):.6f}",
-            f"{a.parity.get('cosine_mean', nan):.6f}",
-            f"{a.parity.get('max_abs_diff', nan):.2e}",
-            f"{'pass' if a.passed else 'FAIL'} ({metric} ≥{a.gate.get('min_cosine')}"
-            + (
-                f", tokens {a.gate['agreement']:.0%} ≥{a.gate['min_agreement']:.0%}"
-                if "min_agreement" in a.gate
-                else ""
-            )
-            + ")",
-        )
-    c.print(t)
-    for a in b.artifacts:  # --mode best: which candidate won here, and of how many
-        if (ch := a.recipe.get("chosen")) and ch.get("winner"):
-            won = next(r for r in ch["candidates"] if r["candidate"] == ch["winner"])
-            c.print(
-                f"{a.component} {a.backend}/{a.precision}: {ch['winner']} - {ch['why']} "
-                f"({won['vs_fp32']:.2f}x fp32's time, {won['ms']:.2f} ms at batch 1 when chosen)"
-            )
-    measured = m.get("measured", {}).get(machine_key(), {})
-    if measured:
-        c.print(
-            "batch-1 latency measured here: "
-            + ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(measured.items(), key=lambda kv: kv[1]))
-        )
-    try:
-        c.print("default variant here: " + "/".join(select_variant(b)))
-    except MMDeployError as exc:
-        c.print(f"default variant here: none ({exc})")
+    for part in render_info(b):
+        c.print(part)
 
 
 @app.command()
