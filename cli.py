@@ -833,46 +833,23 @@ def chat(
     only its new tokens), tokens printed as they come. Interactive: `/image PATH` attaches an image to
     the next turn, `/reset` starts over, Ctrl-D quits."""
     from .common.capabilities import Capability
-    from .errors import InputError
     from .runtimes import load
+    from .runtimes.chat_repl import chat_repl
 
     pipe = load(bundle, backend=backend, precision=precision, threads=threads)
     pipe.require(Capability.CHAT, "chat")
     if image_splitting is not None:
         pipe.image_splitting = image_splitting
-    conv = pipe.chat(system=system)
-    kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stream=True)
-
-    def turn(text: str, imgs: list[str]) -> None:
-        for piece in conv.send(text, images=imgs, **kw):
-            print(piece, end="", flush=True)
-        print()
-
-    pending = [str(p) for p in image]
-    if prompt is not None:
-        turn(prompt, pending)
-        return
-    _err_console().print("[dim]type a message; /image PATH attaches an image, /reset starts over, Ctrl-D quits[/dim]")
-    while True:
-        try:
-            line = input("> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            print()
-            return
-        if not line:
-            continue
-        if line.startswith("/image "):
-            pending.append(line[7:].strip())
-            continue
-        if line == "/reset":
-            conv.reset()
-            pending = []
-            continue
-        try:
-            turn(line, pending)
-            pending = []
-        except InputError as exc:  # a bad turn is reported; the conversation goes on
-            _err_console().print(f"error: {exc}", highlight=False)
+    chat_repl(
+        pipe.chat(system=system),
+        images=[str(p) for p in image],
+        prompt=prompt,
+        err=_err_console(),
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+    )
 
 
 @app.command()
