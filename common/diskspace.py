@@ -122,6 +122,8 @@ def disk_problem(exc: BaseException, path: str | os.PathLike, doing: str) -> Res
     that is now nearly full. Call it before the partial output is removed (that frees the space)."""
     if isinstance(exc, ResourceError):
         return exc
+    if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM's unwinding: not the disk's doing
+        return None
     err = resource_error(exc, path, doing)
     if isinstance(err, ResourceError):
         return err

@@ -87,6 +87,22 @@ def build_index(
     chunk_rows: int = 65536,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
+    """_build_index under the job folder's writer lock: a job resuming into the folder finishes
+    first, so the index covers a settled set of shards."""
+    from ..common.locks import writer_lock
+
+    with writer_lock(folder, "job folder"):
+        return _build_index(folder, kind, nlist, hnsw_m, chunk_rows, log)
+
+
+def _build_index(
+    folder: str | os.PathLike,
+    kind: str = "ivf",
+    nlist: int | None = None,
+    hnsw_m: int = 32,
+    chunk_rows: int = 65536,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Build a FAISS index over a job folder's finished shards into ``folder/index/``.
     kind: flat (exact, FAISS's BLAS), ivf (inverted lists over k-means cells: fast, approximate),
     hnsw (graph: fastest queries, slowest build)."""
@@ -123,8 +139,17 @@ def build_index(
     out = root / INDEX_DIR
     out.mkdir(exist_ok=True)
     tmp = out / ".faiss.index.tmp"
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, out / "faiss.index")
+    try:
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, out / "faiss.index")
+    except Exception as exc:
+        from ..common.diskspace import disk_problem
+
+        problem = disk_problem(exc, out, f"writing {out / 'faiss.index'} (the previous index is kept)")
+        tmp.unlink(missing_ok=True)
+        if problem is not None:
+            raise problem from None
+        raise
     info = {
         "kind": kind,
         "dim": dim,

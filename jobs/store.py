@@ -42,9 +42,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:  # a full disk, or Ctrl-C mid-write: no temporary file is left
         tmp.unlink(missing_ok=True)  # the old file stays whole
-        raise resource_error(exc, path.parent, f"writing {path} (the previous version is kept)") from None
+        if isinstance(exc, OSError):
+            raise resource_error(exc, path.parent, f"writing {path} (the previous version is kept)") from None
+        raise
 
 
 def read_job(root: Path) -> dict[str, Any]:
@@ -148,6 +150,11 @@ class JobStore:
                 if _ours(child.name):
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
         elif root.is_dir() and any(root.iterdir()):
+            leftovers = [c for c in root.iterdir() if c.name.endswith(".tmp") and _ours(c.name)]
+            if leftovers and len(leftovers) == len(list(root.iterdir())):  # a run killed as it began
+                for c in leftovers:
+                    c.unlink()
+                return cls._open(root, meta, resume, overwrite)
             raise InputError(f"--out {root}: folder is not empty and holds no mmdeploy job: refusing to write into it")
         elif resume:
             raise InputError(f"--resume: {root} holds no job to resume")
@@ -240,7 +247,7 @@ class JobStore:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, self.root / name)
-        except Exception as exc:
+        except BaseException as exc:  # a full disk, or Ctrl-C mid-write: no temporary file is left
             done = f"{len(m['shards'])} finished shards kept: --resume once there is room"
             problem = disk_problem(exc, self.root, f"writing {name} of {self.root} ({done})")
             tmp.unlink(missing_ok=True)

@@ -213,9 +213,34 @@ def sibling_dir(target: Path, kind: str) -> Path:
     return target.parent / f".{target.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE): a SIGKILL at any
+    instant leaves one whole directory at each name. False where the system or file system lacks it."""
+    import ctypes
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 def swap_into_place(src: Path, target: Path) -> None:
     """Rename a finished directory onto `target`; an existing target is replaced only once
-    the new one is in place (restored if the rename fails)."""
+    the new one is in place (restored if the rename fails). Where the kernel can, the two are
+    exchanged in one step, so no instant exists without a whole bundle at `target`; elsewhere a
+    kill between the two renames leaves the old one beside it, and remove_stale puts it back."""
+    if target.is_dir() and not target.is_symlink() and _exchange(src, target):
+        _fsync_dir(target.parent)
+        shutil.rmtree(src, ignore_errors=True)  # now the old bundle
+        return
     old = None
     if target.exists():
         old = sibling_dir(target, "old")
@@ -298,9 +323,12 @@ def remove_stale(target: Path) -> list[Path]:
     longer runs, and lock files nobody holds, the stages' own included); returns what was removed."""
     gone = []
     pat = re.compile(rf"^\.{re.escape(target.name)}\.(?:staging|old)-(\d+)-[0-9a-f]{{8}}$")
-    for p in target.parent.glob(f".{target.name}.*"):
+    for p in sorted(target.parent.glob(f".{target.name}.*")):
         m = pat.match(p.name)
         if m and p.is_dir() and not _pid_alive(int(m.group(1))):
+            if ".old-" in p.name and not target.exists():  # killed between swap_into_place's renames
+                os.rename(p, target)
+                continue
             shutil.rmtree(p, ignore_errors=True)
             gone.append(p)
     # what a stage (export+quantize's) had of its own: its lock file and its writers' stages
