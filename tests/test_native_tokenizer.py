@@ -530,6 +530,7 @@ def test_errors_are_one_line(driver, tmp_path):
     assert r.returncode == 2 and "broken.json" in r.stderr.decode()
 
 
+@pytest.mark.slow
 def test_speed_vs_hf(driver, capsys):
     """Strings per CPU second of the native tokenizer and of HF tokenizers on the same strings,
     same machine, one run (reported, not asserted; CPU time, as the machine is shared: HF's

@@ -10,6 +10,14 @@
 //                   Sequence
 // plus added tokens (special or not) matched in the raw text before normalisation, as HF does.
 //
+// Unicode: the character classes are the ones tokenizers' Rust crates really have (tables read
+// from the library by gen_unicode_tables.py into unicode_tables.inc), normalization is utf8proc's
+// less the code points tokenizers' older tables do not decompose, and regexes are Oniguruma
+// patterns run by PCRE2 with Onig's \s, \p{L}, \p{N} (GPT-2's and CLIP's by hand-written code).
+// Not reproduced: Metaspace prepend_scheme "first" reads the original offset of a piece only
+// through the first input character's normalized length; NFC composes pairs whose composite is
+// newer than tokenizers' tables (one known: U+11938).
+//
 // All const methods are thread safe: a loaded tokenizer is immutable.
 #pragma once
 
