@@ -212,3 +212,22 @@ def test_session_checks_feeds_before_running(plain_bundle, plain_backend):
         runs = sess.runs
     assert runs == 1  # refused feeds never reached run_impl
     assert sess.closed
+
+
+def test_declared_cpu_needs_decide_whether_a_variant_runs_here(monkeypatch):
+    """A precision with declared CPU flags runs where one of them is present (base.Backend.cpu_supports)."""
+    from mmdeploy.common import env
+    from mmdeploy.runtimes.bundle import Artifact
+
+    class NeedsBf16(PlainBackend):
+        capabilities = Capabilities(
+            builds=("fp32",), runs=("fp32", "bf16"), devices=("cpu",), cpu_needs={"bf16": ("avx512_bf16", "amx_bf16")}
+        )
+
+    be = NeedsBf16()
+    bf16 = Artifact(component="text", backend="plain-test", precision="bf16", path="text.onnx")
+    monkeypatch.setattr(env, "cpu_info", lambda: {"model": "test", "isa": ["avx2"], "cores": 2})
+    assert not be.runs(bf16) and be.runs(replace(bf16, precision="fp32"))
+    assert not be.runs(replace(bf16, precision="int8"))  # a precision it does not declare
+    monkeypatch.setattr(env, "cpu_info", lambda: {"model": "test", "isa": ["avx2", "amx_bf16"], "cores": 2})
+    assert be.runs(bf16)

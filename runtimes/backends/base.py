@@ -73,9 +73,9 @@ class Backend:
         needs = self.capabilities.cpu_needs.get(precision)
         if not needs:
             return True
-        from ...common.env import cpu_flags
+        from ...common.env import cpu_info
 
-        return bool(set(needs) & cpu_flags())
+        return bool(set(needs) & set(cpu_info()["isa"]))
 
     def fits(self, artifact) -> bool:
         """The artifact was built for this machine (only backends whose plans are device-bound say no)."""
