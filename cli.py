@@ -24,6 +24,8 @@ from .cli_options import (
     TorchThreads,
     job_flags,
 )
+from .common.signals import install_signal_handlers as _install_signal_handlers  # tests replace it here
+from .common.signals import terminate as _terminate  # noqa: F401 - tests/test_hostile.py imports it from here
 from .errors import MMDeployError
 
 app = typer.Typer(
@@ -164,6 +166,15 @@ def _log(msg: str) -> None:
     _err_console().print(f"[dim]·[/dim] {msg}", highlight=False)
 
 
+def _progress(remaining: bool = False):
+    """A progress bar on stderr that goes when done (bench; distill adds the time remaining)."""
+    from rich import progress as p
+
+    columns = [p.TextColumn("{task.description}"), p.BarColumn(), p.MofNCompleteColumn(), p.TimeElapsedColumn()]
+    columns += [p.TimeRemainingColumn()] if remaining else []
+    return p.Progress(*columns, console=_err_console(), transient=True)
+
+
 @app.callback()
 def main_options(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")):
     _state["debug"] = debug
@@ -273,8 +284,6 @@ def bench(
     no_wait: bool = _NO_WAIT,
 ):
     """Benchmark every variant of a bundle against PyTorch: latency, throughput, fidelity."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from .benchmarks.bench import BenchConfig
     from .benchmarks.bench import bench as run_bench
     from .benchmarks.report import accuracy_table, table, write_json
@@ -303,14 +312,7 @@ def bench(
         num_beams=num_beams,
         interleave=interleave,
     )
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=_err_console(),
-        transient=True,
-    ) as progress:
+    with _progress() as progress:
         report = run_bench(str(bundle), cfg, log=_log, progress=progress)
     if report["results"]:
         _console().print(table(report))
@@ -913,15 +915,6 @@ def distill(
     ),
 ):
     """Distil a teacher into a smaller student of the same HF class (fewer layers), ready for `export`."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from .exporter.distill import DistillConfig
     from .exporter.distill import distill as run_distill
 
@@ -942,15 +935,7 @@ def distill(
     )
     state = output.parent / f"{output.name}.distill-state"
     try:
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=_err_console(),
-            transient=True,
-        ) as progress:
+        with _progress(remaining=True) as progress:
             report = run_distill(
                 teacher, output, cfg, random_weights=random_weights, resume=resume, log=_log, progress=progress
             )
@@ -1017,7 +1002,6 @@ def index(
         help="flat (exact, BLAS), ivf (k-means cells: fast build and queries), hnsw (graph: fastest queries, slowest build).",
     ),
     nlist: int | None = typer.Option(None, "--nlist", min=1, help="IVF cells (default: 4 x sqrt(rows))."),
-    no_wait: bool = _NO_WAIT,
 ):
     r"""Build a FAISS index over an embedding job's shards (needs the \[search] extra); `search` uses it."""
     from .jobs.search import build_index
@@ -1033,21 +1017,6 @@ def doctor():
 
     for line in report():
         print(line)
-
-
-def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C: staging folders are removed, exit 130
-    raise KeyboardInterrupt
-
-
-def _install_signal_handlers() -> None:
-    import os
-    import signal
-
-    signal.signal(signal.SIGTERM, _terminate)  # `serve` installs uvicorn's own drain handler over it
-    # A forked helper must die on SIGTERM, not unwind: NNCF's telemetry forks a sender that can sit
-    # in getaddrinfo on an offline machine, and at exit multiprocessing terminates and joins it. With
-    # our handler inherited the SIGTERM was swallowed and `export` hung at exit (seen in a test).
-    os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
 
 
 def _click_exceptions():
