@@ -1002,6 +1002,7 @@ def index(
         help="flat (exact, BLAS), ivf (k-means cells: fast build and queries), hnsw (graph: fastest queries, slowest build).",
     ),
     nlist: int | None = typer.Option(None, "--nlist", min=1, help="IVF cells (default: 4 x sqrt(rows))."),
+    no_wait: bool = _NO_WAIT,
 ):
     r"""Build a FAISS index over an embedding job's shards (needs the \[search] extra); `search` uses it."""
     from .jobs.search import build_index
