@@ -600,7 +600,11 @@ RgbImage load_image_file(const std::string& path, long long max_pixels) {
 
 RgbImage load_image(const mmrt_image& image, size_t index, long long max_pixels) {
   const std::string where = "images[" + std::to_string(index) + "]";
-  switch (image.kind) {
+  // a C caller may store any int in these enums: read them as ints (an out-of-range C++ enum is UB)
+  int kind = 0, format = 0;
+  memcpy(&kind, &image.kind, sizeof kind);
+  memcpy(&format, &image.format, sizeof format);
+  switch (kind) {
     case MMRT_IMAGE_FILE:
       if (!image.path) fail(MMRT_ERR_INVALID_ARGUMENT, where + ".path is NULL");
       return load_image_file(image.path, max_pixels);
@@ -611,11 +615,11 @@ RgbImage load_image(const mmrt_image& image, size_t index, long long max_pixels)
     case MMRT_IMAGE_PIXELS: {
       if (!image.pixels) fail(MMRT_ERR_INVALID_ARGUMENT, where + ".pixels is NULL");
       int channels = 0;
-      switch (image.format) {
+      switch (format) {
         case MMRT_PIXEL_RGB8: case MMRT_PIXEL_BGR8: channels = 3; break;
         case MMRT_PIXEL_RGBA8: case MMRT_PIXEL_BGRA8: channels = 4; break;
         case MMRT_PIXEL_GRAY8: channels = 1; break;
-        default: fail(MMRT_ERR_INVALID_ARGUMENT, where + ".format " + std::to_string((int)image.format) + " is unknown");
+        default: fail(MMRT_ERR_INVALID_ARGUMENT, where + ".format " + std::to_string(format) + " is unknown");
       }
       check_pixels(image.width, image.height, where, max_pixels);
       size_t stride = image.stride ? image.stride : (size_t)image.width * channels;
@@ -624,7 +628,7 @@ RgbImage load_image(const mmrt_image& image, size_t index, long long max_pixels)
       RgbImage out;
       out.width = image.width, out.height = image.height;
       out.data.resize((size_t)image.width * image.height * 3);
-      bool bgr = image.format == MMRT_PIXEL_BGR8 || image.format == MMRT_PIXEL_BGRA8;
+      bool bgr = format == MMRT_PIXEL_BGR8 || format == MMRT_PIXEL_BGRA8;
       for (int y = 0; y < image.height; y++) {
         const uint8_t* row = image.pixels + stride * y;
         for (int x = 0; x < image.width; x++) {
@@ -646,7 +650,7 @@ RgbImage load_image(const mmrt_image& image, size_t index, long long max_pixels)
       return out;
     }
   }
-  fail(MMRT_ERR_INVALID_ARGUMENT, where + ".kind " + std::to_string((int)image.kind) + " is unknown");
+  fail(MMRT_ERR_INVALID_ARGUMENT, where + ".kind " + std::to_string(kind) + " is unknown");
 }
 
 // -- preprocess.py ----------------------------------------------------------------------------

@@ -199,14 +199,14 @@ std::vector<Tensor> OrtModel::run(const std::vector<const Tensor*>& inputs, cons
     check(api, api->GetTensorTypeAndShape(out_values[k], &info), "onnxruntime output " + outputs[k]);
     size_t nd = 0, count = 0;
     ONNXTensorElementDataType type;
-    api->GetDimensionsCount(info, &nd);
     Tensor t;
     t.name = outputs[k];
-    t.shape.resize(nd);
-    api->GetDimensions(info, t.shape.data(), nd);
-    api->GetTensorShapeElementCount(info, &count);
-    api->GetTensorElementType(info, &type);
+    OrtStatus* s = api->GetDimensionsCount(info, &nd);
+    if (!s) t.shape.resize(nd), s = api->GetDimensions(info, t.shape.data(), nd);
+    if (!s) s = api->GetTensorShapeElementCount(info, &count);
+    if (!s) s = api->GetTensorElementType(info, &type);
     api->ReleaseTensorTypeAndShapeInfo(info);
+    check(api, s, "onnxruntime output " + outputs[k]);
     if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
       fail(MMRT_ERR_BACKEND, path_ + ": output " + outputs[k] + " is not float32");
     float* data = nullptr;

@@ -69,7 +69,9 @@ extern "C" {
 
 const char* mmrt_last_error(void) { return g_last_error.c_str(); }
 
-const char* mmrt_status_name(mmrt_status s) {
+const char* mmrt_status_name(mmrt_status status) {
+  int s = 0;  // any int from C: compared as an int (an out-of-range C++ enum is UB)
+  memcpy(&s, &status, sizeof s);
   switch (s) {
     case MMRT_OK: return "MMRT_OK";
     case MMRT_ERR_INVALID_ARGUMENT: return "MMRT_ERR_INVALID_ARGUMENT";
