@@ -10,15 +10,10 @@ from pathlib import Path
 
 from ..errors import ResourceError
 
-# errno -> what ran out, in words
+# what ran out, in the system's own words ("No space left on device", "Read-only file system")
 RESOURCE_ERRNOS = {
-    errno.ENOSPC: "no space left",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only file system",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-    errno.EMFILE: "too many open files",
-    errno.ENFILE: "too many open files in the system",
+    code: os.strerror(code)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE, errno.ENFILE)
 }
 # below this, an error that is not an OSError (a short write read back as a DecodeError, a backend's
 # own "cannot write") while writing to the file system is taken for the disk problem it is
@@ -77,7 +72,7 @@ def is_resource_error(exc: BaseException) -> bool:
         return True
     # pyarrow / ONNX Runtime / OpenVINO carry the errno in their message only
     text = str(exc)
-    return any(s in text for s in ("No space left on device", "Disk quota exceeded", "Read-only file system"))
+    return any(os.strerror(c) in text for c in (errno.ENOSPC, errno.EDQUOT, errno.EROFS))
 
 
 def resource_error(exc: BaseException, path: str | os.PathLike, doing: str) -> BaseException:
@@ -86,16 +81,10 @@ def resource_error(exc: BaseException, path: str | os.PathLike, doing: str) -> B
     if not is_resource_error(exc):
         return exc
     code = getattr(exc, "errno", None)
+    # the system's own words ("Read-only file system"), also where a library only quotes them
     what = RESOURCE_ERRNOS.get(code) or next(
-        w
-        for s, w in (
-            ("No space", "no space left"),
-            ("quota", "disk quota exceeded"),
-            ("Read-only", "read-only file system"),
-        )
-        if s in str(exc)
+        os.strerror(c) for c in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) if os.strerror(c) in str(exc)
     )
-    what = getattr(exc, "strerror", None) or what  # the system's own words ("Read-only file system")
     name = getattr(exc, "filename", None)
     doing = f"{doing} ({name})" if name and str(name) not in doing else doing
     if code in (errno.EMFILE, errno.ENFILE):
