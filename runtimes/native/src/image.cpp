@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <sstream>
 
 #include "error.h"
@@ -165,8 +166,11 @@ Decoded decode_jpeg(const uint8_t* data, size_t size, const std::string& name, l
   cinfo.err = jpeg_std_error(&err.mgr);
   err.mgr.error_exit = jpeg_error_exit;
   err.mgr.emit_message = jpeg_warning;
-  Decoded d;
-  std::string pixel_error;
+  // everything a longjmp may leave behind is owned from before setjmp (its destructors then run)
+  auto out = std::make_unique<Decoded>();
+  auto raw_owner = std::make_unique<std::vector<uint8_t>>();
+  Decoded& d = *out;
+  std::vector<uint8_t>& raw = *raw_owner;
   if (setjmp(err.jump)) {
     jpeg_destroy_decompress(&cinfo);
     fail(MMRT_ERR_INPUT, "cannot read " + name + " (corrupt or truncated): " + err.message);
@@ -191,7 +195,7 @@ Decoded decode_jpeg(const uint8_t* data, size_t size, const std::string& name, l
   jpeg_start_decompress(&cinfo);
   const int comps = cinfo.output_components;
   d.width = cinfo.output_width, d.height = cinfo.output_height;
-  std::vector<uint8_t> raw((size_t)d.width * d.height * comps);
+  raw.resize((size_t)d.width * d.height * comps);
   while (cinfo.output_scanline < cinfo.output_height) {
     JSAMPROW row = &raw[(size_t)cinfo.output_scanline * d.width * comps];
     jpeg_read_scanlines(&cinfo, &row, 1);
@@ -202,7 +206,7 @@ Decoded decode_jpeg(const uint8_t* data, size_t size, const std::string& name, l
   if (!cmyk) {
     d.channels = comps;
     d.data = std::move(raw);
-    return d;
+    return std::move(d);
   }
   // PIL: CMYK (inverted when Adobe wrote it) -> RGB with Convert.c's cmyk2rgb
   d.channels = 3;
@@ -217,7 +221,7 @@ Decoded decode_jpeg(const uint8_t* data, size_t size, const std::string& name, l
       d.data[3 * i + k] = (uint8_t)std::clamp(v, 0, 255);
     }
   }
-  return d;
+  return std::move(d);
 }
 
 // -- PNG -------------------------------------------------------------------------------------
@@ -248,13 +252,14 @@ Decoded decode_png(const uint8_t* data, size_t size, const std::string& name, lo
   png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &r, png_err, png_warn);
   if (!png) fail(MMRT_ERR_OUT_OF_MEMORY, "cannot read " + name + ": out of memory");
   png_infop info = png_create_info_struct(png);
-  Decoded d;
-  std::vector<png_bytep> rows;
-  bool pixel_check_failed = false;
-  std::string pixel_message;
+  auto out = std::make_unique<Decoded>();
+  auto rows_owner = std::make_unique<std::vector<png_bytep>>();
+  Decoded& d = *out;
+  std::vector<png_bytep>& rows = *rows_owner;
+  auto pixel_error = std::make_unique<std::string>();  // set when the size check fails, before longjmp
   if (setjmp(png_jmpbuf(png))) {
     png_destroy_read_struct(&png, &info, nullptr);
-    if (pixel_check_failed) fail(MMRT_ERR_INPUT, pixel_message);
+    if (!pixel_error->empty()) fail(MMRT_ERR_INPUT, *pixel_error);
     fail(MMRT_ERR_INPUT, "cannot read " + name + " (corrupt or truncated): " + r.message);
   }
   png_set_read_fn(png, &r, png_read_mem);
@@ -264,8 +269,7 @@ Decoded decode_png(const uint8_t* data, size_t size, const std::string& name, lo
   try {
     check_pixels(w, h, name, max_pixels);
   } catch (const Error& e) {
-    pixel_check_failed = true;
-    pixel_message = e.what();
+    *pixel_error = e.what();
     png_longjmp(png, 1);
   }
   int color = png_get_color_type(png, info), depth = png_get_bit_depth(png, info);
@@ -292,7 +296,7 @@ Decoded decode_png(const uint8_t* data, size_t size, const std::string& name, lo
   if (png_get_eXIf_1(png, info, &exif_len, &exif) && exif) d.orientation = exif_orientation(exif, exif_len);
 #endif
   png_destroy_read_struct(&png, &info, nullptr);
-  return d;
+  return std::move(d);
 }
 
 // -- WebP ------------------------------------------------------------------------------------
