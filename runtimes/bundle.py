@@ -267,16 +267,31 @@ def check_replaceable(target: Path) -> None:
         raise BundleError(f"{target} exists and is not a directory: refusing to replace it")
     if not any(target.iterdir()):
         return
-    try:
-        b = Bundle.open(target)
-    except BundleError as exc:
-        raise BundleError(f"{target} exists and is not an mmdeploy bundle ({exc}): refusing to replace it") from None
-    ours = set(b.manifest["files"]) | {MANIFEST, VERIFIED}
-    for p in sorted(target.rglob("*")):
-        rel = p.relative_to(target).as_posix()
-        if (p.is_file() or p.is_symlink()) and rel not in ours:
+    for attempt in range(3):  # another writer may swap a new bundle in while we look: look again
+        try:
+            b = Bundle.open(target)
+        except BundleError as exc:
             raise BundleError(
-                f"{target} holds {rel}, which is not part of the bundle: refusing to replace it "
+                f"{target} exists and is not an mmdeploy bundle ({exc}): refusing to replace it"
+            ) from None
+        ours = set(b.manifest["files"]) | {MANIFEST, VERIFIED}
+        foreign = next(
+            (
+                p.relative_to(target).as_posix()
+                for p in sorted(target.rglob("*"))
+                if (p.is_file() or p.is_symlink()) and p.relative_to(target).as_posix() not in ours
+            ),
+            None,
+        )
+        if foreign is None:
+            return
+        try:
+            swapped = json.loads((target / MANIFEST).read_text()) != b.manifest
+        except (OSError, ValueError):
+            swapped = True
+        if not swapped or attempt == 2:
+            raise BundleError(
+                f"{target} holds {foreign}, which is not part of the bundle: refusing to replace it "
                 "(move it away or choose another -o)"
             )
 
