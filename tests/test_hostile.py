@@ -704,8 +704,8 @@ def test_mixed_concurrent_load_with_invalid_items(clip_bundle):
 def test_quantizing_a_variant_again_replaces_it_and_keeps_the_bundle_whole(bundle):
     """A variant quantized again (here static, then dynamic) replaces its files and their hashes; the
     live bundle's files are never written through the stage's hard links while the new one is made."""
-    from mmdeploy.exporter.quantize import quantize
     from mmdeploy.exporter.quantization import QuantConfig
+    from mmdeploy.exporter.quantize import quantize
 
     quantize(bundle, QuantConfig(precision="int8", calib="shapes", samples=8, threads=2))
     rel = Bundle.open(bundle).find(component="vision", backend="onnxruntime", precision="int8")[0].path
