@@ -121,22 +121,22 @@ def test_a_reader_that_leaves_frees_its_batch_slot(images):
                 # a second stream queues behind the first (max_batch 1), then its reader leaves too
                 with b.stream("POST", "/v1/caption", json=body) as rb:
                     t = time.time()
-                    while srv.models["cap"].batchers["caption"].depth == 0 and time.time() - t < 5:
+                    while srv.models["cap"].batchers["caption"].depth == 0 and time.time() - t < 60:
                         time.sleep(0.01)
                     assert srv.models["cap"].batchers["caption"].depth == 1
                     rb.close()
                 t = time.time()
-                while srv.models["cap"].batchers["caption"].depth and time.time() - t < 5:
+                while srv.models["cap"].batchers["caption"].depth and time.time() - t < 60:
                     time.sleep(0.01)
                 assert srv.models["cap"].batchers["caption"].depth == 0  # the queued one left its queue
                 ra.close()
-            assert fake.stopped.wait(5), "the running caption did not stop when its reader left"
+            assert fake.stopped.wait(60), "the running caption did not stop when its reader left"
             assert fake.calls == 1  # the queued request never ran
             assert a.get("/health").json()["status"] == "ok"
             fake2 = a.post("/v1/caption", json={"image": body["image"], "stream": False})
             assert fake2.status_code == 200
             t = time.time()
-            while srv.working and time.time() - t < 5:
+            while srv.working and time.time() - t < 60:
                 time.sleep(0.01)
             assert srv.working == 0 and srv.inflight <= 1
 
