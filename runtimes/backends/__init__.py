@@ -19,14 +19,15 @@ _instances: dict[type, Backend] = {}
 
 
 def backend_names() -> list[str]:
-    return list(_REGISTRY.all())
+    """Registered names, sorted: the registry's own order is the order modules happened to be imported."""
+    return sorted(_REGISTRY.all())
 
 
 def get_backend(name: str) -> Backend:
     """The backend registered as `name`; an unknown name is a one-line error listing the known ones."""
     classes = _REGISTRY.all()
     if name not in classes:
-        raise BackendError(f"unknown backend {name!r}: choose from {', '.join(classes)}")
+        raise BackendError(f"unknown backend {name!r}: choose from {', '.join(backend_names())}")
     cls = classes[name]
     if cls not in _instances:
         _instances[cls] = cls()
