@@ -29,6 +29,9 @@ def test_pick_keeps_the_slower_and_the_failing_out():
     ]
     assert pick(rows) == 2
     assert pick([dict(r, passed=False) for r in rows]) is None
+    # none faster than fp32 (INT8 on a CPU without VNNI): no accuracy is given up for nothing
+    slow = [dict(r, vs_fp32=r["vs_fp32"] + 1.0, cosine_mean=c) for r, c in zip(rows, (0.99, 0.995, 0.997, 0.998))]
+    assert pick(slow) == 3
 
 
 def test_candidates_per_backend_and_data():
@@ -82,9 +85,13 @@ def test_best_keeps_the_fastest_passing_candidate_and_says_why(best_bundle):
             passing = [r for r in rows if r["passed"]]
             won = [r for r in rows if r["candidate"] == chosen["winner"]]
             assert len(won) == 1
-            if passing:  # the fastest of those that passed; every faster one failed its gate
-                assert won[0]["vs_fp32"] == min(r["vs_fp32"] for r in passing)
+            faster = [r for r in passing if r["vs_fp32"] < 1.0]
+            if faster:  # the fastest of those that passed; every faster one failed its gate
+                assert won[0]["vs_fp32"] == min(r["vs_fp32"] for r in faster)
                 assert a.passed and all(not r["passed"] for r in rows if r["vs_fp32"] < won[0]["vs_fp32"])
+            elif passing:  # none beat fp32 here (INT8 without VNNI): the most accurate that passed
+                assert a.passed and won[0]["cosine_mean"] == max(r["cosine_mean"] for r in passing)
+                assert "faster than fp32" in chosen["why"]
             else:  # kept like any variant below its gate: the most accurate, never the default
                 assert not a.passed and won[0]["cosine_mean"] == max(r["cosine_mean"] for r in rows)
             assert a.parity["cosine_mean"] == pytest.approx(won[0]["cosine_mean"], abs=1e-6)
