@@ -18,32 +18,36 @@
 
 namespace mmrt {
 
+// the C API functions used, listed once: declared in OvApi and resolved with dlsym from this list
+#define OV_FUNCTIONS(X) \
+  X(ov_core_create) \
+  X(ov_core_get_property) \
+  X(ov_core_compile_model_from_file_props) \
+  X(ov_compiled_model_create_infer_request) \
+  X(ov_compiled_model_free) \
+  X(ov_infer_request_set_tensor) \
+  X(ov_infer_request_get_tensor) \
+  X(ov_infer_request_infer) \
+  X(ov_infer_request_free) \
+  X(ov_tensor_create_from_host_ptr) \
+  X(ov_tensor_get_shape) \
+  X(ov_tensor_get_element_type) \
+  X(ov_tensor_get_size) \
+  X(ov_tensor_data) \
+  X(ov_tensor_free) \
+  X(ov_shape_create) \
+  X(ov_shape_free) \
+  X(ov_get_openvino_version) \
+  X(ov_version_free) \
+  X(ov_get_last_err_msg) \
+  X(ov_free)
+
 // the C API functions used, resolved from the dlopen'd library
 struct OvApi {
   void* handle = nullptr;
   ov_core_t* core = nullptr;
 #define OV_FN(name) decltype(&::name) name = nullptr;
-  OV_FN(ov_core_create)
-  OV_FN(ov_core_get_property)
-  OV_FN(ov_core_compile_model_from_file_props)
-  OV_FN(ov_compiled_model_create_infer_request)
-  OV_FN(ov_compiled_model_free)
-  OV_FN(ov_infer_request_set_tensor)
-  OV_FN(ov_infer_request_get_tensor)
-  OV_FN(ov_infer_request_infer)
-  OV_FN(ov_infer_request_free)
-  OV_FN(ov_tensor_create_from_host_ptr)
-  OV_FN(ov_tensor_get_shape)
-  OV_FN(ov_tensor_get_element_type)
-  OV_FN(ov_tensor_get_size)
-  OV_FN(ov_tensor_data)
-  OV_FN(ov_tensor_free)
-  OV_FN(ov_shape_create)
-  OV_FN(ov_shape_free)
-  OV_FN(ov_get_openvino_version)
-  OV_FN(ov_version_free)
-  OV_FN(ov_get_last_err_msg)
-  OV_FN(ov_free)
+  OV_FUNCTIONS(OV_FN)
 #undef OV_FN
 };
 
@@ -188,27 +192,7 @@ std::shared_ptr<OvLibrary> OvLibrary::load(const std::string& requested) {
 #define OV_FN(name)                                                     \
   api->name = reinterpret_cast<decltype(api->name)>(dlsym(handle, #name)); \
   if (!api->name && !missing) missing = true, first_missing = #name;
-  OV_FN(ov_core_create)
-  OV_FN(ov_core_get_property)
-  OV_FN(ov_core_compile_model_from_file_props)
-  OV_FN(ov_compiled_model_create_infer_request)
-  OV_FN(ov_compiled_model_free)
-  OV_FN(ov_infer_request_set_tensor)
-  OV_FN(ov_infer_request_get_tensor)
-  OV_FN(ov_infer_request_infer)
-  OV_FN(ov_infer_request_free)
-  OV_FN(ov_tensor_create_from_host_ptr)
-  OV_FN(ov_tensor_get_shape)
-  OV_FN(ov_tensor_get_element_type)
-  OV_FN(ov_tensor_get_size)
-  OV_FN(ov_tensor_data)
-  OV_FN(ov_tensor_free)
-  OV_FN(ov_shape_create)
-  OV_FN(ov_shape_free)
-  OV_FN(ov_get_openvino_version)
-  OV_FN(ov_version_free)
-  OV_FN(ov_get_last_err_msg)
-  OV_FN(ov_free)
+  OV_FUNCTIONS(OV_FN)
 #undef OV_FN
   if (missing) {
     dlclose(handle);
