@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -127,3 +128,44 @@ def cli_inprocess(capsys, monkeypatch):
         return subprocess.CompletedProcess(list(args), exc.value.code or 0, out.out, out.err)
 
     return run
+
+
+# MMDEPLOY_TEST_CPU=1: per-phase CPU seconds (this process and its waited-for children), the slowest
+# printed at the end: on a busy machine wall times (--durations) are inflated, CPU time much less
+_CPU_TIMES: dict[tuple[str, str], float] = {}
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _timed_phase(item, phase: str):
+    start = _cpu_seconds()
+    yield
+    _CPU_TIMES[(item.nodeid, phase)] = _cpu_seconds() - start
+
+
+if os.environ.get("MMDEPLOY_TEST_CPU"):
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_setup(item):
+        yield from _timed_phase(item, "setup")
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_call(item):
+        yield from _timed_phase(item, "call")
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_teardown(item):
+        yield from _timed_phase(item, "teardown")
+
+    def pytest_terminal_summary(terminalreporter):
+        n = int(os.environ.get("MMDEPLOY_TEST_CPU_TOP", "40"))
+        rows = sorted(_CPU_TIMES.items(), key=lambda kv: -kv[1])[:n]
+        terminalreporter.write_sep("=", f"slowest {len(rows)} CPU times (MMDEPLOY_TEST_CPU)")
+        for (nodeid, phase), s in rows:
+            terminalreporter.write_line(f"{s:8.2f}s cpu {phase:<8} {nodeid}")
+        terminalreporter.write_line(f"{sum(_CPU_TIMES.values()):8.2f}s cpu in all")
