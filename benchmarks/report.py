@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
+
+from ..runtimes.bundle import Bundle
 
 
 def _fmt(v, spec: str) -> str:
@@ -177,3 +180,93 @@ def plot(report: dict[str, Any], path: str | os.PathLike) -> None:
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+# the machine load of the bench in progress: latencies of a busy run never choose the default variant
+_LOAD: ContextVar = ContextVar("bench_machine_load", default=None)
+
+
+def write_measured(bundle: Bundle, table: dict[str, float], log) -> None:
+    """Merge {variant: ms} into the manifest under this machine's key (load() ranks by it)."""
+    from ..errors import BundleError, ResourceError
+    from ..runtimes.select import record_measured
+
+    if not table:
+        return
+    load = _LOAD.get()
+    state = load.so_far() if load is not None else {}
+    busy = state["why"] if state.get("busy") else None
+    try:
+        record_measured(bundle, table, busy=busy)
+    except (OSError, BundleError, ResourceError) as exc:  # read-only, or the folder holds files of the user's own
+        log(f"could not record measurements in {bundle.root} ({exc}); load() keeps its static preference")
+        return
+    if busy:
+        log(
+            f"busy machine ({busy}): latencies recorded in {bundle.root} as measured_busy, not used to "
+            "choose the default variant; bench again on a quiet machine"
+        )
+
+
+def record_latency(bundle: Bundle, rows: list[dict[str, Any]], log) -> None:
+    """Store summed batch-1 p50 per complete variant under this machine's key in the manifest."""
+    comps = set(bundle.components)
+    per: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r["batch"] == 1 and r["backend"] != "pytorch":
+            per.setdefault(f"{r['backend']}/{r['precision']}", {})[r["component"]] = r["p50_ms"]
+    table = {k: round(sum(v.values()), 3) for k, v in per.items() if set(v) == comps}
+    write_measured(bundle, table, log)
+
+
+def _record_generate(bundle: Bundle, rows: list[dict[str, Any]], log) -> None:
+    """Batch-1 generate p50 per variant under this machine's key: load() defaults to the fastest."""
+
+    table = {
+        f"{r['backend']}/{r['precision']}": r["p50_ms"]
+        for r in rows
+        if r["component"] == "generate" and r["batch"] == 1 and r["backend"] != "pytorch"
+    }
+    write_measured(bundle, table, log)
+
+
+def caption_table(report: dict[str, Any]):
+    """The caption-specific columns: decoder-step bandwidth and whole-caption generation."""
+    from rich.table import Table
+
+    g = report["config"].get("generate", {})
+    t = Table(
+        title=f"generation: {g.get('max_new_tokens')} new tokens, num_beams {g.get('num_beams')}{busy_note(report)}",
+        caption="decoder GB/s = (decoder weights + KV read) / step p50; speedup = PyTorch generate p50 / ours",
+    )
+    for col in (
+        "backend",
+        "precision",
+        "batch",
+        "step ms",
+        "step GB/s",
+        "ms/caption",
+        "tokens/s",
+        "speedup",
+        "tokens match",
+    ):
+        t.add_column(col, justify="left" if col in ("backend", "precision") else "right")
+    steps = {(r["backend"], r["precision"], r["batch"]): r for r in report["results"] if r["component"] == "decoder"}
+    for r in report["results"]:
+        if r["component"] != "generate":
+            continue
+        s = steps.get((r["backend"], r["precision"], r["batch"]), {})
+        sp = r.get("speedup_vs_pytorch")
+        match = r.get("tokens_match_pytorch")
+        t.add_row(
+            r["backend"],
+            r["precision"],
+            str(r["batch"]),
+            f"{s.get('p50_ms', float('nan')):.2f}",
+            str(s.get("GB_per_s", "-")),
+            f"{r['ms_per_caption']:.1f}",
+            f"{r['tokens_per_s']:.1f}",
+            f"{sp:.2f}x" if sp else "-",
+            "-" if match is None else ("yes" if match else "NO"),
+        )
+    return t
