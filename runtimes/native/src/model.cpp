@@ -66,11 +66,12 @@ std::string fill_template(const std::string& t, const std::string& label) {
 
 Model::Model(const std::string& dir, const OpenOptions& o) : bundle_(Bundle::open(dir)) {
   family_ = bundle_.family();
-  static const std::vector<std::string> families = {"clip", "siglip", "align", "text-embedding"};
+  static const std::vector<std::string> families = {"clip", "siglip", "align", "text-embedding", "caption", "vqa"};
   if (std::find(families.begin(), families.end(), family_) == families.end())
     fail(MMRT_ERR_UNSUPPORTED, dir + ": family " + short_repr(family_) +
                                    " is not supported by the native runtime yet (it runs clip, siglip, align, "
-                                   "text-embedding); use the Python runtime");
+                                   "text-embedding, caption, vqa); use the Python runtime");
+  const bool generative = family_ == "caption" || family_ == "vqa";
   if (o.verify) bundle_.verify_all(true);
   for (auto [flag, v] : {std::pair<const char*, const std::string*>{"--backend", &o.backend}, {"--precision", &o.precision}})
     if (!v->empty() && v->find_first_not_of(" \t") == std::string::npos)
@@ -115,6 +116,8 @@ Model::Model(const std::string& dir, const OpenOptions& o) : bundle_(Bundle::ope
   } catch (const TokenizerError& e) {
     fail(MMRT_ERR_BUNDLE, e.what());
   }
+  if (generative && !m.contains("generation"))
+    fail(MMRT_ERR_BUNDLE, dir + ": manifest has no 'generation': not a " + family_ + " bundle of this mmdeploy");
   if (family_ == "clip") logit_scale_ = m["clip"]["logit_scale"].get<double>();
   if (family_ == "siglip") logit_scale_ = m["siglip"]["logit_scale"].get<double>(), logit_bias_ = m["siglip"]["logit_bias"].get<double>();
   if (family_ == "align") temperature_ = m["align"]["temperature"].get<double>();
@@ -129,6 +132,10 @@ Model::Model(const std::string& dir, const OpenOptions& o) : bundle_(Bundle::ope
     else session = open_openvino(ov_, bundle_.path(arts[0].path), arts[0].runtime, o.threads);
     return session;
   };
+  if (generative) {
+    open_generative(open_component);
+    return;
+  }
   text_ = open_component("text");
   for (auto& i : m["components"]["text"]["inputs"]) text_inputs_.push_back(i["name"]);
   long long dim = output_dim(m["components"]["text"]);
@@ -224,6 +231,7 @@ std::vector<float> Model::run_text_batch(const std::vector<std::string>& texts) 
 }
 
 void Model::embed_texts(const std::vector<std::string>& texts, float* out) {
+  need(text_ != nullptr, "embed texts", "a text encoder (clip, siglip, align, text-embedding)");
   const size_t n = texts.size(), d = embed_dim_;
   std::vector<size_t> order(n);
   std::iota(order.begin(), order.end(), 0);

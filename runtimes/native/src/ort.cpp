@@ -217,4 +217,52 @@ std::vector<Tensor> OrtModel::run(const std::vector<const Tensor*>& inputs, cons
   return result;
 }
 
+namespace {
+
+// IOBinding on the caller's buffers: the OrtValues only wrap them (the binding keeps its own
+// references, so each wrapper is released once bound).
+class OrtBound : public BoundRunner {
+ public:
+  OrtBound(const OrtApi* api, OrtSession* session, OrtMemoryInfo* cpu, std::string path)
+      : api_(api), session_(session), cpu_(cpu), path_(std::move(path)) {
+    check(api_, api_->CreateIoBinding(session_, &io_), "onnxruntime io binding");
+  }
+  ~OrtBound() override {
+    if (io_) api_->ReleaseIoBinding(io_);
+  }
+  void bind_fixed(const TensorRef& t) override { bind(t, true); }
+  void run(const std::vector<TensorRef>& inputs, const std::vector<TensorRef>& outputs) override {
+    for (auto& t : inputs) bind(t, true);
+    for (auto& t : outputs) bind(t, false);
+    check(api_, api_->RunWithBinding(session_, nullptr, io_), "onnxruntime run of " + path_);
+  }
+
+ private:
+  void bind(const TensorRef& t, bool input) {
+    size_t count = 1;
+    for (int64_t d : t.shape) count *= (size_t)d;
+    OrtValue* v = nullptr;
+    check(api_,
+          api_->CreateTensorWithDataAsOrtValue(cpu_, t.data, count * (t.is_float ? sizeof(float) : sizeof(int64_t)),
+                                               t.shape.data(), t.shape.size(),
+                                               t.is_float ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64,
+                                               &v),
+          "onnxruntime tensor " + t.name);
+    OrtStatus* s = input ? api_->BindInput(io_, t.name.c_str(), v) : api_->BindOutput(io_, t.name.c_str(), v);
+    api_->ReleaseValue(v);
+    check(api_, s, "onnxruntime bind " + t.name);
+  }
+  const OrtApi* api_;
+  OrtSession* session_;
+  OrtMemoryInfo* cpu_;
+  std::string path_;
+  OrtIoBinding* io_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<BoundRunner> OrtModel::bind() const {
+  return std::make_unique<OrtBound>(lib_->api(), session_, lib_->cpu_, path_);
+}
+
 }  // namespace mmrt

@@ -40,13 +40,34 @@ struct Tensor {
   std::vector<int64_t> i;
 };
 
-// One opened graph of a backend. run() is thread safe.
+// A tensor in the caller's memory (not copied): float32 or int64, row-major.
+struct TensorRef {
+  std::string name;
+  bool is_float = true;
+  std::vector<int64_t> shape;
+  void* data = nullptr;
+};
+
+// Repeated runs of one graph on the caller's buffers (a decoder's steps): ONNX Runtime binds them
+// (IOBinding: outputs written in place), OpenVINO shares the inputs and copies the outputs in.
+// One generation's, used by one thread.
+class BoundRunner {
+ public:
+  virtual ~BoundRunner() = default;
+  // An input that stays the same for every run (cross K/V); its data must outlive the runner.
+  virtual void bind_fixed(const TensorRef& input) = 0;
+  // outputs: buffers of exactly the output's shape (a different shape is an error).
+  virtual void run(const std::vector<TensorRef>& inputs, const std::vector<TensorRef>& outputs) = 0;
+};
+
+// One opened graph of a backend. run() and bind() are thread safe.
 class Session {
  public:
   virtual ~Session() = default;
   // Inputs by name; returns the named outputs (float32).
   virtual std::vector<Tensor> run(const std::vector<const Tensor*>& inputs,
                                   const std::vector<std::string>& outputs) const = 0;
+  virtual std::unique_ptr<BoundRunner> bind() const = 0;
 };
 
 class OrtModel : public Session {
@@ -58,6 +79,7 @@ class OrtModel : public Session {
   OrtModel& operator=(const OrtModel&) = delete;
   // Thread safe (OrtApi::Run is). Inputs by name; returns the named outputs (float32).
   std::vector<Tensor> run(const std::vector<const Tensor*>& inputs, const std::vector<std::string>& outputs) const override;
+  std::unique_ptr<BoundRunner> bind() const override;
   const std::vector<std::string>& input_names() const { return inputs_; }
 
  private:

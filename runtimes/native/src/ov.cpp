@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 
@@ -150,11 +151,78 @@ class OvModel : public Session {
     return result;
   }
 
+  std::unique_ptr<BoundRunner> bind() const override;
+
  private:
   std::shared_ptr<OvLibrary> lib_;
   std::string path_;
   ov_compiled_model_t* compiled_ = nullptr;
 };
+
+// The decode path on OpenVINO: an own infer request per generation; inputs shared (zero copy),
+// outputs copied into the caller's buffers (runtimes/backends/openvino.py OvDecoder: output tensors
+// bound to caller memory were measured to be overwritten when another request ran between steps).
+class OvBound : public BoundRunner {
+ public:
+  OvBound(std::shared_ptr<OvLibrary> lib, ov_compiled_model_t* compiled, std::string path)
+      : lib_(std::move(lib)), api_(*lib_->api_), path_(std::move(path)) {
+    check(api_, api_.ov_compiled_model_create_infer_request(compiled, &req_), "openvino infer request");
+  }
+  ~OvBound() override {
+    for (auto* t : fixed_) api_.ov_tensor_free(t);
+    if (req_) api_.ov_infer_request_free(req_);
+  }
+  void bind_fixed(const TensorRef& t) override { fixed_.push_back(set(t)); }
+  void run(const std::vector<TensorRef>& inputs, const std::vector<TensorRef>& outputs) override {
+    std::vector<ov_tensor_t*> step;
+    struct Free {
+      const OvApi& api;
+      std::vector<ov_tensor_t*>& t;
+      ~Free() {
+        for (auto* x : t) api.ov_tensor_free(x);
+      }
+    } release{api_, step};
+    for (auto& t : inputs) step.push_back(set(t));
+    check(api_, api_.ov_infer_request_infer(req_), "openvino run of " + path_);
+    for (auto& t : outputs) {
+      ov_tensor_t* out = nullptr;
+      check(api_, api_.ov_infer_request_get_tensor(req_, t.name.c_str(), &out), "openvino output " + t.name);
+      step.push_back(out);
+      ov_element_type_e type;
+      check(api_, api_.ov_tensor_get_element_type(out, &type), "openvino output " + t.name);
+      if (type != F32) fail(MMRT_ERR_BACKEND, path_ + ": output " + t.name + " is not float32");
+      size_t n = 0, want = 1;
+      void* data = nullptr;
+      for (int64_t d : t.shape) want *= (size_t)d;
+      check(api_, api_.ov_tensor_get_size(out, &n), "openvino output " + t.name);
+      if (n != want)
+        fail(MMRT_ERR_BACKEND, path_ + ": output " + t.name + " has " + std::to_string(n) + " values, expected " + std::to_string(want));
+      check(api_, api_.ov_tensor_data(out, &data), "openvino output " + t.name);
+      if (n) memcpy(t.data, data, n * sizeof(float));
+    }
+  }
+
+ private:
+  ov_tensor_t* set(const TensorRef& t) {
+    ov_shape_t shape;
+    check(api_, api_.ov_shape_create((int64_t)t.shape.size(), t.shape.data(), &shape), "openvino shape");
+    ov_tensor_t* tensor = nullptr;
+    ov_status_e s = api_.ov_tensor_create_from_host_ptr(t.is_float ? F32 : I64, shape, t.data, &tensor);
+    api_.ov_shape_free(&shape);
+    check(api_, s, "openvino input " + t.name);
+    s = api_.ov_infer_request_set_tensor(req_, t.name.c_str(), tensor);
+    if (s != OK) api_.ov_tensor_free(tensor);
+    check(api_, s, "openvino input " + t.name);
+    return tensor;
+  }
+  std::shared_ptr<OvLibrary> lib_;
+  const OvApi& api_;
+  std::string path_;
+  ov_infer_request_t* req_ = nullptr;
+  std::vector<ov_tensor_t*> fixed_;
+};
+
+std::unique_ptr<BoundRunner> OvModel::bind() const { return std::make_unique<OvBound>(lib_, compiled_, path_); }
 
 }  // namespace
 

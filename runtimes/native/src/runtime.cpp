@@ -213,21 +213,101 @@ mmrt_status mmrt_classify(mmrt_model* model, const mmrt_image* image, const char
   });
 }
 
+}  // extern "C"
+
+namespace {
+
+mmrt::GenerateRequest request_of(const mmrt_generate_options* options, bool* has_result, mmrt_generate_options* o) {
+  *o = read_struct(options, "mmrt_generate_options");
+  mmrt::GenerateRequest r;
+  r.max_new_tokens = o->max_new_tokens;
+  r.num_beams = o->num_beams;
+  if (o->prompt) r.prompt = o->prompt;
+  if (o->on_token) {
+    mmrt_token_callback cb = o->on_token;
+    void* user = o->user;
+    r.on_text = [cb, user](size_t index, int64_t id, const std::string& text) { return cb(user, index, id, text.c_str()) == 0; };
+  }
+  *has_result = o->on_result != nullptr;
+  return r;
+}
+
+// results into the caller's buffers (and its on_result); a text that does not fit is named
+void deliver(const std::vector<mmrt::Generated>& got, const mmrt_generate_options& o, char** texts, size_t capacity,
+             const char* what) {
+  if (o.on_result)
+    for (size_t i = 0; i < got.size(); i++) o.on_result(o.user, i, got[i].ids.data(), got[i].ids.size(), got[i].text.c_str());
+  if (!texts) return;
+  std::string too_small;
+  for (size_t i = 0; i < got.size(); i++) {
+    const std::string& t = got[i].text;
+    if (!texts[i]) continue;  // checked before generation; kept safe
+    if (t.size() + 1 <= capacity) {
+      memcpy(texts[i], t.c_str(), t.size() + 1);
+    } else {
+      if (capacity) texts[i][0] = '\0';
+      if (too_small.empty())
+        too_small = std::string(what) + "[" + std::to_string(i) + "] needs " + std::to_string(t.size() + 1) +
+                    " bytes, capacity is " + std::to_string(capacity);
+    }
+  }
+  if (!too_small.empty()) mmrt::fail(MMRT_ERR_BUFFER_TOO_SMALL, too_small);
+}
+
+void check_outputs(char** texts, size_t capacity, size_t count, bool has_result, const char* what) {
+  if (!texts) {
+    if (!has_result) mmrt::fail(MMRT_ERR_INVALID_ARGUMENT, std::string(what) + " is NULL (and no on_result callback takes the results)");
+    if (capacity) mmrt::fail(MMRT_ERR_INVALID_ARGUMENT, std::string(what) + " is NULL with capacity " + std::to_string(capacity));
+    return;
+  }
+  if (capacity == 0) mmrt::fail(MMRT_ERR_INVALID_ARGUMENT, "capacity is 0: each of " + std::string(what) + " needs room for a text and its NUL");
+  for (size_t i = 0; i < count; i++)
+    if (!texts[i]) mmrt::fail(MMRT_ERR_INVALID_ARGUMENT, std::string(what) + "[" + std::to_string(i) + "] is NULL");
+}
+
+std::vector<mmrt_image> image_copies(const mmrt_image* images, size_t count) {
+  std::vector<mmrt_image> copies;
+  for (size_t i = 0; i < count; i++) copies.push_back(read_struct(&images[i], ("images[" + std::to_string(i) + "]").c_str()));
+  return copies;
+}
+
+}  // namespace
+
+extern "C" {
+
 mmrt_status mmrt_caption(mmrt_model* model, const mmrt_image* images, size_t count, const mmrt_generate_options* options,
                          char** texts, size_t capacity) {
-  (void)images, (void)count, (void)options, (void)texts, (void)capacity;
   return guard([&] {
     need(model, "model");
-    mmrt::fail(MMRT_ERR_NOT_IMPLEMENTED, "caption is not in this native build yet: use the Python runtime (mmdeploy caption)");
+    need(images, "images");
+    if (count == 0) mmrt::fail(MMRT_ERR_INVALID_ARGUMENT, "no images given (count is 0)");
+    mmrt_generate_options o;
+    bool has_result = false;
+    mmrt::GenerateRequest r = request_of(options, &has_result, &o);
+    check_outputs(texts, capacity, count, has_result, "texts");
+    auto copies = image_copies(images, count);
+    deliver(model->impl.caption(copies.data(), count, r), o, texts, capacity, "texts");
   });
 }
 
 mmrt_status mmrt_vqa(mmrt_model* model, const mmrt_image* images, const char* const* questions, size_t count,
                      const mmrt_generate_options* options, char** answers, size_t capacity) {
-  (void)images, (void)questions, (void)count, (void)options, (void)answers, (void)capacity;
   return guard([&] {
     need(model, "model");
-    mmrt::fail(MMRT_ERR_NOT_IMPLEMENTED, "vqa is not in this native build yet: use the Python runtime (mmdeploy vqa)");
+    need(images, "images");
+    need(questions, "questions");
+    if (count == 0) mmrt::fail(MMRT_ERR_INVALID_ARGUMENT, "no questions given (count is 0)");
+    mmrt_generate_options o;
+    bool has_result = false;
+    mmrt::GenerateRequest r = request_of(options, &has_result, &o);
+    check_outputs(answers, capacity, count, has_result, "answers");
+    std::vector<std::string> qs;
+    for (size_t i = 0; i < count; i++) {
+      if (!questions[i]) mmrt::fail(MMRT_ERR_INVALID_ARGUMENT, "questions[" + std::to_string(i) + "] is NULL");
+      qs.emplace_back(questions[i]);
+    }
+    auto copies = image_copies(images, count);
+    deliver(model->impl.answer(copies.data(), qs, r), o, answers, capacity, "answers");
   });
 }
 

@@ -114,8 +114,9 @@ int main(int argc, char** argv) {
   expect("classify", mmrt_classify(m, &file, labels, 2, "a photo of {}", scores, 3), MMRT_OK);
   mmrt_generate_options g;
   mmrt_generate_options_init(&g);
-  char* caps[1] = {NULL};
-  expect("caption (not in this build)", mmrt_caption(m, &file, 1, &g, caps, 0), MMRT_ERR_NOT_IMPLEMENTED);
+  char cap[64];
+  char* caps[1] = {cap};
+  expect("caption on a clip bundle", mmrt_caption(m, &file, 1, &g, caps, sizeof cap), MMRT_ERR_UNSUPPORTED);
   mmrt_model_close(m);
   mmrt_model_close(NULL);
   free(out);

@@ -1,5 +1,6 @@
 // mmrt: the native runtime's command line, on the C++ wrapper. Same commands and --json shapes as
-// the Python CLI's (mmdeploy info / embed / classify); user errors print one line and exit 2.
+// the Python CLI's (mmdeploy info / embed / classify / caption / vqa); user errors print one line
+// and exit 2.
 #include <mmdeploy/runtime.hpp>
 
 #include <cstdio>
@@ -18,6 +19,9 @@ const char* kUsage =
     "usage: mmrt info BUNDLE [--json] [--no-verify] [common options]\n"
     "       mmrt embed BUNDLE [--image PATH]... [--text STR]... [--json] [common options]\n"
     "       mmrt classify BUNDLE IMAGE --labels \"a,b,c\" [--template \"a photo of {}\"] [--top N] [--json] [common options]\n"
+    "       mmrt caption BUNDLE IMAGE... [--max-new-tokens N] [--num-beams N] [--prompt STR] [--stream] [--json] [--ids]\n"
+    "       mmrt vqa|answer BUNDLE IMAGE... -q QUESTION [-q ...] [--max-new-tokens N] [--num-beams N] [--json] [--ids]\n"
+    "         (vqa: one question for every image, one image for every question, or one each)\n"
     "common options: --backend NAME --precision NAME --threads N --ort-library PATH (or $MMRT_ORT_LIBRARY)\n";
 
 struct UsageError : std::runtime_error {
@@ -26,9 +30,10 @@ struct UsageError : std::runtime_error {
 
 struct Args {
   std::string command, bundle;
-  std::vector<std::string> positional, images, texts;
-  std::string labels, prompt_template = "{}";
-  bool labels_given = false, as_json = false, verify = true;
+  std::vector<std::string> positional, images, texts, questions;
+  std::string labels, prompt_template = "{}", prompt;
+  bool labels_given = false, as_json = false, verify = true, with_ids = false, stream = false;
+  int max_new_tokens = 0, num_beams = 0;
   int top = 5;
   mmdeploy::OpenOptions open;
 };
@@ -44,7 +49,7 @@ int parse_int(const std::string& flag, const std::string& v, int lo, int hi) {
 
 Args parse(int argc, char** argv) {
   Args a;
-  if (argc < 2) throw UsageError("give a command: info, embed or classify");
+  if (argc < 2) throw UsageError("give a command: info, embed, classify, caption or vqa");
   a.command = argv[1];
   for (int i = 2; i < argc; i++) {
     std::string s = argv[i];
@@ -58,6 +63,12 @@ Args parse(int argc, char** argv) {
     else if (s == "--text") a.texts.push_back(value());
     else if (s == "--labels") a.labels = value(), a.labels_given = true;
     else if (s == "--template") a.prompt_template = value();
+    else if (s == "--question" || s == "-q") a.questions.push_back(value());
+    else if (s == "--max-new-tokens") a.max_new_tokens = parse_int(s, value(), 1, 1 << 20);
+    else if (s == "--num-beams" || s == "--beams") a.num_beams = parse_int(s, value(), 1, 16);
+    else if (s == "--prompt") a.prompt = value();
+    else if (s == "--ids") a.with_ids = true;
+    else if (s == "--stream") a.stream = true;
     else if (s == "--top") a.top = parse_int(s, value(), 1, 1 << 30);
     else if (s == "--backend") a.open.backend = value();
     else if (s == "--precision") a.open.precision = value();
@@ -177,6 +188,71 @@ int cmd_classify(const Args& a) {
   return 0;
 }
 
+mmdeploy::GenerateOptions generate_options(const Args& a) {
+  mmdeploy::GenerateOptions o;
+  o.max_new_tokens = a.max_new_tokens;
+  o.num_beams = a.num_beams;
+  o.prompt = a.prompt;
+  return o;
+}
+
+int cmd_caption(const Args& a) {
+  if (a.positional.size() < 2) throw UsageError("caption takes a bundle and IMAGE files");
+  if (!a.questions.empty()) throw UsageError("caption takes no questions (-q is for vqa)");
+  std::vector<std::string> paths(a.positional.begin() + 1, a.positional.end());
+  mmdeploy::Model m(a.bundle, a.open);
+  std::vector<mmdeploy::Image> ims;
+  for (auto& p : paths) ims.push_back(mmdeploy::Image::file(p));
+  auto o = generate_options(a);
+  if (a.stream && !a.as_json)  // each row's text so far on stderr, as it grows
+    o.on_text = [&](size_t i, int64_t, const std::string& text) {
+      fprintf(stderr, "%s\t%s\n", paths[i].c_str(), text.c_str());
+      return true;
+    };
+  auto got = m.caption(ims, o);
+  if (a.as_json) {
+    json out = {{"captions", json::array()}};
+    for (size_t i = 0; i < got.size(); i++) {
+      json row = {{"path", paths[i]}, {"text", got[i].text}};
+      if (a.with_ids) row["ids"] = got[i].ids;
+      out["captions"].push_back(row);
+    }
+    std::cout << out.dump() << "\n";
+    return 0;
+  }
+  for (size_t i = 0; i < got.size(); i++) printf("%s\t%s\n", paths[i].c_str(), got[i].text.c_str());
+  return 0;
+}
+
+int cmd_vqa(const Args& a) {
+  if (a.positional.size() < 2) throw UsageError("vqa takes a bundle and IMAGE files");
+  if (a.questions.empty()) throw UsageError("vqa needs a question: -q \"what is in the picture?\"");
+  std::vector<std::string> paths(a.positional.begin() + 1, a.positional.end()), qs = a.questions;
+  // vqa.py _pairs: one question for every image, one image for every question, or one each
+  if (qs.size() == 1 && paths.size() > 1) qs.assign(paths.size(), qs[0]);
+  else if (paths.size() == 1 && qs.size() > 1) paths.assign(qs.size(), paths[0]);
+  else if (paths.size() != qs.size())
+    throw mmdeploy::Error(MMRT_ERR_INVALID_ARGUMENT, std::to_string(paths.size()) + " images and " + std::to_string(qs.size()) +
+                                                         " questions: give one question per image, one question for all, "
+                                                         "or one image for all");
+  mmdeploy::Model m(a.bundle, a.open);
+  std::vector<mmdeploy::Image> ims;
+  for (auto& p : paths) ims.push_back(mmdeploy::Image::file(p));
+  auto got = m.answer(ims, qs, generate_options(a));
+  if (a.as_json) {
+    json out = {{"answers", json::array()}};
+    for (size_t i = 0; i < got.size(); i++) {
+      json row = {{"path", paths[i]}, {"question", qs[i]}, {"answer", got[i].text}};
+      if (a.with_ids) row["ids"] = got[i].ids;
+      out["answers"].push_back(row);
+    }
+    std::cout << out.dump() << "\n";
+    return 0;
+  }
+  for (size_t i = 0; i < got.size(); i++) printf("%s\t%s\t%s\n", paths[i].c_str(), qs[i].c_str(), got[i].text.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -185,7 +261,9 @@ int main(int argc, char** argv) {
     if (a.command == "info") return cmd_info(a);
     if (a.command == "embed") return cmd_embed(a);
     if (a.command == "classify") return cmd_classify(a);
-    throw UsageError("unknown command " + a.command + ": choose info, embed or classify");
+    if (a.command == "caption") return cmd_caption(a);
+    if (a.command == "vqa" || a.command == "answer") return cmd_vqa(a);
+    throw UsageError("unknown command " + a.command + ": choose info, embed, classify, caption or vqa");
   } catch (const UsageError& e) {
     if (*e.what()) fprintf(stderr, "error: %s\n", e.what());
     fputs(kUsage, stderr);

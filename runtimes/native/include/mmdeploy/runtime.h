@@ -8,7 +8,8 @@
  *   - mmrt_last_error() is thread local: read it on the thread that got the status.
  *   - One mmrt_model may be used from many threads at once for every call that takes a
  *     `const mmrt_model*` or is marked "thread safe" below (embed, classify, info): the backend
- *     sessions are run concurrently and each call keeps its own buffers.
+ *     sessions are run concurrently and each call keeps its own buffers. Caption and VQA too:
+ *     each call keeps its own KV cache.
  *   - mmrt_model_close() must not race with any other call on the same model.
  *   - A future conversation handle (chat) holds a KV cache and is used by one thread at a time.
  *
@@ -80,7 +81,7 @@ MMRT_API mmrt_status mmrt_model_open(const char* bundle_dir, const mmrt_open_opt
 MMRT_API void mmrt_model_close(mmrt_model* model);
 
 /* Info as one JSON object: {"family", "model", "bundle", "variant", "backend", "precision",
- * "components", "embed_dim", "verified": [files hashed], "library", "library_version" (the
+ * "components", "embed_dim" (0: a caption / vqa bundle), "verified": [files hashed], "library", "library_version" (the
  * backend's)}. Copies up to `capacity`
  * bytes (with the terminating NUL) into buffer; *needed (may be NULL) gets the size required.
  * buffer may be NULL with capacity 0 to ask the size. Thread safe. */
@@ -138,28 +139,45 @@ MMRT_API mmrt_status mmrt_embed_texts(mmrt_model* model, const char* const* text
 MMRT_API mmrt_status mmrt_classify(mmrt_model* model, const mmrt_image* image, const char* const* labels,
                                    size_t count, const char* prompt_template, float* scores, size_t capacity);
 
-/* ---- generation (caption, VQA; chat later) -------------------------------------------------
- * Declared so that the ABI has its shape; this build returns MMRT_ERR_NOT_IMPLEMENTED. */
+/* ---- generation: caption (ViT-GPT2, BLIP, GIT) and VQA (BLIP); chat later -------------------
+ * As the Python runtime's caption / answer (runtimes/pipelines/caption.py, vqa.py): the same
+ * preprocessing, greedy and beam search token for token (runtimes/generate.py, with the bundle's
+ * generation config: repetition / length penalties, no_repeat_ngram_size, eos, max_new_tokens
+ * checked against the position table), and the text tokenizers' decode(skip_special_tokens=True)
+ * stripped. Images go through in batches of 8; the KV cache lives in buffers allocated once per
+ * batch (ONNX Runtime: IOBinding writes each step's cache in place; OpenVINO: an own infer request).
+ * Thread safe: each call keeps its own cache. */
 
-/* Called for each new token of row `index`: text is the decoded piece (UTF-8). Return nonzero to
- * stop (the call then returns MMRT_ERR_CANCELLED). */
+/* Streaming: called whenever row `index`'s text changes (greedy: after each step; beam search:
+ * once, with the result), with the row's newest token id and its whole text so far (UTF-8,
+ * NUL-terminated, valid during the call). Return nonzero to end that row there: its text so far
+ * is its result (as the Python runtime's on_text returning False). */
 typedef int (*mmrt_token_callback)(void* user, size_t index, int64_t token_id, const char* text);
+
+/* Called once per row after generation: its token ids (start ids and prompt included, padding
+ * after eos kept: the Python runtime's generate_ids) and its text. Pointers valid during the call. */
+typedef void (*mmrt_result_callback)(void* user, size_t index, const int64_t* ids, size_t count, const char* text);
 
 typedef struct mmrt_generate_options {
   size_t struct_size;
-  int32_t max_new_tokens; /* 0: the checkpoint's default */
-  int32_t num_beams;      /* 0: the checkpoint's default; 1: greedy */
-  const char* prompt;     /* text the caption continues (BLIP, GIT); NULL: none */
-  mmrt_token_callback on_token; /* streaming (greedy only); NULL: none */
-  void* user;
+  int32_t max_new_tokens; /* 0: the checkpoint's default; past the position table: an error */
+  int32_t num_beams;      /* 0: the checkpoint's default; 1: greedy; at most 16 */
+  const char* prompt;     /* text the caption continues (BLIP, GIT); NULL or "": none; not for VQA */
+  mmrt_token_callback on_token; /* streaming; NULL: none */
+  void* user;                   /* passed to both callbacks */
+  mmrt_result_callback on_result; /* ids and text of each row; NULL: none */
 } mmrt_generate_options;
 
 MMRT_API void mmrt_generate_options_init(mmrt_generate_options* options);
 
-/* One caption per image, each written NUL-terminated into texts[i] (capacity bytes each). */
+/* One caption per image, written NUL-terminated into texts[i] (capacity bytes each). texts may be
+ * NULL with capacity 0 when options->on_result takes the results. A caption longer than capacity
+ * is MMRT_ERR_BUFFER_TOO_SMALL (the message names the image and the bytes needed; the texts that
+ * fit are written, the others set to ""). A bundle of another family: MMRT_ERR_UNSUPPORTED. */
 MMRT_API mmrt_status mmrt_caption(mmrt_model* model, const mmrt_image* images, size_t count,
                                   const mmrt_generate_options* options, char** texts, size_t capacity);
-/* One answer per (image, question). */
+/* One answer per (images[i], questions[i]); the same image (the same path, bytes or pixel pointer)
+ * given for several questions is encoded once. Buffers as mmrt_caption. */
 MMRT_API mmrt_status mmrt_vqa(mmrt_model* model, const mmrt_image* images, const char* const* questions, size_t count,
                               const mmrt_generate_options* options, char** answers, size_t capacity);
 

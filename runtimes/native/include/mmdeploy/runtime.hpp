@@ -5,6 +5,8 @@
 #include <mmdeploy/runtime.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -68,6 +70,20 @@ class Image {
 struct Score {
   std::string label;
   float score;
+};
+
+// One caption / answer: its text and token ids (start ids included, as the Python runtime's).
+struct Generated {
+  std::string text;
+  std::vector<int64_t> ids;
+};
+
+struct GenerateOptions {
+  int max_new_tokens = 0;  // 0: the checkpoint's
+  int num_beams = 0;       // 0: the checkpoint's; 1: greedy
+  std::string prompt;      // caption only
+  // (row, newest id, text so far) whenever a row's text changes; return false to end that row
+  std::function<bool(size_t, int64_t, const std::string&)> on_text;
 };
 
 class Model {
@@ -134,6 +150,27 @@ class Model {
     std::stable_sort(out.begin(), out.end(), [](const Score& a, const Score& b) { return a.score > b.score; });
     return out;
   }
+  // one per image
+  std::vector<Generated> caption(const std::vector<Image>& images, const GenerateOptions& o = {}) {
+    std::vector<mmrt_image> raw;
+    for (auto& im : images) raw.push_back(im.raw());
+    return generate(o, raw.size(), [&](const mmrt_generate_options* opts) {
+      return mmrt_caption(m_, raw.data(), raw.size(), opts, nullptr, 0);
+    });
+  }
+  // one per (images[i], questions[i])
+  std::vector<Generated> answer(const std::vector<Image>& images, const std::vector<std::string>& questions,
+                                const GenerateOptions& o = {}) {
+    if (images.size() != questions.size())
+      throw Error(MMRT_ERR_INVALID_ARGUMENT, "give one image per question");
+    std::vector<mmrt_image> raw;
+    for (auto& im : images) raw.push_back(im.raw());
+    std::vector<const char*> qs;
+    for (auto& q : questions) qs.push_back(q.c_str());
+    return generate(o, raw.size(), [&](const mmrt_generate_options* opts) {
+      return mmrt_vqa(m_, raw.data(), qs.data(), qs.size(), opts, nullptr, 0);
+    });
+  }
 
  private:
   template <class F>
@@ -143,6 +180,34 @@ class Model {
     std::vector<std::vector<float>> out;
     for (size_t i = 0; i < n; i++) out.emplace_back(flat.begin() + i * dim, flat.begin() + (i + 1) * dim);
     return out;
+  }
+  template <class F>
+  static std::vector<Generated> generate(const GenerateOptions& o, size_t n, F&& call) {
+    struct State {
+      const GenerateOptions* o;
+      std::vector<Generated> out;
+    } state{&o, std::vector<Generated>(n)};
+    mmrt_generate_options opts;
+    mmrt_generate_options_init(&opts);
+    opts.max_new_tokens = o.max_new_tokens;
+    opts.num_beams = o.num_beams;
+    opts.prompt = o.prompt.empty() ? nullptr : o.prompt.c_str();
+    opts.user = &state;
+    opts.on_result = [](void* user, size_t i, const int64_t* ids, size_t count, const char* text) {
+      auto* s = static_cast<State*>(user);
+      s->out[i].text = text;
+      s->out[i].ids.assign(ids, ids + count);
+    };
+    if (o.on_text)
+      opts.on_token = [](void* user, size_t i, int64_t id, const char* text) -> int {
+        try {  // nothing may be thrown through the C library
+          return static_cast<State*>(user)->o->on_text(i, id, text) ? 0 : 1;
+        } catch (...) {
+          return 1;
+        }
+      };
+    check(call(&opts));
+    return std::move(state.out);
   }
   mmrt_model* m_ = nullptr;
 };
