@@ -131,7 +131,8 @@ def cli_inprocess(capsys, monkeypatch):
 
 
 # MMDEPLOY_TEST_CPU=1: per-phase CPU seconds (this process and its waited-for children), the slowest
-# printed at the end: on a busy machine wall times (--durations) are inflated, CPU time much less
+# printed at the end: on a busy machine wall times (--durations) are inflated, CPU time much less;
+# MMDEPLOY_TEST_CPU_LOG=FILE also appends "cpu<TAB>wall<TAB>phase<TAB>test" as each phase ends
 _CPU_TIMES: dict[tuple[str, str], float] = {}
 
 
@@ -143,9 +144,14 @@ def _cpu_seconds() -> float:
 
 
 def _timed_phase(item, phase: str):
-    start = _cpu_seconds()
+    import time
+
+    start, wall = _cpu_seconds(), time.monotonic()
     yield
-    _CPU_TIMES[(item.nodeid, phase)] = _cpu_seconds() - start
+    _CPU_TIMES[(item.nodeid, phase)] = cpu = _cpu_seconds() - start
+    if log := os.environ.get("MMDEPLOY_TEST_CPU_LOG"):  # as each phase ends: a run cut short still says
+        with open(log, "a") as f:
+            f.write(f"{cpu:.2f}\t{time.monotonic() - wall:.2f}\t{phase}\t{item.nodeid}\n")
 
 
 if os.environ.get("MMDEPLOY_TEST_CPU"):
