@@ -16,7 +16,7 @@ class Capability(str, Enum):
     ANSWER = "answer"  # visual question answering
     CHAT = "chat"  # multi-turn conversations about images
     DISTILL = "distill"  # exporter side: a distiller that trains a smaller student
-    PRUNE = "prune"  # exporter side: width pruning (no family has one yet)
+    PRUNE = "prune"  # exporter side: a pruner (exporter/prune.py) that removes heads / MLP channels
 
     @property
     def needs(self) -> str:

@@ -96,10 +96,11 @@ def load_folder(folder: Path, name: str | None = None) -> Checkpoint:
     raw = raw_image_processor(folder)
     pre = explicit_image_processor(raw, str(folder)) if raw else {}
     source: dict[str, Any] = {"path": str(folder.resolve()), "weights_sha256": sha}
-    try:  # a student from `mmdeploy distill`: bench shows its teacher beside it
-        source["distilled_from"] = json.loads((folder / "distill.json").read_text())["teacher"]["source"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    for report in ("distill.json", "prune.json"):  # a student of `mmdeploy distill` / `prune`: bench shows its teacher
+        try:
+            source["distilled_from"] = json.loads((folder / report).read_text())["teacher"]["source"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
     return Checkpoint(
         name=name or folder.name,
         family=family,

@@ -351,76 +351,9 @@ def distill(
     runner = fam.distiller(fam, teacher, student, towers, cfg, device, log)  # the family's own
     runner.prepare(train)
 
-    params = [p for n, p in student.named_parameters() if runner.trainable(n)]
-    for n, p in student.named_parameters():
-        p.requires_grad_(runner.trainable(n))
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(train.images) // cfg.batch_size
-    total = max(1, steps_per_epoch * cfg.epochs)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))),
+    history, train_s = train_student(
+        runner, student, len(train.images), cfg, state_dir, recipe, device, resume, log, progress, on_epoch_end
     )
-
-    start_epoch, history = 0, []
-    if resume and (state_dir / STATE_FILE).is_file():
-        state = torch.load(state_dir / STATE_FILE, map_location=device, weights_only=False)
-        if state["recipe"] != recipe:
-            diff = sorted(k for k in set(state["recipe"]) | set(recipe) if state["recipe"].get(k) != recipe.get(k))
-            raise InputError(
-                f"{state_dir} was made with a different recipe ({', '.join(diff)} differ): "
-                "rerun with the same options or delete it"
-            )
-        student.load_state_dict(state["student"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch, history = state["epoch"], state["history"]
-        log(f"resuming after epoch {start_epoch} of {cfg.epochs} from {state_dir}")
-    elif resume:
-        log(f"nothing to resume in {state_dir}: starting from the teacher")
-
-    t_train = time.time()
-    task = progress.add_task("distill", total=steps_per_epoch * (cfg.epochs - start_epoch)) if progress else None
-    for epoch in range(start_epoch, cfg.epochs):
-        student.train()
-        order = np.random.default_rng(cfg.seed + epoch).permutation(len(train.images))
-        sums: dict[str, float] = {}
-        for step in range(steps_per_epoch):
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            losses = runner.step_losses(idx, np.random.default_rng((cfg.seed, epoch, step)))
-            loss = sum(losses.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            if progress:
-                progress.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} loss {loss.item():.4f}")
-        student.eval()
-        mean = {k: round(v / max(1, steps_per_epoch), 5) for k, v in sums.items()}
-        history.append({"epoch": epoch + 1, **mean})
-        log(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in mean.items()))
-        state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = state_dir / (STATE_FILE + ".tmp")
-        torch.save(
-            {
-                "recipe": recipe,
-                "epoch": epoch + 1,
-                "history": history,
-                "student": student.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-            },
-            tmp,
-        )
-        os.replace(tmp, state_dir / STATE_FILE)  # a crash mid-write keeps the previous epoch's state
-        if on_epoch_end:
-            on_epoch_end(epoch + 1)
-    train_s = time.time() - t_train
 
     student.eval()
     log("evaluating student vs teacher")
@@ -456,7 +389,105 @@ def distill(
     return report
 
 
-def _write_student(student, ckpt: Checkpoint, out: Path, report: dict[str, Any]) -> None:
+def train_student(
+    runner,
+    student,
+    n_images: int,
+    cfg: DistillConfig,
+    state_dir: Path,
+    recipe: dict[str, Any],
+    device,
+    resume: bool,
+    log: Callable[[str], None],
+    progress=None,
+    on_epoch_end: Callable[[int], None] | None = None,
+    task_name: str = "distill",
+) -> tuple[list[dict[str, Any]], float]:
+    """The training loop (distill, and prune's recovery): AdamW with warm-up and cosine decay over
+    the runner's losses, state written to ``state_dir`` after every epoch; returns (history, seconds)."""
+    params = [p for n, p in student.named_parameters() if runner.trainable(n)]
+    for n, p in student.named_parameters():
+        p.requires_grad_(runner.trainable(n))
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = n_images // cfg.batch_size
+    total = max(1, steps_per_epoch * cfg.epochs)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))),
+    )
+
+    start_epoch, history = 0, []
+    if resume and (state_dir / STATE_FILE).is_file():
+        state = torch.load(state_dir / STATE_FILE, map_location=device, weights_only=False)
+        if state["recipe"] != recipe:
+            diff = sorted(k for k in set(state["recipe"]) | set(recipe) if state["recipe"].get(k) != recipe.get(k))
+            raise InputError(
+                f"{state_dir} was made with a different recipe ({', '.join(diff)} differ): "
+                "rerun with the same options or delete it"
+            )
+        student.load_state_dict(state["student"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, history = state["epoch"], state["history"]
+        log(f"resuming after epoch {start_epoch} of {cfg.epochs} from {state_dir}")
+    elif resume:
+        log(f"nothing to resume in {state_dir}: starting from the teacher")
+
+    t_train = time.time()
+    task = progress.add_task(task_name, total=steps_per_epoch * (cfg.epochs - start_epoch)) if progress else None
+    for epoch in range(start_epoch, cfg.epochs):
+        student.train()
+        order = np.random.default_rng(cfg.seed + epoch).permutation(n_images)
+        sums: dict[str, float] = {}
+        for step in range(steps_per_epoch):
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            losses = runner.step_losses(idx, np.random.default_rng((cfg.seed, epoch, step)))
+            loss = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            if progress:
+                progress.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} loss {loss.item():.4f}")
+        student.eval()
+        mean = {k: round(v / max(1, steps_per_epoch), 5) for k, v in sums.items()}
+        history.append({"epoch": epoch + 1, **mean})
+        log(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in mean.items()))
+        state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = state_dir / (STATE_FILE + ".tmp")
+        torch.save(
+            {
+                "recipe": recipe,
+                "epoch": epoch + 1,
+                "history": history,
+                "student": student.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            tmp,
+        )
+        os.replace(tmp, state_dir / STATE_FILE)  # a crash mid-write keeps the previous epoch's state
+        if on_epoch_end:
+            on_epoch_end(epoch + 1)
+    return history, time.time() - t_train
+
+
+def _write_student(
+    student,
+    ckpt: Checkpoint,
+    out: Path,
+    report: dict[str, Any],
+    report_file: str = "distill.json",
+    card: Callable[[dict[str, Any]], str] | None = None,
+    extra_files: tuple[str, ...] = (),
+) -> None:
+    """Stage the student folder (weights, tokenizer files, report, card) and swap it into place
+    (prune writes prune.json and its own card; ``extra_files``: more of the teacher's files to copy)."""
     from ..runtimes.bundle import swap_into_place
     from .checkpoint import scratch_dir
 
@@ -465,12 +496,13 @@ def _write_student(student, ckpt: Checkpoint, out: Path, report: dict[str, Any])
         stage.mkdir()
         student.save_pretrained(stage, safe_serialization=True)
         if ckpt.files_dir:
-            for name in TOKENIZER_FILES:
+            for name in TOKENIZER_FILES + extra_files:
                 if (ckpt.files_dir / name).is_file():
+                    (stage / name).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(ckpt.files_dir / name, stage / name)
         (stage / "preprocessor_config.json").write_text(json.dumps(ckpt.preprocessor, indent=2) + "\n")
-        (stage / "distill.json").write_text(json.dumps(report, indent=2) + "\n")
-        (stage / "README.md").write_text(student_card(report))
+        (stage / report_file).write_text(json.dumps(report, indent=2) + "\n")
+        (stage / "README.md").write_text((card or student_card)(report))
         swap_into_place(stage, out)  # removes the student it replaces
 
 

@@ -116,7 +116,7 @@ def test_registries_find_every_family_whichever_module_is_imported_first():
 
 def test_every_family_declares_its_capabilities_on_both_halves():
     """Both halves subclass their base; the runtime capabilities agree; DISTILL exactly when a
-    distiller is attached; PRUNE and DISTILL are build-time only."""
+    distiller is attached, PRUNE exactly when a pruner is; PRUNE and DISTILL are build-time only."""
     from mmdeploy.common.capabilities import Capability
     from mmdeploy.exporter.families.base import Family
     from mmdeploy.runtimes.pipelines.pipeline import Pipeline
@@ -129,6 +129,8 @@ def test_every_family_declares_its_capabilities_on_both_halves():
         assert not pipe.capabilities & build_time, name
         assert exp.can(Capability.DISTILL) == (exp.distiller is not None), name
         assert exp.distiller is None or isinstance(exp.distiller, type), f"{name}: attach the distiller class"
+        assert exp.can(Capability.PRUNE) == (exp.pruner is not None), name
+        assert exp.pruner is None or isinstance(exp.pruner, type), f"{name}: attach the pruner class"
         assert pipe.capabilities, f"{name} declares no capability"
 
 

@@ -8,6 +8,7 @@ A family exporter class subclasses base.Family and declares:
     model_types     config.json model_type values that mean this family when no architecture is named
     capabilities    the Capability values of its bundles (as its pipeline's), plus DISTILL / PRUNE
     distiller       its distiller class (exporter/distill.py), or None
+    pruner          its pruner class (exporter/prune.py), or None
     create(ckpt)    classmethod -> the exporter for a loaded checkpoint (default: cls(ckpt))
 
 and per component: module, input_names, dynamic_axes, specs, export_feeds, feeds,

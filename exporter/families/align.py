@@ -49,8 +49,9 @@ class AlignFamily(ClipFamily):
     architectures = {"AlignModel": ("AlignModel", "AlignConfig")}
     model_types = ("align",)
     default_classes = ("AlignModel", "AlignConfig")
-    capabilities = ClipFamily.capabilities - {Capability.DISTILL}
+    capabilities = ClipFamily.capabilities - {Capability.DISTILL, Capability.PRUNE}
     distiller = None
+    pruner = None  # EfficientNet convolutions: no channel pruning yet
     tokenizer_class = "BertTokenizerFast"
     towers = {"vision": AlignVisionTower, "text": AlignTextTower}
 

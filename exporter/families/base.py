@@ -24,9 +24,11 @@ class Family:
     model_types: ClassVar[tuple[str, ...]] = ()  # config.json model_type values when no architecture is named
     default_classes: ClassVar[tuple[str, str]] = ("AutoModel", "AutoConfig")
     # what the bundle can do at run time (the same set as its pipeline's) plus build-time
-    # capabilities: DISTILL exactly when `distiller` is set (tests/test_families.py checks both)
+    # capabilities: DISTILL exactly when `distiller` is set, PRUNE exactly when `pruner` is
+    # (tests/test_families.py checks them)
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
     distiller: ClassVar[type | None] = None  # exporter/distill.py's runner for this family's layout
+    pruner: ClassVar[type | None] = None  # exporter/prune.py's layout + calibration pass for this family
     components: ClassVar[tuple[str, ...]] = ()
     outputs: ClassVar[dict[str, str]] = {}  # component -> its (first) output name
 

@@ -38,6 +38,7 @@ from ...runtimes.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePrepr
 from ..checkpoint import Checkpoint
 from ..distill import CaptionDistiller
 from ..graph import dedupe_initializers, export_dynamo, export_onnx
+from ..prune import CaptionPruner
 from . import register
 from .base import Family
 from .decoders import PARITY_IMAGES, StepBase, bert_cross_kv, flatten_cache
@@ -294,8 +295,9 @@ class CaptionFamily(Family):
     }
     model_types = ()
     default_classes = ("AutoModelForImageTextToText", "AutoConfig")
-    capabilities = frozenset({Capability.CAPTION, Capability.DISTILL})
+    capabilities = frozenset({Capability.CAPTION, Capability.DISTILL, Capability.PRUNE})
     distiller = CaptionDistiller
+    pruner = CaptionPruner  # ViT + GPT-2 (like the distiller; BLIP / GIT are refused by name)
 
     @classmethod
     def create(cls, ckpt: Checkpoint):

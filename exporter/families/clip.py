@@ -14,6 +14,7 @@ from ...runtimes.preprocess import ImagePreprocessor
 from ...runtimes.tokenize import TextTokenizer
 from ..checkpoint import Checkpoint, tokenizer_files, tokenizer_json
 from ..distill import ClipDistiller
+from ..prune import ClipPruner
 from . import register
 from .base import Family
 
@@ -49,8 +50,11 @@ class ClipFamily(Family):
     architectures = {"CLIPModel": ("CLIPModel", "CLIPConfig")}
     model_types = ("clip",)
     default_classes = ("CLIPModel", "CLIPConfig")
-    capabilities = frozenset({Capability.EMBED_IMAGES, Capability.EMBED_TEXTS, Capability.CLASSIFY, Capability.DISTILL})
+    capabilities = frozenset(
+        {Capability.EMBED_IMAGES, Capability.EMBED_TEXTS, Capability.CLASSIFY, Capability.DISTILL, Capability.PRUNE}
+    )
     distiller = ClipDistiller
+    pruner = ClipPruner
     components = ("vision", "text")
     outputs = {"vision": "image_embeds", "text": "text_embeds"}
 

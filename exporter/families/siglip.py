@@ -18,6 +18,7 @@ from typing import Any
 from ...common.capabilities import Capability
 from ...errors import UnsupportedModelError, require
 from ..checkpoint import Checkpoint
+from ..prune import SiglipPruner
 from . import register
 from .clip import ClipFamily
 
@@ -60,6 +61,7 @@ class SiglipFamily(ClipFamily):
     default_classes = ("SiglipModel", "SiglipConfig")
     capabilities = ClipFamily.capabilities - {Capability.DISTILL}
     distiller = None
+    pruner = SiglipPruner  # --mlp only (its embedding is the hidden state)
     tokenizer_class = "SiglipTokenizer / GemmaTokenizerFast"
     padding = "max_length"
     text_inputs = ("input_ids",)

@@ -19,6 +19,7 @@ from ...common.capabilities import Capability
 from ...errors import CheckpointError, require
 from ...runtimes.tokenize import TextTokenizer
 from ..checkpoint import Checkpoint, tokenizer_files, tokenizer_json
+from ..prune import TextEmbeddingPruner
 from . import register
 from .base import Family
 
@@ -111,8 +112,9 @@ class TextEmbeddingFamily(Family):
     architectures = {"BertModel": ("AutoModel", "AutoConfig")}
     model_types = ("bert",)
     default_classes = ("AutoModel", "AutoConfig")
-    capabilities = frozenset({Capability.EMBED_TEXTS})
+    capabilities = frozenset({Capability.EMBED_TEXTS, Capability.PRUNE})
     distiller = None
+    pruner = TextEmbeddingPruner  # --mlp only (its embedding is the hidden state)
     components = ("text",)
     outputs = {"text": "text_embeds"}
 

@@ -71,6 +71,7 @@ class VqaFamily(BlipFamily):
     default_classes = ("BlipForQuestionAnswering", "BlipConfig")
     capabilities = frozenset({Capability.ANSWER})
     distiller = None
+    pruner = None
     components = ("vision", "question", "decoder")
     outputs = {"vision": "image_embeds", "question": "cross_kv", "decoder": "logits"}
     arch = "blip-vqa"
