@@ -7,6 +7,10 @@ kept KV cache, and the same turn recomputed from the whole history, i.e. what a 
 no cache pays), and the decode step's bytes against this machine's measured memory bandwidth:
 the step's floor is (decoder weights + KV read) / bandwidth. PyTorch: TTFT = the first new
 token's time in generate (a streamer records each token's); decode tokens/s from the later tokens'.
+
+``decode_by_context``: decode tokens/s after a text prompt of each of ``CONTEXTS`` tokens
+(a step: the token's embedding, the decoder with the conversation's cache, argmax), each beside
+its floor at that context, so a cache that slows with length shows as the share of the floor falling.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ..runtimes.pipelines import pipeline_class
 
 TURN1 = "Describe the image."
 TURN2 = "What colors do you see?"
+CONTEXTS = (100, 500, 1100, 2000)  # decode tokens/s after prompts of these lengths (those the model holds)
 
 
 def memory_bandwidth_gbs(mb: int = 256, runs: int = 5) -> float:
@@ -80,6 +85,46 @@ def _ours(pipe, image, n_new: int, runs: int) -> dict[str, Any]:
         "turn2_kept_vs_recomputed": round(_median(t2) / _median(t2_full), 3),
         "tokens": tokens,
     }
+
+
+def kv_bytes_per_token(pipe) -> int:
+    """Bytes of K and V one cached position adds (fp32), all layers."""
+    return 2 * pipe.n_layers * pipe.kv_heads * pipe.head_dim * 4
+
+
+def decode_by_context(pipe, contexts: list[int], steps: int, weights: int, bw: float) -> list[dict[str, Any]]:
+    """Per context length that fits the model: median decode step after a prompt of that many tokens
+    (the chat turn's text repeated), tokens/s, and the floor (weights + KV read) / bandwidth."""
+    text = [{"role": "user", "content": [{"type": "text", "text": f"{TURN1} {TURN2}"}]}]
+    filler = pipe.prompt_ids(text, 0)
+    limit = int(pipe.generation["max_positions"])
+    rows = []
+    for n in contexts:
+        if n + steps + 1 > limit:
+            continue
+        ids = (filler * (n // len(filler) + 1))[:n]
+        with pipe.open_decoder() as dec:
+            dec.start(pipe.empty_cache(), {}, n + steps + 1)
+            logits = dec.step({"inputs_embeds": pipe.embed(ids), "position_ids": np.arange(n, dtype=np.int64)[None]})
+            times = []
+            for i in range(steps):
+                t = time.perf_counter()
+                tok = int(np.argmax(logits[0]))
+                feeds = {"inputs_embeds": pipe.embed([tok]), "position_ids": np.asarray([[n + i]], np.int64)}
+                logits = dec.step(feeds)
+                times.append(time.perf_counter() - t)
+        step = _median(times[1:] or times)  # the first step after a prefill warms the step's buffers
+        floor = (weights + kv_bytes_per_token(pipe) * (n + steps // 2)) / (bw * 1e9)
+        rows.append(
+            {
+                "context": n,
+                "step_ms": round(step * 1000, 3),
+                "decode_tokens_per_s": round(1 / step, 1),
+                "floor_ms": round(floor * 1000, 3),
+                "of_floor": round(floor / step, 3),
+            }
+        )
+    return rows
 
 
 def _pytorch(ref, pipe, image, n_new: int, runs: int) -> dict[str, Any]:
@@ -179,9 +224,12 @@ def chat_bench(bundle: Bundle, arts, cfg, default, log: Callable[[str], None], r
         }
         a = bundle.find("decoder", backend, precision)[0]
         weights = sum(bundle.manifest["files"][f]["bytes"] for f in a.files if not f.endswith(".xml"))
-        kv = 2 * pipe.n_layers * pipe.kv_heads * pipe.head_dim * 4 * (row["prompt_tokens"] + n_new // 2)
+        kv = kv_bytes_per_token(pipe) * (row["prompt_tokens"] + n_new // 2)
         row["step_bytes"] = int(weights + kv)
         row["step_floor_ms"] = round((weights + kv) / (bw * 1e9) * 1000, 3)
+        row["kv_cache"] = "stateful" if pipe.kv_state else "in place" if pipe.kv_in_place else "passed each step"
+        log(f"{backend}/{precision}: decode after {', '.join(map(str, CONTEXTS))} tokens of context")
+        row["decode_by_context"] = decode_by_context(pipe, CONTEXTS, max(n_new, 8), weights, bw)
         if ref_row is not None:
             row["tokens_match_pytorch"] = row["tokens"] == ref_row["tokens"]
             row["ttft_speedup"] = round(ref_row["ttft_ms"] / row["ttft_ms"], 2)
@@ -225,6 +273,7 @@ def chat_table(report: dict[str, Any]):
         "turn-2 TTFT kept / recomputed",
         "speedup TTFT / decode",
         "tokens match",
+        "decode by context: tok/s (of floor)",
     ):
         t.add_column(col, justify="right" if "ms" in col or "/" in col else "left")
     for r in report["chat"]:
@@ -243,5 +292,10 @@ def chat_table(report: dict[str, Any]):
             ),
             (f"{r['ttft_speedup']:.2f}x / {r.get('decode_speedup', '-')}x" if "ttft_speedup" in r else "-"),
             {True: "yes", False: "NO"}.get(r.get("tokens_match_pytorch"), "-"),
+            "  ".join(
+                f"{c['context']}: {c['decode_tokens_per_s']} ({c['of_floor']:.0%})"
+                for c in r.get("decode_by_context", [])
+            )
+            or "-",
         )
     return t

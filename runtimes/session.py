@@ -124,7 +124,13 @@ class Decoder:
     step(feeds) -> logits     one step on the per-step inputs (ids, positions); the cache grows
     present(name)             the cache of present output ``name`` after the last step
     reorder(rows)             the cache of these batch rows, in this order (beam search)
+    trim(length)              keep the first ``length`` positions (a kept conversation's shared
+                              prefix; 0 empties the cache)
+    reserve(room)             room for ``room`` more positions than the cache holds (a new turn)
+    length / nbytes           positions the cache holds / the memory it takes
     """
+
+    length = 0
 
     def start(self, past: dict[str, np.ndarray], fixed: dict[str, np.ndarray], room: int) -> None:
         raise NotImplementedError
@@ -136,6 +142,16 @@ class Decoder:
         raise NotImplementedError
 
     def reorder(self, rows: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def trim(self, length: int) -> None:
+        raise NotImplementedError
+
+    def reserve(self, room: int) -> None:
+        """Backends whose buffers are sized ahead grow them here; others need nothing."""
+
+    @property
+    def nbytes(self) -> int:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -159,6 +175,7 @@ class RunDecoder(Decoder):
 
     def start(self, past: dict[str, np.ndarray], fixed: dict[str, np.ndarray], room: int) -> None:
         self.past, self.fixed = dict(past), dict(fixed)
+        self.length = int(np.shape(next(iter(past.values())))[2]) if past else 0
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.session.run(feeds)
@@ -166,6 +183,7 @@ class RunDecoder(Decoder):
     def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         out = self.infer({**feeds, **self.past, **self.fixed})
         self.past = {p: np.asarray(out[q]) for p, q in self.cache}
+        self.length += int(next(iter(feeds.values())).shape[1])
         return np.asarray(out[self.logits_name])
 
     def present(self, name: str) -> np.ndarray:
@@ -173,6 +191,15 @@ class RunDecoder(Decoder):
 
     def reorder(self, rows: np.ndarray) -> None:
         self.past = {k: np.ascontiguousarray(v[rows]) for k, v in self.past.items()}
+
+    def trim(self, length: int) -> None:
+        if length < self.length:
+            self.past = {k: np.ascontiguousarray(v[:, :, :length]) for k, v in self.past.items()}
+            self.length = length
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in self.past.values())
 
     def close(self) -> None:
         self.past, self.fixed = {}, {}

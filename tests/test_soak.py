@@ -814,13 +814,19 @@ def test_the_chat_cache_counts_the_images_a_conversation_keeps():
 
     from mmdeploy.runtimes.pipelines.vlm import Conversation
     from mmdeploy.runtimes.serve.model import ServedModel
+    from mmdeploy.runtimes.session import RunDecoder
+
+    def kv_of_256_bytes() -> RunDecoder:  # the generic decoder holding a cache of 256 bytes
+        dec = RunDecoder(None, [("past_key", "present_key")])
+        dec.start({"past_key": np.zeros((1, 2, 4, 8), np.float32)}, {}, 0)
+        return dec
 
     conv = Conversation(SimpleNamespace(generation={"max_positions": 64}))
     conv.images = [Image.new("RGB", (2000, 2000))]
-    conv.kv = {"past_key": np.zeros((1, 2, 4, 8), np.float32)}
+    conv.decoder = kv_of_256_bytes()
     assert conv.cache_bytes == 2000 * 2000 * 3 + 256
     small = Conversation(SimpleNamespace(generation={"max_positions": 64}))
-    small.kv = {"past_key": np.zeros((1, 2, 4, 8), np.float32)}
+    small.decoder = kv_of_256_bytes()
     served = SimpleNamespace(cfg=SimpleNamespace(chat_cache_mb=1.0), _chats=OrderedDict(), chat_cache_bytes=0)
     ServedModel._keep_conversation(served, conv)  # over the whole budget: not kept
     ServedModel._keep_conversation(served, small)

@@ -468,3 +468,145 @@ def test_quantized_chat_variants_record_token_agreement(vlm_tiny, tmp_path):
     assert load(path, backend="onnxruntime", precision="int8", threads=2).generate(
         "describe the picture", images=photo_batch(1), max_new_tokens=4
     )
+
+
+# -- the decoder's KV cache kept in place (ORT IOBinding, OpenVINO stateful) ---------------------------
+
+
+def _old_bundle(bundle: Path, out: Path) -> Path:
+    """A copy without the manifest's kv_cache record: a bundle exported before it existed."""
+    import json
+    import shutil
+
+    shutil.copytree(bundle, out)
+    m = json.loads((out / "manifest.json").read_text())
+    del m["chat"]["kv_cache"]
+    (out / "manifest.json").write_text(json.dumps(m))
+    return out
+
+
+def _conversation(pipe, imgs) -> list[tuple[list[int], int]]:
+    """Greedy tokens and prefilled counts of a kept conversation: a turn with an image, a follow-up
+    (the cache trimmed to the shared prefix), the history given again with the image swapped (cut at
+    its first image token), a reset, then a long turn that outgrows the first turn's room."""
+    chat, out = pipe.chat(), []
+    chat.send("what is in the picture ?", images=[imgs[0]], max_new_tokens=6)
+    out.append((chat.generated, chat.last_prefill))
+    chat.send("what color is it ?", max_new_tokens=6)
+    out.append((chat.generated, chat.last_prefill))
+    chat.restore(chat.messages[:2], [imgs[1]])
+    chat.send("and this one ?", max_new_tokens=6)
+    out.append((chat.generated, chat.last_prefill))
+    chat.reset()
+    assert chat.decoder is None and chat.cache_bytes == 0
+    chat.send("describe the picture", images=[imgs[2]], max_new_tokens=4)
+    out.append((chat.generated, chat.last_prefill))
+    long = " ".join(WORDS * 3)  # ~100 tokens: the decoder grows past the room the first turn asked for
+    chat.send(long, max_new_tokens=40)
+    out.append((chat.generated, chat.last_prefill))
+    assert len(chat.ids) > 120 and chat.decoder.length == len(chat.ids)
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_in_place_kv_gives_the_run_paths_tokens(vlm_tiny, tmp_path, backend):
+    """The backend's decoder (ORT: IOBinding into buffers sized per turn; OpenVINO: a stateful model)
+    gives the greedy tokens of the graph run as exported (the cache in and out of every step), across a
+    kept conversation: prefix trimmed, image swapped, cache reset, a long turn. A bundle without the
+    manifest's kv_cache record (exported before it) runs OpenVINO's decoder as exported, same tokens."""
+    from mmdeploy.runtimes.backends.onnxruntime import OrtDecoder
+    from mmdeploy.runtimes.backends.openvino import OvDecoder, OvStatefulDecoder
+    from mmdeploy.runtimes.session import RunDecoder
+
+    imgs = photo_batch(3)
+    fast = load(vlm_tiny[2], backend=backend, precision="fp32", threads=2)
+    want = {"onnxruntime": OrtDecoder, "openvino": OvStatefulDecoder}[backend]
+    assert isinstance(fast.open_decoder(), want)
+    assert fast.kv_state == (backend == "openvino")
+    ref = load(vlm_tiny[2], backend=backend, precision="fp32", threads=2)
+    ref.kv_in_place = False
+    assert type(ref.open_decoder()) is RunDecoder
+    got, expected = _conversation(fast, imgs), _conversation(ref, imgs)
+    assert got == expected
+    assert len({tuple(t) for t, _ in got}) > 2  # the turns differ: the comparison is not of one answer
+    old = load(_old_bundle(vlm_tiny[2], tmp_path / "old"), backend=backend, precision="fp32", threads=2)
+    assert not old.kv_state
+    assert isinstance(old.open_decoder(), OrtDecoder if backend == "onnxruntime" else OvDecoder)
+    assert _conversation(old, imgs) == expected
+
+
+def test_stateful_decoder_keeps_the_cache_of_the_run_path(vlm_tiny):
+    """OpenVINO stateful: a prefill and steps give the logits and cache that run() gives with the cache
+    passed in; run() on the stateful session still takes past and returns present (the declared graph);
+    trim keeps a prefix that continues as the run path does."""
+    pipe = load(vlm_tiny[2], backend="openvino", precision="fp32", threads=2)
+    sess = pipe.sessions["decoder"]
+    assert sess.stateful and "past.0.key" in {s.name for s in sess.inputs}
+    dec = pipe.open_decoder()
+    dec.start(pipe.empty_cache(), {}, 16)
+    ids = pipe.prompt_ids([{"role": "user", "content": [{"type": "text", "text": "describe the picture"}]}], 0)
+    emb, past = pipe.embed(ids), pipe.empty_cache()
+    pos = np.arange(len(ids), dtype=np.int64)[None]
+    for _ in range(4):
+        plain = sess.run({"inputs_embeds": emb, "position_ids": pos, **past})
+        logits = dec.step({"inputs_embeds": emb, "position_ids": pos})
+        np.testing.assert_allclose(logits, plain["logits"], rtol=1e-4, atol=1e-5)
+        past = {p: plain[q] for p, q in pipe.cache_pairs}
+        for p, q in pipe.cache_pairs:
+            np.testing.assert_allclose(dec.present(q), past[p], rtol=1e-4, atol=1e-6)
+        tok = int(np.argmax(logits[0]))
+        emb, pos = pipe.embed([tok]), np.asarray([[pos[0, -1] + 1]], np.int64)
+    assert (
+        dec.length == len(ids) + 3 and dec.nbytes == dec.length * 2 * pipe.n_layers * pipe.kv_heads * pipe.head_dim * 4
+    )
+    keep = len(ids) - 2
+    dec.trim(keep)
+    short = {p: np.ascontiguousarray(v[:, :, :keep]) for p, v in past.items()}
+    emb, pos = pipe.embed(ids[keep : keep + 1]), np.asarray([[keep]], np.int64)
+    plain = sess.run({"inputs_embeds": emb, "position_ids": pos, **short})
+    np.testing.assert_allclose(
+        dec.step({"inputs_embeds": emb, "position_ids": pos}), plain["logits"], rtol=1e-4, atol=1e-5
+    )
+    assert dec.length == keep + 1
+
+
+def test_ort_decoder_trims_and_grows_in_place(vlm_tiny):
+    """ORT: the cache is kept in two buffers; trim copies the prefix once, reserve grows them (the cache
+    moved along) only when a turn needs more room than they have."""
+    pipe = load(vlm_tiny[2], backend="onnxruntime", precision="fp32", threads=2)
+    ref = load(vlm_tiny[2], backend="onnxruntime", precision="fp32", threads=2)
+    ref.kv_in_place = False
+    chat, plain = pipe.chat(), ref.chat()
+    for c in (chat, plain):
+        c.send("what is in the picture ?", images=photo_batch(1), max_new_tokens=5)
+    dec = chat.decoder
+    before = dec.nbytes
+    buffers = [b.ctypes.data for side in dec.buffers for b in side]
+    dec.trim(dec.length - 3)
+    assert [b.ctypes.data for side in dec.buffers for b in side] == buffers and dec.nbytes == before
+    plain.decoder.trim(plain.decoder.length - 3)
+    for _, q in pipe.cache_pairs:
+        np.testing.assert_array_equal(dec.present(q), plain.decoder.present(q))
+    dec.reserve(1)  # fits: nothing moves
+    assert [b.ctypes.data for side in dec.buffers for b in side] == buffers
+    dec.reserve(200)
+    assert dec.nbytes > before
+    for _, q in pipe.cache_pairs:
+        np.testing.assert_array_equal(dec.present(q), plain.decoder.present(q))
+
+
+def test_bad_kv_cache_records_are_refused(vlm_tiny, tmp_path):
+    import json
+    import shutil
+
+    from mmdeploy.errors import BundleError
+    from mmdeploy.runtimes.bundle import Bundle
+
+    path = tmp_path / "b"
+    shutil.copytree(vlm_tiny[2], path)
+    m = json.loads((path / "manifest.json").read_text())
+    assert m["chat"]["kv_cache"] == {"stateful": ["openvino"], "precision": "fp32"}
+    m["chat"]["kv_cache"]["precision"] = "int3"
+    (path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=r"chat\.kv_cache\.precision"):
+        Bundle.open(path)

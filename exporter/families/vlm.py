@@ -395,6 +395,9 @@ class VlmFamily(Family):
                 "head_dim": self.head_dim,
                 "hidden_size": self.hidden,
                 "vocab_size": self.vocab,
+                # OpenVINO runs the decoder stateful (its cache in the infer request, made at load);
+                # bundles without this record pass the cache in and out of every step
+                "kv_cache": {"stateful": ["openvino"], "precision": "fp32"},
             },
             "generation": self.generation,
         }

@@ -37,6 +37,8 @@ class Capabilities:
     runs: tuple[str, ...]  # precisions of artifacts it opens (quantize adds some build() does not make)
     devices: tuple[str, ...]  # what open(device=...) takes; the first is the default
     kv_binding: bool = False  # its decoder binds KV buffers in place (no cache copy per step)
+    kv_state: bool = False  # it can make a decoder stateful: the cache lives in the infer request
+    kv_precisions: tuple[str, ...] = ("fp32",)  # KV cache element types a stateful decoder can keep
     # precision -> CPU flags (/proc/cpuinfo names), any one of which runs it natively here
     cpu_needs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     device_build: bool = False  # `mmdeploy build` makes its artifacts on the machine that runs them

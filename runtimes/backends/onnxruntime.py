@@ -99,6 +99,7 @@ class OrtDecoder(Decoder):
         dims = next(o.shape for o in session.outputs if o.name == logits)
         self._logits_dims = tuple(dims[1:]) if all(isinstance(d, int) for d in dims[1:]) else None
         self.logits: np.ndarray | None = None
+        self.buffers: list[list[np.ndarray]] | None = None
 
     def start(self, past: dict[str, np.ndarray], fixed: dict[str, np.ndarray], room: int) -> None:
         from onnxruntime import OrtValue
@@ -159,6 +160,34 @@ class OrtDecoder(Decoder):
         for i, (a, c) in enumerate(zip(src, dst)):
             np.take(self._view(i, a, self.length), rows, axis=0, out=self._view(i, c, self.length))
         self.side = 1 - self.side
+
+    def trim(self, length: int) -> None:
+        """Keep the first ``length`` positions: copied once into the idle buffers, where a shorter
+        cache is laid out contiguously for the next step's binding."""
+        if length >= self.length:
+            return
+        src, dst = self.buffers[self.side], self.buffers[1 - self.side]
+        for i, (a, c) in enumerate(zip(src, dst)):
+            self._view(i, c, length)[...] = self._view(i, a, self.length)[:, :, :length]
+        self.side, self.length = 1 - self.side, length
+
+    def reserve(self, room: int) -> None:
+        """Room for ``room`` more positions: the buffers grow (by a quarter at least, so a long
+        conversation reallocates rarely) and the cache moves into them."""
+        r, h, _, d = self.shapes[0]
+        have = self.buffers[0][0].size // (r * h * d)
+        need = self.length + room
+        if need <= have:
+            return
+        size = max(need, have + have // 4)
+        grown = [[np.empty(r * h * size * d, np.float32) for r, h, _, d in self.shapes] for _ in range(2)]
+        for i, (a, c) in enumerate(zip(self.buffers[self.side], grown[0])):
+            self._view(i, c, self.length)[...] = self._view(i, a, self.length)
+        self.buffers, self.side = grown, 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for side in self.buffers or () for b in side)
 
     def close(self) -> None:
         self.io = self.buffers = self._keep = self.logits = None

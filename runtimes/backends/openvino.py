@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import BackendError, require
-from ..session import BuildResult, RunDecoder, Session, TensorSpec
+from ..session import BuildResult, Decoder, RunDecoder, Session, TensorSpec
 from . import register
 from .base import Backend, Capabilities
 
@@ -56,33 +56,108 @@ def _spec(port, prefer_graph_name: bool = False) -> TensorSpec:
     return TensorSpec(name, _NP.get(port.get_element_type().get_type_name(), "?"), shape, aliases)
 
 
+KV_PRECISIONS = {"fp32": "f32", "fp16": "f16", "u8": "u8"}  # the CPU plugin's KV_CACHE_PRECISION
+
+
+def make_stateful(model, cache: Sequence[tuple[str, str]]) -> tuple[dict[tuple[str, str], str], int]:
+    """Past inputs and present outputs -> ReadValue / Assign variables (as optimum-intel exports a
+    decoder), each starting as an empty cache of the first input's batch: the plugin then keeps the
+    cache inside the infer request and a step feeds only its new tokens.
+    -> ((past, present) -> variable id, values a cached position holds per batch row)."""
+    from openvino import opset13 as ops
+    from openvino._offline_transformations import apply_make_stateful_transformation
+
+    apply_make_stateful_transformation(model, dict(cache))
+    # without an initializer a reset state has every dynamic axis 0, the batch too
+    batch = ops.gather(ops.shape_of(model.inputs[0], "i64"), ops.constant([0]), ops.constant(0))
+    ids, per_position = set(), 0
+    for op in model.get_ops():
+        if op.get_type_name() != "ReadValue":
+            continue
+        shape = op.get_output_partial_shape(0)  # (batch, heads, positions, head_dim)
+        dims = [
+            batch if axis == 0 else ops.constant(np.array([d.get_length() if d.is_static else 0], np.int64))
+            for axis, d in enumerate(shape)
+        ]
+        op.set_arguments([ops.broadcast(ops.constant(0.0, op.get_output_element_type(0)), ops.concat(dims, 0))])
+        ids.add(op.get_variable_id())
+        per_position += int(np.prod([d.get_length() for axis, d in enumerate(shape) if axis not in (0, 2)]))
+    model.validate_nodes_and_infer_types()
+    pairs = {}
+    for past, present in cache:
+        if past + present not in ids:  # the transformation names a variable past + present
+            raise BackendError(f"openvino made no state variable for {past} -> {present}")
+        pairs[(past, present)] = past + present
+    return pairs, per_position
+
+
 class OvSession(Session):
+    """A compiled model and its request. With ``options["kv_state"]`` ((past, present) pairs) the model
+    is compiled stateful (make_stateful) for ``open_decoder``; ``run`` still takes past and returns
+    present (the declared graph), setting and reading the states around one inference."""
+
     def __init__(self, path: str | os.PathLike, runtime: dict[str, Any] | None, threads: int | None):
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         config.update(runtime or {})
         device = str(config.pop("device", "cpu")).upper()
+        cache = [tuple(pair) for pair in config.pop("kv_state", None) or ()]
+        kv_precision = config.pop("kv_precision", "fp32")
         if device not in core().available_devices:
             raise BackendError(
                 f"OpenVINO device {device} is not available here (have: {', '.join(core().available_devices)})"
             )
+        if kv_precision not in KV_PRECISIONS:
+            raise BackendError(f"KV cache precision {kv_precision!r}: choose from {', '.join(KV_PRECISIONS)}")
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        self._states: dict[tuple[str, str], str] = {}
+        self._per_position = 0
         try:
-            self._compiled = core().compile_model(str(path), device, config)
+            if cache:
+                model = core().read_model(str(path))
+                declared = ([_spec(p, prefer_graph_name=True) for p in model.inputs], [_spec(p) for p in model.outputs])
+                self._states, self._per_position = make_stateful(model, cache)
+                config["KV_CACHE_PRECISION"] = KV_PRECISIONS[kv_precision]
+                self._compiled = core().compile_model(model, device, config)
+            else:
+                self._compiled = core().compile_model(str(path), device, config)
         except RuntimeError as exc:
             raise BackendError(f"openvino cannot load {path}: {str(exc).splitlines()[0]}") from exc
         self._request = self._compiled.create_infer_request()
         self.inputs = [_spec(p, prefer_graph_name=True) for p in self._compiled.inputs]
         self.outputs = [_spec(p) for p in self._compiled.outputs]
         self._out_ports = list(self._compiled.outputs)
+        if cache:  # run() keeps the declared graph: past in, present out
+            self.inputs, self.outputs = declared
         self._decode_request = None  # the decoders' own request, made on first use
 
+    @property
+    def stateful(self) -> bool:
+        return bool(self._states)
+
     def run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._states:
+            return self._run_stateful(feeds)
         result = self._request.infer(feeds)
         # copy: the request's output buffers are reused by the next call
         return {s.name: np.array(result[p], copy=True) for s, p in zip(self.outputs, self._out_ports)}
 
-    def open_decoder(self, cache: Sequence[tuple[str, str]], logits: str = "logits") -> OvDecoder:
+    def _run_stateful(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ov, feeds = _ov(), dict(feeds)
+        states = {s.name: s for s in self._request.query_state()}
+        for (past, _), var in self._states.items():
+            states[var].state = ov.Tensor(np.ascontiguousarray(feeds.pop(past)))
+        result = self._request.infer(feeds)
+        out = {p.get_any_name(): np.array(result[p], copy=True) for p in self._out_ports}
+        for (_, present), var in self._states.items():
+            out[present] = np.array(states[var].state.data, copy=True)
+        return out
+
+    def open_decoder(self, cache: Sequence[tuple[str, str]], logits: str = "logits") -> Decoder:
+        if self._states:  # a request per decoder: the cache lives in it
+            if {tuple(p) for p in cache} != set(self._states):
+                raise BackendError("open_decoder's cache differs from the pairs the session was made stateful with")
+            return OvStatefulDecoder(self._compiled.create_infer_request(), self._states, self._per_position, logits)
         if self._decode_request is None:
             # an own request: shared (zero-copy) inputs must not leak into run()'s copying request
             self._decode_request = self._compiled.create_infer_request()
@@ -107,6 +182,62 @@ class OvDecoder(RunDecoder):
         return {p.get_any_name(): res[p] for p in res.keys()}
 
 
+class OvStatefulDecoder(Decoder):
+    """The decode fast path of a stateful model: the KV cache is the request's state, appended to inside
+    each inference; a step feeds only its new tokens. ``trim`` keeps a prefix (get_state, slice,
+    set_state; 0: reset), ``present`` copies a state out."""
+
+    def __init__(self, request, states: dict[tuple[str, str], str], per_position: int, logits: str):
+        self.request, self.logits_name = request, logits
+        handles = {s.name: s for s in request.query_state()}
+        self.states = {present: handles[var] for (_, present), var in states.items()}
+        self.past_of = {present: past for past, present in states}
+        self.per_position, self.rows, self.length = per_position, 1, 0
+
+    def start(self, past: dict[str, np.ndarray], fixed: dict[str, np.ndarray], room: int) -> None:
+        if fixed:
+            raise BackendError("a stateful decoder takes no fixed inputs")
+        self.request.reset_state()
+        shape = np.shape(next(iter(past.values()))) if past else (1, 0, 0)
+        self.rows, self.length = int(shape[0]), int(shape[2])
+        if self.length:
+            ov = _ov()
+            for present, state in self.states.items():
+                state.state = ov.Tensor(np.ascontiguousarray(past[self.past_of[present]], np.float32))
+
+    def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        res = self.request.infer(feeds, share_inputs=True)
+        self.length += int(next(iter(feeds.values())).shape[1])
+        return np.array(res[self.logits_name])
+
+    def present(self, name: str) -> np.ndarray:
+        return np.array(self.states[name].state.data, np.float32)
+
+    def reorder(self, rows: np.ndarray) -> None:
+        ov = _ov()
+        for state in self.states.values():
+            state.state = ov.Tensor(np.ascontiguousarray(np.asarray(state.state.data)[rows]))
+
+    def trim(self, length: int) -> None:
+        if length >= self.length:
+            return
+        if length == 0:
+            self.request.reset_state()
+        else:
+            ov = _ov()
+            for state in self.states.values():
+                state.state = ov.Tensor(np.ascontiguousarray(np.asarray(state.state.data)[:, :, :length]))
+        self.length = length
+
+    @property
+    def nbytes(self) -> int:
+        """As fp32 values (a smaller KV_CACHE_PRECISION holds less)."""
+        return self.length * self.rows * self.per_position * 4
+
+    def close(self) -> None:
+        self.request = self.states = None
+
+
 @register
 class OpenVino(Backend):
     """IR converted from the bundle's ONNX (fp32 and bf16 share one IR); quantize adds int8 / fp16 IRs."""
@@ -117,6 +248,8 @@ class OpenVino(Backend):
         builds=("fp32", "bf16"),
         runs=("fp32", "bf16", "fp16", "int8", "int4"),
         devices=("cpu", "gpu"),
+        kv_state=True,  # make_stateful: the decoder's cache lives in its infer request (ReadValue / Assign)
+        kv_precisions=tuple(KV_PRECISIONS),
         # what OpenVINO's CPU plugin looks for; cpu_supports asks the plugin itself (it decides)
         cpu_needs={"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16",)},
         device_build=True,

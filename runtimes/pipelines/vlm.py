@@ -11,6 +11,12 @@ whole history, keeps the cache for the longest prefix it shares with what was al
 prefills only the rest (the new user turn, and at most a few tokens where the template renders
 the last answer differently from how it was generated). ``max_tokens`` bounds a conversation;
 a turn that would pass it is refused with a clear error (start a new conversation).
+
+The cache is the backend's (``Session.open_decoder``, one decoder per conversation): ONNX Runtime
+binds buffers sized for the turn and writes each step's cache in place (IOBinding); OpenVINO,
+where the manifest records the decoder stateful (``chat.kv_cache``), keeps it as the infer
+request's state (ReadValue / Assign) and a step feeds only its new token. Bundles without the
+record run the decoder as it was exported, the cache passed in and out each step.
 """
 
 from __future__ import annotations
@@ -24,8 +30,11 @@ import numpy as np
 
 from ...common.capabilities import Capability
 from ...errors import BundleError, InputError
+from ..backends import get_backend
 from ..bundle import Bundle
 from ..images import load_image
+from ..manifest import INT, POSITIONS, STR, TOKEN_ID, list_of, obj, one_of
+from ..session import Decoder, RunDecoder
 from . import register
 from .pipeline import Pipeline
 
@@ -196,12 +205,14 @@ class Conversation:
         self._keys: list[bytes] = []  # per image: a digest of its pixels (restore() keeps what matches)
         self.grids: list[tuple[int, int]] = []  # per image: (rows, cols) of its tiles, (0, 0) unsplit
         self.ids: list[int] = []  # the tokens the cache holds
-        self.kv: dict[str, np.ndarray] | None = None
+        self.decoder: Decoder | None = None  # the backend's, holding the KV cache; opened on the first turn
         self.last_prefill = 0  # tokens the last turn prefilled (the rest came from the cache)
         self.last_cached = 0  # prompt tokens the last turn took from the cache
 
     def reset(self) -> None:
         system = [m for m in self.messages if m["role"] == "system"]
+        if self.decoder is not None:
+            self.decoder.close()
         self.__init__(self.pipe, self.max_tokens, None)
         self.messages = system
 
@@ -236,13 +247,27 @@ class Conversation:
         """What keeping this conversation holds: KV cache, image features and the decoded images (a 2000 px
         photo is 12 MB of RGB against a few KB of a tiny model's KV; uncounted, --chat-cache-mb bounded nothing)."""
         pixels = sum(im.width * im.height * len(im.getbands()) for im in self.images)
-        return sum(v.nbytes for v in (self.kv or {}).values()) + sum(f.nbytes for f in self._features) + pixels
+        kv = self.decoder.nbytes if self.decoder is not None else 0
+        return kv + sum(f.nbytes for f in self._features) + pixels
 
     def _cut(self, k: int) -> None:
         """Keep the first k cached tokens."""
         self.ids = self.ids[:k]
-        if self.kv is not None:
-            self.kv = {n: np.ascontiguousarray(v[:, :, :k]) for n, v in self.kv.items()}
+        if self.decoder is not None:
+            self.decoder.trim(k)
+
+    def _open(self, room: int) -> Decoder:
+        """This conversation's decoder with room for ``room`` more positions."""
+        if self.decoder is None:
+            self.decoder = self.pipe.open_decoder()
+            self.decoder.start(self.pipe.empty_cache(), {}, room)
+        else:
+            self.decoder.reserve(room)
+        return self.decoder
+
+    def kv(self, name: str) -> np.ndarray:
+        """The cache of past input ``name`` (a copy, or a view of the backend's buffer)."""
+        return self.decoder.present(name.replace("past", "present", 1))
 
     def send(
         self,
@@ -301,7 +326,8 @@ class Conversation:
             if rows:
                 emb[0, [img_pos[r] - k for r in rows]] = feats[rows]
         self.last_prefill, self.last_cached = len(ids) - k, k
-        logits, self.kv = pipe.step(emb, np.arange(k, len(ids), dtype=np.int64)[None], self.kv)
+        dec = self._open(len(ids) - k + n_new + 1)
+        logits = dec.step({"inputs_embeds": emb, "position_ids": np.arange(k, len(ids), dtype=np.int64)[None]})
         t_first = time.perf_counter()
         self.ids = list(ids)
         eos = set(pipe.generation["eos_token_id"])
@@ -317,10 +343,14 @@ class Conversation:
             if text.startswith(sent) and not text.endswith("\ufffd") and len(text) > len(sent):
                 yield text[len(sent) :]
                 sent = text
-            logits, self.kv = pipe.step(pipe.embed([tok]), np.asarray([[len(self.ids)]], np.int64), self.kv)
+            logits = dec.step(
+                {"inputs_embeds": pipe.embed([tok]), "position_ids": np.asarray([[len(self.ids)]], np.int64)}
+            )
             self.ids.append(tok)
         if gen and gen[-1] in eos:  # run the eos token too, so the cache matches self.ids
-            _, self.kv = pipe.step(pipe.embed([gen[-1]]), np.asarray([[len(self.ids) - 1]], np.int64), self.kv)
+            dec.step(
+                {"inputs_embeds": pipe.embed([gen[-1]]), "position_ids": np.asarray([[len(self.ids) - 1]], np.int64)}
+            )
         self.generated = gen
         # time to first token (images, embeddings, prefill: the first logits) and the decode steps after it
         self.timing = {
@@ -336,6 +366,22 @@ class Conversation:
             yield answer[len(sent) :]
 
 
+KV_PRECISIONS = ("fp32", "fp16", "u8")
+# how the exporter wants the decoder's cache kept: stateful on these backends, in this precision
+KV_CACHE = obj({"stateful": list_of(STR)}, {"precision": one_of(*KV_PRECISIONS)})
+CHAT_INFO = obj(
+    {
+        "template_file": STR,
+        "image_seq_len": POSITIONS,
+        "image_token_id": TOKEN_ID,
+        "num_layers": INT,
+        "num_kv_heads": INT,
+        "head_dim": INT,
+    },
+    {"kv_cache": KV_CACHE},
+)
+
+
 @register
 class VlmPipeline(Pipeline):
     """``vision`` + ``embed`` + ``decoder`` graphs of one VLM bundle on one (backend, precision)."""
@@ -346,12 +392,15 @@ class VlmPipeline(Pipeline):
     generative = True
     components = ("vision", "embed", "decoder")
     quantization_policy = "vlm"  # recipes, feeds and gates of quantize: exporter/quantization/policies.py
+    manifest_blocks = {"chat": CHAT_INFO}
 
     def __init__(
         self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, device: str | None = None
     ):
         """Images are split into tiles when the checkpoint's processor does (``do_image_splitting``);
-        set ``image_splitting = False`` for one tile per image (fewer tokens, less detail)."""
+        set ``image_splitting = False`` for one tile per image (fewer tokens, less detail).
+        ``kv_in_place = False`` runs the decoder as exported instead, the whole cache in and out of
+        every step (the reference the fast paths are tested against)."""
         from tokenizers import Tokenizer
 
         from ..select import open_sessions
@@ -379,13 +428,22 @@ class VlmPipeline(Pipeline):
         )
         self.past_names = [f"past.{i}.{x}" for i in range(self.n_layers) for x in ("key", "value")]
         self.present_names = [n.replace("past", "present") for n in self.past_names]
+        self.cache_pairs = list(zip(self.past_names, self.present_names))
         arts = {}
         for comp in self.components:
             found = bundle.find(comp, backend, precision)
             if not found:
                 raise BundleError(f"{bundle.root} has no {comp} for {backend}/{precision}")
             arts[comp] = found[0]
-        options = {"vision": {"spin": False}, "embed": {"spin": False}} if backend == "onnxruntime" else None
+        options: dict[str, dict] = (
+            {"vision": {"spin": False}, "embed": {"spin": False}} if backend == "onnxruntime" else {}
+        )
+        kv = self.info.get("kv_cache") or {}
+        # stateful where the bundle asks for it and the backend can: a record the old bundles lack
+        self.kv_state = backend in kv.get("stateful", ()) and get_backend(backend).capabilities.kv_state
+        if self.kv_state:
+            options["decoder"] = {"kv_state": self.cache_pairs, "kv_precision": kv.get("precision", "fp32")}
+        self.kv_in_place = True
         self.sessions = open_sessions(bundle, arts, threads, device, options=options)
 
     @property
@@ -421,13 +479,16 @@ class VlmPipeline(Pipeline):
     def embed(self, ids: Sequence[int]) -> np.ndarray:
         return np.array(self.sessions["embed"].run({"input_ids": np.asarray([list(ids)], np.int64)})["inputs_embeds"])
 
-    def step(self, emb: np.ndarray, pos: np.ndarray, kv: dict | None) -> tuple[np.ndarray, dict]:
-        if kv is None:
-            kv = {n: np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32) for n in self.past_names}
-        out = self.sessions["decoder"].run(
-            {"inputs_embeds": np.ascontiguousarray(emb, np.float32), "position_ids": pos, **kv}
-        )
-        return np.asarray(out["logits"]), {p: out[q] for p, q in zip(self.past_names, self.present_names)}
+    def empty_cache(self) -> dict[str, np.ndarray]:
+        return {n: np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32) for n in self.past_names}
+
+    def open_decoder(self) -> Decoder:
+        """A decoder holding one conversation's cache: the backend's fast path, or with
+        ``kv_in_place = False`` the graph run as exported (cache in and out every step)."""
+        session = self.sessions["decoder"]
+        if self.kv_in_place:
+            return session.open_decoder(self.cache_pairs)
+        return RunDecoder(session, self.cache_pairs)
 
     def new_tokens(self, max_new_tokens: int | None) -> int:
         n = self.generation.get("default_new_tokens", 128) if max_new_tokens is None else max_new_tokens
@@ -441,7 +502,7 @@ class VlmPipeline(Pipeline):
     def last_step_feeds(self, chat: Conversation) -> dict[str, np.ndarray]:
         """Decoder feeds of a step with the conversation's cache (fidelity checks)."""
         tok = chat.ids[-1]
-        kv = {n: v[:, :, :-1] for n, v in chat.kv.items()}
+        kv = {n: np.ascontiguousarray(chat.kv(n)[:, :, :-1]) for n in self.past_names}
         return {"inputs_embeds": self.embed([tok]), "position_ids": np.asarray([[len(chat.ids) - 1]], np.int64), **kv}
 
     # -- public API ------------------------------------------------------------------------
