@@ -955,6 +955,90 @@ def distill(
 
 @app.command()
 @user_errors
+def prune(
+    teacher: str = typer.Argument(
+        ..., help="Teacher: models.yaml name or a local Hugging Face checkpoint folder (CLIP, SigLIP, ViT-GPT2, BERT)."
+    ),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="Pruned checkpoint folder to write (appears only when complete)."
+    ),
+    heads: float | None = typer.Option(
+        None,
+        help="Fraction of attention heads KEPT per layer, in (0, 1): 0.5 keeps half (CLIP: the hidden width "
+        "shrinks with them; ViT encoders keep it). Default: all kept.",
+    ),
+    mlp: float | None = typer.Option(
+        None, help="Fraction of MLP channels KEPT per layer, in (0, 1): 0.5 keeps half. Default: all kept."
+    ),
+    towers: str | None = typer.Option(
+        None, help="Towers to prune, comma-separated: vision, text (default: all the family's pruner knows)."
+    ),
+    importance: str = typer.Option(
+        "activation", help="Ranking: activation (calibration batches), weight (norms only) or random (a baseline)."
+    ),
+    data: str = typer.Option(
+        "shapes",
+        help="Calibration and recovery images: 'shapes', 'photos' or an image folder (captions.tsv pairs texts).",
+    ),
+    calib_samples: int = typer.Option(128, min=1, help="Calibration samples the importance is measured on."),
+    epochs: int = typer.Option(
+        1, min=0, help="Recovery: passes of distillation from the teacher over --samples (0: prune only)."
+    ),
+    samples: int | None = typer.Option(4096, min=2, help="Recovery images per epoch."),
+    batch_size: int = typer.Option(64, min=2),
+    lr: float = typer.Option(1e-3, help="Peak recovery learning rate (warm-up, then cosine decay)."),
+    seed: int = typer.Option(0),
+    threads: TorchThreads = None,
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted recovery from its last finished epoch."
+    ),
+    random_weights: bool = typer.Option(
+        False, "--random-weights", help="Teacher = the models.yaml shape twin (speed work)."
+    ),
+    no_wait: bool = _NO_WAIT,
+):
+    """Remove the least important attention heads and MLP channels (ratios = fractions KEPT), then recover by distillation."""
+    from .exporter.prune import STATE_DIR_SUFFIX, PruneConfig
+    from .exporter.prune import prune as run_prune
+
+    cfg = PruneConfig(
+        heads=heads,
+        mlp=mlp,
+        towers=tuple(t.strip() for t in towers.split(",") if t.strip()) if towers else None,
+        method=importance,
+        data=data,
+        calib_samples=calib_samples,
+        samples=samples,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        threads=threads,
+        device=device,
+    )
+    state = output.parent / f"{output.name}{STATE_DIR_SUFFIX}"
+    try:
+        with _progress(remaining=True) as progress:
+            report = run_prune(
+                teacher, output, cfg, random_weights=random_weights, resume=resume, log=_log, progress=progress
+            )
+    except KeyboardInterrupt:
+        where = f"its state is in {state}: rerun with --resume" if state.is_dir() else "no recovery epoch had finished"
+        print(f"interrupted: {output} was not written; {where}", file=sys.stderr)
+        raise typer.Exit(130) from None
+    s = report["student"]
+    print(f"{output}: {s['parameters'] / 1e6:.2f}M parameters ({s['ratio']:.0%} of the teacher)")
+    for name, t in s["towers"].items():
+        print(
+            f"  {name}: heads {t['heads']}/{t['teacher_heads']}, hidden {t['hidden']}/{t['teacher_hidden']}, MLP {t['mlp']}/{t['teacher_mlp']}"
+        )
+    for k, v in report["fidelity"].items():
+        print(f"  {k}: {v}")
+
+
+@app.command()
+@user_errors
 def search(
     folder: Path = typer.Argument(..., help="Folder of an embedding job (`mmdeploy embed ... --out FOLDER`)."),
     text: str | None = typer.Option(None, "--text", help="Query text (embedded with the job's bundle and variant)."),
