@@ -35,8 +35,10 @@ costs nothing. No torch here.
 
 Modules, by concern: ``config`` (ServeConfig, routes), ``errors`` (the one error shape),
 ``inputs`` (image / text field parsing), ``batching``, ``model`` (one served pipeline),
-``metrics``, ``state`` (what a running server holds), ``middleware``, ``app`` (routes),
-``run`` (command line: logging, uvicorn).
+``metrics``, ``state`` (what a running server holds), ``middleware``, ``app`` (create_app:
+models, lifespan, routers), ``openai_routes`` / ``own_routes`` / ``page`` (the routers, by
+surface), ``routing`` (what routes share), ``responses`` (the bodies, no FastAPI),
+``streaming`` (server-sent events), ``run`` (command line: logging, uvicorn).
 """
 
 from .app import create_app

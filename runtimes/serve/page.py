@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import ApiError
 
-__all__ = ["add_pages"]
+__all__ = ["page_routes"]
 
 _HERE = Path(__file__).resolve().parent
 _ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon.png": "image/png"}
@@ -32,11 +32,15 @@ def _swagger_dir() -> Path | None:
     return Path(spec.origin).parent / "static"
 
 
-def add_pages(app) -> None:
+def page_routes():
+    """An APIRouter with the playground, ``/docs`` and Swagger UI's files."""
+    from fastapi import APIRouter
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
-    @app.get("/", include_in_schema=False)
+    router = APIRouter()
+
+    @router.get("/", include_in_schema=False)
     async def playground():
         return Response(
             playground_html(),
@@ -44,7 +48,7 @@ def add_pages(app) -> None:
             headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
         )
 
-    @app.get("/docs", include_in_schema=False)
+    @router.get("/docs", include_in_schema=False)
     async def docs():
         if _swagger_dir() is None:
             return HTMLResponse(
@@ -60,9 +64,11 @@ def add_pages(app) -> None:
             swagger_favicon_url="/docs/assets/favicon.png",
         )
 
-    @app.get("/docs/assets/{name}", include_in_schema=False)
+    @router.get("/docs/assets/{name}", include_in_schema=False)
     async def docs_asset(name: str):
         folder = _swagger_dir()
         if name not in _ASSETS or folder is None or not (folder / name).is_file():
             return JSONResponse(ApiError(404, f"no such asset: {name}", code="not_found").body(), status_code=404)
         return FileResponse(folder / name, media_type=_ASSETS[name], headers={"Cache-Control": "max-age=86400"})
+
+    return router

@@ -19,6 +19,8 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from .responses import caption_delta, caption_done, chat_chunk, usage_chunk
+
 __all__ = ["TextSink", "stream_delta", "caption_events", "chat_events"]
 
 
@@ -76,7 +78,7 @@ async def caption_events(
             delta = stream_delta(sent[i], text)
             if delta:
                 sent[i] += delta
-                yield sse({"index": i, "delta": delta})
+                yield sse(caption_delta(i, delta))
         try:
             caps = task.result()
         except Exception as exc:  # noqa: BLE001 - the stream has started: the error is an event
@@ -86,8 +88,8 @@ async def caption_events(
         for i, cap in enumerate(caps):
             rest = stream_delta(sent[i], cap, final=True)
             if rest:
-                yield sse({"index": i, "delta": rest})
-            yield sse({"index": i, "caption": cap, "finish_reason": "stop"})
+                yield sse(caption_delta(i, rest))
+            yield sse(caption_done(i, cap))
         on_done(n)
         yield sse(b"[DONE]")
     finally:  # finished, or the client went away (the stream is cancelled): free the batch slot
@@ -108,15 +110,8 @@ async def chat_events(
     """OpenAI chat.completion.chunk events of one answer: the role, content deltas, the finish
     reason, then (``on_done`` returning usage) a usage chunk, then [DONE]. ``task`` resolves to [Answer]."""
 
-    def chunk(delta: dict, finish: str | None = None, **extra) -> bytes:
-        return sse(
-            {
-                **head,
-                "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-                **extra,
-            }
-        )
+    def chunk(delta: dict, finish: str | None = None) -> bytes:
+        return sse(chat_chunk(head, delta, finish))
 
     sent = ""
     task.add_done_callback(lambda _: queue.put_nowait(None))
@@ -142,7 +137,7 @@ async def chat_events(
         yield chunk({}, answer.finish_reason)
         usage = on_done(answer)
         if usage is not None:
-            yield sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+            yield sse(usage_chunk(head, usage))
         yield sse(b"[DONE]")
     finally:  # finished, or the client went away: free the batch slot
         sink.gone = True
