@@ -281,6 +281,12 @@ def bench(
     ),
     json_path: JsonReport = None,
     plot: Path | None = typer.Option(None, "--plot", help="Write a PNG plot of latency and speedup."),
+    plan_only: bool = typer.Option(
+        False,
+        "--plan",
+        "--dry-run",
+        help="Print what would run (task x runner x batch, and what is skipped and why), then stop: loads no model, times and records nothing. With --json, writes the plan.",
+    ),
     no_wait: bool = _NO_WAIT,
 ):
     """Benchmark every variant of a bundle against PyTorch: latency, throughput, fidelity."""
@@ -312,6 +318,15 @@ def bench(
         num_beams=num_beams,
         interleave=interleave,
     )
+    if plan_only:
+        from .benchmarks.bench import plan_bench
+        from .benchmarks.report import plan_table
+
+        bench_plan = plan_bench(str(bundle), cfg)
+        _console().print(plan_table(bench_plan))
+        if json_path:
+            write_json(bench_plan.to_dict(), json_path)
+        return
     with _progress() as progress:
         report = run_bench(str(bundle), cfg, log=_log, progress=progress)
     if report["results"]:

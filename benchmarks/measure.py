@@ -1,17 +1,23 @@
-"""The measuring half of bench: timing loops, the PyTorch references, encoder and generation rows."""
+"""bench's measuring step: runs a plan's rows and returns what it measured (Measured), printing nothing.
+
+Timing loops (sequential, or interleaved run by run), the PyTorch and teacher references,
+encoder rows (latency, speedup, fidelity, roofline) and generation rows (decoder step, whole
+captions), then the task accuracy. Recording and tables are report.py's.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..common.datasets import DataSet
-from ..common.env import environment
+from ..common.datasets import open_dataset
+from ..common.fidelity import compare
 from ..common.timing import alternating, significant
 from ..errors import InputError, MMDeployError
 from ..runtimes.backends import get_backend
@@ -19,9 +25,26 @@ from ..runtimes.bundle import Bundle
 from ..runtimes.feeds import BundleFeeds
 from ..runtimes.pipelines import pipeline_class
 from ..runtimes.select import open_session
-from .accuracy import caption_accuracy, vqa_accuracy
-from .plan import BenchConfig
-from .report import _record_generate
+from .accuracy import caption_accuracy, pair_accuracy, task_accuracy, vqa_accuracy
+from .plan import ENCODERS, GENERATION, BenchConfig, BenchPlan, complete_variants
+
+
+@dataclass
+class Measured:
+    """What a plan's run measured: report rows, accuracy rows, and what the report says about them."""
+
+    rows: list[dict[str, Any]]
+    accuracy: list[dict[str, Any]]
+    data: str  # the data set's name
+    tasks: list[str]  # components (and ``generate``) in the order the report lists them
+    ceilings: dict | None = None  # encoders: the GMAC/s this machine reaches (roofline)
+    generate: dict | None = None  # generation: the settings of the generate rows
+
+
+def measure(plan: BenchPlan, cfg: BenchConfig, log: Callable[[str], None], progress=None) -> Measured:
+    """Run the plan's rows (encoder or generation bundles; chat_bench measures conversations)."""
+    run = {ENCODERS: measure_encoders, GENERATION: measure_generation}[plan.kind]
+    return run(plan, cfg, log, progress)
 
 
 def percentiles(times_ms: list[float]) -> dict[str, float]:
@@ -201,21 +224,110 @@ def _new_tokens(ids_list, prompt_len: int, eos: list[int]) -> int:
     return n
 
 
-def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default, log, progress) -> dict[str, Any]:
+def measure_encoders(plan: BenchPlan, cfg: BenchConfig, log, progress) -> Measured:
+    """Rows per component, runner and batch: latency percentiles, speedup and fidelity against
+    PyTorch (and a distilled student's teacher), the roofline figures; then the task accuracy."""
+    bundle, default, arts = plan.bundle, plan.default, plan.variants
+    data = open_dataset(plan.data)
+    inputs = BundleFeeds(bundle, data)
+    ref = pytorch_reference(bundle, log) if cfg.pytorch else None
+    teacher = teacher_reference(bundle, log) if plan.teacher else None
+
+    comps = list(bundle.components)
+    n_sessions = len(arts) + len(comps) * ((ref is not None) + (teacher is not None))
+    task = progress.add_task("bench", total=n_sessions * len(cfg.batches) * cfg.runs) if progress else None
+    tick = (lambda: progress.advance(task)) if progress else (lambda: None)
+
+    rows: list[dict[str, Any]] = []
+    for comp in comps:
+        out_name = bundle.components[comp]["outputs"][0]["name"]
+        pre, opened = (
+            _interleaved_times(
+                bundle,
+                comp,
+                out_name,
+                {"pytorch": ref, "teacher": teacher},
+                [a for a in arts if a.component == comp],
+                inputs,
+                cfg,
+                tick,
+            )
+            if cfg.interleave
+            else (None, {})
+        )
+        ref_out, ref_stats = _time_torch(ref, "pytorch", comp, out_name, inputs, cfg, progress, task, tick, pre, opened)
+        ref_p50 = {b: st["p50_ms"] for b, st in ref_stats.items()}
+        rows += [_row(comp, "pytorch", "fp32", b, st, ref_p50[b], None, False) for b, st in ref_stats.items()]
+        teacher_out, teacher_stats = _time_torch(
+            teacher, "teacher", comp, out_name, inputs, cfg, progress, task, tick, pre, opened
+        )
+        teacher_p50 = {b: st["p50_ms"] for b, st in teacher_stats.items()}
+        for b, st in teacher_stats.items():  # a distilled student's bundle: its teacher beside it
+            row = _row(comp, "teacher", "fp32", b, st, ref_p50.get(b), None, False)
+            row["cosine_vs_pytorch"] = row["max_abs_diff"] = None
+            rows.append(row)
+            for r in rows:
+                if r["component"] == comp and r["batch"] == b:
+                    r["speedup_vs_teacher"] = round(teacher_p50[b] / r["p50_ms"], 3)
+                    if r["backend"] == "pytorch":
+                        r["cosine_vs_teacher"] = round(compare(teacher_out[b], ref_out[b])["cosine"], 6)
+        for a in [a for a in arts if a.component == comp]:
+            if get_backend(a.backend).available() is not None:
+                log(f"skipping {a.backend}: {get_backend(a.backend).available()}")
+                continue
+            label = f"{a.backend}/{a.precision}"
+            if label in opened:  # the session --interleave timed: its outputs and fidelity from it too
+                sess, load_ms = opened.pop(label)
+            else:
+                t = time.perf_counter()
+                sess = open_session(bundle, a, cfg.threads)
+                load_ms = (time.perf_counter() - t) * 1000
+            for b in cfg.batches:
+                feeds = inputs.feeds(comp, b)
+                out = sess.run(feeds)[out_name]
+                fid = compare(ref_out[b], out) if b in ref_out else None
+                if progress:
+                    progress.update(task, description=f"{comp} {a.backend}/{a.precision} b{b}")
+                times = (
+                    pre[(label, b)]
+                    if pre
+                    else time_session(lambda s=sess, f=feeds: s.run(f), cfg.runs, cfg.warmup, tick)
+                )
+                row = _row(
+                    comp,
+                    a.backend,
+                    a.precision,
+                    b,
+                    percentiles(times),
+                    ref_p50.get(b),
+                    fid,
+                    default == (a.backend, a.precision),
+                )
+                row["load_ms"] = round(load_ms, 1)
+                row["gate_passed"] = a.passed
+                if b in teacher_p50:
+                    row["speedup_vs_teacher"] = round(teacher_p50[b] / row["p50_ms"], 3)
+                    row["cosine_vs_teacher"] = round(compare(teacher_out[b], out)["cosine"], 6)
+                rows.append(row)
+            del sess
+    ceiling = add_roofline(bundle, rows, inputs, cfg.threads)
+    if plan.task == "pair-similarity":
+        accuracy = pair_accuracy(bundle, arts, inputs, ref, cfg.threads, log)
+    else:
+        accuracy = task_accuracy(bundle, arts, inputs, data, ref, cfg.threads, log, teacher) if data.labels else []
+    return Measured(rows, accuracy, data.name, comps, ceilings=ceiling)
+
+
+def measure_generation(plan: BenchPlan, cfg: BenchConfig, log, progress) -> Measured:
     """Rows per variant and batch: `encoder` (pixels -> cross / image K/V), `decoder` (one
     mid-caption step: the one that takes the 8th generated token; with the bytes it reads and
     the GB/s that achieves), `generate` (whole captions: ms per caption, tokens/s, speedup vs PyTorch
     ``generate`` with the same settings, tokens_match_pytorch). With labelled captions
     (``--data shapes``): exact match and BLEU-4 per variant and for PyTorch."""
+    bundle, default, data = plan.bundle, plan.default, open_dataset(plan.data)
     ref = pytorch_reference(bundle, log) if cfg.pytorch else None
-    variants = sorted(
-        {
-            (a.backend, a.precision)
-            for a in arts
-            if len(bundle.find(backend=a.backend, precision=a.precision)) >= len(bundle.components)
-        }
-    )
-    variants = [v for v in variants if get_backend(v[0]).available() is None]
+    planned = {(r.runner, r.precision) for r in plan.rows if r.task == "generate" and r.skip is None}
+    variants = [v for v in complete_variants(bundle, plan.variants) if v in planned]
     gen_runs, gen_warm = max(1, min(cfg.runs, 10)), min(cfg.warmup, 1)
     requests: dict[int, Any] = {}
     rows: list[dict[str, Any]] = []
@@ -312,26 +424,8 @@ def caption_bench(bundle: Bundle, arts, cfg: BenchConfig, data: DataSet, default
     # the pipeline's task picks the score and the labels it needs (reference captions / answers)
     score, labels = {"question-answering": (vqa_accuracy, data.qa)}.get(base.task, (caption_accuracy, data.captions))
     accuracy = score(pipes, ref, data, cfg, log) if labels else []
-    if cfg.record:
-        _record_generate(bundle, rows, log)
-    order = {c: i for i, c in enumerate(graphs + ["generate"])}
-    rows.sort(key=lambda r: (order[r["component"]], r["batch"], r["backend"] != "pytorch"))
-    return {
-        "model": bundle.name,
-        "bundle": str(bundle.root),
-        "family": bundle.family,
-        "env": environment(cfg.threads),
-        "config": {
-            "runs": cfg.runs,
-            "warmup": cfg.warmup,
-            "batches": cfg.batches,
-            "data": data.name,
-            "generate": {"max_new_tokens": n_new, "num_beams": cfg.num_beams, "runs": gen_runs},
-        },
-        "default_variant": "/".join(default) if default else None,
-        "results": rows,
-        "accuracy": accuracy,
-    }
+    gen = {"max_new_tokens": n_new, "num_beams": cfg.num_beams, "runs": gen_runs}
+    return Measured(rows, accuracy, data.name, [*graphs, "generate"], generate=gen)
 
 
 def _worst(ref: dict | None, out: dict) -> dict | None:

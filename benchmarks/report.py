@@ -1,4 +1,6 @@
-"""Bench reports: a rich table on the terminal, JSON (DESIGN.md schema), a PNG plot."""
+"""bench's report step: the report (DESIGN.md's JSON schema) assembled from what was measured,
+batch-1 latencies recorded in the manifest (so load() picks the fastest variant here), rich
+tables on the terminal (the plan, latency, accuracy, generation), JSON and a PNG plot."""
 
 from __future__ import annotations
 
@@ -6,9 +8,14 @@ import json
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..common.env import environment
 from ..runtimes.bundle import Bundle
+
+if TYPE_CHECKING:
+    from .measure import Measured
+    from .plan import BenchConfig, BenchPlan
 
 
 def _fmt(v, spec: str) -> str:
@@ -182,6 +189,61 @@ def plot(report: dict[str, Any], path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+def bench_report(plan: BenchPlan, measured: Measured, cfg: BenchConfig, log) -> dict[str, Any]:
+    """The report of a measured plan; with ``cfg.record``, its batch-1 latencies recorded first
+    (an encoder bundle's default variant is then asked again: the recording can change it)."""
+    from .plan import ENCODERS, default_variant
+
+    bundle, rows, default = plan.bundle, measured.rows, plan.default
+    encoders = plan.kind == ENCODERS
+    if cfg.record:
+        (record_latency if encoders else record_generate)(bundle, rows, log)
+    if encoders:
+        default = default_variant(Bundle.open(bundle.root) if cfg.record else bundle)
+        for r in rows:
+            r.pop("default", None)
+            if default == (r["backend"], r["precision"]):
+                r["default"] = True
+    order = {c: i for i, c in enumerate(measured.tasks)}
+    # references first in each (task, batch): the teacher, then PyTorch
+    rows.sort(key=lambda r: (order[r["component"]], r["batch"], r["backend"] != "teacher", r["backend"] != "pytorch"))
+    env = environment(cfg.threads)
+    config: dict[str, Any] = {"runs": cfg.runs, "warmup": cfg.warmup, "batches": cfg.batches, "data": measured.data}
+    if encoders:
+        env.update({"ceilings": measured.ceilings} if measured.ceilings else {})
+        config["interleaved"] = cfg.interleave
+    else:
+        config["generate"] = measured.generate
+    return {
+        "model": bundle.name,
+        "bundle": str(bundle.root),
+        "family": bundle.family,
+        "env": env,
+        "config": config,
+        "default_variant": "/".join(default) if default else None,
+        "results": rows,
+        "accuracy": measured.accuracy,
+    }
+
+
+def plan_table(plan: BenchPlan):
+    """What a bench of this plan would run (``bench --plan``): one row per task, runner and batch."""
+    from rich.table import Table
+
+    ran = sum(r.skip is None for r in plan.rows)
+    t = Table(
+        title=f"bench plan: {plan.bundle.name} ({plan.bundle.family}, {plan.kind})",
+        caption=f"data: {plan.data or 'one real photo'}; {ran} of {len(plan.rows)} rows run here; * default variant"
+        + "".join(f"\n{n}" for n in plan.notes),
+    )
+    for col in ("task", "runner", "precision", "batch", "runs here"):
+        t.add_column(col, justify="right" if col == "batch" else "left")
+    for r in plan.rows:
+        star = "*" if plan.default == (r.runner, r.precision) else ""
+        t.add_row(r.task, r.runner + star, r.precision, str(r.batch), r.skip or "yes")
+    return t
+
+
 # the machine load of the bench in progress: latencies of a busy run never choose the default variant
 _LOAD: ContextVar = ContextVar("bench_machine_load", default=None)
 
@@ -219,7 +281,7 @@ def record_latency(bundle: Bundle, rows: list[dict[str, Any]], log) -> None:
     write_measured(bundle, table, log)
 
 
-def _record_generate(bundle: Bundle, rows: list[dict[str, Any]], log) -> None:
+def record_generate(bundle: Bundle, rows: list[dict[str, Any]], log) -> None:
     """Batch-1 generate p50 per variant under this machine's key: load() defaults to the fastest."""
 
     table = {
