@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..common.datasets import open_dataset
 from ..common.fidelity import GATES, compare
-from ..errors import BackendError, InputError
+from ..errors import BackendError
 from .backends import backend_names, get_backend
 from .bundle import Artifact, Bundle, BundleWriter
 from .feeds import BundleFeeds, component_kind
@@ -50,58 +50,31 @@ def build(
     if not be.capabilities.device_build:
         makers = [n for n in backend_names() if get_backend(n).capabilities.device_build]
         raise BackendError(f"`build` makes engines for {' and '.join(makers)}; {backend} runs the ONNX as it is")
-    if backend == "tensorrt":  # the bundle's TensorRT block: profiles, precisions, int8 Q/DQ files
-        settings = bundle.manifest.get("tensorrt")
-        if not settings:
-            raise InputError(
-                f"{bundle.root} has no TensorRT build settings: export it with --target gpu (or jetson-orin / jetson-xavier)"
-            )
-        todo = precisions or settings["precisions"]
-    else:
-        todo = precisions or ["fp32"]
-    for p in todo:
+    jobs = be.build_jobs(bundle, precisions, dla_core=dla_core)
+    for p in dict.fromkeys(j.precision for j in jobs):
         be.check_builds(p)
     with BundleWriter(bundle.root, base=bundle) as w:
-        for comp, spec in bundle.components.items():
-            for precision in todo:
-                src = w.stage_dir / spec["onnx"]
-                kwargs = {}
-                if backend == "tensorrt":
-                    if precision == "int8":
-                        entry = settings["int8_onnx"].get(comp)
-                        if entry is None:
-                            raise InputError(
-                                f"{bundle.root} has no int8 Q/DQ ONNX for {comp}: run `mmdeploy quantize BUNDLE --backend tensorrt --precision int8 --calib DATA` first"
-                            )
-                        src = w.stage_dir / entry["path"]
-                    kwargs = {
-                        "shapes": {k: tuple(tuple(x) for x in v) for k, v in settings["profiles"][comp].items()},
-                        "target": settings["target"],
-                        "dla_core": dla_core,
-                    }
-                log(f"{comp}: building {backend}/{precision}")
-                built = be.build(src, w.stage_dir, precision, comp, **kwargs)
-                for f in built.files:
-                    w.register(f)
-                # the timing cache is reused by the next build; keep it with the bundle
-                cache = "tensorrt/timing.cache"
-                if backend == "tensorrt" and (w.stage_dir / cache).is_file():
-                    w.register(cache)
-                session = be.open(w.stage_dir / built.path, threads=threads, options=built.runtime)
-                par = _fidelity(bundle, comp, session, threads)
-                gate = GATES[precision]
-                log(f"{comp}: {backend}/{precision} cosine {par['cosine']:.5f} vs fp32")
-                w.add_artifact(
-                    Artifact(
-                        component=comp,
-                        backend=backend,
-                        precision=precision,
-                        path=built.path,
-                        files=built.files,
-                        runtime=built.runtime,
-                        built_for={"target": bundle.manifest.get("target", "cpu"), **built.built_for},
-                        parity=par,
-                        gate={"min_cosine": gate, "passed": par["cosine"] >= gate},
-                    )
+        for job in jobs:
+            comp, precision = job.component, job.precision
+            log(f"{comp}: building {backend}/{precision}")
+            built = be.build(w.stage_dir / job.source, w.stage_dir, precision, comp, **job.settings)
+            for f in [*built.files, *built.kept]:
+                w.register(f)
+            session = be.open(w.stage_dir / built.path, threads=threads, options=built.runtime)
+            par = _fidelity(bundle, comp, session, threads)
+            gate = GATES[precision]
+            log(f"{comp}: {backend}/{precision} cosine {par['cosine']:.5f} vs fp32")
+            w.add_artifact(
+                Artifact(
+                    component=comp,
+                    backend=backend,
+                    precision=precision,
+                    path=built.path,
+                    files=built.files,
+                    runtime=built.runtime,
+                    built_for={"target": bundle.manifest.get("target", "cpu"), **built.built_for},
+                    parity=par,
+                    gate={"min_cosine": gate, "passed": par["cosine"] >= gate},
                 )
+            )
     return Bundle.open(bundle.root)

@@ -33,6 +33,7 @@ class BuildResult:
     files: list[str]
     runtime: dict[str, Any] = field(default_factory=dict)
     built_for: dict[str, Any] = field(default_factory=dict)
+    kept: list[str] = field(default_factory=list)  # files the bundle keeps beside it for later builds (a cache)
 
 
 class Session:

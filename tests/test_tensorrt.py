@@ -158,3 +158,27 @@ def test_real_engines_match_onnx(gpu_bundle):  # pragma: no cover - runs on GPU 
     b = build(gpu_bundle.root, "tensorrt")
     for a in b.find(backend="tensorrt"):
         assert a.gate["passed"], (a.component, a.precision, a.parity)
+
+
+def test_build_jobs_come_from_the_bundles_tensorrt_block(gpu_bundle, clip_bundle):
+    """`mmdeploy build` asks the backend what to build: TensorRT reads the bundle's profiles,
+    precisions and int8 Q/DQ files (no GPU needed for that); OpenVINO builds fp32 from each ONNX."""
+    from mmdeploy.errors import InputError
+    from mmdeploy.runtimes.backends import get_backend
+
+    trt = gpu_bundle.manifest["tensorrt"]
+    jobs = get_backend("tensorrt").build_jobs(gpu_bundle, dla_core=1)
+    assert [(j.component, j.precision) for j in jobs] == [
+        (c, p) for c in gpu_bundle.components for p in trt["precisions"]
+    ]
+    for j in jobs:
+        onnx_file = gpu_bundle.components[j.component]["onnx"]
+        assert j.source == (trt["int8_onnx"][j.component]["path"] if j.precision == "int8" else onnx_file)
+        assert j.settings["target"] == "gpu" and j.settings["dla_core"] == 1
+        assert j.settings["shapes"] == {k: tuple(map(tuple, v)) for k, v in trt["profiles"][j.component].items()}
+    cpu = Bundle.open(clip_bundle)
+    with pytest.raises(InputError, match="no TensorRT build settings"):
+        get_backend("tensorrt").build_jobs(cpu)
+    assert [(j.component, j.precision, j.source) for j in get_backend("openvino").build_jobs(cpu)] == [
+        (c, "fp32", spec["onnx"]) for c, spec in cpu.components.items()
+    ]

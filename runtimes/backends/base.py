@@ -23,10 +23,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...errors import BackendError
 from ..session import BuildResult, Session
+
+if TYPE_CHECKING:
+    from ..bundle import Bundle
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,16 @@ class Capabilities:
     cpu_needs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     device_build: bool = False  # `mmdeploy build` makes its artifacts on the machine that runs them
     plans_tied_to_device: bool = False  # an artifact runs only where it was built (fits() checks)
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """One build() call of `mmdeploy build`: a component at a precision, from an ONNX of the bundle."""
+
+    component: str
+    precision: str
+    source: str  # the ONNX it builds from, relative to the bundle's root
+    settings: Mapping[str, Any] = field(default_factory=dict)  # build()'s keyword settings
 
 
 class Backend:
@@ -91,6 +104,12 @@ class Backend:
             and self.cpu_supports(artifact.precision)
             and self.fits(artifact)
         )
+
+    def build_jobs(self, bundle: Bundle, precisions: list[str] | None = None, **options) -> list[BuildJob]:
+        """What `mmdeploy build` asks of a backend with ``device_build``: each component at each
+        precision (fp32 unless given) from its fp32 ONNX. A backend that builds from settings the
+        bundle carries (TensorRT's profiles) reads them here; ``options`` are the command's (dla_core)."""
+        return [BuildJob(c, p, spec["onnx"]) for c, spec in bundle.components.items() for p in precisions or ["fp32"]]
 
     def check_builds(self, precision: str) -> None:
         if precision not in self.capabilities.builds:

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import BackendError
+from ...errors import BackendError, InputError
 from ..session import BuildResult, Session, TensorSpec
 from . import register
-from .base import Backend, Capabilities
+from .base import Backend, BuildJob, Capabilities
 
 PRECISIONS = ("fp32", "fp16", "int8")
 WORKSPACE_MB = {"gpu": 4096, "jetson-orin": 2048, "jetson-xavier": 1024}
@@ -344,6 +344,33 @@ class TensorRT(Backend):
         except (KeyError, BackendError):
             return False
 
+    def build_jobs(self, bundle, precisions: list[str] | None = None, dla_core: int | None = None) -> list[BuildJob]:
+        """From the bundle's TensorRT block (export --target gpu / jetson-*): its optimization
+        profiles, its precisions unless given, and for int8 the Q/DQ ONNX that quantize made."""
+        settings = bundle.manifest.get("tensorrt")
+        if not settings:
+            raise InputError(
+                f"{bundle.root} has no TensorRT build settings: export it with --target gpu (or jetson-orin / jetson-xavier)"
+            )
+        jobs = []
+        for comp, spec in bundle.components.items():
+            options = {
+                "shapes": {k: tuple(tuple(x) for x in v) for k, v in settings["profiles"][comp].items()},
+                "target": settings["target"],
+                "dla_core": dla_core,
+            }
+            for precision in precisions or settings["precisions"]:
+                source = spec["onnx"]
+                if precision == "int8":
+                    entry = settings["int8_onnx"].get(comp)
+                    if entry is None:
+                        raise InputError(
+                            f"{bundle.root} has no int8 Q/DQ ONNX for {comp}: run `mmdeploy quantize BUNDLE --backend tensorrt --precision int8 --calib DATA` first"
+                        )
+                    source = entry["path"]
+                jobs.append(BuildJob(comp, precision, source, options))
+        return jobs
+
     def build(
         self,
         onnx_path: Path,
@@ -364,12 +391,13 @@ class TensorRT(Backend):
                 "copy the bundle to the device and run `mmdeploy build` there"
             )
         rel = plan_name(component, precision, key)
+        cache = "tensorrt/timing.cache"  # reused by the next build: kept with the bundle
         settings = build_plan(
             onnx_path,
             out_dir / rel,
             precision,
             shapes,
-            timing_cache=out_dir / "tensorrt" / "timing.cache",
+            timing_cache=out_dir / cache,
             workspace_mb=WORKSPACE_MB.get(target, 4096),
             dla_core=dla_core,
         )
@@ -383,6 +411,7 @@ class TensorRT(Backend):
                 "device": key.device,
                 **settings,
             },
+            kept=[cache] if (out_dir / cache).is_file() else [],
         )
 
     def open(
