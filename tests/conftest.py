@@ -56,6 +56,17 @@ def vqa_shapes_bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def align_bundle(tmp_path_factory) -> Path:
+    """The smallest fixture (tiny ALIGN, 2.5 MB) on onnxruntime and openvino fp32: the bundle the
+    concurrency, full-disk and kill tests copy before writing (never write into it)."""
+    from mmdeploy.exporter.export import export
+
+    out = tmp_path_factory.mktemp("bundles") / "align-shapes"
+    export("align-shapes", out, backends=["onnxruntime", "openvino"], precisions=["fp32"], threads=1)
+    return out
+
+
+@pytest.fixture(scope="session")
 def clip_reference():
     """The PyTorch model the bundle came from, loaded by the plain HF class."""
     from transformers import CLIPModel

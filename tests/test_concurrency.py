@@ -22,14 +22,7 @@ from mmdeploy.runtimes.bundle import Bundle, remove_stale
 MMDEPLOY = [str(Path(sys.executable).parent / "mmdeploy")]  # the console script, as a user runs it
 
 
-@pytest.fixture(scope="module")
-def align_bundle(tmp_path_factory) -> Path:
-    """The smallest fixture (tiny ALIGN, 2.5 MB) on onnxruntime and openvino fp32."""
-    from mmdeploy.exporter.export import export
-
-    out = tmp_path_factory.mktemp("conc") / "align"
-    export("align-shapes", out, backends=["onnxruntime", "openvino"], precisions=["fp32"], threads=1)
-    return out
+# align_bundle (align-shapes on onnxruntime + openvino fp32, exported once per run): conftest.py
 
 
 def _holder(target: Path, seconds: float) -> subprocess.Popen:

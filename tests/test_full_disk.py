@@ -13,15 +13,7 @@ import pytest
 
 from mmdeploy.runtimes.bundle import Bundle
 
-
-@pytest.fixture(scope="module")
-def align_bundle(tmp_path_factory) -> Path:
-    """The smallest fixture (tiny ALIGN, 2.5 MB) on onnxruntime and openvino fp32."""
-    from mmdeploy.exporter.export import export
-
-    out = tmp_path_factory.mktemp("disk") / "align"
-    export("align-shapes", out, backends=["onnxruntime", "openvino"], precisions=["fp32"], threads=1)
-    return out
+# align_bundle (align-shapes on onnxruntime + openvino fp32, exported once per run): conftest.py
 
 
 @pytest.fixture()
