@@ -37,6 +37,7 @@ def test_evenly_spaced_keeps_first_and_last():
     assert evenly_spaced(3, 3) == [0, 1, 2]
 
 
+@pytest.mark.slow  # clip_student: a full distillation (152 s of setup in the last CI)
 def test_half_depth_student_keeps_zero_shot_accuracy(clip_student):
     from transformers import CLIPModel
 
@@ -57,6 +58,7 @@ def test_half_depth_student_keeps_zero_shot_accuracy(clip_student):
     assert not (clip_student.parent / "clip-2l.distill-state").exists()
 
 
+@pytest.mark.slow  # clip_student: a full distillation (152 s of setup in the last CI)
 def test_student_exports_runs_and_benches_against_teacher(clip_student, tmp_path):
     from mmdeploy.benchmarks.bench import BenchConfig, bench
     from mmdeploy.common.datasets.shapes import generate, label_of, labels
