@@ -72,6 +72,7 @@ def _ops(path) -> set[str]:
     return {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
 
 
+@pytest.mark.slow  # best_bundle: every INT8 candidate of both backends built, gated, timed (139 s setup, last CI)
 @pytest.mark.openvino
 def test_best_keeps_the_fastest_passing_candidate_and_says_why(best_bundle):
     b = Bundle.open(best_bundle)
@@ -115,6 +116,7 @@ def test_best_keeps_the_fastest_passing_candidate_and_says_why(best_bundle):
     } >= {"dynamic", "dynamic, Conv float", "static Q/DQ, all"}
 
 
+@pytest.mark.slow  # best_bundle: every INT8 candidate of both backends built, gated, timed (139 s setup, last CI)
 @pytest.mark.openvino
 def test_best_int8_keeps_zero_shot_accuracy(best_bundle):
     """Whichever recipe won: top-1 within 0.5 points of fp32 on the shapes test split, on both
