@@ -89,6 +89,7 @@ def gpu_bundle(tmp_path_factory):
     return Bundle.open(out)
 
 
+@pytest.mark.slow  # gpu_bundle: a calibrated --target gpu export (54 s of setup in the last CI)
 def test_gpu_bundle_carries_build_settings(gpu_bundle):
     trt = gpu_bundle.manifest["tensorrt"]
     assert trt["target"] == "gpu" and trt["precisions"] == ["fp16", "int8"]
@@ -100,6 +101,7 @@ def test_gpu_bundle_carries_build_settings(gpu_bundle):
     assert gpu_bundle.find("vision", "onnxruntime", "fp32")
 
 
+@pytest.mark.slow  # gpu_bundle: a calibrated --target gpu export (54 s of setup in the last CI)
 def test_gpu_int8_qdq_is_symmetric_with_zero_points_0_and_runs_in_ort(gpu_bundle):
     for comp, entry in gpu_bundle.manifest["tensorrt"]["int8_onnx"].items():
         model = onnx.load(str(gpu_bundle.path(entry["path"])))
@@ -121,6 +123,7 @@ def test_cpu_bundle_cannot_get_tensorrt_int8(clip_bundle):
         quantize(clip_bundle, QuantConfig(precision="int8", backend="tensorrt", calib="shapes"))
 
 
+@pytest.mark.slow  # gpu_bundle: a calibrated --target gpu export (54 s of setup in the last CI)
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here")
 def test_build_without_tensorrt_is_one_clear_line(gpu_bundle):
     r = CliRunner().invoke(app, ["build", str(gpu_bundle.root), "--backend", "tensorrt"])
