@@ -19,6 +19,8 @@ from mmdeploy.runtimes import Bundle, load  # noqa: E402
 from mmdeploy.runtimes.feeds import BundleFeeds  # noqa: E402
 from mmdeploy.runtimes.select import open_session  # noqa: E402
 
+pytestmark = pytest.mark.slow  # each family's fixture: a calibrated fp32 + INT8 export on two backends (~93 s)
+
 # the zero-shot top-1 each card states, less a margin for the 300-image test subset used here
 MIN_TOP1 = 0.95
 FAMILIES = {"siglip-shapes": "siglip", "align-shapes": "align"}
