@@ -188,6 +188,7 @@ def test_writer_refuses_to_replace_a_foreign_directory(tmp_path):
     assert (foreign / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow  # its own clip-shapes export (external data forced) + static INT8: 62 s CPU
 def test_large_graphs_keep_weights_in_external_data(tmp_path, monkeypatch):
     """Above EXTERNAL_DATA_MIN_BYTES the ONNX weights live in <file>.data (memory-mapped by ORT):
     hashed, listed with the ORT artifact, read by OpenVINO and the quantizer."""
