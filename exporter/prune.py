@@ -461,7 +461,7 @@ def _top(score, k: int) -> list[int]:
 
 
 def _keep_count(ratio: float, total: int, flag: str, what: str) -> int:
-    k = round(ratio * total)
+    k = int(ratio * total + 0.5)  # half up (round() would make 0.25 of 2 heads none)
     if k < 1:
         raise InputError(f"{flag} {ratio:g} keeps no {what} of {total}: give at least {1 / total:.3g}")
     return k
@@ -482,24 +482,38 @@ def check_ratios(cfg: PruneConfig) -> None:
         raise InputError(f"--calib-samples {cfg.calib_samples}: give 1 or more")
 
 
-def plan(pruner: Pruner, cfg: PruneConfig, scores: dict[str, dict[str, Any]], family: str) -> dict[str, TowerPlan]:
-    """Which heads / channels each tower keeps (uniform counts per tower: one smaller config)."""
-    model, plans = pruner.model, {}
-    for tname, lay in _chosen(pruner, cfg, family).items():
+def _counts(model, cfg: PruneConfig, towers: dict[str, TowerLayout]) -> dict[str, dict[str, int]]:
+    """Per tower: hidden, heads, head_dim, MLP width and how many heads / channels are kept."""
+    out = {}
+    for tname, lay in towers.items():
         sub = model.config if lay.config is None else getattr(model.config, lay.config)
         hidden, n_heads = int(getattr(sub, lay.keys[0])), int(getattr(sub, lay.keys[1]))
-        width = getattr(sub, lay.keys[2], None) or 4 * hidden
-        d = int(getattr(sub, "head_dim", None) or hidden // n_heads)
-        sc = scores[tname]
-        p = TowerPlan(tname, hidden, n_heads, d, int(width), sc["n_layers"], heads_mode=lay.heads)
-        if cfg.heads is not None and lay.heads in HEAD_MODES:
-            k = _keep_count(cfg.heads, n_heads, "--heads", f"{tname} attention head (per layer)")
-            p.kept_heads = [_top(s, k) for s in sc["heads"]]
+        width = int(getattr(sub, lay.keys[2], None) or 4 * hidden)
+        c = {"hidden": hidden, "heads": n_heads, "head_dim": int(getattr(sub, "head_dim", None) or hidden // n_heads)}
+        c["mlp"] = width
+        c["keep_heads"] = (
+            _keep_count(cfg.heads, n_heads, "--heads", f"{tname} attention head (per layer)")
+            if cfg.heads is not None and lay.heads in HEAD_MODES
+            else n_heads
+        )
+        c["keep_mlp"] = _keep_count(cfg.mlp, width, "--mlp", f"{tname} MLP channel") if cfg.mlp is not None else width
+        out[tname] = c
+    return out
+
+
+def plan(pruner: Pruner, cfg: PruneConfig, scores: dict[str, dict[str, Any]], family: str) -> dict[str, TowerPlan]:
+    """Which heads / channels each tower keeps (uniform counts per tower: one smaller config)."""
+    chosen = _chosen(pruner, cfg, family)
+    plans = {}
+    for tname, c in _counts(pruner.model, cfg, chosen).items():
+        lay, sc = chosen[tname], scores[tname]
+        p = TowerPlan(tname, c["hidden"], c["heads"], c["head_dim"], c["mlp"], sc["n_layers"], heads_mode=lay.heads)
+        if c["keep_heads"] < c["heads"]:
+            p.kept_heads = [_top(s, c["keep_heads"]) for s in sc["heads"]]
             if lay.heads == "embedding":
-                p.kept_hidden = _top(sc["hidden"], k * d)
-        if cfg.mlp is not None:
-            k = _keep_count(cfg.mlp, p.mlp, "--mlp", f"{tname} MLP channel")
-            p.kept_mlp = {site: _top(s, k) for site, s in sc["mlp"].items()}
+                p.kept_hidden = _top(sc["hidden"], c["keep_heads"] * c["head_dim"])
+        if c["keep_mlp"] < c["mlp"]:
+            p.kept_mlp = {site: _top(s, c["keep_mlp"]) for site, s in sc["mlp"].items()}
         plans[tname] = p
     return plans
 
@@ -669,6 +683,7 @@ def _prune(teacher_source, out, cfg, state_dir, random_weights, resume, log, pro
         )
     pruner = fam.pruner(fam, teacher)
     chosen = _chosen(pruner, cfg, fam.family)
+    _counts(pruner.model, cfg, chosen)  # a ratio that leaves nothing fails before minutes of work
     train, held = _training_data(dcfg) if cfg.epochs > 0 else _training_data(_calib_only(dcfg, cfg))
     teacher.to(device)
 
