@@ -70,12 +70,12 @@ def time_session(run: Callable[[], Any], runs: int, warmup: int, tick: Callable[
 
 def pytorch_reference(bundle: Bundle, log: Callable[[str], None]):
     """The source checkpoint's family exporter (holds the torch modules), or None with a reason."""
-    return _reference_from_source(bundle.manifest.get("source", {}), log)
+    return _reference_from_source(bundle.source, log)
 
 
 def teacher_reference(bundle: Bundle, log: Callable[[str], None]):
     """For a distilled student's bundle: the teacher's family exporter, or None."""
-    teacher = bundle.manifest.get("source", {}).get("distilled_from")
+    teacher = bundle.source.get("distilled_from")
     if not teacher:
         return None
     ref = _reference_from_source(teacher, lambda m: log(m.replace("PyTorch reference", "teacher reference")))
@@ -352,7 +352,7 @@ def measure_generation(plan: BenchPlan, cfg: BenchConfig, log, progress) -> Meas
     def decoder_weight_bytes(backend: str, precision: str) -> int:
         """Weight bytes a decoder step reads (parses the graph: once per variant)."""
         a = bundle.find("decoder", backend, precision)[0]
-        total = sum(bundle.manifest["files"][f]["bytes"] for f in a.files if not f.endswith(".xml"))
+        total = bundle.file_bytes(f for f in a.files if not f.endswith(".xml"))
         return total - gather_only_bytes(bundle.path(a.path)) if a.path.endswith(".onnx") else total
 
     feeds_of = {b: base.bench_feeds(request(b)) for b in cfg.batches}  # graph -> feeds; the decoder step last

@@ -110,7 +110,7 @@ def plan_bench(path: str, cfg: BenchConfig) -> BenchPlan:
         return BenchPlan(
             bundle, kind, pipeline.task, arts, default, data, _generation_rows(bundle, arts, cfg), notes=notes
         )
-    teacher = bundle.manifest.get("source", {}).get("distilled_from") if cfg.pytorch else None
+    teacher = bundle.source.get("distilled_from") if cfg.pytorch else None
     return BenchPlan(
         bundle,
         kind,

@@ -114,6 +114,20 @@ class Bundle:
     def components(self) -> dict[str, Any]:
         return self.manifest.get("components", {})
 
+    @property
+    def schema_version(self) -> int:
+        return self.manifest["schema_version"]
+
+    @property
+    def source(self) -> dict[str, Any]:
+        """Where the weights came from: registry name, folder or hub id, weights sha256, a
+        distilled student's ``distilled_from`` (manifest.py documents the fields)."""
+        return self.manifest.get("source", {})
+
+    def file_bytes(self, rels: Iterable[str]) -> int:
+        """The size of these files of the bundle, as the manifest records them."""
+        return sum(self.manifest["files"][rel]["bytes"] for rel in rels)
+
     def path(self, rel: str) -> Path:
         """A file of the bundle; never one outside it (the manifest is checked on open, and a
         symlink inside the bundle that points out is refused here)."""

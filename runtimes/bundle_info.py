@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import MMDeployError
 from .bundle import Bundle
-from .select import machine_key, select_variant
+from .select import measured_latency, select_variant
 
 
 def fold_layers(specs: list[dict]) -> list[dict]:
@@ -38,10 +38,9 @@ def render_info(b: Bundle) -> list[Any]:
     what `--mode best` chose, the latencies measured on this machine and the default variant here."""
     from rich.table import Table
 
-    m = b.manifest
-    src = m.get("source", {})
+    src = b.source
     out: list[Any] = [
-        f"[bold]{b.name}[/bold] ({b.family})  bundle {b.root}  schema v{m['schema_version']}",
+        f"[bold]{b.name}[/bold] ({b.family})  bundle {b.root}  schema v{b.schema_version}",
         f"source: {src.get('path') or src.get('hub') or src.get('registry')}"
         f"{'  (random weights, seed {})'.format(src.get('seed')) if src.get('random_weights') else ''}"
         f"  weights sha256 {str(src.get('weights_sha256'))[:12]}",
@@ -64,7 +63,7 @@ def render_info(b: Bundle) -> list[Any]:
     )
     nan = float("nan")
     for a in b.artifacts:
-        size = sum(m["files"][f]["bytes"] for f in a.files) / 1e6
+        size = b.file_bytes(a.files) / 1e6
         metric = a.gate.get("metric", "cosine").replace("cosine_mean", "mean").replace("cosine", "min")
         t.add_row(
             a.component,
@@ -91,11 +90,11 @@ def render_info(b: Bundle) -> list[Any]:
                 f"{a.component} {a.backend}/{a.precision}: {ch['winner']} - {ch['why']} "
                 f"({won['vs_fp32']:.2f}x fp32's time, {won['ms']:.2f} ms at batch 1 when chosen)"
             )
-    measured = m.get("measured", {}).get(machine_key(), {})
+    measured = measured_latency(b)
     if measured:
         out.append(
             "batch-1 latency measured here: "
-            + ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(measured.items(), key=lambda kv: kv[1]))
+            + ", ".join(f"{'/'.join(k)} {v:.2f} ms" for k, v in sorted(measured.items(), key=lambda kv: kv[1]))
         )
     try:
         out.append("default variant here: " + "/".join(select_variant(b)))
