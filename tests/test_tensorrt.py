@@ -163,25 +163,38 @@ def test_real_engines_match_onnx(gpu_bundle):  # pragma: no cover - runs on GPU 
         assert a.gate["passed"], (a.component, a.precision, a.parity)
 
 
-def test_build_jobs_come_from_the_bundles_tensorrt_block(gpu_bundle, clip_bundle):
+def test_build_jobs_come_from_the_bundles_tensorrt_block(tmp_path):
     """`mmdeploy build` asks the backend what to build: TensorRT reads the bundle's profiles,
     precisions and int8 Q/DQ files (no GPU needed for that); OpenVINO builds fp32 from each ONNX."""
     from mmdeploy.errors import InputError
     from mmdeploy.runtimes.backends import get_backend
 
-    trt = gpu_bundle.manifest["tensorrt"]
-    jobs = get_backend("tensorrt").build_jobs(gpu_bundle, dla_core=1)
-    assert [(j.component, j.precision) for j in jobs] == [
-        (c, p) for c in gpu_bundle.components for p in trt["precisions"]
+    profile = {"pixel_values": [[1, 3, 64, 64], [8, 3, 64, 64], [64, 3, 64, 64]]}
+    trt = {
+        "target": "gpu",
+        "precisions": ["fp16", "int8"],
+        "profiles": {"vision": profile, "text": {"input_ids": [[1, 1], [8, 16], [64, 16]]}},
+        "int8_onnx": {"vision": {"path": "tensorrt/vision.qdq.onnx"}, "text": {"path": "tensorrt/text.qdq.onnx"}},
+    }
+    components = {"vision": {"onnx": "onnx/vision.onnx"}, "text": {"onnx": "onnx/text.onnx"}}
+    gpu = Bundle(tmp_path, {"components": components, "tensorrt": trt})
+    jobs = get_backend("tensorrt").build_jobs(gpu, dla_core=1)
+    assert [(j.component, j.precision, j.source) for j in jobs] == [
+        ("vision", "fp16", "onnx/vision.onnx"),
+        ("vision", "int8", "tensorrt/vision.qdq.onnx"),
+        ("text", "fp16", "onnx/text.onnx"),
+        ("text", "int8", "tensorrt/text.qdq.onnx"),
     ]
-    for j in jobs:
-        onnx_file = gpu_bundle.components[j.component]["onnx"]
-        assert j.source == (trt["int8_onnx"][j.component]["path"] if j.precision == "int8" else onnx_file)
-        assert j.settings["target"] == "gpu" and j.settings["dla_core"] == 1
-        assert j.settings["shapes"] == {k: tuple(map(tuple, v)) for k, v in trt["profiles"][j.component].items()}
-    cpu = Bundle.open(clip_bundle)
+    assert all(j.settings["target"] == "gpu" and j.settings["dla_core"] == 1 for j in jobs)
+    assert jobs[0].settings["shapes"] == {"pixel_values": ((1, 3, 64, 64), (8, 3, 64, 64), (64, 3, 64, 64))}
+    assert [j.precision for j in get_backend("tensorrt").build_jobs(gpu, ["fp16"])] == ["fp16", "fp16"]
+    no_qdq = Bundle(tmp_path, {"components": components, "tensorrt": {**trt, "int8_onnx": {}}})
+    with pytest.raises(InputError, match="no int8 Q/DQ ONNX for vision"):
+        get_backend("tensorrt").build_jobs(no_qdq)
+    cpu = Bundle(tmp_path, {"components": components})
     with pytest.raises(InputError, match="no TensorRT build settings"):
         get_backend("tensorrt").build_jobs(cpu)
     assert [(j.component, j.precision, j.source) for j in get_backend("openvino").build_jobs(cpu)] == [
-        (c, "fp32", spec["onnx"]) for c, spec in cpu.components.items()
+        ("vision", "fp32", "onnx/vision.onnx"),
+        ("text", "fp32", "onnx/text.onnx"),
     ]
