@@ -330,9 +330,9 @@ def test_hostile_cli_inputs(native_build, native_clip, tmp_path):
     m["family"] = "text-embedding"
     (text_only / "manifest.json").write_text(json.dumps(m))
     _one_line_error(mmrt("embed", text_only, "--image", truncated, check=False), "image encoder", "text-embedding")
-    m["family"] = "caption"
+    m["family"] = "vlm"
     (text_only / "manifest.json").write_text(json.dumps(m))
-    _one_line_error(mmrt("info", text_only, check=False), "caption", "not supported")
+    _one_line_error(mmrt("info", text_only, check=False), "vlm", "not supported")
 
 
 def test_onnxruntime_too_old_is_a_clear_error(native_build, native_clip, tmp_path):
@@ -455,3 +455,156 @@ def test_openvino_matches_python(native_build, native_bundle, images, cli_inproc
         [str(native_build / "c_api_threads"), bundle, "openvino", *map(str, images[:3])], capture_output=True, text=True
     )
     assert r.returncode == 0 and "0 mismatches" in r.stdout, r.stdout + r.stderr
+
+
+# -- caption and VQA: token ids and texts equal the Python runtime's ------------------------------
+
+GENERATE_PICKS = ("rgb.png", "odd.png", "tall.png", "p.png", "rgba.png", "rgb.jpg", "sub.jpg", "rgb.webp", "one.png")
+
+
+def _backends() -> list[str]:
+    return ["onnxruntime"] if sanitized() else ["onnxruntime", "openvino"]  # TBB's RTLD_DEEPBIND vs ASan
+
+
+def _skip_without_openvino(bundle: Path, backend: str) -> None:
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason="the openvino wheel (its C API) is not installed")
+        if "no OpenVINO" in mmrt("info", bundle, "--backend", "openvino", "--precision", "fp32", check=False).stderr:
+            pytest.skip("this native build has no OpenVINO (headers not found at build time)")
+
+
+def _python_captions(bundle: Path, backend: str, paths: list[str], beams: int, prompt: str | None = None, new=None):
+    """(ids, texts) of the Python runtime: generate_ids per batch of 8 as caption() runs them."""
+    from mmdeploy.runtimes import load
+
+    pipe = load(bundle, backend=backend, precision="fp32", threads=2)
+    ids = []
+    for i in range(0, len(paths), 8):
+        px = pipe.pixel_values(paths[i : i + 8])
+        ids += [[int(t) for t in s] for s in pipe.generate_ids(px, new, beams, prompt)]
+    return ids, pipe.caption(paths, new, beams, prompt)
+
+
+def _native_captions(bundle: Path, backend: str, paths: list[str], beams: int, prompt: str | None = None, new=None):
+    args = ["caption", bundle, *paths, "--backend", backend, "--precision", "fp32", "--threads", "2"]
+    args += ["--num-beams", str(beams), "--json", "--ids"]
+    args += ["--prompt", prompt] if prompt else []
+    args += ["--max-new-tokens", str(new)] if new else []
+    rows = json.loads(mmrt(*args).stdout)["captions"]
+    assert [r["path"] for r in rows] == paths
+    return [r["ids"] for r in rows], [r["text"] for r in rows]
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_caption_shapes_ids_and_texts_equal_python(native_build, shapes_bundle, images, backend, beams):
+    """The trained caption-shapes fixture (ViT-GPT2) on 9 images (two batches): the same ids and texts."""
+    if backend not in _backends():
+        pytest.skip("OpenVINO's TBB dlopens with RTLD_DEEPBIND, which AddressSanitizer refuses")
+    _skip_without_openvino(shapes_bundle, backend)
+    paths = [str(p) for p in images if p.name in GENERATE_PICKS]
+    want_ids, want_texts = _python_captions(shapes_bundle, backend, paths, beams)
+    got_ids, got_texts = _native_captions(shapes_bundle, backend, paths, beams)
+    assert got_ids == want_ids
+    assert got_texts == want_texts
+
+
+@pytest.fixture(scope="session")
+def tiny_captioners(tmp_path_factory) -> dict[str, Path]:
+    """The random tiny ViT-GPT2 / BLIP / GIT checkpoints of test_caption.py, exported ORT + OpenVINO fp32."""
+    pytest.importorskip("torch")
+    from mmdeploy.exporter.export import export
+
+    from .test_caption import BUILDERS
+
+    root = tmp_path_factory.mktemp("native-caption")
+    out = {}
+    for fam, build in BUILDERS.items():
+        out[fam] = root / f"bundle-{fam}"
+        export(
+            str(build(root / f"ckpt-{fam}")),
+            out[fam],
+            backends=["onnxruntime", "openvino"],
+            precisions=["fp32"],
+            threads=2,
+        )
+    return out
+
+
+@pytest.mark.parametrize("fam", ["vit-gpt2", "blip", "git"])
+def test_tiny_captioners_equal_python(native_build, tiny_captioners, images, fam):
+    """Random tiny ViT-GPT2 / BLIP / GIT (GIT: image tokens as the first past, no cross attention):
+    greedy and beam 3, with and without a prompt (BLIP, GIT), on both backends: the same ids and texts."""
+    bundle = tiny_captioners[fam]
+    paths = [str(p) for p in images if p.name in GENERATE_PICKS[:5]]
+    for backend in _backends():
+        _skip_without_openvino(bundle, backend)
+        for beams in (1, 3):
+            for prompt in (None, "a picture of") if fam != "vit-gpt2" else (None,):
+                want = _python_captions(bundle, backend, paths, beams, prompt, new=8)
+                got = _native_captions(bundle, backend, paths, beams, prompt, new=8)
+                assert got == want, (backend, beams, prompt)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_vqa_answers_equal_python(native_build, vqa_shapes_bundle, images, beams):
+    """BLIP VQA: one question for several images, several questions (two token lengths) for one
+    image (encoded once): the same ids and answers as VqaPipeline.answer_ids / answer."""
+    from mmdeploy.runtimes import load
+
+    paths = [str(p) for p in images if p.name in GENERATE_PICKS[:4]]
+    cases = [
+        (paths, ["what color is the shape?"]),
+        (paths[:1], ["what shape is it?", "what color is the shape?", "is it big?"]),
+    ]
+    for backend in _backends():
+        _skip_without_openvino(vqa_shapes_bundle, backend)
+        pipe = load(vqa_shapes_bundle, backend=backend, precision="fp32", threads=2)
+        for ims, qs in cases:
+            want_ids = [[int(t) for t in s] for s in pipe.answer_ids(ims, qs, num_beams=beams)]
+            want_texts = pipe.answer(ims, qs, num_beams=beams)
+            args = ["vqa", vqa_shapes_bundle, *ims, *[a for q in qs for a in ("-q", q)], "--backend", backend]
+            args += ["--precision", "fp32", "--threads", "2", "--num-beams", str(beams), "--json", "--ids"]
+            rows = json.loads(mmrt(*args).stdout)["answers"]
+            assert [r["ids"] for r in rows] == want_ids, (backend, qs)
+            assert [r["answer"] for r in rows] == want_texts, (backend, qs)
+            assert [r["question"] for r in rows] == (qs * len(ims) if len(qs) == 1 else qs)
+
+
+def test_generation_hostile_inputs(native_build, shapes_bundle, vqa_shapes_bundle, native_clip, images):
+    """Wrong family for the call, NULL images and paths, zero counts and capacities, a too-small
+    text buffer, lengths past the position table: a status and one line, through the C ABI and mmrt."""
+    r = subprocess.run(
+        [str(native_build / "c_api_generate"), shapes_bundle, vqa_shapes_bundle, images[0]],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 failures" in r.stdout
+    _one_line_error(mmrt("embed", shapes_bundle, "--image", images[0], check=False), "image encoder", "caption")
+    _one_line_error(mmrt("caption", native_clip, images[0], check=False), "caption bundle", "clip")
+    _one_line_error(mmrt("vqa", shapes_bundle, images[0], "-q", "what?", check=False), "vqa bundle", "caption")
+    _one_line_error(mmrt("caption", shapes_bundle, images[0], "--max-new-tokens", "5000", check=False), "positions")
+    _one_line_error(
+        mmrt("vqa", vqa_shapes_bundle, images[0], images[1], "-q", "a?", "-q", "b?", "-q", "c?", check=False),
+        "2 images and 3 questions",
+    )
+
+
+def test_installed_package_builds_the_streaming_caption_example(native_build, shapes_bundle, images, tmp_path):
+    """examples/caption_stream.cpp against the installed package: it streams, and its captions are mmrt's."""
+    if sanitized():
+        pytest.skip("a user's unsanitized program cannot load the ASan-built library (ASan must come first)")
+    prefix = tmp_path / "prefix"
+    subprocess.run(["cmake", "--install", native_build, "--prefix", prefix], check=True, capture_output=True)
+    build = tmp_path / "example-build"
+    examples = REPO / "runtimes" / "native" / "examples"
+    subprocess.run(
+        ["cmake", "-S", examples, "-B", build, f"-DCMAKE_PREFIX_PATH={prefix}"], check=True, capture_output=True
+    )
+    subprocess.run(["cmake", "--build", build, "--target", "caption_stream"], check=True, capture_output=True)
+    paths = [str(p) for p in images[:3]]
+    r = subprocess.run([build / "caption_stream", shapes_bundle, *paths], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip(), "no streamed text"
+    assert r.stdout == mmrt("caption", shapes_bundle, *paths, "--num-beams", "1").stdout

@@ -184,8 +184,16 @@ std::vector<float> Model::run_vision(const std::vector<float>& pixels, size_t n,
   return std::move(out[0].f);
 }
 
+void Model::require_image_encoder(const std::string& call) const {
+  need(vision_ != nullptr, call, "an image encoder (clip, siglip, align)");
+}
+
+void Model::require_text_encoder(const std::string& call) const {
+  need(text_ != nullptr, call, "a text encoder (clip, siglip, align, text-embedding)");
+}
+
 void Model::embed_images(const mmrt_image* images, size_t n, float* out) {
-  need(vision_ != nullptr, "embed images", "an image encoder (clip, siglip, align)");
+  require_image_encoder("embed images");
   for (size_t start = 0; start < n; start += kImageBatch) {
     size_t count = std::min(kImageBatch, n - start);
     std::vector<float> pixels;
@@ -231,7 +239,7 @@ std::vector<float> Model::run_text_batch(const std::vector<std::string>& texts) 
 }
 
 void Model::embed_texts(const std::vector<std::string>& texts, float* out) {
-  need(text_ != nullptr, "embed texts", "a text encoder (clip, siglip, align, text-embedding)");
+  require_text_encoder("embed texts");
   const size_t n = texts.size(), d = embed_dim_;
   std::vector<size_t> order(n);
   std::iota(order.begin(), order.end(), 0);

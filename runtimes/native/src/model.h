@@ -56,6 +56,9 @@ class Model {
   std::vector<Generated> answer(const mmrt_image* images, const std::vector<std::string>& questions,
                                 const GenerateRequest& request);
   bool generative() const { return decoder_ != nullptr; }
+  // Error(MMRT_ERR_UNSUPPORTED) naming the family when this bundle has no such encoder
+  void require_image_encoder(const std::string& call) const;
+  void require_text_encoder(const std::string& call) const;
 
  private:
   void need(bool ok, const std::string& call, const std::string& which) const;

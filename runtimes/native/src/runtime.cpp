@@ -165,6 +165,7 @@ static void check_capacity(size_t count, size_t dim, size_t capacity, const char
 mmrt_status mmrt_embed_images(mmrt_model* model, const mmrt_image* images, size_t count, float* out, size_t capacity) {
   return guard([&] {
     need(model, "model");
+    model->impl.require_image_encoder("embed images");  // before the buffers: embed_dim is 0 there
     need(images, "images");
     need(out, "out");
     if (count == 0) mmrt::fail(MMRT_ERR_INVALID_ARGUMENT, "no images given (count is 0)");
@@ -179,6 +180,7 @@ mmrt_status mmrt_embed_images(mmrt_model* model, const mmrt_image* images, size_
 mmrt_status mmrt_embed_texts(mmrt_model* model, const char* const* texts, size_t count, float* out, size_t capacity) {
   return guard([&] {
     need(model, "model");
+    model->impl.require_text_encoder("embed texts");
     need(texts, "texts");
     need(out, "out");
     if (count == 0) mmrt::fail(MMRT_ERR_INVALID_ARGUMENT, "no texts given (count is 0)");
