@@ -151,17 +151,7 @@ def export(
                         f"< {GATES['fp32']} (max abs diff {parity['max_abs_diff']:.3g}); bundle not written"
                     )
                 w.add_artifact(
-                    Artifact(
-                        component=comp,
-                        backend=backend,
-                        precision=precision,
-                        path=built.path,
-                        files=built.files,
-                        runtime=built.runtime,
-                        built_for={"target": target, **built.built_for},
-                        parity=parity,
-                        gate=gate,
-                    )
+                    Artifact.from_build(built, comp, backend, precision, target=target, parity=parity, gate=gate)
                 )
             del module
         if not any(a.precision == p for a in w.artifacts for p in precisions):

@@ -65,14 +65,12 @@ def build(
             gate = GATES[precision]
             log(f"{comp}: {backend}/{precision} cosine {par['cosine']:.5f} vs fp32")
             w.add_artifact(
-                Artifact(
-                    component=comp,
-                    backend=backend,
-                    precision=precision,
-                    path=built.path,
-                    files=built.files,
-                    runtime=built.runtime,
-                    built_for={"target": bundle.manifest.get("target", "cpu"), **built.built_for},
+                Artifact.from_build(
+                    built,
+                    comp,
+                    backend,
+                    precision,
+                    target=bundle.manifest.get("target", "cpu"),
                     parity=par,
                     gate={"min_cosine": gate, "passed": par["cosine"] >= gate},
                 )

@@ -19,12 +19,15 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..common.diskspace import disk_problem, resource_error
 from ..common.locks import lock_path, remove_stale_lock, writer_lock
 from ..errors import BundleError, MMDeployError
 from .manifest import validate_manifest
+
+if TYPE_CHECKING:
+    from .session import BuildResult
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -53,6 +56,23 @@ class Artifact:
     parity: dict[str, Any] = field(default_factory=dict)  # cosine, max_abs_diff vs PyTorch
     gate: dict[str, Any] = field(default_factory=dict)  # {"min_cosine": x, "passed": bool}
     recipe: dict[str, Any] = field(default_factory=dict)  # how it was made (quantization settings, kept-float layers)
+
+    @classmethod
+    def from_build(
+        cls, built: BuildResult, component: str, backend: str, precision: str, *, target: str, parity: dict, gate: dict
+    ) -> Artifact:
+        """The manifest entry of what a backend's build() made (export, and `mmdeploy build` on the device)."""
+        return cls(
+            component=component,
+            backend=backend,
+            precision=precision,
+            path=built.path,
+            files=built.files,
+            runtime=built.runtime,
+            built_for={"target": target, **built.built_for},
+            parity=parity,
+            gate=gate,
+        )
 
     @property
     def key(self) -> tuple[str, str, str]:
