@@ -85,11 +85,43 @@ class VlmEmbed(torch.nn.Module):
         return self.table(input_ids)
 
 
+GROUPED = "mmdeploy_grouped"  # the decoder's attention as exported (see grouped_attention)
+
+
+def grouped_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Eager attention with the query heads grouped by the K/V head they share, instead of K and V
+    repeated for every query head (transformers' repeat_kv): the graph then reads the cache once a
+    step where repeat_kv's Expand wrote it out again per query head (3x for SmolVLM's 9 / 3 heads, at
+    every step and every context length). Same math: head i uses K/V head i // (heads / kv heads)."""
+    b, h, t, d = query.shape
+    kv_heads = key.shape[1]
+    rep = h // kv_heads
+    q = query.reshape(b, kv_heads, rep * t, d)
+    scores = torch.matmul(q, key.transpose(2, 3)) * scaling  # (b, kv heads, rep * t, positions)
+    if attention_mask is not None:
+        s = scores.shape[-1]
+        scores = (scores.view(b, kv_heads, rep, t, s) + attention_mask[:, :, None]).view(b, kv_heads, rep * t, s)
+    probs = torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    out = torch.matmul(probs, value).view(b, h, t, d)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _use_grouped_attention(config) -> None:
+    """The text model's attention -> grouped_attention, its mask the eager one (additive)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+    AttentionInterface.register(GROUPED, grouped_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(GROUPED, eager_mask)
+    config._attn_implementation = GROUPED
+
+
 class VlmStep(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.text, self.lm_head = model.model.text_model, model.lm_head
         self.n_layers = model.config.text_config.num_hidden_layers
+        _use_grouped_attention(self.text.config)
 
     def forward(self, inputs_embeds, position_ids, *kv):
         from transformers.cache_utils import DynamicCache
