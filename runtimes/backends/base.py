@@ -23,13 +23,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from ...errors import BackendError
 from ..session import BuildResult, Session
-
-if TYPE_CHECKING:
-    from ..bundle import Bundle
 
 
 @dataclass(frozen=True)
@@ -105,10 +102,12 @@ class Backend:
             and self.fits(artifact)
         )
 
-    def build_jobs(self, bundle: Bundle, precisions: list[str] | None = None, **options) -> list[BuildJob]:
-        """What `mmdeploy build` asks of a backend with ``device_build``: each component at each
-        precision (fp32 unless given) from its fp32 ONNX. A backend that builds from settings the
-        bundle carries (TensorRT's profiles) reads them here; ``options`` are the command's (dla_core)."""
+    def build_jobs(self, bundle, precisions: list[str] | None = None, **options) -> list[BuildJob]:
+        """What `mmdeploy build` asks of a backend with ``device_build`` for ``bundle`` (a
+        runtimes.bundle.Bundle, not imported here: the bundle module asks the backends): each
+        component at each precision (fp32 unless given) from its fp32 ONNX. A backend that builds
+        from settings the bundle carries (TensorRT's profiles) reads them here; ``options`` are the
+        command's (dla_core)."""
         return [BuildJob(c, p, spec["onnx"]) for c, spec in bundle.components.items() for p in precisions or ["fp32"]]
 
     def check_builds(self, precision: str) -> None:
