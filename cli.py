@@ -341,6 +341,12 @@ def bench(
         _console().print(caption_table(report))
     if (acc := accuracy_table(report)) is not None:
         _console().print(acc)
+    from .runtimes.bundle import Bundle
+
+    if searched := Bundle.open(bundle).manifest.get("compress"):  # a `compress` output: its candidates and front
+        from .runtimes.bundle_info import compress_table
+
+        _console().print(compress_table(searched))
     if json_path:
         write_json(report, json_path)
         _log(f"JSON report written to {json_path}")
@@ -1050,6 +1056,82 @@ def prune(
         )
     for k, v in report["fidelity"].items():
         print(f"  {k}: {v}")
+
+
+def _fractions(value: str, flag: str) -> tuple[float, ...]:
+    from .errors import InputError
+
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise InputError(f"{flag} {value!r}: give comma-separated fractions, e.g. 1,0.5") from None
+
+
+@app.command()
+@user_errors
+def compress(
+    teacher: str = typer.Argument(..., help="Teacher: models.yaml name or a local Hugging Face checkpoint folder."),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="Bundle to write: the chosen student's, its default variant the pick."
+    ),
+    data: str = typer.Option(
+        "shapes",
+        help="Labelled images: training data for the students and held-out images for top-1 ('shapes', or a folder with labels.tsv).",
+    ),
+    max_drop: float = typer.Option(
+        1.0, help="Accuracy floor: zero-shot top-1 points the pick may lose against the teacher's fp32."
+    ),
+    budget_ms: float | None = typer.Option(
+        None, help="Latency budget: batch-1 ms (summed over components) the pick must run within."
+    ),
+    budget_min: float | None = typer.Option(
+        None, help="Wall-clock minutes for the search: the costliest students are left out to fit, or it refuses."
+    ),
+    depth: str = typer.Option("1,0.5", help="Shares of the image tower's layers kept (1: the teacher's)."),
+    width: str = typer.Option("1,0.5", help="MLP width ratios (1: the teacher's)."),
+    precision: str = typer.Option("fp32,int8", help="Precisions of every student (INT8 calibrated on --data)."),
+    backend: str = typer.Option("onnxruntime,openvino", help="Backends of every student."),
+    epochs: int = typer.Option(1, min=1, help="Recovery training of each student, in passes over --samples."),
+    samples: int = typer.Option(4096, min=2, help="Training images per epoch."),
+    batch_size: int = typer.Option(64, min=2),
+    eval_images: int = typer.Option(500, min=1, help="Held-out images the top-1 is measured on."),
+    timing_seconds: float = typer.Option(
+        2.0, min=0.1, help="Timing per candidate and component, in the one tournament of all candidates."
+    ),
+    threads: Threads = None,
+    random_weights: bool = typer.Option(
+        False, "--random-weights", help="Teacher = the models.yaml shape twin (speed work; top-1 is meaningless)."
+    ),
+    no_wait: bool = _NO_WAIT,
+):
+    """Search layers kept x width x precision x backend; keep the fastest variant within --max-drop, here."""
+    from .exporter.compress import CompressConfig
+    from .exporter.compress import compress as run_compress
+    from .runtimes.bundle_info import compress_table
+    from .runtimes.session import parse_list
+
+    cfg = CompressConfig(
+        data=data,
+        max_drop=max_drop,
+        budget_ms=budget_ms,
+        budget_min=budget_min,
+        depths=_fractions(depth, "--depth"),
+        widths=_fractions(width, "--width"),
+        precisions=tuple(parse_list(precision, None, "precision")),
+        backends=tuple(parse_list(backend, None, "backend")),
+        epochs=epochs,
+        samples=samples,
+        batch_size=batch_size,
+        eval_images=eval_images,
+        timing_seconds=timing_seconds,
+        threads=threads,
+    )
+    with _progress(remaining=True) as progress:
+        record = run_compress(teacher, output, cfg, random_weights=random_weights, log=_log, progress=progress)
+    _console().print(compress_table(record))
+    print(
+        f"{output}: default variant {record['default']['backend']}/{record['default']['precision']} ({record['chosen']})"
+    )
 
 
 @app.command()

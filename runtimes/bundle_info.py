@@ -38,6 +38,7 @@ def render_info(b: Bundle) -> list[Any]:
     what `--mode best` chose, the latencies measured on this machine and the default variant here."""
     from rich.table import Table
 
+    m = b.manifest
     src = b.source
     out: list[Any] = [
         f"[bold]{b.name}[/bold] ({b.family})  bundle {b.root}  schema v{b.schema_version}",
@@ -90,6 +91,8 @@ def render_info(b: Bundle) -> list[Any]:
                 f"{a.component} {a.backend}/{a.precision}: {ch['winner']} - {ch['why']} "
                 f"({won['vs_fp32']:.2f}x fp32's time, {won['ms']:.2f} ms at batch 1 when chosen)"
             )
+    if "compress" in m:
+        out.append(compress_table(m["compress"]))
     measured = measured_latency(b)
     if measured:
         out.append(
@@ -101,3 +104,43 @@ def render_info(b: Bundle) -> list[Any]:
     except MMDeployError as exc:
         out.append(f"default variant here: none ({exc})")
     return out
+
+
+def compress_table(rec: dict[str, Any]):
+    """The `compress` search: every candidate fastest first, the Pareto front and the pick marked."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    base = rec["baseline"]
+    t = Table(
+        "candidate",
+        "layers",
+        "MLP",
+        "top-1",
+        "drop (pt)",
+        "ms (b1)",
+        "MB",
+        "front",
+        "status",
+        title=f"compress: {len(rec['candidates'])} candidates, the fastest within {rec['max_drop']:g} points of "
+        f"{base['candidate']}'s top-1 {base['top1']:.2%}"
+        + (f" and {rec['budget_ms']:g} ms" if "budget_ms" in rec else ""),
+        caption=f"timed on {escape(rec['machine'])}; ms: batch 1, summed over components"
+        + (f"; busy machine: {rec['machine_load']['why']}" if rec.get("machine_load", {}).get("busy") else ""),
+    )
+    for r in sorted(rec["candidates"], key=lambda r: r["ms"]):
+        made = r["made"]
+        t.add_row(
+            escape(r["id"]),
+            "/".join(str(v) for v in made.get("layers", {}).values()) or "teacher",
+            "/".join(str(v) for v in made.get("mlp", {}).values()) or "teacher",
+            f"{r['top1']:.2%}",
+            f"{r['drop_points']:.2f}",
+            f"{r['ms']:.3f}",
+            f"{r['mb']:.2f}",
+            "*" if r["on_front"] else "",
+            "[bold]chosen[/bold]"
+            if r["id"] == rec["chosen"]
+            else ("pass" if r["passed"] else escape(r.get("why_not", ""))),
+        )
+    return t

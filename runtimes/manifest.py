@@ -190,6 +190,37 @@ ARTIFACT = obj(
     },
 )
 TOKEN_ID = _at_least(0, (1 << 31) - 1)  # int32 in every graph that takes ids
+SHARE = bounded(0, 1)
+# `mmdeploy compress` (exporter/compress.py): every candidate of the search, the Pareto front, the pick
+COMPRESS_CANDIDATE = obj(
+    {
+        "id": STR,
+        "student": STR,
+        "backend": BACKEND_NAME,
+        "precision": one_of(*PRECISIONS),
+        "top1": SHARE,
+        "drop_points": bounded(-100, 100),
+        "ms": bounded(0, 1e9),
+        "mb": bounded(0, 1e9),
+        "gate_passed": BOOL,
+        "passed": BOOL,
+        "on_front": BOOL,
+        "made": obj({"by": STR, "depth": SHARE, "width": SHARE}),
+    },
+    {"ms_by_component": map_of(STR, NUMBER), "why_not": STR, "bundle": STR},
+)
+COMPRESS = obj(
+    {
+        "max_drop": bounded(0, 100),
+        "baseline": obj({"candidate": STR, "top1": SHARE}),
+        "candidates": list_of(COMPRESS_CANDIDATE, nonempty=True),
+        "front": list_of(STR, nonempty=True),
+        "chosen": STR,
+        "default": obj({"backend": BACKEND_NAME, "precision": one_of(*PRECISIONS)}),
+        "machine": STR,
+    },
+    {"budget_ms": bounded(0, 1e9), "space": DICT, "machine_load": DICT, "seconds": NUMBER, "cache": STR},
+)
 MANIFEST_SCHEMA = obj(
     {
         "schema_version": INT,
@@ -210,6 +241,7 @@ MANIFEST_SCHEMA = obj(
             {"pad_id": TOKEN_ID, "padding": one_of("longest", "max_length")},
         ),
         "preprocess": obj({"file": REL_PATH, "config": DICT}),
+        "compress": COMPRESS,
         # a family's own blocks are required and checked by its pipeline (manifest_blocks)
     },
 )
@@ -313,7 +345,28 @@ def _cross_check(m: dict) -> None:
         for j, rel in enumerate(a["files"]):
             if rel not in files:
                 raise _Bad(f"{where}.files[{j}]", f"{rel!r} is not listed (with its sha256) in manifest.files")
+    if "compress" in m:
+        _compress_cross(m)
     for block in ("tokenizer", "preprocess"):
         rel = m.get(block, {}).get("file")
         if rel is not None and rel not in files:
             raise _Bad(f"manifest.{block}.file", f"{rel!r} is not listed (with its sha256) in manifest.files")
+
+
+def _compress_cross(m: dict) -> None:
+    """The front and the pick name candidates of the record; the default is the pick's variant and
+    one this bundle has for every component."""
+    c = m["compress"]
+    ids = {r["id"] for r in c["candidates"]}
+    for i, cid in enumerate(c["front"]):
+        if cid not in ids:
+            raise _Bad(f"manifest.compress.front[{i}]", f"{cid!r} is not one of the candidates")
+    if c["chosen"] not in ids:
+        raise _Bad("manifest.compress.chosen", f"{c['chosen']!r} is not one of the candidates")
+    row = next(r for r in c["candidates"] if r["id"] == c["chosen"])
+    want = (c["default"]["backend"], c["default"]["precision"])
+    if (row["backend"], row["precision"]) != want:
+        raise _Bad("manifest.compress.default", f"{'/'.join(want)} is not the chosen candidate's variant")
+    have = {a["component"] for a in m["artifacts"] if (a["backend"], a["precision"]) == want}
+    if have != set(m["components"]):
+        raise _Bad("manifest.compress.default", f"the bundle has no {'/'.join(want)} for every component")

@@ -61,6 +61,12 @@ def select_variant(bundle: Bundle, backend: str | None = None, precision: str | 
             f"{bundle.root}: no variant matching {backend or 'any'}/{precision or 'any'} passed its "
             "accuracy gate and runs here; name --backend and --precision to force one"
         )
+    pick, below = compress_choice(bundle)
+    # a compressed bundle: never by default a variant its search found below --max-drop / --budget-ms,
+    # and on the machine it searched on, its pick
+    candidates = [k for k in candidates if k not in below] or candidates
+    if pick in candidates:
+        return pick
     measured = measured_latency(bundle)
     rank = {k: i for i, k in enumerate(PREFERENCE)}
     # fastest measured on this machine first (bench records it), then the static preference
@@ -73,6 +79,18 @@ def machine_key() -> str:
 
     cpu = cpu_info()
     return f"{cpu['model']} [{' '.join(cpu['isa'])}]"
+
+
+def compress_choice(bundle: Bundle) -> tuple[tuple[str, str] | None, set[tuple[str, str]]]:
+    """(the variant `mmdeploy compress` picked, if it searched on this machine; the bundle's variants
+    its search found below the accuracy floor or over the latency budget)."""
+    rec = bundle.manifest.get("compress")
+    if not rec:
+        return None, set()
+    student = next(r["student"] for r in rec["candidates"] if r["id"] == rec["chosen"])
+    below = {(r["backend"], r["precision"]) for r in rec["candidates"] if r["student"] == student and not r["passed"]}
+    here = rec["machine"] == machine_key()
+    return ((rec["default"]["backend"], rec["default"]["precision"]) if here else None), below
 
 
 def measured_latency(bundle: Bundle) -> dict[tuple[str, str], float]:

@@ -1,0 +1,739 @@
+"""`mmdeploy compress`: the fastest variant that still scores within --max-drop points of the teacher, here.
+
+    mmdeploy compress clip-shapes -o out/clip-best --data shapes --max-drop 1.0 [--budget-ms 0.3]
+
+The space is declared, small and crossed: depth (the share of the image tower's layers kept) x
+width (the share of MLP channels kept) x precision x backend. Each (depth, width) point is one
+student, made once by `_make_student`: width alone by the pruner (exporter/prune.py: channels
+ranked by activation importance, recovered by distillation from the teacher), depth (with or
+without width) by the distiller (kept layers evenly spaced, MLP units ranked by weight norm);
+depth 1 and width 1 is the teacher itself, untrained. Each student is exported with every
+(backend, precision) of the space by the normal `export` (INT8 calibrated on --data), so every
+candidate is a bundle variant that passed or failed its usual cosine gate.
+
+Every candidate is then scored (zero-shot top-1 on held-out --data, through the device runtime
+as a user would run it) and timed at batch 1 in one alternating tournament per component, all
+candidates turn by turn (choose.py's method: drift on a shared machine hits all alike); its
+latency is the sum over components, as `bench` records it. The Pareto front is the candidates no
+other is at least as accurate and as fast as (better in one); the pick is the fastest candidate
+that passed its gate, lost at most --max-drop points of top-1 against the teacher's fp32 and,
+with --budget-ms, ran within it.
+
+Storage: a bundle holds one model's variants, so the output is the chosen student's bundle,
+whose default variant (load(), on this machine) is the pick; its manifest's `compress` record
+lists every candidate with its figures, how it was made and the bundle that holds it. The other
+students and their bundles stay in the cache beside the output, ``<out>.compress-cache/``
+(students/<key>, bundles/<key>): a re-run with the same training settings reuses them (an
+interrupted training resumes from its last epoch), so only the timing is done again; delete the
+cache to reclaim the space.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..common.capabilities import Capability, names
+from ..errors import BackendError, CapabilityError, InputError
+
+DEFAULT_DEPTHS = (1.0, 0.5)
+DEFAULT_WIDTHS = (1.0, 0.5)
+DEFAULT_PRECISIONS = ("fp32", "int8")
+DEFAULT_BACKENDS = ("onnxruntime", "openvino")
+CACHE_STATE = "state.json"
+# per student, measured on clip-shapes (1.05M parameters) on 2 busy EPYC cores: export of 4 variants
+# with INT8 calibration ~40 s, scoring 500 images per variant ~3 s; scaled by the teacher's size
+EXPORT_S_PER_VARIANT = 10.0
+SCORE_S_PER_VARIANT = 3.0
+REFERENCE_PARAMS = 1.05e6
+
+
+@dataclass(frozen=True)
+class Student:
+    """One point of the model axes: the share of the image tower's layers kept and the MLP width ratio."""
+
+    depth: float = 1.0
+    width: float = 1.0
+
+    @property
+    def key(self) -> str:
+        return f"depth{self.depth:g}-width{self.width:g}"
+
+    @property
+    def is_teacher(self) -> bool:
+        return self.depth == 1.0 and self.width == 1.0
+
+
+@dataclass
+class CompressConfig:
+    data: str = "shapes"
+    max_drop: float = 1.0  # top-1 points (of 100) below the teacher's fp32
+    budget_ms: float | None = None  # batch-1 latency, summed over components
+    budget_min: float | None = None  # wall-clock minutes for the whole search
+    depths: tuple[float, ...] = DEFAULT_DEPTHS
+    widths: tuple[float, ...] = DEFAULT_WIDTHS
+    precisions: tuple[str, ...] = DEFAULT_PRECISIONS
+    backends: tuple[str, ...] = DEFAULT_BACKENDS
+    epochs: int = 1  # recovery training per student
+    samples: int = 4096  # training images per epoch
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    eval_images: int = 500  # held-out images the top-1 is measured on
+    timing_seconds: float = 2.0  # per candidate and component, in the tournament
+    threads: int | None = None
+
+    def students(self) -> list[Student]:
+        return [Student(d, w) for d in self.depths for w in self.widths]
+
+
+@dataclass
+class Estimate:
+    minutes: float
+    trained: list[str] = field(default_factory=list)  # students that need training
+    dropped: list[str] = field(default_factory=list)  # students --budget-min trimmed
+
+    def line(self) -> str:
+        s = f"estimated wall-clock: about {self.minutes:.0f} min"
+        if self.trained:
+            s += f" ({len(self.trained)} student(s) to train: {', '.join(self.trained)})"
+        return s
+
+
+# --------------------------------------------------------------------------- policy: front and pick
+
+
+def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """a is at least as accurate and at least as fast as b, and better in one."""
+    return a["top1"] >= b["top1"] and a["ms"] <= b["ms"] and (a["top1"] > b["top1"] or a["ms"] < b["ms"])
+
+
+def pareto_front(rows: list[dict[str, Any]]) -> list[int]:
+    """Indices of the rows no other row dominates, fastest first."""
+    front = [i for i, r in enumerate(rows) if not any(dominates(o, r) for j, o in enumerate(rows) if j != i)]
+    return sorted(front, key=lambda i: (rows[i]["ms"], -rows[i]["top1"]))
+
+
+def drop_points(top1: float, baseline: float) -> float:
+    """Top-1 lost against the baseline, in points of 100 (rounded: 500 images move it by 0.2)."""
+    return round((baseline - top1) * 100, 4)
+
+
+def eligible(row: dict[str, Any], baseline: float, max_drop: float, budget_ms: float | None) -> str | None:
+    """None if the row may be picked, else why not."""
+    if not row["gate_passed"]:
+        return "below its cosine gate"
+    drop = drop_points(row["top1"], baseline)
+    if drop > max_drop:
+        return f"drops {drop:.2f} points > --max-drop {max_drop:g}"
+    if budget_ms is not None and row["ms"] > budget_ms:
+        return f"{row['ms']:.3f} ms > --budget-ms {budget_ms:g}"
+    return None
+
+
+def pick(rows: list[dict[str, Any]], baseline: float, max_drop: float, budget_ms: float | None = None) -> int | None:
+    """Index of the fastest row that passed its gate, lost at most max_drop points and fits
+    budget_ms (ties: the more accurate); None if none did."""
+    ok = [i for i, r in enumerate(rows) if eligible(r, baseline, max_drop, budget_ms) is None]
+    return min(ok, key=lambda i: (rows[i]["ms"], -rows[i]["top1"]), default=None)
+
+
+# --------------------------------------------------------------------------- checks before any work
+
+
+def check_config(cfg: CompressConfig) -> None:
+    """Every flag checked before anything is loaded or written."""
+    from ..runtimes.backends import backend_names, get_backend
+    from ..runtimes.session import PRECISIONS
+
+    if not (math.isfinite(cfg.max_drop) and 0 <= cfg.max_drop <= 100):
+        raise InputError(f"--max-drop {cfg.max_drop:g}: give top-1 points in [0, 100] (e.g. 1.0)")
+    if cfg.budget_ms is not None and not cfg.budget_ms > 0:
+        raise InputError(f"--budget-ms {cfg.budget_ms:g}: give a latency above 0")
+    if cfg.budget_min is not None and not cfg.budget_min > 0:
+        raise InputError(f"--budget-min {cfg.budget_min:g}: give minutes above 0")
+    for flag, values in (("--depth", cfg.depths), ("--width", cfg.widths)):
+        if not values:
+            raise InputError(f"{flag} is empty: give fractions in (0, 1], e.g. 1,0.5")
+        for v in values:
+            if not 0 < v <= 1:
+                raise InputError(f"{flag} {v:g}: give fractions in (0, 1] (1 keeps the teacher's)")
+    for p in cfg.precisions:
+        if p not in PRECISIONS:
+            raise InputError(f"--precision {p!r}: choose from {', '.join(PRECISIONS)}")
+    for b in cfg.backends:
+        if b not in backend_names():
+            raise InputError(f"--backend {b!r}: choose from {', '.join(backend_names())}")
+        if b == "tensorrt":
+            raise InputError("--backend tensorrt: compress times candidates on this CPU (onnxruntime, openvino)")
+        if (why := get_backend(b).available()) is not None:
+            raise BackendError(why)
+    if not cfg.precisions or not cfg.backends:
+        raise InputError("--precision and --backend need at least one value each")
+    if cfg.epochs < 1 or cfg.samples < cfg.batch_size or cfg.batch_size < 2:
+        raise InputError(
+            f"--epochs {cfg.epochs} / --samples {cfg.samples} / --batch-size {cfg.batch_size}: students need "
+            "at least one epoch of at least one batch (of 2 or more)"
+        )
+    if cfg.eval_images < 10:
+        raise InputError(f"--eval-images {cfg.eval_images}: top-1 on fewer than 10 images says nothing")
+
+
+def compressible_families() -> list[str]:
+    """Families whose exporter can distill or prune (declared) and whose pipeline classifies zero-shot
+    (the accuracy compress reads)."""
+    from ..runtimes.pipelines import families_that as pipelines_that
+    from .families import families_that
+
+    makers = set(families_that(Capability.DISTILL)) | set(families_that(Capability.PRUNE))
+    return sorted(makers & set(pipelines_that(Capability.CLASSIFY)))
+
+
+def check_source(teacher: str) -> str:
+    """The teacher's family, refused with one line unless compress can search it."""
+    from .checkpoint import resolve, source_family
+
+    family = source_family(teacher)
+    if family is None:
+        resolve(teacher)  # raises the one-line reason (not found, not a checkpoint)
+        raise InputError(f"{teacher}: cannot tell its family")
+    if family not in compressible_families():
+        raise CapabilityError(
+            f"{teacher}: the {family} family cannot be compressed (compress needs a family that can distill "
+            f"or prune and classify zero-shot: {names(compressible_families())})"
+        )
+    return family
+
+
+def evaluation_data(spec: str, limit: int):
+    """Held-out labelled images: the shapes test split, or every 10th image of a folder (the ones
+    distillation holds out)."""
+    from ..common.datasets import DataSet, check_spec, open_dataset
+
+    check_spec(spec, "--data")
+    if spec == "shapes":
+        data = open_dataset("shapes", split="test", limit=limit)
+    else:
+        full = open_dataset(spec, split="test")
+        held = list(range(9, len(full.images), 10)) if len(full.images) >= 20 else list(range(len(full.images)))
+        data = DataSet(
+            name=f"{full.name} (every 10th image)",
+            images=[full.images[i] for i in held][:limit],
+            labels=[full.labels[i] for i in held][:limit] if full.labels else None,
+            class_names=full.class_names,
+            template=full.template,
+        )
+    if not data.images or not data.labels or not data.class_names:
+        raise InputError(
+            f"--data {spec}: --max-drop is measured as zero-shot top-1, which needs labelled images "
+            "('shapes', or a folder with labels.tsv)"
+        )
+    return data
+
+
+# --------------------------------------------------------------------------- the model axes
+
+
+def _distill_config(student: Student, teacher_cfg, cfg: CompressConfig):
+    from .distill import DistillConfig
+
+    layers = teacher_cfg.vision_config.num_hidden_layers
+    return DistillConfig(
+        vision_layers=max(1, round(layers * student.depth)) if student.depth < 1 else None,
+        mlp_ratio=student.width if student.width < 1 else None,
+        data=cfg.data,
+        samples=cfg.samples,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        threads=cfg.threads,
+        device="cpu",
+        eval_images=cfg.eval_images,
+    )
+
+
+def _prune_config(student: Student, cfg: CompressConfig):
+    from .prune import PruneConfig
+
+    return PruneConfig(
+        mlp=student.width,
+        data=cfg.data,
+        samples=cfg.samples,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        threads=cfg.threads,
+        device="cpu",
+        eval_images=cfg.eval_images,
+    )
+
+
+def _pruned(student: Student) -> bool:
+    """Width alone goes through the pruner (activation importance); depth through the distiller."""
+    return student.depth == 1.0 and student.width < 1.0
+
+
+REPORTS = ("prune.json", "distill.json")
+
+
+def _student_report(folder: Path) -> dict[str, Any] | None:
+    for name in REPORTS:
+        try:
+            return json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _made_by(student: Student, report: dict[str, Any] | None) -> dict[str, Any]:
+    if report is None:
+        return {"by": "teacher", "depth": 1.0, "width": 1.0}
+    towers = report["student"]["towers"]
+    pruned = "recovery" in report
+    return {
+        "by": "prune (MLP channels ranked by activation importance) + recovery by distillation from the teacher"
+        if pruned
+        else "distill (evenly spaced layers kept, MLP units ranked by weight norm) + distillation from the teacher",
+        "depth": student.depth,
+        "width": student.width,
+        "layers": {n: t["layers"] for n, t in towers.items()},
+        "mlp": {n: t["mlp"] for n, t in towers.items()},
+        "parameters": report["student"]["parameters"],
+        "epochs": report["recipe"]["epochs"],
+        "samples": report["recipe"]["samples"],
+        "train_seconds": report["recovery"]["seconds"] if pruned else report["train_seconds"],
+        "student_top1_pytorch": report["fidelity"].get("student_top1"),
+    }
+
+
+def _make_student(
+    teacher: str,
+    student: Student,
+    out: Path,
+    teacher_cfg,
+    cfg: CompressConfig,
+    random_weights: bool,
+    log: Callable[[str], None],
+    progress,
+) -> dict[str, Any]:
+    """The one place the model axes become a checkpoint folder at `out` (returns its report):
+    width alone through exporter/prune.py (importance-ranked MLP channels, recovered from the
+    teacher), depth (with or without width) through the distiller (fewer layers, MLP narrowed
+    by weight norm)."""
+    if _pruned(student):
+        from .prune import STATE_DIR_SUFFIX, prune
+
+        state = out.parent / f"{out.name}{STATE_DIR_SUFFIX}"
+        return prune(
+            teacher,
+            out,
+            _prune_config(student, cfg),
+            random_weights=random_weights,
+            resume=state.is_dir(),
+            log=log,
+            progress=progress,
+        )
+    from .distill import distill
+
+    state = out.parent / f"{out.name}.distill-state"
+    return distill(
+        teacher,
+        out,
+        _distill_config(student, teacher_cfg, cfg),
+        random_weights=random_weights,
+        resume=state.is_dir(),
+        log=log,
+        progress=progress,
+    )
+
+
+def _student_current(folder: Path, student: Student, teacher_cfg, cfg: CompressConfig, teacher_sha: str) -> bool:
+    """A student folder of an earlier run made the same way with these very settings from this teacher."""
+    report = _student_report(folder)
+    if report is None or ("recovery" in report) != _pruned(student):
+        return False
+    want = (_prune_config(student, cfg) if _pruned(student) else _distill_config(student, teacher_cfg, cfg)).recipe()
+    got = report.get("recipe", {})
+    return got.get("teacher_sha256") == teacher_sha and all(got.get(k) == v for k, v in want.items())
+
+
+# --------------------------------------------------------------------------- estimate and trim
+
+
+def _step_seconds(model, batch: int, threads: int | None) -> float:
+    """One training step of the full-size model (image batch + the texts a CLIP step embeds), timed here."""
+    import numpy as np
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    vc, tc = model.config.vision_config, model.config.text_config
+    px = torch.randn(batch, 3, vc.image_size, vc.image_size)
+    ids = torch.randint(0, tc.vocab_size, (batch + batch // 2 + 256, min(16, tc.max_position_embeddings)))
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        img, txt = model.get_image_features(pixel_values=px), model.get_text_features(input_ids=ids)
+        # transformers 5 returns an output object, 4 the tensor
+        loss = sum(getattr(o, "pooler_output", o).float().pow(2).mean() for o in (img, txt))
+        loss.backward()
+        times.append(time.perf_counter() - t)
+    model.zero_grad(set_to_none=True)
+    return float(np.median(times[1:]))
+
+
+def estimate(
+    students: list[Student],
+    to_train: list[Student],
+    to_export: list[Student],
+    step_s: float,
+    params: int,
+    cfg: CompressConfig,
+    components: int = 2,
+) -> float:
+    """Minutes: training (a timed step, scaled by the share of the model each student keeps),
+    export and scoring (constants measured on clip-shapes, scaled by size) and the tournament."""
+    size = max(1.0, params / REFERENCE_PARAMS)
+    variants = len(cfg.precisions) * len(cfg.backends)
+    steps = cfg.epochs * (cfg.samples // cfg.batch_size)
+    train = sum(steps * step_s * min(1.0, 0.15 + s.depth * s.width**0.5) for s in to_train)
+    prepare = len(to_train) * (cfg.samples + cfg.eval_images) / cfg.batch_size * step_s / 3  # teacher embeddings
+    export = len(to_export) * variants * EXPORT_S_PER_VARIANT * size
+    score = len(students) * variants * SCORE_S_PER_VARIANT * size * cfg.eval_images / 500
+    timing = len(students) * variants * components * cfg.timing_seconds * 1.5
+    return (train + prepare + export + score + timing) / 60
+
+
+# --------------------------------------------------------------------------- scoring and timing
+
+
+def top1(bundle, backend: str, precision: str, data, threads: int | None) -> float:
+    """Zero-shot top-1 of one variant, run as a user runs it (the pipeline's own pre-processing)."""
+    import numpy as np
+
+    from ..runtimes.select import load
+
+    pipe = load(bundle, backend, precision, threads=threads)
+    text = pipe.embed_texts([data.template.format(c) for c in data.class_names])
+    img = pipe.embed_images(data.images)
+    pred = (img @ text.T).argmax(-1)
+    truth = np.array([data.class_names.index(label) for label in data.labels])
+    return float((pred == truth).mean())
+
+
+def time_candidates(
+    candidates: dict[str, tuple[Any, str, str]], data, cfg: CompressConfig
+) -> tuple[dict[str, dict[str, float]], int]:
+    """{candidate: {component: median batch-1 ms}}: one alternating tournament per component,
+    every candidate turn by turn (choose.py's blocks of calls after untimed ones)."""
+    import numpy as np
+
+    from ..common.timing import alternating, runs_for
+    from ..runtimes.feeds import BundleFeeds
+    from .choose import TIMING_BLOCK, TIMING_SETTLE
+
+    out: dict[str, dict[str, float]] = {k: {} for k in candidates}
+    first = next(iter(candidates.values()))[0]
+    turns = 0
+    for comp in first.components:
+        runners = {}
+        for key, (bundle, backend, precision) in candidates.items():
+            from ..runtimes.select import open_session
+
+            art = bundle.find(comp, backend, precision)[0]
+            sess = open_session(bundle, art, cfg.threads)
+            feeds = BundleFeeds(bundle, data).feeds(comp, 1)
+            runners[key] = lambda s=sess, f=feeds: s.run(f)
+        turns = runs_for(runners, cfg.timing_seconds * len(runners), 3, 40, TIMING_BLOCK, TIMING_SETTLE)
+        times = alternating(runners, turns, 2, block=TIMING_BLOCK, settle=TIMING_SETTLE)
+        for key, v in times.items():
+            out[key][comp] = round(float(np.median(v)), 4)
+        del runners
+    return out, turns
+
+
+# --------------------------------------------------------------------------- the search
+
+
+def cache_dir(out: Path) -> Path:
+    return out.parent / f"{out.name}.compress-cache"
+
+
+CALIBRATION_IMAGES = 256  # more than quantize reads (--samples 32 by default)
+
+
+def calibration_source(data: str, cache: Path) -> str:
+    """INT8 calibration data for every student's export. `shapes` is written once into the cache as
+    a folder of its first training images (the same images quantize reads first): quantize opens
+    the named set whole, and drawing shapes' 24,000 training images took 25 s of CPU per INT8
+    export (4 min on the busy 2-core machine this was measured on)."""
+    if data != "shapes":
+        return data
+    from ..common.datasets.shapes import write_split
+    from .checkpoint import scratch_dir
+
+    folder = cache / f"calibration-shapes-train-{CALIBRATION_IMAGES}"
+    if not (folder / "labels.tsv").is_file():
+        with scratch_dir(cache) as tmp:
+            write_split(Path(tmp) / "split", "train", CALIBRATION_IMAGES)
+            os.replace(Path(tmp) / "split", folder)
+    return str(folder)
+
+
+def _load_state(cache: Path) -> dict[str, Any]:
+    try:
+        return json.loads((cache / CACHE_STATE).read_text())
+    except (OSError, ValueError):
+        return {"bundles": {}, "scores": {}}
+
+
+def _save_state(cache: Path, state: dict[str, Any]) -> None:
+    tmp = cache / (CACHE_STATE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, cache / CACHE_STATE)
+
+
+def compress(
+    teacher: str,
+    out: str | os.PathLike,
+    cfg: CompressConfig,
+    random_weights: bool = False,
+    log: Callable[[str], None] = print,
+    progress=None,
+) -> dict[str, Any]:
+    """Search the declared space, write the chosen student's bundle to `out` with the `compress`
+    record in its manifest (its default variant here: the pick), and return that record."""
+    from ..common.env import MachineLoad
+    from ..common.locks import writer_lock
+    from ..runtimes.bundle import Bundle, BundleWriter, check_replaceable
+    from ..runtimes.select import machine_key
+    from .checkpoint import resolve, weights_sha256
+    from .choose import TIMING_BLOCK, TIMING_SETTLE
+    from .export import export
+
+    t0 = time.perf_counter()
+    out = Path(out).absolute()
+    check_config(cfg)
+    check_source(teacher)
+    data = evaluation_data(cfg.data, cfg.eval_images)
+    check_replaceable(out)
+    cache = cache_dir(out)
+
+    log(f"loading teacher {teacher}{' (random weights)' if random_weights else ''}")
+    ckpt = resolve(teacher, random_weights=random_weights)
+    teacher_sha = ckpt.source["weights_sha256"]
+    students = list(dict.fromkeys(cfg.students()))
+    if Student() not in students:  # the baseline every drop is measured against
+        students.insert(0, Student())
+    folders = {s: cache / "students" / s.key for s in students if not s.is_teacher}
+    state = _load_state(cache)
+    to_train = [
+        s
+        for s in students
+        if not s.is_teacher and not _student_current(folders[s], s, ckpt.model.config, cfg, teacher_sha)
+    ]
+    to_export = [s for s in students if s.key not in state.get("bundles", {}) or s in to_train]
+    params = sum(p.numel() for p in ckpt.model.parameters())
+    step_s = _step_seconds(ckpt.model, cfg.batch_size, cfg.threads) if to_train else 0.0
+    minutes = estimate(students, to_train, to_export, step_s, params, cfg)
+    dropped: list[str] = []
+    if cfg.budget_min is not None and minutes > cfg.budget_min:
+        # trim the costliest students to train first; the teacher's candidates always stay
+        for s in sorted(to_train, key=lambda s: -(s.depth * s.width**0.5)):
+            students.remove(s)
+            to_train.remove(s)
+            to_export = [x for x in to_export if x != s]
+            dropped.append(s.key)
+            minutes = estimate(students, to_train, to_export, step_s, params, cfg)
+            if minutes <= cfg.budget_min:
+                break
+        if minutes > cfg.budget_min:
+            raise InputError(
+                f"--budget-min {cfg.budget_min:g}: even the teacher's own {len(cfg.precisions) * len(cfg.backends)} "
+                f"variants need about {minutes:.1f} min here; give more minutes or fewer --precision / --backend"
+            )
+    est = Estimate(minutes, [s.key for s in to_train], dropped)
+    log(est.line())
+    if dropped:
+        log(f"--budget-min {cfg.budget_min:g}: left out {', '.join(dropped)} (the costliest to train)")
+    teacher_cfg = ckpt.model.config
+    del ckpt
+
+    variants = [(b, p) for b in cfg.backends for p in cfg.precisions]
+    n_candidates = len(students) * len(variants)
+    task = progress.add_task("compress", total=n_candidates) if progress else None
+
+    def advance(what: str, n: int = 0) -> None:
+        if progress:
+            progress.update(task, advance=n, description=what)
+
+    with writer_lock(cache, "compress cache"):
+        (cache / "students").mkdir(parents=True, exist_ok=True)
+        (cache / "bundles").mkdir(parents=True, exist_ok=True)
+        calib = calibration_source(cfg.data, cache) if "int8" in cfg.precisions else None
+        made: dict[Student, dict[str, Any]] = {}
+        bundles: dict[Student, Bundle] = {}
+        for s in students:
+            folder = teacher if s.is_teacher else str(folders[s])
+            report = None
+            if not s.is_teacher:
+                if s in to_train:
+                    advance(f"training {s.key}")
+                    log(f"{s.key}: training the student (cached in {folders[s]})")
+                    _make_student(teacher, s, folders[s], teacher_cfg, cfg, random_weights, log, progress)
+                else:
+                    log(f"{s.key}: student cached in {folders[s]}")
+                report = _student_report(folders[s])
+            made[s] = _made_by(s, report)
+            bdir = cache / "bundles" / s.key
+            sha = teacher_sha if s.is_teacher else weights_sha256(folders[s])
+            cached = state["bundles"].get(s.key)
+            if (
+                s in to_export
+                or not cached
+                or cached.get("weights_sha256") != sha
+                or not (bdir / "manifest.json").is_file()
+            ):
+                advance(f"exporting {s.key}")
+                state["scores"] = {k: v for k, v in state["scores"].items() if not k.startswith(s.key + "/")}
+                export(
+                    folder,
+                    bdir,
+                    backends=list(cfg.backends),
+                    precisions=list(cfg.precisions),
+                    random_weights=random_weights and s.is_teacher,
+                    threads=cfg.threads,
+                    log=log,
+                    calib=calib,
+                )
+                state["bundles"][s.key] = {"weights_sha256": sha, "source": folder}
+                _save_state(cache, state)
+            else:
+                log(f"{s.key}: bundle cached in {bdir}")
+            bundles[s] = Bundle.open(bdir)
+
+        rows: list[dict[str, Any]] = []
+        where: dict[str, tuple[Any, str, str]] = {}
+        for s in students:
+            b = bundles[s]
+            for backend, precision in variants:
+                cid = f"{s.key}/{backend}/{precision}"
+                arts = b.find(backend=backend, precision=precision)
+                if {a.component for a in arts} != set(b.components):
+                    log(f"{cid}: not built (see the export's log above); left out")
+                    advance(f"{cid}: not built", 1)
+                    continue
+                advance(f"scoring {cid}")
+                score = state["scores"].get(cid)
+                if score is None:
+                    score = {"top1": top1(b, backend, precision, data, cfg.threads), "n": len(data.images)}
+                    state["scores"][cid] = score
+                    _save_state(cache, state)
+                rows.append(
+                    {
+                        "id": cid,
+                        "student": s.key,
+                        "backend": backend,
+                        "precision": precision,
+                        "top1": round(score["top1"], 6),
+                        "gate_passed": all(a.passed for a in arts),
+                        "mb": round(sum(b.manifest["files"][f]["bytes"] for a in arts for f in a.files) / 1e6, 3),
+                        "made": made[s],
+                        "bundle": str(b.root),
+                    }
+                )
+                where[cid] = (b, backend, precision)
+                advance(f"scored {cid}", 1)
+        if not rows:
+            raise InputError("no candidate could be built: see the export messages above")
+        advance("timing every candidate")
+        log(f"timing {len(rows)} candidates at batch 1, turn by turn ({cfg.timing_seconds:g} s each per component)")
+        with MachineLoad() as load:
+            times, turns = time_candidates(where, data, cfg)
+    if load.result.get("busy"):
+        log(f"warning: busy machine while timing ({load.result['why']}): the pick may not hold on a quiet one")
+
+    for r in rows:
+        r["ms_by_component"] = times[r["id"]]
+        r["ms"] = round(sum(times[r["id"]].values()), 4)
+    base_row = next(
+        (r for r in rows if r["student"] == Student().key and r["precision"] == "fp32"),
+        None,
+    )
+    if base_row is None:
+        raise InputError("the teacher's fp32 variant was not built: it is the baseline every drop is measured against")
+    baseline = base_row["top1"]
+    for r in rows:
+        r["drop_points"] = drop_points(r["top1"], baseline)
+        why = eligible(r, baseline, cfg.max_drop, cfg.budget_ms)
+        r["passed"] = why is None
+        if why:
+            r["why_not"] = why
+    front = pareto_front(rows)
+    for i, r in enumerate(rows):
+        r["on_front"] = i in front
+    won = pick(rows, baseline, cfg.max_drop, cfg.budget_ms)
+    for r in sorted(rows, key=lambda r: r["ms"]):
+        log(
+            f"{r['id']}: top-1 {r['top1']:.2%} ({-r['drop_points']:+.2f} pt), {r['ms']:.3f} ms, {r['mb']:.2f} MB"
+            + (" [front]" if r["on_front"] else "")
+            + (f" - {r['why_not']}" if "why_not" in r else "")
+        )
+    if won is None:
+        fastest = min(rows, key=lambda r: r["ms"])
+        raise InputError(
+            f"no candidate passed --max-drop {cfg.max_drop:g}"
+            + (f" within --budget-ms {cfg.budget_ms:g}" if cfg.budget_ms is not None else "")
+            + f" (the fastest, {fastest['id']}, ran {fastest['ms']:.3f} ms); {out} not written, the figures "
+            f"are cached in {cache}: rerun with other limits"
+        )
+    chosen = rows[won]
+    record = {
+        "teacher": teacher,
+        "data": data.name,
+        "max_drop": cfg.max_drop,
+        **({"budget_ms": cfg.budget_ms} if cfg.budget_ms is not None else {}),
+        "baseline": {"candidate": base_row["id"], "top1": baseline, "images": len(data.images)},
+        "space": {
+            "depth": list(cfg.depths),
+            "width": list(cfg.widths),
+            "precision": list(cfg.precisions),
+            "backend": list(cfg.backends),
+            "students": [s.key for s in students],
+            **({"left_out_by_budget": dropped} if dropped else {}),
+            "training": {"epochs": cfg.epochs, "samples": cfg.samples, "batch_size": cfg.batch_size},
+        },
+        "candidates": rows,
+        "front": [rows[i]["id"] for i in front],
+        "chosen": chosen["id"],
+        "default": {"backend": chosen["backend"], "precision": chosen["precision"]},
+        "why": f"fastest of the {sum(r['passed'] for r in rows)} of {len(rows)} candidates that passed",
+        "machine": machine_key(),
+        "threads": cfg.threads,
+        "timing": f"batch 1, summed over components; per component every candidate in turn, median over "
+        f"{turns} turns of {TIMING_BLOCK} calls (after {TIMING_SETTLE} untimed)",
+        "machine_load": load.result,
+        "estimated_minutes": round(minutes, 1),
+        "cache": str(cache),
+    }
+    record["seconds"] = round(time.perf_counter() - t0, 1)  # all but the copy below
+    src = bundles[next(s for s in students if s.key == chosen["student"])]
+    with BundleWriter(out, base=src, log=log) as w:
+        w.manifest["compress"] = record
+        table = {f"{r['backend']}/{r['precision']}": r["ms"] for r in rows if r["student"] == chosen["student"]}
+        section = "measured_busy" if load.result.get("busy") else "measured"
+        entry = table if section == "measured" else {k: {"ms": v, "busy": load.result["why"]} for k, v in table.items()}
+        w.manifest.setdefault(section, {}).setdefault(machine_key(), {}).update(entry)
+    log(
+        f"chose {chosen['id']}: top-1 {chosen['top1']:.2%} ({chosen['drop_points']:.2f} points below the teacher's "
+        f"{baseline:.2%}), {chosen['ms']:.3f} ms at batch 1; bundle written to {out} in {record['seconds']:.0f} s"
+    )
+    return record

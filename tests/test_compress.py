@@ -1,0 +1,173 @@
+"""`mmdeploy compress` (issue 34): the Pareto front and the pick, the search on a tiny space, resume, errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mmdeploy.errors import BundleError
+from mmdeploy.exporter.compress import CompressConfig, compress, dominates, pareto_front, pick
+
+
+def _row(cid, top1, ms, gate=True):
+    return {"id": cid, "top1": top1, "ms": ms, "gate_passed": gate}
+
+
+def test_front_and_pick_on_hand_made_candidates():
+    rows = [
+        _row("teacher/fp32", 0.990, 1.00),
+        _row("teacher/int8", 0.986, 0.60),
+        _row("half/fp32", 0.984, 0.55),
+        _row("half/int8", 0.950, 0.30),  # fastest, 4 points down
+        _row("wide-slow", 0.980, 1.20),  # dominated by teacher/fp32
+        _row("slow-int8", 0.970, 0.70),  # dominated by teacher/int8
+        _row("half/int8-bad-gate", 0.983, 0.40, gate=False),  # on the front, never picked
+        _row("tie-twin", 0.984, 0.55),  # same figures as half/fp32: neither dominates
+    ]
+    front = [rows[i]["id"] for i in pareto_front(rows)]
+    assert front == ["half/int8", "half/int8-bad-gate", "half/fp32", "tie-twin", "teacher/int8", "teacher/fp32"]
+    for i in pareto_front(rows):
+        assert not any(dominates(o, rows[i]) for o in rows)
+    assert dominates(rows[0], rows[4]) and dominates(rows[1], rows[5])
+
+    base = rows[0]["top1"]
+    # within 1 point: the fastest that passed its gate (the bad-gate row is faster but out)
+    assert rows[pick(rows, base, 1.0)]["id"] == "half/fp32"
+    assert rows[pick(rows, base, 5.0)]["id"] == "half/int8"
+    assert rows[pick(rows, base, 0.0)]["id"] == "teacher/fp32"
+    assert rows[pick(rows, base, 1.0, budget_ms=0.6)]["id"] == "half/fp32"
+    assert pick(rows, base, 1.0, budget_ms=0.5) is None  # within the floor, nothing runs in 0.5 ms
+    # a tie on latency goes to the more accurate
+    tie = [_row("a", 0.97, 0.5), _row("b", 0.98, 0.5), _row("base", 0.99, 0.9)]
+    assert tie[pick(tie, 0.99, 2.0)]["id"] == "b"
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["clip-shapes", "--max-drop", "-1"], "--max-drop -1"),
+        (["clip-shapes", "--depth", "0,1"], "--depth 0"),
+        (["clip-shapes", "--budget-ms", "0"], "--budget-ms 0"),
+        (["align-shapes"], "cannot be compressed"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(cli_inprocess, tmp_path, args, says):
+    out = tmp_path / "out"
+    r = cli_inprocess("compress", *args, "-o", str(out))
+    assert r.returncode == 2, r.stderr
+    assert says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert list(tmp_path.iterdir()) == []  # neither the bundle nor its cache
+
+
+def test_data_without_labels_is_refused(cli_inprocess, tmp_path):
+    images = tmp_path / "unlabelled"
+    images.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 32), (i * 80, 0, 0)).save(images / f"{i}.png")
+    r = cli_inprocess("compress", "clip-shapes", "-o", str(tmp_path / "out"), "--data", str(images))
+    assert r.returncode == 2 and "labelled images" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unlabelled"]
+
+
+@pytest.mark.slow
+def test_manifest_refuses_a_compress_record_that_does_not_hold_together(compressed):
+    from mmdeploy.runtimes.manifest import validate_manifest
+
+    out, _, _ = compressed
+    m = json.loads((out / "manifest.json").read_text())
+    validate_manifest(m, "ok")
+    bad = copy.deepcopy(m)
+    bad["compress"]["chosen"] = "nobody"
+    with pytest.raises(BundleError, match="compress.chosen"):
+        validate_manifest(bad, "bad")
+    bad = copy.deepcopy(m)
+    bad["compress"]["candidates"][0]["top1"] = 1.5
+    with pytest.raises(BundleError, match=r"compress.candidates\[0\].top1"):
+        validate_manifest(bad, "bad")
+
+
+# --------------------------------------------------------------------------- the search
+
+
+TINY = dict(
+    depths=(1.0, 0.5),
+    widths=(1.0,),
+    precisions=("fp32", "int8"),
+    backends=("onnxruntime",),
+    epochs=1,
+    samples=256,
+    eval_images=200,
+    timing_seconds=0.3,
+    threads=2,
+)
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory) -> tuple[Path, dict, list[str]]:
+    """clip-shapes searched over 2 students (the teacher, half its image layers) x fp32/int8 on ORT."""
+    out = tmp_path_factory.mktemp("compress") / "clip-best"
+    logs: list[str] = []
+    record = compress("clip-shapes", out, CompressConfig(max_drop=1.0, **TINY), log=logs.append)
+    return out, record, logs
+
+
+@pytest.mark.slow
+def test_search_keeps_the_front_and_the_fastest_within_the_floor(compressed):
+    from mmdeploy.runtimes import load
+    from mmdeploy.runtimes.bundle import Bundle
+    from mmdeploy.runtimes.select import select_variant
+
+    out, record, logs = compressed
+    rows = record["candidates"]
+    assert {r["id"] for r in rows} == {
+        f"{s}/onnxruntime/{p}" for s in ("depth1-width1", "depth0.5-width1") for p in ("fp32", "int8")
+    }
+    front = [r for r in rows if r["id"] in record["front"]]
+    assert front and all(r["on_front"] for r in front)
+    for r in front:
+        assert not any(dominates(o, r) for o in rows), r["id"]
+    for r in rows:
+        if r["id"] not in record["front"]:
+            assert any(dominates(o, r) for o in rows), r["id"]
+
+    chosen = next(r for r in rows if r["id"] == record["chosen"])
+    base = record["baseline"]["top1"]
+    assert (base - chosen["top1"]) * 100 <= 1.0 + 1e-9 and chosen["gate_passed"]
+    passing = [r for r in rows if r["gate_passed"] and (base - r["top1"]) * 100 <= 1.0 + 1e-9]
+    assert chosen["ms"] == min(r["ms"] for r in passing)
+    student = next(r for r in rows if r["student"] == "depth0.5-width1")["made"]
+    assert student["layers"]["vision"] == 2 and student["by"].startswith("distill")
+
+    b = Bundle.open(out)  # validated against the schema on open
+    assert b.manifest["compress"]["chosen"] == record["chosen"]
+    want = (chosen["backend"], chosen["precision"])
+    assert select_variant(b) == want
+    pipe = load(out)
+    assert (pipe.backend, pipe.precision) == want
+    cache = out.parent / "clip-best.compress-cache"
+    assert (cache / "bundles" / chosen["student"] / "manifest.json").is_file()
+    assert any("training the student" in line for line in logs)
+
+
+@pytest.mark.slow
+def test_rerun_reuses_the_cached_students_and_bundles(compressed):
+    out, first, _ = compressed
+    cache = out.parent / "clip-best.compress-cache"
+    weights = cache / "students" / "depth0.5-width1" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    logs: list[str] = []
+    again = compress("clip-shapes", out, CompressConfig(max_drop=1.0, **TINY), log=logs.append)
+    assert weights.stat().st_mtime_ns == stamp
+    assert not any("training the student" in line for line in logs), logs
+    assert any("student cached" in line for line in logs) and any("bundle cached" in line for line in logs)
+    assert not any("ONNX exported" in line for line in logs)
+    # the same figures (scores are cached); only the timing is measured again
+    assert {r["id"]: r["top1"] for r in again["candidates"]} == {r["id"]: r["top1"] for r in first["candidates"]}
