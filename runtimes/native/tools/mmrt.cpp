@@ -116,7 +116,7 @@ int cmd_info(const Args& a) {
             << "components: ";
   for (size_t i = 0; i < j["components"].size(); i++) std::cout << (i ? ", " : "") << j["components"][i].get<std::string>();
   std::cout << "\nvariant:    " << j["variant"].get<std::string>() << " (the default here, as load() picks it)\n"
-            << "embed dim:  " << j["embed_dim"] << "\n"
+            << (j["embed_dim"].get<size_t>() ? "embed dim:  " + j["embed_dim"].dump() + "\n" : std::string())
             << "verified:   " << j["verified"].size() << " files match their sha256\n"
             << j["backend"].get<std::string>() << " " << j["library_version"].get<std::string>() << ": "
             << j["library"].get<std::string>() << "\n";
