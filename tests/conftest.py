@@ -67,6 +67,25 @@ def align_bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bundles(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """family -> (checkpoint folder, bundle) for the three random tiny captioners of test_caption.py
+    (ViT-GPT2, BLIP, GIT), ORT + OpenVINO fp32: 82 s of CPU for the three, so exported once per run."""
+    pytest.importorskip("torch")
+    from mmdeploy.exporter.export import export
+
+    from .test_caption import BUILDERS
+
+    root = tmp_path_factory.mktemp("caption")
+    out = {}
+    for fam, build in BUILDERS.items():
+        ckpt = build(root / f"ckpt-{fam}")
+        bundle = root / f"bundle-{fam}"
+        export(str(ckpt), bundle, backends=["onnxruntime", "openvino"], precisions=["fp32"], threads=2)
+        out[fam] = (ckpt, bundle)
+    return out
+
+
+@pytest.fixture(scope="session")
 def clip_reference():
     """The PyTorch model the bundle came from, loaded by the plain HF class."""
     from transformers import CLIPModel

@@ -183,19 +183,8 @@ def tiny_git(out: Path) -> Path:
 BUILDERS = {"vit-gpt2": tiny_vit_gpt2, "blip": tiny_blip, "git": tiny_git}
 
 
-@pytest.fixture(scope="session")
-def tiny_bundles(tmp_path_factory):
-    """family -> (checkpoint folder, bundle) for the three tiny captioners, ORT + OpenVINO fp32."""
-    from mmdeploy.exporter.export import export
-
-    root = tmp_path_factory.mktemp("caption")
-    out = {}
-    for fam, build in BUILDERS.items():
-        ckpt = build(root / f"ckpt-{fam}")
-        bundle = root / f"bundle-{fam}"
-        export(str(ckpt), bundle, backends=BACKENDS, precisions=["fp32"], threads=2)
-        out[fam] = (ckpt, bundle)
-    return out
+# tiny_bundles (family -> (checkpoint, bundle) of the three built from BUILDERS, ORT + OpenVINO fp32,
+# exported once per run for every module that runs them): conftest.py
 
 
 def _hf_model(folder: Path):
