@@ -50,6 +50,18 @@ def kill_points(n: int, seconds: float, rng: random.Random) -> list[float]:
     return [rng.uniform(0.1, 1.0) * seconds for _ in range(n)]
 
 
+def run_killed(args: list[str], at: float, before_retry=lambda: None) -> bool:
+    """Run ``mmdeploy ARGS`` with a SIGKILL at ``at`` s; a run that finished first (the machine
+    got faster than when it was timed: a busy one's load changes) is run again with the point
+    halved, so each round kills once on any machine. True once killed."""
+    for _ in range(8):  # 1/256 of a run lands in the interpreter's start-up: killed there at worst
+        if run(args, kill_after=at) is None:
+            return True
+        before_retry()
+        at /= 2
+    return False
+
+
 def leftovers(target: Path) -> list[str]:
     """What is beside the target besides itself: stages, old copies, lock files (its own and its stages')."""
     return sorted(
@@ -75,21 +87,21 @@ def test_sigkill_during_export_and_quantize_leaves_a_bundle_that_verifies(align_
     ]
     kills = 0
     for at in kill_points(4, timed(export), rng):
-        kills += run(export, kill_after=at) is None
+        kills += run_killed(export, at)
         verifies(b)
     # export+quantize in one atomic step: its stage and its stage's lock are left by a kill too
     both = ["export", "align-shapes", "-o", str(b), "--backend", "onnxruntime", "--precision", "fp32,int8"]
     both += ["--threads", "1"]
     for at in kill_points(2, timed(both), rng):
-        kills += run(both, kill_after=at) is None
+        kills += run_killed(both, at)
         verifies(b)
     for i, at in enumerate(kill_points(4, max(timed(quant[0]), timed(quant[1])), rng)):
-        kills += run(quant[i % 2], kill_after=at) is None
+        kills += run_killed(quant[i % 2], at)
         verifies(b)
     run(quant[0])  # the next run: removes what the killed ones left
     assert leftovers(b) == []
     assert verifies(b).find("vision", "onnxruntime", "int8")
-    assert kills >= 6, kills  # most points land inside a run (the rest after it finished: also fine)
+    assert kills == 10, kills  # every round killed once (run_killed)
 
 
 @pytest.mark.slow
@@ -100,13 +112,13 @@ def test_sigkill_during_bench_recording_leaves_a_bundle_that_verifies(align_bund
     bench = ["bench", str(b), "--runs", "3", "--warmup", "0", "--no-pytorch", "--threads", "1"]
     kills = 0
     for at in kill_points(4, timed(bench), rng):
-        kills += run(bench, kill_after=at) is None
+        kills += run_killed(bench, at)
         verifies(b)
     run(bench)
     assert leftovers(b) == []
     m = verifies(b).manifest
     assert m.get("measured") or m.get("measured_busy")
-    assert kills >= 2, kills
+    assert kills == 4, kills
 
 
 @pytest.mark.slow
@@ -123,9 +135,9 @@ def test_sigkill_during_a_job_then_resume_gives_every_row_exactly_once(align_bun
     for i, at in enumerate(kill_points(6, seconds, rng)):  # each round: a fresh job killed, then resumed
         out = tmp_path / f"job{i}"
         job = ["embed", str(align_bundle), "--texts", str(texts), "--out", str(out), "--shard-size", "100"]
-        kills += run(job, kill_after=at) is None
+        kills += run_killed(job, at, before_retry=lambda: shutil.rmtree(out))
         run([*job, "--resume"] if (out / "_job.json").exists() else job)
         items = [n for f in sorted(out.glob("part-*.parquet")) for n in pq.read_table(f)["item"].to_pylist()]
         assert sorted(items) == list(range(3000))
         assert not list(out.glob(".*.tmp")) and leftovers(out) == []
-    assert kills >= 3, kills
+    assert kills == 6, kills
