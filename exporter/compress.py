@@ -412,6 +412,31 @@ def estimate(
     return (train + prepare + export + score + timing) / 60
 
 
+def fit_budget(
+    students: list[Student],
+    to_train: list[Student],
+    to_export: list[Student],
+    budget_min: float | None,
+    minutes_of: Callable[[list[Student], list[Student], list[Student]], float],
+) -> tuple[list[Student], list[Student], list[Student], list[str], float]:
+    """Leave out students that need training, costliest first (the most layers and width kept),
+    until minutes_of(students, to_train, to_export) fits budget_min; cached students and the
+    teacher always stay. Returns the kept lists, the keys left out and the estimate."""
+    students, to_train, to_export = list(students), list(to_train), list(to_export)
+    minutes, dropped = minutes_of(students, to_train, to_export), []
+    if budget_min is None:
+        return students, to_train, to_export, dropped, minutes
+    for s in sorted(to_train, key=lambda s: -(s.depth * s.width**0.5)):
+        if minutes <= budget_min:
+            break
+        students.remove(s)
+        to_train.remove(s)
+        to_export = [x for x in to_export if x != s]
+        dropped.append(s.key)
+        minutes = minutes_of(students, to_train, to_export)
+    return students, to_train, to_export, dropped, minutes
+
+
 # --------------------------------------------------------------------------- scoring and timing
 
 
@@ -543,23 +568,14 @@ def compress(
     to_export = [s for s in students if s.key not in state.get("bundles", {}) or s in to_train]
     params = sum(p.numel() for p in ckpt.model.parameters())
     step_s = _step_seconds(ckpt.model, cfg.batch_size, cfg.threads) if to_train else 0.0
-    minutes = estimate(students, to_train, to_export, step_s, params, cfg)
-    dropped: list[str] = []
+    students, to_train, to_export, dropped, minutes = fit_budget(
+        students, to_train, to_export, cfg.budget_min, lambda s, t, e: estimate(s, t, e, step_s, params, cfg)
+    )
     if cfg.budget_min is not None and minutes > cfg.budget_min:
-        # trim the costliest students to train first; the teacher's candidates always stay
-        for s in sorted(to_train, key=lambda s: -(s.depth * s.width**0.5)):
-            students.remove(s)
-            to_train.remove(s)
-            to_export = [x for x in to_export if x != s]
-            dropped.append(s.key)
-            minutes = estimate(students, to_train, to_export, step_s, params, cfg)
-            if minutes <= cfg.budget_min:
-                break
-        if minutes > cfg.budget_min:
-            raise InputError(
-                f"--budget-min {cfg.budget_min:g}: even the teacher's own {len(cfg.precisions) * len(cfg.backends)} "
-                f"variants need about {minutes:.1f} min here; give more minutes or fewer --precision / --backend"
-            )
+        raise InputError(
+            f"--budget-min {cfg.budget_min:g}: the smallest search left ({', '.join(s.key for s in students)}, "
+            f"nothing to train) needs about {minutes:.1f} min here; give more minutes or fewer --precision / --backend"
+        )
     est = Estimate(minutes, [s.key for s in to_train], dropped)
     log(est.line())
     if dropped:

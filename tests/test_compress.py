@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mmdeploy.errors import BundleError
-from mmdeploy.exporter.compress import CompressConfig, compress, dominates, pareto_front, pick
+from mmdeploy.exporter.compress import CompressConfig, Student, compress, dominates, fit_budget, pareto_front, pick
 
 
 def _row(cid, top1, ms, gate=True):
@@ -46,6 +46,22 @@ def test_front_and_pick_on_hand_made_candidates():
     assert tie[pick(tie, 0.99, 2.0)]["id"] == "b"
 
 
+def test_budget_leaves_out_the_costliest_students_to_train_first():
+    teacher, half, narrow, both = Student(), Student(0.5, 1.0), Student(1.0, 0.5), Student(0.5, 0.5)
+    students = [teacher, narrow, half, both]
+
+    def minutes(s, t, e):  # 1 min for the teacher's variants, 10 per student to train, 2 per export
+        return 1 + 10 * len(t) + 2 * len(e)
+
+    kept, train, export, dropped, m = fit_budget(students, [narrow, half, both], students, 20, minutes)
+    assert dropped == ["depth1-width0.5", "depth0.5-width1"] and kept == [teacher, both]
+    assert train == [both] and export == [teacher, both] and m == 15
+    assert fit_budget(students, [narrow, half, both], students, None, minutes)[3] == []
+    # nothing left to train and still over: the caller refuses
+    kept, train, _, dropped, m = fit_budget(students, [narrow, half, both], students, 2, minutes)
+    assert train == [] and kept == [teacher] and m == 3
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -56,13 +72,15 @@ def test_front_and_pick_on_hand_made_candidates():
         (["clip-shapes", "--depth", "0,1"], "--depth 0"),
         (["clip-shapes", "--budget-ms", "0"], "--budget-ms 0"),
         (["align-shapes"], "cannot be compressed"),
+        (["clip-shapes", "--budget-min", "0.01", "--backend", "onnxruntime"], "--budget-min 0.01"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(cli_inprocess, tmp_path, args, says):
     out = tmp_path / "out"
     r = cli_inprocess("compress", *args, "-o", str(out))
     assert r.returncode == 2, r.stderr
-    assert says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and says in errors[0], r.stderr  # after the teacher's loading line for --budget-min
     assert list(tmp_path.iterdir()) == []  # neither the bundle nor its cache
 
 
