@@ -387,6 +387,7 @@ def _exact(pipe, qa) -> float:
     return _EXACT[key]
 
 
+@pytest.mark.slow  # 300 questions answered and a PyTorch reference: measured 17.6 s CPU (onnxruntime)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_vqa_shapes_answers_exactly(vqa_shapes_bundle, fixture_questions, backend):
     """>= 90% exact answers (fp32), the same answers on both backends as PyTorch's generate."""
@@ -420,6 +421,7 @@ def vqa_quantized(vqa_shapes_bundle, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # three quantizations, then 300 questions answered twice per case (~15 s CPU each time)
 @pytest.mark.parametrize("backend,precision", [("onnxruntime", "int8"), ("onnxruntime", "int4"), ("openvino", "int8")])
 def test_vqa_shapes_quantized_within_two_points(vqa_quantized, fixture_questions, backend, precision):
     base = _exact(load(vqa_quantized, backend=backend, precision="fp32", threads=2), fixture_questions)
