@@ -43,8 +43,14 @@ int main(int argc, char** argv) {
     return 2;
   }
   mmrt_model *cap = NULL, *vqa = NULL;
-  expect("open caption", mmrt_model_open(argv[1], NULL, &cap), MMRT_OK);
-  expect("open vqa", mmrt_model_open(argv[2], NULL, &vqa), MMRT_OK);
+  /* ONNX Runtime named: the default variant would load OpenVINO to ask its CPU plugin, and
+   * OpenVINO's TBB cannot load under ASan (RTLD_DEEPBIND) */
+  mmrt_open_options o;
+  mmrt_open_options_init(&o);
+  o.backend = "onnxruntime";
+  o.precision = "fp32";
+  expect("open caption", mmrt_model_open(argv[1], &o, &cap), MMRT_OK);
+  expect("open vqa", mmrt_model_open(argv[2], &o, &vqa), MMRT_OK);
   if (!cap || !vqa) return 1;
   mmrt_image file;
   mmrt_image_init(&file);
