@@ -45,7 +45,7 @@ typedef enum mmrt_status {
   MMRT_ERR_BUFFER_TOO_SMALL = 6, /* caller's output buffer is shorter than needed (see *_needed) */
   MMRT_ERR_OUT_OF_MEMORY = 7,
   MMRT_ERR_NOT_IMPLEMENTED = 8, /* declared for the ABI, not in this build */
-  MMRT_ERR_CANCELLED = 9,       /* a callback asked to stop */
+  MMRT_ERR_CANCELLED = 9,       /* reserved (caption / vqa callbacks end one row; the call still succeeds) */
   MMRT_ERR_INTERNAL = 10        /* a bug: please report the message */
 } mmrt_status;
 
