@@ -202,6 +202,7 @@ class Pruner:
 
     towers: ClassVar[dict[str, TowerLayout]] = {}
     what: ClassVar[str] = ""  # for messages: what this pruner prunes
+    extra_files: ClassVar[tuple[str, ...]] = ()  # the teacher's files the pruned folder needs beside the tokenizer
 
     def __init__(self, fam, model):
         self.fam, self.model = fam, model
@@ -278,6 +279,14 @@ class CaptionPruner(Pruner):
 class TextEmbeddingPruner(Pruner):
     towers = BERT_TOWERS
     what = "BERT text embeddings: --mlp"
+    # sentence-transformers' pooling and normalisation: without them export would pool differently
+    extra_files = (
+        "modules.json",
+        "sentence_bert_config.json",
+        "config_sentence_transformers.json",
+        "1_Pooling/config.json",
+        "vocab.txt",
+    )
 
     def calibrate(self, data, n: int, device) -> None:
         with torch.inference_mode():
@@ -790,7 +799,9 @@ def _prune(teacher_source, out, cfg, state_dir, random_weights, resume, log, pro
         "fidelity": fidelity,
         "sizes": {"teacher_bytes": _bytes(teacher), "student_bytes": _bytes(student)},
     }
-    _write_student(student.to("cpu"), ckpt, out, report, report_file="prune.json", card=prune_card)
+    _write_student(
+        student.to("cpu"), ckpt, out, report, report_file="prune.json", card=prune_card, extra_files=pruner.extra_files
+    )
     shutil.rmtree(state_dir, ignore_errors=True)
     return report
 
