@@ -120,8 +120,8 @@ def decode_by_context(pipe, contexts: list[int], steps: int, weights: int, bw: f
                 "context": n,
                 "step_ms": round(step * 1000, 3),
                 "decode_tokens_per_s": round(1 / step, 1),
-                "floor_ms": round(floor * 1000, 3),
-                "of_floor": round(floor / step, 3),
+                "floor_ms": float(f"{floor * 1000:.4g}"),  # significant digits: a tiny model's is microseconds
+                "of_floor": float(f"{floor / step:.3g}"),
             }
         )
     return rows

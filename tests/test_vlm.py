@@ -430,6 +430,11 @@ def test_bench_chat_rows(vlm_tiny, tmp_path):
         assert r["tokens_match_pytorch"] is True
         assert r["ttft_ms"] > 0 and r["decode_tokens_per_s"] > 0 and r["step_floor_ms"] > 0
         assert r["turn2_prefill_tokens"] < r["turn2_recomputed_prefill_tokens"]
+        # decode after prompts of the lengths the tiny model holds (256 positions: 100 only), beside the floor
+        (ctx,) = r["decode_by_context"]
+        assert ctx["context"] == 100 and ctx["decode_tokens_per_s"] > 0 and 0 < ctx["floor_ms"] and ctx["of_floor"] > 0
+    assert rows[("openvino", "fp32")]["kv_cache"] == "stateful"
+    assert rows[("onnxruntime", "fp32")]["kv_cache"] == "in place"
     assert rep["memory_bandwidth_gbs"] > 0 and rep["env"]["cpu"]
 
 

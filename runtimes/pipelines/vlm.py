@@ -368,6 +368,8 @@ class Conversation:
 
 KV_PRECISIONS = ("fp32", "fp16", "u8")
 # how the exporter wants the decoder's cache kept: stateful on these backends, in this precision
+# (OpenVINO's KV_CACHE_PRECISION: it acts only where the CPU plugin fuses attention into SDPA; on
+# the exported decoder it does not, and u8 / fp16 gave logits identical to fp32's: fp32 is written)
 KV_CACHE = obj({"stateful": list_of(STR)}, {"precision": one_of(*KV_PRECISIONS)})
 CHAT_INFO = obj(
     {
