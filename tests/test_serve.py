@@ -530,8 +530,8 @@ def tiny_captioner(out):
     return out
 
 
-@pytest.mark.slow  # ~15 s of it is the exporter's dynamo export of the decoder step
-def test_caption_round_trip_with_a_real_caption_bundle(tmp_path, images):
+@pytest.mark.slow  # a caption bundle served (the fast tier: test_serve_lifecycle's streamed captions)
+def test_caption_round_trip_with_a_real_caption_bundle(tmp_path, images, request):
     if importlib.util.find_spec("mmdeploy.runtimes.pipelines.caption") is None:
         pytest.skip(
             "runtimes/caption.py (CaptionPipeline) is not in this checkout: caption routes are covered "
@@ -540,10 +540,11 @@ def test_caption_round_trip_with_a_real_caption_bundle(tmp_path, images):
     from mmdeploy.exporter.export import export
     from mmdeploy.exporter.registry import package_path
 
-    shipped = package_path("fixtures/caption-shapes")
-    source = "caption-shapes" if (shipped / "model.safetensors").is_file() else str(tiny_captioner(tmp_path / "ckpt"))
-    out = tmp_path / "cap"
-    export(source, out, backends=["onnxruntime"], precisions=["fp32"], threads=2)
+    if (package_path("fixtures/caption-shapes") / "model.safetensors").is_file():
+        out = request.getfixturevalue("shapes_bundle")  # the session's caption-shapes export, not a second one
+    else:
+        out = tmp_path / "cap"
+        export(str(tiny_captioner(tmp_path / "ckpt")), out, backends=["onnxruntime"], precisions=["fp32"], threads=2)
     pipe = load(out, backend="onnxruntime", precision="fp32")
     ims = [png(im) for im in images[:3]]
     want = pipe.caption(ims, max_new_tokens=8, num_beams=1)
