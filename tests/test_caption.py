@@ -546,6 +546,7 @@ def shapes_quantized(shapes_bundle, tmp_path_factory):
     return dst
 
 
+@pytest.mark.slow  # its own export of the tiny ViT-GPT2 with int4: measured 23.8 s CPU
 def test_export_int4_goes_to_the_backends_that_build_it(tiny_bundles, tmp_path):
     """`export --precision fp32,int4` on both backends: int4 for onnxruntime (decoder int4, encoder
     INT8), skipped with a message for openvino; the int4 variant generates."""
