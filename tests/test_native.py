@@ -510,25 +510,9 @@ def test_caption_shapes_ids_and_texts_equal_python(native_build, shapes_bundle, 
 
 
 @pytest.fixture(scope="session")
-def tiny_captioners(tmp_path_factory) -> dict[str, Path]:
-    """The random tiny ViT-GPT2 / BLIP / GIT checkpoints of test_caption.py, exported ORT + OpenVINO fp32."""
-    pytest.importorskip("torch")
-    from mmdeploy.exporter.export import export
-
-    from .test_caption import BUILDERS
-
-    root = tmp_path_factory.mktemp("native-caption")
-    out = {}
-    for fam, build in BUILDERS.items():
-        out[fam] = root / f"bundle-{fam}"
-        export(
-            str(build(root / f"ckpt-{fam}")),
-            out[fam],
-            backends=["onnxruntime", "openvino"],
-            precisions=["fp32"],
-            threads=2,
-        )
-    return out
+def tiny_captioners(tiny_bundles) -> dict[str, Path]:
+    """The random tiny ViT-GPT2 / BLIP / GIT bundles (conftest.py's tiny_bundles, ORT + OpenVINO fp32)."""
+    return {fam: bundle for fam, (_, bundle) in tiny_bundles.items()}
 
 
 @pytest.mark.parametrize("fam", ["vit-gpt2", "blip", "git"])
