@@ -18,6 +18,7 @@ from .checkpoint import Checkpoint, resolve
 from .families import family_exporter
 from .graph import OPSET, externalize_weights
 from .reference import TorchSession
+from .stages import Stages
 
 torch = require("torch", "export")
 
@@ -60,7 +61,9 @@ def export(
     method: str = "minmax",
     min_cosine: float | None = None,
     tensorrt_precisions: list[str] | None = None,
+    stages: Stages | None = None,
 ) -> Bundle:
+    stages = stages or Stages(log)
     backends = backends or ["onnxruntime"]
     precisions = precisions or ["fp32"]
     check_replaceable(Path(out).absolute())  # before minutes of work, not after
@@ -92,6 +95,7 @@ def export(
                 threads=threads,
                 log=log,
                 tensorrt_precisions=gpu_precisions,
+                stages=stages,
             ),
             calib,
             method,
@@ -103,8 +107,9 @@ def export(
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     log(f"loading {source}{' (random weights)' if random_weights else ''}")
-    ckpt = resolve(source, random_weights=random_weights)
-    fam = family_exporter(ckpt)
+    with stages.stage("load"):
+        ckpt = resolve(source, random_weights=random_weights)
+        fam = family_exporter(ckpt)
     out = Path(out)
     if room := check_space(out, export_bytes(ckpt.model, variants), f"export of {ckpt.name}"):
         log(room)
@@ -116,9 +121,10 @@ def export(
             outputs = fam.output_names(comp)
             rel = f"onnx/{comp}.onnx"
             t = time.perf_counter()
-            module = fam.module(comp)
-            fam.export_component(comp, module, w.stage(rel), log)  # decoders: dynamo with KV caches
-            data = externalize_weights(w.stage(rel))
+            with stages.stage(f"{comp}: ONNX export"):
+                module = fam.module(comp)
+                fam.export_component(comp, module, w.stage(rel), log)  # decoders: dynamo with KV caches
+                data = externalize_weights(w.stage(rel))
             w.register(rel)
             if data:
                 w.register(f"onnx/{data}")
@@ -126,19 +132,22 @@ def export(
             components[comp] = {**fam.specs(comp), "onnx": rel}
 
             cases = fam.parity_cases(comp)  # (label, feeds): real inputs, a decoder's first and later steps
-            refs = [TorchSession(module, inputs, outputs).run(f) for _, f in cases]
+            with stages.stage(f"{comp}: PyTorch reference"):
+                refs = [TorchSession(module, inputs, outputs).run(f) for _, f in cases]
             for backend, precision in variants:
                 be = get_backend(backend)
                 try:
-                    built = be.build(w.stage_dir / rel, w.stage_dir, precision, comp)
+                    with stages.stage(f"{comp}: {backend}/{precision} build"):  # OpenVINO: the IR conversion
+                        built = be.build(w.stage_dir / rel, w.stage_dir, precision, comp)
                 except BackendError as exc:
                     log(f"{comp}: skipping {backend}/{precision}: {exc}")
                     continue
                 for f in built.files:
                     if f not in w.files:
                         w.register(f)
-                sess = be.open(w.stage_dir / built.path, threads=threads, options=built.runtime)
-                parity = compare_all(refs, [sess.run(f) for _, f in cases], outputs)
+                with stages.stage(f"{comp}: {backend}/{precision} parity"):
+                    sess = be.open(w.stage_dir / built.path, threads=threads, options=built.runtime)
+                    parity = compare_all(refs, [sess.run(f) for _, f in cases], outputs)
                 parity["inputs"] = "; ".join(label for label, _ in cases)
                 gate = {"min_cosine": GATES[precision], "passed": parity["cosine"] >= GATES[precision]}
                 log(
@@ -177,9 +186,12 @@ def export(
             max_sequence = (extra.get("tokenizer") or {}).get("max_length")
             w.manifest["tensorrt"] = tensorrt_settings(ckpt, components, target, gpu_precisions, max_sequence)
         # end-to-end checks on the staged bundle (e.g. generated tokens)
-        if (checks := fam.check_variants(w, threads, log)) is not None:
+        with stages.stage("variant checks"):
+            checks = fam.check_variants(w, threads, log)
+        if checks is not None:
             w.manifest["variant_checks"] = checks
         w.manifest["exporter"]["seconds"] = round(time.perf_counter() - t0, 1)
+        w.manifest["exporter"]["stages"] = stages.records
     log(f"bundle written to {out} in {time.perf_counter() - t0:.1f}s")
     return Bundle.open(out)
 
@@ -252,6 +264,7 @@ def _export_then_quantize(
     from .choose import measure_variants
     from .quantize import QuantConfig, check_config, quantize
 
+    stages = kw["stages"]
     family = source_family(source)
     if family is None:
         resolve(source, random_weights=kw["random_weights"])  # raises the one-line reason
@@ -303,12 +316,14 @@ def _export_then_quantize(
         try:
             export(source, tmp, backends, precisions, **kw)
             for cfg in jobs:
-                quantize(tmp, cfg, log=kw["log"])
+                quantize(tmp, cfg, log=kw["log"], stages=stages)
             if best:
-                measure_variants(tmp, kw["threads"], kw["log"])
+                with stages.stage("timing the variants"):
+                    measure_variants(tmp, kw["threads"], kw["log"])
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        with BundleWriter(out, log=kw["log"], adopt=tmp):
-            pass  # swaps tmp in, keeping the variants there built from the same fp32 graphs
+        with BundleWriter(out, log=kw["log"], adopt=tmp) as w:
+            # swaps tmp in, keeping the variants there built from the same fp32 graphs
+            w.manifest.setdefault("exporter", {})["stages"] = stages.records
     return Bundle.open(out)

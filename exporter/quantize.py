@@ -27,6 +27,7 @@ from ..runtimes.pipelines import pipelines
 from .choose import choose
 from .quantization import DEFAULT_EXCLUDE, METHODS, MODES, RECIPES, Job, QuantConfig, Recipe  # noqa: F401 - QuantConfig is quantize()'s API
 from .quantization.policies import policies, policy_for
+from .stages import Stages
 
 
 def _supported(table: dict) -> str:
@@ -121,7 +122,15 @@ def selected_components(bundle: Bundle, cfg: QuantConfig) -> list[str]:
     return comps
 
 
-def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], None] = lambda s: None) -> Bundle:
+def quantize(
+    bundle_path: str | Path,
+    cfg: QuantConfig,
+    log: Callable[[str], None] = lambda s: None,
+    stages: Stages | None = None,
+) -> Bundle:
+    """`stages`: export's stage timer (each component's build + gate and the token gate are
+    logged as stages with their peak RSS)."""
+    stages = stages or Stages(lambda s: None)
     bundle = Bundle.open(bundle_path)
     policy = policy_for(bundle.family, str(bundle.root))
     recipe = check_config(cfg, bundle.family)
@@ -194,6 +203,7 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
                 f"{time.perf_counter() - t:.1f}s"
                 + ("" if gate["passed"] else f": below the gate {gate_at}, kept but never chosen by default")
             )
+            stages.record(f"{comp}: {cfg.backend}/{cfg.precision} quantize + gate", time.perf_counter() - t)
             if built.tensorrt:
                 trt = w.manifest["tensorrt"]
                 trt["int8_onnx"][comp] = {"path": built.files[0], "parity": par, "gate": gate, "recipe": built.recipe}
@@ -216,7 +226,8 @@ def quantize(bundle_path: str | Path, cfg: QuantConfig, log: Callable[[str], Non
             )
         # generative variants are gated on their greedy tokens too (their policy's agreement)
         if policy.generative and recipe.backend != "tensorrt":
-            _record_agreement(w, policy, cfg, log)
+            with stages.stage(f"{cfg.backend}/{cfg.precision} greedy-agreement gate"):
+                _record_agreement(w, policy, cfg, log)
         keep = [c["onnx"] for c in bundle.components.values()]
         keep += [v["path"] for v in w.manifest.get("tensorrt", {}).get("int8_onnx", {}).values()]
         w.remove_unreferenced(keep=keep)

@@ -242,6 +242,15 @@ MANIFEST_SCHEMA = obj(
         ),
         "preprocess": obj({"file": REL_PATH, "config": DICT}),
         "compress": COMPRESS,
+        # export's stages (exporter/stages.py): wall time and the peak RSS when each ended
+        "exporter": obj(
+            {},
+            {
+                "stages": list_of(
+                    obj({"name": STR, "seconds": NUMBER, "peak_rss_mb": NUMBER}, {"children_peak_rss_mb": NUMBER})
+                )
+            },
+        ),
         # a family's own blocks are required and checked by its pipeline (manifest_blocks)
     },
 )

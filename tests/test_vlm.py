@@ -315,6 +315,20 @@ def test_bundle_layout(vlm_tiny):
     assert b.manifest["preprocess"]["config"]["do_image_splitting"] is False
 
 
+def test_export_records_each_stage(vlm_tiny):
+    """The manifest keeps each export stage's wall time and peak RSS (exporter/stages.py)."""
+    from mmdeploy.runtimes.bundle import Bundle
+
+    stages = {s["name"]: s for s in Bundle.open(vlm_tiny[2]).manifest["exporter"]["stages"]}
+    for comp in ("vision", "embed", "decoder"):
+        names = {f"{comp}: ONNX export", f"{comp}: onnxruntime/fp32 parity", f"{comp}: openvino/fp32 build"}
+        assert names <= set(stages)
+    assert "load" in stages and all(s["seconds"] >= 0 for s in stages.values())
+    # the peak RSS is a high-water mark: it never falls from one stage to the next
+    peaks = [s["peak_rss_mb"] for s in Bundle.open(vlm_tiny[2]).manifest["exporter"]["stages"]]
+    assert peaks[0] > 0 and peaks == sorted(peaks)
+
+
 # -- POST /v1/chat/completions with a VLM: the whole conversation per request ----------------------
 
 
