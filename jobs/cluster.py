@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, require
+from ..errors import InputError, ResourceError, require
 from .tasks import TaskSpec
 
 
@@ -64,6 +64,9 @@ class ShardWorker:
         }
 
 
+LOCAL_START_TRIES = 3  # Ray's own startup window is a fixed 30 s
+
+
 def _init(ray, address: str) -> bool:
     """Connect (or start a local instance); True when we started it and must shut it down."""
     if ray.is_initialized():
@@ -74,10 +77,23 @@ def _init(ray, address: str) -> bool:
         kw.update(num_cpus=os.cpu_count() or 1, include_dashboard=False, object_store_memory=512 * 1024**2)
     else:
         kw.update(address=address)
-    try:
-        ray.init(**kw)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise InputError(f"--ray {address}: cannot connect: {str(exc).splitlines()[0]}") from None
+    for attempt in range(1, LOCAL_START_TRIES + 1):
+        try:
+            ray.init(**kw)
+            return True
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise InputError(f"--ray {address}: cannot connect: {str(exc).splitlines()[0]}") from None
+        except Exception as exc:
+            # Ray gives its raylet a fixed 30 s to register and then raises a bare Exception: on a
+            # busy machine a local instance can miss that window and start fine on the next try
+            if address != "local" or "timed out during startup" not in str(exc):
+                raise
+            ray.shutdown()
+            if attempt == LOCAL_START_TRIES:
+                raise ResourceError(
+                    f"--ray local: Ray's local instance did not start in {LOCAL_START_TRIES} tries of 30 s "
+                    "(the machine is too busy to start its raylet): retry when it is quieter, or run without --ray"
+                ) from None
     return True
 
 
