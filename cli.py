@@ -761,6 +761,9 @@ def caption(
     ),
     job: JobFlags = JobFlags(),  # the eight batch-job flags, see cli_options.job_flags
     no_wait: bool = _NO_WAIT,
+    as_json: bool = typer.Option(
+        False, "--json", help='One JSON object: {"captions": [{"path", "text"}]}, the shape mmrt prints.'
+    ),
 ):
     """Caption images with a captioning bundle (greedy or beam search), one line per image.
 
@@ -796,6 +799,9 @@ def caption(
     pipe = load(bundle, backend=backend, precision=precision, threads=threads)
     pipe.require(Capability.CAPTION, "caption")
     caps = pipe.caption([str(p) for p in image], max_new_tokens=max_new_tokens, num_beams=num_beams, prompt=prompt)
+    if as_json:
+        print(json.dumps({"captions": [{"path": str(path), "text": text} for path, text in zip(image, caps)]}))
+        return
     for path, text in zip(image, caps):
         print(f"{path}\t{text}")
 
@@ -815,6 +821,9 @@ def vqa(
     backend: Backend = None,
     precision: Precision = None,
     threads: Threads = None,
+    as_json: bool = typer.Option(
+        False, "--json", help='One JSON object: {"answers": [{"path", "question", "answer"}]}, the shape mmrt prints.'
+    ),
 ):
     """Answer questions about images with a VQA bundle: one line per (image, question), tab-separated."""
     from .common.capabilities import Capability
@@ -827,6 +836,10 @@ def vqa(
     pairs = zip(
         paths * len(question) if len(paths) == 1 else paths, question * len(paths) if len(question) == 1 else question
     )
+    if as_json:
+        rows = [{"path": path, "question": q, "answer": text} for (path, q), text in zip(pairs, answers)]
+        print(json.dumps({"answers": rows}))
+        return
     for (path, q), text in zip(pairs, answers):
         print(f"{path}\t{q}\t{text}")
 
