@@ -262,7 +262,7 @@ def _export_then_quantize(
     from ..runtimes.bundle import sibling_dir
     from .checkpoint import source_family
     from .choose import measure_variants
-    from .quantize import QuantConfig, check_config, quantize
+    from .quantize import Fp32References, QuantConfig, check_config, quantize
 
     stages = kw["stages"]
     family = source_family(source)
@@ -315,8 +315,9 @@ def _export_then_quantize(
     with writer_lock(out, "bundle"):  # the whole export+quantize, as one writer of `out`
         try:
             export(source, tmp, backends, precisions, **kw)
+            references = Fp32References()  # computed once, compared to by every variant's gates
             for cfg in jobs:
-                quantize(tmp, cfg, log=kw["log"], stages=stages)
+                quantize(tmp, cfg, log=kw["log"], stages=stages, references=references)
             if best:
                 with stages.stage("timing the variants"):
                     measure_variants(tmp, kw["threads"], kw["log"])

@@ -26,6 +26,7 @@ from ..runtimes.bundle import Artifact, Bundle, BundleWriter
 from ..runtimes.pipelines import pipelines
 from .choose import choose
 from .quantization import DEFAULT_EXCLUDE, METHODS, MODES, RECIPES, Job, QuantConfig, Recipe  # noqa: F401 - QuantConfig is quantize()'s API
+from .quantization.feeds import FidelityFeeds
 from .quantization.policies import policies, policy_for
 from .stages import Stages
 
@@ -122,15 +123,57 @@ def selected_components(bundle: Bundle, cfg: QuantConfig) -> list[str]:
     return comps
 
 
+class Fp32References:
+    """What every variant's gates compare to, from the bundle's fp32 graphs: the held-out feeds,
+    the fp32 ONNX outputs on them, fp32's greedy tokens. Export passes one to each of its
+    quantize calls, so they are computed once per export rather than once per variant; they are
+    dropped when the fp32 graphs (their hashes), the components or the threads differ."""
+
+    def __init__(self):
+        self._key: tuple | None = None
+        self._held_out: FidelityFeeds | None = None
+        self._outputs: dict[str, list[dict]] = {}
+        self._tokens: list | None = None
+
+    def _for(self, bundle: Bundle, comps: list[str], threads: int | None) -> None:
+        graphs = tuple(bundle.manifest["files"][spec["onnx"]]["sha256"] for spec in bundle.components.values())
+        key = (str(bundle.root.absolute()), graphs, tuple(comps), threads)
+        if key != self._key:
+            self._key, self._held_out, self._outputs, self._tokens = key, None, {}, None
+
+    def held_out(self, bundle: Bundle, policy, comps: list[str], threads: int | None, stages: Stages) -> FidelityFeeds:
+        self._for(bundle, comps, threads)
+        if self._held_out is None:
+            with stages.stage("fp32 references: held-out feeds"):
+                self._held_out = policy.fidelity_feeds(bundle, comps, threads)
+        return self._held_out
+
+    def outputs(self, comp: str, src: Path, feeds: list, threads: int | None, stages: Stages) -> list[dict]:
+        if comp not in self._outputs:
+            with stages.stage(f"{comp}: fp32 reference outputs"):
+                sess = get_backend("onnxruntime").open(src, threads=threads)
+                self._outputs[comp] = [sess.run(f) for f in feeds]
+        return self._outputs[comp]
+
+    def greedy_tokens(self, staged: Bundle, agreement, threads: int | None, stages: Stages) -> list:
+        if self._tokens is None:
+            with stages.stage("fp32 references: greedy tokens"):
+                self._tokens = agreement.reference(staged, threads)
+        return self._tokens
+
+
 def quantize(
     bundle_path: str | Path,
     cfg: QuantConfig,
     log: Callable[[str], None] = lambda s: None,
     stages: Stages | None = None,
+    references: Fp32References | None = None,
 ) -> Bundle:
     """`stages`: export's stage timer (each component's build + gate and the token gate are
-    logged as stages with their peak RSS)."""
+    logged as stages with their peak RSS). `references`: fp32 references shared by the
+    variants of one export (default: computed here)."""
     stages = stages or Stages(lambda s: None)
+    references = references or Fp32References()
     bundle = Bundle.open(bundle_path)
     policy = policy_for(bundle.family, str(bundle.root))
     recipe = check_config(cfg, bundle.family)
@@ -154,14 +197,12 @@ def quantize(
     if room := check_space(bundle.root, quantize_bytes(bundle, comps, cfg.precision), f"{cfg.backend}/{cfg.precision}"):
         log(room)
     with BundleWriter(bundle.root, base=bundle) as w, tempfile.TemporaryDirectory(prefix="mmdeploy-q-") as tmp:
-        held_out = policy.fidelity_feeds(bundle, comps, cfg.threads)
+        held_out = references.held_out(bundle, policy, comps, cfg.threads, stages)
         for comp in comps:
             src = w.stage_dir / bundle.components[comp]["onnx"]
             names = [o["name"] for o in bundle.components[comp]["outputs"]]
             feeds, reference = held_out[comp]
-            ref_sess = get_backend("onnxruntime").open(src, threads=cfg.threads)
-            refs = [ref_sess.run(f) for f in feeds]
-            del ref_sess
+            refs = references.outputs(comp, src, feeds, cfg.threads, stages)
             calib, calib_name = None, None
             if recipe.calibration:
                 calib, calib_name = policy.calibration_feeds(
@@ -227,7 +268,7 @@ def quantize(
         # generative variants are gated on their greedy tokens too (their policy's agreement)
         if policy.generative and recipe.backend != "tensorrt":
             with stages.stage(f"{cfg.backend}/{cfg.precision} greedy-agreement gate"):
-                _record_agreement(w, policy, cfg, log)
+                _record_agreement(w, policy, cfg, log, references.greedy_tokens, stages)
         keep = [c["onnx"] for c in bundle.components.values()]
         keep += [v["path"] for v in w.manifest.get("tensorrt", {}).get("int8_onnx", {}).values()]
         w.remove_unreferenced(keep=keep)
@@ -248,7 +289,7 @@ def quantize_bytes(bundle: Bundle, comps: list[str], precision: str) -> int:
     return int(fp32 * _WRITE_FACTOR.get(precision, 1.0) * 1.1) + copies + (1 << 20)
 
 
-def _record_agreement(w, policy, cfg: QuantConfig, log) -> None:
+def _record_agreement(w, policy, cfg: QuantConfig, log, fp32_tokens: Callable, stages: Stages) -> None:
     """Generative variants: how far their greedy tokens follow fp32's, in the manifest beside the
     per-graph cosines, and a gate of the whole variant: below ``cfg.min_agreement`` each of its
     graphs' gates fails (kept, reported, never chosen by default), whatever their cosines."""
@@ -257,7 +298,8 @@ def _record_agreement(w, policy, cfg: QuantConfig, log) -> None:
     staged = Bundle(w.stage_dir, {**w.manifest, "files": dict(w.files), "artifacts": [asdict(a) for a in w.artifacts]})
     if len(staged.find(backend=cfg.backend, precision=cfg.precision)) < len(staged.components):
         return
-    share, what = policy.agreement.measure(staged, cfg.backend, cfg.precision, cfg.threads)
+    ref = fp32_tokens(staged, policy.agreement, cfg.threads, stages)
+    share, what = policy.agreement.measure(staged, cfg.backend, cfg.precision, cfg.threads, reference=ref)
     checks = w.manifest.setdefault("variant_checks", {}).setdefault("greedy_agreement_vs_fp32", {})
     passed = share >= cfg.min_agreement
     checks[f"{cfg.backend}/{cfg.precision}"] = {

@@ -489,6 +489,36 @@ def test_quantized_chat_variants_record_token_agreement(vlm_tiny, tmp_path):
     )
 
 
+def test_export_reuse_of_fp32_references_gives_the_gate_figures_of_recomputing(vlm_tiny, tmp_path):
+    """export computes the fp32 references (held-out feeds, fp32 outputs, fp32 greedy tokens) once
+    and every variant's gates compare to them: the recorded figures are those of recomputing them
+    per variant (quantize on its own), to the last digit."""
+    import json
+    import shutil
+
+    from mmdeploy.exporter.quantize import Fp32References, QuantConfig, quantize
+    from mmdeploy.exporter.stages import Stages
+
+    def figures(path: Path) -> tuple[dict, dict]:
+        m = json.loads((path / "manifest.json").read_text())
+        arts = {(a["component"], a["backend"], a["precision"]): (a["parity"], a["gate"]) for a in m["artifacts"]}
+        return arts, m["variant_checks"]
+
+    reused, recomputed = tmp_path / "reused", tmp_path / "recomputed"
+    shutil.copytree(vlm_tiny[2], reused)
+    shutil.copytree(vlm_tiny[2], recomputed)
+    stages, references = Stages(), Fp32References()
+    for precision in ("int8", "int4"):
+        cfg = dict(precision=precision, backend="onnxruntime", threads=2)
+        quantize(reused, QuantConfig(**cfg), stages=stages, references=references)
+        quantize(recomputed, QuantConfig(**cfg))
+    assert figures(reused) == figures(recomputed)
+    assert set(figures(reused)[1]["greedy_agreement_vs_fp32"]) == {"onnxruntime/int8", "onnxruntime/int4"}
+    names = [s["name"] for s in stages.records]
+    assert names.count("fp32 references: held-out feeds") == 1 and names.count("fp32 references: greedy tokens") == 1
+    assert names.count("decoder: fp32 reference outputs") == 1 and "decoder: onnxruntime/int4 quantize + gate" in names
+
+
 # -- the decoder's KV cache kept in place (ORT IOBinding, OpenVINO stateful) ---------------------------
 
 

@@ -20,11 +20,17 @@ class Agreement:
     tokens: Callable[[Any], list]  # an opened pipeline -> its greedy token ids on the held-out inputs
     inputs: str  # what they are, for the manifest
 
-    def measure(self, bundle: Bundle, backend: str, precision: str, threads: int | None = None) -> tuple[float, str]:
-        """(share of fp32's greedy tokens the variant reproduces, what the inputs were)."""
-        pipe = pipeline_class(bundle.family)
-        ref = self.tokens(pipe(bundle, "onnxruntime", "fp32", threads=threads))
-        got = self.tokens(pipe(bundle, backend, precision, threads=threads))
+    def reference(self, bundle: Bundle, threads: int | None = None) -> list:
+        """fp32 ONNX Runtime's greedy tokens on the held-out inputs (what every variant is compared to)."""
+        return self.tokens(pipeline_class(bundle.family)(bundle, "onnxruntime", "fp32", threads=threads))
+
+    def measure(
+        self, bundle: Bundle, backend: str, precision: str, threads: int | None = None, reference: list | None = None
+    ) -> tuple[float, str]:
+        """(share of fp32's greedy tokens the variant reproduces, what the inputs were); `reference`:
+        fp32's tokens already computed from this bundle's fp32 graphs (export reuses them per variant)."""
+        ref = self.reference(bundle, threads) if reference is None else reference
+        got = self.tokens(pipeline_class(bundle.family)(bundle, backend, precision, threads=threads))
         return token_agreement(ref, got), self.inputs
 
 
