@@ -11,6 +11,12 @@
  *     sessions are run concurrently and each call keeps its own buffers. Caption and VQA too:
  *     each call keeps its own KV cache.
  *   - mmrt_model_close() must not race with any other call on the same model.
+ *   - In short, thread safe: mmrt_last_error, mmrt_status_name, mmrt_version, mmrt_model_open
+ *     (backend libraries load under a lock), mmrt_model_info_json, mmrt_model_embed_dim,
+ *     mmrt_embed_images, mmrt_embed_texts, mmrt_classify, mmrt_caption, mmrt_vqa. Not:
+ *     mmrt_model_close. Checked: tests/c_api_threads.c (8 threads, embed + classify) and
+ *     tests/test_native_lib.py (8 Python threads through ctypes mixing embed, classify, caption
+ *     greedy and beam 3 on shared handles, ONNX Runtime and OpenVINO): the serial results, bit for bit.
  *   - A future conversation handle (chat) holds a KV cache and is used by one thread at a time.
  *
  * ABI: option and input structs start with `struct_size` (set it with sizeof, or call the
