@@ -747,6 +747,9 @@ def caption(
     backend: Backend = None,
     precision: Precision = None,
     threads: Threads = None,
+    as_json: bool = typer.Option(
+        False, "--json", help='One JSON object: {"captions": [{"path", "text"}]}, the shape mmrt prints.'
+    ),
     images: list[str] = typer.Option(
         [],
         "--images",
@@ -761,9 +764,6 @@ def caption(
     ),
     job: JobFlags = JobFlags(),  # the eight batch-job flags, see cli_options.job_flags
     no_wait: bool = _NO_WAIT,
-    as_json: bool = typer.Option(
-        False, "--json", help='One JSON object: {"captions": [{"path", "text"}]}, the shape mmrt prints.'
-    ),
 ):
     """Caption images with a captioning bundle (greedy or beam search), one line per image.
 

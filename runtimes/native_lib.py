@@ -197,6 +197,8 @@ def _images(images: list[ImageLike]):
 class NativeModel:
     """One bundle opened by the native library (mmrt_model). Thread safe except close()."""
 
+    _handle: C.c_void_p | None = None  # set once mmrt_model_open succeeds; __del__ may run before
+
     def __init__(
         self,
         bundle: str | os.PathLike,
@@ -242,7 +244,7 @@ class NativeModel:
 
     def close(self) -> None:
         """Free the model; must not race with another call on it."""
-        if getattr(self, "_handle", None) is not None:
+        if self._handle is not None:
             self._lib.mmrt_model_close(self._handle)
             self._handle = None
 
