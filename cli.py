@@ -910,6 +910,17 @@ def build(
     _print_info(b)
 
 
+def _run_resumable(run, teacher, output, cfg, state: Path, *, saved: str, nothing_saved: str, random_weights, resume):
+    """distill/prune under a progress bar; Ctrl-C exits 130 saying whether `state` lets --resume continue."""
+    try:
+        with _progress(remaining=True) as progress:
+            return run(teacher, output, cfg, random_weights=random_weights, resume=resume, log=_log, progress=progress)
+    except KeyboardInterrupt:
+        where = f"{saved} is in {state}: rerun with --resume" if state.is_dir() else nothing_saved
+        print(f"interrupted: {output} was not written; {where}", file=sys.stderr)
+        raise typer.Exit(130) from None
+
+
 @app.command()
 @user_errors
 def distill(
@@ -967,20 +978,17 @@ def distill(
         device=device,
         train_all=train_all,
     )
-    state = output.parent / f"{output.name}.distill-state"
-    try:
-        with _progress(remaining=True) as progress:
-            report = run_distill(
-                teacher, output, cfg, random_weights=random_weights, resume=resume, log=_log, progress=progress
-            )
-    except KeyboardInterrupt:
-        where = (
-            f"state of the last finished epoch is in {state}: rerun with --resume"
-            if state.is_dir()
-            else "no epoch had finished"
-        )
-        print(f"interrupted: {output} was not written; {where}", file=sys.stderr)
-        raise typer.Exit(130) from None
+    report = _run_resumable(
+        run_distill,
+        teacher,
+        output,
+        cfg,
+        output.parent / f"{output.name}.distill-state",
+        saved="state of the last finished epoch",
+        nothing_saved="no epoch had finished",
+        random_weights=random_weights,
+        resume=resume,
+    )
     s, f = report["student"], report["fidelity"]
     print(f"{output}: {s['parameters'] / 1e6:.2f}M parameters ({s['ratio']:.0%} of the teacher)")
     for k, v in {**f, **report["speed"]}.items():
@@ -1051,16 +1059,17 @@ def prune(
         threads=threads,
         device=device,
     )
-    state = output.parent / f"{output.name}{STATE_DIR_SUFFIX}"
-    try:
-        with _progress(remaining=True) as progress:
-            report = run_prune(
-                teacher, output, cfg, random_weights=random_weights, resume=resume, log=_log, progress=progress
-            )
-    except KeyboardInterrupt:
-        where = f"its state is in {state}: rerun with --resume" if state.is_dir() else "no recovery epoch had finished"
-        print(f"interrupted: {output} was not written; {where}", file=sys.stderr)
-        raise typer.Exit(130) from None
+    report = _run_resumable(
+        run_prune,
+        teacher,
+        output,
+        cfg,
+        output.parent / f"{output.name}{STATE_DIR_SUFFIX}",
+        saved="its state",
+        nothing_saved="no recovery epoch had finished",
+        random_weights=random_weights,
+        resume=resume,
+    )
     s = report["student"]
     print(f"{output}: {s['parameters'] / 1e6:.2f}M parameters ({s['ratio']:.0%} of the teacher)")
     for name, t in s["towers"].items():
