@@ -240,6 +240,21 @@ def evaluation_data(spec: str, limit: int):
 # --------------------------------------------------------------------------- the model axes
 
 
+def _training_kwargs(cfg: CompressConfig) -> dict[str, Any]:
+    """The training settings distill and prune share: one place, so the two axes train alike."""
+    return dict(
+        data=cfg.data,
+        samples=cfg.samples,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        threads=cfg.threads,
+        device="cpu",
+        eval_images=cfg.eval_images,
+    )
+
+
 def _distill_config(student: Student, teacher_cfg, cfg: CompressConfig):
     from .distill import DistillConfig
 
@@ -247,33 +262,14 @@ def _distill_config(student: Student, teacher_cfg, cfg: CompressConfig):
     return DistillConfig(
         vision_layers=max(1, round(layers * student.depth)) if student.depth < 1 else None,
         mlp_ratio=student.width if student.width < 1 else None,
-        data=cfg.data,
-        samples=cfg.samples,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        seed=cfg.seed,
-        threads=cfg.threads,
-        device="cpu",
-        eval_images=cfg.eval_images,
+        **_training_kwargs(cfg),
     )
 
 
 def _prune_config(student: Student, cfg: CompressConfig):
     from .prune import PruneConfig
 
-    return PruneConfig(
-        mlp=student.width,
-        data=cfg.data,
-        samples=cfg.samples,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        seed=cfg.seed,
-        threads=cfg.threads,
-        device="cpu",
-        eval_images=cfg.eval_images,
-    )
+    return PruneConfig(mlp=student.width, **_training_kwargs(cfg))
 
 
 def _pruned(student: Student) -> bool:
