@@ -14,20 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
-
-RUNTIME_KEYS = (
-    "do_resize",
-    "size",
-    "resample",
-    "do_center_crop",
-    "crop_size",
-    "do_rescale",
-    "rescale_factor",
-    "do_normalize",
-    "image_mean",
-    "image_std",
-    "do_convert_rgb",
-)
+from ..runtimes.preprocess import SETTINGS as RUNTIME_KEYS
 
 
 def raw_image_processor(folder: Path) -> dict[str, Any]:

@@ -46,6 +46,22 @@ _FULL_RESIZE_LIMIT = 16_000_000
 
 _SIZE_KEYS = ("height", "width", "shortest_edge", "longest_edge")
 
+# The processor settings this runtime applies: what the exporter writes out explicitly
+# (exporter/processor.py) and what from_config reads back.
+SETTINGS = (
+    "do_resize",
+    "size",
+    "resample",
+    "do_center_crop",
+    "crop_size",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+    "do_convert_rgb",
+)
+
 
 @dataclass
 class ImagePreprocessor:
@@ -110,19 +126,8 @@ class ImagePreprocessor:
             if cfg.get("use_square_size") and isinstance(size, dict) and "shortest_edge" in size:
                 size = {"height": size["shortest_edge"], "width": size["shortest_edge"]}
             kwargs["size"] = size
-        for key in (
-            "crop_size",
-            "resample",
-            "do_resize",
-            "do_center_crop",
-            "do_rescale",
-            "rescale_factor",
-            "do_normalize",
-            "image_mean",
-            "image_std",
-            "do_convert_rgb",
-        ):
-            if cfg.get(key) is not None:
+        for key in SETTINGS:
+            if key != "size" and cfg.get(key) is not None:  # size: normalised above
                 kwargs[key] = cfg[key]
         try:
             return cls(**kwargs)
