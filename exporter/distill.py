@@ -280,6 +280,18 @@ def _training_data(cfg: DistillConfig):
 # --------------------------------------------------------------------------- the run
 
 
+def torch_device(spec: str, threads: int | None):
+    """--device auto|cpu|cuda[:N] -> a torch.device (auto: CUDA when torch sees one); --threads sizes
+    torch's pool. Shared by distill and prune so both check the flag alike."""
+    if spec not in ("auto", "cpu") and spec.split(":")[0] != "cuda":
+        raise InputError(f"--device {spec!r}: choose auto, cpu or cuda[:N]")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {spec}: this torch build sees no CUDA GPU (use auto or cpu)")
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.device("cuda" if spec == "auto" and torch.cuda.is_available() else ("cpu" if spec == "auto" else spec))
+
+
 def distill(
     teacher_source: str,
     out: Path,
@@ -306,17 +318,7 @@ def distill(
     if (state_dir / STATE_FILE).is_file() and not resume:
         raise InputError(f"{state_dir} holds an interrupted run: pass --resume to continue it, or delete it")
 
-    if cfg.device not in ("auto", "cpu") and not cfg.device.split(":")[0] == "cuda":
-        raise InputError(f"--device {cfg.device!r}: choose auto, cpu or cuda[:N]")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {cfg.device}: this torch build sees no CUDA GPU (use auto or cpu)")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = torch.device(
-        "cuda"
-        if cfg.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if cfg.device == "auto" else cfg.device)
-    )
+    device = torch_device(cfg.device, cfg.threads)
     log(f"loading teacher {teacher_source}{' (random weights)' if random_weights else ''}")
     ckpt = resolve(teacher_source, random_weights=random_weights)
     teacher = ckpt.model.eval()
@@ -574,7 +576,10 @@ def _timed(fn, runs: int = 20) -> float:
     return float(np.median(ts) * 1000)
 
 
-class ClipDistiller:
+class _Distiller:
+    """What every distiller holds: the family's exporter, teacher and student, the towers it trains,
+    the settings, the device and the log."""
+
     def __init__(self, fam, teacher, student, towers, cfg: DistillConfig, device, log):
         self.fam, self.teacher, self.student, self.towers, self.cfg, self.device, self.log = (
             fam,
@@ -585,6 +590,11 @@ class ClipDistiller:
             device,
             log,
         )
+
+
+class ClipDistiller(_Distiller):
+    def __init__(self, fam, teacher, student, towers, cfg: DistillConfig, device, log):
+        super().__init__(fam, teacher, student, towers, cfg, device, log)
         self.scale = float(teacher.logit_scale.detach().exp().clamp(max=100))
 
     def trainable(self, name: str) -> bool:
@@ -709,19 +719,11 @@ def _embedding_loss(s, t):
     return (1 - (s * t).sum(-1)).mean() + ((s - t) ** 2).sum(-1).mean()
 
 
-class CaptionDistiller:
+class CaptionDistiller(_Distiller):
     """ViT + GPT-2: KL to the teacher's next-token distribution on the teacher's own captions."""
 
     def __init__(self, fam, teacher, student, towers, cfg: DistillConfig, device, log):
-        self.fam, self.teacher, self.student, self.towers, self.cfg, self.device, self.log = (
-            fam,
-            teacher,
-            student,
-            towers,
-            cfg,
-            device,
-            log,
-        )
+        super().__init__(fam, teacher, student, towers, cfg, device, log)
         self.eos = set(fam.generation["eos_token_id"])
         self.pad = fam.generation["pad_token_id"]
 

@@ -49,7 +49,7 @@ import numpy as np
 from ..common.capabilities import Capability, names
 from ..errors import CheckpointError, InputError, UnsupportedModelError, require
 from .checkpoint import resolve, state_sha256
-from .distill import DistillConfig, Tower, _get, _training_data, _write_student, train_student
+from .distill import DistillConfig, Tower, _get, _training_data, _write_student, torch_device, train_student
 
 torch = require("torch", "export")
 
@@ -668,15 +668,7 @@ def _prune(teacher_source, out, cfg, state_dir, random_weights, resume, log, pro
     from .families import families_that, family_exporter
 
     dcfg = cfg.distill_config()
-    if cfg.device not in ("auto", "cpu") and cfg.device.split(":")[0] != "cuda":
-        raise InputError(f"--device {cfg.device!r}: choose auto, cpu or cuda[:N]")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = torch.device(
-        "cuda"
-        if cfg.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if cfg.device == "auto" else cfg.device)
-    )
+    device = torch_device(cfg.device, cfg.threads)
     log(f"loading teacher {teacher_source}{' (random weights)' if random_weights else ''}")
     ckpt = resolve(teacher_source, random_weights=random_weights)
     teacher = ckpt.model.eval()
