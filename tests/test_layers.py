@@ -86,3 +86,42 @@ def test_the_check_sees_a_wrong_arrow(tmp_path, monkeypatch):
             test_no_import_runs_up_the_layers("runtimes")
     finally:
         fake.unlink()
+
+
+def _module(path: Path) -> str:
+    return ".".join(["mmdeploy", *path.relative_to(ROOT).with_suffix("").parts]).removesuffix(".__init__")
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import circles of a module graph: each strongly connected group of two or more modules."""
+    order, low, stack, out = {}, {}, [], []
+
+    def visit(v: str) -> None:
+        order[v] = low[v] = len(order)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in order:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], order[w])
+        if low[v] == order[v]:
+            group = stack[stack.index(v) :]
+            del stack[stack.index(v) :]
+            if len(group) > 1:
+                out.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in order:
+            visit(v)
+    return out
+
+
+def test_the_device_runtime_has_no_import_circle():
+    """runtimes/ imports in one direction inside itself too, type-only and lazy imports counted
+    (serve/model declares the ModelHost it needs; serve/state implements it and imports model)."""
+    paths = {_module(p): p for p in _sources("runtimes")}
+    graph = {m: {i for _, i in _imports(p) if i in paths and i != m} for m, p in paths.items()}
+    assert not _cycles(graph), _cycles(graph)
+    # the check itself sees a circle
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

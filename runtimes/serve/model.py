@@ -13,7 +13,8 @@ import base64
 import inspect
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from concurrent.futures import Executor
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -26,15 +27,25 @@ from ..scoring import l2_normalize
 from .batching import Batcher, ItemError
 from .config import ServeConfig
 from .inputs import ImageRef
+from .metrics import Metrics
 
-if TYPE_CHECKING:
-    from .state import ServerState
+
+class ModelHost(Protocol):
+    """What a served model asks of the server that holds it (state.ServerState is the one), declared
+    here so that this module needs nothing from state.py: state imports model, never the reverse."""
+
+    metrics: Metrics
+    decode_pool: Executor  # image decoding + preprocessing, off the event loop
+
+    def arrivals(self) -> int: ...  # requests read but not yet queued (a batcher waits for them)
+
+    def arrived(self, state: dict | None) -> None: ...  # one of them reached its batcher
 
 
 class ServedModel:
     """A loaded pipeline, its batchers and its label cache; what it serves is what it declares."""
 
-    def __init__(self, name: str, pipeline: Pipeline, cfg: ServeConfig, server: ServerState):
+    def __init__(self, name: str, pipeline: Pipeline, cfg: ServeConfig, server: ModelHost):
         if not isinstance(pipeline, Pipeline):
             raise InputError(
                 f"model {name!r}: {type(pipeline).__name__} is not a pipeline (subclass "
