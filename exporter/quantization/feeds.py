@@ -24,12 +24,19 @@ HELD_OUT = {"images": 16, "texts": 32}  # held-out items per component kind
 # -- encoders (dual encoders, text embeddings) ---------------------------------------------
 
 
-def calibration_data(spec: str | None, component: str, kind: str) -> DataSet:
+def calibration_data(spec: str | None, component: str, kind: str, samples: int | None = None) -> DataSet:
     """The calibration set for one component (kind: images / texts); a folder without texts
-    calibrates the text tower on the built-in real captions rather than failing."""
+    calibrates the text tower on the built-in real captions rather than failing. `samples`: how
+    many the caller takes from the front (the generated shapes split renders only those, not its
+    24,000 images, minutes of CPU)."""
     if spec is None:
         raise InputError("static INT8 needs calibration data: --calib DIR|FILE|shapes (or --mode dynamic)")
-    data = open_dataset(spec, split="train")
+    limit = None
+    if spec == "shapes" and samples is not None:
+        from ...common.datasets.shapes import DEFAULT_N
+
+        limit = min(samples, DEFAULT_N["train"])  # the front of the same split: the same samples
+    data = open_dataset(spec, split="train", limit=limit)
     if kind == "images" and not data.images:
         raise InputError(f"--calib {spec}: the {component} component needs images, and {spec} has only text")
     if kind == "texts" and not data.texts:
@@ -66,7 +73,7 @@ def encoder_calibration_feeds(
     bundle: Bundle, component: str, spec: str | None, samples: int, same_shape: bool
 ) -> tuple[list[Feeds], str]:
     feeds = BundleFeeds(bundle)
-    data = calibration_data(spec, component, feeds.kinds[component])
+    data = calibration_data(spec, component, feeds.kinds[component], samples)
     return feeds.samples(component, data, samples, same_shape=same_shape), data.name
 
 
