@@ -48,7 +48,7 @@ def events(lines) -> list:
 
 
 class StreamingFake(Pipeline):
-    """Streams one word per 20 ms for up to 10 s; records when its reader made it stop."""
+    """Streams one word per 20 ms for up to 10 s (or max_new_tokens words); records when its reader made it stop."""
 
     capabilities = frozenset({Capability.CAPTION})
 
@@ -59,7 +59,7 @@ class StreamingFake(Pipeline):
     def caption(self, images, max_new_tokens=None, num_beams=None, on_text=None):
         self.calls += 1
         texts, alive = [""] * len(images), [True] * len(images)
-        for step in range(500):
+        for step in range(max_new_tokens or 500):  # a plain request asks for a few: it waits out the whole caption
             time.sleep(0.02)
             for i in range(len(images)):
                 if alive[i]:
@@ -133,7 +133,7 @@ def test_a_reader_that_leaves_frees_its_batch_slot(images):
             assert fake.stopped.wait(60), "the running caption did not stop when its reader left"
             assert fake.calls == 1  # the queued request never ran
             assert a.get("/health").json()["status"] == "ok"
-            fake2 = a.post("/v1/caption", json={"image": body["image"], "stream": False})
+            fake2 = a.post("/v1/caption", json={"image": body["image"], "stream": False, "max_new_tokens": 5})
             assert fake2.status_code == 200
             t = time.time()
             while srv.working and time.time() - t < 60:
