@@ -1024,11 +1024,11 @@ def prune(
     ),
     calib_samples: int = typer.Option(128, min=1, help="Calibration samples the importance is measured on."),
     epochs: int = typer.Option(
-        1, min=0, help="Recovery: passes of distillation from the teacher over --samples (0: prune only)."
+        4, min=0, help="Recovery: passes of distillation from the teacher over --samples (0: prune only)."
     ),
-    samples: int | None = typer.Option(4096, min=2, help="Recovery images per epoch."),
+    samples: int | None = typer.Option(8192, min=2, help="Recovery images per epoch."),
     batch_size: int = typer.Option(64, min=2),
-    lr: float = typer.Option(1e-3, help="Peak recovery learning rate (warm-up, then cosine decay)."),
+    lr: float = typer.Option(3e-3, help="Peak recovery learning rate (warm-up, then cosine decay)."),
     seed: int = typer.Option(0),
     threads: TorchThreads = None,
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
@@ -1113,8 +1113,8 @@ def compress(
     width: str = typer.Option("1,0.5", help="MLP width ratios (1: the teacher's)."),
     precision: str = typer.Option("fp32,int8", help="Precisions of every student (INT8 calibrated on --data)."),
     backend: str = typer.Option("onnxruntime,openvino", help="Backends of every student."),
-    epochs: int = typer.Option(1, min=1, help="Recovery training of each student, in passes over --samples."),
-    samples: int = typer.Option(4096, min=2, help="Training images per epoch."),
+    epochs: int = typer.Option(2, min=1, help="Recovery training of each student, in passes over --samples."),
+    samples: int = typer.Option(8192, min=2, help="Training images per epoch."),
     batch_size: int = typer.Option(64, min=2),
     eval_images: int = typer.Option(500, min=1, help="Held-out images the top-1 is measured on."),
     timing_seconds: float = typer.Option(

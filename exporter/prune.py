@@ -67,10 +67,12 @@ class PruneConfig:
     method: str = "activation"  # importance: activation | weight | random
     data: str = "shapes"
     calib_samples: int = 128  # calibration images (and as many texts) for the importance scores
-    samples: int | None = 4096  # recovery images per epoch
-    epochs: int = 1  # recovery by distillation from the teacher; 0 = prune only
+    # recovery: 512 steps at peak lr 3e-3 (measured on clip-shapes --heads 0.5 --mlp 0.5 --towers vision,
+    # steps and lr matter most: 1e-3 / 3e-3 / 1e-2 at 128 steps 55-70 / 79 / 56% top-1; 3e-3 at 512 steps 91%)
+    samples: int | None = 8192  # recovery images per epoch
+    epochs: int = 4  # recovery by distillation from the teacher; 0 = prune only
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-3
     seed: int = 0
     threads: int | None = None
     device: str = "auto"
