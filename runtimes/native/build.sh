@@ -46,17 +46,8 @@ if [ -z "$ort_include" ]; then
   # lists and pins are untouched) and unpacked here; only usr/include/onnxruntime is used.
   ort_include="$third/onnxruntime/usr/include/onnxruntime"
   if [ ! -f "$ort_include/onnxruntime_c_api.h" ]; then
-    apt_dir="$third/apt-trixie"
-    mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/debs"
-    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" \
-      >"$apt_dir/sources.list"
-    opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o "Dir::Etc::SourceParts=/nonexistent"
-      -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache" -o "Debug::NoDropPrivs=1"
-      -o "APT::Sandbox::User=root")
-    echo "build.sh: fetching libonnxruntime-dev (Debian 13) for the ONNX Runtime C API header"
-    apt-get "${opts[@]}" update -qq
-    (cd "$apt_dir/debs" && apt-get "${opts[@]}" download libonnxruntime-dev >/dev/null)
-    dpkg -x "$(ls "$apt_dir"/debs/libonnxruntime-dev_*.deb | head -1)" "$third/onnxruntime"
+    source "$here/debian13_ort_headers.sh"
+    debian13_ort_headers "$third" build.sh
   fi
 fi
 

@@ -53,24 +53,16 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 
 if [ -z "$ort_include" ]; then
-  # Debian 12: the C API header (architecture independent) from trixie's libonnxruntime-dev, as
-  # build.sh fetches it: a private apt state, the system's sources and pins untouched
+  # Debian 12: the C API header (architecture independent) from trixie's libonnxruntime-dev, fetched
+  # by debian13_ort_headers.sh as build.sh does (a private apt state, the system's sources and pins
+  # untouched); build.sh's copy is reused when it is there
   ort_include="$third/onnxruntime/usr/include/onnxruntime"
   host_copy="$root/build/native/third_party/onnxruntime/usr/include/onnxruntime"
   if [ ! -f "$ort_include/onnxruntime_c_api.h" ] && [ -f "$host_copy/onnxruntime_c_api.h" ]; then
     ort_include="$host_copy"
   elif [ ! -f "$ort_include/onnxruntime_c_api.h" ]; then
-    apt_dir="$third/apt-trixie"
-    mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/debs"
-    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" \
-      >"$apt_dir/sources.list"
-    opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o "Dir::Etc::SourceParts=/nonexistent"
-      -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache" -o "Debug::NoDropPrivs=1"
-      -o "APT::Sandbox::User=root")
-    echo "build-aarch64.sh: fetching libonnxruntime-dev (Debian 13) for the ONNX Runtime C API header"
-    apt-get "${opts[@]}" update -qq
-    (cd "$apt_dir/debs" && apt-get "${opts[@]}" download libonnxruntime-dev >/dev/null)
-    dpkg -x "$(ls "$apt_dir"/debs/libonnxruntime-dev_*.deb | head -1)" "$third/onnxruntime"
+    source "$native/debian13_ort_headers.sh"
+    debian13_ort_headers "$third" build-aarch64.sh
   fi
 fi
 
