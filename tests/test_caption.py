@@ -502,17 +502,31 @@ def test_cli_caption(shapes_bundle, tmp_path):
     assert r.exit_code == 2 and "num_beams" in r.stderr
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_caption_shapes_beam_search_like_pytorch(shapes_bundle, backend):
-    """Beam search on the trained fixture, where captions end on eos (finished hypotheses, early stop)."""
+BEAM_SETTINGS = ({"num_beams": 3}, {"num_beams": 4, "length_penalty": 0.5}, {"num_beams": 2, "early_stopping": True})
+
+
+@pytest.fixture(scope="module")
+def shapes_beam_reference(shapes_bundle):
+    """(pixels of 24 test images, PyTorch's beam-search ids per BEAM_SETTINGS): computed once for both backends."""
     from transformers import VisionEncoderDecoderModel
 
     model = VisionEncoderDecoderModel.from_pretrained(str(package_path("fixtures/caption-shapes"))).eval()
-    pipe = load(shapes_bundle, backend=backend, precision="fp32", threads=2)
+    pipe = load(shapes_bundle, backend="onnxruntime", precision="fp32", threads=2)
     px = pipe.pixel_values([s.image for s in shapes.generate("test", 24)])
-    for kw in ({"num_beams": 3}, {"num_beams": 4, "length_penalty": 0.5}, {"num_beams": 2, "early_stopping": True}):
-        with torch.inference_mode():
-            ref = model.generate(pixel_values=torch.from_numpy(px), do_sample=False, **kw).numpy()
+    with torch.inference_mode():
+        refs = [
+            model.generate(pixel_values=torch.from_numpy(px), do_sample=False, **kw).numpy() for kw in BEAM_SETTINGS
+        ]
+    return px, refs
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_caption_shapes_beam_search_like_pytorch(shapes_bundle, shapes_beam_reference, backend):
+    """Beam search on the trained fixture, where captions end on eos (finished hypotheses, early stop)."""
+    px, refs = shapes_beam_reference
+    pipe = load(shapes_bundle, backend=backend, precision="fp32", threads=2)
+    np.testing.assert_array_equal(pipe.pixel_values([s.image for s in shapes.generate("test", 24)]), px)
+    for kw, ref in zip(BEAM_SETTINGS, refs):
         extra = {k: v for k, v in kw.items() if k != "num_beams"}
         assert _same(pipe.generate_ids(px, num_beams=kw["num_beams"], **extra), ref), kw
 
