@@ -65,6 +65,7 @@ class _OpenOptions(C.Structure):
         ("threads", C.c_int32),
         ("verify", C.c_int32),
         ("ort_library", C.c_char_p),
+        ("device", C.c_char_p),  # since 0.2.0: read only as far as struct_size reaches
     ]
 
 
@@ -208,8 +209,11 @@ class NativeModel:
         verify: bool = False,
         library: str | os.PathLike | None = None,
         ort_library: str | os.PathLike | None = None,
+        device: str | None = None,
     ):
-        """ort_library: libonnxruntime.so to use (None: $MMRT_ORT_LIBRARY, then the onnxruntime wheel's)."""
+        """ort_library: libonnxruntime.so to use (None: $MMRT_ORT_LIBRARY, then the onnxruntime wheel's).
+        device: cpu (default); cuda / tensorrt (an onnxruntime-gpu library: give it as ort_library);
+        an OpenVINO device (GPU, NPU). One this library or machine lacks raises BackendError."""
         self._lib = load_library(library)
         opts = _OpenOptions()
         self._lib.mmrt_open_options_init(C.byref(opts))
@@ -218,6 +222,7 @@ class NativeModel:
         opts.threads = int(threads or 0)
         opts.verify = int(verify)
         opts.ort_library = _utf8(os.fspath(ort_library), "ort_library") if ort_library is not None else None
+        opts.device = _utf8(device, "device") if device else None
         handle = C.c_void_p()
         self._check(self._lib.mmrt_model_open(_utf8(os.fspath(bundle), "bundle path"), C.byref(opts), C.byref(handle)))
         self._handle = handle

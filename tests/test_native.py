@@ -354,6 +354,36 @@ def test_onnxruntime_too_old_is_a_clear_error(native_build, native_clip, tmp_pat
     assert "too old" in line and "API version" in line
 
 
+def test_device_option(native_build, native_clip, native_bundle, images):
+    """--device: cpu runs as the default does; a GPU provider or device this machine's libraries lack
+    is one line naming the library and what to install (never an abort); a bad name is one line."""
+    import onnxruntime
+
+    args = ["embed", native_clip, "--image", images[0], "--text", "a red circle", "--json"]
+    assert json.loads(mmrt(*args, "--device", "cpu").stdout) == json.loads(mmrt(*args).stdout)
+    assert json.loads(mmrt("info", native_clip, "--json", "--device", "CPU").stdout)["device"] == "cpu"
+    lib = json.loads(mmrt("info", native_clip, "--json").stdout)["library"]
+    have = onnxruntime.get_available_providers()
+    for device, provider, ort_name in (
+        ("cuda", "CUDA", "CUDAExecutionProvider"),
+        ("tensorrt", "TensorRT", "TensorrtExecutionProvider"),
+        ("cuda:1", "CUDA", "CUDAExecutionProvider"),
+    ):
+        if ort_name in have:
+            continue  # a GPU build of onnxruntime: this is no longer a missing provider
+        line = _one_line_error(mmrt(*args, "--device", device, check=False), f"no {provider} execution provider")
+        assert lib in line and "onnxruntime-gpu" in line, line
+    _one_line_error(mmrt(*args, "--device", "warp-drive", check=False), "unknown device", "cuda", "GPU")
+    _one_line_error(mmrt(*args, "--device", "cuda:x", check=False), "cuda:N")
+    _one_line_error(mmrt(*args, "--device", "cuda", "--backend", "openvino", check=False), "OpenVINO takes")
+    # an OpenVINO device on a bundle without OpenVINO artifacts: the variant is named, not a crash
+    _one_line_error(mmrt(*args, "--device", "GPU", check=False), "no openvino")
+    both = native_bundle("clip-shapes", ("onnxruntime", "openvino"))
+    r = mmrt("embed", both, "--text", "a red circle", "--device", "NPU", check=False)
+    if "no OpenVINO" not in r.stderr and r.returncode:
+        _one_line_error(r, "OpenVINO device NPU is not available here", "have: ")
+
+
 def test_c_api_hostile_calls(native_build, native_clip, images):
     r = subprocess.run([str(native_build / "c_api_hostile"), native_clip, images[0]], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -107,6 +107,16 @@ def test_ctypes_errors_are_mmdeploy_errors(native_lib, native_clip, shapes_bundl
     raises(InputError, lambda: native_lib(native_clip, backend="nosuchbackend"), "unknown backend")
     nope = tmp_path / "libonnxruntime.so"
     raises(BackendError, lambda: native_lib(native_clip, backend="onnxruntime", ort_library=nope), str(nope))
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():  # the CPU wheel: a status, no abort
+        raises(
+            BackendError,
+            lambda: native_lib(native_clip, device="cuda"),
+            "no CUDA execution provider",
+            "onnxruntime-gpu",
+        )
+    raises(InputError, lambda: native_lib(native_clip, device="warp-drive"), "unknown device")
     cut = tmp_path / "cut.jpg"
     jpg = next(p for p in images if p.suffix == ".jpg")
     cut.write_bytes(jpg.read_bytes()[:200])

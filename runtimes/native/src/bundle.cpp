@@ -578,19 +578,6 @@ std::pair<std::string, std::string> Bundle::select_variant(const std::string& ba
     fail(MMRT_ERR_BUNDLE, root_ + " has no " + want + " for all components (has: " + join_names(sorted) + ")");
   }
   bool explicit_variant = !backend.empty() && !precision.empty();
-  std::vector<std::pair<std::string, std::string>> candidates;
-  for (auto& k : matching) {
-    bool ok = explicit_variant;
-    if (!ok) {
-      ok = true;
-      for (auto* a : variants[k]) ok = ok && a->passed && runs_here(*a);
-    }
-    if (ok) candidates.push_back(k);
-  }
-  if (candidates.empty())
-    fail(MMRT_ERR_BUNDLE, root_ + ": no variant matching " + (backend.empty() ? "any" : backend) + "/" +
-                              (precision.empty() ? "any" : precision) +
-                              " passed its accuracy gate and runs here; name --backend and --precision to force one");
   std::map<std::pair<std::string, std::string>, double> measured;
   if (manifest_.contains("measured") && manifest_["measured"].is_object()) {
     auto key = machine_key();
@@ -606,14 +593,24 @@ std::pair<std::string, std::string> Bundle::select_variant(const std::string& ba
       if (kPreference[i] == k) return i;
     return kPreference.size();
   };
-  auto best = candidates[0];
   auto score = [&](const std::pair<std::string, std::string>& k) {
     double m = measured.count(k) ? measured[k] : std::numeric_limits<double>::infinity();
     return std::make_pair(m, rank(k));
   };
-  for (auto& k : candidates)
-    if (score(k) < score(best)) best = k;
-  return best;
+  // select.py's min over the variants that pass and run here, asked best first: runs_here may
+  // load a backend (OpenVINO's core: time and tens of MB), so it is asked only until one passes
+  std::stable_sort(matching.begin(), matching.end(), [&](auto& a, auto& b) { return score(a) < score(b); });
+  for (auto& k : matching) {
+    bool ok = explicit_variant;
+    if (!ok) {
+      ok = true;
+      for (auto* a : variants[k]) ok = ok && a->passed && runs_here(*a);
+    }
+    if (ok) return k;
+  }
+  fail(MMRT_ERR_BUNDLE, root_ + ": no variant matching " + (backend.empty() ? "any" : backend) + "/" +
+                            (precision.empty() ? "any" : precision) +
+                            " passed its accuracy gate and runs here; name --backend and --precision to force one");
 }
 
 }  // namespace mmrt

@@ -1,7 +1,10 @@
 #include "model.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <functional>
+#include <future>
 #include <numeric>
 
 #include "error.h"
@@ -40,6 +43,47 @@ long long output_dim(const json& component) {
   return 0;
 }
 
+// --device: "cpu" runs on both backends; cuda / tensorrt[:N] are ONNX Runtime's GPU providers;
+// other names are OpenVINO devices (GPU, GPU.1, NPU, AUTO, ...), upper-cased as the Python runtime does.
+struct DeviceChoice {
+  OrtDevice ort;
+  std::string ov = "CPU";
+  bool on_ort = true, on_ov = true;
+};
+
+DeviceChoice parse_device(const std::string& name) {
+  DeviceChoice d;
+  std::string lower, upper;
+  for (unsigned char c : name) lower += (char)std::tolower(c), upper += (char)std::toupper(c);
+  if (lower.empty() || lower == "cpu") return d;
+  const std::string known =
+      "give cpu (the default), cuda or tensorrt (ONNX Runtime GPU builds; cuda:1 picks a GPU) or an OpenVINO "
+      "device (GPU, GPU.1, NPU, AUTO)";
+  bool printable = name.size() <= 64;
+  for (unsigned char c : name) printable &= std::isalnum(c) || c == '.' || c == ':' || c == ',' || c == '_' || c == '-';
+  if (!printable) fail(MMRT_ERR_INVALID_ARGUMENT, "device " + short_repr(name.substr(0, 64)) + " is not a device name: " + known);
+  for (const char* ep : {"cuda", "tensorrt"}) {
+    std::string e = ep;
+    if (lower.compare(0, e.size(), e) != 0) continue;
+    std::string rest = lower.substr(e.size());
+    if (!rest.empty() && (rest[0] != ':' || rest.size() < 2 || rest.size() > 4 ||
+                          rest.find_first_not_of("0123456789", 1) != std::string::npos))
+      fail(MMRT_ERR_INVALID_ARGUMENT, "device " + short_repr(name) + ": write " + e + " or " + e + ":N (N: the GPU index)");
+    d.ort.ep = e;
+    d.ort.id = rest.empty() ? 0 : std::stoi(rest.substr(1));
+    d.on_ov = false;
+    return d;
+  }
+  std::string base = upper.substr(0, upper.find_first_of(".:"));
+  for (const char* ov : {"CPU", "GPU", "NPU", "AUTO", "HETERO", "MULTI"})
+    if (base == ov) {
+      d.ov = upper;
+      d.on_ort = false;  // ONNX Runtime has no such device here (its GPU is "cuda")
+      return d;
+    }
+  fail(MMRT_ERR_INVALID_ARGUMENT, "unknown device " + short_repr(name) + ": " + known);
+}
+
 }  // namespace
 
 std::string fill_template(const std::string& t, const std::string& label) {
@@ -76,7 +120,15 @@ Model::Model(const std::string& dir, const OpenOptions& o) : bundle_(Bundle::ope
   for (auto [flag, v] : {std::pair<const char*, const std::string*>{"--backend", &o.backend}, {"--precision", &o.precision}})
     if (!v->empty() && v->find_first_not_of(" \t") == std::string::npos)
       fail(MMRT_ERR_INVALID_ARGUMENT, std::string(flag) + " is empty: give a name, or leave the flag out for the default variant");
-  // select.py runs_here: the backend loads here and the CPU has the precision natively
+  const DeviceChoice device = parse_device(o.device);
+  if (o.backend == "onnxruntime" && !device.on_ort)
+    fail(MMRT_ERR_INVALID_ARGUMENT, "device " + short_repr(o.device) +
+                                        " is an OpenVINO device; ONNX Runtime takes cpu, cuda or tensorrt");
+  if (o.backend == "openvino" && !device.on_ov)
+    fail(MMRT_ERR_INVALID_ARGUMENT, "device " + short_repr(o.device) +
+                                        " is an ONNX Runtime execution provider; OpenVINO takes CPU, GPU, NPU, AUTO");
+  // select.py runs_here: the backend loads here and the CPU has the precision natively; a GPU-only
+  // device narrows the default variant to the backend that has it
   std::string ov_error;
   auto openvino = [&]() -> std::shared_ptr<OvLibrary> {
     if (!ov_ && ov_error.empty()) {
@@ -90,14 +142,20 @@ Model::Model(const std::string& dir, const OpenOptions& o) : bundle_(Bundle::ope
   };
   auto runs_here = [&](const Artifact& a) {  // backends/*.py Capabilities.runs
     const std::string& p = a.precision;
-    if (a.backend == "onnxruntime") return p == "fp32" || p == "fp16" || p == "int8" || p == "int4";
-    if (a.backend == "openvino") return openvino() && ov_->cpu_supports(p);
+    if (a.backend == "onnxruntime") return device.on_ort && (p == "fp32" || p == "fp16" || p == "int8" || p == "int4");
+    if (a.backend == "openvino") return device.on_ov && openvino() && (device.ov != "CPU" || ov_->cpu_supports(p));
     return false;
   };
-  std::tie(backend_, precision_) = bundle_.select_variant(o.backend, o.precision, runs_here);
+  std::string backend = o.backend;
+  if (backend.empty() && device.on_ort != device.on_ov) backend = device.on_ort ? "onnxruntime" : "openvino";
+  std::tie(backend_, precision_) = bundle_.select_variant(backend, o.precision, runs_here);
   if (backend_ == "openvino" && !openvino()) fail(MMRT_ERR_BACKEND, ov_error);
   if (backend_ != "onnxruntime" && backend_ != "openvino")
     fail(MMRT_ERR_BACKEND, "backend " + backend_ + " is not in the native runtime (it runs onnxruntime and openvino)");
+  if ((backend_ == "onnxruntime" && !device.on_ort) || (backend_ == "openvino" && !device.on_ov))
+    fail(MMRT_ERR_BACKEND, dir + ": the variant " + backend_ + "/" + precision_ + " does not run on device " + short_repr(o.device) +
+                               " and the bundle has no other that does");
+  device_ = backend_ == "openvino" ? device.ov : device.ort.ep + (device.ort.id ? ":" + std::to_string(device.ort.id) : "");
   const json& m = bundle_.manifest();
   std::vector<std::string> files;
   bool dual = family_ != "text-embedding";
@@ -122,26 +180,41 @@ Model::Model(const std::string& dir, const OpenOptions& o) : bundle_(Bundle::ope
   if (family_ == "siglip") logit_scale_ = m["siglip"]["logit_scale"].get<double>(), logit_bias_ = m["siglip"]["logit_bias"].get<double>();
   if (family_ == "align") temperature_ = m["align"]["temperature"].get<double>();
   if (backend_ == "onnxruntime") ort_ = OrtLibrary::load(o.ort_library);
-  auto open_component = [&](const std::string& comp) {
+  // a component's artifact, its files verified (hashing and stamps stay in this thread)
+  auto artifact_of = [&](const std::string& comp) {
     if (!m["components"].contains(comp)) fail(MMRT_ERR_BUNDLE, dir + ": family " + family_ + " needs a " + comp + " component");
     auto arts = bundle_.find(comp, backend_, precision_);
     if (arts.empty()) fail(MMRT_ERR_BUNDLE, dir + ": no " + backend_ + "/" + precision_ + " artifact for " + comp);
     bundle_.verify(arts[0].files);
-    std::unique_ptr<Session> session;
-    if (ort_) session = std::make_unique<OrtModel>(ort_, bundle_.path(arts[0].path), o.threads);
-    else session = open_openvino(ov_, bundle_.path(arts[0].path), arts[0].runtime, o.threads);
-    return session;
+    return arts[0];
   };
+  auto session_of = [&](const Artifact& a) -> std::unique_ptr<Session> {
+    if (ort_) return std::make_unique<OrtModel>(ort_, bundle_.path(a.path), o.threads, device.ort);
+    return open_openvino(ov_, bundle_.path(a.path), a.runtime, o.threads, device.ov);
+  };
+  auto open_component = [&](const std::string& comp) { return session_of(artifact_of(comp)); };
   if (generative) {
     open_generative(open_component);
     return;
   }
-  text_ = open_component("text");
+  Artifact text = artifact_of("text");
   for (auto& i : m["components"]["text"]["inputs"]) text_inputs_.push_back(i["name"]);
   long long dim = output_dim(m["components"]["text"]);
   if (dual) {
-    vision_ = open_component("vision");
+    // both sessions at once, as select.py open_sessions: creation (weight loading, prepacking)
+    // is most of a cold start and ORT / OpenVINO run it in the calling thread
+    Artifact vision = artifact_of("vision");
+    auto pending = std::async(std::launch::async, session_of, std::cref(vision));
+    try {
+      text_ = session_of(text);
+    } catch (...) {
+      pending.wait();  // the text session's error is the one reported, as when opened in turn
+      throw;
+    }
+    vision_ = pending.get();
     if (!dim) dim = output_dim(m["components"]["vision"]);
+  } else {
+    text_ = session_of(text);
   }
   if (!dim && m.contains(family_ == "text-embedding" ? "text_embedding" : family_)) {
     const json& block = m[family_ == "text-embedding" ? "text_embedding" : family_];
@@ -159,6 +232,7 @@ std::string Model::info_json() const {
   j["variant"] = backend_ + "/" + precision_;
   j["backend"] = backend_;
   j["precision"] = precision_;
+  j["device"] = device_;
   j["components"] = bundle_.components();
   j["embed_dim"] = embed_dim_;
   j["verified"] = bundle_.verified();

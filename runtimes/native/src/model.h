@@ -32,7 +32,7 @@ struct Generated {
 };
 
 struct OpenOptions {
-  std::string backend, precision, ort_library;
+  std::string backend, precision, ort_library, device;  // device: "" = cpu
   int threads = 0;
   bool verify = false;
 };
@@ -73,7 +73,7 @@ class Model {
   std::string decode(const int64_t* ids, size_t n) const;
 
   Bundle bundle_;
-  std::string family_, backend_, precision_;
+  std::string family_, backend_, precision_, device_;
   std::shared_ptr<OrtLibrary> ort_;
   std::shared_ptr<OvLibrary> ov_;
   std::unique_ptr<Session> vision_, text_;

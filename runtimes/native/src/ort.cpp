@@ -56,6 +56,46 @@ std::vector<std::string> search_paths() {
   return out;
 }
 
+// Append the GPU execution providers a device asks for (runtimes/backends/onnxruntime.py DEVICES:
+// tensorrt -> TensorRT, CUDA, CPU; cuda -> CUDA, CPU; CPU is always last, implicitly). A provider
+// this library was not built with is an error naming the library, never a silent CPU run.
+void append_providers(const OrtLibrary& lib, OrtSessionOptions* so, const OrtDevice& device) {
+  if (device.ep == "cpu") return;
+  const OrtApi* api = lib.api();
+  auto has = [&](const char* name) {
+    for (auto& p : lib.providers())
+      if (p == name) return true;
+    return false;
+  };
+  const char* wanted = device.ep == "tensorrt" ? "TensorrtExecutionProvider" : "CUDAExecutionProvider";
+  if (!has(wanted)) {
+    std::string have;
+    for (auto& p : lib.providers()) have += (have.empty() ? "" : ", ") + p;
+    fail(MMRT_ERR_BACKEND, "this ONNX Runtime (" + lib.path() + ", " + lib.version() + ") has no " +
+                               (device.ep == "tensorrt" ? "TensorRT" : "CUDA") + " execution provider (it has: " + have +
+                               "): use an onnxruntime-gpu build (on Jetson, JetPack's) and give its libonnxruntime.so "
+                               "with --ort-library / MMRT_ORT_LIBRARY");
+  }
+  std::string id = std::to_string(device.id);
+  const char* keys[] = {"device_id"};
+  const char* values[] = {id.c_str()};
+  if (device.ep == "tensorrt") {
+    OrtTensorRTProviderOptionsV2* trt = nullptr;
+    check(api, api->CreateTensorRTProviderOptions(&trt), "onnxruntime TensorRT options");
+    OrtStatus* s = api->UpdateTensorRTProviderOptions(trt, keys, values, 1);
+    if (!s) s = api->SessionOptionsAppendExecutionProvider_TensorRT_V2(so, trt);
+    api->ReleaseTensorRTProviderOptions(trt);
+    check(api, s, "onnxruntime TensorRT execution provider (" + lib.path() + ")");
+  }
+  if (!has("CUDAExecutionProvider")) return;  // a TensorRT-only build: TensorRT, then CPU
+  OrtCUDAProviderOptionsV2* cuda = nullptr;
+  check(api, api->CreateCUDAProviderOptions(&cuda), "onnxruntime CUDA options");
+  OrtStatus* s = api->UpdateCUDAProviderOptions(cuda, keys, values, 1);
+  if (!s) s = api->SessionOptionsAppendExecutionProvider_CUDA_V2(so, cuda);
+  api->ReleaseCUDAProviderOptions(cuda);
+  check(api, s, "onnxruntime CUDA execution provider (" + lib.path() + ")");
+}
+
 }  // namespace
 
 std::shared_ptr<OrtLibrary> OrtLibrary::load(const std::string& requested) {
@@ -115,12 +155,17 @@ std::shared_ptr<OrtLibrary> OrtLibrary::load(const std::string& requested) {
   lib->version_ = version;
   check(api, api->CreateEnv(ORT_LOGGING_LEVEL_ERROR, "mmrt", &lib->env_), "onnxruntime CreateEnv");
   check(api, api->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &lib->cpu_), "onnxruntime memory info");
+  char** names = nullptr;
+  int count = 0;
+  check(api, api->GetAvailableProviders(&names, &count), "onnxruntime providers");
+  for (int i = 0; i < count; i++) lib->providers_.push_back(names[i]);
+  if (OrtStatus* s = api->ReleaseAvailableProviders(names, count)) api->ReleaseStatus(s);
   // never unloaded: sessions of other models may still use it, and ORT dislikes dlclose
   loaded[chosen] = lib;
   return lib;
 }
 
-OrtModel::OrtModel(std::shared_ptr<OrtLibrary> lib, const std::string& onnx_path, int threads)
+OrtModel::OrtModel(std::shared_ptr<OrtLibrary> lib, const std::string& onnx_path, int threads, const OrtDevice& device)
     : lib_(std::move(lib)), path_(onnx_path) {
   const OrtApi* api = lib_->api();
   OrtSessionOptions* so = nullptr;
@@ -136,6 +181,7 @@ OrtModel::OrtModel(std::shared_ptr<OrtLibrary> lib, const std::string& onnx_path
     check(api, api->SetInterOpNumThreads(so, 1), "onnxruntime threads");
   }
   check(api, api->SetSessionLogSeverityLevel(so, 3), "onnxruntime options");
+  append_providers(*lib_, so, device);
   check(api, api->CreateSession(lib_->env(), onnx_path.c_str(), so, &session_), "onnxruntime cannot load " + onnx_path);
   OrtAllocator* alloc = nullptr;
   check(api, api->GetAllocatorWithDefaultOptions(&alloc), "onnxruntime allocator");

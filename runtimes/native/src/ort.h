@@ -23,12 +23,21 @@ class OrtLibrary {
   OrtEnv* env() const { return env_; }
   const std::string& path() const { return path_; }
   const std::string& version() const { return version_; }
+  // GetAvailableProviders: the execution providers compiled into this library
+  const std::vector<std::string>& providers() const { return providers_; }
 
   const OrtApi* api_ = nullptr;
   OrtEnv* env_ = nullptr;
   OrtMemoryInfo* cpu_ = nullptr;
   void* handle_ = nullptr;
   std::string path_, version_;
+  std::vector<std::string> providers_;
+};
+
+// Where an ONNX Runtime session runs: "cpu", "cuda" or "tensorrt" (then CUDA, then CPU), GPU `id`.
+struct OrtDevice {
+  std::string ep = "cpu";
+  int id = 0;
 };
 
 // A tensor handed to / returned from a session: row-major, float32 or int64.
@@ -73,7 +82,8 @@ class Session {
 class OrtModel : public Session {
  public:
   // threads: intra-op threads (0: ORT's default), inter-op 1, as runtimes/onnxruntime.py.
-  OrtModel(std::shared_ptr<OrtLibrary> lib, const std::string& onnx_path, int threads);
+  // device: the execution providers appended (a GPU one this library lacks: Error(MMRT_ERR_BACKEND)).
+  OrtModel(std::shared_ptr<OrtLibrary> lib, const std::string& onnx_path, int threads, const OrtDevice& device = {});
   ~OrtModel();
   OrtModel(const OrtModel&) = delete;
   OrtModel& operator=(const OrtModel&) = delete;

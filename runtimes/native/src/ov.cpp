@@ -24,6 +24,8 @@ namespace mmrt {
   X(ov_core_create) \
   X(ov_core_get_property) \
   X(ov_core_compile_model_from_file_props) \
+  X(ov_core_get_available_devices) \
+  X(ov_available_devices_free) \
   X(ov_compiled_model_create_infer_request) \
   X(ov_compiled_model_free) \
   X(ov_infer_request_set_tensor) \
@@ -85,7 +87,8 @@ std::vector<std::string> search_paths() {
 
 class OvModel : public Session {
  public:
-  OvModel(std::shared_ptr<OvLibrary> lib, const std::string& path, const json& runtime, int threads)
+  OvModel(std::shared_ptr<OvLibrary> lib, const std::string& path, const json& runtime, int threads,
+          const std::string& device)
       : lib_(std::move(lib)), path_(path) {
     const OvApi& api = *lib_->api_;
     std::string hint = "f32";
@@ -94,7 +97,7 @@ class OvModel : public Session {
     std::string nthreads = std::to_string(threads);
     std::vector<ov_property_t> props = {{"PERFORMANCE_HINT", "LATENCY"}, {"INFERENCE_PRECISION_HINT", hint.c_str()}};
     if (threads > 0) props.push_back({"INFERENCE_NUM_THREADS", nthreads.c_str()});
-    check(api, api.ov_core_compile_model_from_file_props(api.core, path.c_str(), "CPU", props.size(), props.data(), &compiled_),
+    check(api, api.ov_core_compile_model_from_file_props(api.core, path.c_str(), device.c_str(), props.size(), props.data(), &compiled_),
           "openvino cannot load " + path);
   }
   ~OvModel() override {
@@ -292,9 +295,32 @@ bool OvLibrary::cpu_supports(const std::string& precision) const {
   return caps.find(" " + need + " ") != std::string::npos;
 }
 
+std::vector<std::string> OvLibrary::available_devices() const {
+  ov_available_devices_t d{};
+  check(*api_, api_->ov_core_get_available_devices(api_->core, &d), "openvino devices");
+  std::vector<std::string> out(d.devices, d.devices + d.size);
+  api_->ov_available_devices_free(&d);
+  return out;
+}
+
 std::unique_ptr<Session> open_openvino(std::shared_ptr<OvLibrary> lib, const std::string& xml_path, const json& runtime,
-                                       int threads) {
-  return std::make_unique<OvModel>(std::move(lib), xml_path, runtime, threads);
+                                       int threads, const std::string& device) {
+  // as runtimes/backends/openvino.py: a device this machine lacks is named with those it has
+  // (AUTO / HETERO / MULTI pick among them: OpenVINO judges those at compile)
+  std::string base = device.substr(0, device.find_first_of(".:"));
+  if (device != "CPU" && base != "AUTO" && base != "HETERO" && base != "MULTI") {
+    auto have = lib->available_devices();
+    bool found = false;
+    std::string list;
+    for (auto& d : have) {
+      found |= d == device || (device == base && d.substr(0, d.find('.')) == base);
+      list += (list.empty() ? "" : ", ") + d;
+    }
+    if (!found)
+      fail(MMRT_ERR_BACKEND, "OpenVINO device " + device + " is not available here (have: " + list + "; OpenVINO " +
+                                 lib->version() + ", " + lib->path() + ")");
+  }
+  return std::make_unique<OvModel>(std::move(lib), xml_path, runtime, threads, device);
 }
 
 }  // namespace mmrt
@@ -307,7 +333,8 @@ std::shared_ptr<OvLibrary> OvLibrary::load(const std::string&) {
   fail(MMRT_ERR_BACKEND, "this native build has no OpenVINO (the openvino wheel's headers were not found at build time)");
 }
 bool OvLibrary::cpu_supports(const std::string&) const { return false; }
-std::unique_ptr<Session> open_openvino(std::shared_ptr<OvLibrary>, const std::string&, const json&, int) {
+std::vector<std::string> OvLibrary::available_devices() const { return {}; }
+std::unique_ptr<Session> open_openvino(std::shared_ptr<OvLibrary>, const std::string&, const json&, int, const std::string&) {
   fail(MMRT_ERR_BACKEND, "this native build has no OpenVINO");
 }
 }  // namespace mmrt

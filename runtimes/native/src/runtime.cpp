@@ -118,6 +118,7 @@ mmrt_status mmrt_model_open(const char* bundle_dir, const mmrt_open_options* opt
     if (o.backend) opts.backend = o.backend;
     if (o.precision) opts.precision = o.precision;
     if (o.ort_library) opts.ort_library = o.ort_library;
+    if (o.device) opts.device = o.device;
     if (o.threads < 0 || o.threads > 1024)
       mmrt::fail(MMRT_ERR_INVALID_ARGUMENT, "threads " + std::to_string(o.threads) + " must be between 0 and 1024");
     opts.threads = o.threads;

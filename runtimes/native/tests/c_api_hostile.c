@@ -2,6 +2,7 @@
  * buffers, a missing bundle, a wrong image. Each must return the expected status with a message,
  * never crash. Usage: c_api_hostile BUNDLE IMAGE  (prints one line per check; exit 0 = all held) */
 #include <mmdeploy/runtime.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,15 @@ static void expect(const char* what, mmrt_status got, mmrt_status want) {
   int ok = got == want && (want == MMRT_OK || (msg && msg[0] && !strchr(msg, '\n')));
   printf("%s %s: %s (%s)\n", ok ? "ok  " : "FAIL", what, mmrt_status_name(got), msg ? msg : "(null)");
   if (!ok) failures++;
+}
+
+/* as expect, and the message names `words` */
+static void expect_says(const char* what, mmrt_status got, mmrt_status want, const char* words) {
+  expect(what, got, want);
+  if (got != MMRT_OK && !strstr(mmrt_last_error(), words)) {
+    printf("FAIL %s: the message does not say \"%s\"\n", what, words);
+    failures++;
+  }
 }
 
 int main(int argc, char** argv) {
@@ -41,6 +51,30 @@ int main(int argc, char** argv) {
   mmrt_open_options_init(&bad);
   bad.ort_library = "/nonexistent/libonnxruntime.so";
   expect("open missing ORT library", mmrt_model_open(argv[1], &bad, &m), MMRT_ERR_BACKEND);
+
+  /* devices: a GPU provider this (CPU) onnxruntime lacks is a status naming it, never an abort */
+  mmrt_open_options_init(&bad);
+  bad.device = "cuda";
+  expect_says("open device cuda", mmrt_model_open(argv[1], &bad, &m), MMRT_ERR_BACKEND, "no CUDA execution provider");
+  bad.device = "tensorrt:1";
+  expect_says("open device tensorrt", mmrt_model_open(argv[1], &bad, &m), MMRT_ERR_BACKEND, "no TensorRT execution provider");
+  bad.device = "warp-drive";
+  expect_says("open unknown device", mmrt_model_open(argv[1], &bad, &m), MMRT_ERR_INVALID_ARGUMENT, "unknown device");
+  bad.device = "cuda:x";
+  expect_says("open device cuda:x", mmrt_model_open(argv[1], &bad, &m), MMRT_ERR_INVALID_ARGUMENT, "cuda:N");
+  bad.device = "cuda";
+  bad.backend = "openvino";
+  expect_says("open openvino on cuda", mmrt_model_open(argv[1], &bad, &m), MMRT_ERR_INVALID_ARGUMENT, "OpenVINO takes");
+  /* an older caller's struct (no device field): the library does not read past struct_size */
+  mmrt_open_options_init(&bad);
+  bad.struct_size = offsetof(mmrt_open_options, device);
+  bad.device = "warp-drive";
+  expect("open 0.1 struct_size", mmrt_model_open(argv[1], &bad, &m), MMRT_OK);
+  mmrt_model_close(m);
+  mmrt_open_options_init(&bad);
+  bad.device = "CPU";
+  expect("open device CPU", mmrt_model_open(argv[1], &bad, &m), MMRT_OK);
+  mmrt_model_close(m);
 
   expect("open", mmrt_model_open(argv[1], NULL, &m), MMRT_OK);
   if (!m) return 1;

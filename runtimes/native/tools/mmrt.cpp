@@ -22,7 +22,8 @@ const char* kUsage =
     "       mmrt caption BUNDLE IMAGE... [--max-new-tokens N] [--num-beams N] [--prompt STR] [--stream] [--json] [--ids]\n"
     "       mmrt vqa|answer BUNDLE IMAGE... -q QUESTION [-q ...] [--max-new-tokens N] [--num-beams N] [--json] [--ids]\n"
     "         (vqa: one question for every image, one image for every question, or one each)\n"
-    "common options: --backend NAME --precision NAME --threads N --ort-library PATH (or $MMRT_ORT_LIBRARY)\n";
+    "common options: --backend NAME --precision NAME --threads N --ort-library PATH (or $MMRT_ORT_LIBRARY)\n"
+    "                --device cpu|cuda|tensorrt (ONNX Runtime GPU builds) or an OpenVINO device (GPU, NPU)\n";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -74,6 +75,7 @@ Args parse(int argc, char** argv) {
     else if (s == "--precision") a.open.precision = value();
     else if (s == "--threads") a.open.threads = parse_int(s, value(), 1, 1024);
     else if (s == "--ort-library") a.open.ort_library = value();
+    else if (s == "--device") a.open.device = value();
     else if (s == "-h" || s == "--help") throw UsageError("");
     else if (s.size() > 1 && s[0] == '-' && s != "-") throw UsageError("unknown option " + s);
     else a.positional.push_back(s);
@@ -116,6 +118,7 @@ int cmd_info(const Args& a) {
             << "components: ";
   for (size_t i = 0; i < j["components"].size(); i++) std::cout << (i ? ", " : "") << j["components"][i].get<std::string>();
   std::cout << "\nvariant:    " << j["variant"].get<std::string>() << " (the default here, as load() picks it)\n"
+            << "device:     " << j["device"].get<std::string>() << "\n"
             << (j["embed_dim"].get<size_t>() ? "embed dim:  " + j["embed_dim"].dump() + "\n" : std::string())
             << "verified:   " << j["verified"].size() << " files match their sha256\n"
             << j["backend"].get<std::string>() << " " << j["library_version"].get<std::string>() << ": "

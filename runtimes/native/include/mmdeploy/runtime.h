@@ -76,6 +76,13 @@ typedef struct mmrt_open_options {
   int32_t verify;          /* 1: hash every file of the bundle now; 0: hash the files used */
   const char* ort_library; /* path of libonnxruntime.so; NULL: $MMRT_ORT_LIBRARY, then the
                               onnxruntime wheel found at build time, then a search */
+  /* since 0.2.0 (read only when struct_size covers it) */
+  const char* device; /* NULL or "cpu": the CPU. ONNX Runtime: "cuda" or "tensorrt" (":N" picks the
+                         GPU; tensorrt falls back to CUDA then CPU per op), which need a GPU build of
+                         the library (onnxruntime-gpu, JetPack's; give it as ort_library). OpenVINO:
+                         its device name ("CPU", "GPU", "GPU.1", "NPU", "AUTO"). A GPU-only name steers
+                         the default variant to the backend that has it. Missing provider / device:
+                         MMRT_ERR_BACKEND naming the library; unknown name: MMRT_ERR_INVALID_ARGUMENT. */
 } mmrt_open_options;
 
 MMRT_API void mmrt_open_options_init(mmrt_open_options* options);
@@ -86,7 +93,7 @@ MMRT_API mmrt_status mmrt_model_open(const char* bundle_dir, const mmrt_open_opt
 /* NULL is a no-op. */
 MMRT_API void mmrt_model_close(mmrt_model* model);
 
-/* Info as one JSON object: {"family", "model", "bundle", "variant", "backend", "precision",
+/* Info as one JSON object: {"family", "model", "bundle", "variant", "backend", "precision", "device",
  * "components", "embed_dim" (0: a caption / vqa bundle), "verified": [files hashed], "library", "library_version" (the
  * backend's)}. Copies up to `capacity`
  * bytes (with the terminating NUL) into buffer; *needed (may be NULL) gets the size required.

@@ -30,6 +30,7 @@ inline void check(mmrt_status s) {
 
 struct OpenOptions {
   std::string backend, precision, ort_library;
+  std::string device;  // "" / "cpu", "cuda", "tensorrt", or an OpenVINO device ("GPU")
   int threads = 0;
   bool verify = false;
 };
@@ -94,6 +95,7 @@ class Model {
     opts.backend = o.backend.empty() ? nullptr : o.backend.c_str();
     opts.precision = o.precision.empty() ? nullptr : o.precision.c_str();
     opts.ort_library = o.ort_library.empty() ? nullptr : o.ort_library.c_str();
+    opts.device = o.device.empty() ? nullptr : o.device.c_str();
     opts.threads = o.threads;
     opts.verify = o.verify ? 1 : 0;
     check(mmrt_model_open(bundle_dir.c_str(), &opts, &m_));
