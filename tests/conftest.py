@@ -14,7 +14,12 @@ from mmdeploy.runtimes.backends import get_backend
 # checkout, under the bare `pytest` script too (`python -m pytest` puts the checkout on sys.path itself)
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
-VARIANTS = [("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]
+# (backend, precision) params of the contract tests; a variant the bundle did not build is skipped there
+VARIANTS = [
+    pytest.param(("onnxruntime", "fp32"), id="onnxruntime/fp32"),
+    pytest.param(("openvino", "fp32"), id="openvino/fp32", marks=pytest.mark.openvino),
+    pytest.param(("openvino", "bf16"), id="openvino/bf16", marks=[pytest.mark.openvino, pytest.mark.bf16]),
+]
 # Zero-shot top-1 the shipped clip-shapes fixture must keep on the shapes test split
 # (issue 4's target; its card states the measured 98.6% on 500 test images).
 FIXTURE_MIN_TOP1 = 0.95
@@ -67,22 +72,35 @@ def align_bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_bundles(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
-    """family -> (checkpoint folder, bundle) for the three random tiny captioners of test_caption.py
-    (ViT-GPT2, BLIP, GIT), ORT + OpenVINO fp32: 82 s of CPU for the three, so exported once per run."""
+def tiny_captioner(tmp_path_factory):
+    """family -> (checkpoint folder, bundle) for a random tiny captioner of test_caption.py (ViT-GPT2,
+    BLIP, GIT), ORT + OpenVINO fp32, each exported on first use, once per run (20-30 s of CPU each,
+    mostly the dynamo export of the decoder): the fast tier exports only the family it runs."""
     pytest.importorskip("torch")
     from mmdeploy.exporter.export import export
 
     from .test_caption import BUILDERS
 
     root = tmp_path_factory.mktemp("caption")
-    out = {}
-    for fam, build in BUILDERS.items():
-        ckpt = build(root / f"ckpt-{fam}")
-        bundle = root / f"bundle-{fam}"
-        export(str(ckpt), bundle, backends=["onnxruntime", "openvino"], precisions=["fp32"], threads=2)
-        out[fam] = (ckpt, bundle)
-    return out
+    made: dict[str, tuple[Path, Path]] = {}
+
+    def get(fam: str) -> tuple[Path, Path]:
+        if fam not in made:
+            ckpt = BUILDERS[fam](root / f"ckpt-{fam}")
+            bundle = root / f"bundle-{fam}"
+            export(str(ckpt), bundle, backends=["onnxruntime", "openvino"], precisions=["fp32"], threads=2)
+            made[fam] = (ckpt, bundle)
+        return made[fam]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_bundles(tiny_captioner) -> dict[str, tuple[Path, Path]]:
+    """All three tiny captioners (tiny_captioner's), for the tests that compare them side by side."""
+    from .test_caption import BUILDERS
+
+    return {fam: tiny_captioner(fam) for fam in BUILDERS}
 
 
 @pytest.fixture(scope="session")
@@ -114,6 +132,93 @@ def shapes_top1(bundle_path, backend: str, precision: str, limit: int = 300) -> 
 
 def bf16_native() -> bool:
     return get_backend("openvino").cpu_supports("bf16")
+
+
+# -- optional backends, devices and tools: markers (declared in pyproject.toml) become skips here ---------
+# A test says what it needs with @pytest.mark.<name>; each probe runs once per session and answers None
+# when the thing is here, else the one-line reason the test is skipped. @pytest.mark.lacks("<name>") is the
+# reverse: the test checks the message given without it. Skips that depend on what a bundle or a build made
+# ("<backend>/<precision> not built on this CPU", "this native build has no OpenVINO") stay in the tests.
+
+
+def _which(*tools: str) -> str | None:
+    import shutil
+
+    return next((t for t in tools if shutil.which(t)), None)
+
+
+def _probe_gpu() -> str | None:
+    import subprocess
+
+    if not _which("nvidia-smi"):
+        return "needs an NVIDIA GPU (no nvidia-smi here)"
+    try:
+        r = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "needs an NVIDIA GPU (nvidia-smi did not answer)"
+    return None if r.returncode == 0 and "GPU" in r.stdout else "needs an NVIDIA GPU (nvidia-smi lists none)"
+
+
+def _probe_cuda_ep() -> str | None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return None
+    return "needs onnxruntime-gpu (ONNX Runtime's CUDA execution provider)"
+
+
+def _probe_module(module: str, reason: str):
+    def probe() -> str | None:
+        import importlib.util
+
+        return None if importlib.util.find_spec(module) is not None else reason
+
+    return probe
+
+
+PROBES = {
+    "openvino": lambda: get_backend("openvino").available(),
+    # installed is enough here: a GPU is the `gpu` marker's question (the two together build engines)
+    "tensorrt": _probe_module("tensorrt", "needs TensorRT (pip install 'mmdeploy[tensorrt]')"),
+    "gpu": _probe_gpu,
+    "cuda": _probe_cuda_ep,
+    "bf16": lambda: None if bf16_native() else "this CPU has no native bf16 (OpenVINO's CPU plugin lists no BF16)",
+    "chromium": lambda: (
+        None
+        if _which("chromium", "chromium-browser", "google-chrome") and _which("chromedriver")
+        else "no Chromium + chromedriver here (Debian: apt-get install chromium chromium-driver; .ci/run does)"
+    ),
+    "valgrind": lambda: (
+        None if _which("valgrind") else "valgrind is not installed (Debian: apt-get install valgrind; .ci/run does)"
+    ),
+    "qemu": lambda: None if _which("qemu-aarch64") else "qemu-aarch64 is missing (Debian: apt-get install qemu-user)",
+}
+_PROBED: dict[str, str | None] = {}
+
+
+def missing(name: str) -> str | None:
+    """None when `name` (a PROBES key) is here, else why not; asked once per session."""
+    if name not in _PROBED:
+        _PROBED[name] = PROBES[name]()
+    return _PROBED[name]
+
+
+def need(name: str) -> None:
+    """Skip the running test, saying why, when `name` is missing: for a need found mid-test (a loop over
+    backends); a whole test or parameter asks with its marker instead."""
+    if why := missing(name):
+        pytest.skip(why)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for mark in item.iter_markers():
+            if mark.name in PROBES and (why := missing(mark.name)):
+                item.add_marker(pytest.mark.skip(reason=why))
+                break
+            if mark.name == "lacks" and missing(name := mark.args[0]) is None:
+                item.add_marker(pytest.mark.skip(reason=f"{name} is here: this test checks the message without it"))
+                break
 
 
 def run_without_torch(body: str, forbidden: tuple[str, ...] = ("torch", "transformers"), timeout: int = 120) -> None:

@@ -28,6 +28,9 @@ from .conftest import run_without_torch  # noqa: E402
 
 BACKENDS = ["onnxruntime", "openvino"]
 FAMILIES = ["vit-gpt2", "blip", "git"]
+# the fast tier exports one tiny captioner (ViT-GPT2, ~30 s CPU); BLIP and GIT (~22 s each: the dynamo
+# export of their decoders) are checked by the same tests in the slow tier
+FAMILY_PARAMS = ["vit-gpt2", *(pytest.param(f, marks=pytest.mark.slow) for f in ("blip", "git"))]
 NEW_TOKENS = 8
 
 
@@ -183,8 +186,8 @@ def tiny_git(out: Path) -> Path:
 BUILDERS = {"vit-gpt2": tiny_vit_gpt2, "blip": tiny_blip, "git": tiny_git}
 
 
-# tiny_bundles (family -> (checkpoint, bundle) of the three built from BUILDERS, ORT + OpenVINO fp32,
-# exported once per run for every module that runs them): conftest.py
+# tiny_captioner(fam) -> (checkpoint, bundle) built from BUILDERS, ORT + OpenVINO fp32, exported on first
+# use, once per run for every module that runs them; tiny_bundles: all three (conftest.py)
 
 
 def _hf_model(folder: Path):
@@ -216,33 +219,44 @@ def _same(ours: list[np.ndarray], ref: np.ndarray) -> bool:
 # -- parity with PyTorch generate ---------------------------------------------------------------
 
 
+class _OnFirstUse(dict):
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key):
+        self[key] = value = self.make(key)
+        return value
+
+
 @pytest.fixture(scope="module")
-def models(tiny_bundles):
-    return {fam: _hf_model(ckpt) for fam, (ckpt, _) in tiny_bundles.items()}
+def models(tiny_captioner):
+    """family -> its tiny checkpoint's HF model, loaded (and the family exported) on first use."""
+    return _OnFirstUse(lambda fam: _hf_model(tiny_captioner(fam)[0]))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 # batch 1 in the slow tier (12 cases, ~1.4 s CPU each): batch 3 covers every family, backend and search
 @pytest.mark.parametrize("batch", [pytest.param(1, marks=pytest.mark.slow), 3])
-@pytest.mark.parametrize("fam", FAMILIES)
+@pytest.mark.parametrize("fam", FAMILY_PARAMS)
 @pytest.mark.parametrize("num_beams", [1, 3], ids=["greedy", "beam3"])
-def test_tokens_match_pytorch(tiny_bundles, models, fam, batch, backend, num_beams):
+def test_tokens_match_pytorch(tiny_captioner, models, fam, batch, backend, num_beams):
     """Greedy and beam search (num_beams=3): token ids identical to PyTorch generate."""
-    pipe = load(tiny_bundles[fam][1], backend=backend, precision="fp32", threads=2)
+    pipe = load(tiny_captioner(fam)[1], backend=backend, precision="fp32", threads=2)
     px = _pixels(pipe, batch)
     ref = _torch_generate(fam, models[fam], px, max_new_tokens=NEW_TOKENS, num_beams=num_beams)
     ours = pipe.generate_ids(px, max_new_tokens=NEW_TOKENS, num_beams=num_beams)
     assert _same(ours, ref), (ours, ref)
 
 
-def test_load_takes_a_device_like_clip(tiny_bundles):
+def test_load_takes_a_device_like_clip(tiny_captioner):
     """load(..., device=) reaches the caption sessions: cpu runs, cuda without onnxruntime-gpu is
     the one-line BackendError CLIP gives (not a TypeError from the pipeline)."""
     import onnxruntime
 
     from mmdeploy.errors import BackendError
 
-    bundle = tiny_bundles["vit-gpt2"][1]
+    bundle = tiny_captioner("vit-gpt2")[1]
     pipe = load(bundle, backend="onnxruntime", precision="fp32", threads=2, device="cpu")
     assert len(pipe.generate_ids(_pixels(pipe, 1), max_new_tokens=2)) == 1
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
@@ -255,14 +269,14 @@ def test_load_takes_a_device_like_clip(tiny_bundles):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_kv_cache_is_written_into_preallocated_buffers(tiny_bundles, backend):
+def test_kv_cache_is_written_into_preallocated_buffers(tiny_captioner, backend):
     """Each step's present K/V equal a plain session run's, with plain runs in between. On ONNX
     Runtime they (and the logits) are written into buffers allocated once per batch, and running
     past the room given is an error."""
     from mmdeploy.errors import InputError
     from mmdeploy.runtimes.pipelines.caption import SessionDecoder
 
-    pipe = load(tiny_bundles["vit-gpt2"][1], backend=backend, precision="fp32", threads=2)
+    pipe = load(tiny_captioner("vit-gpt2")[1], backend=backend, precision="fp32", threads=2)
     px = _pixels(pipe, 2)
     kv = pipe.encode(px)
     sess = pipe.sessions["decoder"]
@@ -291,10 +305,11 @@ def test_kv_cache_is_written_into_preallocated_buffers(tiny_bundles, backend):
             dec.step(ids, np.full((2, 1), 3, np.int64))
 
 
+@pytest.mark.slow  # BLIP / GIT only: their tiny exports run in the slow tier (FAMILY_PARAMS)
 @pytest.mark.parametrize("fam", ["blip", "git"])
-def test_text_prompt_prefix_matches_pytorch(tiny_bundles, models, fam):
+def test_text_prompt_prefix_matches_pytorch(tiny_captioner, models, fam):
     """BLIP / GIT conditional captioning: "a picture of" continues after the start token."""
-    pipe = load(tiny_bundles[fam][1], backend="onnxruntime", precision="fp32", threads=2)
+    pipe = load(tiny_captioner(fam)[1], backend="onnxruntime", precision="fp32", threads=2)
     px = _pixels(pipe, 2)
     ids = pipe.prompt_ids("a picture of")
     assert len(ids) == 4
@@ -304,10 +319,10 @@ def test_text_prompt_prefix_matches_pytorch(tiny_bundles, models, fam):
     assert _same(pipe.generate_ids(px, max_new_tokens=NEW_TOKENS, num_beams=3, prompt="a picture of"), ref)
 
 
-def test_default_generation_settings_come_from_the_checkpoint(tiny_bundles, models):
+def test_default_generation_settings_come_from_the_checkpoint(tiny_captioner, models):
     """No arguments: the checkpoint's generation config, as model.generate() (no max_length set:
     transformers 5 makes 20 new tokens)."""
-    pipe = load(tiny_bundles["vit-gpt2"][1], backend="onnxruntime", precision="fp32", threads=2)
+    pipe = load(tiny_captioner("vit-gpt2")[1], backend="onnxruntime", precision="fp32", threads=2)
     px = _pixels(pipe, 2)
     ref = _torch_generate("vit-gpt2", models["vit-gpt2"], px)
     assert _same(pipe.generate_ids(px), ref)
@@ -315,17 +330,17 @@ def test_default_generation_settings_come_from_the_checkpoint(tiny_bundles, mode
     assert len(ref[0]) == 21 or ref[0][-1] == pipe.generation.eos_token_id[0]
 
 
-def test_bundle_layout_and_export_checks(tiny_bundles):
-    for fam, (_, path) in tiny_bundles.items():
-        b = Bundle.open(path)
-        assert b.family == "caption" and set(b.components) == {"encoder", "decoder"}
-        assert all(b.manifest["variant_checks"]["greedy_tokens_match_pytorch"].values()), fam
-        dec = b.components["decoder"]
-        names = [i["name"] for i in dec["inputs"]]
-        assert names[:2] == ["input_ids", "position_ids"] and "past.0.key" in names
-        assert ("cross.0.key" in names) == (fam != "git")
-        for a in b.find("decoder"):
-            assert a.gate["passed"] and "past 0" in a.parity["inputs"]
+@pytest.mark.parametrize("fam", FAMILY_PARAMS)
+def test_bundle_layout_and_export_checks(tiny_captioner, fam):
+    b = Bundle.open(tiny_captioner(fam)[1])
+    assert b.family == "caption" and set(b.components) == {"encoder", "decoder"}
+    assert all(b.manifest["variant_checks"]["greedy_tokens_match_pytorch"].values()), fam
+    dec = b.components["decoder"]
+    names = [i["name"] for i in dec["inputs"]]
+    assert names[:2] == ["input_ids", "position_ids"] and "past.0.key" in names
+    assert ("cross.0.key" in names) == (fam != "git")
+    for a in b.find("decoder"):
+        assert a.gate["passed"] and "past 0" in a.parity["inputs"]
 
 
 def _vocab_tables(model, vocab: int, width: int) -> list[str]:
@@ -341,16 +356,17 @@ def _decoder_table_shape(ckpt: Path) -> tuple[int, int]:
     return int(dec["vocab_size"]), int(dec.get("n_embd") or dec["hidden_size"])
 
 
-def test_tied_embedding_stored_once(tiny_bundles):
+@pytest.mark.parametrize("fam", FAMILY_PARAMS)
+def test_tied_embedding_stored_once(tiny_captioner, fam):
     """The decoder graph holds the (vocabulary x width) table once when the LM head is tied to it
     (ViT-GPT2, BLIP); GIT's output layer is not tied by default, so it has two."""
     import onnx
 
-    for fam, (ckpt, path) in tiny_bundles.items():
-        m = onnx.load(str(Path(path) / "onnx" / "decoder.onnx"))
-        vocab, width = _decoder_table_shape(ckpt)
-        tables = _vocab_tables(m, vocab, width)
-        assert len(tables) == (2 if fam == "git" else 1), (fam, vocab, width, tables)
+    ckpt, path = tiny_captioner(fam)
+    m = onnx.load(str(Path(path) / "onnx" / "decoder.onnx"))
+    vocab, width = _decoder_table_shape(ckpt)
+    tables = _vocab_tables(m, vocab, width)
+    assert len(tables) == (2 if fam == "git" else 1), (fam, vocab, width, tables)
 
 
 def test_unsupported_captioning_architecture_is_a_clear_error(tmp_path):
@@ -393,23 +409,25 @@ def test_vision_encoder_decoder_without_gpt2_is_refused(tmp_path):
         family_exporter(resolve(str(tmp_path)))
 
 
-def test_preprocessing_matches_hf_image_processors(tiny_bundles):
+@pytest.mark.parametrize("fam", FAMILY_PARAMS)
+def test_preprocessing_matches_hf_image_processors(tiny_captioner, fam):
     from transformers import AutoImageProcessor
 
     imgs = photo_batch(3)
-    for fam, (ckpt, path) in tiny_bundles.items():
-        pipe = load(path, backend="onnxruntime", precision="fp32")
-        ref = AutoImageProcessor.from_pretrained(str(ckpt))(images=imgs, return_tensors="np")["pixel_values"]
-        np.testing.assert_allclose(pipe.pixel_values(imgs), ref, atol=1e-5, err_msg=fam)
+    ckpt, path = tiny_captioner(fam)
+    pipe = load(path, backend="onnxruntime", precision="fp32")
+    ref = AutoImageProcessor.from_pretrained(str(ckpt))(images=imgs, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(pipe.pixel_values(imgs), ref, atol=1e-5, err_msg=fam)
 
 
-def test_runtime_captions_without_torch(tiny_bundles, tmp_path):
+@pytest.mark.parametrize("fam", FAMILY_PARAMS)
+def test_runtime_captions_without_torch(tiny_captioner, fam, tmp_path):
     img = tmp_path / "x.png"
     photo_batch(1)[0].save(img)
     run_without_torch(
         f"""
 from mmdeploy.runtimes import load
-for fam, path in {[(f, str(b)) for f, (_, b) in tiny_bundles.items()]!r}:
+for fam, path in {[(fam, str(tiny_captioner(fam)[1]))]!r}:
     for backend in ('onnxruntime', 'openvino'):
         pipe = load(path, backend=backend, precision='fp32')
         caps = pipe.caption([{str(img)!r}, {str(img)!r}], max_new_tokens=4, num_beams=2)
@@ -561,14 +579,14 @@ def shapes_quantized(shapes_bundle, tmp_path_factory):
 
 
 @pytest.mark.slow  # its own export of the tiny ViT-GPT2 with int4: measured 23.8 s CPU
-def test_export_int4_goes_to_the_backends_that_build_it(tiny_bundles, tmp_path):
+def test_export_int4_goes_to_the_backends_that_build_it(tiny_captioner, tmp_path):
     """`export --precision fp32,int4` on both backends: int4 for onnxruntime (decoder int4, encoder
     INT8), skipped with a message for openvino; the int4 variant generates."""
     from mmdeploy.exporter.export import export
 
     logs: list[str] = []
     out = export(
-        str(tiny_bundles["vit-gpt2"][0]),
+        str(tiny_captioner("vit-gpt2")[0]),
         tmp_path / "b",
         backends=BACKENDS,
         precisions=["fp32", "int4"],
@@ -618,12 +636,11 @@ def test_step_bandwidth_counts_a_lookup_table_once(shapes_quantized):
 
 
 @pytest.mark.slow
+@pytest.mark.openvino
+@pytest.mark.bf16
 def test_caption_shapes_openvino_bf16_within_two_points_of_fp32(tmp_path):
     from mmdeploy.exporter.export import export
-    from mmdeploy.runtimes.backends import get_backend
 
-    if not get_backend("openvino").cpu_supports("bf16"):
-        pytest.skip("this CPU has no native bf16")
     out = tmp_path / "cap-bf16"
     export("caption-shapes", out, backends=["openvino"], precisions=["fp32", "bf16"], threads=2)
     samples = shapes.generate("test", 200)
@@ -638,11 +655,11 @@ def test_caption_shapes_openvino_bf16_within_two_points_of_fp32(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_caption_rows(tiny_bundles, tmp_path):
+def test_bench_caption_rows(tiny_captioner, tmp_path):
     from mmdeploy.benchmarks.bench import BenchConfig, bench
 
     path = tmp_path / "b"
-    shutil.copytree(tiny_bundles["blip"][1], path)
+    shutil.copytree(tiny_captioner("blip")[1], path)
     rep = bench(
         str(path),
         BenchConfig(batches=[1, 2], runs=2, warmup=1, threads=2, max_new_tokens=4, record=True),

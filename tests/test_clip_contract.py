@@ -27,7 +27,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1)
 
 
-@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: "/".join(v))
+@pytest.fixture(scope="module", params=VARIANTS)
 def pipeline(request, clip_bundle):
     backend, precision = request.param
     if not Bundle.open(clip_bundle).find(backend=backend, precision=precision):

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from .conftest import need
+
 pytestmark = pytest.mark.slow  # a native build (minutes when fresh) and four exports
 
 REPO = Path(__file__).resolve().parents[1]
@@ -455,10 +457,10 @@ def test_text_embedding_matches_python(native_build, native_bundle, cli_inproces
     _one_line_error(mmrt("classify", bundle, "x.png", "--labels", "a,b", check=False), "dual-encoder")
 
 
+@pytest.mark.openvino
 def test_openvino_matches_python(native_build, native_bundle, images, cli_inprocess):
     """The OpenVINO C API backend: the same vectors and scores as the Python runtime's OpenVINO
     variant, the same default variant, and one handle shared by 8 threads."""
-    pytest.importorskip("openvino", reason="the openvino wheel (its C API) is not installed")
     if sanitized():
         pytest.skip("OpenVINO's TBB dlopens with RTLD_DEEPBIND, which AddressSanitizer refuses")
     bundle = native_bundle("clip-shapes", ("onnxruntime", "openvino"))
@@ -498,7 +500,7 @@ def _backends() -> list[str]:
 
 def _skip_without_openvino(bundle: Path, backend: str) -> None:
     if backend == "openvino":
-        pytest.importorskip("openvino", reason="the openvino wheel (its C API) is not installed")
+        need("openvino")
         if "no OpenVINO" in mmrt("info", bundle, "--backend", "openvino", "--precision", "fp32", check=False).stderr:
             pytest.skip("this native build has no OpenVINO (headers not found at build time)")
 
@@ -526,7 +528,7 @@ def _native_captions(bundle: Path, backend: str, paths: list[str], beams: int, p
 
 
 @pytest.mark.parametrize("beams", [1, 3])
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.openvino)])
 def test_caption_shapes_ids_and_texts_equal_python(native_build, shapes_bundle, images, backend, beams):
     """The trained caption-shapes fixture (ViT-GPT2) on 9 images (two batches): the same ids and texts."""
     if backend not in _backends():

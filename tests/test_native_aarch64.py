@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.slow  # a cross build (minutes when fresh) and ONNX Runtime under emulation
+pytestmark = [pytest.mark.slow, pytest.mark.qemu]  # a cross build (minutes when fresh), ORT under emulation
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = Path(os.environ.get("MMRT_AARCH64_BUILD_DIR") or REPO / "build" / "native-aarch64").resolve()
@@ -43,8 +42,6 @@ def aarch64_build() -> Path:
     if r.returncode != 0 or not (QEMU / "mmrt").is_file():
         tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
         pytest.skip(f"aarch64 build not made (cross/build-aarch64.sh exit {r.returncode}: {tail[0]})")
-    if shutil.which("qemu-aarch64") is None:
-        pytest.skip("qemu-aarch64 is missing (apt-get install qemu-user)")
     return BUILD
 
 

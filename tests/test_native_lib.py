@@ -7,7 +7,6 @@ Uses test_native.py's build fixture (runtimes/native/build.sh); skips, saying wh
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import threading
 
@@ -77,7 +76,7 @@ def test_ctypes_clip_equals_python(native_lib, native_clip, images):
             assert np.abs(got - np.array([want[lab] for lab in LABELS])).max() <= 1e-5
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.openvino)])
 def test_ctypes_captions_equal_python(native_lib, shapes_bundle, images, backend):
     """caption-shapes through ctypes: the Python runtime's ids and captions, greedy and beam 3."""
     if backend == "openvino" and not _has_openvino(native_lib, shapes_bundle):
@@ -184,11 +183,10 @@ def test_one_handle_eight_python_threads_equals_serial(native_lib, native_bundle
             assert not mismatches, (backend, mismatches)
 
 
+@pytest.mark.valgrind
 def test_valgrind_c_api_hostile(native_build, native_clip, images):
     """c_api_hostile (the C ABI's error paths: NULLs, truncated images, too-small buffers) under
     valgrind: no invalid read or write, no definite leak (ONNX Runtime's own: valgrind.supp)."""
-    if shutil.which("valgrind") is None:
-        pytest.skip("valgrind is not installed (Debian: apt-get install valgrind; .ci/run installs it)")
     if sanitized():
         pytest.skip("an ASan build does not run under valgrind")
     supp = REPO / "runtimes" / "native" / "tests" / "valgrind.supp"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import onnx
 import pytest
@@ -14,8 +12,6 @@ from mmdeploy.cli import app
 from mmdeploy.errors import BackendError
 from mmdeploy.runtimes.backends.tensorrt import PlanKey, check_plan, derive_profile
 from mmdeploy.runtimes.bundle import Bundle
-
-HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 
 CLIP_TEXT = [
     {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
@@ -124,7 +120,7 @@ def test_cpu_bundle_cannot_get_tensorrt_int8(clip_bundle):
 
 
 @pytest.mark.slow  # gpu_bundle: a calibrated --target gpu export (54 s of setup in the last CI)
-@pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here")
+@pytest.mark.lacks("tensorrt")
 def test_build_without_tensorrt_is_one_clear_line(gpu_bundle):
     r = CliRunner().invoke(app, ["build", str(gpu_bundle.root), "--backend", "tensorrt"])
     assert r.exit_code == 2
@@ -136,11 +132,8 @@ def test_tensorrt_backend_on_cpu_target_is_refused(tmp_path):
     assert r.exit_code == 2 and "--target gpu" in r.stderr
 
 
+@pytest.mark.lacks("cuda")
 def test_onnxruntime_cuda_without_onnxruntime_gpu(clip_bundle):
-    import onnxruntime
-
-    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        pytest.skip("onnxruntime-gpu is installed")
     from mmdeploy.runtimes import load
 
     with pytest.raises(BackendError, match="pip install onnxruntime-gpu"):
@@ -154,7 +147,6 @@ def test_doctor_reports_tensorrt():
 
 @pytest.mark.gpu
 @pytest.mark.tensorrt
-@pytest.mark.skipif(not HAVE_TRT, reason="needs TensorRT and an NVIDIA GPU")
 def test_real_engines_match_onnx(gpu_bundle):  # pragma: no cover - runs on GPU machines
     from mmdeploy.runtimes.build import build
 

@@ -64,7 +64,7 @@ def st_reference(st_model) -> dict[str, np.ndarray]:
     return dict(zip(texts, emb))
 
 
-@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: "/".join(v))
+@pytest.fixture(scope="module", params=VARIANTS)
 def pipeline(request, minilm_bundle):
     backend, precision = request.param
     if not Bundle.open(minilm_bundle).find(backend=backend, precision=precision):
