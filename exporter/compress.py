@@ -374,14 +374,17 @@ def _step_seconds(model, batch: int, threads: int | None) -> float:
     vc, tc = model.config.vision_config, model.config.text_config
     px = torch.randn(batch, 3, vc.image_size, vc.image_size)
     ids = torch.randint(0, tc.vocab_size, (batch + batch // 2 + 256, min(16, tc.max_position_embeddings)))
+    from .distill import _training_threads
+
     times = []
-    for _ in range(3):
-        t = time.perf_counter()
-        img, txt = model.get_image_features(pixel_values=px), model.get_text_features(input_ids=ids)
-        # transformers 5 returns an output object, 4 the tensor
-        loss = sum(getattr(o, "pooler_output", o).float().pow(2).mean() for o in (img, txt))
-        loss.backward()
-        times.append(time.perf_counter() - t)
+    with _training_threads(threads, torch.device("cpu"), lambda _: None):  # the threads training will use
+        for _ in range(3):
+            t = time.perf_counter()
+            img, txt = model.get_image_features(pixel_values=px), model.get_text_features(input_ids=ids)
+            # transformers 5 returns an output object, 4 the tensor
+            loss = sum(getattr(o, "pooler_output", o).float().pow(2).mean() for o in (img, txt))
+            loss.backward()
+            times.append(time.perf_counter() - t)
     model.zero_grad(set_to_none=True)
     return float(np.median(times[1:]))
 
