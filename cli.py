@@ -1024,9 +1024,9 @@ def prune(
     ),
     calib_samples: int = typer.Option(128, min=1, help="Calibration samples the importance is measured on."),
     epochs: int = typer.Option(
-        4, min=0, help="Recovery: passes of distillation from the teacher over --samples (0: prune only)."
+        8, min=0, help="Recovery: passes of distillation from the teacher over --samples (0: prune only)."
     ),
-    samples: int | None = typer.Option(8192, min=2, help="Recovery images per epoch."),
+    samples: int | None = typer.Option(16384, min=2, help="Recovery images per epoch."),
     batch_size: int = typer.Option(64, min=2),
     lr: float = typer.Option(3e-3, help="Peak recovery learning rate (warm-up, then cosine decay)."),
     seed: int = typer.Option(0),
