@@ -5,6 +5,9 @@
 #include <sys/stat.h>
 
 #include <cstdlib>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <map>
 #include <mutex>
 
@@ -183,6 +186,11 @@ OrtModel::OrtModel(std::shared_ptr<OrtLibrary> lib, const std::string& onnx_path
   check(api, api->SetSessionLogSeverityLevel(so, 3), "onnxruntime options");
   append_providers(*lib_, so, device);
   check(api, api->CreateSession(lib_->env(), onnx_path.c_str(), so, &session_), "onnxruntime cannot load " + onnx_path);
+#ifdef __GLIBC__
+  // creation leaves MBs of freed heap (the model proto, graph rewrites) that glibc would keep:
+  // give it back now, before the next session or the first run grows the heap again
+  malloc_trim(0);
+#endif
   OrtAllocator* alloc = nullptr;
   check(api, api->GetAllocatorWithDefaultOptions(&alloc), "onnxruntime allocator");
   size_t n = 0;
