@@ -61,7 +61,9 @@ std::vector<std::string> search_paths() {
 
 // Append the GPU execution providers a device asks for (runtimes/backends/onnxruntime.py DEVICES:
 // tensorrt -> TensorRT, CUDA, CPU; cuda -> CUDA, CPU; CPU is always last, implicitly). A provider
-// this library was not built with is an error naming the library, never a silent CPU run.
+// this library was not built with is an error naming the library, never a silent CPU run. The
+// calls used (Create*ProviderOptions, Update*, *_V2) are older than C API 13; load() already
+// refused a library without API 21.
 void append_providers(const OrtLibrary& lib, OrtSessionOptions* so, const OrtDevice& device) {
   if (device.ep == "cpu") return;
   const OrtApi* api = lib.api();
