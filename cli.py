@@ -1028,7 +1028,11 @@ def prune(
     ),
     samples: int | None = typer.Option(16384, min=2, help="Recovery images per epoch."),
     batch_size: int = typer.Option(64, min=2),
-    lr: float = typer.Option(3e-3, help="Peak recovery learning rate (warm-up, then cosine decay)."),
+    lr: float | None = typer.Option(
+        None,
+        help="Peak recovery learning rate (warm-up, then cosine decay). Default: 3e-3 when the hidden width "
+        "is cut (CLIP --heads), else 1e-3.",
+    ),
     seed: int = typer.Option(0),
     threads: TorchThreads = None,
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),

@@ -83,7 +83,7 @@ class CompressConfig:
     epochs: int = 2  # recovery training per student (256 steps, an eighth of prune's default: the 30-min search)
     samples: int = 8192  # training images per epoch
     batch_size: int = 64
-    lr: float = 3e-3  # prune's recovery lr (measured 3e-3 > 1e-3 > 1e-2 at equal steps)
+    lr: float = 1e-3  # prune's recovery lr for an MLP cut (3e-3 measured worse: 92.8% vs 93.4% before recovery)
     seed: int = 0
     eval_images: int = 500  # held-out images the top-1 is measured on
     timing_seconds: float = 2.0  # per candidate and component, in the tournament

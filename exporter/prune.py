@@ -56,6 +56,10 @@ torch = require("torch", "export")
 METHODS = ("activation", "weight", "random")
 HEAD_MODES = ("head_dim", "embedding")  # the ways a tower's class can lose heads (TowerLayout.heads)
 STATE_DIR_SUFFIX = ".prune-state"
+# recovery lr without --lr: a cut residual (CLIP --heads) starts far from the teacher (14.6% top-1 on
+# clip-shapes) and needs 3e-3 (1e-3: 55% after 64 steps, 3e-3: 66%); a cut MLP alone starts close
+# (93.4%) and 3e-3 pushes it away (92.8% after 256 steps, 91% after 16, where 1e-3 kept >= 94%)
+LR_HIDDEN_CUT, LR_MILD = 3e-3, 1e-3
 PLAN_FILE = "plan.json"
 
 
@@ -67,14 +71,14 @@ class PruneConfig:
     method: str = "activation"  # importance: activation | weight | random
     data: str = "shapes"
     calib_samples: int = 128  # calibration images (and as many texts) for the importance scores
-    # recovery: 2048 steps of 64 at peak lr 3e-3. Measured on clip-shapes --heads 0.5 --mlp 0.5 --towers vision
-    # (500 test images, teacher 98.6%): steps and lr matter most: at 128 steps lr 1e-2 / 3e-3 55.8 / 79.2%;
-    # 3e-3 at 512 / 2048 steps 91.0 / 97.8%; feature matching +1.2 points at 2x the step cost, 1024
-    # calibration images and 0.75-then-0.5 iterative pruning (86.8% at 512 steps) no better
+    # recovery: 2048 steps of 64. Measured on clip-shapes --heads 0.5 --mlp 0.5 --towers vision (500 test
+    # images, teacher 98.6%): steps and lr matter most: at 128 steps lr 1e-2 / 3e-3 55.8 / 79.2%; 3e-3 at
+    # 512 / 2048 steps 91.0 / 97.8%; feature matching +1.2 points at 2x the step cost, 1024 calibration
+    # images and 0.75-then-0.5 iterative pruning (86.8% at 512 steps) no better
     samples: int | None = 16384  # recovery images per epoch
     epochs: int = 8  # recovery by distillation from the teacher; 0 = prune only
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float | None = None  # peak recovery lr; None: recovery_lr(plans)
     seed: int = 0
     threads: int | None = None
     device: str = "auto"
@@ -95,7 +99,7 @@ class PruneConfig:
             samples=self.samples,
             epochs=self.epochs,
             batch_size=self.batch_size,
-            lr=self.lr,
+            lr=self.lr if self.lr is not None else LR_MILD,
             seed=self.seed,
             threads=self.threads,
             device=self.device,
@@ -628,6 +632,11 @@ def _axis(key: str, dim: int, value, lay: TowerLayout, p: TowerPlan) -> list[int
     raise CheckpointError(f"{key}: no rule says which indices of dim {dim} to keep")
 
 
+def recovery_lr(plans: dict[str, TowerPlan]) -> float:
+    """The peak lr when --lr is not given: LR_HIDDEN_CUT where a tower's residual width was cut, else LR_MILD."""
+    return LR_HIDDEN_CUT if any(p.kept_hidden is not None for p in plans.values()) else LR_MILD
+
+
 def _to_tower(p: TowerPlan) -> Tower:
     """The distiller's view of a pruned tower (every layer kept; trained when it changed)."""
     widths = [len(k) for k in p.kept_mlp.values()]
@@ -717,6 +726,7 @@ def _prune(teacher_source, out, cfg, state_dir, random_weights, resume, log, pro
         scores = importance(pruner, train, chosen, cfg.method, cfg.calib_samples, device, cfg.seed)
         plans = plan(pruner, cfg, scores, fam.family)
         log(f"importance: {time.time() - t0:.1f} s")
+    dcfg.lr = cfg.lr if cfg.lr is not None else recovery_lr(plans)
     student = build_pruned(teacher.cpu(), chosen, plans).to(device)
     teacher.to(device)
     for p in plans.values():
@@ -783,6 +793,7 @@ def _prune(teacher_source, out, cfg, state_dir, random_weights, resume, log, pro
         },
         "recovery": {
             "epochs": cfg.epochs,
+            "lr": dcfg.lr,
             "steps": (len(train.images) // cfg.batch_size) * cfg.epochs if cfg.epochs else 0,
             "images_per_epoch": len(train.images) if cfg.epochs else 0,
             "method": "distillation from the unpruned teacher (the family's distiller)" if cfg.epochs else "none",
