@@ -19,7 +19,7 @@ quiet = lambda m: None  # noqa: E731
 # teacher 99.0%; pruned with no recovery 94.3% (activation ranking) vs 84.7% (random ranking);
 # after one short recovery epoch (1024 images) >= 95% of the teacher's, which is the floor held
 MIN_TOP1_KEPT = 0.95
-FAST = dict(calib_samples=64, batch_size=64, threads=2, eval_images=300)
+FAST = dict(calib_samples=64, batch_size=64, threads=1, eval_images=300)  # 1 thread: the shared 2-core CI
 
 
 def cli(*args):
@@ -48,7 +48,7 @@ def heads_pruned(tmp_path_factory) -> tuple[Path, dict]:
     """clip-shapes' vision tower: half the heads (and so half the residual width) and half the MLP."""
     out = tmp_path_factory.mktemp("pruned") / "clip-w50"
     r = cli("prune", "clip-shapes", "-o", out, "--heads", 0.5, "--mlp", 0.5, "--towers", "vision",
-            "--samples", 1024, "--epochs", 1, "--calib-samples", 64, "--threads", 2)  # fmt: skip
+            "--samples", 1024, "--epochs", 1, "--calib-samples", 64, "--threads", 1)  # fmt: skip
     assert r.exit_code == 0, r.output
     return out, json.loads((out / "prune.json").read_text())
 
@@ -64,6 +64,7 @@ def test_mlp_pruned_clip_keeps_zero_shot_accuracy(mlp_pruned):
     assert (m.config.vision_config.intermediate_size, m.config.text_config.intermediate_size) == (256, 128)
     assert report["student"]["towers"]["vision"]["removed_mlp_channels"]["vision_model.encoder.layers.0"] == 256
     assert report["importance"]["method"] == "activation" and report["recovery"]["steps"] == 16
+    assert report["recovery"]["lr"] == 1e-3  # recovery_lr: an MLP cut alone (measured 95.3% of 99.0% here)
     assert report["sizes"]["student_bytes"] < report["sizes"]["teacher_bytes"]
     assert (out / "README.md").read_text().startswith("# Width-pruned student of clip-shapes")
     assert not (out.parent / f"{out.name}.prune-state").exists()
@@ -88,11 +89,13 @@ def test_heads_pruned_graph_is_smaller_reloads_and_exports_with_parity(heads_pru
     tower = report["student"]["towers"]["vision"]
     assert all(len(h) == 2 for h in tower["removed_heads"].values()) and len(tower["removed_hidden_channels"]) == 64
 
-    # recovery does something; measured with these 16 steps: top-1 21.6% -> 31.0% (teacher 98.6%),
-    # image cosine to the teacher 0.503 -> 0.613 (the residual width halved needs far longer: docs/prune.md)
+    # recovery does something; measured with these 16 steps at the cut residual's lr 3e-3: top-1 21.6% ->
+    # 34.8% (teacher 98.6%; 31.0% at 1e-3), image cosine to the teacher 0.503 -> 0.650 (the residual width
+    # halved needs the default 2048 steps: 97.8%, docs/prune.md)
     before, after = report["fidelity_before_recovery"], report["fidelity"]
-    assert after["student_top1"] > before["student_top1"] + 0.05, (before, after)
-    assert after["image_cosine_to_teacher"] > before["image_cosine_to_teacher"] + 0.05, (before, after)
+    assert report["recovery"]["lr"] == 3e-3  # recovery_lr: the hidden width was cut
+    assert after["student_top1"] > before["student_top1"] + 0.10, (before, after)
+    assert after["image_cosine_to_teacher"] > before["image_cosine_to_teacher"] + 0.10, (before, after)
 
     bundle = tmp_path / "bundle"
     r = cli("export", out, "-o", bundle, "--backend", "onnxruntime", "--threads", 2)
