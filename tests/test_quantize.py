@@ -35,7 +35,8 @@ def _cos(a, b):
     return (a * b).sum(-1)
 
 
-@pytest.mark.slow  # qbundle: entropy calibration and NNCF on 64 images (100 s of setup in the last CI)
+@pytest.mark.slow  # qbundle: entropy calibration and NNCF on 64 images (100 s of setup in the last CI, most of it
+# rendering the 24,000-image shapes train split per component; now only the 64: ~11 s CPU measured, busy machine)
 def test_static_int8_is_qdq_and_runs_in_ort_and_openvino(qbundle):
     b = Bundle.open(qbundle)
     art = b.find("vision", "onnxruntime", "int8")[0]
@@ -57,7 +58,8 @@ def test_static_int8_is_qdq_and_runs_in_ort_and_openvino(qbundle):
     assert _cos(ov, fp32).min() >= 0.99
 
 
-@pytest.mark.slow  # qbundle: entropy calibration and NNCF on 64 images (100 s of setup in the last CI)
+@pytest.mark.slow  # qbundle: entropy calibration and NNCF on 64 images (100 s of setup in the last CI, most of it
+# rendering the 24,000-image shapes train split per component; now only the 64: ~11 s CPU measured, busy machine)
 def test_every_variant_records_fidelity_and_recipe(qbundle):
     for a in Bundle.open(qbundle).find(precision="int8"):
         assert "held-out" in a.parity["reference"]
@@ -66,7 +68,8 @@ def test_every_variant_records_fidelity_and_recipe(qbundle):
         assert a.recipe["calibration"] == {"data": "shapes", "samples": 64}
 
 
-@pytest.mark.slow  # qbundle: entropy calibration and NNCF on 64 images (100 s of setup in the last CI)
+@pytest.mark.slow  # qbundle: entropy calibration and NNCF on 64 images (100 s of setup in the last CI, most of it
+# rendering the 24,000-image shapes train split per component; now only the 64: ~11 s CPU measured, busy machine)
 def test_int8_keeps_zero_shot_accuracy_on_the_fixture(qbundle):
     """INT8 top-1 within 0.5 points of fp32 on the shapes test split."""
     from .conftest import FIXTURE_MIN_TOP1, shapes_top1
