@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,56 @@ def test_recipe_overrides_keep_the_recipe_types():
     assert r == {"steps": 40, "lr": 2e-3, "vision_init": ""} and type(r["steps"]) is int
     with pytest.raises(SystemExit):
         recipe_with({"steps": 1}, ["step=2"], ap)
+
+
+def test_the_retrain_check_names_the_files_that_differ(monkeypatch, capsys):
+    """`python -m tools.fixtures --check NAME` compares every file but the card: a retrain equal to the
+    shipped folder passes, one changed byte in one file fails naming that file (no training here)."""
+    import shutil
+
+    from tools.fixtures import __main__ as fixtures
+
+    def retrain(flip: bool):
+        def run(argv):
+            out = Path(argv[argv.index("--out") + 1])
+            shutil.copytree(fixtures.FIXTURES / "align-shapes", out)
+            (out / "README.md").write_text("a card with this run's own times")
+            if flip:
+                data = bytearray((out / "model.safetensors").read_bytes())
+                data[-1] ^= 1
+                (out / "model.safetensors").write_bytes(bytes(data))
+            return 0
+
+        return run
+
+    monkeypatch.setitem(fixtures.COMMANDS, "align-shapes", retrain(False))
+    assert fixtures.main(["--check", "align-shapes"]) == 0
+    assert "align-shapes: bit-identical" in capsys.readouterr().out
+    monkeypatch.setitem(fixtures.COMMANDS, "align-shapes", retrain(True))
+    assert fixtures.main(["--check", "align-shapes"]) == 1
+    assert "align-shapes: differs: model.safetensors" in capsys.readouterr().out
+    assert fixtures.main(["--check", "gpt2-tokenizer"]) == 2
+
+
+@pytest.mark.slow  # two short trainings (40 steps on 640 images): ~25 s of CPU each
+def test_clip_shapes_training_is_deterministic(tmp_path):
+    """The trainer gives the same bytes twice (seeds, 2 threads, the random draws' order): the
+    precondition of retraining a shipped fixture bit for bit. The full comparison with fixtures/ is
+    `python -m tools.fixtures --check clip-shapes` (a 5000-step retrain, ~45 min on a busy 2-core box)."""
+    from tools.fixtures.__main__ import _digests
+
+    short = ["--set", "steps=40", "--set", "train_images=640", "--set", "eval_images=50"]
+    outs = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        r = subprocess.run(
+            [sys.executable, "-m", "tools.fixtures", "clip-shapes", "--out", str(out), *short],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+        )
+        assert "[done]" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]  # exit 1: 40 steps miss the 95% bar
+        outs.append(_digests(out))
+    assert outs[0] == outs[1] and "model.safetensors" in outs[0]
