@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=20, help="overhead: rounds of 10 calls each")
     ap.add_argument("--max-new-tokens", type=int, default=20)
     ap.add_argument("--caption-runs", type=int, default=5)
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: cold,overhead,caption")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: cold,overhead,generate")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     a = ap.parse_args(argv)
     skip = set(filter(None, a.skip.split(",")))
@@ -409,12 +409,12 @@ def main(argv: list[str] | None = None) -> int:
         py, ids = python_overhead(a.clip, a.rounds)
         r = run([exe, "overhead", a.clip, TEXT, info["library"], text_onnx(a.clip), a.rounds, ",".join(map(str, ids))])
         out["overhead"] = {"C": json.loads(r.stdout), "Python": py}
-    if "caption" not in skip:
+    if "generate" not in skip:
         py, py_ids = python_caption(a.caption, a.image, a.max_new_tokens, a.caption_runs)
         r = run([exe, "caption", a.caption, a.image, a.max_new_tokens, a.caption_runs])
         c_ids = [int(x) for x in r.stdout.split("\n")[0].split(" ", 1)[1].split(",")]
-        out["caption"] = {"C": json.loads(r.stdout.splitlines()[-1]), "Python": py, "same_ids": c_ids == py_ids}
-        out["caption"]["new_tokens"] = len(py_ids) - 1  # batch 1: no padding; the decoder start id excluded
+        out["generate"] = {"C": json.loads(r.stdout.splitlines()[-1]), "Python": py, "same_ids": c_ids == py_ids}
+        out["generate"]["new_tokens"] = len(py_ids) - 1  # batch 1: no padding; the decoder start id excluded
     out["machine"]["load_1m_end"] = os.getloadavg()[0]
     print_table(out)
     if a.json:
@@ -458,8 +458,8 @@ def print_table(out: dict) -> None:
             rows.append(
                 (f"overhead per call ms wall ({side}, paired median)", o["overhead_wall"] * 1e3, None, None, "")
             )
-    if "caption" in out:
-        cap, n = out["caption"], out["caption"]["new_tokens"]
+    if "generate" in out:
+        cap, n = out["generate"], out["generate"]["new_tokens"]
         c, p = cap["C"], cap["Python"]
         rows.append(("caption tok/s CPU: C / Python", n / c["cpu"], n / p["cpu"], p["cpu"] / c["cpu"], ">= 1.2"))
         rows.append(("caption tok/s wall: C / Python", n / c["wall"], n / p["wall"], p["wall"] / c["wall"], ">= 1.2"))
