@@ -380,6 +380,8 @@ def test_device_option(native_build, native_clip, native_bundle, images):
     _one_line_error(mmrt(*args, "--device", "cuda", "--backend", "openvino", check=False), "OpenVINO takes")
     # an OpenVINO device on a bundle without OpenVINO artifacts: the variant is named, not a crash
     _one_line_error(mmrt(*args, "--device", "GPU", check=False), "no openvino")
+    if "openvino" not in _backends():
+        return  # ASan build: listing OpenVINO's devices loads TBB, whose RTLD_DEEPBIND dlopen ASan refuses
     both = native_bundle("clip-shapes", ("onnxruntime", "openvino"))
     r = mmrt("embed", both, "--text", "a red circle", "--device", "NPU", check=False)
     if "no OpenVINO" not in r.stderr and r.returncode:
