@@ -20,13 +20,13 @@ TEXTS = ["a photo of a cat", "an astronaut", "a cup of coffee on a table"]
 
 @pytest.fixture(scope="module")
 def align(tmp_path_factory):
-    from mmdeploy.exporter.export import export
+    from .bundle_cache import export_cached
 
     root = tmp_path_factory.mktemp("align")
     model = save_align(root / "ckpt")
     assert (root / "ckpt" / "processor_config.json").is_file()
     assert not (root / "ckpt" / "preprocessor_config.json").exists()
-    export(str(root / "ckpt"), root / "bundle", backends=["onnxruntime", "openvino"], threads=2)
+    export_cached(str(root / "ckpt"), root / "bundle", backends=["onnxruntime", "openvino"], threads=2)
     return model, root
 
 

@@ -12,6 +12,8 @@ from PIL import Image
 from mmdeploy.errors import BundleError
 from mmdeploy.exporter.compress import CompressConfig, Student, compress, dominates, fit_budget, pareto_front, pick
 
+from .conftest import TRAIN_THREADS
+
 
 def _row(cid, top1, ms, gate=True):
     return {"id": cid, "top1": top1, "ms": ms, "gate_passed": gate}
@@ -129,7 +131,7 @@ TINY = dict(
     samples=256,
     eval_images=200,
     timing_seconds=0.3,
-    threads=2,
+    threads=TRAIN_THREADS,
 )
 
 

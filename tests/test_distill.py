@@ -13,6 +13,8 @@ from mmdeploy.cli import app
 from mmdeploy.exporter.distill import DistillConfig, distill, evenly_spaced
 from tools.fixtures.dual_encoders import zero_shot_top1
 
+from .conftest import TRAIN_THREADS
+
 runner = CliRunner()
 # issue 9: half the vision layers keeps >= 95% of the teacher's zero-shot top-1
 MIN_TOP1_KEPT = 0.95
@@ -25,7 +27,7 @@ def cli(*args):
 @pytest.fixture(scope="session")
 def clip_student(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("students") / "clip-2l"
-    r = cli("distill", "clip-shapes", "-o", out, "--vision-layers", 2, "--threads", 2)
+    r = cli("distill", "clip-shapes", "-o", out, "--vision-layers", 2, "--threads", TRAIN_THREADS)
     assert r.exit_code == 0, r.output
     return out
 
@@ -87,7 +89,7 @@ def test_student_exports_runs_and_benches_against_teacher(clip_student, tmp_path
 
 
 def test_resume_continues_from_last_epoch(tmp_path):
-    cfg = DistillConfig(vision_layers=2, samples=256, epochs=2, batch_size=32, threads=2, eval_images=50)
+    cfg = DistillConfig(vision_layers=2, samples=256, epochs=2, batch_size=32, threads=TRAIN_THREADS, eval_images=50)
     quiet = lambda m: None  # noqa: E731
 
     class Stop(Exception):
@@ -157,7 +159,7 @@ def test_image_folder_with_captions_and_a_text_file(tmp_path):
         texts=str(tmp_path / "texts.txt"),
         epochs=1,
         batch_size=16,
-        threads=2,
+        threads=TRAIN_THREADS,
     )
     report = distill("clip-shapes", tmp_path / "s", cfg, log=lambda m: None)
     assert report["fidelity"]["eval_images"] == 4  # images 9, 19, 29, 39
@@ -179,7 +181,7 @@ def test_caption_student_imitates_teacher(tmp_path):
     from mmdeploy.exporter.registry import package_path
 
     out = tmp_path / "cap"
-    cfg = DistillConfig(vision_layers=2, text_layers=1, samples=1024, epochs=2, threads=2, eval_images=200)
+    cfg = DistillConfig(vision_layers=2, text_layers=1, samples=1024, epochs=2, threads=TRAIN_THREADS, eval_images=200)
     report = distill("caption-shapes", out, cfg, log=lambda m: None)
     m = VisionEncoderDecoderModel.from_pretrained(out)
     teacher = VisionEncoderDecoderModel.from_pretrained(package_path("fixtures/caption-shapes"))

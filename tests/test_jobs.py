@@ -86,6 +86,7 @@ def test_local_job_embeds_every_good_image_once_and_counts_the_broken(local_job,
     assert (np.sum(_embeddings(t)[rows] * ref, axis=1) >= 0.9999).all()
 
 
+@pytest.mark.slow  # starts a local Ray instance: 16 s alone, 30 s beside another worker
 def test_ray_job_on_a_local_instance_matches_the_local_job(local_job, corpus, clip_bundle, tmp_path):
     pytest.importorskip("ray")
     root, _ = corpus

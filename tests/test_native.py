@@ -43,14 +43,14 @@ def native_build() -> Path:
 @pytest.fixture(scope="session")
 def native_bundle(tmp_path_factory):
     """name -> that fixture exported once to ONNX Runtime fp32 (the native runtime's backend)."""
-    from mmdeploy.exporter.export import export
+    from .bundle_cache import export_cached
 
     made: dict[tuple, Path] = {}
 
     def get(name: str, backends: tuple[str, ...] = ("onnxruntime",)) -> Path:
         if (name, backends) not in made:
             out = tmp_path_factory.mktemp("native") / name
-            export(name, out, backends=list(backends), precisions=["fp32"], threads=2)
+            export_cached(name, out, backends=list(backends), precisions=["fp32"], threads=2)
             made[name, backends] = out
         return made[name, backends]
 

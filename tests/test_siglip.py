@@ -21,11 +21,11 @@ TEXTS = ["a photo of a cat", "an astronaut", "a cup of coffee", "A Photo Of A Do
 
 @pytest.fixture(scope="module")
 def siglip(tmp_path_factory):
-    from mmdeploy.exporter.export import export
+    from .bundle_cache import export_cached
 
     root = tmp_path_factory.mktemp("siglip")
     model = save_siglip(root / "ckpt")
-    export(
+    export_cached(
         str(root / "ckpt"),
         root / "bundle",
         backends=["onnxruntime", "openvino"],

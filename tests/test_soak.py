@@ -150,8 +150,7 @@ def soak_bundles(tmp_path_factory):
     """Tiny SigLIP (OpenVINO; and other weights of it, for the re-export), captioner and VLM (onnxruntime), fp32."""
     from transformers import SiglipModel
 
-    from mmdeploy.exporter.export import export
-
+    from .bundle_cache import export_cached
     from .test_serve import tiny_captioner
     from .test_vlm import tiny_smolvlm
     from .tiny_families import save_siglip
@@ -174,7 +173,7 @@ def soak_bundles(tmp_path_factory):
         ("cap", "cap-ckpt", "onnxruntime"),
         ("vlm", "vlm-ckpt", "onnxruntime"),
     ):
-        export(str(root / src), root / name, backends=[backend], precisions=["fp32"], threads=1)
+        export_cached(str(root / src), root / name, backends=[backend], precisions=["fp32"], threads=1)
         out[name] = root / name
     out["emb_next"] = root / "siglip-b"
     out["root"] = root

@@ -42,10 +42,10 @@ def minilm_folder():
 
 @pytest.fixture(scope="session")
 def minilm_bundle(tmp_path_factory, minilm_folder):
-    from mmdeploy.exporter.export import export
+    from .bundle_cache import export_cached
 
     out = tmp_path_factory.mktemp("bundles") / "minilm"
-    export("minilm", out, backends=["onnxruntime", "openvino"], precisions=["fp32", "bf16"], threads=2)
+    export_cached("minilm", out, backends=["onnxruntime", "openvino"], precisions=["fp32", "bf16"], threads=2)
     return out
 
 

@@ -28,10 +28,10 @@ FAMILIES = {"siglip-shapes": "siglip", "align-shapes": "align"}
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def trained(request, tmp_path_factory):
-    from mmdeploy.exporter.export import export
+    from .bundle_cache import export_cached
 
     out = tmp_path_factory.mktemp("trained") / request.param
-    export(
+    export_cached(
         request.param, out, backends=["onnxruntime", "openvino"], precisions=["fp32", "int8"], calib="shapes", threads=2
     )
     return request.param, out

@@ -111,12 +111,12 @@ def tiny_smolvlm(out: Path, split: bool = False, tile_tags: bool = True):
 
 @pytest.fixture(scope="session")
 def vlm_tiny(tmp_path_factory):
-    from mmdeploy.exporter.export import export
+    from .bundle_cache import export_cached
 
     root = tmp_path_factory.mktemp("vlm")
     model, proc = tiny_smolvlm(root / "ckpt")
     bundle = root / "bundle"
-    export(str(root / "ckpt"), bundle, backends=BACKENDS, precisions=["fp32"], threads=2)
+    export_cached(str(root / "ckpt"), bundle, backends=BACKENDS, precisions=["fp32"], threads=2)
     return model, proc, bundle
 
 
@@ -178,11 +178,11 @@ def test_three_turns_match_generate_on_the_whole_history(vlm_tiny, backend):
 @pytest.fixture(scope="session")
 def vlm_split(tmp_path_factory):
     """A tiny checkpoint whose processor splits images (SmolVLM's default), exported for ORT."""
-    from mmdeploy.exporter.export import export
+    from .bundle_cache import export_cached
 
     root = tmp_path_factory.mktemp("vlm-split")
     model, proc = tiny_smolvlm(root / "ckpt", split=True)
-    export(str(root / "ckpt"), root / "bundle", backends=["onnxruntime"], precisions=["fp32"], threads=2)
+    export_cached(str(root / "ckpt"), root / "bundle", backends=["onnxruntime"], precisions=["fp32"], threads=2)
     return model, proc, root / "bundle"
 
 

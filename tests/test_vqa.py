@@ -68,12 +68,12 @@ def tiny_vqa(out: Path, steps: int = 60) -> Path:
 @pytest.fixture(scope="session")
 def vqa_tiny(tmp_path_factory):
     """(checkpoint folder, bundle) of the tiny VQA model, ORT + OpenVINO fp32."""
-    from mmdeploy.exporter.export import export
+    from .bundle_cache import export_cached
 
     root = tmp_path_factory.mktemp("vqa")
     ckpt = tiny_vqa(root / "ckpt")
     bundle = root / "bundle"
-    export(str(ckpt), bundle, backends=BACKENDS, precisions=["fp32"], threads=2)
+    export_cached(str(ckpt), bundle, backends=BACKENDS, precisions=["fp32"], threads=2)
     return ckpt, bundle
 
 
