@@ -1023,8 +1023,11 @@ def prune(
         help="Calibration and recovery images: 'shapes', 'photos' or an image folder (captions.tsv pairs texts).",
     ),
     calib_samples: int = typer.Option(128, min=1, help="Calibration samples the importance is measured on."),
-    epochs: int = typer.Option(
-        8, min=0, help="Recovery: passes of distillation from the teacher over --samples (0: prune only)."
+    epochs: int | None = typer.Option(
+        None,
+        min=0,
+        help="Recovery: passes of distillation from the teacher over --samples (0: prune only). Default: 16 when "
+        "the hidden width is cut (CLIP --heads), else 8.",
     ),
     samples: int | None = typer.Option(16384, min=2, help="Recovery images per epoch."),
     batch_size: int = typer.Option(64, min=2),

@@ -60,6 +60,9 @@ STATE_DIR_SUFFIX = ".prune-state"
 # clip-shapes) and needs 3e-3 (1e-3: 55% after 64 steps, 3e-3: 66%); a cut MLP alone starts close
 # (93.4%) and 3e-3 pushes it away (92.8% after 256 steps, 91% after 16, where 1e-3 kept >= 94%)
 LR_HIDDEN_CUT, LR_MILD = 3e-3, 1e-3
+# recovery passes without --epochs: a cut residual needs twice the steps (clip-shapes --heads 0.5 --mlp 0.25
+# --towers vision: 96.2% after 8 epochs of 16384, 98.6% = the teacher after 16); an MLP cut keeps 8
+EPOCHS_HIDDEN_CUT, EPOCHS_MILD = 16, 8
 PLAN_FILE = "plan.json"
 
 
@@ -76,7 +79,7 @@ class PruneConfig:
     # 512 / 2048 steps 91.0 / 97.8%; feature matching +1.2 points at 2x the step cost, 1024 calibration
     # images and 0.75-then-0.5 iterative pruning (86.8% at 512 steps) no better
     samples: int | None = 16384  # recovery images per epoch
-    epochs: int = 8  # recovery by distillation from the teacher; 0 = prune only
+    epochs: int | None = None  # recovery by distillation from the teacher; 0 = prune only; None: recovery_epochs
     batch_size: int = 64
     lr: float | None = None  # peak recovery lr; None: recovery_lr(plans)
     seed: int = 0
@@ -493,7 +496,7 @@ def check_ratios(cfg: PruneConfig) -> None:
         raise InputError("nothing to prune: give --heads and/or --mlp (fractions kept, e.g. 0.5)")
     if cfg.method not in METHODS:
         raise InputError(f"--importance {cfg.method!r}: choose {', '.join(METHODS)}")
-    if cfg.epochs < 0:
+    if cfg.epochs is not None and cfg.epochs < 0:
         raise InputError(f"--epochs {cfg.epochs}: give 0 (prune only) or more")
     if cfg.calib_samples < 1:
         raise InputError(f"--calib-samples {cfg.calib_samples}: give 1 or more")
@@ -632,9 +635,18 @@ def _axis(key: str, dim: int, value, lay: TowerLayout, p: TowerPlan) -> list[int
     raise CheckpointError(f"{key}: no rule says which indices of dim {dim} to keep")
 
 
+def _hidden_cut(plans: dict[str, TowerPlan]) -> bool:
+    return any(p.kept_hidden is not None for p in plans.values())
+
+
 def recovery_lr(plans: dict[str, TowerPlan]) -> float:
     """The peak lr when --lr is not given: LR_HIDDEN_CUT where a tower's residual width was cut, else LR_MILD."""
-    return LR_HIDDEN_CUT if any(p.kept_hidden is not None for p in plans.values()) else LR_MILD
+    return LR_HIDDEN_CUT if _hidden_cut(plans) else LR_MILD
+
+
+def recovery_epochs(plans: dict[str, TowerPlan]) -> int:
+    """Recovery passes when --epochs is not given: EPOCHS_HIDDEN_CUT where a residual width was cut."""
+    return EPOCHS_HIDDEN_CUT if _hidden_cut(plans) else EPOCHS_MILD
 
 
 def _to_tower(p: TowerPlan) -> Tower:
@@ -690,7 +702,7 @@ def _prune(teacher_source, out, cfg, state_dir, random_weights, resume, log, pro
         raise UnsupportedModelError(
             f"{teacher_source}: the {fam.family} family has no pruner (prune takes {names(families_that(Capability.PRUNE))})"
         )
-    if cfg.epochs > 0 and not fam.can(Capability.DISTILL):
+    if cfg.epochs != 0 and not fam.can(Capability.DISTILL):
         raise InputError(
             f"{teacher_source}: recovery trains through the family's distiller and {fam.family} has none yet "
             f"(distill takes {names(families_that(Capability.DISTILL))}): pass --epochs 0 to prune without recovery"
@@ -698,7 +710,7 @@ def _prune(teacher_source, out, cfg, state_dir, random_weights, resume, log, pro
     pruner = fam.pruner(fam, teacher)
     chosen = _chosen(pruner, cfg, fam.family)
     _counts(pruner.model, cfg, chosen)  # a ratio that leaves nothing fails before minutes of work
-    train, held = _training_data(dcfg) if cfg.epochs > 0 else _training_data(_calib_only(dcfg, cfg))
+    train, held = _training_data(dcfg) if cfg.epochs != 0 else _training_data(_calib_only(dcfg, cfg))
     teacher.to(device)
 
     torch.manual_seed(cfg.seed)
@@ -727,6 +739,7 @@ def _prune(teacher_source, out, cfg, state_dir, random_weights, resume, log, pro
         plans = plan(pruner, cfg, scores, fam.family)
         log(f"importance: {time.time() - t0:.1f} s")
     dcfg.lr = cfg.lr if cfg.lr is not None else recovery_lr(plans)
+    dcfg.epochs = epochs = cfg.epochs if cfg.epochs is not None else recovery_epochs(plans)
     student = build_pruned(teacher.cpu(), chosen, plans).to(device)
     teacher.to(device)
     for p in plans.values():
@@ -738,7 +751,7 @@ def _prune(teacher_source, out, cfg, state_dir, random_weights, resume, log, pro
     evaluator = pruner.evaluator(teacher, student, dcfg, device, log)
     before = None
     history, train_s = [], 0.0
-    if cfg.epochs > 0:
+    if epochs > 0:
         if not (resume and plan_path.is_file()):
             before = evaluator.evaluate(held or train)
             log(f"before recovery: {_headline(before)}")
@@ -792,11 +805,11 @@ def _prune(teacher_source, out, cfg, state_dir, random_weights, resume, log, pro
             }[cfg.method],
         },
         "recovery": {
-            "epochs": cfg.epochs,
+            "epochs": epochs,
             "lr": dcfg.lr,
-            "steps": (len(train.images) // cfg.batch_size) * cfg.epochs if cfg.epochs else 0,
-            "images_per_epoch": len(train.images) if cfg.epochs else 0,
-            "method": "distillation from the unpruned teacher (the family's distiller)" if cfg.epochs else "none",
+            "steps": (len(train.images) // cfg.batch_size) * epochs,
+            "images_per_epoch": len(train.images) if epochs else 0,
+            "method": "distillation from the unpruned teacher (the family's distiller)" if epochs else "none",
             "history": history,
             "seconds": round(train_s, 1),
         },
