@@ -1118,9 +1118,22 @@ def compress(
     ),
     depth: str = typer.Option("1,0.5", help="Shares of the image tower's layers kept (1: the teacher's)."),
     width: str = typer.Option("1,0.5", help="MLP width ratios (1: the teacher's)."),
+    heads: str = typer.Option(
+        "1,0.5",
+        help="Shares of the image tower's attention heads kept (CLIP: its residual width goes with them), each "
+        "one student at full depth and the narrowest --width, recovered with prune's 4096 steps; 1 alone: no such student.",
+    ),
     precision: str = typer.Option("fp32,int8", help="Precisions of every student (INT8 calibrated on --data)."),
     backend: str = typer.Option("onnxruntime,openvino", help="Backends of every student."),
-    epochs: int = typer.Option(2, min=1, help="Recovery training of each student, in passes over --samples."),
+    epochs: int = typer.Option(
+        2, min=1, help="Recovery training of each depth / MLP student, in passes over --samples."
+    ),
+    heads_epochs: int | None = typer.Option(
+        None,
+        min=1,
+        help="Recovery of the heads students in passes over --samples. Default: prune's for a cut residual "
+        "(16 passes over 16384 images).",
+    ),
     samples: int = typer.Option(8192, min=2, help="Training images per epoch."),
     batch_size: int = typer.Option(64, min=2),
     eval_images: int = typer.Option(500, min=1, help="Held-out images the top-1 is measured on."),
@@ -1133,7 +1146,7 @@ def compress(
     ),
     no_wait: bool = _NO_WAIT,
 ):
-    """Search layers kept x width x precision x backend; keep the fastest variant within --max-drop, here."""
+    """Search layers kept x width (x heads) x precision x backend; keep the fastest variant within --max-drop, here."""
     from .exporter.compress import CompressConfig
     from .exporter.compress import compress as run_compress
     from .runtimes.bundle_info import compress_table
@@ -1146,9 +1159,11 @@ def compress(
         budget_min=budget_min,
         depths=_fractions(depth, "--depth"),
         widths=_fractions(width, "--width"),
+        heads=_fractions(heads, "--heads"),
         precisions=tuple(parse_list(precision, None, "precision")),
         backends=tuple(parse_list(backend, None, "backend")),
         epochs=epochs,
+        heads_epochs=heads_epochs,
         samples=samples,
         batch_size=batch_size,
         eval_images=eval_images,

@@ -3,11 +3,13 @@
     mmdeploy compress clip-shapes -o out/clip-best --data shapes --max-drop 1.0 [--budget-ms 0.3]
 
 The space is declared, small and crossed: depth (the share of the image tower's layers kept) x
-width (the share of MLP channels kept) x precision x backend. Each (depth, width) point is one
-student, made once by `_make_student`: width alone by the pruner (exporter/prune.py: channels
-ranked by activation importance, recovered by distillation from the teacher), depth (with or
-without width) by the distiller (kept layers evenly spaced, MLP units ranked by weight norm);
-depth 1 and width 1 is the teacher itself, untrained. Each student is exported with every
+width (the share of MLP channels kept) x precision x backend, plus the heads axis (the share of
+the image tower's attention heads kept, with CLIP's residual width) at full depth and the
+narrowest width. Each (depth, width, heads) point is one student, made once by `_make_student`:
+width and heads by the pruner (exporter/prune.py: heads, residual and MLP channels ranked by
+activation importance, recovered by distillation from the teacher), depth (with or without
+width) by the distiller (kept layers evenly spaced, MLP units ranked by weight norm); depth 1,
+width 1 and heads 1 is the teacher itself, untrained. Each student is exported with every
 (backend, precision) of the space by the normal `export` (INT8 calibrated on --data), so every
 candidate is a bundle variant that passed or failed its usual cosine gate.
 
@@ -44,6 +46,9 @@ from ..errors import BackendError, CapabilityError, InputError
 
 DEFAULT_DEPTHS = (1.0, 0.5)
 DEFAULT_WIDTHS = (1.0, 0.5)
+# a cut residual recovers only with prune's long recovery (4096 steps, ~6 min of one core on clip-shapes:
+# --heads 0.5 --mlp 0.25 reached the teacher's 98.6%, 256 steps ~80%): one heads student, not a cross
+DEFAULT_HEADS = (1.0, 0.5)
 DEFAULT_PRECISIONS = ("fp32", "int8")
 DEFAULT_BACKENDS = ("onnxruntime", "openvino")
 CACHE_STATE = "state.json"
@@ -56,18 +61,20 @@ REFERENCE_PARAMS = 1.05e6
 
 @dataclass(frozen=True)
 class Student:
-    """One point of the model axes: the share of the image tower's layers kept and the MLP width ratio."""
+    """One point of the model axes: the share of the image tower's layers kept, the MLP width ratio
+    and the share of the image tower's attention heads kept."""
 
     depth: float = 1.0
     width: float = 1.0
+    heads: float = 1.0
 
     @property
     def key(self) -> str:
-        return f"depth{self.depth:g}-width{self.width:g}"
+        return f"depth{self.depth:g}-width{self.width:g}" + (f"-heads{self.heads:g}" if self.heads < 1 else "")
 
     @property
     def is_teacher(self) -> bool:
-        return self.depth == 1.0 and self.width == 1.0
+        return self.depth == 1.0 and self.width == 1.0 and self.heads == 1.0
 
 
 @dataclass
@@ -78,9 +85,14 @@ class CompressConfig:
     budget_min: float | None = None  # wall-clock minutes for the whole search
     depths: tuple[float, ...] = DEFAULT_DEPTHS
     widths: tuple[float, ...] = DEFAULT_WIDTHS
+    heads: tuple[float, ...] = DEFAULT_HEADS
     precisions: tuple[str, ...] = DEFAULT_PRECISIONS
     backends: tuple[str, ...] = DEFAULT_BACKENDS
-    epochs: int = 2  # recovery training per student (256 steps, an eighth of prune's default: the 30-min search)
+    # recovery training per depth / MLP student (256 steps: the 30-min search)
+    epochs: int = 2
+    # heads students: None = prune's own recovery for a cut residual (16 epochs of 16384: 4096 steps),
+    # else that many epochs over `samples`
+    heads_epochs: int | None = None
     samples: int = 8192  # training images per epoch
     batch_size: int = 64
     # None: prune's own for width (1e-3 for an MLP cut: 3e-3 measured 92.8% after 256 steps, 93.4% before
@@ -92,7 +104,22 @@ class CompressConfig:
     threads: int | None = None
 
     def students(self) -> list[Student]:
-        return [Student(d, w) for d in self.depths for w in self.widths]
+        grid = [Student(d, w) for d in self.depths for w in self.widths]
+        return grid + [Student(1.0, min(self.widths), h) for h in self.heads if h < 1]
+
+    def steps(self, student: Student) -> int:
+        """Training steps of one student: prune's recovery where the residual is cut, else --epochs."""
+        if student.heads < 1:
+            from .prune import EPOCHS_HIDDEN_CUT, PruneConfig
+
+            if self.heads_epochs is None:
+                return EPOCHS_HIDDEN_CUT * (PruneConfig.samples // self.batch_size)
+            return self.heads_epochs * (self.samples // self.batch_size)
+        return self.epochs * (self.samples // self.batch_size)
+
+    def train_share(self, student: Student) -> float:
+        """The share of a full-size training step one step of this student costs (a rough scale)."""
+        return min(1.0, 0.15 + student.depth * student.width**0.5 * student.heads)
 
 
 @dataclass
@@ -160,7 +187,7 @@ def check_config(cfg: CompressConfig) -> None:
         raise InputError(f"--budget-ms {cfg.budget_ms:g}: give a latency above 0")
     if cfg.budget_min is not None and not cfg.budget_min > 0:
         raise InputError(f"--budget-min {cfg.budget_min:g}: give minutes above 0")
-    for flag, values in (("--depth", cfg.depths), ("--width", cfg.widths)):
+    for flag, values in (("--depth", cfg.depths), ("--width", cfg.widths), ("--heads", cfg.heads)):
         if not values:
             raise InputError(f"{flag} is empty: give fractions in (0, 1], e.g. 1,0.5")
         for v in values:
@@ -183,6 +210,8 @@ def check_config(cfg: CompressConfig) -> None:
             f"--epochs {cfg.epochs} / --samples {cfg.samples} / --batch-size {cfg.batch_size}: students need "
             "at least one epoch of at least one batch (of 2 or more)"
         )
+    if cfg.heads_epochs is not None and cfg.heads_epochs < 1:
+        raise InputError(f"--heads-epochs {cfg.heads_epochs}: heads students need at least one epoch")
     if cfg.eval_images < 10:
         raise InputError(f"--eval-images {cfg.eval_images}: top-1 on fewer than 10 images says nothing")
 
@@ -272,12 +301,32 @@ def _distill_config(student: Student, teacher_cfg, cfg: CompressConfig):
 def _prune_config(student: Student, cfg: CompressConfig):
     from .prune import PruneConfig
 
+    if student.heads < 1:  # the image tower only (CLIP's text tower keeps its width), prune's recovery
+        recovery = {"epochs": None, "samples": PruneConfig.samples} if cfg.heads_epochs is None else {}
+        return PruneConfig(
+            heads=student.heads,
+            mlp=student.width if student.width < 1 else None,
+            towers=("vision",),
+            **{**_training_kwargs(cfg), "epochs": cfg.heads_epochs, **recovery},
+        )
     return PruneConfig(mlp=student.width, **_training_kwargs(cfg))
 
 
 def _pruned(student: Student) -> bool:
-    """Width alone goes through the pruner (activation importance); depth through the distiller."""
-    return student.depth == 1.0 and student.width < 1.0
+    """Width and heads at full depth go through the pruner (activation importance); depth through the distiller."""
+    return student.depth == 1.0 and (student.width < 1.0 or student.heads < 1.0)
+
+
+def heads_axis_supported(ckpt) -> bool:
+    """Whether the family's pruner can take heads out of the image tower (declared by its TowerLayout)."""
+    from .families import family_exporter
+    from .prune import HEAD_MODES
+
+    fam = family_exporter(ckpt)
+    if not fam.can(Capability.PRUNE):
+        return False
+    vision = fam.pruner.towers.get("vision")
+    return vision is not None and vision.heads in HEAD_MODES
 
 
 REPORTS = ("prune.json", "distill.json")
@@ -294,17 +343,22 @@ def _student_report(folder: Path) -> dict[str, Any] | None:
 
 def _made_by(student: Student, report: dict[str, Any] | None) -> dict[str, Any]:
     if report is None:
-        return {"by": "teacher", "depth": 1.0, "width": 1.0}
+        return {"by": "teacher", "depth": 1.0, "width": 1.0, "heads": 1.0}
     towers = report["student"]["towers"]
     pruned = "recovery" in report
     return {
-        "by": "prune (MLP channels ranked by activation importance) + recovery by distillation from the teacher"
+        "by": "prune (heads, residual and MLP channels ranked by activation importance) + recovery by "
+        "distillation from the teacher"
+        if pruned and student.heads < 1
+        else "prune (MLP channels ranked by activation importance) + recovery by distillation from the teacher"
         if pruned
         else "distill (evenly spaced layers kept, MLP units ranked by weight norm) + distillation from the teacher",
         "depth": student.depth,
         "width": student.width,
+        "heads": student.heads,
         "layers": {n: t["layers"] for n, t in towers.items()},
         "mlp": {n: t["mlp"] for n, t in towers.items()},
+        **({"attention_heads": {n: t["heads"] for n, t in towers.items()}} if pruned else {}),
         "parameters": report["student"]["parameters"],
         "epochs": report["recipe"]["epochs"],
         "samples": report["recipe"]["samples"],
@@ -405,8 +459,7 @@ def estimate(
     export and scoring (constants measured on clip-shapes, scaled by size) and the tournament."""
     size = max(1.0, params / REFERENCE_PARAMS)
     variants = len(cfg.precisions) * len(cfg.backends)
-    steps = cfg.epochs * (cfg.samples // cfg.batch_size)
-    train = sum(steps * step_s * min(1.0, 0.15 + s.depth * s.width**0.5) for s in to_train)
+    train = sum(cfg.steps(s) * step_s * cfg.train_share(s) for s in to_train)
     prepare = len(to_train) * (cfg.samples + cfg.eval_images) / cfg.batch_size * step_s / 3  # teacher embeddings
     export = len(to_export) * variants * EXPORT_S_PER_VARIANT * size
     score = len(students) * variants * SCORE_S_PER_VARIANT * size * cfg.eval_images / 500
@@ -420,6 +473,7 @@ def fit_budget(
     to_export: list[Student],
     budget_min: float | None,
     minutes_of: Callable[[list[Student], list[Student], list[Student]], float],
+    cost: Callable[[Student], float] = lambda s: s.depth * s.width**0.5,
 ) -> tuple[list[Student], list[Student], list[Student], list[str], float]:
     """Leave out students that need training, costliest first (the most layers and width kept),
     until minutes_of(students, to_train, to_export) fits budget_min; cached students and the
@@ -428,7 +482,7 @@ def fit_budget(
     minutes, dropped = minutes_of(students, to_train, to_export), []
     if budget_min is None:
         return students, to_train, to_export, dropped, minutes
-    for s in sorted(to_train, key=lambda s: -(s.depth * s.width**0.5)):
+    for s in sorted(to_train, key=lambda s: -cost(s)):
         if minutes <= budget_min:
             break
         students.remove(s)
@@ -560,6 +614,9 @@ def compress(
     students = list(dict.fromkeys(cfg.students()))
     if Student() not in students:  # the baseline every drop is measured against
         students.insert(0, Student())
+    if any(s.heads < 1 for s in students) and not heads_axis_supported(ckpt):
+        students = [s for s in students if s.heads == 1.0]
+        log(f"{teacher}: its image tower cannot drop attention heads (prune takes --mlp): the --heads axis is left out")
     folders = {s: cache / "students" / s.key for s in students if not s.is_teacher}
     state = _load_state(cache)
     to_train = [
@@ -571,7 +628,12 @@ def compress(
     params = sum(p.numel() for p in ckpt.model.parameters())
     step_s = _step_seconds(ckpt.model, cfg.batch_size, cfg.threads) if to_train else 0.0
     students, to_train, to_export, dropped, minutes = fit_budget(
-        students, to_train, to_export, cfg.budget_min, lambda s, t, e: estimate(s, t, e, step_s, params, cfg)
+        students,
+        to_train,
+        to_export,
+        cfg.budget_min,
+        lambda s, t, e: estimate(s, t, e, step_s, params, cfg),
+        cost=lambda s: cfg.steps(s) * cfg.train_share(s),
     )
     if cfg.budget_min is not None and minutes > cfg.budget_min:
         raise InputError(
@@ -723,11 +785,18 @@ def compress(
         "space": {
             "depth": list(cfg.depths),
             "width": list(cfg.widths),
+            "heads": list(cfg.heads),
             "precision": list(cfg.precisions),
             "backend": list(cfg.backends),
             "students": [s.key for s in students],
             **({"left_out_by_budget": dropped} if dropped else {}),
-            "training": {"epochs": cfg.epochs, "samples": cfg.samples, "batch_size": cfg.batch_size},
+            "training": {
+                "epochs": cfg.epochs,
+                "samples": cfg.samples,
+                "batch_size": cfg.batch_size,
+                "heads_epochs": cfg.heads_epochs,
+            },
+            "steps": {s.key: cfg.steps(s) for s in students if not s.is_teacher},
         },
         "candidates": rows,
         "front": [rows[i]["id"] for i in front],

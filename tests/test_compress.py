@@ -64,6 +64,39 @@ def test_budget_leaves_out_the_costliest_students_to_train_first():
     assert train == [] and kept == [teacher] and m == 3
 
 
+def test_heads_axis_is_one_student_at_full_depth_trained_as_prune_trains_a_cut_residual():
+    """The default space: depth x width, plus heads 0.5 at full depth and the narrowest width, pruned
+    in the image tower and recovered with prune's 16 epochs of 16384 (256 steps leave ~80%)."""
+    from mmdeploy.exporter.compress import _prune_config, _pruned
+
+    cfg = CompressConfig()
+    students = cfg.students()
+    assert [s.key for s in students] == [
+        "depth1-width1",
+        "depth1-width0.5",
+        "depth0.5-width1",
+        "depth0.5-width0.5",
+        "depth1-width0.5-heads0.5",
+    ]
+    heads = students[-1]
+    assert _pruned(heads) and not heads.is_teacher and Student().is_teacher
+    prune_cfg = _prune_config(heads, cfg)
+    assert (prune_cfg.heads, prune_cfg.mlp, prune_cfg.towers) == (0.5, 0.5, ("vision",))
+    assert prune_cfg.epochs is None and prune_cfg.samples == 16384  # prune resolves 16 epochs for this cut
+    assert cfg.steps(heads) == 4096 and cfg.steps(students[1]) == 256
+    quick = CompressConfig(heads_epochs=1, samples=256)
+    assert quick.steps(heads) == 4 and _prune_config(heads, quick).epochs == 1
+    assert [s.key for s in CompressConfig(heads=(1.0,)).students()][-1] == "depth0.5-width0.5"
+
+
+def test_heads_axis_follows_what_the_family_pruner_declares():
+    from mmdeploy.exporter.checkpoint import resolve
+    from mmdeploy.exporter.compress import heads_axis_supported
+
+    assert heads_axis_supported(resolve("clip-shapes"))
+    assert not heads_axis_supported(resolve("siglip-shapes"))  # SigLIP's embedding is its hidden state
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -72,6 +105,7 @@ def test_budget_leaves_out_the_costliest_students_to_train_first():
     [
         (["clip-shapes", "--max-drop", "-1"], "--max-drop -1"),
         (["clip-shapes", "--depth", "0,1"], "--depth 0"),
+        (["clip-shapes", "--heads", "1,1.5"], "--heads 1.5"),
         (["clip-shapes", "--budget-ms", "0"], "--budget-ms 0"),
         (["align-shapes"], "cannot be compressed"),
         # the estimate behind --budget-min times a training step of the teacher (16 s CPU measured beside load)
@@ -125,6 +159,7 @@ def test_manifest_refuses_a_compress_record_that_does_not_hold_together(compress
 TINY = dict(
     depths=(1.0, 0.5),
     widths=(1.0,),
+    heads=(1.0,),
     precisions=("fp32", "int8"),
     backends=("onnxruntime",),
     epochs=1,
