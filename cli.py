@@ -1117,7 +1117,7 @@ def compress(
         None, help="Wall-clock minutes for the search: the costliest students are left out to fit, or it refuses."
     ),
     depth: str = typer.Option("1,0.5", help="Shares of the image tower's layers kept (1: the teacher's)."),
-    width: str = typer.Option("1,0.5", help="MLP width ratios (1: the teacher's)."),
+    width: str = typer.Option("1,0.5,0.25", help="MLP width ratios (1: the teacher's)."),
     heads: str = typer.Option(
         "1,0.5",
         help="Shares of the image tower's attention heads kept (CLIP: its residual width goes with them), each "

@@ -74,19 +74,22 @@ def test_heads_axis_is_one_student_at_full_depth_trained_as_prune_trains_a_cut_r
     assert [s.key for s in students] == [
         "depth1-width1",
         "depth1-width0.5",
+        "depth1-width0.25",
         "depth0.5-width1",
         "depth0.5-width0.5",
-        "depth1-width0.5-heads0.5",
+        "depth0.5-width0.25",
+        "depth1-width0.25-heads0.5",
     ]
     heads = students[-1]
     assert _pruned(heads) and not heads.is_teacher and Student().is_teacher
     prune_cfg = _prune_config(heads, cfg)
-    assert (prune_cfg.heads, prune_cfg.mlp, prune_cfg.towers) == (0.5, 0.5, ("vision",))
+    assert (prune_cfg.heads, prune_cfg.mlp, prune_cfg.towers) == (0.5, 0.25, ("vision",))
     assert prune_cfg.epochs is None and prune_cfg.samples == 16384  # prune resolves 16 epochs for this cut
     assert cfg.steps(heads) == 4096 and cfg.steps(students[1]) == 256
     quick = CompressConfig(heads_epochs=1, samples=256)
     assert quick.steps(heads) == 4 and _prune_config(heads, quick).epochs == 1
-    assert [s.key for s in CompressConfig(heads=(1.0,)).students()][-1] == "depth0.5-width0.5"
+    assert [s.key for s in CompressConfig(heads=(1.0,)).students()][-1] == "depth0.5-width0.25"
+    assert CompressConfig(widths=(1.0, 0.5)).students()[-1] == Student(1.0, 0.5, 0.5)
 
 
 def test_heads_axis_follows_what_the_family_pruner_declares():
