@@ -119,8 +119,21 @@ class CompressConfig:
         return self.epochs * (self.samples // self.batch_size)
 
     def train_share(self, student: Student) -> float:
-        """The share of a full-size training step one step of this student costs (a rough scale)."""
+        """The share of a full-size image-tower step one step of this student costs (a rough scale)."""
         return min(1.0, 0.15 + student.depth * student.width**0.5 * student.heads)
+
+    @staticmethod
+    def trains_text(student: Student) -> bool:
+        """An MLP cut without heads narrows both towers, so the text tower trains too; depth and heads
+        cuts touch the image tower alone (the text embeddings are the teacher's, computed once)."""
+        return student.width < 1 and student.heads == 1
+
+    def train_seconds(self, student: Student, step: tuple[float, float]) -> float:
+        """Training time from the timed full-size (image, text) steps: the image tower's share, plus the
+        text tower's where it trains."""
+        image_s, text_s = step
+        text = text_s * min(1.0, 0.15 + student.width**0.5) if self.trains_text(student) else 0.0
+        return self.steps(student) * (image_s * self.train_share(student) + text)
 
 
 @dataclass
@@ -422,8 +435,10 @@ def _student_current(folder: Path, student: Student, teacher_cfg, cfg: CompressC
 # --------------------------------------------------------------------------- estimate and trim
 
 
-def _step_seconds(model, batch: int, threads: int | None) -> float:
-    """One training step of the full-size model (image batch + the texts a CLIP step embeds), timed here."""
+def _step_seconds(model, batch: int, threads: int | None) -> tuple[float, float]:
+    """One training step of the full-size model, timed here: (the image batch, the texts a CLIP step
+    embeds when its text tower trains). A student that keeps the teacher's text tower pays only the
+    first (measured on clip-shapes: timing both for every student overestimated a search 2.8x)."""
     import numpy as np
     import torch
 
@@ -434,34 +449,38 @@ def _step_seconds(model, batch: int, threads: int | None) -> float:
     ids = torch.randint(0, tc.vocab_size, (batch + batch // 2 + 256, min(16, tc.max_position_embeddings)))
     from .distill import _training_threads
 
-    times = []
-    with _training_threads(threads, torch.device("cpu"), lambda _: None):  # the threads training will use
+    def timed(forward) -> float:
+        times = []
         for _ in range(3):
             t = time.perf_counter()
-            img, txt = model.get_image_features(pixel_values=px), model.get_text_features(input_ids=ids)
-            # transformers 5 returns an output object, 4 the tensor
-            loss = sum(getattr(o, "pooler_output", o).float().pow(2).mean() for o in (img, txt))
-            loss.backward()
+            out = forward()
+            getattr(out, "pooler_output", out).float().pow(2).mean().backward()  # transformers 4: the tensor
             times.append(time.perf_counter() - t)
-    model.zero_grad(set_to_none=True)
-    return float(np.median(times[1:]))
+        model.zero_grad(set_to_none=True)
+        return float(np.median(times[1:]))
+
+    with _training_threads(threads, torch.device("cpu"), lambda _: None):  # the threads training will use
+        image_s = timed(lambda: model.get_image_features(pixel_values=px))
+        text_s = timed(lambda: model.get_text_features(input_ids=ids))
+    return image_s, text_s
 
 
 def estimate(
     students: list[Student],
     to_train: list[Student],
     to_export: list[Student],
-    step_s: float,
+    step: tuple[float, float],
     params: int,
     cfg: CompressConfig,
     components: int = 2,
 ) -> float:
-    """Minutes: training (a timed step, scaled by the share of the model each student keeps),
+    """Minutes: training (the timed steps, scaled by the share of the model each student trains),
     export and scoring (constants measured on clip-shapes, scaled by size) and the tournament."""
     size = max(1.0, params / REFERENCE_PARAMS)
     variants = len(cfg.precisions) * len(cfg.backends)
-    train = sum(cfg.steps(s) * step_s * cfg.train_share(s) for s in to_train)
-    prepare = len(to_train) * (cfg.samples + cfg.eval_images) / cfg.batch_size * step_s / 3  # teacher embeddings
+    train = sum(cfg.train_seconds(s, step) for s in to_train)
+    # the teacher's image embeddings of every training and held-out image: a forward is ~1/3 of a step
+    prepare = len(to_train) * (cfg.samples + cfg.eval_images) / cfg.batch_size * step[0] / 3
     export = len(to_export) * variants * EXPORT_S_PER_VARIANT * size
     score = len(students) * variants * SCORE_S_PER_VARIANT * size * cfg.eval_images / 500
     timing = len(students) * variants * components * cfg.timing_seconds * 1.5
@@ -627,14 +646,14 @@ def compress(
     ]
     to_export = [s for s in students if s.key not in state.get("bundles", {}) or s in to_train]
     params = sum(p.numel() for p in ckpt.model.parameters())
-    step_s = _step_seconds(ckpt.model, cfg.batch_size, cfg.threads) if to_train else 0.0
+    step = _step_seconds(ckpt.model, cfg.batch_size, cfg.threads) if to_train else (0.0, 0.0)
     students, to_train, to_export, dropped, minutes = fit_budget(
         students,
         to_train,
         to_export,
         cfg.budget_min,
-        lambda s, t, e: estimate(s, t, e, step_s, params, cfg),
-        cost=lambda s: cfg.steps(s) * cfg.train_share(s),
+        lambda s, t, e: estimate(s, t, e, step, params, cfg),
+        cost=lambda s: cfg.train_seconds(s, step),
     )
     if cfg.budget_min is not None and minutes > cfg.budget_min:
         raise InputError(

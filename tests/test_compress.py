@@ -92,6 +92,18 @@ def test_heads_axis_is_one_student_at_full_depth_trained_as_prune_trains_a_cut_r
     assert CompressConfig(widths=(1.0, 0.5)).students()[-1] == Student(1.0, 0.5, 0.5)
 
 
+def test_training_estimate_counts_the_text_tower_only_where_it_trains():
+    """An MLP cut narrows both towers (the text tower trains); depth and heads cuts keep the teacher's
+    text tower, whose embeddings are computed once, so their steps cost the image side alone."""
+    cfg = CompressConfig()
+    step = (1.0, 3.0)  # seconds of a full-size image step, text step
+    mlp, depth, heads = Student(1.0, 0.25), Student(0.5, 1.0), Student(1.0, 0.25, 0.5)
+    assert [cfg.trains_text(s) for s in (mlp, depth, heads)] == [True, False, False]
+    assert cfg.train_seconds(depth, step) == 256 * (0.15 + 0.5)
+    assert cfg.train_seconds(heads, step) == 4096 * (0.15 + 0.25)
+    assert cfg.train_seconds(mlp, step) == 256 * ((0.15 + 0.5) + 3.0 * (0.15 + 0.5))
+
+
 def test_heads_axis_follows_what_the_family_pruner_declares():
     from mmdeploy.exporter.checkpoint import resolve
     from mmdeploy.exporter.compress import heads_axis_supported
