@@ -110,12 +110,11 @@ class CompressConfig:
 
     def steps(self, student: Student) -> int:
         """Training steps of one student: prune's recovery where the residual is cut, else --epochs."""
-        if student.heads < 1:
-            from .prune import EPOCHS_HIDDEN_CUT, PruneConfig
+        if student.heads < 1:  # what _prune_config trains it with; None: prune's passes for a cut residual
+            from .prune import EPOCHS_HIDDEN_CUT
 
-            if self.heads_epochs is None:
-                return EPOCHS_HIDDEN_CUT * (PruneConfig.samples // self.batch_size)
-            return self.heads_epochs * (self.samples // self.batch_size)
+            pc = _prune_config(student, self)
+            return (pc.epochs if pc.epochs is not None else EPOCHS_HIDDEN_CUT) * (pc.samples // pc.batch_size)
         return self.epochs * (self.samples // self.batch_size)
 
     def train_share(self, student: Student) -> float:
@@ -315,13 +314,14 @@ def _distill_config(student: Student, teacher_cfg, cfg: CompressConfig):
 def _prune_config(student: Student, cfg: CompressConfig):
     from .prune import PruneConfig
 
-    if student.heads < 1:  # the image tower only (CLIP's text tower keeps its width), prune's recovery
-        recovery = {"epochs": None, "samples": PruneConfig.samples} if cfg.heads_epochs is None else {}
+    if student.heads < 1:  # the image tower only (CLIP's text tower keeps its width)
+        kw = _training_kwargs(cfg)
+        if cfg.heads_epochs is None:  # prune's own recovery: its passes for the cut, over its samples
+            kw.update(epochs=None, samples=PruneConfig.samples)
+        else:
+            kw.update(epochs=cfg.heads_epochs)
         return PruneConfig(
-            heads=student.heads,
-            mlp=student.width if student.width < 1 else None,
-            towers=("vision",),
-            **{**_training_kwargs(cfg), "epochs": cfg.heads_epochs, **recovery},
+            heads=student.heads, mlp=student.width if student.width < 1 else None, towers=("vision",), **kw
         )
     return PruneConfig(mlp=student.width, **_training_kwargs(cfg))
 
@@ -331,12 +331,12 @@ def _pruned(student: Student) -> bool:
     return student.depth == 1.0 and (student.width < 1.0 or student.heads < 1.0)
 
 
-def heads_axis_supported(ckpt) -> bool:
+def heads_axis_supported(family: str) -> bool:
     """Whether the family's pruner can take heads out of the image tower (declared by its TowerLayout)."""
-    from .families import family_exporter
+    from .families import families
     from .prune import HEAD_MODES
 
-    fam = family_exporter(ckpt)
+    fam = families()[family]
     if not fam.can(Capability.PRUNE):
         return False
     vision = fam.pruner.towers.get("vision")
@@ -623,7 +623,7 @@ def compress(
     t0 = time.perf_counter()
     out = Path(out).absolute()
     check_config(cfg)
-    check_source(teacher)
+    family = check_source(teacher)
     data = evaluation_data(cfg.data, cfg.eval_images)
     check_replaceable(out)
     cache = cache_dir(out)
@@ -634,7 +634,7 @@ def compress(
     students = list(dict.fromkeys(cfg.students()))
     if Student() not in students:  # the baseline every drop is measured against
         students.insert(0, Student())
-    if any(s.heads < 1 for s in students) and not heads_axis_supported(ckpt):
+    if any(s.heads < 1 for s in students) and not heads_axis_supported(family):
         students = [s for s in students if s.heads == 1.0]
         log(f"{teacher}: its image tower cannot drop attention heads (prune takes --mlp): the --heads axis is left out")
     folders = {s: cache / "students" / s.key for s in students if not s.is_teacher}

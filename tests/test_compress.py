@@ -105,11 +105,10 @@ def test_training_estimate_counts_the_text_tower_only_where_it_trains():
 
 
 def test_heads_axis_follows_what_the_family_pruner_declares():
-    from mmdeploy.exporter.checkpoint import resolve
-    from mmdeploy.exporter.compress import heads_axis_supported
+    from mmdeploy.exporter.compress import check_source, heads_axis_supported
 
-    assert heads_axis_supported(resolve("clip-shapes"))
-    assert not heads_axis_supported(resolve("siglip-shapes"))  # SigLIP's embedding is its hidden state
+    assert heads_axis_supported(check_source("clip-shapes"))
+    assert not heads_axis_supported(check_source("siglip-shapes"))  # SigLIP's embedding is its hidden state
 
 
 # --------------------------------------------------------------------------- bad input
