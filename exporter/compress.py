@@ -343,6 +343,24 @@ def heads_axis_supported(family: str) -> bool:
     return vision is not None and vision.heads in HEAD_MODES
 
 
+def unmakeable(student: Student, family: str) -> str | None:
+    """Why the family cannot make this student (from what it declares), or None: depth goes through
+    the distiller, width and heads at full depth through the pruner, heads only where its image
+    tower's layout can lose them."""
+    from .families import families
+
+    fam = families()[family]
+    if student.is_teacher:
+        return None
+    if not _pruned(student):
+        return None if fam.can(Capability.DISTILL) else "cannot distill: the depth axis is left out"
+    if not fam.can(Capability.PRUNE):
+        return "cannot prune: the width and heads axes are left out"
+    if student.heads < 1 and not heads_axis_supported(family):
+        return "cannot drop its image tower's attention heads (prune takes --mlp): the --heads axis is left out"
+    return None
+
+
 REPORTS = ("prune.json", "distill.json")
 
 
@@ -634,9 +652,9 @@ def compress(
     students = list(dict.fromkeys(cfg.students()))
     if Student() not in students:  # the baseline every drop is measured against
         students.insert(0, Student())
-    if any(s.heads < 1 for s in students) and not heads_axis_supported(family):
-        students = [s for s in students if s.heads == 1.0]
-        log(f"{teacher}: its image tower cannot drop attention heads (prune takes --mlp): the --heads axis is left out")
+    for why in dict.fromkeys(w for s in students if (w := unmakeable(s, family))):  # each reason once
+        log(f"{teacher}: the {family} family {why}")
+    students = [s for s in students if unmakeable(s, family) is None]
     folders = {s: cache / "students" / s.key for s in students if not s.is_teacher}
     state = _load_state(cache)
     to_train = [

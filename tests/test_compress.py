@@ -111,6 +111,18 @@ def test_heads_axis_follows_what_the_family_pruner_declares():
     assert not heads_axis_supported(check_source("siglip-shapes"))  # SigLIP's embedding is its hidden state
 
 
+def test_students_a_family_cannot_make_are_left_out_by_what_it_declares():
+    """SigLIP prunes MLPs but has no distiller and cannot drop heads: only its width students stay."""
+    from mmdeploy.exporter.compress import unmakeable
+
+    students = CompressConfig().students()
+    kept = [s.key for s in students if unmakeable(s, "siglip") is None]
+    assert kept == ["depth1-width1", "depth1-width0.5", "depth1-width0.25"]
+    assert "cannot distill" in unmakeable(Student(0.5, 1.0), "siglip")
+    assert "attention heads" in unmakeable(Student(1.0, 0.25, 0.5), "siglip")
+    assert all(unmakeable(s, "clip") is None for s in students)
+
+
 # --------------------------------------------------------------------------- bad input
 
 
