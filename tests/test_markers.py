@@ -79,3 +79,27 @@ def test_each_probe_answers_none_or_one_line():
     for name in PROBES:
         why = missing(name)
         assert why is None or (why and "\n" not in why), (name, why)
+
+
+def test_a_worker_that_dies_fails_the_run_at_once(tmp_path, pytestconfig):
+    """A native crash in a test must end the run red, naming the test, rather than leave it idle (the xdist
+    scheduler this suite uses can hang after replacing a crashed worker): the suite's own options, run on
+    four small files, one of which takes its worker down with SIGSEGV."""
+    import re
+    import subprocess
+
+    opts = " ".join(pytestconfig.getini("addopts"))
+    (tmp_path / "pytest.ini").write_text(f"[pytest]\naddopts = {opts} -p no:cacheprovider\n")
+    for i in range(3):
+        (tmp_path / f"test_ok{i}.py").write_text(
+            "import time\ndef test_a():\n    time.sleep(0.5)\ndef test_b():\n    pass\n"
+        )
+    (tmp_path / "test_crash.py").write_text(
+        "import os, signal\ndef test_crash():\n    os.kill(os.getpid(), signal.SIGSEGV)\ndef test_after():\n    pass\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-n", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out[-3000:]
+    assert re.search(r"FAILED test_crash\.py::test_crash - worker 'gw\d' crashed", out), out[-3000:]
