@@ -1020,7 +1020,9 @@ def prune(
     ),
     data: str = typer.Option(
         "shapes",
-        help="Calibration and recovery images: 'shapes', 'photos' or an image folder (captions.tsv pairs texts).",
+        help="Calibration and recovery data: 'shapes', 'photos' or an image folder (captions.tsv pairs texts); "
+        "text embeddings also take a text file (one text per line) or 'sentences', and fit the pruned model "
+        "to those texts.",
     ),
     calib_samples: int = typer.Option(128, min=1, help="Calibration samples the importance is measured on."),
     epochs: int | None = typer.Option(

@@ -345,8 +345,8 @@ def heads_axis_supported(family: str) -> bool:
 
 def unmakeable(student: Student, family: str) -> str | None:
     """Why the family cannot make this student (from what it declares), or None: depth goes through
-    the distiller, width and heads at full depth through the pruner, heads only where its image
-    tower's layout can lose them."""
+    the distiller, width and heads at full depth through the pruner and its recovery, heads only where
+    its image tower's layout can lose them."""
     from .families import families
 
     fam = families()[family]
@@ -356,6 +356,8 @@ def unmakeable(student: Student, family: str) -> str | None:
         return None if fam.can(Capability.DISTILL) else "cannot distill: the depth axis is left out"
     if not fam.can(Capability.PRUNE):
         return "cannot prune: the width and heads axes are left out"
+    if fam.pruner.recovery is None:
+        return "cannot recover a pruned student: the width and heads axes are left out"
     if student.heads < 1 and not heads_axis_supported(family):
         return "cannot drop its image tower's attention heads (prune takes --mlp): the --heads axis is left out"
     return None

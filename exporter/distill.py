@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -234,10 +234,13 @@ def _narrow(rest: str, value, t: Tower, j: int, mlp, sd, layer_prefix: str):
 # --------------------------------------------------------------------------- data
 
 
-def _training_data(cfg: DistillConfig):
-    """(train DataSet, eval DataSet or None). shapes: train / test splits; a folder: every 10th image held out."""
+def _training_data(cfg: DistillConfig, images: bool = True):
+    """(train DataSet, eval DataSet or None). shapes: train / test splits; a folder: every 10th image held out.
+    ``images=False`` (a runner that reads texts only): a text file or `sentences` serves too."""
     from ..common.datasets import DataSet, open_dataset
 
+    if not images and cfg.data != "shapes":
+        return _text_training_data(cfg)
     if cfg.data == "shapes":
         train = open_dataset("shapes", split="train", limit=cfg.samples or 24576)
         held = open_dataset("shapes", split="test", limit=cfg.eval_images)
@@ -276,6 +279,31 @@ def _training_data(cfg: DistillConfig):
             f"--data {cfg.data} has {len(train.images)} training images, fewer than --batch-size {cfg.batch_size}"
         )
     return train, held
+
+
+def _text_training_data(cfg: DistillConfig):
+    """Texts as the samples: `sentences` by its train / test split, a file or folder every 10th text held out."""
+    from ..common.datasets import DataSet, open_dataset
+
+    if cfg.data == "sentences":
+        train, held = open_dataset("sentences", split="train"), open_dataset("sentences", split="test")
+    else:
+        full = open_dataset(cfg.data, split="train")
+        texts = list(full.texts or [c for c in full.captions or [] if c])
+        held_set = set(range(9, len(texts), 10)) if len(texts) >= 20 else set()
+        train = DataSet(name=full.name, texts=[t for i, t in enumerate(texts) if i not in held_set])
+        held = DataSet(name=full.name, texts=[texts[i] for i in sorted(held_set)]) if held_set else None
+    train.texts = list(train.texts)[: cfg.samples or None]
+    if len(train.texts) < cfg.batch_size:
+        raise InputError(
+            f"--data {cfg.data} has {len(train.texts)} training texts, fewer than --batch-size {cfg.batch_size}"
+        )
+    return train, held
+
+
+def training_samples(train) -> int:
+    """The samples one epoch steps over: the images, or the texts of a text-only set."""
+    return len(train.images) or len(train.texts)
 
 
 # --------------------------------------------------------------------------- the run
@@ -601,6 +629,8 @@ class _Distiller:
     """What every distiller holds: the family's exporter, teacher and student, the towers it trains,
     the settings, the device and the log."""
 
+    reads_images: ClassVar[bool] = True  # False: its training data may be texts alone
+
     def __init__(self, fam, teacher, student, towers, cfg: DistillConfig, device, log):
         self.fam, self.teacher, self.student, self.towers, self.cfg, self.device, self.log = (
             fam,
@@ -830,3 +860,65 @@ class CaptionDistiller(_Distiller):
             *(lambda m=m: m.generate(pixel_values=px, do_sample=False) for m in (self.teacher, self.student)),
             runs=10,
         )
+
+
+class SentenceDistiller(_Distiller):
+    """Sentence embeddings (a BERT encoder + the family's pooling): the student's normalised embedding
+    of each training text matched to the teacher's, and its in-batch similarity ranking to the
+    teacher's (what retrieval reads). Prune's recovery for text embeddings (no depth distillation)."""
+
+    reads_images = False
+
+    def __init__(self, fam, teacher, student, towers, cfg: DistillConfig, device, log):
+        from .families.text_embedding import SentenceEncoder
+
+        super().__init__(fam, teacher, student, towers, cfg, device, log)
+        self.t_enc = SentenceEncoder(teacher, fam.pooling, True).eval()
+        self.s_enc = SentenceEncoder(student, fam.pooling, True)
+
+    def trainable(self, name: str) -> bool:
+        return self.towers["text"].trainable  # the whole model is the text tower
+
+    def _tok(self, texts: list[str]) -> dict[str, Any]:
+        return {k: torch.from_numpy(v).to(self.device) for k, v in self.fam.tokenizer(texts).items()}
+
+    def _embed(self, enc, texts: list[str], batch: int = 256) -> Any:
+        return torch.cat([enc(**self._tok(texts[i : i + batch])) for i in range(0, len(texts), batch)])
+
+    def prepare(self, train) -> None:
+        self.pool = sorted(set(train.captions or []) | set(train.texts))
+        if not train.images:  # a text-only set: step row i is text i
+            self.captions = list(train.texts)
+        else:  # one text per step row: the image's caption where the data has them, else a sample of the pool
+            self.captions = train.captions
+        self.pool_index = {t: i for i, t in enumerate(self.pool)}
+        self.log(f"teacher embeddings for {len(self.pool)} texts")
+        with torch.inference_mode():
+            self.t_emb = self._embed(self.t_enc, self.pool).clone()
+
+    def step_losses(self, idx, rng) -> dict[str, Any]:
+        if self.captions:
+            rows = [self.pool_index[self.captions[i]] for i in idx]
+        else:
+            rows = list(rng.choice(len(self.pool), len(idx), replace=len(self.pool) < len(idx)))
+        t = self.t_emb[torch.tensor(rows, device=self.device)]
+        s = self.s_enc(**self._tok([self.pool[i] for i in rows]))
+        t_rel, s_rel = (20 * t @ t.T).softmax(-1), (20 * s @ s.T).log_softmax(-1)  # 20: a retrieval temperature
+        return {
+            "embedding": _embedding_loss(s, t),
+            "relation": self.cfg.relation_weight * (t_rel * (t_rel.clamp_min(1e-12).log() - s_rel)).sum(-1).mean(),
+        }
+
+    def evaluate(self, data) -> dict[str, Any]:
+        texts = list(data.texts)[:500]
+        with torch.inference_mode():
+            cos = (self._embed(self.t_enc, texts) * self._embed(self.s_enc.eval(), texts)).sum(-1)
+        return {
+            "eval_texts": len(texts),
+            "eval_data": data.name,
+            "text_cosine_to_teacher": round(float(cos.mean()), 5),
+        }
+
+    def speed(self) -> dict[str, Any]:
+        feeds = self._tok(self.pool[:1])
+        return _speed("text", *(lambda e=e: e(**feeds) for e in (self.t_enc, self.s_enc)))

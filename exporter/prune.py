@@ -49,7 +49,19 @@ import numpy as np
 from ..common.capabilities import Capability, names
 from ..errors import CheckpointError, InputError, UnsupportedModelError, require
 from .checkpoint import resolve, state_sha256
-from .distill import DistillConfig, Tower, _get, _training_data, _write_student, torch_device, train_student
+from .distill import (
+    CaptionDistiller,
+    ClipDistiller,
+    DistillConfig,
+    SentenceDistiller,
+    Tower,
+    _get,
+    _training_data,
+    _write_student,
+    torch_device,
+    train_student,
+    training_samples,
+)
 
 torch = require("torch", "export")
 
@@ -213,6 +225,9 @@ class Pruner:
 
     towers: ClassVar[dict[str, TowerLayout]] = {}
     what: ClassVar[str] = ""  # for messages: what this pruner prunes
+    # the runner (exporter/distill.py) that recovers a pruned student from the teacher and scores it;
+    # None: --epochs 0 only
+    recovery: ClassVar[type | None] = None
     extra_files: ClassVar[tuple[str, ...]] = ()  # the teacher's files the pruned folder needs beside the tokenizer
 
     def __init__(self, fam, model):
@@ -228,9 +243,9 @@ class Pruner:
         raise NotImplementedError
 
     def evaluator(self, teacher, student, cfg: DistillConfig, device, log):
-        """What scores the student against the teacher (the family's distiller where it has one)."""
+        """What scores the student against the teacher: its recovery runner's evaluation."""
         towers = {n: Tower(n, 1, [0], 0, 0) for n in self.towers}
-        return self.fam.distiller(self.fam, teacher, student, towers, cfg, device, log)
+        return self.recovery(self.fam, teacher, student, towers, cfg, device, log)
 
 
 def _pixels(fam, images, device):
@@ -240,6 +255,7 @@ def _pixels(fam, images, device):
 class ClipPruner(Pruner):
     towers = CLIP_TOWERS
     what = "CLIP vision and text towers: --heads (with the residual width) and --mlp"
+    recovery = ClipDistiller
 
     def calibrate(self, data, n: int, device) -> None:
         rng = np.random.default_rng(0)
@@ -256,17 +272,15 @@ class ClipPruner(Pruner):
 class SiglipPruner(ClipPruner):
     towers = SIGLIP_TOWERS
     what = "SigLIP vision and text towers: --mlp"
-
-    def evaluator(self, teacher, student, cfg, device, log):
-        from .distill import ClipDistiller  # its evaluation only (zero-shot top-1, cosines): SigLIP has no distiller
-
-        towers = {n: Tower(n, 1, [0], 0, 0) for n in self.towers}
-        return ClipDistiller(self.fam, teacher, student, towers, cfg, device, log)
+    # CLIP's embedding and relational matching: a pruned MLP keeps every layer, so the student only has
+    # to reproduce the teacher's embeddings (its sigmoid scale and bias stay the teacher's)
+    recovery = ClipDistiller
 
 
 class CaptionPruner(Pruner):
     towers = CAPTION_TOWERS
     what = "ViT + GPT-2 captioners: --heads (ViT encoder) and --mlp (encoder and decoder)"
+    recovery = CaptionDistiller
 
     def __init__(self, fam, model):
         cfg = model.config
@@ -290,6 +304,7 @@ class CaptionPruner(Pruner):
 class TextEmbeddingPruner(Pruner):
     towers = BERT_TOWERS
     what = "BERT text embeddings: --mlp"
+    recovery = SentenceDistiller
     # sentence-transformers' pooling and normalisation: without them export would pool differently
     extra_files = (
         "modules.json",
@@ -305,35 +320,6 @@ class TextEmbeddingPruner(Pruner):
             for i in range(0, len(texts), 64):
                 feeds = self.fam.tokenizer(texts[i : i + 64])
                 self.model(**{k: torch.from_numpy(v).to(device) for k, v in feeds.items()})
-
-    def evaluator(self, teacher, student, cfg, device, log):
-        return EmbeddingFidelity(self.fam, teacher, student, device)
-
-
-class EmbeddingFidelity:
-    """Cosine of the student's sentence embeddings to the teacher's (text embeddings have no distiller)."""
-
-    def __init__(self, fam, teacher, student, device):
-        from .families.text_embedding import SentenceEncoder
-
-        self.fam, self.device = fam, device
-        self.t = SentenceEncoder(teacher, fam.pooling, True).eval()
-        self.s = SentenceEncoder(student, fam.pooling, True).eval()
-
-    def evaluate(self, data) -> dict[str, Any]:
-        texts = list(data.texts)[:500]
-        cos = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), 64):
-                feeds = {
-                    k: torch.from_numpy(v).to(self.device) for k, v in self.fam.tokenizer(texts[i : i + 64]).items()
-                }
-                cos.append((self.t(**feeds) * self.s(**feeds)).sum(-1))
-        return {
-            "eval_texts": len(texts),
-            "eval_data": data.name,
-            "text_cosine_to_teacher": round(float(torch.cat(cos).mean()), 5),
-        }
 
 
 # --------------------------------------------------------------------------- importance
@@ -702,15 +688,15 @@ def _prune(teacher_source, out, cfg, state_dir, random_weights, resume, log, pro
         raise UnsupportedModelError(
             f"{teacher_source}: the {fam.family} family has no pruner (prune takes {names(families_that(Capability.PRUNE))})"
         )
-    if cfg.epochs != 0 and not fam.can(Capability.DISTILL):
+    if cfg.epochs != 0 and fam.pruner.recovery is None:
         raise InputError(
-            f"{teacher_source}: recovery trains through the family's distiller and {fam.family} has none yet "
-            f"(distill takes {names(families_that(Capability.DISTILL))}): pass --epochs 0 to prune without recovery"
+            f"{teacher_source}: the {fam.family} pruner has no recovery yet: pass --epochs 0 to prune without recovery"
         )
     pruner = fam.pruner(fam, teacher)
     chosen = _chosen(pruner, cfg, fam.family)
     _counts(pruner.model, cfg, chosen)  # a ratio that leaves nothing fails before minutes of work
-    train, held = _training_data(dcfg) if cfg.epochs != 0 else _training_data(_calib_only(dcfg, cfg))
+    reads_images = pruner.recovery.reads_images if pruner.recovery else True
+    train, held = _training_data(dcfg if cfg.epochs != 0 else _calib_only(dcfg, cfg), images=reads_images)
     teacher.to(device)
 
     torch.manual_seed(cfg.seed)
@@ -733,7 +719,7 @@ def _prune(teacher_source, out, cfg, state_dir, random_weights, resume, log, pro
     else:
         t0 = time.time()
         log(
-            f"importance ({cfg.method}) from {min(cfg.calib_samples, len(train.images))} calibration samples of {cfg.data}"
+            f"importance ({cfg.method}) from {min(cfg.calib_samples, training_samples(train))} calibration samples of {cfg.data}"
         )
         scores = importance(pruner, train, chosen, cfg.method, cfg.calib_samples, device, cfg.seed)
         plans = plan(pruner, cfg, scores, fam.family)
@@ -766,12 +752,12 @@ def _prune(teacher_source, out, cfg, state_dir, random_weights, resume, log, pro
         towers = {n: _to_tower(p) for n, p in plans.items()}
         for n in pruner.towers:  # towers left whole stay frozen copies
             towers.setdefault(n, Tower(n, 1, [0], 0, 0, trainable=False))
-        runner = fam.distiller(fam, teacher, student, towers, dcfg, device, log)
+        runner = pruner.recovery(fam, teacher, student, towers, dcfg, device, log)
         runner.prepare(train)
         history, train_s = train_student(
             runner,
             student,
-            len(train.images),
+            training_samples(train),
             dcfg,
             state_dir,
             recipe,
@@ -796,7 +782,7 @@ def _prune(teacher_source, out, cfg, state_dir, random_weights, resume, log, pro
         },
         "importance": {
             "method": cfg.method,
-            "calibration": f"{min(cfg.calib_samples, len(train.images))} samples of {cfg.data}",
+            "calibration": f"{min(cfg.calib_samples, training_samples(train))} samples of {cfg.data}",
             "scores": {
                 "activation": "MLP channel: mean |activation| x |fc2 column|; head: mean norm of its output after the "
                 "output projection; hidden channel: mean |LayerNorm output| over the tower",
@@ -807,9 +793,9 @@ def _prune(teacher_source, out, cfg, state_dir, random_weights, resume, log, pro
         "recovery": {
             "epochs": epochs,
             "lr": dcfg.lr,
-            "steps": (len(train.images) // cfg.batch_size) * epochs,
-            "images_per_epoch": len(train.images) if epochs else 0,
-            "method": "distillation from the unpruned teacher (the family's distiller)" if epochs else "none",
+            "steps": (training_samples(train) // cfg.batch_size) * epochs,
+            "samples_per_epoch": training_samples(train) if epochs else 0,
+            "method": f"distillation from the unpruned teacher ({pruner.recovery.__name__})" if epochs else "none",
             "history": history,
             "seconds": round(train_s, 1),
         },

