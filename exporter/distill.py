@@ -922,3 +922,109 @@ class SentenceDistiller(_Distiller):
     def speed(self) -> dict[str, Any]:
         feeds = self._tok(self.pool[:1])
         return _speed("text", *(lambda e=e: e(**feeds) for e in (self.t_enc, self.s_enc)))
+
+
+class VqaDistiller(_Distiller):
+    """BLIP VQA: the student's answer-token distribution matched to the teacher's (KL), teacher-forced on
+    the reference answers of --data's questions, plus their cross-entropy. Prune's recovery for VQA."""
+
+    def __init__(self, fam, teacher, student, towers, cfg: DistillConfig, device, log):
+        super().__init__(fam, teacher, student, towers, cfg, device, log)
+        tc = teacher.config.text_config
+        self.start, self.eos, self.pad = tc.bos_token_id, tc.sep_token_id, tc.pad_token_id
+
+    def trainable(self, name: str) -> bool:
+        if name.startswith("vision_model."):
+            return self.towers["vision"].trainable
+        # the question encoder cross-attends to the image and the decoder to the question: train both
+        # whenever anything changed
+        return name.startswith(("text_encoder.", "text_decoder."))
+
+    def _rows(self, rows: list[list[int]]) -> tuple[Any, Any]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _logits(self, model, px, q, qm, a, am):
+        img = model.vision_model(pixel_values=px).last_hidden_state
+        ones = torch.ones(img.shape[:2], dtype=torch.long, device=img.device)
+        qh = model.text_encoder(
+            input_ids=q, attention_mask=qm, encoder_hidden_states=img, encoder_attention_mask=ones
+        ).last_hidden_state
+        return model.text_decoder(
+            input_ids=a, attention_mask=am, encoder_hidden_states=qh, encoder_attention_mask=qm
+        ).logits
+
+    def prepare(self, train) -> None:
+        if not train.qa:
+            raise InputError(f"--data {train.name}: VQA recovery needs questions with answers ('shapes')")
+        tok = self.fam.tokenizer
+        self.qa = [
+            (image, tok.encode(q).ids, [self.start, *tok.encode(a, add_special_tokens=False).ids, self.eos])
+            for image, q, a in train.qa
+        ]
+        self.log(f"{len(self.qa)} questions on {len(train.images)} training images")
+
+    def step_losses(self, idx, rng) -> dict[str, Any]:
+        rows = [self.qa[i] for i in rng.choice(len(self.qa), len(idx), replace=len(self.qa) < len(idx))]
+        px = torch.from_numpy(self.fam.preprocess([r[0] for r in rows])).to(self.device)
+        (q, qm), (a, am) = self._rows([r[1] for r in rows]), self._rows([r[2] for r in rows])
+        with torch.no_grad():
+            t_logits = self._logits(self.teacher, px, q, qm, a, am)[:, :-1]
+        s_logp = self._logits(self.student, px, q, qm, a, am)[:, :-1].log_softmax(-1)
+        m = am[:, 1:].float()
+        kl = (t_logits.softmax(-1) * (t_logits.log_softmax(-1) - s_logp)).sum(-1)
+        ce = -s_logp.gather(-1, a[:, 1:].unsqueeze(-1)).squeeze(-1)
+        denom = m.sum().clamp(min=1)
+        return {"kl": (kl * m).sum() / denom, "ce": 0.5 * (ce * m).sum() / denom}
+
+    def evaluate(self, data) -> dict[str, Any]:
+        qa = list(data.qa or [])[:600]
+        t, s = (vqa_answers(self.fam, m, qa, self.device) for m in (self.teacher, self.student))
+        tea = float(np.mean([x == a for x, (_, _, a) in zip(t, qa)]))
+        stu = float(np.mean([x == a for x, (_, _, a) in zip(s, qa)]))
+        return {
+            "eval_questions": len(qa),
+            "eval_data": data.name,
+            "answers_equal_to_teacher": round(float(np.mean([x == y for x, y in zip(t, s)])), 4),
+            "teacher_exact_match": round(tea, 4),
+            "student_exact_match": round(stu, 4),
+            "exact_match_kept": round(stu / tea, 4) if tea else None,
+        }
+
+    def speed(self) -> dict[str, Any]:
+        image, q, _ = self.qa[0]
+        px = torch.from_numpy(self.fam.preprocess([image])).to(self.device)
+        ids = torch.tensor([q], device=self.device)
+        return _speed(
+            "answer",
+            *(
+                lambda m=m: m.generate(pixel_values=px, input_ids=ids, do_sample=False)
+                for m in (self.teacher, self.student)
+            ),
+            runs=10,
+        )
+
+
+def vqa_answers(fam, model, qa, device) -> list[str]:
+    """Greedy answers to (image, question, _) rows, questions of one token length batched unpadded (as
+    the runtime answers them)."""
+    tok, groups, out = fam.tokenizer, {}, [""] * len(qa)
+    ids = [tok.encode(q).ids for _, q, _ in qa]
+    for i, q in enumerate(ids):
+        groups.setdefault(len(q), []).append(i)
+    with torch.inference_mode():
+        for rows in groups.values():
+            for k in range(0, len(rows), 128):
+                chunk = rows[k : k + 128]
+                px = torch.from_numpy(fam.preprocess([qa[i][0] for i in chunk])).to(device)
+                q = torch.tensor([ids[i] for i in chunk], device=device)
+                seqs = model.generate(
+                    pixel_values=px, input_ids=q, do_sample=False, max_new_tokens=fam.generation["default_new_tokens"]
+                )
+                for i, seq in zip(chunk, seqs.tolist()):
+                    out[i] = tok.decode(seq, skip_special_tokens=True).strip()
+    return out

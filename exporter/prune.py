@@ -29,7 +29,9 @@ How heads are removed depends on what the class can express (transformers 5 drop
 - SigLIP (its embedding *is* the hidden state), BERT text embeddings (the same) and GPT-2
   decoders would change their output width that way: ``--heads`` is refused for them, ``--mlp``
   is supported.
-ALIGN (EfficientNet), VQA and VLM families have no pruner.
+- BLIP VQA derives head_dim the same way and its text towers cross-attend at the image tower's width:
+  --mlp only, the question encoder and the answer decoder together (they share one text_config).
+ALIGN (EfficientNet convolutions) and VLM families have no pruner.
 """
 
 from __future__ import annotations
@@ -55,12 +57,14 @@ from .distill import (
     DistillConfig,
     SentenceDistiller,
     Tower,
+    VqaDistiller,
     _get,
     _training_data,
     _write_student,
     torch_device,
     train_student,
     training_samples,
+    vqa_answers,
 )
 
 torch = require("torch", "export")
@@ -137,6 +141,7 @@ class TowerLayout:
     keys: tuple[str, str, str]  # config keys: hidden size, heads, MLP width
     heads: str  # "head_dim" (config.head_dim honoured), "embedding" (prune the residual too), or why not
     extra_mlps: tuple[str, ...] = ()  # further modules holding an MLP of the same width (SigLIP's pooling head)
+    extra_layers: tuple[str, ...] = ()  # further layer lists whose MLPs share the width (one config key)
 
 
 CLIP_TOWERS = {
@@ -202,6 +207,32 @@ CAPTION_TOWERS = {
         ("mlp.c_fc", "mlp.c_proj", True),
         ("n_embd", "n_head", "n_inner"),
         "GPT-2 derives head_dim = n_embd / n_head and ties its width to the vocabulary projection",
+    ),
+}
+_BLIP_NO_HEADS = (
+    "BLIP derives head_dim = hidden_size / heads, and its question encoder and answer decoder cross-attend "
+    "at the image tower's width"
+)
+VQA_TOWERS = {
+    "vision": TowerLayout(
+        "vision_config",
+        ("vision_model.",),
+        "vision_model.encoder.layers",
+        None,
+        ("mlp.fc1", "mlp.fc2", False),
+        ("hidden_size", "num_attention_heads", "intermediate_size"),
+        _BLIP_NO_HEADS,
+    ),
+    # the question encoder and the answer decoder share text_config, so their MLPs keep one width
+    "text": TowerLayout(
+        "text_config",
+        ("text_encoder.", "text_decoder."),
+        "text_encoder.encoder.layer",
+        None,
+        ("intermediate.dense", "output.dense", False),
+        ("hidden_size", "num_attention_heads", "intermediate_size"),
+        _BLIP_NO_HEADS,
+        extra_layers=("text_decoder.bert.encoder.layer",),
     ),
 }
 BERT_TOWERS = {
@@ -301,6 +332,18 @@ class CaptionPruner(Pruner):
                 )
 
 
+class VqaPruner(Pruner):
+    towers = VQA_TOWERS
+    what = "BLIP VQA: --mlp (the image tower; the question encoder and answer decoder together)"
+    recovery = VqaDistiller
+
+    def calibrate(self, data, n: int, device) -> None:
+        qa = list(data.qa or [])[:n]
+        if not qa:
+            raise InputError(f"--data {data.name}: VQA pruning needs questions with answers ('shapes')")
+        vqa_answers(self.fam, self.model, qa, device)  # greedy answers: the decoder sees the tokens it will generate
+
+
 class TextEmbeddingPruner(Pruner):
     towers = BERT_TOWERS
     what = "BERT text embeddings: --mlp"
@@ -351,8 +394,8 @@ class TowerPlan:
 
 def _mlp_sites(model, lay: TowerLayout) -> list[str]:
     """Modules that hold ``<site>.<fc_in>`` and ``<site>.<fc_out>``: every layer, and any extra MLP."""
-    n = len(_get(model, lay.layers))
-    return [f"{lay.layers}.{i}" for i in range(n)] + [s for s in lay.extra_mlps if _has(model, s)]
+    layers = [f"{path}.{i}" for path in (lay.layers, *lay.extra_layers) for i in range(len(_get(model, path)))]
+    return layers + [s for s in lay.extra_mlps if _has(model, s)]
 
 
 def _has(model, path: str) -> bool:

@@ -27,6 +27,7 @@ from ...common.capabilities import Capability
 from ...errors import ExportError, require
 from ..checkpoint import Checkpoint
 from ..graph import export_onnx
+from ..prune import VqaPruner
 from . import register
 from .caption import BlipFamily
 from .decoders import PARITY_IMAGES, bert_cross_kv
@@ -69,9 +70,9 @@ class VqaFamily(BlipFamily):
     architectures = {"BlipForQuestionAnswering": ("BlipForQuestionAnswering", "BlipConfig")}
     model_types = ()
     default_classes = ("BlipForQuestionAnswering", "BlipConfig")
-    capabilities = frozenset({Capability.ANSWER})
+    capabilities = frozenset({Capability.ANSWER, Capability.PRUNE})
     distiller = None
-    pruner = None
+    pruner = VqaPruner  # --mlp: the image tower, and the question encoder + answer decoder together
     components = ("vision", "question", "decoder")
     outputs = {"vision": "image_embeds", "question": "cross_kv", "decoder": "logits"}
     arch = "blip-vqa"
