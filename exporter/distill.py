@@ -541,6 +541,7 @@ def _write_student(
     (prune writes prune.json and its own card; ``extra_files``: more of the teacher's files to copy)."""
     from ..runtimes.bundle import swap_into_place
     from .checkpoint import scratch_dir
+    from .processor import raw_image_processor
 
     with scratch_dir(out.parent) as tmp:
         stage = Path(tmp) / out.name
@@ -551,7 +552,12 @@ def _write_student(
                 if (ckpt.files_dir / name).is_file():
                     (stage / name).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(ckpt.files_dir / name, stage / name)
-        (stage / "preprocessor_config.json").write_text(json.dumps(ckpt.preprocessor, indent=2) + "\n")
+        # the teacher's image processor settings as saved (the explicit form drops what the generic
+        # preprocessor does not apply: a VLM's tile size and splitting), else the explicit form
+        raw = (raw_image_processor(ckpt.files_dir) if ckpt.files_dir else None) or (ckpt.registry_entry or {}).get(
+            "preprocessor"
+        )
+        (stage / "preprocessor_config.json").write_text(json.dumps(raw or ckpt.preprocessor, indent=2) + "\n")
         (stage / report_file).write_text(json.dumps(report, indent=2) + "\n")
         (stage / "README.md").write_text((card or student_card)(report))
         swap_into_place(stage, out)  # removes the student it replaces
@@ -1028,3 +1034,52 @@ def vqa_answers(fam, model, qa, device) -> list[str]:
                 for i, seq in zip(chunk, seqs.tolist()):
                     out[i] = tok.decode(seq, skip_special_tokens=True).strip()
     return out
+
+
+class VisionFeatureDistiller(_Distiller):
+    """A VLM's vision tower (with its connector): the student's image features, what the language model
+    reads, matched to the teacher's token by token (cosine + squared distance relative to the teacher's
+    mean energy). Prune's recovery for a chat model's vision tower; the language model stays frozen."""
+
+    def __init__(self, fam, teacher, student, towers, cfg: DistillConfig, device, log):
+        from .families.vlm import VlmVision
+
+        super().__init__(fam, teacher, student, towers, cfg, device, log)
+        self.t_vis, self.s_vis = VlmVision(teacher).eval(), VlmVision(student)
+
+    def trainable(self, name: str) -> bool:
+        return self.towers["vision"].trainable and name.startswith(("model.vision_model.", "model.connector."))
+
+    def _pixels(self, images) -> Any:
+        return torch.from_numpy(self.fam.pixel_values(list(images))).to(self.device)
+
+    def prepare(self, train) -> None:
+        self.images = train.images
+        self.log(f"{len(train.images)} training images (teacher features computed per step)")
+
+    def step_losses(self, idx, rng) -> dict[str, Any]:
+        px = self._pixels(self.images[i] for i in idx)
+        with torch.no_grad():
+            t = self.t_vis(px)
+        s = self.s_vis(px)
+        return {
+            "cosine": (1 - F.cosine_similarity(s, t, dim=-1)).mean(),
+            "mse": ((s - t) ** 2).mean() / t.pow(2).mean().clamp_min(1e-12),
+        }
+
+    def evaluate(self, data) -> dict[str, Any]:
+        images = list(data.images)[:500]
+        cos = []
+        with torch.inference_mode():
+            for i in range(0, len(images), 64):
+                px = self._pixels(images[i : i + 64])
+                cos.append(F.cosine_similarity(self.s_vis.eval()(px), self.t_vis(px), dim=-1).flatten())
+        return {
+            "eval_images": len(images),
+            "eval_data": data.name,
+            "image_feature_cosine_to_teacher": round(float(torch.cat(cos).mean()), 5),
+        }
+
+    def speed(self) -> dict[str, Any]:
+        px = self._pixels(self.images[:1])
+        return _speed("vision", *(lambda v=v: v(px) for v in (self.t_vis, self.s_vis)))

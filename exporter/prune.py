@@ -31,7 +31,9 @@ How heads are removed depends on what the class can express (transformers 5 drop
   is supported.
 - BLIP VQA derives head_dim the same way and its text towers cross-attend at the image tower's width:
   --mlp only, the question encoder and the answer decoder together (they share one text_config).
-ALIGN (EfficientNet convolutions) and VLM families have no pruner.
+- SmolVLM / Idefics3: the vision tower's MLPs (--mlp), recovered by matching the image features the
+  language model reads; the language model is kept whole.
+ALIGN (EfficientNet convolutions) has no pruner.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from .distill import (
     DistillConfig,
     SentenceDistiller,
     Tower,
+    VisionFeatureDistiller,
     VqaDistiller,
     _get,
     _training_data,
@@ -235,6 +238,17 @@ VQA_TOWERS = {
         extra_layers=("text_decoder.bert.encoder.layer",),
     ),
 }
+VLM_TOWERS = {
+    "vision": TowerLayout(
+        "vision_config",
+        ("model.vision_model.",),
+        "model.vision_model.encoder.layers",
+        None,
+        ("mlp.fc1", "mlp.fc2", False),
+        ("hidden_size", "num_attention_heads", "intermediate_size"),
+        "the SigLIP vision tower derives head_dim = hidden_size / heads and its connector reads that width",
+    ),
+}
 BERT_TOWERS = {
     "text": TowerLayout(
         None,
@@ -342,6 +356,21 @@ class VqaPruner(Pruner):
         if not qa:
             raise InputError(f"--data {data.name}: VQA pruning needs questions with answers ('shapes')")
         vqa_answers(self.fam, self.model, qa, device)  # greedy answers: the decoder sees the tokens it will generate
+
+
+class VlmPruner(Pruner):
+    towers = VLM_TOWERS
+    what = "SmolVLM / Idefics3 chat models: --mlp on the vision tower (the language model is kept)"
+    recovery = VisionFeatureDistiller
+    extra_files = ("chat_template.jinja", "chat_template.json")  # the chat template export reads
+
+    def calibrate(self, data, n: int, device) -> None:
+        from .families.vlm import VlmVision
+
+        vision, images = VlmVision(self.model).eval(), list(data.images)[:n]
+        with torch.inference_mode():
+            for i in range(0, len(images), 16):
+                vision(torch.from_numpy(self.fam.pixel_values(images[i : i + 16])).to(device))
 
 
 class TextEmbeddingPruner(Pruner):

@@ -658,3 +658,37 @@ def test_bad_kv_cache_records_are_refused(vlm_tiny, tmp_path):
     (path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match=r"chat\.kv_cache\.precision"):
         Bundle.open(path)
+
+
+@pytest.mark.slow
+def test_vision_tower_mlp_pruned_recovers_its_features_and_chats_after_export(tmp_path):
+    """prune on a chat model: half of the vision tower's MLP channels, recovered by matching the image
+    features the language model reads; the language model is the teacher's, bit for bit; the pruned
+    folder exports (its chat template and processor with it) and answers as its PyTorch generate."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mmdeploy.cli import app
+
+    teacher, proc = tiny_smolvlm(tmp_path / "ckpt")
+    out, bundle = tmp_path / "pruned", tmp_path / "bundle"
+    args = ["prune", str(tmp_path / "ckpt"), "-o", str(out), "--mlp", "0.5", "--samples", "512", "--epochs", "2"]
+    r = CliRunner().invoke(app, [*args, "--calib-samples", "32", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "prune.json").read_text())
+    before = report["fidelity_before_recovery"]["image_feature_cosine_to_teacher"]
+    after = report["fidelity"]["image_feature_cosine_to_teacher"]
+    assert after > before and after >= 0.99, (before, after)
+    student = type(teacher).from_pretrained(out).eval()
+    assert student.config.vision_config.intermediate_size == 32  # of 64
+    t_lm, s_lm = teacher.model.text_model.state_dict(), student.model.text_model.state_dict()
+    assert t_lm.keys() == s_lm.keys() and all(torch.equal(t_lm[k], s_lm[k]) for k in t_lm)
+    r = CliRunner().invoke(app, ["export", str(out), "-o", str(bundle), "--backend", "onnxruntime", "--threads", "2"])
+    assert r.exit_code == 0, r.output
+    arts = json.loads((bundle / "manifest.json").read_text())["artifacts"]
+    assert all(a["parity"]["cosine"] >= 0.9999 for a in arts if a["component"] == "vision")
+    chat = load(bundle, backend="onnxruntime", precision="fp32", threads=2).chat()
+    imgs = photo_batch(1)
+    chat.send("what is in the picture ?", images=imgs, max_new_tokens=6)
+    assert chat.generated == _generate(student, proc, _msgs([("what is in the picture ?", 1)], []), imgs, 6)

@@ -34,6 +34,7 @@ from ...common.capabilities import Capability
 from ...errors import CheckpointError, ExportError, require
 from ..checkpoint import Checkpoint
 from ..graph import dedupe_initializers, export_dynamo, export_onnx
+from ..prune import VlmPruner
 from . import register
 from .base import Family
 from .decoders import flatten_cache
@@ -150,8 +151,9 @@ class VlmFamily(Family):
     }
     model_types = ("smolvlm", "idefics3")
     default_classes = ("SmolVLMForConditionalGeneration", "SmolVLMConfig")
-    capabilities = frozenset({Capability.CHAT})
+    capabilities = frozenset({Capability.CHAT, Capability.PRUNE})
     distiller = None
+    pruner = VlmPruner  # --mlp on the vision tower, recovered by matching its image features
     components = ("vision", "embed", "decoder")
     outputs = {"vision": "image_features", "embed": "inputs_embeds", "decoder": "logits"}
 
