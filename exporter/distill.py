@@ -648,6 +648,10 @@ class _Distiller:
             log,
         )
 
+    def _tok(self, texts: list[str]) -> dict[str, Any]:
+        """The family's tokenizer feeds, as tensors on the device."""
+        return {k: torch.from_numpy(v).to(self.device) for k, v in self.fam.tokenizer(texts).items()}
+
 
 class ClipDistiller(_Distiller):
     def __init__(self, fam, teacher, student, towers, cfg: DistillConfig, device, log):
@@ -660,9 +664,6 @@ class ClipDistiller(_Distiller):
         if name.startswith(("text_model.", "text_projection.")):
             return self.towers["text"].trainable
         return False  # logit_scale: the teacher's temperature
-
-    def _tok(self, texts: list[str]) -> dict[str, Any]:
-        return {k: torch.from_numpy(v).to(self.device) for k, v in self.fam.tokenizer(texts).items()}
 
     @staticmethod
     def _feats(out):
@@ -884,9 +885,6 @@ class SentenceDistiller(_Distiller):
 
     def trainable(self, name: str) -> bool:
         return self.towers["text"].trainable  # the whole model is the text tower
-
-    def _tok(self, texts: list[str]) -> dict[str, Any]:
-        return {k: torch.from_numpy(v).to(self.device) for k, v in self.fam.tokenizer(texts).items()}
 
     def _embed(self, enc, texts: list[str], batch: int = 256) -> Any:
         return torch.cat([enc(**self._tok(texts[i : i + batch])) for i in range(0, len(texts), batch)])
