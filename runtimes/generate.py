@@ -156,6 +156,12 @@ def max_new_tokens_limit(cfg: GenerationConfig) -> int | None:
     return cfg.max_positions - len(cfg.start_ids) if cfg.max_positions else None
 
 
+def _is_eos(tokens: np.ndarray, eos: np.ndarray) -> np.ndarray:
+    """np.isin(tokens, eos) for a handful of eos ids: a broadcast compare, ~10x cheaper per step than
+    np.isin's general path (a small captioner's step is ~0.1 ms, and isin took a quarter of it)."""
+    return (tokens[..., None] == eos).any(axis=-1)
+
+
 # -- greedy --------------------------------------------------------------------------------
 
 
@@ -186,7 +192,7 @@ def greedy(decoder: StepDecoder, batch: int, cfg: GenerationConfig, on_step: OnS
         seqs[:, cur] = nxt
         cur += 1
         if eos.size:
-            unfinished &= ~np.isin(nxt, eos)
+            unfinished &= ~_is_eos(nxt, eos)
         if on_step is not None:
             stop = on_step(seqs[:, :cur])
             if stop is not None:
@@ -246,7 +252,7 @@ def beam_search(decoder: StepDecoder, batch: int, cfg: GenerationConfig) -> np.n
         topk_bidx = np.take_along_axis(running_idx, src_beam[:, :, None], axis=1)
         topk_bidx[:, :, cur - p] = src_beam + (np.arange(batch) * K)[:, None]
         # d. which continuations stop here (eos or max_length)
-        hits = np.isin(tok, eos) if n_eos else np.zeros_like(tok, dtype=bool)
+        hits = _is_eos(tok, eos) if n_eos else np.zeros_like(tok, dtype=bool)
         if cur + 1 >= max_length:
             hits = np.ones_like(hits)
         # e. next running beams: best K that did not stop
