@@ -14,6 +14,7 @@ from .cli_options import (
     Backend,
     BenchThreads,
     BundleDir,
+    EvalImages,
     JobFlags,
     JsonReport,
     NumBeams,
@@ -954,6 +955,7 @@ def distill(
     train_all: bool = typer.Option(
         False, "--train-all", help="Also train towers the student keeps whole (frozen copies by default)."
     ),
+    eval_images: EvalImages = 500,
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last finished epoch."),
     random_weights: bool = typer.Option(
         False, "--random-weights", help="Teacher = the models.yaml shape twin (speed work)."
@@ -977,6 +979,7 @@ def distill(
         threads=threads,
         device=device,
         train_all=train_all,
+        eval_images=eval_images,
     )
     report = _run_resumable(
         run_distill,
@@ -1041,6 +1044,7 @@ def prune(
     seed: int = typer.Option(0),
     threads: TorchThreads = None,
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+    eval_images: EvalImages = 500,
     resume: bool = typer.Option(
         False, "--resume", help="Continue an interrupted recovery from its last finished epoch."
     ),
@@ -1067,6 +1071,7 @@ def prune(
         seed=seed,
         threads=threads,
         device=device,
+        eval_images=eval_images,
     )
     report = _run_resumable(
         run_prune,
@@ -1138,7 +1143,7 @@ def compress(
     ),
     samples: int = typer.Option(8192, min=2, help="Training images per epoch."),
     batch_size: int = typer.Option(64, min=2),
-    eval_images: int = typer.Option(500, min=1, help="Held-out images the top-1 is measured on."),
+    eval_images: EvalImages = 500,
     timing_seconds: float = typer.Option(
         2.0, min=0.1, help="Timing per candidate and component, in the one tournament of all candidates."
     ),

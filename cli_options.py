@@ -30,6 +30,15 @@ TorchThreads = _threads("Torch CPU threads (default: all cores).")  # distill
 Backend = Annotated[str | None, typer.Option(help="Backend (default: the bundle's default variant).")]
 Precision = Annotated[str | None, typer.Option(help="Precision (default: the bundle's default variant).")]
 
+# distill, prune and compress score the student on held-out data: fewer for a quick look at a large twin
+EvalImages = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Held-out images the student is scored on against the teacher (their questions for VQA); "
+        "fewer for a quick look at a large model.",
+    ),
+]
 BundleDir = Annotated[Path, typer.Argument(help="Bundle directory.")]
 NumBeams = Annotated[int | None, typer.Option(help="Beam search width; 1 = greedy (default: the checkpoint's).")]
 JsonReport = Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")]
