@@ -654,9 +654,10 @@ def compress(
     students = list(dict.fromkeys(cfg.students()))
     if Student() not in students:  # the baseline every drop is measured against
         students.insert(0, Student())
-    for why in dict.fromkeys(w for s in students if (w := unmakeable(s, family))):  # each reason once
-        log(f"{teacher}: the {family} family {why}")
-    students = [s for s in students if unmakeable(s, family) is None]
+    why = {s: unmakeable(s, family) for s in students}
+    for reason in dict.fromkeys(w for w in why.values() if w):  # each reason once
+        log(f"{teacher}: the {family} family {reason}")
+    students = [s for s in students if why[s] is None]
     folders = {s: cache / "students" / s.key for s in students if not s.is_teacher}
     state = _load_state(cache)
     to_train = [
