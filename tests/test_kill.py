@@ -4,6 +4,7 @@ next run removes the stages and the lock files the killed ones left."""
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import signal
@@ -24,12 +25,16 @@ SEED = 32
 
 
 def run(args: list[str], kill_after: float | None = None) -> int | None:
-    """Run ``mmdeploy ARGS``; with ``kill_after``, SIGKILL it then (None: it was killed)."""
-    p = subprocess.Popen([MMDEPLOY, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    """Run ``mmdeploy ARGS``; with ``kill_after``, SIGKILL it then (None: it was killed). The kill takes
+    its whole process group: OpenVINO's telemetry forks a sender that holds stderr open, and a killed
+    parent left it orphaned there (seen: 13 min in getaddrinfo without a network), so reading stderr hung."""
+    p = subprocess.Popen(
+        [MMDEPLOY, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         p.wait(timeout=kill_after)
     except subprocess.TimeoutExpired:
-        p.send_signal(signal.SIGKILL)
+        os.killpg(p.pid, signal.SIGKILL)
         p.wait()
         return None
     finally:
