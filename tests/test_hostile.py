@@ -296,6 +296,36 @@ def test_forked_helpers_die_on_sigterm():
     assert exitcode == "-15" and float(waited) < 120, r.stdout
 
 
+def _telemetry_consent(home: Path, through_mmdeploy: bool) -> str:
+    """What OpenVINO's telemetry singleton decides, constructed as ovc and NNCF construct it, in a
+    fresh process whose home is ``home`` (where the consent file lives) and outside any CI."""
+    code = (
+        ("from mmdeploy.common.telemetry import require_openvino\nrequire_openvino()\n" if through_mmdeploy else "")
+        + "from openvino_telemetry import Telemetry\n"
+        "t = Telemetry(app_name='ovc', app_version='1', tid='G-0', backend='ga4',"
+        " enable_opt_in_dialog=False, disable_in_ci=True)\n"
+        "print(t.consent)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env["HOME"] = str(home)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()[-1]
+
+
+@pytest.mark.parametrize("consent, sends", [(None, "False"), ("0", "False"), ("1", "True")])
+def test_openvino_telemetry_sends_only_when_the_user_said_yes(tmp_path, consent, sends):
+    """OpenVINO's converter and NNCF send (a forked sender that outlived a killed export) when no
+    consent file exists; opening OpenVINO through mmdeploy reads that as no, an answer as given."""
+    pytest.importorskip("openvino_telemetry")
+    if consent is not None:
+        (tmp_path / "intel").mkdir()
+        (tmp_path / "intel" / "openvino_telemetry").write_text(consent)
+    assert _telemetry_consent(tmp_path, through_mmdeploy=True) == sends
+    if consent is None:  # the same home without mmdeploy's say: the library would send
+        assert _telemetry_consent(tmp_path, through_mmdeploy=False) == "True"
+
+
 # -- flags ------------------------------------------------------------------------------------------
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from ...errors import require
+from ...common.telemetry import require_openvino
 from .config import Backend, Precision
 from .recipe import Built, Job, Recipe, register
 
 
 def fp16(job: Job) -> Built:
-    ov = require("openvino", "openvino")
+    ov = require_openvino()
     rel = f"openvino/{job.component}.fp16.xml"
     ov.save_model(ov.convert_model(str(job.src)), str(job.w.stage(rel)), compress_to_fp16=True)
     return Built(

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ...errors import require
+from ...common.telemetry import require_openvino
 from ..graph import quiet
 from .config import Backend, Precision, QuantConfig
 from .recipe import Built, Feeds, Job, Recipe, register
@@ -49,8 +49,8 @@ def has_int8_dot_product() -> bool:
 
 
 def _nncf_int8(xml: Path, out_xml: Path, calib: list[Feeds], cfg: QuantConfig) -> dict[str, Any]:
-    ov = require("openvino", "openvino")
-    nncf = require("nncf", "openvino")
+    ov = require_openvino()
+    nncf = require_openvino("nncf")
     model = ov.Core().read_model(str(xml))
     scope = None
     if cfg.exclude:
@@ -108,8 +108,8 @@ def nncf_int8(job: Job) -> Built:
 
 
 def weight_only(job: Job) -> Built:
-    ov = require("openvino", "openvino")
-    nncf = require("nncf", "openvino")
+    ov = require_openvino()
+    nncf = require_openvino("nncf")
     rel = f"openvino/{job.component}.int8.xml"
     logging.getLogger("nncf").setLevel(logging.WARNING)  # after import: nncf sets its own level
     with quiet():

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import BackendError, require
+from ...common.telemetry import require_openvino
+from ...errors import BackendError
 from ..session import BuildResult, Decoder, RunDecoder, Session, TensorSpec
 from . import register
 from .base import Backend, Capabilities
@@ -24,7 +25,7 @@ _core = None
 
 
 def _ov():
-    return require("openvino", "openvino")
+    return require_openvino()
 
 
 def core():
