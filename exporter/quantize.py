@@ -144,20 +144,20 @@ class Fp32References:
     def held_out(self, bundle: Bundle, policy, comps: list[str], threads: int | None, stages: Stages) -> FidelityFeeds:
         self._for(bundle, comps, threads)
         if self._held_out is None:
-            with stages.stage("fp32 references: held-out feeds"):
+            with stages.stage("fp32 references: held-out feeds", announce=True):
                 self._held_out = policy.fidelity_feeds(bundle, comps, threads)
         return self._held_out
 
     def outputs(self, comp: str, src: Path, feeds: list, threads: int | None, stages: Stages) -> list[dict]:
         if comp not in self._outputs:
-            with stages.stage(f"{comp}: fp32 reference outputs"):
+            with stages.stage(f"{comp}: fp32 reference outputs", announce=True):
                 sess = get_backend("onnxruntime").open(src, threads=threads)
                 self._outputs[comp] = [sess.run(f) for f in feeds]
         return self._outputs[comp]
 
     def greedy_tokens(self, staged: Bundle, agreement, threads: int | None, stages: Stages) -> list:
         if self._tokens is None:
-            with stages.stage("fp32 references: greedy tokens"):
+            with stages.stage("fp32 references: greedy tokens", announce=True):
                 self._tokens = agreement.reference(staged, threads)
         return self._tokens
 
@@ -169,10 +169,10 @@ def quantize(
     stages: Stages | None = None,
     references: Fp32References | None = None,
 ) -> Bundle:
-    """`stages`: export's stage timer (each component's build + gate and the token gate are
-    logged as stages with their peak RSS). `references`: fp32 references shared by the
+    """`stages`: export's stage timer (default: one logging to ``log``; each component's build +
+    gate and the token gate are logged as stages with their peak RSS). `references`: fp32 references shared by the
     variants of one export (default: computed here)."""
-    stages = stages or Stages(lambda s: None)
+    stages = stages or Stages(log)
     references = references or Fp32References()
     bundle = Bundle.open(bundle_path)
     policy = policy_for(bundle.family, str(bundle.root))
@@ -214,6 +214,7 @@ def quantize(
                 sess = get_backend(backend).open(path, threads=cfg.threads, options=runtime)
                 return compare_all(refs, [sess.run(f) for f in feeds], names)
 
+            log(f"{comp}: {cfg.backend}/{cfg.precision} ({'--mode best' if cfg.mode == 'best' else recipe.name}) ...")
             t = time.perf_counter()
             job = Job(src=src, w=w, component=comp, cfg=cfg, calib=calib, workdir=Path(tmp), fidelity=fidelity, log=log)
             if cfg.mode == "best":
@@ -267,7 +268,7 @@ def quantize(
             )
         # generative variants are gated on their greedy tokens too (their policy's agreement)
         if policy.generative and recipe.backend != "tensorrt":
-            with stages.stage(f"{cfg.backend}/{cfg.precision} greedy-agreement gate"):
+            with stages.stage(f"{cfg.backend}/{cfg.precision} greedy-agreement gate", announce=True):
                 _record_agreement(w, policy, cfg, log, references.greedy_tokens, stages)
         keep = [c["onnx"] for c in bundle.components.values()]
         keep += [v["path"] for v in w.manifest.get("tensorrt", {}).get("int8_onnx", {}).values()]

@@ -31,7 +31,10 @@ class Stages:
         self.records: list[dict[str, Any]] = []
 
     @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
+    def stage(self, name: str, announce: bool = False) -> Iterator[None]:
+        """``announce``: say when it starts too (stages that can take minutes on a large model)."""
+        if announce:
+            self.log(f"{name} ...")
         t = time.perf_counter()
         yield
         self.record(name, time.perf_counter() - t)

@@ -219,6 +219,24 @@ def test_split_images_prompt_and_pixels_are_the_processors(vlm_split):
     np.testing.assert_allclose(pipe.pixel_values(imgs), off["pixel_values"][0], atol=1e-5)
 
 
+def test_vision_gate_reads_a_spread_of_the_split_tiles(vlm_split):
+    """quantize's vision gate: VISION_GATE_TILES of the held-out photos' tiles, first and last
+    included, each exactly the tile the chat would run (the 51 tiles of 3 split photos at once held
+    ~10 GB of activations on the 256M twin)."""
+    from mmdeploy.exporter.quantization.feeds import VISION_GATE_TILES, vlm_fidelity_feeds
+    from mmdeploy.runtimes import Bundle
+
+    _, _, bundle = vlm_split
+    feeds = vlm_fidelity_feeds(Bundle.open(bundle), ["vision"], threads=2)
+    (got,), what = feeds["vision"]
+    every = load(bundle, backend="onnxruntime", precision="fp32").pixel_values(photo_batch(3))
+    assert len(every) > VISION_GATE_TILES and len(got["pixel_values"]) == VISION_GATE_TILES
+    assert f"{VISION_GATE_TILES} of their {len(every)} tiles" in what
+    np.testing.assert_array_equal(got["pixel_values"][0], every[0])
+    np.testing.assert_array_equal(got["pixel_values"][-1], every[-1])
+    assert all(any(np.array_equal(t, e) for e in every) for t in got["pixel_values"])
+
+
 def test_split_images_two_turns_match_generate(vlm_split):
     model, proc, bundle = vlm_split
     pipe = load(bundle, backend="onnxruntime", precision="fp32", threads=2)
