@@ -13,6 +13,7 @@ from ...runtimes.bundle import Bundle
 from ...runtimes.feeds import BundleFeeds
 from ...runtimes.pipelines import pipeline_class
 from ...runtimes.pipelines.decoders import decoder_feeds_after, decoder_step_feeds
+from ...runtimes.pipelines.vlm import VISION_BATCH
 from .recipe import Feeds
 
 # component -> (feeds, what they are)
@@ -142,10 +143,12 @@ def vlm_fidelity_feeds(bundle: Bundle, components: list[str], threads: int | Non
     for comp in components:
         if comp == "vision":
             # The tower sees each tile alone: 6 tiles evenly spread over the photos' 3 x 13-17 (split
-            # tiles and global images alike) gate what all of them would, at a ninth of the cost
+            # tiles and global images alike) gate what all of them would, at a ninth of the cost; run
+            # as the chat runs them, VISION_BATCH a call (a call's activations grow with its tiles)
             px = pipe.pixel_values(images)
             pick = np.unique(np.linspace(0, len(px) - 1, min(VISION_GATE_TILES, len(px))).round().astype(int))
-            out[comp] = [{"pixel_values": px[pick]}], what + f" (vision: {len(pick)} of their {len(px)} tiles)"
+            calls = [{"pixel_values": px[pick[i : i + VISION_BATCH]]} for i in range(0, len(pick), VISION_BATCH)]
+            out[comp] = calls, what + f" (vision: {len(pick)} of their {len(px)} tiles)"
         elif comp == "embed":
             out[comp] = [{"input_ids": np.asarray([ids], np.int64)}], what
         else:
