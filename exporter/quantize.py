@@ -170,8 +170,8 @@ def quantize(
     references: Fp32References | None = None,
 ) -> Bundle:
     """`stages`: export's stage timer (default: one logging to ``log``; each component's build +
-    gate and the token gate are logged as stages with their peak RSS). `references`: fp32 references shared by the
-    variants of one export (default: computed here)."""
+    gate and the token gate are logged as stages with their peak RSS). `references`: fp32
+    references shared by the variants of one export (default: computed here)."""
     stages = stages or Stages(log)
     references = references or Fp32References()
     bundle = Bundle.open(bundle_path)
