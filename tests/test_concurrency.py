@@ -169,11 +169,26 @@ def test_writers_of_every_kind_started_together_all_keep_their_work(align_bundle
     export of the same checkpoint keeps the variants built from its very graphs)."""
     b = tmp_path / "b"
     shutil.copytree(align_bundle, b)
+    # A holder keeps the lock until the first writer says it waits, so they meet on every machine
+    # (on a quiet one the first quantize finished before the export reached the lock: no meeting)
+    holder = _holder(b, 600)
     procs = {}
-    for name in order:
-        procs[name] = _start([a.format(b=b) for a in WRITERS[name]])
-        time.sleep(0.3)
+    try:
+        for name in order:
+            procs[name] = _start([a.format(b=b) for a in WRITERS[name]])
+            time.sleep(0.3)
+        first = procs[order[0]]
+        seen = []
+        while not any("waiting for" in line for line in seen):
+            line = first.stderr.readline()
+            if not line:  # it ended without waiting: say what it printed
+                pytest.fail(f"{order[0]} never waited for the held lock: {''.join(seen)[-2000:]}")
+            seen.append(line)
+    finally:
+        holder.kill()
+        holder.wait()
     out = {name: p.communicate(timeout=600) for name, p in procs.items()}
+    out[order[0]] = (out[order[0]][0], "".join(seen) + out[order[0]][1])
     for name, p in procs.items():
         assert p.returncode == 0, (name, out[name][1][-2000:])
     bundle = Bundle.open(b)
