@@ -227,7 +227,8 @@ def chat_bench(bundle: Bundle, arts, cfg, default, log: Callable[[str], None], r
         kv = kv_bytes_per_token(pipe) * (row["prompt_tokens"] + n_new // 2)
         row["step_bytes"] = int(weights + kv)
         row["step_floor_ms"] = round((weights + kv) / (bw * 1e9) * 1000, 3)
-        row["kv_cache"] = "stateful" if pipe.kv_state else "in place" if pipe.kv_in_place else "passed each step"
+        in_place = "shared buffer" if a.runtime.get("kv_cache") == "shared_buffer" else "in place"
+        row["kv_cache"] = "stateful" if pipe.kv_state else in_place if pipe.kv_in_place else "passed each step"
         log(f"{backend}/{precision}: decode after {', '.join(map(str, CONTEXTS))} tokens of context")
         row["decode_by_context"] = decode_by_context(pipe, CONTEXTS, max(n_new, 8), weights, bw)
         if ref_row is not None:

@@ -13,10 +13,13 @@ from ..common.fidelity import GATES, compare_all
 from ..common.locks import writer_lock
 from ..errors import BackendError, ExportError, InputError, ParityError, require
 from ..runtimes.backends import get_backend
+from ..runtimes.backends.onnxruntime import SHARED_BUFFER
 from ..runtimes.bundle import Artifact, Bundle, BundleWriter, check_replaceable
+from ..runtimes.session import BuildResult
 from .checkpoint import Checkpoint, resolve
 from .families import family_exporter
 from .graph import OPSET, externalize_weights
+from .ort_attention import fuse_chat_decoder, shared_kv_backends
 from .reference import TorchSession
 from .stages import Stages
 
@@ -113,6 +116,8 @@ def export(
     out = Path(out)
     if room := check_space(out, export_bytes(ckpt.model, variants), f"export of {ckpt.name}"):
         log(room)
+    extra = fam.manifest_extra()
+    shared_kv = shared_kv_backends(extra.get("chat"))
     with BundleWriter(out, log=log) as w:
         components = {}
         for comp in fam.components:
@@ -142,6 +147,9 @@ def export(
                 except BackendError as exc:
                     log(f"{comp}: skipping {backend}/{precision}: {exc}")
                     continue
+                if comp == "decoder" and backend in shared_kv:
+                    with stages.stage(f"{comp}: {backend}/{precision} GroupQueryAttention"):
+                        built = _shared_kv_graph(w, built, extra["chat"])
                 for f in built.files:
                     if f not in w.files:
                         w.register(f)
@@ -168,7 +176,6 @@ def export(
         for src, rel in fam.bundle_files():
             w.add_file(src, rel)
         fam.write_files(w)  # files the family derives (e.g. a tokenizer with added specials)
-        extra = fam.manifest_extra()
         if "preprocess" in extra:
             w.write_json(extra["preprocess"]["file"], extra["preprocess"]["config"])
         w.manifest.update(
@@ -194,6 +201,20 @@ def export(
         w.manifest["exporter"]["stages"] = stages.records
     log(f"bundle written to {out} in {time.perf_counter() - t0:.1f}s")
     return Bundle.open(out)
+
+
+def _shared_kv_graph(w: BundleWriter, built: BuildResult, chat: dict) -> BuildResult:
+    """ONNX Runtime's fp32 decoder as GroupQueryAttention over a shared cache buffer (ort_attention.py):
+    written beside the portable graph, whose external weights file it reads (ORT reads external data
+    only from the graph's own folder), so the weights are stored once."""
+    dst = built.path.replace(".onnx", ".gqa.onnx")
+    fuse_chat_decoder(w.stage_dir / built.path, w.stage(dst), chat)
+    return BuildResult(
+        path=dst,
+        files=[dst, *built.files[1:]],
+        runtime={**built.runtime, "kv_cache": SHARED_BUFFER},
+        built_for=built.built_for,
+    )
 
 
 # bytes written per fp32 byte of weights, by (backend, precision): the fp32 ONNX is written once,

@@ -469,7 +469,7 @@ def test_bench_chat_rows(vlm_tiny, tmp_path):
         (ctx,) = r["decode_by_context"]
         assert ctx["context"] == 100 and ctx["decode_tokens_per_s"] > 0 and 0 < ctx["floor_ms"] and ctx["of_floor"] > 0
     assert rows[("openvino", "fp32")]["kv_cache"] == "stateful"
-    assert rows[("onnxruntime", "fp32")]["kv_cache"] == "in place"
+    assert rows[("onnxruntime", "fp32")]["kv_cache"] == "shared buffer"
     assert rep["memory_bandwidth_gbs"] > 0 and rep["env"]["cpu"]
 
 
@@ -664,6 +664,53 @@ def test_ort_decoder_trims_and_grows_in_place(vlm_tiny):
         np.testing.assert_array_equal(dec.present(q), plain.decoder.present(q))
 
 
+def test_ort_decoder_is_group_query_attention_with_the_portable_graphs_tokens(vlm_tiny):
+    """ONNX Runtime's fp32 decoder is written with one GroupQueryAttention per layer (no cache Concat left)
+    beside the portable graph, and runs over one shared buffer per cache entry: across a kept conversation
+    (prefix trimmed, image swapped, reset, a long turn) its greedy tokens and prefills are those of the
+    portable graph run as exported, the whole cache in and out of every step."""
+    import onnx
+
+    from mmdeploy.runtimes.backends.onnxruntime import OrtSession, OrtSharedKvDecoder
+    from mmdeploy.runtimes.bundle import Bundle
+    from mmdeploy.runtimes.session import RunDecoder
+
+    bundle = Bundle.open(vlm_tiny[2])
+    art = bundle.find("decoder", "onnxruntime", "fp32")[0]
+    assert art.path == "onnx/decoder.gqa.onnx" and art.runtime == {"kv_cache": "shared_buffer"}
+    graph = onnx.load(str(bundle.path(art.path)), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("GroupQueryAttention") == bundle.manifest["chat"]["num_layers"]
+    assert not [n for n in graph.node if n.op_type == "Concat" and n.input[0].startswith("past.")]
+    assert [i.name for i in graph.input] == [i["name"] for i in bundle.components["decoder"]["inputs"]]
+
+    imgs = photo_batch(3)
+    fast = load(vlm_tiny[2], backend="onnxruntime", precision="fp32", threads=2)
+    assert isinstance(fast.open_decoder(), OrtSharedKvDecoder)
+    ref = load(vlm_tiny[2], backend="onnxruntime", precision="fp32", threads=2)
+    ref.sessions["decoder"] = OrtSession(bundle.path(bundle.components["decoder"]["onnx"]), threads=2)
+    ref.kv_in_place = False
+    assert type(ref.open_decoder()) is RunDecoder
+    got = _conversation(fast, imgs)
+    assert got == _conversation(ref, imgs)
+    assert len({tuple(t) for t, _ in got}) > 2
+
+
+def test_fusing_attention_refuses_graphs_it_does_not_know(vlm_tiny, tmp_path):
+    """A graph without the exported decoder's attention, or one already fused, is refused with the reason."""
+    from mmdeploy.errors import ExportError
+    from mmdeploy.exporter.ort_attention import fuse_chat_decoder
+    from mmdeploy.runtimes.bundle import Bundle
+
+    bundle = Bundle.open(vlm_tiny[2])
+    chat = bundle.manifest["chat"]
+    with pytest.raises(ExportError, match=r"layer 0: present\.0\.key / present\.0\.value are not Concats"):
+        fuse_chat_decoder(bundle.path("onnx/embed.onnx"), tmp_path / "x.onnx", chat)
+    with pytest.raises(ExportError, match="already runs its attention as GroupQueryAttention"):
+        fuse_chat_decoder(bundle.path("onnx/decoder.gqa.onnx"), tmp_path / "x.onnx", chat)
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_bad_kv_cache_records_are_refused(vlm_tiny, tmp_path):
     import json
     import shutil
@@ -674,7 +721,7 @@ def test_bad_kv_cache_records_are_refused(vlm_tiny, tmp_path):
     path = tmp_path / "b"
     shutil.copytree(vlm_tiny[2], path)
     m = json.loads((path / "manifest.json").read_text())
-    assert m["chat"]["kv_cache"] == {"stateful": ["openvino"], "precision": "fp32"}
+    assert m["chat"]["kv_cache"] == {"stateful": ["openvino"], "shared_buffer": ["onnxruntime"], "precision": "fp32"}
     m["chat"]["kv_cache"]["precision"] = "int3"
     (path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match=r"chat\.kv_cache\.precision"):

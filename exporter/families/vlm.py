@@ -164,7 +164,7 @@ class VlmFamily(Family):
         where = ckpt.source.get("path", ckpt.name)
         cfg = self.model.config
         tc, vc = cfg.text_config, cfg.vision_config
-        self.n_layers, self.kv_heads = tc.num_hidden_layers, tc.num_key_value_heads
+        self.n_layers, self.heads, self.kv_heads = tc.num_hidden_layers, tc.num_attention_heads, tc.num_key_value_heads
         self.head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
         self.hidden, self.vocab = tc.hidden_size, tc.vocab_size
         self.image_size, self.patch = vc.image_size, vc.patch_size
@@ -425,13 +425,16 @@ class VlmFamily(Family):
                 "image_token_id": int(self.model.config.image_token_id),
                 "special_tokens": {t: int(tok.token_to_id(t)) for t in SPECIAL_TOKENS},
                 "num_layers": self.n_layers,
+                "num_heads": self.heads,
                 "num_kv_heads": self.kv_heads,
                 "head_dim": self.head_dim,
                 "hidden_size": self.hidden,
                 "vocab_size": self.vocab,
                 # OpenVINO runs the decoder stateful (its cache in the infer request, made at load);
-                # bundles without this record pass the cache in and out of every step
-                "kv_cache": {"stateful": ["openvino"], "precision": "fp32"},
+                # ONNX Runtime's decoders are written with GroupQueryAttention over one shared cache
+                # buffer (exporter/ort_attention.py); bundles without a record pass the cache in and
+                # out of every step
+                "kv_cache": {"stateful": ["openvino"], "shared_buffer": ["onnxruntime"], "precision": "fp32"},
             },
             "generation": self.generation,
         }

@@ -49,8 +49,20 @@ def providers_for(device: str) -> list[str]:
     return [p for p in wanted if p in have]
 
 
+# artifact.runtime["kv_cache"] of a decoder whose attention is GroupQueryAttention (exporter/ort_attention.py):
+# past and present may be bound to one buffer, which ORT appends to in place
+SHARED_BUFFER = "shared_buffer"
+
+
 class OrtSession(Session):
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, providers=None, spin: bool = True):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        threads: int | None = None,
+        providers=None,
+        spin: bool = True,
+        kv_cache: str | None = None,
+    ):
         ort = require("onnxruntime", "core")
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -73,12 +85,17 @@ class OrtSession(Session):
             TensorSpec(o.name, _ORT_TYPES.get(o.type, o.type), tuple(o.shape)) for o in self._sess.get_outputs()
         ]
         self._out_names = [o.name for o in self.outputs]
+        if kv_cache not in (None, SHARED_BUFFER):
+            raise BackendError(f"{path}: unknown kv_cache {kv_cache!r} (this mmdeploy knows {SHARED_BUFFER!r})")
+        self.kv_cache = kv_cache
 
     def run_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self._sess.run(self._out_names, feeds)
         return dict(zip(self._out_names, outs))
 
     def open_decoder(self, cache: Sequence[tuple[str, str]], logits: str = "logits") -> OrtDecoder:
+        if self.kv_cache == SHARED_BUFFER:
+            return OrtSharedKvDecoder(self, cache, logits)
         return OrtDecoder(self, cache, logits)
 
     def close(self) -> None:
@@ -107,11 +124,7 @@ class OrtDecoder(Decoder):
         self.shapes = [np.shape(past[n]) for n in self.past_names]  # (rows, heads, length, head_dim) each
         self.rows, self.length = int(self.shapes[0][0]), int(self.shapes[0][2])  # GIT: image tokens come first
         self.side = 0
-        self._set_buffers(
-            [[np.empty(r * h * (self.length + room) * d, np.float32) for r, h, _, d in self.shapes] for _ in range(2)]
-        )
-        for i, (buf, name) in enumerate(zip(self.buffers[0], self.past_names)):
-            self._view(i, buf, self.length)[...] = past[name]
+        self._allocate(past, self.length + room)
         self.io = self.session._sess.io_binding()
         # Each step rebinds the K/V views (their length grows): through the C binding with one device
         # object, since the Python wrapper makes a new OrtDevice per call (~2 us; 3 binds a layer a step)
@@ -128,6 +141,12 @@ class OrtDecoder(Decoder):
         else:
             self.logits = None
             self.io.bind_output(self.logits_name, "cpu")
+
+    def _allocate(self, past: dict[str, np.ndarray], size: int) -> None:
+        """Two buffers per cache entry, ``size`` positions each; past goes into the first."""
+        self._set_buffers([[np.empty(r * h * size * d, np.float32) for r, h, _, d in self.shapes] for _ in range(2)])
+        for i, (buf, name) in enumerate(zip(self.buffers[0], self.past_names)):
+            self._view(i, buf, self.length)[...] = past[name]
 
     def _set_buffers(self, buffers: list[list[np.ndarray]]) -> None:
         self.buffers = buffers
@@ -198,6 +217,57 @@ class OrtDecoder(Decoder):
         self.io = self._c_io = self._run = self.buffers = self._keep = self.logits = None
 
 
+class OrtSharedKvDecoder(OrtDecoder):
+    """The decode path of a GroupQueryAttention decoder (artifact runtime ``kv_cache: shared_buffer``):
+    one buffer per cache entry, (rows, heads, room, head_dim), bound as both past and present, so ORT
+    writes each step's new positions into it and reads only the valid ones (the cache length comes from
+    ``position_ids``). No step copies the cache (the two-buffer path's graph copies past into present,
+    52 MB a step at 1,100 tokens on SmolVLM-256M fp32); trim is a length, nothing moves."""
+
+    def _allocate(self, past: dict[str, np.ndarray], size: int) -> None:
+        self.buffers = [[np.zeros((r, h, size, d), np.float32) for r, h, _, d in self.shapes]]
+        self._bound = None
+        self._ptrs = [[b.ctypes.data for b in self.buffers[0]]]
+        self.room = size
+        for buf, name in zip(self.buffers[0], self.past_names):
+            buf[:, :, : self.length] = past[name]
+
+    def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        c_io, cpu, room = self._c_io, self._cpu, self.room
+        n_present = self.length + next(iter(feeds.values())).shape[1]
+        if n_present > room:
+            raise InputError(f"the decoder ran past the {room} positions it was given room for")
+        for name, value in feeds.items():
+            c_io.bind_input(name, value)
+        if self._bound is not self.buffers:  # the same buffers every step: bound once (again after reserve)
+            for past, present, ptr, (r, h, _, d) in zip(
+                self.past_names, self.present_names, self._ptrs[0], self.shapes
+            ):
+                c_io.bind_input(past, cpu, np.float32, [r, h, room, d], ptr)
+                c_io.bind_output(present, cpu, np.float32, [r, h, room, d], ptr)
+            self._bound = self.buffers
+        self._run(c_io, None)
+        self.length = n_present
+        return self.logits if self.logits is not None else self.io.get_outputs()[0].numpy()
+
+    def present(self, name: str) -> np.ndarray:
+        return self.buffers[0][self.present_names.index(name)][:, :, : self.length]
+
+    def reorder(self, rows: np.ndarray) -> None:
+        for buf in self.buffers[0]:
+            buf[...] = buf[rows]
+
+    def trim(self, length: int) -> None:
+        self.length = min(length, self.length)  # the positions after it are overwritten as the cache grows
+
+    def reserve(self, room: int) -> None:
+        need = self.length + room
+        if need <= self.room:
+            return
+        old = self.buffers[0]
+        self._allocate({n: b[:, :, : self.length] for n, b in zip(self.past_names, old)}, max(need, self.room * 5 // 4))
+
+
 @register
 class OnnxRuntime(Backend):
     """The fp32 ONNX itself; quantize adds int8 / int4 / fp16 ONNX files that it runs too."""
@@ -238,7 +308,11 @@ class OnnxRuntime(Backend):
     ) -> OrtSession:
         options = options or {}
         return OrtSession(
-            path, threads=threads, providers=providers_for(device or "cpu"), spin=options.get("spin", True)
+            path,
+            threads=threads,
+            providers=providers_for(device or "cpu"),
+            spin=options.get("spin", True),
+            kv_cache=options.get("kv_cache"),
         )
 
     def describe(self) -> str:

@@ -373,8 +373,10 @@ class Conversation:
 KV_PRECISIONS = ("fp32", "fp16", "u8")
 # how the exporter wants the decoder's cache kept: stateful on these backends, in this precision
 # (OpenVINO's KV_CACHE_PRECISION: it acts only where the CPU plugin fuses attention into SDPA; on
-# the exported decoder it does not, and u8 / fp16 gave logits identical to fp32's: fp32 is written)
-KV_CACHE = obj({"stateful": list_of(STR)}, {"precision": one_of(*KV_PRECISIONS)})
+# the exported decoder it does not, and u8 / fp16 gave logits identical to fp32's: fp32 is written);
+# shared_buffer: the backends whose decoder graphs were written to append to one cache buffer in place
+# (their artifacts say so in runtime.kv_cache: the exporter's record of what it asked for)
+KV_CACHE = obj({"stateful": list_of(STR)}, {"precision": one_of(*KV_PRECISIONS), "shared_buffer": list_of(STR)})
 CHAT_INFO = obj(
     {
         "template_file": STR,
@@ -384,7 +386,7 @@ CHAT_INFO = obj(
         "num_kv_heads": INT,
         "head_dim": INT,
     },
-    {"kv_cache": KV_CACHE},
+    {"kv_cache": KV_CACHE, "num_heads": INT},
 )
 
 

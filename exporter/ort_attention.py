@@ -1,0 +1,191 @@
+"""ONNX Runtime's decoder graph with its KV cache updated in place.
+
+The exported decoder (families/vlm.py) is portable: each layer concatenates past and new K/V into
+``present`` and attends over it, so every step copies the whole cache (52 MB a step at 1,100 tokens
+on SmolVLM-256M fp32, ~6 ms, and growing with the context). Here each layer's attention becomes one
+``com.microsoft.GroupQueryAttention`` node: given past and present bound to one buffer with room to
+spare, ORT appends the new positions where they belong and reads only the valid ones (the
+onnxruntime-genai layout). The graph keeps the portable graph's inputs and outputs: given past of
+length P and no shared buffer, it returns present of length P + T as before, so every caller that
+runs it plainly (parity checks, gates) still can.
+
+The cache length each row holds comes from ``position_ids`` (its last position + 1): the chat decodes
+one row whose positions run on from its cache, which is what GQA assumes (no left padding).
+Torch-free: export and quantize both call it, after a graph is built (quantized graphs keep the
+attention matmuls in float, so the same pattern is found in fp32, int8 and int4 graphs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ExportError, require
+
+MS_DOMAIN = "com.microsoft"
+PASS_THROUGH = ("Reshape", "Transpose")  # between the attention's last MatMul and the o_proj input
+
+
+def _consumers(graph) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            out.setdefault(name, []).append(node)
+    return out
+
+
+def _scalar(graph, name: str) -> float | None:
+    from onnx import numpy_helper
+
+    for init in graph.initializer:
+        if init.name == name:
+            return float(numpy_helper.to_array(init).reshape(-1)[0])
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return float(numpy_helper.to_array(node.attribute[0].t).reshape(-1)[0])
+    return None
+
+
+def _only(nodes: list, op: str, where: str):
+    found = [n for n in nodes if n.op_type == op]
+    if len(found) != 1:
+        raise ExportError(f"{where}: expected one {op}, found {len(found)}: not the exported decoder's attention")
+    return found[0]
+
+
+def fuse_gqa(src: Path, dst: Path, pairs: list[tuple[str, str]], num_heads: int, kv_heads: int) -> int:
+    """Write ``src`` with each layer's attention as GroupQueryAttention to ``dst`` (may be ``src``);
+    ``pairs`` are the (past, present) names of K then V per layer. External weights stay where they
+    are (``dst`` must sit in the folder of ``src``'s weights file). Returns the layers fused."""
+    onnx = require("onnx", "export")
+    from onnx import helper
+
+    model = onnx.load(str(src), load_external_data=False)
+    g = model.graph
+    if any(n.op_type == "GroupQueryAttention" for n in g.node):
+        raise ExportError(f"{src.name} already runs its attention as GroupQueryAttention")
+    cons = _consumers(g)
+    producer = {o: n for n in g.node for o in n.output}
+    new_nodes, drop = [], set()
+
+    def add(op: str, inputs: list[str], name: str, domain: str = "", **attrs) -> str:
+        new_nodes.append(helper.make_node(op, inputs, [name], name=name, domain=domain, **attrs))
+        return name
+
+    def const(name: str, value) -> str:
+        g.initializer.append(onnx.numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    # the cache length per row from the positions: seqlens_k = last position (total - 1), and
+    # total_sequence_length = the longest row's
+    last = add("Gather", ["position_ids", const("gqa.minus_one", np.int64(-1))], "gqa.last_position", axis=1)
+    seqlens = add("Cast", [last], "gqa.seqlens_k", to=onnx.TensorProto.INT32)
+    longest = add("ReduceMax", [last], "gqa.longest", keepdims=0)
+    total = add("Add", [longest, const("gqa.one", np.int64(1))], "gqa.total_int64")
+    total = add("Cast", [total], "gqa.total_sequence_length", to=onnx.TensorProto.INT32)
+    bsh = const("gqa.bsh", np.asarray([0, 0, -1], np.int64))  # (batch, seq, heads * head_dim)
+
+    layers = len(pairs) // 2
+    for i in range(layers):
+        (past_k, present_k), (past_v, present_v) = pairs[2 * i], pairs[2 * i + 1]
+        where = f"layer {i}"
+        cat_k, cat_v = producer.get(present_k), producer.get(present_v)
+        if cat_k is None or cat_v is None or cat_k.op_type != "Concat" or cat_v.op_type != "Concat":
+            raise ExportError(f"{where}: {present_k} / {present_v} are not Concats of the past and new cache")
+        if cat_k.input[0] != past_k or cat_v.input[0] != past_v or len(cat_k.input) != 2:
+            raise ExportError(f"{where}: the cache Concat does not take {past_k} first")
+        k_new, v_new = cat_k.input[1], cat_v.input[1]  # (batch, kv heads, new, head_dim), K after rotary
+        # scores: MatMul(Reshape(q), Transpose(present K)) -> Mul(scale); output: MatMul(probs, present V)
+        k_t = _only(cons.get(present_k, []), "Transpose", where)
+        scores = _only(cons.get(k_t.output[0], []), "MatMul", where)
+        q_view = producer[scores.input[0]]
+        if q_view.op_type != "Reshape":
+            raise ExportError(f"{where}: the query reaches the scores through {q_view.op_type}, not Reshape")
+        q_rot = q_view.input[0]  # (batch, heads, new, head_dim), after rotary
+        scale_mul = _only(cons.get(scores.output[0], []), "Mul", where)
+        scale = _scalar(g, scale_mul.input[1])
+        if scale is None:
+            raise ExportError(f"{where}: the attention scale is not a constant")
+        out = _only(cons.get(present_v, []), "MatMul", where).output[0]
+        while len(cons.get(out, [])) == 1 and cons[out][0].op_type in PASS_THROUGH:
+            out = cons[out][0].output[0]  # ends at the o_proj input, (batch, new, heads * head_dim)
+
+        def bsh_of(x: str, tag: str) -> str:
+            t = add("Transpose", [x], f"gqa.{i}.{tag}_bsnh", perm=[0, 2, 1, 3])
+            return add("Reshape", [t, bsh], f"gqa.{i}.{tag}")
+
+        q, k, v = bsh_of(q_rot, "query"), bsh_of(k_new, "key"), bsh_of(v_new, "value")
+        new_nodes.append(
+            helper.make_node(
+                "GroupQueryAttention",
+                [q, k, v, past_k, past_v, seqlens, total],
+                [out, present_k, present_v],
+                name=f"gqa.{i}",
+                domain=MS_DOMAIN,
+                num_heads=num_heads,
+                kv_num_heads=kv_heads,
+                scale=scale,
+            )
+        )
+        drop.update({id(cat_k), id(cat_v), id(producer[out])})
+
+    kept = [n for n in g.node if id(n) not in drop]
+    del g.node[:]
+    g.node.extend(kept + new_nodes)
+    _prune_dead(g)
+    _toposort(g)
+    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    onnx.save(model, str(dst))
+    return layers
+
+
+def _prune_dead(graph) -> None:
+    """Drop the nodes no graph output depends on (the replaced attention, the causal mask)."""
+    producer = {o: n for n in graph.node for o in n.output}
+    live, todo = set(), [o.name for o in graph.output]
+    while todo:
+        node = producer.get(todo.pop())
+        if node is None or id(node) in live:
+            continue
+        live.add(id(node))
+        todo.extend(i for i in node.input if i)
+    kept = [n for n in graph.node if id(n) in live]
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {i for n in graph.node for i in n.input}
+    inits = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+
+
+def _toposort(graph) -> None:
+    """ONNX wants producers before consumers; the new nodes were appended at the end."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in ready for i in n.input):
+                ordered.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise ExportError(f"the fused graph has a cycle or a missing input at {rest[0].name or rest[0].op_type}")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def shared_kv_backends(chat: dict | None) -> tuple[str, ...]:
+    """The backends a chat manifest asks to run the decoder over one shared cache buffer."""
+    return tuple(((chat or {}).get("kv_cache") or {}).get("shared_buffer", ()))
+
+
+def fuse_chat_decoder(src: Path, dst: Path, chat: dict) -> int:
+    """fuse_gqa for a chat bundle's decoder, its heads and cache names from the manifest's ``chat``."""
+    layers, kv_heads, head_dim = int(chat["num_layers"]), int(chat["num_kv_heads"]), int(chat["head_dim"])
+    heads = int(chat.get("num_heads") or int(chat["hidden_size"]) // head_dim)
+    pairs = [(f"past.{i}.{x}", f"present.{i}.{x}") for i in range(layers) for x in ("key", "value")]
+    return fuse_gqa(src, dst, pairs, heads, kv_heads)
