@@ -611,6 +611,13 @@ def test_stateful_decoder_keeps_the_cache_of_the_run_path(vlm_tiny):
     pipe = load(vlm_tiny[2], backend="openvino", precision="fp32", threads=2)
     sess = pipe.sessions["decoder"]
     assert sess.stateful and "past.0.key" in {s.name for s in sess.inputs}
+    # the attention fused at load (chat.kv_cache.fused_attention): every layer's SDPA reads its cache
+    # straight from the state (MemoryInput), with no Concat copying it between
+    runtime = sess._compiled.get_runtime_model()
+    kind = lambda op: op.get_rt_info()["layerType"].astype(str)  # noqa: E731
+    sdpa = [op for op in runtime.get_ops() if kind(op) == "ScaledDotProductAttention"]
+    assert len(sdpa) == pipe.n_layers
+    assert all([kind(i.get_source_output().get_node()) for i in op.inputs()].count("MemoryInput") == 2 for op in sdpa)
     dec = pipe.open_decoder()
     dec.start(pipe.empty_cache(), {}, 16)
     ids = pipe.prompt_ids([{"role": "user", "content": [{"type": "text", "text": "describe the picture"}]}], 0)
@@ -721,7 +728,12 @@ def test_bad_kv_cache_records_are_refused(vlm_tiny, tmp_path):
     path = tmp_path / "b"
     shutil.copytree(vlm_tiny[2], path)
     m = json.loads((path / "manifest.json").read_text())
-    assert m["chat"]["kv_cache"] == {"stateful": ["openvino"], "shared_buffer": ["onnxruntime"], "precision": "fp32"}
+    assert m["chat"]["kv_cache"] == {
+        "stateful": ["openvino"],
+        "fused_attention": ["openvino"],
+        "shared_buffer": ["onnxruntime"],
+        "precision": "fp32",
+    }
     m["chat"]["kv_cache"]["precision"] = "int3"
     (path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match=r"chat\.kv_cache\.precision"):

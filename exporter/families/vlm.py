@@ -430,11 +430,17 @@ class VlmFamily(Family):
                 "head_dim": self.head_dim,
                 "hidden_size": self.hidden,
                 "vocab_size": self.vocab,
-                # OpenVINO runs the decoder stateful (its cache in the infer request, made at load);
-                # ONNX Runtime's decoders are written with GroupQueryAttention over one shared cache
-                # buffer (exporter/ort_attention.py); bundles without a record pass the cache in and
-                # out of every step
-                "kv_cache": {"stateful": ["openvino"], "shared_buffer": ["onnxruntime"], "precision": "fp32"},
+                # OpenVINO runs the decoder stateful (its cache in the infer request, made at load), its
+                # attention fused into ScaledDotProductAttention at load so the CPU plugin appends to the
+                # cache in place; ONNX Runtime's decoders are written with GroupQueryAttention over one
+                # shared cache buffer (exporter/ort_attention.py); bundles without a record pass the
+                # cache in and out of every step
+                "kv_cache": {
+                    "stateful": ["openvino"],
+                    "fused_attention": ["openvino"],
+                    "shared_buffer": ["onnxruntime"],
+                    "precision": "fp32",
+                },
             },
             "generation": self.generation,
         }

@@ -92,6 +92,76 @@ def make_stateful(model, cache: Sequence[tuple[str, str]]) -> tuple[dict[tuple[s
     return pairs, per_position
 
 
+BEAM_IDX = "beam_idx"  # the rows each step's cache is read from (Gather before every cache Concat)
+
+
+def _consumers(output) -> list:
+    return [t.get_node() for t in output.get_target_inputs()]
+
+
+def _one(nodes: list, kind: str, where: str):
+    found = [n for n in nodes if n.get_type_name() == kind]
+    if len(found) != 1:
+        raise BackendError(f"{where}: expected one {kind} after it, found {len(found)}: not the exported decoder")
+    return found[0]
+
+
+def fuse_attention(model, cache: Sequence[tuple[str, str]], heads: int, kv_heads: int, head_dim: int) -> None:
+    """Each layer's attention (MatMul, scale, mask, Softmax, MatMul over the cache Concat) -> one
+    ScaledDotProductAttention over K / V broadcast from their heads to the query's (Unsqueeze,
+    Broadcast, Reshape: the grouped-query form optimum-intel exports). Made stateful after this,
+    the CPU plugin fuses ReadValue -> Gather -> Concat -> SDPA into its own KV cache, appended in
+    place (StatefulSDPAFusion), where the plain graph's Concat copies the whole cache every step."""
+    ops = _ov().opset13
+    made = {name: r.input_value(0).get_node() for r in model.get_results() for name in r.output(0).get_names()}
+    rep = heads // kv_heads
+
+    def broadcast(kv):
+        one = ops.unsqueeze(kv, ops.constant(np.int64([2])))
+        wide = ops.broadcast(one, ops.constant(np.int64([1, 1, rep, 1, 1])), broadcast_spec="bidirectional")
+        return ops.reshape(wide, ops.constant(np.int64([0, heads, -1, head_dim])), special_zero=True)
+
+    for (_, present_k), (_, present_v) in zip(cache[0::2], cache[1::2]):
+        cat_k, cat_v = made.get(present_k), made.get(present_v)
+        if cat_k is None or cat_v is None or {cat_k.get_type_name(), cat_v.get_type_name()} != {"Concat"}:
+            raise BackendError(f"{present_k} / {present_v} are not the Concats of a past and a new cache")
+        scores = _one(_consumers(cat_k.output(0)), "MatMul", present_k)
+        q_view = scores.input_value(0).get_node()  # the query grouped by K/V head: its input is (b, heads, t, d)
+        scale = _one(_consumers(scores.output(0)), "Multiply", present_k)
+        factor = next(v.get_node() for v in scale.input_values() if v.get_node().get_type_name() == "Constant")
+        add = _one(_consumers(_one(_consumers(scale.output(0)), "Reshape", present_k).output(0)), "Add", present_k)
+        mask5 = next(v.get_node() for v in add.input_values() if v.get_node().get_type_name() == "Unsqueeze")
+        heads_out = _one(
+            _consumers(_one(_consumers(cat_v.output(0)), "MatMul", present_v).output(0)), "Reshape", present_v
+        )
+        sdpa = ops.scaled_dot_product_attention(
+            q_view.input_value(0),
+            broadcast(cat_k.output(0)),
+            broadcast(cat_v.output(0)),
+            mask5.input_value(0),  # the additive causal mask, (b, 1, t, past + t)
+            ops.constant(np.float32(factor.get_data().reshape(-1)[0])),
+            causal=False,
+        )
+        for target in list(heads_out.output(0).get_target_inputs()):  # (b, heads, t, d), as the graph had it
+            target.replace_source_output(sdpa.output(0))
+    model.validate_nodes_and_infer_types()
+
+
+def add_beam_idx(model) -> None:
+    """A ``beam_idx`` input gathering the cache's rows before each Concat: the pattern the CPU plugin's
+    stateful SDPA fusion matches (optimum-intel's beam reordering); steps feed 0..rows-1."""
+    ops = _ov().opset13
+    beam = ops.parameter([-1], np.int32, name=BEAM_IDX)
+    beam.output(0).get_tensor().set_names({BEAM_IDX})
+    for op in model.get_ops():
+        if op.get_type_name() == "ReadValue":
+            for target in list(op.output(0).get_target_inputs()):
+                if target.get_node().get_type_name() == "Concat":
+                    target.replace_source_output(ops.gather(op.output(0), beam, ops.constant(np.int64(0))).output(0))
+    model.add_parameters([beam])
+    model.validate_nodes_and_infer_types()
+
+
 class OvSession(Session):
     """A compiled model and its request. With ``options["kv_state"]`` ((past, present) pairs) the model
     is compiled stateful (make_stateful) for ``open_decoder``; ``run`` still takes past and returns
@@ -103,6 +173,7 @@ class OvSession(Session):
         device = str(config.pop("device", "cpu")).upper()
         cache = [tuple(pair) for pair in config.pop("kv_state", None) or ()]
         kv_precision = config.pop("kv_precision", "fp32")
+        attention = config.pop("kv_attention", None)  # (heads, kv heads, head_dim): fuse_attention first
         if device not in core().available_devices:
             raise BackendError(
                 f"OpenVINO device {device} is not available here (have: {', '.join(core().available_devices)})"
@@ -117,7 +188,11 @@ class OvSession(Session):
             if cache:
                 model = core().read_model(str(path))
                 declared = ([_spec(p, prefer_graph_name=True) for p in model.inputs], [_spec(p) for p in model.outputs])
+                if attention:
+                    fuse_attention(model, cache, *attention)
                 self._states, self._per_position = make_stateful(model, cache)
+                if attention:
+                    add_beam_idx(model)
                 config["KV_CACHE_PRECISION"] = KV_PRECISIONS[kv_precision]
                 self._compiled = core().compile_model(model, device, config)
             else:
@@ -131,6 +206,7 @@ class OvSession(Session):
         if cache:  # run() keeps the declared graph: past in, present out
             self.inputs, self.outputs = declared
         self._decode_request = None  # the decoders' own request, made on first use
+        self._beam = BEAM_IDX if attention and cache else None
 
     @property
     def stateful(self) -> bool:
@@ -148,6 +224,8 @@ class OvSession(Session):
         states = {s.name: s for s in self._request.query_state()}
         for (past, _), var in self._states.items():
             states[var].state = ov.Tensor(np.ascontiguousarray(feeds.pop(past)))
+        if self._beam:
+            feeds[self._beam] = np.arange(len(next(iter(feeds.values()))), dtype=np.int32)
         result = self._request.infer(feeds)
         out = {p.get_any_name(): np.array(result[p], copy=True) for p in self._out_ports}
         for (_, present), var in self._states.items():
@@ -158,7 +236,9 @@ class OvSession(Session):
         if self._states:  # a request per decoder: the cache lives in it
             if {tuple(p) for p in cache} != set(self._states):
                 raise BackendError("open_decoder's cache differs from the pairs the session was made stateful with")
-            return OvStatefulDecoder(self._compiled.create_infer_request(), self._states, self._per_position, logits)
+            return OvStatefulDecoder(
+                self._compiled.create_infer_request(), self._states, self._per_position, logits, self._beam
+            )
         if self._decode_request is None:
             # an own request: shared (zero-copy) inputs must not leak into run()'s copying request
             self._decode_request = self._compiled.create_infer_request()
@@ -188,8 +268,10 @@ class OvStatefulDecoder(Decoder):
     each inference; a step feeds only its new tokens. ``trim`` keeps a prefix (get_state, slice,
     set_state; 0: reset), ``present`` copies a state out."""
 
-    def __init__(self, request, states: dict[tuple[str, str], str], per_position: int, logits: str):
-        self.request, self.logits_name = request, logits
+    def __init__(
+        self, request, states: dict[tuple[str, str], str], per_position: int, logits: str, beam: str | None = None
+    ):
+        self.request, self.logits_name, self.beam = request, logits, beam
         handles = {s.name: s for s in request.query_state()}
         self.states = {present: handles[var] for (_, present), var in states.items()}
         self.past_of = {present: past for past, present in states}
@@ -207,6 +289,8 @@ class OvStatefulDecoder(Decoder):
                 state.state = ov.Tensor(np.ascontiguousarray(past[self.past_of[present]], np.float32))
 
     def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if self.beam:  # each row reads its own cache
+            feeds = {**feeds, self.beam: np.arange(self.rows, dtype=np.int32)}
         res = self.request.infer(feeds, share_inputs=True)
         self.length += int(next(iter(feeds.values())).shape[1])
         return np.array(res[self.logits_name])

@@ -376,7 +376,12 @@ KV_PRECISIONS = ("fp32", "fp16", "u8")
 # the exported decoder it does not, and u8 / fp16 gave logits identical to fp32's: fp32 is written);
 # shared_buffer: the backends whose decoder graphs were written to append to one cache buffer in place
 # (their artifacts say so in runtime.kv_cache: the exporter's record of what it asked for)
-KV_CACHE = obj({"stateful": list_of(STR)}, {"precision": one_of(*KV_PRECISIONS), "shared_buffer": list_of(STR)})
+# fused_attention: the backends whose stateful decoder gets its attention as one op at load (OpenVINO's
+# ScaledDotProductAttention, which the CPU plugin fuses with the cache: runtimes/backends/openvino.py)
+KV_CACHE = obj(
+    {"stateful": list_of(STR)},
+    {"precision": one_of(*KV_PRECISIONS), "shared_buffer": list_of(STR), "fused_attention": list_of(STR)},
+)
 CHAT_INFO = obj(
     {
         "template_file": STR,
@@ -451,6 +456,9 @@ class VlmPipeline(Pipeline):
         self.kv_state = backend in kv.get("stateful", ()) and get_backend(backend).capabilities.kv_state
         if self.kv_state:
             options["decoder"] = {"kv_state": self.cache_pairs, "kv_precision": kv.get("precision", "fp32")}
+            if backend in kv.get("fused_attention", ()):
+                heads = int(self.info.get("num_heads") or int(self.info["hidden_size"]) // self.head_dim)
+                options["decoder"]["kv_attention"] = (heads, self.kv_heads, self.head_dim)
         self.kv_in_place = True
         self.sessions = open_sessions(bundle, arts, threads, device, options=options)
 
