@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ..common.signals import check_terminated
+
 # ru_maxrss is in KiB on Linux, in bytes on macOS
 _RSS_UNIT = 1 if sys.platform == "darwin" else 1024
 
@@ -33,10 +35,12 @@ class Stages:
     @contextmanager
     def stage(self, name: str, announce: bool = False) -> Iterator[None]:
         """``announce``: say when it starts too (stages that can take minutes on a large model)."""
+        check_terminated()
         if announce:
             self.log(f"{name} ...")
         t = time.perf_counter()
         yield
+        check_terminated()
         self.record(name, time.perf_counter() - t)
 
     def record(self, name: str, seconds: float) -> None:

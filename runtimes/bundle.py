@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..common.diskspace import disk_problem, resource_error
 from ..common.locks import lock_path, remove_stale_lock, writer_lock
+from ..common.signals import check_terminated
 from ..errors import BundleError, MMDeployError
 from .manifest import validate_manifest
 
@@ -603,6 +604,7 @@ class BundleWriter:
             self._log(f"kept {', '.join(kept)} of the bundle there (built from the same fp32 graphs)")
 
     def _commit(self) -> None:
+        check_terminated()  # a SIGTERM lost in a finalizer still writes nothing
         if self.base is None and (self.target / MANIFEST).is_file():
             try:
                 old = Bundle.open(self.target)

@@ -184,6 +184,11 @@ def test_writers_of_every_kind_started_together_all_keep_their_work(align_bundle
             if not line:  # it ended without waiting: say what it printed
                 pytest.fail(f"{order[0]} never waited for the held lock: {''.join(seen)[-2000:]}")
             seen.append(line)
+    except BaseException:  # the writers must not outlive a failed test
+        for p in procs.values():
+            p.kill()
+            p.communicate()
+        raise
     finally:
         holder.kill()
         holder.wait()

@@ -276,6 +276,30 @@ def test_sigterm_during_export_cleans_up(tmp_path):
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
 
 
+def test_a_sigterm_lost_in_a_finalizer_still_stops_the_job():
+    """Python runs a signal handler between any two bytecodes, a __del__'s too, and drops what a
+    finalizer raises: a SIGTERM arriving there was lost and an export ran on to exit 0 (seen once
+    in the fast tier). The handler also records it, so the next stage boundary or commit stops."""
+    code = (
+        "import gc, os, signal, time\n"
+        "from mmdeploy.cli import _install_signal_handlers\n"
+        "from mmdeploy.exporter.stages import Stages\n"
+        "_install_signal_handlers()\n"
+        "class Slow:\n"
+        "    def __del__(self):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        for _ in range(200):\n"
+        "            time.sleep(0.005)  # the handler runs in here\n"
+        "Slow(); gc.collect()\n"
+        "print('ran past the finalizer', flush=True)\n"
+        "with Stages().stage('next'):\n"
+        "    print('not reached', flush=True)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "ran past the finalizer" in r.stdout and "not reached" not in r.stdout, (r.stdout, r.stderr)
+    assert "KeyboardInterrupt" in r.stderr.strip().splitlines()[-1] and r.returncode != 0
+
+
 def test_forked_helpers_die_on_sigterm():
     """The CLI's SIGTERM-unwinds handler must not reach forked helpers (NNCF's telemetry sender):
     multiprocessing terminates them at exit, and one that swallowed the SIGTERM hung the export."""
