@@ -186,8 +186,13 @@ def gemm_to_matmul(model) -> int:
         n += 1
     del g.node[:]
     g.node.extend(out)
-    used = {i for node in g.node for i in node.input}
-    keep = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
+    drop_unused_initializers(g)
     return n
+
+
+def drop_unused_initializers(graph) -> None:
+    """Initializers no node reads are left out when the graph is saved."""
+    used = {i for node in graph.node for i in node.input}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)

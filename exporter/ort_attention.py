@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExportError, require
+from .graph import drop_unused_initializers
 
 MS_DOMAIN = "com.microsoft"
 PASS_THROUGH = ("Reshape", "Transpose")  # between the attention's last MatMul and the o_proj input
@@ -153,10 +154,7 @@ def _prune_dead(graph) -> None:
     kept = [n for n in graph.node if id(n) in live]
     del graph.node[:]
     graph.node.extend(kept)
-    used = {i for n in graph.node for i in n.input}
-    inits = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
+    drop_unused_initializers(graph)
 
 
 def _toposort(graph) -> None:
