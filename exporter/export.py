@@ -13,13 +13,12 @@ from ..common.fidelity import GATES, compare_all
 from ..common.locks import writer_lock
 from ..errors import BackendError, ExportError, InputError, ParityError, require
 from ..runtimes.backends import get_backend
-from ..runtimes.backends.onnxruntime import SHARED_BUFFER
 from ..runtimes.bundle import Artifact, Bundle, BundleWriter, check_replaceable
 from ..runtimes.session import BuildResult
 from .checkpoint import Checkpoint, resolve
 from .families import family_exporter
 from .graph import OPSET, externalize_weights
-from .ort_attention import fuse_chat_decoder, shared_kv_backends
+from .ort_attention import GraphPass, ort_graph_pass
 from .reference import TorchSession
 from .stages import Stages
 
@@ -117,7 +116,6 @@ def export(
     if room := check_space(out, export_bytes(ckpt.model, variants), f"export of {ckpt.name}"):
         log(room)
     extra = fam.manifest_extra()
-    shared_kv = shared_kv_backends(extra.get("chat"))
     with BundleWriter(out, log=log) as w:
         components = {}
         for comp in fam.components:
@@ -147,9 +145,9 @@ def export(
                 except BackendError as exc:
                     log(f"{comp}: skipping {backend}/{precision}: {exc}")
                     continue
-                if comp == "decoder" and backend in shared_kv:
-                    with stages.stage(f"{comp}: {backend}/{precision} GroupQueryAttention"):
-                        built = _shared_kv_graph(w, built, extra["chat"])
+                if graph_pass := ort_graph_pass(extra.get("chat"), comp, backend):
+                    with stages.stage(f"{comp}: {backend}/{precision} {graph_pass.op}"):
+                        built = _fused_graph(w, built, graph_pass)
                 for f in built.files:
                     if f not in w.files:
                         w.register(f)
@@ -203,16 +201,16 @@ def export(
     return Bundle.open(out)
 
 
-def _shared_kv_graph(w: BundleWriter, built: BuildResult, chat: dict) -> BuildResult:
-    """ONNX Runtime's fp32 decoder as GroupQueryAttention over a shared cache buffer (ort_attention.py):
-    written beside the portable graph, whose external weights file it reads (ORT reads external data
-    only from the graph's own folder), so the weights are stored once."""
-    dst = built.path.replace(".onnx", ".gqa.onnx")
-    fuse_chat_decoder(w.stage_dir / built.path, w.stage(dst), chat)
+def _fused_graph(w: BundleWriter, built: BuildResult, graph_pass: GraphPass) -> BuildResult:
+    """ONNX Runtime's fp32 graph with its attention as one contrib op (ort_attention.py): written
+    beside the portable graph, whose external weights file it reads (ORT reads external data only
+    from the graph's own folder), so the weights are stored once."""
+    dst = built.path.replace(".onnx", graph_pass.suffix)
+    graph_pass.run(w.stage_dir / built.path, w.stage(dst))
     return BuildResult(
         path=dst,
         files=[dst, *built.files[1:]],
-        runtime={**built.runtime, "kv_cache": SHARED_BUFFER},
+        runtime={**built.runtime, **graph_pass.runtime},
         built_for=built.built_for,
     )
 

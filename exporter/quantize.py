@@ -22,11 +22,10 @@ from ..common.diskspace import check_space
 from ..common.fidelity import GATES, compare_all
 from ..errors import BackendError, InputError
 from ..runtimes.backends import get_backend
-from ..runtimes.backends.onnxruntime import SHARED_BUFFER
 from ..runtimes.bundle import Artifact, Bundle, BundleWriter
 from ..runtimes.pipelines import pipelines
 from .choose import choose
-from .ort_attention import fuse_chat_decoder, shared_kv_backends
+from .ort_attention import has_op, ort_graph_pass
 from .quantization import DEFAULT_EXCLUDE, METHODS, MODES, RECIPES, Job, QuantConfig, Recipe  # noqa: F401 - QuantConfig is quantize()'s API
 from .quantization.feeds import FidelityFeeds
 from .quantization.policies import policies, policy_for
@@ -200,7 +199,6 @@ def quantize(
         log(room)
     with BundleWriter(bundle.root, base=bundle) as w, tempfile.TemporaryDirectory(prefix="mmdeploy-q-") as tmp:
         held_out = references.held_out(bundle, policy, comps, cfg.threads, stages)
-        shared_kv = shared_kv_backends(bundle.manifest.get("chat"))
         for comp in comps:
             src = w.stage_dir / bundle.components[comp]["onnx"]
             names = [o["name"] for o in bundle.components[comp]["outputs"]]
@@ -233,12 +231,13 @@ def quantize(
                 )
             else:
                 built = recipe.build(job)
-            if comp == "decoder" and cfg.backend in shared_kv and not built.tensorrt:
-                with stages.stage(f"{comp}: {cfg.backend}/{cfg.precision} GroupQueryAttention"):
-                    fuse_chat_decoder(
-                        w.stage_dir / built.files[0], w.stage_dir / built.files[0], bundle.manifest["chat"]
-                    )
-                built.runtime = {**built.runtime, "kv_cache": SHARED_BUFFER}
+            graph_pass = ort_graph_pass(bundle.manifest.get("chat"), comp, cfg.backend)
+            if graph_pass and not built.tensorrt:
+                graph = w.stage_dir / built.files[0]
+                if not has_op(graph, graph_pass.op):  # int4 reuses the int8 variant's encoder graphs, fused once
+                    with stages.stage(f"{comp}: {cfg.backend}/{cfg.precision} {graph_pass.op}"):
+                        graph_pass.run(graph, graph)
+                built.runtime = {**built.runtime, **graph_pass.runtime}
                 built.parity = None  # measured again below, on the graph that ships
             for f in built.files:  # re-hashed even when listed: a variant quantized again replaces its files
                 w.register(f)

@@ -703,10 +703,31 @@ def test_ort_decoder_is_group_query_attention_with_the_portable_graphs_tokens(vl
     assert len({tuple(t) for t, _ in got}) > 2
 
 
+def test_ort_vision_attention_is_one_multi_head_attention_with_the_portable_features(vlm_tiny):
+    """ONNX Runtime's fp32 vision graph runs each layer's attention as one MultiHeadAttention (no Softmax
+    left), beside the portable graph, and gives its image features on real photos."""
+    import onnx
+
+    from mmdeploy.runtimes.backends.onnxruntime import OrtSession
+    from mmdeploy.runtimes.bundle import Bundle
+
+    bundle = Bundle.open(vlm_tiny[2])
+    art = bundle.find("vision", "onnxruntime", "fp32")[0]
+    assert art.path == "onnx/vision.mha.onnx"
+    ops = [n.op_type for n in onnx.load(str(bundle.path(art.path)), load_external_data=False).graph.node]
+    assert ops.count("MultiHeadAttention") == vlm_tiny[0].config.vision_config.num_hidden_layers
+    assert "Softmax" not in ops
+    pipe = load(vlm_tiny[2], backend="onnxruntime", precision="fp32", threads=2)
+    px = pipe.pixel_values(photo_batch(3))
+    plain = OrtSession(bundle.path(bundle.components["vision"]["onnx"]), threads=2).run({"pixel_values": px})
+    fused = pipe.sessions["vision"].run({"pixel_values": px})
+    np.testing.assert_allclose(fused["image_features"], plain["image_features"], rtol=1e-4, atol=1e-5)
+
+
 def test_fusing_attention_refuses_graphs_it_does_not_know(vlm_tiny, tmp_path):
     """A graph without the exported decoder's attention, or one already fused, is refused with the reason."""
     from mmdeploy.errors import ExportError
-    from mmdeploy.exporter.ort_attention import fuse_chat_decoder
+    from mmdeploy.exporter.ort_attention import fuse_chat_decoder, fuse_mha
     from mmdeploy.runtimes.bundle import Bundle
 
     bundle = Bundle.open(vlm_tiny[2])
@@ -715,6 +736,10 @@ def test_fusing_attention_refuses_graphs_it_does_not_know(vlm_tiny, tmp_path):
         fuse_chat_decoder(bundle.path("onnx/embed.onnx"), tmp_path / "x.onnx", chat)
     with pytest.raises(ExportError, match="already runs its attention as GroupQueryAttention"):
         fuse_chat_decoder(bundle.path("onnx/decoder.gqa.onnx"), tmp_path / "x.onnx", chat)
+    with pytest.raises(ExportError, match="embed.onnx has no Softmax attention to fuse"):
+        fuse_mha(bundle.path("onnx/embed.onnx"), tmp_path / "x.onnx", 2)
+    with pytest.raises(ExportError, match="attention 0: the Softmax does not read a MatMul"):
+        fuse_mha(bundle.path("onnx/decoder.onnx"), tmp_path / "x.onnx", 2)  # its scores are reshaped first
     assert not (tmp_path / "x.onnx").exists()
 
 

@@ -167,7 +167,7 @@ class VlmFamily(Family):
         self.n_layers, self.heads, self.kv_heads = tc.num_hidden_layers, tc.num_attention_heads, tc.num_key_value_heads
         self.head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
         self.hidden, self.vocab = tc.hidden_size, tc.vocab_size
-        self.image_size, self.patch = vc.image_size, vc.patch_size
+        self.image_size, self.patch, self.vision_heads = vc.image_size, vc.patch_size, vc.num_attention_heads
         self.image_seq_len = int((vc.image_size // vc.patch_size) ** 2 / cfg.scale_factor**2)
         folder = ckpt.files_dir
         if folder is None or not (folder / "tokenizer.json").is_file():
@@ -435,6 +435,8 @@ class VlmFamily(Family):
                 # cache in place; ONNX Runtime's decoders are written with GroupQueryAttention over one
                 # shared cache buffer (exporter/ort_attention.py); bundles without a record pass the
                 # cache in and out of every step
+                # ONNX Runtime's vision graphs run each attention as one MultiHeadAttention
+                "vision_attention": {"num_heads": self.vision_heads, "fused": ["onnxruntime"]},
                 "kv_cache": {
                     "stateful": ["openvino"],
                     "fused_attention": ["openvino"],

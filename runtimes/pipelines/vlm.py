@@ -391,7 +391,7 @@ CHAT_INFO = obj(
         "num_kv_heads": INT,
         "head_dim": INT,
     },
-    {"kv_cache": KV_CACHE, "num_heads": INT},
+    {"kv_cache": KV_CACHE, "num_heads": INT, "vision_attention": obj({"num_heads": INT, "fused": list_of(STR)})},
 )
 
 
