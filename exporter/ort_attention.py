@@ -138,6 +138,15 @@ def fuse_gqa(src: Path, dst: Path, pairs: list[tuple[str, str]], num_heads: int,
         )
         drop.update({id(cat_k), id(cat_v), id(producer[out])})
 
+    _replace_and_save(model, drop, new_nodes, dst)
+    return layers
+
+
+def _replace_and_save(model, drop: set[int], new_nodes: list, dst: Path) -> None:
+    """The graph without the nodes in ``drop`` (by id), with ``new_nodes``, pruned, in order, saved."""
+    from onnx import helper, save
+
+    g = model.graph
     kept = [n for n in g.node if id(n) not in drop]
     del g.node[:]
     g.node.extend(kept + new_nodes)
@@ -145,8 +154,7 @@ def fuse_gqa(src: Path, dst: Path, pairs: list[tuple[str, str]], num_heads: int,
     _toposort(g)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    onnx.save(model, str(dst))
-    return layers
+    save(model, str(dst))
 
 
 def _prune_dead(graph) -> None:
@@ -263,14 +271,7 @@ def fuse_mha(src: Path, dst: Path, num_heads: int) -> int:
         drop.add(id(producer[out]))
     if not new_nodes:
         raise ExportError(f"{src.name} has no Softmax attention to fuse")
-    kept = [n for n in g.node if id(n) not in drop]
-    del g.node[:]
-    g.node.extend(kept + new_nodes)
-    _prune_dead(g)
-    _toposort(g)
-    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    onnx.save(model, str(dst))
+    _replace_and_save(model, drop, new_nodes, dst)
     return len(new_nodes)
 
 
