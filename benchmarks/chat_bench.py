@@ -24,6 +24,7 @@ import numpy as np
 from ..common.env import environment
 from ..errors import InputError
 from ..runtimes.backends import get_backend
+from ..runtimes.backends.onnxruntime import SHARED_BUFFER
 from ..runtimes.bundle import Bundle
 from ..runtimes.pipelines import pipeline_class
 
@@ -227,7 +228,7 @@ def chat_bench(bundle: Bundle, arts, cfg, default, log: Callable[[str], None], r
         kv = kv_bytes_per_token(pipe) * (row["prompt_tokens"] + n_new // 2)
         row["step_bytes"] = int(weights + kv)
         row["step_floor_ms"] = round((weights + kv) / (bw * 1e9) * 1000, 3)
-        in_place = "shared buffer" if a.runtime.get("kv_cache") == "shared_buffer" else "in place"
+        in_place = "shared buffer" if a.runtime.get("kv_cache") == SHARED_BUFFER else "in place"
         row["kv_cache"] = "stateful" if pipe.kv_state else in_place if pipe.kv_in_place else "passed each step"
         log(f"{backend}/{precision}: decode after {', '.join(map(str, CONTEXTS))} tokens of context")
         row["decode_by_context"] = decode_by_context(pipe, CONTEXTS, max(n_new, 8), weights, bw)

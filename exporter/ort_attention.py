@@ -58,7 +58,7 @@ def _scalar(graph, name: str) -> float | None:
 def _only(nodes: list, op: str, where: str):
     found = [n for n in nodes if n.op_type == op]
     if len(found) != 1:
-        raise ExportError(f"{where}: expected one {op}, found {len(found)}: not the exported decoder's attention")
+        raise ExportError(f"{where}: expected one {op}, found {len(found)}: not the exported attention")
     return found[0]
 
 
@@ -199,10 +199,9 @@ def shared_kv_backends(chat: dict | None) -> tuple[str, ...]:
 
 def fuse_chat_decoder(src: Path, dst: Path, chat: dict) -> int:
     """fuse_gqa for a chat bundle's decoder, its heads and cache names from the manifest's ``chat``."""
-    layers, kv_heads, head_dim = int(chat["num_layers"]), int(chat["num_kv_heads"]), int(chat["head_dim"])
-    heads = int(chat.get("num_heads") or int(chat["hidden_size"]) // head_dim)
-    pairs = [(f"past.{i}.{x}", f"present.{i}.{x}") for i in range(layers) for x in ("key", "value")]
-    return fuse_gqa(src, dst, pairs, heads, kv_heads)
+    from ..runtimes.pipelines.vlm import cache_pairs, query_heads
+
+    return fuse_gqa(src, dst, cache_pairs(int(chat["num_layers"])), query_heads(chat), int(chat["num_kv_heads"]))
 
 
 def fuse_mha(src: Path, dst: Path, num_heads: int) -> int:
@@ -218,7 +217,7 @@ def fuse_mha(src: Path, dst: Path, num_heads: int) -> int:
     producer = {o: n for n in g.node for o in n.output}
 
     def up(name: str, *ops: str) -> str:
-        """The input reached through these single-input producers (Mul keeps its first input)."""
+        """The input reached back through these producers, each by its first input."""
         for op in ops:
             node = producer.get(name)
             if node is None or node.op_type != op:

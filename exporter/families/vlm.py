@@ -430,13 +430,13 @@ class VlmFamily(Family):
                 "head_dim": self.head_dim,
                 "hidden_size": self.hidden,
                 "vocab_size": self.vocab,
+                # ONNX Runtime's vision graphs run each attention as one MultiHeadAttention
+                "vision_attention": {"num_heads": self.vision_heads, "fused": ["onnxruntime"]},
                 # OpenVINO runs the decoder stateful (its cache in the infer request, made at load), its
                 # attention fused into ScaledDotProductAttention at load so the CPU plugin appends to the
                 # cache in place; ONNX Runtime's decoders are written with GroupQueryAttention over one
                 # shared cache buffer (exporter/ort_attention.py); bundles without a record pass the
                 # cache in and out of every step
-                # ONNX Runtime's vision graphs run each attention as one MultiHeadAttention
-                "vision_attention": {"num_heads": self.vision_heads, "fused": ["onnxruntime"]},
                 "kv_cache": {
                     "stateful": ["openvino"],
                     "fused_attention": ["openvino"],

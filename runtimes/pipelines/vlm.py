@@ -161,6 +161,16 @@ def expand_images(text: str, seq_len: int, grids: int | Sequence[tuple[int, int]
     return "".join(out)
 
 
+def cache_pairs(n_layers: int) -> list[tuple[str, str]]:
+    """The decoder's (past, present) cache names, K then V per layer: the bundle's contract."""
+    return [(f"past.{i}.{x}", f"present.{i}.{x}") for i in range(n_layers) for x in ("key", "value")]
+
+
+def query_heads(chat: dict[str, Any]) -> int:
+    """The decoder's query heads: the manifest's ``num_heads``; bundles written before it, hidden / head_dim."""
+    return int(chat.get("num_heads") or int(chat["hidden_size"]) // int(chat["head_dim"]))
+
+
 def common_prefix(a: Sequence, b: Sequence) -> int:
     """How many leading items two sequences share (token ids, image digests, messages)."""
     n = 0
@@ -372,8 +382,9 @@ class Conversation:
 
 KV_PRECISIONS = ("fp32", "fp16", "u8")
 # how the exporter wants the decoder's cache kept: stateful on these backends, in this precision
-# (OpenVINO's KV_CACHE_PRECISION: it acts only where the CPU plugin fuses attention into SDPA; on
-# the exported decoder it does not, and u8 / fp16 gave logits identical to fp32's: fp32 is written);
+# (OpenVINO's KV_CACHE_PRECISION: it acts only where the CPU plugin fuses attention into SDPA, as
+# fused_attention makes it; u8 on the SmolVLM-256M twin kept fp32's greedy tokens but was not clearly
+# faster before 2,000 tokens: fp32 is written);
 # shared_buffer: the backends whose decoder graphs were written to append to one cache buffer in place
 # (their artifacts say so in runtime.kv_cache: the exporter's record of what it asked for)
 # fused_attention: the backends whose stateful decoder gets its attention as one op at load (OpenVINO's
@@ -439,9 +450,9 @@ class VlmPipeline(Pipeline):
             int(self.info["num_kv_heads"]),
             int(self.info["head_dim"]),
         )
-        self.past_names = [f"past.{i}.{x}" for i in range(self.n_layers) for x in ("key", "value")]
-        self.present_names = [n.replace("past", "present") for n in self.past_names]
-        self.cache_pairs = list(zip(self.past_names, self.present_names))
+        self.cache_pairs = cache_pairs(self.n_layers)
+        self.past_names = [p for p, _ in self.cache_pairs]
+        self.present_names = [q for _, q in self.cache_pairs]
         arts = {}
         for comp in self.components:
             found = bundle.find(comp, backend, precision)
@@ -457,8 +468,7 @@ class VlmPipeline(Pipeline):
         if self.kv_state:
             options["decoder"] = {"kv_state": self.cache_pairs, "kv_precision": kv.get("precision", "fp32")}
             if backend in kv.get("fused_attention", ()):
-                heads = int(self.info.get("num_heads") or int(self.info["hidden_size"]) // self.head_dim)
-                options["decoder"]["kv_attention"] = (heads, self.kv_heads, self.head_dim)
+                options["decoder"]["kv_attention"] = (query_heads(self.info), self.kv_heads, self.head_dim)
         self.kv_in_place = True
         self.sessions = open_sessions(bundle, arts, threads, device, options=options)
 
