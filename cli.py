@@ -374,7 +374,9 @@ def quantize(
         None, help="Calibration data: an image folder, a text file (one caption a line), 'shapes' or 'photos'."
     ),
     method: str = typer.Option("minmax", help="Calibration method: minmax, entropy or percentile."),
-    samples: int = typer.Option(32, help="Calibration samples per component."),
+    samples: int | None = typer.Option(
+        None, help="Calibration samples per component (default 32; chat bundles: 12 vision tiles)."
+    ),
     exclude: str | None = typer.Option(
         None,
         help="Comma-separated op types (e.g. Gemm) or node-name globs/regexes to keep in float; default for static INT8: the MLP down-projections (measured outliers); 'none' quantizes everything.",
@@ -393,7 +395,9 @@ def quantize(
     """Add a quantized variant to a bundle, with its fidelity vs fp32 on held-out inputs.
 
     Caption bundles need no data: INT8 is dynamic (onnxruntime) or weight-only (openvino), int4 is
-    weight-only for the decoder (onnxruntime); fp16 and openvino bf16 convert the fp32 graphs."""
+    weight-only for the decoder (onnxruntime); fp16 and openvino bf16 convert the fp32 graphs.
+    Chat bundles likewise, except the vision tower's openvino INT8: static NNCF, calibrated on tiles
+    of the built-in calibration photos (or --calib's images)."""
     from .exporter.quantize import QuantConfig
     from .exporter.quantize import quantize as run_quantize
     from .runtimes.session import parse_list

@@ -26,7 +26,7 @@ from ..runtimes.bundle import Artifact, Bundle, BundleWriter
 from ..runtimes.pipelines import pipelines
 from .choose import choose
 from .ort_attention import has_op, ort_graph_pass
-from .quantization import DEFAULT_EXCLUDE, METHODS, MODES, RECIPES, Job, QuantConfig, Recipe  # noqa: F401 - QuantConfig is quantize()'s API
+from .quantization import DEFAULT_EXCLUDE, METHODS, MODES, RECIPES, Built, Job, QuantConfig, Recipe  # noqa: F401 - QuantConfig is quantize()'s API
 from .quantization.feeds import FidelityFeeds
 from .quantization.policies import policies, policy_for
 from .stages import Stages
@@ -36,9 +36,10 @@ def _supported(table: dict) -> str:
     return ", ".join(f"{b}/{p}" for b, p in sorted(table))
 
 
-def recipe_for(cfg: QuantConfig, family: str) -> Recipe:
-    """The family's recipe for cfg's (backend, precision, mode), or a one-line error naming what it has."""
-    table = policy_for(family).recipes
+def recipe_for(cfg: QuantConfig, family: str, component: str | None = None) -> Recipe:
+    """The family's recipe for cfg's (backend, precision, mode) (a component's own where it has
+    one), or a one-line error naming what it has."""
+    table = policy_for(family).table(component)
     precisions = sorted({p for _, p in table})
     if cfg.precision not in precisions:
         elsewhere = sorted(n for n, pol in policies().items() if any(p == cfg.precision for _, p in pol.recipes))
@@ -69,7 +70,7 @@ def check_config(cfg: QuantConfig, family: str) -> Recipe:
         raise InputError(f"--method {cfg.method!r}: choose from {', '.join(METHODS)}")
     if cfg.min_cosine is not None and not 0 < cfg.min_cosine <= 1:
         raise InputError(f"--min-cosine {cfg.min_cosine}: give a value in (0, 1]")
-    if cfg.samples < 1:
+    if cfg.samples is not None and cfg.samples < 1:
         raise InputError("--samples must be >= 1")
     if not 0 <= cfg.min_agreement <= 1:
         raise InputError(f"--min-agreement {cfg.min_agreement}: give a share in [0, 1]")
@@ -189,48 +190,21 @@ def quantize(
             f"--mode {cfg.mode} does not apply here: {bundle.family} {cfg.backend} {cfg.precision} has one recipe, "
             f"{recipe.name} ({recipe.summary})"
         )
-    if not recipe.calibration and cfg.mode != "best" and (cfg.calib or cfg.min_cosine):
-        log(f"{recipe.name} is data-free ({recipe.summary}): --calib and --min-cosine are not used")
     comps = selected_components(bundle, cfg)
+    # each component's recipe: the family's, or the component's own (a VLM's vision tower)
+    recipes = {c: recipe if cfg.mode == "best" else recipe_for(cfg, bundle.family, c) for c in comps}
+    if not any(r.calibration for r in recipes.values()) and cfg.mode != "best" and (cfg.calib or cfg.min_cosine):
+        log(f"{recipe.name} is data-free ({recipe.summary}): --calib and --min-cosine are not used")
     metric = policy.gate_metrics.get(cfg.precision, "cosine")
-    gate_at = cfg.min_cosine if cfg.min_cosine and (recipe.calibration or cfg.mode == "best") else GATES[cfg.precision]
     t0 = time.perf_counter()
     if room := check_space(bundle.root, quantize_bytes(bundle, comps, cfg.precision), f"{cfg.backend}/{cfg.precision}"):
         log(room)
     with BundleWriter(bundle.root, base=bundle) as w, tempfile.TemporaryDirectory(prefix="mmdeploy-q-") as tmp:
         held_out = references.held_out(bundle, policy, comps, cfg.threads, stages)
-        for comp in comps:
-            src = w.stage_dir / bundle.components[comp]["onnx"]
-            names = [o["name"] for o in bundle.components[comp]["outputs"]]
-            feeds, reference = held_out[comp]
-            refs = references.outputs(comp, src, feeds, cfg.threads, stages)
-            calib, calib_name = None, None
-            if recipe.calibration:
-                calib, calib_name = policy.calibration_feeds(
-                    bundle, comp, cfg.calib, cfg.samples, cfg.method != "minmax"
-                )
-                log(f"{comp}: calibrating on {len(calib)} samples of {calib_name} ({cfg.method})")
 
-            def fidelity(path: Path, runtime: dict | None = None, backend: str = "onnxruntime") -> dict[str, Any]:
-                sess = get_backend(backend).open(path, threads=cfg.threads, options=runtime)
-                return compare_all(refs, [sess.run(f) for f in feeds], names)
-
-            log(f"{comp}: {cfg.backend}/{cfg.precision} ({'--mode best' if cfg.mode == 'best' else recipe.name}) ...")
-            t = time.perf_counter()
-            job = Job(src=src, w=w, component=comp, cfg=cfg, calib=calib, workdir=Path(tmp), fidelity=fidelity, log=log)
-            if cfg.mode == "best":
-                built = choose(
-                    job,
-                    lambda m: recipe_for(replace(cfg, mode=m), bundle.family),
-                    cfg.backend,
-                    metric,
-                    gate_at,
-                    feeds[0],
-                    lambda p, rt, name: get_backend(name).open(p, threads=cfg.threads, options=rt),
-                    cfg.backend == "openvino" and be.cpu_supports("bf16"),
-                )
-            else:
-                built = recipe.build(job)
+        def ship(job: Job, built: Built, recipe_name: str, calib_name: str | None, reference: str, t: float) -> None:
+            """Fuse (ORT graph passes), register, gate and record one component's build."""
+            comp = job.component
             graph_pass = ort_graph_pass(bundle.manifest.get("chat"), comp, cfg.backend)
             if graph_pass and not built.tensorrt:
                 graph = w.stage_dir / built.files[0]
@@ -242,17 +216,19 @@ def quantize(
             for f in built.files:  # re-hashed even when listed: a variant quantized again replaces its files
                 w.register(f)
             backend = "onnxruntime" if built.tensorrt else recipe.backend
-            par = built.parity or fidelity(w.stage_dir / built.files[0], built.runtime, backend)
+            par = built.parity or job.fidelity(w.stage_dir / built.files[0], built.runtime, backend)
             par["reference"] = reference + (" (run in ONNX Runtime)" if built.tensorrt else "")
-            gate = {"min_cosine": gate_at, "metric": metric, "passed": bool(par[metric] >= gate_at)}
-            if recipe.exclusions:
-                built.recipe.setdefault("calibration", {"data": cfg.calib, "samples": len(calib)} if calib else None)
+            gate = {"min_cosine": job.gate_at, "metric": metric, "passed": bool(par[metric] >= job.gate_at)}
+            if RECIPES[recipe_name].exclusions:
+                built.recipe.setdefault(
+                    "calibration", {"data": cfg.calib or calib_name, "samples": len(job.calib)} if job.calib else None
+                )
                 built.recipe.setdefault("exclude", cfg.exclude)  # --mode best records the candidate's own
-            built.recipe.setdefault("recipe", recipe.name)
+            built.recipe.setdefault("recipe", recipe_name)
             log(
                 f"{comp}: {cfg.backend}/{cfg.precision} ({built.recipe['recipe']}) {metric} {par[metric]:.5f} vs fp32 in "
                 f"{time.perf_counter() - t:.1f}s"
-                + ("" if gate["passed"] else f": below the gate {gate_at}, kept but never chosen by default")
+                + ("" if gate["passed"] else f": below the gate {job.gate_at}, kept but never chosen by default")
             )
             stages.record(f"{comp}: {cfg.backend}/{cfg.precision} quantize + gate", time.perf_counter() - t)
             if built.tensorrt:
@@ -260,7 +236,7 @@ def quantize(
                 trt["int8_onnx"][comp] = {"path": built.files[0], "parity": par, "gate": gate, "recipe": built.recipe}
                 if "int8" not in trt["precisions"]:
                     trt["precisions"].append("int8")
-                continue
+                return
             w.add_artifact(
                 Artifact(
                     component=comp,
@@ -275,15 +251,92 @@ def quantize(
                     recipe=built.recipe,
                 )
             )
+
+        fallbacks = []  # (job, the build shipped (its .fallback the safer one), ship's other arguments)
+        for comp in comps:
+            src = w.stage_dir / bundle.components[comp]["onnx"]
+            feeds, reference = held_out[comp]
+            refs = references.outputs(comp, src, feeds, cfg.threads, stages)
+            comp_recipe = recipes[comp]
+            calibrated = comp_recipe.calibration or cfg.mode == "best"
+            gate_at = cfg.min_cosine if cfg.min_cosine and calibrated else GATES[cfg.precision]
+            calib, calib_name = None, None
+            if comp_recipe.calibration:
+                calib, calib_name = policy.calibration_feeds(
+                    bundle, comp, cfg.calib, cfg.samples or policy.calibration_samples, cfg.method != "minmax"
+                )
+                method = f" ({cfg.method})" if comp_recipe.backend == "onnxruntime" else ""  # NNCF has its own
+                log(f"{comp}: calibrating on {len(calib)} samples of {calib_name}{method}")
+            log(
+                f"{comp}: {cfg.backend}/{cfg.precision} ({'--mode best' if cfg.mode == 'best' else comp_recipe.name}) ..."
+            )
+            t = time.perf_counter()
+            job = Job(
+                src=src,
+                w=w,
+                component=comp,
+                cfg=cfg,
+                calib=calib,
+                workdir=Path(tmp),
+                fidelity=_fidelity(cfg, refs, feeds, [o["name"] for o in bundle.components[comp]["outputs"]]),
+                gate_at=gate_at,
+                log=log,
+            )
+            if cfg.mode == "best":
+                built = choose(
+                    job,
+                    lambda m: recipe_for(replace(cfg, mode=m), bundle.family),
+                    cfg.backend,
+                    metric,
+                    gate_at,
+                    feeds[0],
+                    lambda p, rt, name: get_backend(name).open(p, threads=cfg.threads, options=rt),
+                    cfg.backend == "openvino" and be.cpu_supports("bf16"),
+                )
+            else:
+                built = comp_recipe.build(job)
+            if built.fallback is not None:
+                fallbacks.append((job, built, (comp_recipe.name, calib_name, reference)))
+            ship(job, built, comp_recipe.name, calib_name, reference, t)
         # generative variants are gated on their greedy tokens too (their policy's agreement)
         if policy.generative and recipe.backend != "tensorrt":
             with stages.stage(f"{cfg.backend}/{cfg.precision} greedy-agreement gate", announce=True):
-                _record_agreement(w, policy, cfg, log, references.greedy_tokens, stages)
+                share = _record_agreement(w, policy, cfg, log, references.greedy_tokens, stages)
+            # the faster builds lost the tokens: their fallbacks, one at a time in component order,
+            # until the variant keeps its gate
+            for job, first, args in fallbacks:
+                if share is None or share >= cfg.min_agreement:
+                    break
+                t = time.perf_counter()
+                built = first.fallback(job)
+                built.recipe["replaced"] = {
+                    "build": _described(first.recipe),
+                    "cosine": round(_shipped(w, job.component, cfg).parity["cosine"], 5),
+                    "agreement": round(share, 4),
+                    "why": f"the variant's greedy tokens followed fp32 for {share:.0%} < {cfg.min_agreement:.0%}",
+                }
+                log(
+                    f"{job.component}: {_described(first.recipe)} loses the token gate ({share:.0%}): "
+                    f"{_described(built.recipe)} instead"
+                )
+                ship(job, built, *args, t)
+                with stages.stage(f"{cfg.backend}/{cfg.precision} greedy-agreement gate, again", announce=True):
+                    share = _record_agreement(w, policy, cfg, log, references.greedy_tokens, stages)
         keep = [c["onnx"] for c in bundle.components.values()]
         keep += [v["path"] for v in w.manifest.get("tensorrt", {}).get("int8_onnx", {}).values()]
         w.remove_unreferenced(keep=keep)
     log(f"{cfg.backend}/{cfg.precision} added to {bundle.root} in {time.perf_counter() - t0:.1f}s")
     return Bundle.open(bundle.root)
+
+
+def _fidelity(cfg: QuantConfig, refs: list[dict], feeds: list, names: list[str]) -> Callable[..., dict[str, Any]]:
+    """A built graph's parity against the fp32 outputs `refs` on the held-out `feeds`."""
+
+    def fidelity(path: Path, runtime: dict | None = None, backend: str = "onnxruntime") -> dict[str, Any]:
+        sess = get_backend(backend).open(path, threads=cfg.threads, options=runtime)
+        return compare_all(refs, [sess.run(f) for f in feeds], names)
+
+    return fidelity
 
 
 # bytes a variant writes per byte of its fp32 graph
@@ -299,7 +352,17 @@ def quantize_bytes(bundle: Bundle, comps: list[str], precision: str) -> int:
     return int(fp32 * _WRITE_FACTOR.get(precision, 1.0) * 1.1) + copies + (1 << 20)
 
 
-def _record_agreement(w, policy, cfg: QuantConfig, log, fp32_tokens: Callable, stages: Stages) -> None:
+def _described(recipe: dict) -> str:
+    """A build in a few words: its mode, and where its float ops are not f32, theirs."""
+    ops = recipe.get("float_ops")
+    return f"{recipe.get('mode')}" + (f" (float ops {ops.split()[0]})" if ops else "")
+
+
+def _shipped(w: BundleWriter, comp: str, cfg: QuantConfig) -> Artifact:
+    return next(a for a in w.artifacts if (a.component, a.backend, a.precision) == (comp, cfg.backend, cfg.precision))
+
+
+def _record_agreement(w, policy, cfg: QuantConfig, log, fp32_tokens: Callable, stages: Stages) -> float | None:
     """Generative variants: how far their greedy tokens follow fp32's, in the manifest beside the
     per-graph cosines, and a gate of the whole variant: below ``cfg.min_agreement`` each of its
     graphs' gates fails (kept, reported, never chosen by default), whatever their cosines."""
@@ -307,7 +370,7 @@ def _record_agreement(w, policy, cfg: QuantConfig, log, fp32_tokens: Callable, s
 
     staged = Bundle(w.stage_dir, {**w.manifest, "files": dict(w.files), "artifacts": [asdict(a) for a in w.artifacts]})
     if len(staged.find(backend=cfg.backend, precision=cfg.precision)) < len(staged.components):
-        return
+        return None
     ref = fp32_tokens(staged, policy.agreement, cfg.threads, stages)
     share, what = policy.agreement.measure(staged, cfg.backend, cfg.precision, cfg.threads, reference=ref)
     checks = w.manifest.setdefault("variant_checks", {}).setdefault("greedy_agreement_vs_fp32", {})
@@ -327,3 +390,4 @@ def _record_agreement(w, policy, cfg: QuantConfig, log, fp32_tokens: Callable, s
         f"{cfg.backend}/{cfg.precision}: greedy tokens follow fp32 for {share:.0%} ({what})"
         + ("" if passed else f": below --min-agreement {cfg.min_agreement:g}, kept but never chosen by default")
     )
+    return share

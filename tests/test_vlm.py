@@ -510,6 +510,71 @@ def test_quantized_chat_variants_record_token_agreement(vlm_tiny, tmp_path):
     )
 
 
+def test_openvino_int8_vision_is_static_where_it_keeps_the_gate(vlm_tiny, tmp_path):
+    """OpenVINO INT8 of a chat bundle: the vision tower (compute-bound) is static NNCF INT8 with its
+    activations quantized, calibrated on the built-in calibration photos (never the gates' held-out
+    ones) or on --calib's images, where the variant keeps its gates (cosine, then greedy tokens); else
+    weight-only INT8, the static try's figures recorded. embed and decoder stay weight-only."""
+    import shutil
+
+    import openvino as ov
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from mmdeploy.cli import app
+    from mmdeploy.common.datasets.photos import photos
+    from mmdeploy.runtimes.bundle import Bundle
+
+    def quantized(*more: str) -> dict:
+        r = CliRunner().invoke(app, [*args, *more])
+        assert r.exit_code == 0, r.output
+        return {a.component: a for a in Bundle.open(path).find(backend="openvino", precision="int8")}
+
+    def fake_quantize(art) -> int:
+        xml = Bundle.open(path).path(art.path)
+        return sum(op.get_type_name() == "FakeQuantize" for op in ov.Core().read_model(str(xml)).get_ops())
+
+    path = tmp_path / "q"
+    shutil.copytree(vlm_tiny[2], path)
+    args = ["quantize", str(path), "--precision", "int8", "--backend", "openvino", "--threads", "2"]
+    arts = quantized()
+    vision = arts["vision"].recipe
+    assert vision["recipe"] == "int8-static-else-weight-only"
+    assert vision["calibration"] == {"data": "photos/train (images)", "samples": 12}
+    assert {arts[c].recipe["mode"] for c in ("embed", "decoder")} == {"weight-only"}
+    assert fake_quantize(arts["decoder"]) == 0
+    # the tiny random model sits near both gates: either outcome, each consistent with its figures
+    agreement = arts["vision"].gate["agreement"]
+    if vision["mode"] == "static":
+        assert arts["vision"].parity["cosine"] >= 0.99 and agreement >= 0.8 and fake_quantize(arts["vision"]) > 0
+    else:
+        tried = vision["replaced"]
+        assert (
+            vision["mode"] == "weight-only"
+            and tried["build"].startswith("static")
+            and fake_quantize(arts["vision"]) == 0
+        )
+        assert tried["cosine"] < 0.99 or tried["agreement"] < 0.8, tried
+    assert all(a.parity["cosine"] >= a.gate["min_cosine"] for a in arts.values())
+    decoder = arts["decoder"]  # the prefill's float ops in bf16 where the CPU has it, kept while tokens hold
+    hint = "bf16" if "float_ops" in decoder.recipe else "f32"
+    assert decoder.runtime["INFERENCE_PRECISION_HINT"] == hint and decoder.recipe["recipe"] == "int8-weight-only-bf16"
+
+    # a gate the static graph keeps, calibrated on a folder's images: static is what ships, and chats
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for i, im in enumerate(photos("train")[:3]):
+        Image.fromarray(np.asarray(im)).save(folder / f"{i}.png")
+    arts = quantized("--min-cosine", "0.95", "--min-agreement", "0", "--calib", str(folder), "--samples", "2")
+    vision = arts["vision"]
+    assert (vision.recipe["mode"], vision.gate["min_cosine"]) == ("static", 0.95) and fake_quantize(vision) > 0
+    assert vision.recipe["calibration"] == {"data": str(folder), "samples": 2}
+    assert vision.parity["cosine"] >= 0.95 and "replaced" not in vision.recipe
+    assert load(path, backend="openvino", precision="int8", threads=2).generate(
+        "describe the picture", images=photo_batch(1), max_new_tokens=4
+    )
+
+
 def test_export_reuse_of_fp32_references_gives_the_gate_figures_of_recomputing(vlm_tiny, tmp_path):
     """export computes the fp32 references (held-out feeds, fp32 outputs, fp32 greedy tokens) once
     and every variant's gates compare to them: the recorded figures are those of recomputing them

@@ -49,7 +49,7 @@ class QuantConfig:
     mode: str = Mode.STATIC.value
     calib: str | None = None
     method: str = Method.MINMAX.value
-    samples: int = 32
+    samples: int | None = None  # None: the family's policy's (calibration_samples)
     exclude: list[str] | None = None  # None: DEFAULT_EXCLUDE for static INT8; [] quantizes everything
     min_cosine: float | None = None
     min_agreement: float = 0.8  # generative variants: share of fp32's greedy tokens they must reproduce

@@ -34,6 +34,7 @@ class Job:
     calib: list[Feeds] | None
     workdir: Path
     fidelity: Fidelity
+    gate_at: float  # the cosine its gate asks for (a recipe that chooses between builds reads it)
     log: Callable[[str], None]
 
 
@@ -44,6 +45,8 @@ class Built:
     recipe: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] | None = None  # set when the build measured it (accuracy-aware search)
     tensorrt: bool = False  # a Q/DQ ONNX for `mmdeploy build` on the GPU, not a variant that runs here
+    # a build to ship instead when the whole variant fails its greedy-token gate (generative families)
+    fallback: Callable[[Job], Built] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
