@@ -200,6 +200,7 @@ def chat_bench(bundle: Bundle, arts, cfg, default, log: Callable[[str], None], r
     rows = []
     pipes = {v: cls(bundle, v[0], v[1], threads=cfg.threads) for v in variants}
     base = pipes[variants[0]]
+    tower = vision_cost(bundle, base, image, cfg.threads)
     ref_row = None
     if ref is not None:
         if cfg.threads:
@@ -223,6 +224,12 @@ def chat_bench(bundle: Bundle, arts, cfg, default, log: Callable[[str], None], r
             "vision_ms": round(_median(vis[1:]), 2),
             **_ours(pipe, image, n_new, runs),
         }
+        if tower["gmacs"]:  # the tower's GMAC/s beside the ceiling of its precision's kernels
+            ceiling = tower["int8" if precision in ("int8", "int4") else "fp32"]
+            row["vision_gmacs_per_s"] = float(
+                f"{tower['gmacs'] / row['vision_ms'] * 1000:.4g}"
+            )  # a tiny tower's is < 1
+            row["vision_of_ceiling"] = float(f"{row['vision_gmacs_per_s'] / ceiling:.3g}")
         a = bundle.find("decoder", backend, precision)[0]
         weights = sum(bundle.manifest["files"][f]["bytes"] for f in a.files if not f.endswith(".xml"))
         kv = kv_bytes_per_token(pipe) * (row["prompt_tokens"] + n_new // 2)
@@ -247,10 +254,28 @@ def chat_bench(bundle: Bundle, arts, cfg, default, log: Callable[[str], None], r
         "env": environment(cfg.threads),
         "config": {"runs": runs, "max_new_tokens": n_new, "turn1": TURN1, "turn2": TURN2},
         "memory_bandwidth_gbs": round(bw, 1),
+        "vision": tower,
         "default_variant": "/".join(default) if default else None,
         "chat": rows,
         "results": [],
         "accuracy": [],
+    }
+
+
+def vision_cost(bundle: Bundle, pipe, image, threads: int | None) -> dict[str, Any]:
+    """The bench image's tiles through the vision tower: GMACs (from the fp32 graph) and this
+    machine's fp32 / INT8 GEMM ceilings (GMAC/s), what each row's vision time is compared to."""
+    from .roofline import ceilings, macs
+
+    px = pipe.pixel_values([image])
+    got = macs(str(bundle.path(bundle.components["vision"]["onnx"])), (("pixel_values", tuple(px.shape)),))
+    ceil = ceilings(threads)
+    return {
+        "tiles": int(px.shape[0]),
+        "gmacs": float(f"{got['gmacs']:.5g}"),
+        "fp32": ceil["fp32_gmacs_per_s"],
+        "int8": ceil["int8_gmacs_per_s"],
+        "probe": ceil["probe"],
     }
 
 
@@ -259,9 +284,16 @@ def chat_table(report: dict[str, Any]):
 
     from .report import busy_note
 
+    tower = report.get("vision") or {}
+    vision = (
+        f"; vision = {tower['tiles']} tile(s), {tower['gmacs']:.0f} GMACs, vs the ceiling here (fp32 "
+        f"{tower['fp32']:.0f}, int8 {tower['int8']:.0f} GMAC/s)"
+        if tower.get("gmacs")
+        else ""
+    )
     t = Table(
         title=f"{report['model']}: two-turn chat, {report['config']['max_new_tokens']} new tokens{busy_note(report)}",
-        caption=f"floor = decode step bytes / {report['memory_bandwidth_gbs']} GB/s (copy bandwidth here); "
+        caption=f"floor = decode step bytes / {report['memory_bandwidth_gbs']} GB/s (copy bandwidth here){vision}; "
         "turn 2 kept = with the conversation's KV cache, recomputed = whole history prefilled",
     )
     for col in (
@@ -282,7 +314,11 @@ def chat_table(report: dict[str, Any]):
         t.add_row(
             r["backend"],
             r["precision"],
-            str(r.get("vision_ms", "-")),
+            (
+                f"{r['vision_ms']:.0f} ({r['vision_gmacs_per_s']:.3g} GMAC/s, {r['vision_of_ceiling']:.0%})"
+                if "vision_of_ceiling" in r
+                else str(r.get("vision_ms", "-"))
+            ),
             f"{r['ttft_ms']:.1f}",
             str(r.get("decode_tokens_per_s", "-")),
             f"{r['step_ms']:.2f}",

@@ -471,6 +471,13 @@ def test_bench_chat_rows(vlm_tiny, tmp_path):
     assert rows[("openvino", "fp32")]["kv_cache"] == "stateful"
     assert rows[("onnxruntime", "fp32")]["kv_cache"] == "shared buffer"
     assert rep["memory_bandwidth_gbs"] > 0 and rep["env"]["cpu"]
+    # the tower beside its ceiling: the image's MACs (one unsplit tile here) over each row's vision time
+    tower = rep["vision"]
+    assert tower["tiles"] == 1 and tower["gmacs"] > 0 and tower["fp32"] > 0 and tower["int8"] > 0
+    for key in (("onnxruntime", "fp32"), ("openvino", "fp32")):
+        r = rows[key]
+        assert r["vision_gmacs_per_s"] == pytest.approx(tower["gmacs"] / r["vision_ms"] * 1000, rel=0.01)
+        assert r["vision_of_ceiling"] == pytest.approx(r["vision_gmacs_per_s"] / tower["fp32"], rel=0.01)
 
 
 def test_quantized_chat_variants_record_token_agreement(vlm_tiny, tmp_path):
