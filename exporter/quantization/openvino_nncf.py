@@ -133,6 +133,8 @@ def weight_only(job: Job) -> Built:
 
 
 def _bf16_cpu() -> bool:
+    """Float ops in bf16 are chosen where the CPU runs bf16 natively. A bundle moved to a CPU without
+    it runs them in f32: OpenVINO's CPU plugin keeps f32 when a bf16 hint names what it cannot run."""
     from ...runtimes.backends import get_backend
 
     return get_backend("openvino").cpu_supports("bf16")
