@@ -688,6 +688,12 @@ def soak(soak_bundles, tmp_path_factory):
         "rss_mb_end": round(rss1, 1),
         "rss_mb_max": round(max(s[1] for s in samples), 1),
         "rss_mb_after_replay": round(rss2, 1),
+        # the lowest sample once the last rewrite is done (requests alone from there; a transient peak
+        # does not loosen the bound); None: the rewrites outlasted the requests
+        "rss_mb_after_rewrites": min(
+            (round(r, 1) for t, r, *_ in samples if rewrites and t >= rewrites[-1][3] - t0), default=None
+        ),
+        "seconds_after_rewrites": round(duration - (rewrites[-1][3] - t0), 1) if rewrites else None,
         "fds_start": fd0,
         "fds_end": fd1,
         "fds_max": max(s[2] for s in samples),
@@ -742,7 +748,11 @@ def test_no_5xx_and_no_client_surprises(soak):
 @pytest.mark.slow
 def test_rss_and_fds_stay_flat(soak):
     f = soak["figures"]
-    assert f["rss_mb_end"] <= f["rss_mb_start"] + RSS_SLACK_MB, f
+    # flat while requests alone run: from the last rewrite's end (a reloaded bundle's new weights and
+    # the allocator's arenas are not a leak: CI saw start 238 -> end 295 MB across the three reloads,
+    # 295 -> 295 after them), or from the start when the rewrites outlasted the requests
+    base = f["rss_mb_after_rewrites"] if f["rss_mb_after_rewrites"] is not None else f["rss_mb_start"]
+    assert f["rss_mb_end"] <= base + RSS_SLACK_MB, f
     assert f["rss_mb_end"] <= f["rss_mb_boot"] + CHAT_CACHE_MB + RSS_SERVING_MB, f
     assert f["fds_end"] <= f["fds_start"] + FD_SLACK, f
     assert f["threads_end"] <= f["threads_start"] + 4, f  # the pools are bounded: no thread per request
