@@ -748,10 +748,10 @@ def test_no_5xx_and_no_client_surprises(soak):
 @pytest.mark.slow
 def test_rss_and_fds_stay_flat(soak):
     f = soak["figures"]
-    # flat while requests alone run: from the last rewrite's end (a reloaded bundle's new weights and
-    # the allocator's arenas are not a leak: CI saw start 238 -> end 295 MB across the three reloads,
-    # 295 -> 295 after them), or from the start when the rewrites outlasted the requests
-    base = f["rss_mb_after_rewrites"] if f["rss_mb_after_rewrites"] is not None else f["rss_mb_start"]
+    # flat: the end within the slack of the start or, where the bundle's reloads raised it (a reloaded
+    # bundle's new weights and the allocator's arenas are not a leak: a CI run saw start 238 -> end
+    # 295 MB across the three reloads), of the lowest it was once the last rewrite was done
+    base = max(f["rss_mb_start"], f["rss_mb_after_rewrites"] or 0.0)
     assert f["rss_mb_end"] <= base + RSS_SLACK_MB, f
     assert f["rss_mb_end"] <= f["rss_mb_boot"] + CHAT_CACHE_MB + RSS_SERVING_MB, f
     assert f["fds_end"] <= f["fds_start"] + FD_SLACK, f
