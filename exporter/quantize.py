@@ -29,6 +29,7 @@ from .ort_attention import has_op, ort_graph_pass
 from .quantization import DEFAULT_EXCLUDE, METHODS, MODES, RECIPES, Built, Job, QuantConfig, Recipe  # noqa: F401 - QuantConfig is quantize()'s API
 from .quantization.feeds import FidelityFeeds
 from .quantization.policies import policies, policy_for
+from .quantization.recipe import described
 from .stages import Stages
 
 
@@ -202,8 +203,8 @@ def quantize(
     with BundleWriter(bundle.root, base=bundle) as w, tempfile.TemporaryDirectory(prefix="mmdeploy-q-") as tmp:
         held_out = references.held_out(bundle, policy, comps, cfg.threads, stages)
 
-        def ship(job: Job, built: Built, recipe_name: str, calib_name: str | None, reference: str, t: float) -> None:
-            """Fuse (ORT graph passes), register, gate and record one component's build."""
+        def ship(job: Job, built: Built, recipe_name: str, calib_name: str | None, reference: str, t: float) -> dict:
+            """Fuse (ORT graph passes), register, gate and record one component's build; its parity."""
             comp = job.component
             graph_pass = ort_graph_pass(bundle.manifest.get("chat"), comp, cfg.backend)
             if graph_pass and not built.tensorrt:
@@ -236,7 +237,7 @@ def quantize(
                 trt["int8_onnx"][comp] = {"path": built.files[0], "parity": par, "gate": gate, "recipe": built.recipe}
                 if "int8" not in trt["precisions"]:
                     trt["precisions"].append("int8")
-                return
+                return par
             w.add_artifact(
                 Artifact(
                     component=comp,
@@ -251,8 +252,9 @@ def quantize(
                     recipe=built.recipe,
                 )
             )
+            return par
 
-        fallbacks = []  # (job, the build shipped (its .fallback the safer one), ship's other arguments)
+        fallbacks = []  # (job, the build shipped (its .fallback the safer one), its parity, ship's other arguments)
         for comp in comps:
             src = w.stage_dir / bundle.components[comp]["onnx"]
             feeds, reference = held_out[comp]
@@ -295,29 +297,30 @@ def quantize(
                 )
             else:
                 built = comp_recipe.build(job)
+            args = (comp_recipe.name, calib_name, reference)
+            par = ship(job, built, *args, t)
             if built.fallback is not None:
-                fallbacks.append((job, built, (comp_recipe.name, calib_name, reference)))
-            ship(job, built, comp_recipe.name, calib_name, reference, t)
+                fallbacks.append((job, built, par, args))
         # generative variants are gated on their greedy tokens too (their policy's agreement)
         if policy.generative and recipe.backend != "tensorrt":
             with stages.stage(f"{cfg.backend}/{cfg.precision} greedy-agreement gate", announce=True):
                 share = _record_agreement(w, policy, cfg, log, references.greedy_tokens, stages)
             # the faster builds lost the tokens: their fallbacks, one at a time in component order,
             # until the variant keeps its gate
-            for job, first, args in fallbacks:
+            for job, first, first_par, args in fallbacks:
                 if share is None or share >= cfg.min_agreement:
                     break
                 t = time.perf_counter()
                 built = first.fallback(job)
                 built.recipe["replaced"] = {
-                    "build": _described(first.recipe),
-                    "cosine": round(_shipped(w, job.component, cfg).parity["cosine"], 5),
+                    "build": described(first.recipe),
+                    "cosine": round(first_par["cosine"], 5),
                     "agreement": round(share, 4),
                     "why": f"the variant's greedy tokens followed fp32 for {share:.0%} < {cfg.min_agreement:.0%}",
                 }
                 log(
-                    f"{job.component}: {_described(first.recipe)} loses the token gate ({share:.0%}): "
-                    f"{_described(built.recipe)} instead"
+                    f"{job.component}: {described(first.recipe)} loses the token gate ({share:.0%}): "
+                    f"{described(built.recipe)} instead"
                 )
                 ship(job, built, *args, t)
                 with stages.stage(f"{cfg.backend}/{cfg.precision} greedy-agreement gate, again", announce=True):
@@ -350,16 +353,6 @@ def quantize_bytes(bundle: Bundle, comps: list[str], precision: str) -> int:
     fp32 = sum(size(bundle.components[c]["onnx"]) + size(bundle.components[c]["onnx"] + ".data") for c in comps)
     copies = sum(size(rel) for rel in bundle.manifest.get("files", {}) if rel.endswith(".onnx.data"))
     return int(fp32 * _WRITE_FACTOR.get(precision, 1.0) * 1.1) + copies + (1 << 20)
-
-
-def _described(recipe: dict) -> str:
-    """A build in a few words: its mode, and where its float ops are not f32, theirs."""
-    ops = recipe.get("float_ops")
-    return f"{recipe.get('mode')}" + (f" (float ops {ops.split()[0]})" if ops else "")
-
-
-def _shipped(w: BundleWriter, comp: str, cfg: QuantConfig) -> Artifact:
-    return next(a for a in w.artifacts if (a.component, a.backend, a.precision) == (comp, cfg.backend, cfg.precision))
 
 
 def _record_agreement(w, policy, cfg: QuantConfig, log, fp32_tokens: Callable, stages: Stages) -> float | None:

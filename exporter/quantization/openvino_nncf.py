@@ -12,7 +12,7 @@ from typing import Any
 from ...common.telemetry import require_openvino
 from ..graph import quiet
 from .config import Backend, Precision, QuantConfig
-from .recipe import Built, Feeds, Job, Recipe, register
+from .recipe import Built, Feeds, Job, Recipe, described, register
 
 
 def nncf_patterns(patterns: list[str]) -> list[str]:
@@ -178,7 +178,7 @@ def static_else_weight_only(job: Job) -> Built:
     job.log(f"{job.component}: static INT8 cosine {par['cosine']:.5f} < {job.gate_at}: weight-only INT8 instead")
     fallback = weight_only(job)  # written over the static graph: same files
     fallback.recipe["replaced"] = {
-        "build": "static" + (" (float ops bf16)" if "float_ops" in built.recipe else ""),
+        "build": described(built.recipe),
         "cosine": round(par["cosine"], 5),
         "why": f"its cosine vs fp32 {par['cosine']:.5f} < {job.gate_at}",
     }

@@ -60,6 +60,13 @@ class Recipe:
     summary: str
 
 
+def described(recipe: dict[str, Any]) -> str:
+    """A build in a few words (for logs and `recipe.replaced`): its mode, and its float ops' precision
+    where a recipe set one."""
+    ops = recipe.get("float_ops")
+    return f"{recipe.get('mode')}" + (f" (float ops {ops.split()[0]})" if ops else "")
+
+
 RECIPES: dict[str, Recipe] = {}  # filled by the recipe modules as the package imports them
 
 
